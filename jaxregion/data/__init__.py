@@ -1,0 +1,1 @@
+"""Corpora: sources of documents, tokenizers, the packing contract, a synthetic corpus."""
