@@ -1,0 +1,60 @@
+"""The ``jaxregion`` command: thin argument parsing over the library.
+
+Each subcommand lives in its own module exposing ``register(subparsers)``; the handler it sets
+with ``set_defaults(func=...)`` takes the parsed args and returns an exit code.
+Bad input (:class:`jaxregion.errors.UserError`) prints one line and exits 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from jaxregion import __version__
+from jaxregion.errors import UserError
+
+# Subcommand modules, in the order `--help` lists them.
+COMMAND_MODULES = [
+    "jaxregion.cli.eval_cmd",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="jaxregion",
+        description="Find, measure, break and protect the linguistic regions of LLMs.",
+    )
+    parser.add_argument("--version", action="version", version=f"jaxregion {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for mod in COMMAND_MODULES:
+        importlib.import_module(mod).register(sub)
+    return parser
+
+
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    debug = args.debug or "--debug" in argv
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        if debug:
+            raise
+        print(f"jaxregion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("jaxregion: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
