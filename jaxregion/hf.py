@@ -1,0 +1,219 @@
+"""Hugging Face checkpoints in and out: lazy loading, shape checks, export.
+
+Loading goes tensor by tensor: abstract shapes first (from config.json and the safetensors
+headers), then each tensor is read, cast and placed on its own, so peak host memory stays near
+the result plus one tensor. With ``shardings`` each device gets only its slice, read straight
+from the file. Export streams one tensor at a time into safetensors that transformers loads.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxregion import safetensors_io as st
+from jaxregion.errors import UserError
+from jaxregion.models import spec
+from jaxregion.models.config import ModelConfig, from_hf_dict
+from jaxregion.tree import flatten, unflatten
+
+TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
+    "special_tokens_map.json", "added_tokens.json", "generation_config.json",
+)
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def resolve(model: str) -> str:
+    """A local directory for ``model``: the path itself, or a hub snapshot (safetensors only)."""
+    if os.path.isdir(model):
+        return model
+    if os.path.exists(model):
+        raise UserError(f"--model {model}: not a directory; give an HF checkpoint directory")
+    if not _HUB_ID.match(model):
+        raise UserError(f"--model {model}: no such directory (nor a hub id like org/name)")
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(
+            model, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
+        )
+    except Exception as e:  # offline, unknown repo, gated, ...
+        raise UserError(
+            f"--model {model}: no such local directory, and the hub download failed "
+            f"({type(e).__name__}); download it where there is network and pass the directory"
+        ) from None
+
+
+def load_config(path: str) -> ModelConfig:
+    cfg_path = os.path.join(path, "config.json")
+    if not os.path.isfile(cfg_path):
+        raise UserError(f"{cfg_path}: missing; an HF checkpoint directory needs config.json")
+    try:
+        with open(cfg_path, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+    return from_hf_dict(d, cfg_path)
+
+
+def weight_files(path: str) -> dict[str, st.SafetensorsFile]:
+    """``{checkpoint key: file}`` over the single file or all shards of the index."""
+    index = os.path.join(path, "model.safetensors.index.json")
+    single = os.path.join(path, "model.safetensors")
+    if os.path.isfile(index):
+        try:
+            with open(index, encoding="utf-8") as f:
+                weight_map = json.load(f)["weight_map"]
+        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
+            raise UserError(f"{index}: corrupt index ({e})") from None
+        files = {name: st.SafetensorsFile(os.path.join(path, name))
+                 for name in sorted(set(weight_map.values()))}
+        out = {}
+        for key, fname in weight_map.items():
+            if key not in files[fname].tensors:
+                raise UserError(f"{index}: lists {key} in {fname}, which does not hold it")
+            out[key] = files[fname]
+        return out
+    if os.path.isfile(single):
+        f = st.SafetensorsFile(single)
+        return {k: f for k in f.keys()}
+    pickled = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if
+               os.path.exists(os.path.join(path, n))]
+    if pickled:
+        raise UserError(
+            f"{os.path.join(path, pickled[0])}: pickled PyTorch weights are refused (loading them "
+            "can execute code). Convert once, in a trusted environment: "
+            "AutoModelForCausalLM.from_pretrained(DIR).save_pretrained(OUT, "
+            "safe_serialization=True)"
+        )
+    raise UserError(f"{path}: no model.safetensors or model.safetensors.index.json found")
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A local HF checkpoint, inspected but not yet read."""
+
+    path: str
+    config: ModelConfig
+    files: dict[str, st.SafetensorsFile]  # canonical HF name -> file
+    keys: dict[str, str]  # canonical HF name -> key in the file
+
+    @property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.files[n].tensors[self.keys[n]].shape for n in self.files}
+
+
+def open_checkpoint(model: str) -> Checkpoint:
+    """Resolve, read config.json and the safetensors headers, check every shape at once."""
+    path = resolve(model)
+    cfg = load_config(path)
+    raw = weight_files(path)
+    files, keys = {}, {}
+    for key, f in raw.items():
+        name = spec.canonical_name(cfg, key)
+        if name is not None:
+            files[name], keys[name] = f, key
+    ck = Checkpoint(path, cfg, files, keys)
+    problems = spec.check_shapes(ck.shapes, cfg, path)
+    if problems:
+        shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if
+                                           len(problems) > 20 else "")
+        raise UserError(f"{path}: checkpoint does not match config.json: {shown}")
+    return ck
+
+
+Placement = Callable[[str, tuple[int, ...]], "jax.sharding.Sharding | None"]
+
+
+def load_params(
+    ck: Checkpoint, dtype: jnp.dtype = jnp.float32, sharding: Placement | None = None
+) -> dict:
+    """The params pytree, read tensor by tensor (and slice by slice when sharded)."""
+    out = {}
+    for name, shape in spec.shapes(ck.config).items():
+        f, key = ck.files[name], ck.keys[name]
+        sh = sharding(name, shape) if sharding else None
+        if sh is None:
+            arr = f.read(key)
+            out[name] = jax.device_put(arr.astype(dtype, copy=False))
+            del arr
+        else:
+            out[name] = jax.make_array_from_callback(
+                shape, sh, lambda idx, f=f, key=key: f.read_slice(key, idx).astype(dtype)
+            )
+    return unflatten(out)
+
+
+def load(model: str, dtype: str | jnp.dtype = "float32",
+         sharding: Placement | None = None) -> tuple[ModelConfig, dict]:
+    """``(config, params)`` from a local directory or hub id."""
+    ck = open_checkpoint(model)
+    return ck.config, load_params(ck, jnp.dtype(dtype), sharding)
+
+
+def load_tokenizer(model: str):
+    """The checkpoint's tokenizer (transformers), or a UserError naming the directory."""
+    path = resolve(model)
+    if not any(os.path.isfile(os.path.join(path, n)) for n in
+               ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
+        raise UserError(
+            f"{path}: no tokenizer (expected tokenizer.json, tokenizer.model or vocab.json); "
+            "copy the tokenizer files into the checkpoint directory"
+        )
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(path)
+    except Exception as e:
+        raise UserError(f"{path}: the tokenizer failed to load ({type(e).__name__}: {e})") from None
+
+
+def export(
+    params: dict,
+    cfg: ModelConfig,
+    out_dir: str,
+    tokenizer_from: str | None = None,
+    dtype: str | None = None,
+) -> None:
+    """Write an HF directory: model.safetensors, config.json and the tokenizer files.
+
+    Tensors are gathered to the host one at a time. ``dtype`` casts on the way out.
+    """
+    os.makedirs(out_dir, exist_ok=True)
+    flat = flatten(params)
+    tensors = {}
+    for name, arr in flat.items():
+        dt = np.dtype(dtype) if dtype else np.dtype(arr.dtype)
+        tensors[name] = (dt, tuple(arr.shape),
+                         lambda a=arr, dt=dt: np.asarray(jax.device_get(a)).astype(dt, copy=False))
+    if jax.process_index() == 0:
+        st.write(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
+        config = dict(cfg.hf_config)
+        out_dtype = str(np.dtype(dtype)) if dtype else str(np.dtype(next(iter(flat.values())).dtype))
+        config["torch_dtype"] = out_dtype
+        config["dtype"] = out_dtype
+        from jaxregion.io import write_json
+
+        write_json(os.path.join(out_dir, "config.json"), config)
+        if tokenizer_from:
+            src = resolve(tokenizer_from)
+            for n in TOKENIZER_FILES:
+                p = os.path.join(src, n)
+                if os.path.isfile(p) and os.path.abspath(p) != os.path.abspath(
+                        os.path.join(out_dir, n)):
+                    shutil.copyfile(p, os.path.join(out_dir, n))
+        stale = os.path.join(out_dir, "model.safetensors.index.json")
+        if os.path.exists(stale):
+            os.unlink(stale)
+    else:  # other processes still take part in gathering
+        for _, (_, _, thunk) in tensors.items():
+            thunk()

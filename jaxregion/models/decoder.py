@@ -1,0 +1,95 @@
+"""The Llama-style decoder: llama (2/3), mistral, qwen2, qwen3 and gemma.
+
+Family differences are config switches (biases, q/k norm, ``(1 + w)`` norms, embedding scale,
+sliding windows), not subclasses.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxregion.models.config import ModelConfig
+from jaxregion.models.layers import (
+    activation,
+    apply_rope,
+    attention,
+    attention_mask,
+    linear,
+    rms_norm,
+    rope_tables,
+)
+
+Array = jax.Array
+
+
+def _attn_block(p: dict, x: Array, cfg: ModelConfig, cos: Array, sin: Array, mask: Array,
+                taps: dict | None, prefix: str) -> Array:
+    b, s, _ = x.shape
+    a = p["self_attn"]
+    if taps is not None:
+        taps[prefix + "self_attn.qkv"] = x
+    q = linear(x, a["q_proj"]["weight"], a["q_proj"].get("bias"))
+    k = linear(x, a["k_proj"]["weight"], a["k_proj"].get("bias"))
+    v = linear(x, a["v_proj"]["weight"], a["v_proj"].get("bias"))
+    q = q.reshape(b, s, cfg.num_heads, cfg.head_dim)
+    k = k.reshape(b, s, cfg.num_kv_heads, cfg.head_dim)
+    v = v.reshape(b, s, cfg.num_kv_heads, cfg.head_dim)
+    if cfg.qk_norm:
+        q = rms_norm(q, a["q_norm"]["weight"], cfg.norm_eps)
+        k = rms_norm(k, a["k_norm"]["weight"], cfg.norm_eps)
+    q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+    o = attention(q, k, v, mask, cfg.head_dim**-0.5).reshape(b, s, cfg.q_dim)
+    if taps is not None:
+        taps[prefix + "self_attn.o_proj"] = o
+    return linear(o, a["o_proj"]["weight"], a["o_proj"].get("bias"))
+
+
+def _mlp_block(p: dict, x: Array, cfg: ModelConfig, taps: dict | None, prefix: str) -> Array:
+    m = p["mlp"]
+    if taps is not None:
+        taps[prefix + "mlp.gate_up"] = x
+    h = activation(cfg.activation, linear(x, m["gate_proj"]["weight"], m["gate_proj"].get("bias")))
+    h = h * linear(x, m["up_proj"]["weight"], m["up_proj"].get("bias"))
+    if taps is not None:
+        taps[prefix + "mlp.down_proj"] = h
+    return linear(h, m["down_proj"]["weight"], m["down_proj"].get("bias"))
+
+
+def layer(p: dict, x: Array, cfg: ModelConfig, i: int, cos: Array, sin: Array,
+          taps: dict | None = None) -> Array:
+    """One decoder layer; ``taps`` (if given) receives the inputs of its linear maps."""
+    mask = attention_mask(x.shape[1], cfg.sliding_windows[i] if cfg.sliding_windows else None)
+    prefix = f"model.layers.{i}."
+    h = rms_norm(x, p["input_layernorm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
+    x = x + _attn_block(p, h, cfg, cos, sin, mask, taps, prefix)
+    h = rms_norm(x, p["post_attention_layernorm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
+    return x + _mlp_block(p, h, cfg, taps, prefix)
+
+
+def embed(params: dict, tokens: Array, cfg: ModelConfig, dtype: jnp.dtype) -> Array:
+    x = jnp.take(params["model"]["embed_tokens"]["weight"], tokens, axis=0).astype(dtype)
+    if cfg.scale_embeddings:
+        x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=dtype)
+    return x
+
+
+def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
+    x = rms_norm(x, params["model"]["norm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
+    w = params["model"]["embed_tokens"]["weight"] if cfg.tie_embeddings else \
+        params["lm_head"]["weight"]
+    return linear(x, w)
+
+
+def forward(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
+            remat: bool = False) -> Array:
+    """Logits ``[batch, seq, vocab]`` in the params' dtype."""
+    dtype = params["model"]["embed_tokens"]["weight"].dtype
+    x = embed(params, tokens, cfg, dtype)
+    cos, sin = rope_tables(cfg, tokens.shape[1], dtype)
+    for i, p in enumerate(params["model"]["layers"]):
+        if remat and taps is None:
+            x = jax.checkpoint(layer, static_argnums=(2, 3))(p, x, cfg, i, cos, sin)
+        else:
+            x = layer(p, x, cfg, i, cos, sin, taps)
+    return head(params, x, cfg)

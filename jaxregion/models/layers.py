@@ -1,0 +1,89 @@
+"""Building blocks shared by the families: norms, activations, RoPE, attention.
+
+Arrays are in HF layout: a linear weight is ``[out, in]`` and ``linear`` contracts its last
+axis. Norm statistics and softmax run in float32 whatever the compute dtype, as in transformers.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from jaxregion.models.config import ModelConfig
+
+Array = jax.Array
+
+
+def linear(x: Array, w: Array, b: Array | None = None) -> Array:
+    """``x @ w.T (+ b)`` with ``w`` in HF layout ``[out, in]``."""
+    y = jnp.einsum("...i,oi->...o", x, w.astype(x.dtype))
+    return y if b is None else y + b.astype(y.dtype)
+
+
+def conv1d(x: Array, w: Array, b: Array) -> Array:
+    """GPT-2's Conv1D: ``x @ w + b`` with ``w`` stored ``[in, out]``."""
+    return jnp.einsum("...i,io->...o", x, w.astype(x.dtype)) + b.astype(x.dtype)
+
+
+def rms_norm(x: Array, w: Array, eps: float, plus_one: bool = False) -> Array:
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    if plus_one:  # gemma: (x * (1 + w)) then cast
+        return (y * (1.0 + w.astype(jnp.float32))).astype(x.dtype)
+    return w.astype(x.dtype) * y.astype(x.dtype)  # llama: w * x.to(dtype)
+
+
+def layer_norm(x: Array, w: Array, b: Array, eps: float) -> Array:
+    x32 = x.astype(jnp.float32)
+    mean = jnp.mean(x32, axis=-1, keepdims=True)
+    var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
+    return (y * w.astype(jnp.float32) + b.astype(jnp.float32)).astype(x.dtype)
+
+
+def activation(name: str, x: Array) -> Array:
+    if name == "silu":
+        return jax.nn.silu(x)
+    if name == "gelu_tanh":
+        return jax.nn.gelu(x, approximate=True)
+    return jax.nn.gelu(x, approximate=False)
+
+
+def rope_tables(cfg: ModelConfig, seq_len: int, dtype: jnp.dtype) -> tuple[Array, Array]:
+    """cos, sin of shape ``[seq, head_dim]`` in HF's half-split layout."""
+    inv = jnp.asarray(cfg.inv_freq())
+    pos = jnp.arange(seq_len, dtype=jnp.float32)
+    freqs = pos[:, None] * inv[None, :]
+    emb = jnp.concatenate([freqs, freqs], axis=-1)
+    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+
+
+def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
+    """x: ``[batch, seq, heads, head_dim]``; rotate_half as in transformers."""
+    half = x.shape[-1] // 2
+    rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+
+
+def attention_mask(seq_len: int, window: int | None) -> Array:
+    """``[q, k]`` bool: causal, and within ``window`` tokens when sliding."""
+    q = jnp.arange(seq_len)[:, None]
+    k = jnp.arange(seq_len)[None, :]
+    mask = k <= q
+    if window is not None:
+        mask &= k > q - window
+    return mask
+
+
+def attention(
+    q: Array, k: Array, v: Array, mask: Array, scale: float
+) -> Array:
+    """Grouped-query attention. q: ``[b, s, h, d]``; k, v: ``[b, s, kv, d]``; out ``[b, s, h, d]``."""
+    b, s, h, d = q.shape
+    kv = k.shape[2]
+    q = q.reshape(b, s, kv, h // kv, d)
+    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[None, None, None], logits, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
+    return out.reshape(b, s, h, d)

@@ -1,0 +1,57 @@
+"""Tiny random Hugging Face models of every supported family, made in the test itself."""
+
+from __future__ import annotations
+
+import torch
+import transformers
+
+VOCAB = 320
+
+FAMILIES = {
+    "llama_mha": ("LlamaConfig", dict(num_attention_heads=4, num_key_value_heads=4)),
+    "llama_gqa_llama3": ("LlamaConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
+        rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 4.0, "original_max_position_embeddings": 16})),
+    "mistral_sliding": ("MistralConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, sliding_window=5)),
+    "qwen2": ("Qwen2Config", dict(num_attention_heads=4, num_key_value_heads=2)),
+    "qwen3": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
+    "gemma": ("GemmaConfig", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16)),
+    "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+}
+
+
+def make_config(family: str, vocab: int = VOCAB, **overrides):
+    cls_name, kw = FAMILIES[family]
+    cls = getattr(transformers, cls_name)
+    if cls_name == "GPT2Config":
+        base = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2)
+    else:
+        base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                    max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
+                    tie_word_embeddings=family in ("gemma", "qwen3"))
+    base.update(kw)
+    base.update(overrides)
+    return cls(**base)
+
+
+def make_model(family: str, seed: int = 0, **overrides) -> torch.nn.Module:
+    """A random model; norms and biases get random values too so that no term hides."""
+    torch.manual_seed(seed)
+    cfg = make_config(family, **overrides)
+    model = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager")
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name or "ln_" in name or name.endswith("bias"):
+                p.add_(torch.randn_like(p) * 0.1)
+            else:
+                p.normal_(0.0, 0.05)
+    return model.eval()
+
+
+def save_model(model: torch.nn.Module, path: str, tokenizer=None) -> str:
+    model.save_pretrained(path, safe_serialization=True)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(path)
+    return path
