@@ -1,0 +1,155 @@
+"""Where a region sits: per module type, per layer, per row/column, per hidden dimension.
+
+Rows are axis 0 and columns axis 1 of the HF-layout tensor; for ``nn.Linear`` weights
+(``[out, in]``) rows are output dims and columns input dims. The paper's "dimension
+dependence" finding (the core concentrates on a few hidden dims) is read off
+:func:`hidden_dim_profile`.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+import jax.numpy as jnp
+import numpy as np
+
+from jaxregion import tree as T
+from jaxregion.errors import UserError
+from jaxregion.regions.base import is_norm, layer_index, mask_of, module_type, universe_of
+
+#: (regex on the HF name, axis of the tensor that indexes the residual-stream/hidden dim).
+#: Llama-style nn.Linear is [out, in]: readers' columns (axis 1), writers' rows (axis 0).
+#: GPT-2 Conv1D stores [in, out], so its readers use axis 0 and writers axis 1.
+RESIDUAL_ROLES: tuple[tuple[str, int], ...] = (
+    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$", 1),
+    (r"(o_proj|down_proj)\.weight$", 0),
+    (r"(attn\.c_attn|mlp\.c_fc)\.weight$", 0),
+    (r"(attn\.c_proj|mlp\.c_proj)\.weight$", 1),
+)
+
+
+def _np(x: Any) -> np.ndarray:
+    return np.asarray(x).astype(bool)
+
+
+def _top(counts: np.ndarray, n: int) -> list[list[int]]:
+    order = np.argsort(-counts, kind="stable")[:n]
+    return [[int(i), int(counts[i])] for i in order if counts[i] > 0]
+
+
+def _top_frac(counts: np.ndarray, frac: float) -> float:
+    total = int(counts.sum())
+    if total == 0:
+        return 0.0
+    m = max(1, math.ceil(frac * counts.size))
+    return float(np.sort(counts)[::-1][:m].sum() / total)
+
+
+def row_col_counts(region: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """For each 2-D tensor in the universe: (selected per row [axis 0], per column [axis 1])."""
+    flat = T.flatten(mask_of(region))
+    out = {}
+    for n in universe_of(region):
+        x = flat[n]
+        if len(np.shape(x)) == 2:
+            m = jnp.asarray(x, bool)
+            out[n] = (np.asarray(jnp.sum(m, axis=1, dtype=jnp.int32)).astype(np.int64),
+                      np.asarray(jnp.sum(m, axis=0, dtype=jnp.int32)).astype(np.int64))
+    return out
+
+
+def _cell(selected: int, numel: int) -> dict[str, Any]:
+    return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
+
+
+def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any]:
+    """JSON-able summary of a region.
+
+    Keys: ``total``/``numel``/``density``; ``by_module`` and ``by_layer`` (str layer index,
+    ``"-"`` for non-layer tensors) with selected/numel/density; ``matrices``: per 2-D tensor
+    the ``top_n`` rows and columns by count and ``rows_top_frac``/``cols_top_frac`` = share
+    of the tensor's selection lying in its top ``top_frac`` of rows/columns; ``module_dims``:
+    the same, with row/column counts summed over layers per module type (same shapes only).
+    """
+    flat = T.flatten(mask_of(region))
+    by_module: dict[str, list[int]] = {}
+    by_layer: dict[str, list[int]] = {}
+    total = numel = 0
+    for n in universe_of(region):
+        x = flat[n]
+        sel = int(np.asarray(jnp.sum(jnp.asarray(x, bool), dtype=jnp.int32)))
+        size = int(np.prod(np.shape(x)))
+        total += sel
+        numel += size
+        for table, key in ((by_module, module_type(n)), (by_layer, str(layer_index(n))
+                                                          if layer_index(n) is not None else "-")):
+            acc = table.setdefault(key, [0, 0])
+            acc[0] += sel
+            acc[1] += size
+    matrices: dict[str, Any] = {}
+    summed: dict[str, list[np.ndarray]] = {}
+    for n, (rows, cols) in row_col_counts(region).items():
+        matrices[n] = {
+            "shape": [int(rows.size), int(cols.size)], "selected": int(rows.sum()),
+            "top_rows": _top(rows, top_n), "top_cols": _top(cols, top_n),
+            "rows_top_frac": _top_frac(rows, top_frac), "cols_top_frac": _top_frac(cols, top_frac),
+        }
+        mt = module_type(n)
+        if mt in summed and summed[mt][0].shape == rows.shape and summed[mt][1].shape == cols.shape:
+            summed[mt][0] = summed[mt][0] + rows
+            summed[mt][1] = summed[mt][1] + cols
+        elif mt not in summed:
+            summed[mt] = [rows.copy(), cols.copy()]
+    module_dims = {
+        mt: {"top_rows": _top(r, top_n), "top_cols": _top(c, top_n),
+             "rows_top_frac": _top_frac(r, top_frac), "cols_top_frac": _top_frac(c, top_frac)}
+        for mt, (r, c) in summed.items()
+    }
+    return {
+        "total": total, "numel": numel, "density": total / numel if numel else 0.0,
+        "by_module": {k: _cell(*v) for k, v in by_module.items()},
+        "by_layer": {k: _cell(*v) for k, v in by_layer.items()},
+        "matrices": matrices, "module_dims": module_dims,
+    }
+
+
+def hidden_dim_profile(region: Any, hidden_size: int,
+                       roles: Sequence[tuple[str, int]] = RESIDUAL_ROLES,
+                       by_module: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+    """Selected count per hidden (residual-stream) dimension, over every tensor that reads
+    from or writes to the residual stream: readers' input columns, writers' output rows,
+    and 1-D norm weights/biases of length ``hidden_size``.
+
+    ``by_module=True`` returns ``{module_type: counts}`` instead of the sum. A matched tensor
+    whose hidden axis is not ``hidden_size`` raises UserError (wrong hidden size given).
+    """
+    compiled = [(re.compile(r), ax) for r, ax in roles]
+    flat = T.flatten(mask_of(region))
+    out: dict[str, np.ndarray] = {}
+    for n in universe_of(region):
+        x = flat[n]
+        shape = np.shape(x)
+        axis = None
+        if len(shape) == 2:
+            axis = next((ax for r, ax in compiled if r.search(n)), None)
+        elif len(shape) == 1 and is_norm(n):
+            axis = 0
+        if axis is None:
+            continue
+        if shape[axis] != hidden_size:
+            raise UserError(f"tensor {n!r} has {shape[axis]} entries on its hidden axis {axis}, "
+                            f"not hidden_size={hidden_size}; pass the model's hidden size")
+        m = jnp.asarray(x, bool)
+        counts = m if len(shape) == 1 else jnp.sum(m, axis=1 - axis, dtype=jnp.int32)
+        counts = np.asarray(counts).astype(np.int64)
+        mt = module_type(n)
+        out[mt] = out[mt] + counts if mt in out else counts
+    if by_module:
+        return out
+    total = np.zeros(hidden_size, np.int64)
+    for c in out.values():
+        total += c
+    return total
