@@ -78,7 +78,7 @@ def attention_mask(seq_len: int, window: int | None) -> Array:
 def attention(
     q: Array, k: Array, v: Array, mask: Array, scale: float
 ) -> Array:
-    """Grouped-query attention. q: ``[b, s, h, d]``; k, v: ``[b, s, kv, d]``; out ``[b, s, h, d]``."""
+    """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, s, kv, d]`` -> ``[b, s, h, d]``."""
     b, s, h, d = q.shape
     kv = k.shape[2]
     q = q.reshape(b, s, kv, h // kv, d)

@@ -1,0 +1,40 @@
+"""``jaxregion eval``: perplexity per language."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from jaxregion.cli import common
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("eval", help="perplexity per language under the packing contract",
+                       description="Perplexity per language under the packing contract.")
+    common.add_model(p)
+    common.add_text(p)
+    common.add_windows(p)
+    p.add_argument("--json", dest="json_out", default=None, help="write results JSON here")
+    common.add_debug(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from jaxregion import io, runtime
+    from jaxregion.report.tables import markdown_table
+
+    session = runtime.load_session(args.model, args.dtype)
+    corpora = runtime.load_corpora(args.text, session, args.seq_len, args.max_seqs)
+    results = runtime.evaluate_corpora(session, corpora, args.batch_size)
+    out = {
+        "model": args.model, "seq_len": args.seq_len, "dtype": args.dtype,
+        "perplexity": {k: r.perplexity for k, r in results.items()},
+        "loss": {k: r.loss for k, r in results.items()},
+        "tokens": {k: r.tokens for k, r in results.items()},
+    }
+    rows = [(k, r.windows, r.tokens, r.loss, r.perplexity) for k, r in results.items()]
+    print(markdown_table(["lang", "windows", "tokens", "loss", "perplexity"], rows))
+    if args.json_out:
+        io.write_json(args.json_out, out)
+        print(f"wrote {args.json_out}", file=sys.stderr)
+    return 0

@@ -1,0 +1,1 @@
+"""Results as Markdown tables, JSON and PNG plots."""

@@ -1,0 +1,90 @@
+"""What every command does first: load a model and its tokenizer, pack corpora, evaluate.
+
+Kept in the library (not the CLI) so scripts and the CLI share one code path and one set of
+input checks. All input is validated before any output is written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxregion import hf, sharding
+from jaxregion.data.packing import load_windows
+from jaxregion.data.sources import open_source, parse_lang_spec
+from jaxregion.errors import UserError
+from jaxregion.evaluate import EvalResult, evaluate
+from jaxregion.models import ModelConfig
+
+
+@dataclass
+class Session:
+    """A loaded model: config, params, tokenizer, mesh and where it came from."""
+
+    model: str
+    path: str
+    config: ModelConfig
+    params: dict
+    tokenizer: object
+    mesh: jax.sharding.Mesh
+
+
+def load_session(model: str, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None,
+                 with_tokenizer: bool = True) -> Session:
+    ck = hf.open_checkpoint(model)
+    tok = hf.load_tokenizer(ck.path) if with_tokenizer else None
+    mesh = mesh or sharding.make_mesh()
+    params = hf.load_params(ck, jnp.dtype(dtype))
+    return Session(model, ck.path, ck.config, params, tok, mesh)
+
+
+def parse_texts(specs: Sequence[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for s in specs:
+        lang, src = parse_lang_spec(s)
+        if lang in out:
+            raise UserError(f"--text {s!r}: language {lang!r} given twice")
+        out[lang] = src
+    return out
+
+
+def check_seq_len(cfg: ModelConfig, seq_len: int) -> None:
+    if seq_len > cfg.max_position_embeddings:
+        raise UserError(
+            f"--seq-len {seq_len}: beyond the model's maximum positions "
+            f"({cfg.max_position_embeddings}, config.json max_position_embeddings)"
+        )
+
+
+def load_corpora(specs: Sequence[str], session: Session, seq_len: int,
+                 max_seqs: int | None) -> dict[str, np.ndarray]:
+    """``{lang: windows [n, seq_len]}`` for ``LANG=SOURCE`` specs, all checked up front."""
+    texts = parse_texts(specs)
+    check_seq_len(session.config, seq_len)
+    out = {}
+    for lang, spec in texts.items():
+        src = open_source(spec)
+        out[lang] = load_windows(src.documents(), session.tokenizer, seq_len, max_seqs,
+                                 source=src.name)
+        if int(out[lang].max()) >= session.config.vocab_size:
+            raise UserError(f"{src.name}: token id {int(out[lang].max())} is beyond the model's "
+                            f"vocab_size {session.config.vocab_size}; wrong tokenizer?")
+    return out
+
+
+def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_size: int,
+                     params: dict | None = None, desc: str = "eval") -> dict[str, EvalResult]:
+    params = session.params if params is None else params
+    total = sum(len(w) for w in corpora.values())
+    results = {}
+    with tqdm(total=total, desc=desc, unit="win", disable=None, leave=False) as bar:
+        for lang, windows in corpora.items():
+            bar.set_postfix_str(lang)
+            results[lang] = evaluate(params, session.config, windows, batch_size, session.mesh,
+                                     progress=bar.update)
+    return results

@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny tokenizers, corpora and HF checkpoints made in the test session."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+
+SHARED_TEXT = os.path.join(os.path.dirname(__file__), "..", "..", "shared", "corpora", "text")
+
+
+def _docs(lang: str, n: int, seed: int = 0) -> list[str]:
+    from jaxregion.data import synthetic
+
+    return list(synthetic.generate(lang, n, seed))
+
+
+@pytest.fixture(scope="session")
+def corpus_dir(tmp_path_factory) -> str:
+    """Two synthetic languages as LANG.txt files, one document a line."""
+    from jaxregion.data import synthetic
+
+    d = tmp_path_factory.mktemp("corpus")
+    for lang in list(synthetic.LANGUAGES)[:3]:
+        with open(d / f"{lang}.txt", "w", encoding="utf-8") as f:
+            for doc in _docs(lang, 300):
+                f.write(doc + "\n")
+    return str(d)
+
+
+@pytest.fixture(scope="session")
+def tokenizer_dir(tmp_path_factory, corpus_dir) -> str:
+    """A small byte-level BPE (vocab 320) trained on the synthetic corpus."""
+    from jaxregion.data.tokenizer import train_bpe
+
+    d = str(tmp_path_factory.mktemp("tok"))
+    texts = {}
+    for name in sorted(os.listdir(corpus_dir)):
+        with open(os.path.join(corpus_dir, name), encoding="utf-8") as f:
+            texts[name.split(".")[0]] = [line.strip() for line in f if line.strip()]
+    train_bpe(texts, vocab_size=320, out_dir=d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tokenizer_dir):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(tokenizer_dir)
+
+
+@pytest.fixture(scope="session")
+def model_factory(tmp_path_factory, tokenizer):
+    """``make(family, **overrides) -> checkpoint dir`` with the test tokenizer; cached."""
+    from hf_factory import make_model, save_model
+
+    cache: dict = {}
+
+    def make(family: str = "llama_mha", seed: int = 0, **overrides) -> str:
+        key = (family, seed, tuple(sorted(overrides.items())))
+        if key not in cache:
+            d = str(tmp_path_factory.mktemp(family))
+            save_model(make_model(family, seed, **overrides), d, tokenizer)
+            cache[key] = d
+        return cache[key]
+
+    return make
+
+
+def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Run ``jaxregion`` in a subprocess: exit code, stdout, stderr."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-m", "jaxregion.cli.main", *argv], capture_output=True,
+                       text=True, timeout=600)
+    return p.returncode, p.stdout, p.stderr

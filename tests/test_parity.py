@@ -1,0 +1,75 @@
+"""Parity with transformers: float32 logits within 1e-4, perplexity within 1e-5 relative.
+
+These tolerances are never relaxed: a failure here is a bug in the model, not noise.
+"""
+
+from __future__ import annotations
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from conftest import run_cli
+from hf_factory import FAMILIES, make_model
+
+from jaxregion import hf
+from jaxregion.data.packing import load_windows
+from jaxregion.data.sources import open_source
+from jaxregion.models import apply
+
+SEQ = 24  # longer than the mistral window (5) and the llama3 original context (16)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_logits_match_transformers(family, model_factory):
+    path = model_factory(family)
+    cfg, params = hf.load(path)
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, SEQ))
+    ref = make_model(family)(torch.tensor(tokens)).logits.detach().numpy()
+    out = np.asarray(apply(params, jnp.asarray(tokens), cfg))
+    assert out.dtype == np.float32
+    assert np.abs(out - ref).max() < 1e-4
+
+
+def test_family_switches_are_live(model_factory):
+    """The sliding window and llama3 scaling change the logits, so the parity above tests them."""
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 320, (1, SEQ)))
+    cfg, params = hf.load(model_factory("mistral_sliding"))
+    full = cfg.replace(sliding_windows=(None,) * cfg.num_layers)
+    diff = apply(params, tokens, cfg) - apply(params, tokens, full)
+    assert np.abs(np.asarray(diff)).max() > 1e-3
+    cfg, params = hf.load(model_factory("llama_gqa_llama3"))
+    plain = cfg.replace(rope_scaling=None)
+    diff = apply(params, tokens, cfg) - apply(params, tokens, plain)
+    assert np.abs(np.asarray(diff)).max() > 1e-3
+
+
+def _torch_perplexity(model, windows: np.ndarray) -> float:
+    with torch.no_grad():
+        logits = model(torch.tensor(windows, dtype=torch.long)).logits.double()
+    logp = torch.log_softmax(logits[:, :-1], dim=-1)
+    nll = -logp.gather(-1, torch.tensor(windows[:, 1:, None], dtype=torch.long))[..., 0]
+    return float(torch.exp(nll.mean()))
+
+
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma"])
+def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokenizer, tmp_path):
+    path = model_factory(family)
+    lang = "lat"
+    text = f"{corpus_dir}/{lang}.txt"
+    out = tmp_path / "eval.json"
+    code, stdout, stderr = run_cli("eval", "--model", path, "--text", f"{lang}={text}",
+                                   "--seq-len", "32", "--max-seqs", "20", "--batch-size", "6",
+                                   "--json", str(out))
+    assert code == 0, stderr
+    result = json.loads(out.read_text())
+    src = open_source(text)
+    windows = load_windows(src.documents(), tokenizer, 32, 20)
+    ref = _torch_perplexity(make_model(family), windows)
+    got = result["perplexity"][lang]
+    assert abs(got - ref) / ref < 1e-5
+    assert result["tokens"][lang] == 20 * 31
+    assert set(result) >= {"model", "seq_len", "perplexity", "loss", "tokens"}
+    assert lang in stdout
