@@ -30,7 +30,7 @@ import jax.numpy as jnp
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import mask_of, shape_of
+from jaxregion.regions.base import Region, mask_of, shape_of, universe_of
 
 PyTree = Any
 
@@ -47,8 +47,14 @@ def _close(name: str, names: Sequence[str]) -> str:
 
 def _apply_masked(params: PyTree, region_or_mask: Any,
                   fn: Callable[[str, jax.Array, jax.Array], jax.Array]) -> PyTree:
-    """Apply ``fn(name, x, mask)`` to every leaf the mask covers (missing leaves: untouched)."""
+    """Apply ``fn(name, x, mask)`` to every leaf the mask covers (missing leaves: untouched).
+
+    For a Region only its universe is visited (other leaves are all-False by construction),
+    so untouched leaves come back as the very same arrays."""
     flat_m = T.flatten(mask_of(region_or_mask))
+    if isinstance(region_or_mask, Region):
+        keep = set(universe_of(region_or_mask))
+        flat_m = {n: m for n, m in flat_m.items() if n in keep}
     flat_p = T.flatten(params)
     for n, m in flat_m.items():
         if n not in flat_p:
