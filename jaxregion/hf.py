@@ -161,20 +161,10 @@ def load(model: str, dtype: str | jnp.dtype = "float32",
 
 
 def load_tokenizer(model: str):
-    """The checkpoint's tokenizer (transformers), or a UserError naming the directory."""
-    path = resolve(model)
-    if not any(os.path.isfile(os.path.join(path, n)) for n in
-               ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")):
-        raise UserError(
-            f"{path}: no tokenizer (expected tokenizer.json, tokenizer.model or vocab.json); "
-            "copy the tokenizer files into the checkpoint directory"
-        )
-    from transformers import AutoTokenizer
+    """The checkpoint's tokenizer, or a UserError naming the directory and what is missing."""
+    from jaxregion.data.tokenizer import load_tokenizer as _load
 
-    try:
-        return AutoTokenizer.from_pretrained(path)
-    except Exception as e:
-        raise UserError(f"{path}: the tokenizer failed to load ({type(e).__name__}: {e})") from None
+    return _load(resolve(model))
 
 
 def export(
