@@ -159,6 +159,19 @@ def test_hf_save_to_disk_matches_text(tmp_path, txt, tokenizer):
         list(open_source(f"hf:{tmp_path / 'ds'}::body").documents())
 
 
+def test_hf_streaming_load_dataset_reads_rows(tmp_path, txt, tokenizer):
+    """The hub path goes through load_dataset(streaming=True); a local data dir exercises it."""
+    from jaxregion.data.sources import HfHubSource
+
+    (tmp_path / "train.jsonl").write_text(
+        "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(DOCS)), "utf-8")
+    src = HfHubSource(str(tmp_path), None, "train", "text")
+    assert list(src.documents()) == DOCS
+    np.testing.assert_array_equal(_windows(src, tokenizer), _windows(open_source(txt), tokenizer))
+    with pytest.raises(UserError, match=r"field 'body' not found in row 0.*text"):
+        list(HfHubSource(str(tmp_path), None, "train", "body").documents())
+
+
 def test_hf_hub_spec_parsing():
     from jaxregion.data.sources import HfHubSource
 
