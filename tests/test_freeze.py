@@ -149,3 +149,24 @@ def test_freeze_keeps_sharding() -> None:
     out, _ = jax.jit(tx.update)(u, tx.init(u))
     assert out["w"].sharding.is_equivalent_to(sh, 2)
     assert np.array_equal(np.asarray(out["w"]), 1 - np.eye(4))
+
+
+def test_mask_as_traced_jit_argument() -> None:
+    """One compiled step serves every region: the mask may be a jit argument."""
+    params, loss, xs, ys = problem()
+    make = lambda m: F.adamw_with_freeze(0.05, weight_decay=0.1, mask=m)  # noqa: E731
+    m0 = jax.tree.map(lambda x: jnp.zeros(x.shape, bool), params)
+    state = make(m0).init(params)
+
+    @jax.jit
+    def step(p, s, x, y, m):
+        u, s = make(m).update(jax.grad(loss)(p, x, y), s, p)
+        return optax.apply_updates(p, u), s
+
+    m1 = jax.tree.map(lambda x: jnp.ones(x.shape, bool), params)
+    same, _ = step(params, state, xs[0], ys[0], m1)
+    moved, _ = step(params, state, xs[0], ys[0], m0)
+    assert all(np.array_equal(bits(a), bits(b))
+               for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)))
+    assert not all(np.array_equal(bits(a), bits(b))
+                   for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
