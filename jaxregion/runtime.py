@@ -77,6 +77,22 @@ def load_corpora(specs: Sequence[str], session: Session, seq_len: int,
     return out
 
 
+def edit_params(session: Session, region: str | None = None, region_op: str = "zero",
+                perturbs: Sequence[str] = (), seed: int = 0) -> dict:
+    """Params with a region file's op and single-entry perturbations applied (all validated)."""
+    from jaxregion import interventions
+    from jaxregion.regions import load_region
+
+    params = session.params
+    if region:
+        interventions.parse_region_op(region_op)
+        reg = load_region(region, template=params)
+        params = interventions.region_op(params, reg, region_op, seed=seed)
+    for spec in perturbs:
+        params = interventions.apply_perturb(params, spec)
+    return params
+
+
 def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_size: int,
                      params: dict | None = None, desc: str = "eval") -> dict[str, EvalResult]:
     params = session.params if params is None else params

@@ -14,6 +14,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_model(p)
     common.add_text(p)
     common.add_windows(p)
+    p.add_argument("--region", default=None, help="a region file (.safetensors) to intervene on")
+    p.add_argument("--region-op", default="zero",
+                   help="what to do to the region: zero, scale:F, noise:S (relative std), set:V")
+    p.add_argument("--perturb", action="append", default=[], metavar="SPEC",
+                   help="edit single entries, e.g. 'model.layers.1.mlp.down_proj.weight[:,2100]*4'"
+                        " (ops * = +); repeatable")
+    p.add_argument("--seed", type=int, default=0, help="seed for noise:S")
     p.add_argument("--json", dest="json_out", default=None, help="write results JSON here")
     common.add_debug(p)
     p.set_defaults(func=run)
@@ -24,10 +31,13 @@ def run(args: argparse.Namespace) -> int:
     from jaxregion.report.tables import markdown_table
 
     session = runtime.load_session(args.model, args.dtype)
+    params = runtime.edit_params(session, args.region, args.region_op, args.perturb, args.seed)
     corpora = runtime.load_corpora(args.text, session, args.seq_len, args.max_seqs)
-    results = runtime.evaluate_corpora(session, corpora, args.batch_size)
+    results = runtime.evaluate_corpora(session, corpora, args.batch_size, params=params)
     out = {
         "model": args.model, "seq_len": args.seq_len, "dtype": args.dtype,
+        "region": args.region, "region_op": args.region_op if args.region else None,
+        "perturb": args.perturb,
         "perplexity": {k: r.perplexity for k, r in results.items()},
         "loss": {k: r.loss for k, r in results.items()},
         "tokens": {k: r.tokens for k, r in results.items()},

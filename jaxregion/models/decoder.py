@@ -58,13 +58,21 @@ def _mlp_block(p: dict, x: Array, cfg: ModelConfig, taps: dict | None, prefix: s
 
 def layer(p: dict, x: Array, cfg: ModelConfig, i: int, cos: Array, sin: Array,
           taps: dict | None = None) -> Array:
-    """One decoder layer; ``taps`` (if given) receives the inputs of its linear maps."""
+    """One decoder layer.
+
+    ``taps`` (if given) receives the inputs of its linear maps (``...self_attn.qkv``,
+    ``...self_attn.o_proj``, ``...mlp.gate_up``, ``...mlp.down_proj``) and the residual stream
+    after the layer (``...output``).
+    """
     mask = attention_mask(x.shape[1], cfg.sliding_windows[i] if cfg.sliding_windows else None)
     prefix = f"model.layers.{i}."
     h = rms_norm(x, p["input_layernorm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
     x = x + _attn_block(p, h, cfg, cos, sin, mask, taps, prefix)
     h = rms_norm(x, p["post_attention_layernorm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
-    return x + _mlp_block(p, h, cfg, taps, prefix)
+    x = x + _mlp_block(p, h, cfg, taps, prefix)
+    if taps is not None:
+        taps[prefix + "output"] = x  # the residual stream after this layer
+    return x
 
 
 def embed(params: dict, tokens: Array, cfg: ModelConfig, dtype: jnp.dtype) -> Array:

@@ -34,7 +34,10 @@ def layer(p: dict, x: Array, cfg: ModelConfig, i: int, taps: dict | None = None)
     h = activation(cfg.activation, conv1d(h, m["c_fc"]["weight"], m["c_fc"]["bias"]))
     if taps is not None:
         taps[prefix + "mlp.c_proj"] = h
-    return x + conv1d(h, m["c_proj"]["weight"], m["c_proj"]["bias"])
+    x = x + conv1d(h, m["c_proj"]["weight"], m["c_proj"]["bias"])
+    if taps is not None:
+        taps[prefix + "output"] = x
+    return x
 
 
 def forward(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
