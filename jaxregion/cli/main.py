@@ -19,8 +19,6 @@ from jaxregion.errors import UserError
 COMMAND_MODULES = [
     "jaxregion.cli.eval_cmd",
     "jaxregion.cli.train_cmd",
-    "jaxregion.cli.importance_cmd",
-    "jaxregion.cli.regions_cmd",
 ]
 
 
