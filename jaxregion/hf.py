@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import safetensors_io as st
+from jaxregion.distributed import barrier, fetch
 from jaxregion.errors import UserError
 from jaxregion.models import spec
 from jaxregion.models.config import ModelConfig, from_hf_dict
@@ -147,10 +148,25 @@ def load_params(
             out[name] = jax.device_put(arr.astype(dtype, copy=False))
             del arr
         else:
-            out[name] = jax.make_array_from_callback(
-                shape, sh, lambda idx, f=f, key=key: f.read_slice(key, idx).astype(dtype)
-            )
+            out[name] = _read_sharded(f, key, shape, sh, dtype)
     return unflatten(out)
+
+
+def _read_sharded(f: st.SafetensorsFile, key: str, shape: tuple[int, ...],
+                  sh: jax.sharding.Sharding, dtype: jnp.dtype) -> jax.Array:
+    """One tensor placed with ``sh``: this process reads only the slices its own devices
+    hold (each distinct slice once, even when several local devices replicate it)."""
+    cache: dict[tuple, np.ndarray] = {}
+
+    def read(idx: tuple[slice, ...]) -> np.ndarray:
+        k = tuple((s.start, s.stop, s.step) for s in idx)
+        if k not in cache:
+            cache[k] = f.read_slice(key, idx).astype(dtype, copy=False)
+        return cache[k]
+
+    arr = jax.make_array_from_callback(shape, sh, read)
+    cache.clear()
+    return arr
 
 
 def load(model: str, dtype: str | jnp.dtype = "float32",
@@ -176,7 +192,8 @@ def export(
 ) -> None:
     """Write an HF directory: model.safetensors, config.json and the tokenizer files.
 
-    Tensors are gathered to the host one at a time. ``dtype`` casts on the way out.
+    Tensors are gathered to the host one at a time (collectively when they span processes:
+    every process calls this; process 0 writes). ``dtype`` casts on the way out.
     """
     os.makedirs(out_dir, exist_ok=True)
     flat = flatten(params)
@@ -184,11 +201,12 @@ def export(
     for name, arr in flat.items():
         dt = np.dtype(dtype) if dtype else np.dtype(arr.dtype)
         tensors[name] = (dt, tuple(arr.shape),
-                         lambda a=arr, dt=dt: np.asarray(jax.device_get(a)).astype(dt, copy=False))
+                         lambda a=arr, dt=dt: fetch(a).astype(dt, copy=False))
     if jax.process_index() == 0:
         st.write(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
         config = dict(cfg.hf_config)
-        out_dtype = str(np.dtype(dtype)) if dtype else str(np.dtype(next(iter(flat.values())).dtype))
+        first = next(iter(flat.values()))
+        out_dtype = str(np.dtype(dtype)) if dtype else str(np.dtype(first.dtype))
         config["torch_dtype"] = out_dtype
         config["dtype"] = out_dtype
         from jaxregion.io import write_json
@@ -204,6 +222,7 @@ def export(
         stale = os.path.join(out_dir, "model.safetensors.index.json")
         if os.path.exists(stale):
             os.unlink(stale)
-    else:  # other processes still take part in gathering
+    else:  # other processes still take part in gathering, in the same order
         for _, (_, _, thunk) in tensors.items():
             thunk()
+    barrier(f"export:{out_dir}")

@@ -39,7 +39,7 @@ def load_session(model: str, dtype: str = "float32", mesh: jax.sharding.Mesh | N
     ck = hf.open_checkpoint(model)
     tok = hf.load_tokenizer(ck.path) if with_tokenizer else None
     mesh = mesh or sharding.make_mesh()
-    params = hf.load_params(ck, jnp.dtype(dtype))
+    params = hf.load_params(ck, jnp.dtype(dtype), sharding.placement(ck.config, mesh))
     return Session(model, ck.path, ck.config, params, tok, mesh)
 
 

@@ -32,6 +32,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for mod in COMMAND_MODULES:
         importlib.import_module(mod).register(sub)
+    from jaxregion.cli.common import add_distributed, add_mesh
+
+    for p in set(sub.choices.values()):  # every command: multi-host and mesh flags
+        add_distributed(p)
+        add_mesh(p)
     return parser
 
 
@@ -46,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
+        from jaxregion.cli.common import setup_distributed
+
+        setup_distributed(args)
         return int(args.func(args) or 0)
     except UserError as e:
         if debug:
