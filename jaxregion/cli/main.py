@@ -19,6 +19,9 @@ from jaxregion.errors import UserError
 COMMAND_MODULES = [
     "jaxregion.cli.eval_cmd",
     "jaxregion.cli.train_cmd",
+    "jaxregion.cli.importance_cmd",
+    "jaxregion.cli.regions_cmd",
+    "jaxregion.cli.experiment_cmd",
 ]
 
 
