@@ -21,6 +21,7 @@ COMMAND_MODULES = [
     "jaxregion.cli.train_cmd",
     "jaxregion.cli.importance_cmd",
     "jaxregion.cli.regions_cmd",
+    "jaxregion.cli.experiment_cmd",
 ]
 
 
