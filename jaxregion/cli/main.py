@@ -22,6 +22,7 @@ COMMAND_MODULES = [
     "jaxregion.cli.importance_cmd",
     "jaxregion.cli.regions_cmd",
     "jaxregion.cli.experiment_cmd",
+    "jaxregion.cli.demo_cmd",
 ]
 
 
