@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "jaxregion.cli.regions_cmd",
     "jaxregion.cli.experiment_cmd",
     "jaxregion.cli.demo_cmd",
+    "jaxregion.cli.plan_cmd",
 ]
 
 
