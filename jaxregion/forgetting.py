@@ -19,7 +19,6 @@ can be self-contained (see ``configs/forgetting_small.yaml``).
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from collections.abc import Mapping

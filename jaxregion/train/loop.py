@@ -14,7 +14,6 @@ import signal
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from functools import partial
 from typing import Any
 
 import jax
