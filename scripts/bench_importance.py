@@ -101,7 +101,10 @@ def run_jax(args) -> dict:
     from jaxregion.models import from_hf_dict
 
     big = args.device_7b
-    cfg = from_hf_dict({"model_type": "llama", **(LLAMA2_7B if big else SMALL)})
+    shape = dict(LLAMA2_7B if big else SMALL)
+    if args.layers:
+        shape["num_hidden_layers"] = args.layers
+    cfg = from_hf_dict({"model_type": "llama", **shape})
     dtype = jnp.bfloat16 if big else jnp.float32
     mesh = sharding.make_mesh()
     t0 = time.perf_counter()
@@ -184,7 +187,8 @@ def run_torch(args) -> dict:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = transformers.LlamaConfig(**SMALL)
+    cfg = transformers.LlamaConfig(**{**SMALL, **({"num_hidden_layers": args.layers}
+                                                    if args.layers else {})})
     model = transformers.LlamaForCausalLM(cfg)  # default attention (sdpa), float32
     model.train()  # no dropout in Llama; train() only enables autograd bookkeeping paths
     n_params = sum(p.numel() for p in model.parameters())
@@ -243,6 +247,8 @@ def _child(which: str, args) -> dict:
             "--seq", str(args.seq)]
     if args.threads:
         argv += ["--threads", str(args.threads)]
+    if args.layers:
+        argv += ["--layers", str(args.layers)]
     if args.remat is not None:
         argv += ["--remat" if args.remat else "--no-remat"]
     p = subprocess.run(argv, capture_output=True, text=True)
@@ -272,6 +278,8 @@ def main() -> int:
                     help="Llama-2-7B shape, bf16, on the accelerator (JAX only)")
     ap.add_argument("--peak-tflops", type=float, default=989.0,
                     help="dense bf16 peak for MFU in --device-7b (989: H100/H200)")
+    ap.add_argument("--layers", type=int, default=None,
+                    help="override the layer count (e.g. --device-7b --layers 1 as a smoke test)")
     ap.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -288,7 +296,7 @@ def main() -> int:
         print(f"init on device: {r['init_s']:.1f} s; compile: {r['compile_s']:.1f} s")
         print(f"taylor importance: {r['tokens_per_s']:,.0f} tokens/s "
               f"({r['step_s'] * 1e3:.0f} ms/step)")
-        print(f"MFU (6·N·tokens): {100 * r['mfu_6N']:.1f}% of {args.peak_tflops:.0f} TFLOP/s; "
+        print(f"MFU (6·N·tokens): {100 * r['mfu_6N']:.1f}% of {args.peak_tflops:g} TFLOP/s; "
               f"XLA-counted: {_fmt_flops(r['achieved_flops_xla'])} "
               f"({100 * r['mfu_xla']:.1f}%, includes remat recompute)")
         print(f"measured bf16 matmul peak: {_fmt_flops(r['matmul_peak_bf16'])}")
