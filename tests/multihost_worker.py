@@ -243,6 +243,9 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
     start = distributed.flat_host(params)
     frozen_moved = sum(int(np.sum(final[n][m] != start[n][m])) for n, m in region.items()
                        if "norm" not in n)
+    distributed.barrier("metrics")
+    with open(os.path.join(out_dir, "ckpt", "metrics.jsonl")) as f:
+        metrics_lines = sum(1 for line in f if line.strip())
     reads = distributed.sum_over_processes(np.array([counted["bytes"]], np.int64))
     if distributed.is_main():
         np.savez(os.path.join(out_dir, "params.npz"), **final)
@@ -253,7 +256,8 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
             "bytes_read_all": int(reads[0]), "model_bytes": model_bytes,
             "full_copies": full_copies, "sharded_tensors": sharded, "loss": loss,
             "frozen_moved": frozen_moved, "steps": got.step,
-            "train_losses": [r.get("loss") for r in got.metrics]}
+            "train_losses": [r.get("loss") for r in got.metrics],
+            "metrics_lines": metrics_lines}
     _write(f"{out}.{jax.process_index()}", info)
     distributed.barrier("done")
     distributed.shutdown()

@@ -145,6 +145,7 @@ def test_two_processes_equal_one(llama_dir, tmp_path):
         # training: 5 steps, frozen elements never move
         assert m["steps"] == s["steps"] == 5
         assert m["frozen_moved"] == 0
+        assert m["metrics_lines"] == s["metrics_lines"] == len(s["train_losses"])  # one writer
         for a, b in zip(m["train_losses"], s["train_losses"]):
             assert abs(a - b) <= 1e-5 * abs(b)
     assert s["frozen_moved"] == 0

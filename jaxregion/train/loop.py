@@ -206,7 +206,8 @@ def _read_metrics(path: str, upto: int) -> list[dict]:
 def _write_metrics(path: str, records: list[dict]) -> None:
     from jaxregion.io import write_text
 
-    write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+    if jax.process_index() == 0:  # multi-host: one writer
+        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
@@ -276,8 +277,9 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
 
     def log(rec: dict) -> None:
         records.append(rec)
-        with open(metrics_path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(rec) + "\n")
+        if jax.process_index() == 0:  # multi-host: one writer
+            with open(metrics_path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec) + "\n")
 
     if start == 0 and evals and not records:
         log({"step": 0, "loss": None, "lr": float(sched(0)),
