@@ -9,8 +9,8 @@ import sys
 from jaxregion.cli import common
 
 
-def _add_training(p: argparse.ArgumentParser) -> None:
-    common.add_text(p)
+def _add_training(p: argparse.ArgumentParser, text_required: bool = True) -> None:
+    common.add_text(p, required=text_required)
     g = p.add_argument_group("training")
     g.add_argument("--steps", type=int, default=None, help="optimizer steps (required)")
     g.add_argument("--batch-size", type=int, default=8, help="windows per step (default 8)")
@@ -76,8 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--intermediate-size", type=int, default=None)
     a.add_argument("--max-positions", type=int, default=512)
     a.add_argument("--init-seed", type=int, default=0)
-    _add_training(q)
-    q.set_defaults(text=None)
+    _add_training(q, text_required=False)
     common.add_debug(q)
     q.set_defaults(func=run_pretrain, _parser=q)
 
