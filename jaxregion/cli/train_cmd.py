@@ -129,9 +129,7 @@ def _train(args: argparse.Namespace, model: str, freeze: str | None) -> int:
     res = train(session.params, session.config, windows, cfg, args.ckpt_dir, region=region,
                 evals=evals, mesh=session.mesh, progress=not args.no_progress, run_info=info)
     if res.interrupted:
-        import signal
-
-        return 128 + int(signal.SIGTERM)
+        return 128 + int(res.signum or 15)
     last = res.metrics[-1] if res.metrics else {}
     if last.get("eval_ppl"):
         print("final eval perplexity: " + ", ".join(f"{k}={v:.3f}" for k, v in

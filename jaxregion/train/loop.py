@@ -158,6 +158,7 @@ class TrainResult:
     interrupted: bool
     resumed_from: int | None
     metrics: list[dict] = field(default_factory=list)
+    signum: int | None = None  # the signal that stopped the run
 
 
 class _Stop:
@@ -285,7 +286,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         log({"step": 0, "loss": None, "lr": float(sched(0)),
              "eval_ppl": _eval(params, model_cfg, evals, cfg, mesh), "tokens_per_s": None})
 
-    interrupted = False
+    interrupted, signum = False, None
     step = start
     t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
@@ -315,7 +316,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                 if step % cfg.save_every == 0 or last or stop.signum is not None:
                     ckpt.save(step, params, opt_state, meta_for(step))
                 if stop.signum is not None and not last:
-                    interrupted = True
+                    interrupted, signum = True, stop.signum
                     ckpt.wait()
                     print(f"jaxregion: stopped at step {step} by "
                           f"{signal.Signals(stop.signum).name}; checkpoint saved in {ckpt_dir}; "
@@ -324,4 +325,4 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
     finally:
         bar.close()
         ckpt.close()
-    return TrainResult(params, step, interrupted, resumed, records)
+    return TrainResult(params, step, interrupted, resumed, records, signum)
