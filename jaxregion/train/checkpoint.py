@@ -64,8 +64,10 @@ class Checkpointer:
         ocp = _ocp()
         self.root = os.path.abspath(os.path.join(ckpt_dir, STEPS))
         self.keep = keep
+        # cleanup: a save cut short by a crash leaves a ``N.orbax-checkpoint-tmp`` dir
         opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                            enable_async_checkpointing=async_save)
+                                            enable_async_checkpointing=async_save,
+                                            cleanup_tmp_directories=True)
         self.manager = ocp.CheckpointManager(self.root, options=opts,
                                              item_names=("params", "opt_state", "meta"))
 
