@@ -3,6 +3,7 @@ that name the file and the key."""
 
 from __future__ import annotations
 
+import collections.abc
 import dataclasses
 import os
 import types
@@ -35,12 +36,12 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
         raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
-    if origin in (tuple, list):
+    if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: expected a list, got {value!r}")
         inner = args[0] if args else Any
         return tuple(_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
-    if origin is dict:
+    if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
         kt, vt = args if args else (Any, Any)
@@ -74,13 +75,19 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     return cls(**kwargs)
 
 
-def load_yaml(cls: type[T], path: str) -> T:
-    """``cls`` from the YAML file at ``path``; relative paths inside stay as written."""
+def read_yaml(path: str) -> Any:
+    """The parsed YAML at ``path``, or a UserError naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such config file")
     try:
         with open(path, encoding="utf-8") as f:
-            data = yaml.safe_load(f)
+            return yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read ({e})") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
-    return from_dict(cls, data, path)
+
+
+def load_yaml(cls: type[T], path: str) -> T:
+    """``cls`` from the YAML file at ``path``; relative paths inside stay as written."""
+    return from_dict(cls, read_yaml(path), path)

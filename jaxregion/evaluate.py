@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import sharding
-from jaxregion.models import ModelConfig, apply, next_token_nll
+from jaxregion.models import ModelConfig, token_nll
 
 
 @dataclass(frozen=True)
@@ -25,7 +25,7 @@ class EvalResult:
 
 @partial(jax.jit, static_argnames=("cfg",))
 def _nll_sum(params: dict, tokens: jax.Array, weights: jax.Array, cfg: ModelConfig) -> jax.Array:
-    nll = next_token_nll(apply(params, tokens, cfg), tokens)
+    nll = token_nll(params, tokens, cfg)
     return jnp.sum(jnp.sum(nll, axis=1) * weights)
 
 

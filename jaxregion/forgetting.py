@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxregion.config import from_dict, read_yaml
 from jaxregion.errors import UserError
 
 REGION_KINDS = ("core", "bottom", "random", "monolingual", "top")
@@ -123,82 +124,39 @@ class ForgettingConfig:
     name: str = "forgetting"
 
 
-def _build(cls, d: Any, where: str):
-    if not isinstance(d, Mapping):
-        raise UserError(f"{where}: expected a mapping, got {type(d).__name__}")
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = [k for k in d if k not in names]
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(map(str, unknown))}; known: "
-                        f"{', '.join(names)}")
-    kw = {}
-    for k, v in d.items():
-        kw[k] = v
-    try:
-        return cls(**kw)
-    except TypeError as e:
-        raise UserError(f"{where}: {e}") from None
-
-
 def config_from_dict(d: Mapping[str, Any], source: str = "config") -> ForgettingConfig:
+    if not isinstance(d, Mapping):
+        raise UserError(f"{source}: expected a mapping, got {type(d).__name__}")
     d = dict(d)
-    for k in ("target", "target_train", "evals", "settings"):
-        if k not in d:
-            raise UserError(f"{source}: missing required key {k!r}")
-    d["train"] = _build(TrainSpec, d.get("train") or {}, f"{source}: train")
-    if d.get("pretrain") is not None:
-        p = dict(d["pretrain"])
-        p["train"] = _build(TrainSpec, p.get("train") or {}, f"{source}: pretrain.train")
-        d["pretrain"] = _build(PretrainSpec, p, f"{source}: pretrain")
-    if d.get("importance") is not None:
-        d["importance"] = _build(ImportanceSpec, d["importance"], f"{source}: importance")
-    raw = d["settings"]
-    if isinstance(raw, Mapping):
-        raw = [{"name": k, **(v or {})} for k, v in raw.items()]
-    settings = []
-    for i, s in enumerate(raw):
-        s = dict(s)
-        if s.get("layers") is not None:
-            s["layers"] = tuple(int(x) for x in s["layers"])
-        if s.get("langs") is not None:
-            s["langs"] = tuple(str(x) for x in s["langs"])
-        st = _build(Setting, s, f"{source}: settings[{i}]")
+    if isinstance(d.get("settings"), Mapping):  # {name: {...}} is accepted too
+        d["settings"] = [{"name": k, **(v or {})} for k, v in d["settings"].items()]
+    cfg = from_dict(ForgettingConfig, d, source)
+    settings = list(cfg.settings)
+    for st in settings:
         if st.kind is not None and st.kind not in REGION_KINDS:
             raise UserError(f"{source}: setting {st.name!r}: kind {st.kind!r} is unknown; use "
                             f"one of {', '.join(REGION_KINDS)}")
         if sum(x is not None for x in (st.region, st.kind, st.layers)) > 1:
             raise UserError(f"{source}: setting {st.name!r}: give one of region, kind, layers")
-        settings.append(st)
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise UserError(f"{source}: setting names repeat: {names}")
-    d["settings"] = tuple(settings)
-    d["evals"] = dict(d["evals"])
-    if d["target"] not in d["evals"]:
-        raise UserError(f"{source}: evals must include the target language {d['target']!r}")
-    if len(d["evals"]) < 2:
+    if cfg.target not in cfg.evals:
+        raise UserError(f"{source}: evals must include the target language {cfg.target!r}")
+    if len(cfg.evals) < 2:
         raise UserError(f"{source}: evals need at least one language besides the target")
-    if d.get("model") is None and d.get("pretrain") is None:
+    if cfg.model is None and cfg.pretrain is None:
         raise UserError(f"{source}: give a base 'model' directory or a 'pretrain' section")
     needs_scores = [s.name for s in settings if s.kind and s.kind != "random"]
-    if needs_scores and d.get("importance") is None:
+    if needs_scores and cfg.importance is None:
         raise UserError(f"{source}: settings {needs_scores} compute regions from importance "
                         "scores; add an 'importance' section (texts per language) or give "
                         "region files")
-    return _build(ForgettingConfig, d, source)
+    return cfg
 
 
 def load_config(path: str) -> ForgettingConfig:
-    import yaml
-
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML ({e})") from None
-    return config_from_dict(d or {}, path)
+    return config_from_dict(read_yaml(path) or {}, path)
 
 
 # --- pieces --------------------------------------------------------------------------------

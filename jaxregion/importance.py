@@ -55,7 +55,7 @@ from jaxregion import sharding as shd
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
-from jaxregion.models import ModelConfig, apply, next_token_nll
+from jaxregion.models import ModelConfig, apply, token_nll
 
 PyTree = Any
 ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
@@ -143,7 +143,7 @@ def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
 # --- the jitted micro-batch steps --------------------------------------------------------
 def _nll_sum(params: PyTree, tokens: jax.Array, weights: jax.Array, cfg: ModelConfig,
              remat: bool) -> jax.Array:
-    nll = next_token_nll(apply(params, tokens, cfg, remat=remat), tokens)
+    nll = token_nll(params, tokens, cfg, remat=remat)
     return jnp.sum(jnp.sum(nll, axis=1) * weights)
 
 

@@ -155,9 +155,14 @@ def test_two_processes_equal_one(llama_dir, tmp_path):
         b = np.load(str(tmp_path / "sp" / f"{what}.npz"))
         assert set(a.files) == set(b.files)
         for k in b.files:
-            scale = float(np.max(np.abs(b[k])))
             err = float(np.max(np.abs(a[k] - b[k])))
-            assert err <= 1e-5 * scale, (what, k, err, scale)
+            if what == "scores":  # the issue: importance within 1e-5 relative
+                scale = float(np.max(np.abs(b[k])))
+                assert err <= 1e-5 * scale, (what, k, err, scale)
+            else:  # the issue: params within 1e-5. Adam's m/sqrt(v) is scale-free, so a
+                # reduction-order rounding difference in a near-zero gradient moves an element
+                # by O(lr) whatever its size: the bound is absolute, as the issue states it.
+                assert err <= 1e-5, (what, k, err)
     from jaxregion.regions.files import load_scores
 
     got, meta = load_scores(str(tmp_path / "mp" / "taylor.safetensors"))

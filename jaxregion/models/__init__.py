@@ -11,32 +11,64 @@ import jax.numpy as jnp
 
 from jaxregion.models import decoder, gpt2
 from jaxregion.models.config import SUPPORTED, ModelConfig, from_hf_dict
+from jaxregion.models.layers import matmul
 from jaxregion.models.spec import abstract_params, logical_axes, shapes
 
 __all__ = [
     "SUPPORTED", "ModelConfig", "from_hf_dict", "apply", "abstract_params", "logical_axes",
-    "shapes", "next_token_nll", "loss_fn",
+    "shapes", "next_token_nll", "token_nll", "loss_fn", "features", "unembedding",
 ]
 
-_FORWARD = {"gpt2": gpt2.forward, "llama": decoder.forward}
+_FAMILY = {"gpt2": gpt2, "llama": decoder}
+
+
+def features(params: dict, tokens: jax.Array, cfg: ModelConfig, *, taps: dict | None = None,
+             remat: bool = False) -> jax.Array:
+    """Final normed hidden states ``[batch, seq, hidden]`` (what the output head reads)."""
+    return _FAMILY[cfg.family].features(params, tokens, cfg, taps=taps, remat=remat)
+
+
+def unembedding(params: dict, cfg: ModelConfig) -> jax.Array:
+    """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
+    return _FAMILY[cfg.family].unembedding(params, cfg)
 
 
 def apply(params: dict, tokens: jax.Array, cfg: ModelConfig, *, taps: dict | None = None,
           remat: bool = False) -> jax.Array:
     """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
-    return _FORWARD[cfg.family](params, tokens, cfg, taps=taps, remat=remat)
+    h = features(params, tokens, cfg, taps=taps, remat=remat)
+    return matmul(h, unembedding(params, cfg))
 
 
 def next_token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Per-position negative log-likelihood ``[batch, seq-1]`` in float32."""
+    """Per-position negative log-likelihood ``[batch, seq-1]`` in float32, from logits."""
     logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
     return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
+def token_nll(params: dict, tokens: jax.Array, cfg: ModelConfig, remat: bool = False
+              ) -> jax.Array:
+    """Per-position next-token NLL ``[batch, seq-1]`` in float32, straight from the params.
+
+    Equal to ``next_token_nll(apply(...))`` but about twice as fast to differentiate: the head
+    runs only on the predicted positions, the target logit is ``h · W[target]`` (a gather of
+    ``[batch, seq, hidden]`` instead of a scatter into ``[batch, seq, vocab]``), and the
+    log-sum-exp is written out so its gradient is one softmax.
+    """
+    h = features(params, tokens, cfg, remat=remat)[:, :-1]
+    w = unembedding(params, cfg).astype(h.dtype)
+    logits = matmul(h, w, out_dtype=jnp.float32)
+    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+    lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1)) + m[..., 0]
+    target = jnp.einsum("bsi,bsi->bs", h, jnp.take(w, tokens[:, 1:], axis=0),
+                        preferred_element_type=jnp.float32)
+    return lse - target
+
+
 def loss_fn(params: dict, tokens: jax.Array, cfg: ModelConfig, weights: jax.Array | None = None,
             remat: bool = False) -> jax.Array:
-    """Mean next-token cross-entropy over all predicted positions (optionally per-window weights)."""
-    nll = next_token_nll(apply(params, tokens, cfg, remat=remat), tokens)
+    """Mean next-token cross-entropy over all predicted positions (optional window weights)."""
+    nll = token_nll(params, tokens, cfg, remat=remat)
     if weights is None:
         return jnp.mean(nll)
     w = weights.astype(jnp.float32)[:, None]

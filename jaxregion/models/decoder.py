@@ -82,16 +82,15 @@ def embed(params: dict, tokens: Array, cfg: ModelConfig, dtype: jnp.dtype) -> Ar
     return x
 
 
-def head(params: dict, x: Array, cfg: ModelConfig) -> Array:
-    x = rms_norm(x, params["model"]["norm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
-    w = params["model"]["embed_tokens"]["weight"] if cfg.tie_embeddings else \
+def unembedding(params: dict, cfg: ModelConfig) -> Array:
+    """The output projection ``[vocab, hidden]`` (the embedding when tied)."""
+    return params["model"]["embed_tokens"]["weight"] if cfg.tie_embeddings else \
         params["lm_head"]["weight"]
-    return linear(x, w)
 
 
-def forward(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
-            remat: bool = False) -> Array:
-    """Logits ``[batch, seq, vocab]`` in the params' dtype."""
+def features(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
+             remat: bool = False) -> Array:
+    """The final normed hidden states ``[batch, seq, hidden]``: logits are these @ W.T."""
     dtype = params["model"]["embed_tokens"]["weight"].dtype
     x = embed(params, tokens, cfg, dtype)
     cos, sin = rope_tables(cfg, tokens.shape[1], dtype)
@@ -100,4 +99,4 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None 
             x = jax.checkpoint(layer, static_argnums=(2, 3))(p, x, cfg, i, cos, sin)
         else:
             x = layer(p, x, cfg, i, cos, sin, taps)
-    return head(params, x, cfg)
+    return rms_norm(x, params["model"]["norm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)

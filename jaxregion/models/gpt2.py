@@ -40,8 +40,15 @@ def layer(p: dict, x: Array, cfg: ModelConfig, i: int, taps: dict | None = None)
     return x
 
 
-def forward(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
-            remat: bool = False) -> Array:
+def unembedding(params: dict, cfg: ModelConfig) -> Array:
+    """The output projection ``[vocab, hidden]`` (the token embedding when tied)."""
+    return params["transformer"]["wte"]["weight"] if cfg.tie_embeddings else \
+        params["lm_head"]["weight"]
+
+
+def features(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
+             remat: bool = False) -> Array:
+    """The final LayerNorm output ``[batch, seq, hidden]``."""
     t = params["transformer"]
     dtype = t["wte"]["weight"].dtype
     pos = jnp.arange(tokens.shape[1])
@@ -51,6 +58,4 @@ def forward(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None 
             x = jax.checkpoint(layer, static_argnums=(2, 3))(p, x, cfg, i)
         else:
             x = layer(p, x, cfg, i, taps)
-    x = layer_norm(x, t["ln_f"]["weight"], t["ln_f"]["bias"], cfg.norm_eps)
-    w = t["wte"]["weight"] if cfg.tie_embeddings else params["lm_head"]["weight"]
-    return jnp.einsum("...i,oi->...o", x, w.astype(x.dtype))
+    return layer_norm(x, t["ln_f"]["weight"], t["ln_f"]["bias"], cfg.norm_eps)

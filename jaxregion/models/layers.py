@@ -14,15 +14,29 @@ from jaxregion.models.config import ModelConfig
 Array = jax.Array
 
 
+def matmul(x: Array, w: Array, transpose: bool = True, out_dtype=None) -> Array:
+    """``x @ w.T`` (or ``x @ w``) over the last axis of ``x``.
+
+    Leading axes are flattened first: XLA:CPU differentiates a plain 2-D matmul about 40%
+    faster than the same contraction written as a batched einsum.
+    """
+    lead = x.shape[:-1]
+    w = w.astype(x.dtype)
+    x2 = x.reshape(-1, x.shape[-1])
+    dims = (((1,), (1,) if transpose else (0,)), ((), ()))
+    y = jax.lax.dot_general(x2, w, dims, preferred_element_type=out_dtype)
+    return y.reshape(*lead, y.shape[-1])
+
+
 def linear(x: Array, w: Array, b: Array | None = None) -> Array:
     """``x @ w.T (+ b)`` with ``w`` in HF layout ``[out, in]``."""
-    y = jnp.einsum("...i,oi->...o", x, w.astype(x.dtype))
+    y = matmul(x, w)
     return y if b is None else y + b.astype(y.dtype)
 
 
 def conv1d(x: Array, w: Array, b: Array) -> Array:
     """GPT-2's Conv1D: ``x @ w + b`` with ``w`` stored ``[in, out]``."""
-    return jnp.einsum("...i,io->...o", x, w.astype(x.dtype)) + b.astype(x.dtype)
+    return matmul(x, w, transpose=False) + b.astype(x.dtype)
 
 
 def rms_norm(x: Array, w: Array, eps: float, plus_one: bool = False) -> Array:
@@ -75,15 +89,22 @@ def attention_mask(seq_len: int, window: int | None) -> Array:
     return mask
 
 
-def attention(
-    q: Array, k: Array, v: Array, mask: Array, scale: float
-) -> Array:
-    """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, s, kv, d]`` -> ``[b, s, h, d]``."""
+def attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+    """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, s, kv, d]`` -> ``[b, s, h, d]``.
+
+    Written as batched 3-D matmuls over ``(batch x kv-head)``, the query heads of a group
+    stacked along the rows: the shape XLA:CPU runs fastest. Softmax runs in float32.
+    """
     b, s, h, d = q.shape
     kv = k.shape[2]
-    q = q.reshape(b, s, kv, h // kv, d)
-    logits = jnp.einsum("bqkgd,bskd->bkgqs", q, k, preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[None, None, None], logits, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgqs,bskd->bqkgd", probs, v)
-    return out.reshape(b, s, h, d)
+    g = h // kv
+    qt = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * s, d)
+    kt = k.transpose(0, 2, 1, 3).reshape(b * kv, s, d)
+    vt = v.transpose(0, 2, 1, 3).reshape(b * kv, s, d)
+    logits = jax.lax.dot_general(qt, kt, (((2,), (2,)), ((0,), (0,))),
+                                 preferred_element_type=jnp.float32) * scale
+    logits = jnp.where(mask[None, None], logits.reshape(b * kv, g, s, s),
+                       jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv, g * s, s)
+    out = jax.lax.dot_general(probs, vt, (((2,), (1,)), ((0,), (0,))))
+    return out.reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
