@@ -24,9 +24,9 @@ import optax
 from jaxregion import sharding
 from jaxregion.errors import UserError
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
-from jaxregion.models import ModelConfig, loss_fn
+from jaxregion.models import ModelConfig, abstract_params, loss_fn
 from jaxregion.regions.base import mask_of
-from jaxregion.train.checkpoint import Checkpointer, abstract_like, restore_latest
+from jaxregion.train.checkpoint import Checkpointer, restore_latest
 from jaxregion.train.sampler import Sampler
 
 SCHEDULES = ("cosine", "constant", "linear")
@@ -108,13 +108,27 @@ def _cast(params: Any, dtype: str) -> Any:
     return jax.tree.map(lambda p: p.astype(dt), params)
 
 
+def state_shardings(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
+                    frozen: bool) -> tuple[Any, Any]:
+    """Shardings of (params and freeze mask, optimizer state): the mesh's param rules, with
+    every Adam moment sharded like its parameter."""
+    psh = sharding.param_shardings(model_cfg, mesh)
+    abstract = sharding.abstract_with(abstract_params(model_cfg), psh)
+    tx = make_optimizer(cfg, abstract if frozen else None)
+    osh = sharding.shardings_like(jax.eval_shape(tx.init, abstract), psh, mesh)
+    return psh, osh
+
+
 def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
                     frozen: bool):
     """``step(params, opt_state, batch, mask) -> (params, opt_state, loss)``, jit-compiled.
 
-    The freeze mask is an argument (not a baked-in constant), so one compiled step serves
-    every region of a model. With ``frozen=False`` the mask argument is ignored (None)."""
+    Params, mask and optimizer state are sharded by the mesh's rules (FSDP / tensor
+    parallel), the batch over the batch axes. The freeze mask is an argument (not a baked-in
+    constant), so one compiled step serves every region of a model. With ``frozen=False`` the
+    mask argument is ignored (None)."""
     rep = sharding.replicated(mesh)
+    psh, osh = state_shardings(model_cfg, cfg, mesh, frozen)
     bsh = sharding.batch_sharding(mesh)
     k = cfg.grad_accum
 
@@ -140,8 +154,8 @@ def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, in_shardings=(rep, rep, bsh, rep), out_shardings=(rep, rep, rep),
-                   donate_argnums=(0, 1))
+    return jax.jit(step, in_shardings=(psh, osh, bsh, psh if frozen else None),
+                   out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
 
 
 def freeze_mask_for(params: Any, region: Any, include_norms: bool) -> Any:
@@ -238,18 +252,19 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                         f"a multiple of the {mult} devices on the batch axes")
     evals = evals or {}
     sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
-    rep = sharding.replicated(mesh)
     mask = freeze_mask_for(params, region, cfg.freeze_norms)
     tx = make_optimizer(cfg, mask)
+    psh, osh = state_shardings(model_cfg, cfg, mesh, mask is not None)
     # a copy: the step donates its inputs, and the caller's params must survive
-    params = jax.device_put(jax.tree.map(lambda x: jnp.array(x, jnp.float32), params), rep)
-    opt_state = jax.device_put(tx.init(params), rep)
-    mask_dev = jax.device_put(mask, rep) if mask is not None else None
+    params = jax.jit(lambda p: jax.tree.map(lambda x: jnp.array(x, jnp.float32), p),
+                     out_shardings=psh)(params)
+    opt_state = jax.jit(tx.init, out_shardings=osh)(params)
+    mask_dev = jax.device_put(mask, psh) if mask is not None else None
 
     # --- resume ---------------------------------------------------------------------
     start, resumed = 0, None
-    got = restore_latest(ckpt_dir, abstract_like(params, rep), abstract_like(opt_state, rep),
-                         keep=cfg.keep)
+    got = restore_latest(ckpt_dir, sharding.abstract_with(params, psh),
+                         sharding.abstract_with(opt_state, osh), keep=cfg.keep)
     if got is not None:
         params, opt_state, start, resumed = got.params, got.opt_state, got.step, got.step
         want = sampler.state(start)
