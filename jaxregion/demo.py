@@ -13,8 +13,10 @@ Stages (each cached under the output folder, so a re-run reuses finished work):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -107,8 +109,11 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         num_layers=cfg.num_layers, num_heads=cfg.num_heads,
         intermediate_size=cfg.intermediate_size, max_positions=max(256, cfg.seq_len),
         init_seed=cfg.seed, train=pre_train)
-    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain"))
+    # keyed by the pretraining settings, so a changed setting never reuses a stale model
+    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)))
     link = os.path.join(cfg.out, "model")
+    if os.path.islink(link) and os.readlink(link) != os.path.abspath(model):
+        os.unlink(link)
     if not os.path.exists(link):
         os.symlink(os.path.abspath(model), link)
     timings["pretrain"] = time.time() - t
@@ -140,7 +145,9 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         settings=(forgetting.Setting("none"),
                   forgetting.Setting("core", region=os.path.join(regions_dir, "core.safetensors")),
                   forgetting.Setting("random", region=os.path.join(regions_dir,
-                                                                   "random-0.safetensors"))),
+                                                                   "random-0.safetensors")),
+                  forgetting.Setting("bottom", region=os.path.join(regions_dir,
+                                                                   "bottom.safetensors"))),
         train=forgetting.TrainSpec(steps=cfg.forgetting_steps, batch_size=16,
                                    seq_len=cfg.seq_len, lr=cfg.forgetting_lr,
                                    warmup=max(1, cfg.forgetting_steps // 10),
@@ -148,8 +155,14 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
                                    eval_max_seqs=cfg.eval_windows, seed=cfg.seed),
         out_dir=os.path.join(cfg.out, "forgetting"))
     f_json = os.path.join(f_cfg.out_dir, "results.json")
-    if not os.path.exists(f_json):
+    f_key = os.path.join(f_cfg.out_dir, "demo_config.json")
+    if _fresh(f_json, dataclasses.asdict(f_cfg), f_key):
+        log("cached")
+    else:
+        if os.path.isdir(f_cfg.out_dir):
+            shutil.rmtree(f_cfg.out_dir)  # its runs resume from checkpoints: start clean
         forgetting.run_experiment(f_cfg, progress=True)
+        io.write_json(f_key, {"config": json.loads(json.dumps(dataclasses.asdict(f_cfg)))})
     forg = json.load(open(f_json, encoding="utf-8"))
     timings["forgetting"] = time.time() - t
 
@@ -160,11 +173,20 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
     return {"experiment": exp, "forgetting": forg, "timings": timings}
 
 
-def _fresh(results_json: str, cfg: dict) -> bool:
+def _key(obj) -> str:
+    """A short stable hash of a config dataclass."""
+    blob = json.dumps(dataclasses.asdict(obj), sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:10]
+
+
+def _fresh(results_json: str, cfg: dict, config_json: str | None = None) -> bool:
+    """Whether ``results_json`` exists and was made with ``cfg`` (stored in ``config_json``,
+    default the results file itself, under the key ``config``)."""
     if not os.path.exists(results_json):
         return False
     try:
-        old = json.load(open(results_json, encoding="utf-8")).get("config")
+        with open(config_json or results_json, encoding="utf-8") as f:
+            old = json.load(f).get("config")
     except (OSError, json.JSONDecodeError):
         return False
     return json.loads(json.dumps(cfg)) == old

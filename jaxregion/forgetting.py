@@ -346,6 +346,31 @@ def _plot(path: str, curves: Mapping[str, list[dict]], fn, title: str, caption: 
     plt.close(fig)
 
 
+def _outcome(summary: Mapping[str, dict]) -> str:
+    """One honest sentence: does freezing reduce forgetting relative to nothing and to a
+    random region of the same size, and at what cost to the target?"""
+    if "none" not in summary or len(summary) < 2:
+        return ""
+    ref = summary["none"]["forgetting"]
+    ref_target = summary["none"]["target_ppl"]
+    parts = []
+    for name, s in summary.items():
+        if name == "none":
+            continue
+        change = (s["forgetting"] - ref) / abs(ref) * 100 if ref else 0.0
+        parts.append(f"{name}: forgetting {s['forgetting']:.4g} ({change:+.1f}% vs none), "
+                     f"target ppl {s['target_ppl']:.4g} (none: {ref_target:.4g})")
+    best = min(summary, key=lambda k: summary[k]["forgetting"])
+    verdict = (f"`{best}` forgets least" if best != "none" else
+               "no frozen setting forgets less than training everything")
+    if "core" in summary and "random" in summary:
+        core, rnd = summary["core"]["forgetting"], summary["random"]["forgetting"]
+        verdict += ("; freezing the core region beats a random region of the same size"
+                    if core < rnd else
+                    "; freezing the core region does NOT beat a random region of the same size")
+    return "**Outcome.** " + "; ".join(parts) + f". Here {verdict}."
+
+
 def write_report(out: str, cfg: ForgettingConfig, model: str, sizes: Mapping[str, int],
                  total: int, curves: Mapping[str, list[dict]], base: Mapping[str, float]
                  ) -> dict:
@@ -376,13 +401,14 @@ def write_report(out: str, cfg: ForgettingConfig, model: str, sizes: Mapping[str
         rows.append((name, frac, s["target_ppl"], s["target_gain"], s["others_ppl"],
                      s["forgetting"], s["forgetting_pct"], *[s["ppl"][o] for o in others]))
     table = markdown_table(headers, rows)
+    outcome = _outcome(summary)
     md = [
         f"# Forgetting under frozen regions: {cfg.name}", "",
         caption + ".", "",
         "Forgetting = mean over the other languages of (final - base) perplexity "
         "(% = mean relative increase). Target gain = base - final target perplexity. "
         "Frozen = share of all parameters kept fixed.", "",
-        table, "",
+        table, "", outcome, "",
         f"![target perplexity]({plots['target'][0]})", "",
         f"*Figure 1: {plots['target'][2]} during training, per setting. {caption}.*", "",
         f"![others perplexity]({plots['others'][0]})", "",
@@ -392,7 +418,7 @@ def write_report(out: str, cfg: ForgettingConfig, model: str, sizes: Mapping[str
     results = {"name": cfg.name, "model": model, "target": cfg.target, "base": dict(base),
                "settings": summary, "frozen_elements": dict(sizes), "total_elements": total,
                "train": dataclasses.asdict(cfg.train), "curves": {k: v for k, v in curves.items()},
-               "table": table}
+               "table": table, "outcome": outcome}
     write_json(os.path.join(out, "results.json"), results)
     return results
 
