@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from jaxregion import __version__
@@ -45,8 +46,6 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-
-
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -61,6 +60,14 @@ def main(argv: list[str] | None = None) -> int:
         setup_distributed(args)
         return int(args.func(args) or 0)
     except UserError as e:
+        if debug:
+            raise
+        print(f"jaxregion {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # e.g. `jaxregion regions stats F | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except OSError as e:  # unreadable input, unwritable output: e names the path
         if debug:
             raise
         print(f"jaxregion {args.command}: error: {e}", file=sys.stderr)

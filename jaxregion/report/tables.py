@@ -1,4 +1,6 @@
-"""Plain Markdown tables: readable in a terminal and in a rendered report."""
+"""Plain Markdown tables: readable in a terminal and in a rendered report.
+
+Numbers are right-aligned, text left-aligned."""
 
 from __future__ import annotations
 
@@ -18,9 +20,12 @@ def fmt(x: Any, digits: int = 3) -> str:
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits: int = 3) -> str:
     cells = [[fmt(c, digits) for c in r] for r in rows]
+    numeric = [[isinstance(c, (int, float)) and not isinstance(c, bool) for c in r] for r in rows]
     widths = [max(len(str(h)), *(len(r[i]) for r in cells)) if cells else len(str(h))
               for i, h in enumerate(headers)]
     line = "| " + " | ".join(str(h).ljust(w) for h, w in zip(headers, widths)) + " |"
     sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
-    body = ["| " + " | ".join(c.rjust(w) for c, w in zip(r, widths)) + " |" for r in cells]
+    body = ["| " + " | ".join(c.rjust(w) if num else c.ljust(w)
+                              for c, w, num in zip(r, widths, nums)) + " |"
+            for r, nums in zip(cells, numeric)]
     return "\n".join([line, sep, *body])
