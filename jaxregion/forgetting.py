@@ -29,41 +29,30 @@ import numpy as np
 
 from jaxregion.config import from_dict, read_yaml
 from jaxregion.errors import UserError
+from jaxregion.train.loop import TrainConfig
 
 REGION_KINDS = ("core", "bottom", "random", "monolingual", "top")
 
 
 # --- configuration -------------------------------------------------------------------------
 @dataclass(frozen=True)
-class TrainSpec:
+class TrainSpec(TrainConfig):
+    """A :class:`TrainConfig` with this experiment's defaults, plus its data limits."""
+
     steps: int = 100
-    batch_size: int = 8
     seq_len: int = 64
     lr: float = 1e-3
     warmup: int = 10
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    clip: float = 1.0
-    grad_accum: int = 1
-    dtype: str = "float32"
-    seed: int = 0
     eval_every: int = 25
-    eval_max_seqs: int | None = 32
-    eval_batch_size: int = 8
-    train_max_seqs: int | None = None
     save_every: int = 1000
     keep: int = 1
+    eval_max_seqs: int | None = 32
+    train_max_seqs: int | None = None
 
-    def train_config(self, freeze_norms: bool = False):
-        from jaxregion.train import TrainConfig
-
-        return TrainConfig(
-            steps=self.steps, batch_size=self.batch_size, seq_len=self.seq_len, lr=self.lr,
-            warmup=self.warmup, schedule=self.schedule, weight_decay=self.weight_decay,
-            clip=self.clip, grad_accum=self.grad_accum, dtype=self.dtype, seed=self.seed,
-            eval_every=self.eval_every, eval_batch_size=self.eval_batch_size,
-            save_every=min(self.save_every, self.steps), keep=self.keep,
-            freeze_norms=freeze_norms)
+    def train_config(self, freeze_norms: bool = False) -> TrainConfig:
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        kw.update(save_every=min(self.save_every, self.steps), freeze_norms=freeze_norms)
+        return TrainConfig(**kw)
 
 
 @dataclass(frozen=True)

@@ -124,15 +124,10 @@ class MeshConfig:
 
 def load_mesh_config(path: str) -> MeshConfig:
     """A YAML file ``mesh: {data: .., fsdp: .., tensor: ..}`` (or the bare mapping)."""
-    import yaml
 
-    try:
-        with open(path, encoding="utf-8") as f:
-            d = yaml.safe_load(f)
-    except OSError as e:
-        raise UserError(f"{path}: cannot read mesh config ({e.strerror})") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({e})") from None
+    from jaxregion.config import read_yaml
+
+    d = read_yaml(path)
     if not isinstance(d, Mapping):
         raise UserError(f"{path}: expected a mapping `mesh: {{data: -1, fsdp: 1, tensor: 1}}`")
     return MeshConfig.from_dict(d)

@@ -154,17 +154,11 @@ def run_export(args: argparse.Namespace) -> int:
 
 def _merge_yaml(args: argparse.Namespace) -> None:
     """Config keys fill in flags that were left at their defaults."""
-    import yaml
 
+    from jaxregion.config import read_yaml
     from jaxregion.errors import UserError
 
-    try:
-        with open(args.config, encoding="utf-8") as f:
-            d = yaml.safe_load(f) or {}
-    except OSError as e:
-        raise UserError(f"--config {args.config}: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise UserError(f"--config {args.config}: invalid YAML ({e})") from None
+    d = read_yaml(args.config) or {}
     if not isinstance(d, dict):
         raise UserError(f"--config {args.config}: expected a mapping of flag names to values")
     parser = args._parser
