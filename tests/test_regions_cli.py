@@ -96,7 +96,7 @@ def test_stats_and_compare(imp_dir, tmp_path, capsys):
     out = capsys.readouterr().out
     for heading in ("## Per module type", "## Per layer", "## Top hidden dimensions"):
         assert heading in out
-    assert " self_attn.q_proj |" in out and " mlp.down_proj |" in out
+    assert "| self_attn.q_proj " in out and "| mlp.down_proj " in out
     st = json.loads(open(js).read())
     region = regions.load_region(core)
     assert st["total"] == region.size and st["by_layer"].keys() == {"0", "1"}
