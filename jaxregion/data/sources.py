@@ -68,6 +68,16 @@ class _Base:
 
 # ---------------------------------------------------------------------------------- files ---
 
+def _datasets(name: str):
+    """The optional ``datasets`` package, or a UserError saying how to get it."""
+    try:
+        import datasets
+    except ImportError:
+        raise UserError(f"{name}: hf: sources need the `datasets` package; "
+                        "pip install 'jaxregion[hf]'") from None
+    return datasets
+
+
 def _compression(path: str) -> str:
     low = path.lower()
     return "gzip" if low.endswith(".gz") else "zstd" if low.endswith(".zst") else ""
@@ -342,8 +352,7 @@ class HfDiskSource(_Base):
         return f"hf:{self.path}" + (f":{self.split}" if self.split else "")
 
     def _iter(self) -> Iterator[str]:
-        import datasets
-
+        datasets = _datasets(self.name)
         if not _is_saved_dataset(self.path):
             raise UserError(f"{self.path}: not a saved HF dataset (no dataset_info.json, "
                             "state.json or dataset_dict.json); save it with "
@@ -381,8 +390,7 @@ class HfHubSource(_Base):
         return f"hf:{self.dataset}{cfg}:{self.split}:{self.field}"
 
     def _iter(self) -> Iterator[str]:
-        import datasets
-
+        datasets = _datasets(self.name)
         try:
             ds = datasets.load_dataset(self.dataset, self.config, split=self.split,
                                        streaming=True)
