@@ -211,7 +211,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
                    for lang in mono_langs}
 
     log("[4/6] region maps")
-    density, modules, layers = _layer_module_density(regs["core"])
+    # Per-tensor scope puts exactly `ratio` in every matrix, so the map uses the same ratio
+    # over all scoped parameters at once (global scope): where the importance mass lives.
+    map_region = regs["core"] if c.scope != "per-tensor" else R.core(
+        scores, ratio=c.ratio, scope="global", include=c.include, exclude=c.exclude)
+    density, modules, layers = _layer_module_density(map_region)
     hidden = s.config.hidden_size
     profile = {k: R.hidden_dim_profile(regs[k], hidden) for k in ("core", "bottom",
                                                                  f"random-{c.random_seeds[0]}")}
@@ -327,9 +331,10 @@ def _write_report(r: _Run, res: dict, scores: dict, profile: dict, density: np.n
                       "perplexity / base")
 
     # Region maps
+    map_scope = "global" if c.scope == "per-tensor" else c.scope
     plots.heatmap(os.path.join(out, "core_density.png"), density, [str(x) for x in layers],
-                  modules, "Core region density per layer x module", "fraction selected",
-                  fmt="{:.3f}")
+                  modules, f"Core region density per layer x module ({map_scope} scope)",
+                  "fraction selected", fmt="{:.3f}")
     plots.profiles(os.path.join(out, "core_dims.png"), profile,
                    "Region entries per hidden dimension", "hidden dimension",
                    "selected entries", mark=res["dims"]["core_top_dims"])
@@ -344,7 +349,9 @@ def _write_report(r: _Run, res: dict, scores: dict, profile: dict, density: np.n
                      "Importance |score| distribution (transformer layers)", "log10 |score|")
     md += ["## Region maps", "", "![density](core_density.png)", "",
            f"*Figure 2.* Fraction of each weight matrix in the core region, per layer and module "
-           f"type. {where}.", "", "![dims](core_dims.png)", "",
+           f"type, selected with {map_scope} scope (top {c.ratio:g} of Σ|score| over all "
+           f"scoped parameters; per-tensor scope would be {c.ratio:g} everywhere by "
+           f"construction). {where}.", "", "![dims](core_dims.png)", "",
            "*Figure 3.* Selected entries per residual-stream dimension (rows of writers, columns "
            "of readers, norm entries) for the core, bottom and one random region; dotted lines "
            "mark the core's top dimensions.", "", "![hist](importance_hist.png)", "",
