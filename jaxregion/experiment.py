@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import __version__, dims, importance, interventions, io, runtime
+from jaxregion import __version__, dims, importance, interventions, io, runtime, scorefiles
 from jaxregion import regions as R
 from jaxregion import tree as T
 from jaxregion.config import load_yaml
@@ -110,23 +110,16 @@ class _Run:
 
     # -- importance ---------------------------------------------------------------------
     def scores(self, lang: str, estimator: str, n: int | None = None) -> dict:
+        """One language's scores, through the shared resumable cache (scorefiles)."""
         windows = self.imp_windows[lang] if n is None else self.imp_windows[lang][:n]
         tag = estimator if n is None else f"{estimator}-n{len(windows)}"
-        path = os.path.join(self.out, "importance", f"{lang}.{tag}.safetensors")
-        want = {"language": lang, "estimator": estimator, "windows": str(len(windows)),
-                "seq_len": str(self.cfg.seq_len), "model": self.cfg.model}
-        if os.path.exists(path):
-            tree, meta = R.load_scores(path)
-            if all(meta.get(k) == v for k, v in want.items()):
-                return tree
         with tqdm(total=len(windows), desc=f"importance {lang} ({tag})", unit="win",
                   disable=None, leave=False) as bar:
-            res = importance.compute_importance(self.s.params, self.s.config, windows, estimator,
-                                                self.cfg.batch_size, self.s.mesh,
-                                                progress=bar.update)
-        R.save_scores(path, res.scores, {**want, "tokens": str(res.tokens),
-                                         "jaxregion_version": __version__})
-        return res.scores
+            got = scorefiles.score_language(
+                self.s, lang, windows, os.path.join(self.out, "importance", tag),
+                estimator=estimator, batch_size=self.cfg.batch_size, dtype=self.cfg.dtype,
+                source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute")
+        return got.scores
 
     # -- evaluation ---------------------------------------------------------------------
     def ppl(self, params: dict, windows: dict | None = None) -> dict[str, float]:

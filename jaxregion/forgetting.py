@@ -233,23 +233,18 @@ def layer_region(params: Any, layers: tuple[int, ...]) -> Any:
 
 def compute_scores(session, spec: ImportanceSpec, seq_len: int, out: str) -> dict[str, Any]:
     """``{lang: score tree}``, cached as ``out/importance/LANG.safetensors``."""
-    from jaxregion import runtime
-    from jaxregion.importance import compute_importance
-    from jaxregion.regions import importance_path, load_scores, save_scores
+    from jaxregion import runtime, scorefiles
 
     d = os.path.join(out, "importance")
     scores = {}
     for lang, src in spec.texts.items():
-        p = importance_path(d, lang)
-        if os.path.isfile(p):
-            scores[lang] = load_scores(p)[0]
-            continue
-        _log(f"importance ({spec.estimator}) of {lang}")
         w = runtime.load_corpora([f"{lang}={src}"], session, seq_len, spec.max_seqs)[lang]
-        res = compute_importance(session.params, session.config, w, spec.estimator,
-                                 spec.batch_size, session.mesh)
-        save_scores(p, res.scores, {"lang": lang, "estimator": spec.estimator})
-        scores[lang] = res.scores
+        got = scorefiles.score_language(session, lang, w, d, estimator=spec.estimator,
+                                        batch_size=spec.batch_size, source=src,
+                                        on_mismatch="recompute", log=_log)
+        if got.status != "reused":
+            _log(f"importance ({spec.estimator}) of {lang}: {got.path}")
+        scores[lang] = got.scores
     return scores
 
 
