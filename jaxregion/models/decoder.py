@@ -88,15 +88,33 @@ def unembedding(params: dict, cfg: ModelConfig) -> Array:
         params["lm_head"]["weight"]
 
 
+def _scan_layers(layers: list, x: Array, cfg: ModelConfig, cos: Array, sin: Array) -> Array:
+    """All layers as one ``lax.scan`` over stacked weights, each step rematerialised.
+
+    Used with ``remat``: a scan bounds live memory to one layer's (gathered) weights and
+    activations at a time, where an unrolled loop lets XLA hoist every layer's FSDP
+    all-gather and keep them all alive. The math is the same as the loop's (all layers share
+    one attention window here, so the layer index is not needed).
+    """
+    stacked = jax.tree.map(lambda *ws: jnp.stack(ws), *layers)
+
+    @jax.checkpoint
+    def body(h, p):
+        return layer(p, h, cfg, 0, cos, sin), None
+
+    return jax.lax.scan(body, x, stacked)[0]
+
+
 def features(params: dict, tokens: Array, cfg: ModelConfig, *, taps: dict | None = None,
              remat: bool = False) -> Array:
     """The final normed hidden states ``[batch, seq, hidden]``: logits are these @ W.T."""
     dtype = params["model"]["embed_tokens"]["weight"].dtype
     x = embed(params, tokens, cfg, dtype)
     cos, sin = rope_tables(cfg, tokens.shape[1], dtype)
-    for i, p in enumerate(params["model"]["layers"]):
-        if remat and taps is None:
-            x = jax.checkpoint(layer, static_argnums=(2, 3))(p, x, cfg, i, cos, sin)
-        else:
+    layers = params["model"]["layers"]
+    if remat and taps is None and len(set(cfg.sliding_windows)) <= 1:
+        x = _scan_layers(layers, x, cfg, cos, sin)
+    else:
+        for i, p in enumerate(layers):
             x = layer(p, x, cfg, i, cos, sin, taps)
     return rms_norm(x, params["model"]["norm"]["weight"], cfg.norm_eps, cfg.norm_plus_one)
