@@ -5,14 +5,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import sharding
-from jaxregion.models import ModelConfig, token_nll
+from jaxregion.models import ModelConfig, weighted_nll_sum
 
 
 @dataclass(frozen=True)
@@ -23,10 +21,7 @@ class EvalResult:
     windows: int
 
 
-@partial(jax.jit, static_argnames=("cfg",))
-def _nll_sum(params: dict, tokens: jax.Array, weights: jax.Array, cfg: ModelConfig) -> jax.Array:
-    nll = token_nll(params, tokens, cfg)
-    return jnp.sum(jnp.sum(nll, axis=1) * weights)
+_nll_sum = jax.jit(weighted_nll_sum, static_argnames=("cfg", "remat"))
 
 
 def padded_batches(windows: np.ndarray, batch_size: int, multiple: int = 1):

@@ -55,7 +55,7 @@ from jaxregion import sharding as shd
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
-from jaxregion.models import ModelConfig, apply, token_nll
+from jaxregion.models import ModelConfig, apply, weighted_nll_sum
 
 PyTree = Any
 ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
@@ -141,24 +141,18 @@ def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
 
 
 # --- the jitted micro-batch steps --------------------------------------------------------
-def _nll_sum(params: PyTree, tokens: jax.Array, weights: jax.Array, cfg: ModelConfig,
-             remat: bool) -> jax.Array:
-    nll = token_nll(params, tokens, cfg, remat=remat)
-    return jnp.sum(jnp.sum(nll, axis=1) * weights)
-
-
 def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
     f32 = jnp.float32
 
     if estimator == "taylor":
         def step(acc, params, tokens, weights):
-            g = jax.grad(_nll_sum)(params, tokens, weights, cfg, remat)
+            g = jax.grad(weighted_nll_sum)(params, tokens, weights, cfg, remat)
             return jax.tree.map(lambda a, x: a + x.astype(f32), acc, g)
     elif estimator in ("taylor-abs", "fisher"):
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
             denom = n * (tokens.shape[1] - 1)
-            g = jax.grad(lambda p: _nll_sum(p, tokens, weights, cfg, remat) / denom)(params)
+            g = jax.grad(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom)(params)
 
             def add(a, p, x):
                 s = p.astype(f32) * x.astype(f32)

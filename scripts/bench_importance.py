@@ -32,10 +32,6 @@ SMALL = dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden
              num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
              rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False,
              rope_theta=10000.0)
-LLAMA2_7B = dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008,
-                 num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                 max_position_embeddings=4096, rms_norm_eps=1e-5, hidden_act="silu",
-                 tie_word_embeddings=False, rope_theta=10000.0)
 
 
 def _peak_rss_mb() -> float:
@@ -101,10 +97,12 @@ def run_jax(args) -> dict:
     from jaxregion.models import from_hf_dict
 
     big = args.device_7b
-    shape = dict(LLAMA2_7B if big else SMALL)
+    from jaxregion.plan import PRESETS
+
+    shape = dict(PRESETS["llama2-7b"] if big else {"model_type": "llama", **SMALL})
     if args.layers:
         shape["num_hidden_layers"] = args.layers
-    cfg = from_hf_dict({"model_type": "llama", **shape})
+    cfg = from_hf_dict(shape)
     dtype = jnp.bfloat16 if big else jnp.float32
     mesh = sharding.make_mesh()
     t0 = time.perf_counter()

@@ -92,13 +92,9 @@ def mode_compile7b(out: str, compile_too: str = "1") -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxregion import importance, sharding
-    from jaxregion.models.config import from_hf_dict
+    from jaxregion import importance, plan, sharding
 
-    cfg = from_hf_dict({"model_type": "llama", "vocab_size": 32000, "hidden_size": 4096,
-                        "intermediate_size": 11008, "num_hidden_layers": 32,
-                        "num_attention_heads": 32, "num_key_value_heads": 32,
-                        "max_position_embeddings": 4096, "rms_norm_eps": 1e-5})
+    cfg = plan.preset_config("llama2-7b")
     mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
     params = sharding.abstract_sharded(cfg, mesh, jnp.bfloat16)
     acc = sharding.abstract_sharded(cfg, mesh, jnp.float32)

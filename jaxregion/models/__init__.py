@@ -16,7 +16,8 @@ from jaxregion.models.spec import abstract_params, logical_axes, shapes
 
 __all__ = [
     "SUPPORTED", "ModelConfig", "from_hf_dict", "apply", "abstract_params", "logical_axes",
-    "shapes", "next_token_nll", "token_nll", "loss_fn", "features", "unembedding",
+    "shapes", "next_token_nll", "token_nll", "weighted_nll_sum", "loss_fn", "features",
+    "unembedding",
 ]
 
 _FAMILY = {"gpt2": gpt2, "llama": decoder}
@@ -65,11 +66,19 @@ def token_nll(params: dict, tokens: jax.Array, cfg: ModelConfig, remat: bool = F
     return lse - target
 
 
+def weighted_nll_sum(params: dict, tokens: jax.Array, weights: jax.Array, cfg: ModelConfig,
+                     remat: bool = False) -> jax.Array:
+    """Sum of next-token NLL over the windows of a batch, window ``b`` weighted by
+    ``weights[b]`` (0 for padding): divided by the predicted-token count it is the loss."""
+    nll = token_nll(params, tokens, cfg, remat=remat)
+    return jnp.sum(jnp.sum(nll, axis=1) * weights)
+
+
 def loss_fn(params: dict, tokens: jax.Array, cfg: ModelConfig, weights: jax.Array | None = None,
             remat: bool = False) -> jax.Array:
     """Mean next-token cross-entropy over all predicted positions (optional window weights)."""
-    nll = token_nll(params, tokens, cfg, remat=remat)
     if weights is None:
-        return jnp.mean(nll)
-    w = weights.astype(jnp.float32)[:, None]
-    return jnp.sum(nll * w) / (jnp.sum(w) * nll.shape[1])
+        return jnp.mean(token_nll(params, tokens, cfg, remat=remat))
+    w = weights.astype(jnp.float32)
+    total = weighted_nll_sum(params, tokens, w, cfg, remat=remat)
+    return total / (jnp.sum(w) * (tokens.shape[1] - 1))
