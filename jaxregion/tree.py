@@ -9,7 +9,7 @@ layout, score and region files are these trees flattened, with no transposes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import jax
@@ -67,10 +67,6 @@ def names(tree: PyTree) -> PyTree:
 def map_named(fn: Callable[[str, Any], Any], tree: PyTree, *rest: PyTree) -> PyTree:
     """``jax.tree.map`` that also passes each leaf's HF name first."""
     return jax.tree_util.tree_map_with_path(lambda p, x, *r: fn(path_name(p), x, *r), tree, *rest)
-
-
-def iter_named(tree: PyTree) -> Iterator[tuple[str, Any]]:
-    yield from flatten(tree).items()
 
 
 def get(tree: PyTree, name: str) -> Any:

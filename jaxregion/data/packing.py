@@ -81,8 +81,3 @@ def load_windows(
             f"fewer than --max-seqs {max_seqs}; lower --max-seqs to at most {len(wins)}"
         )
     return np.stack(wins)
-
-
-def count_tokens(windows: np.ndarray) -> int:
-    """Predicted positions: ``seq_len - 1`` per window."""
-    return int(windows.shape[0] * (windows.shape[1] - 1))
