@@ -126,7 +126,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         eval_languages={k: valid[k] for k in [*langs, target]},
         seq_len=cfg.seq_len, max_seqs=cfg.importance_windows, eval_max_seqs=cfg.eval_windows,
         batch_size=16, random_seeds=(0, 1, 2),
-        dims=experiment.DimsConfig(layer=1, candidates=2, controls=2, factors=(4.0, 0.0)),
+        dims=experiment.DimsConfig(layer=1, auto_candidates=2, auto_controls=2,
+                                   factors=(4.0, 0.0)),
         jaccard=experiment.JaccardConfig(sample_counts=(cfg.importance_windows // 4,),
                                          estimators=("fisher", "wanda")))
     exp_json = os.path.join(exp_cfg.out, "results.json")
@@ -134,7 +135,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         exp = json.load(open(exp_json, encoding="utf-8"))
         log("cached")
     else:
-        exp = experiment.run(exp_cfg, log=log)
+        exp = experiment.run(exp_cfg, log=log).to_dict()
     timings["experiment"] = time.time() - t
 
     t = _stage(log, 9, f"forgetting: continued pre-training on {target}")

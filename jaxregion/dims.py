@@ -1,16 +1,19 @@
-"""Dimension dependence: which hidden dimensions a region, the activations and the weights
-single out, and what scaling one parameter on such a dimension does to perplexity.
+"""Dimension dependence: which residual-stream dimensions a region, the activations and the
+weights single out, and what scaling one parameter entry on such a dimension does to perplexity.
 
-The paper finds that the core region concentrates on a few residual-stream dimensions, and that
-scaling a single parameter on one (LLaMA-2, layer 1, dim 2100, x4) breaks the model while the
-same edit on another dimension does nothing. This module finds the candidate dimensions three
-ways (region row/column counts, massive activations, down_proj "super weights"), then sweeps
-single-parameter scalings on them and on seeded random control dimensions.
+The paper reports that scaling one parameter on one dimension ("L1-N2100", x4) breaks the
+model while the same edit on another dimension ("L1-N4200") does nothing. Which parameter
+"L1-N2100" denotes is not in the released code, so the sweep edits every *target* that touches
+a residual dimension in one layer: the norm entries, the rows of the matrices that write the
+residual stream and the columns of the matrices that read it. Targets are role names
+(``input_norm``, ``post_attention_norm``, ``o_proj``, ``down_proj``, ``q_proj`` ...) resolved
+through a role mapping ``{hf_name: ResidualRole}``, so one config works for every family, and
+every sweep row names the exact HF entry it changed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -19,10 +22,98 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import tree as T
+from jaxregion.errors import UserError
 from jaxregion.interventions import apply_perturb
 from jaxregion.models import ModelConfig, apply
+from jaxregion.models.spec import param_table
+
+#: Targets swept when a config names none: the pre-attention norm entry, as the paper's figure.
+DEFAULT_TARGETS = ("input_norm",)
 
 
+@dataclass(frozen=True)
+class ResidualRole:
+    """What the dims analysis needs to know of one parameter that touches the residual stream.
+
+    ``slot``: the role name a config uses as a target (``input_norm``, ``down_proj``, ...);
+    ``residual_axis``: the axis of the tensor indexed by the residual dimension (a 1-D norm: 0;
+    an ``[out, in]`` writer: 0, its rows; an ``[out, in]`` reader: 1, its columns)."""
+
+    layer: int | None
+    slot: str
+    residual_axis: int
+
+
+# The family role table lands with the NNX models (models.roles); until then the slots are
+# read off each family's parameter table (spec.param_table: HF templates and logical axes,
+# the residual axis being the "embed" axis) and named here, template by template.
+_SLOTS = {
+    "model.layers.{i}.input_layernorm.weight": "input_norm",
+    "model.layers.{i}.post_attention_layernorm.weight": "post_attention_norm",
+    "model.layers.{i}.self_attn.q_proj.weight": "q_proj",
+    "model.layers.{i}.self_attn.k_proj.weight": "k_proj",
+    "model.layers.{i}.self_attn.v_proj.weight": "v_proj",
+    "model.layers.{i}.self_attn.o_proj.weight": "o_proj",
+    "model.layers.{i}.mlp.gate_proj.weight": "gate_proj",
+    "model.layers.{i}.mlp.up_proj.weight": "up_proj",
+    "model.layers.{i}.mlp.down_proj.weight": "down_proj",
+    "transformer.h.{i}.ln_1.weight": "input_norm",
+    "transformer.h.{i}.ln_2.weight": "post_attention_norm",
+    "transformer.h.{i}.attn.c_attn.weight": "qkv_proj",
+    "transformer.h.{i}.attn.c_proj.weight": "o_proj",
+    "transformer.h.{i}.mlp.c_fc.weight": "up_proj",
+    "transformer.h.{i}.mlp.c_proj.weight": "down_proj",
+}
+
+
+def residual_roles(cfg: ModelConfig) -> dict[str, ResidualRole]:
+    """``{hf_name: ResidualRole}`` of every layer parameter that a dims target can name."""
+    out: dict[str, ResidualRole] = {}
+    for template, axes in param_table(cfg).items():
+        slot = _SLOTS.get(template)
+        if slot is None or "embed" not in axes:
+            continue
+        for i in range(cfg.num_layers):
+            out[template.format(i=i)] = ResidualRole(i, slot, axes.index("embed"))
+    return out
+
+
+def slots_of(roles: Mapping[str, ResidualRole], layer: int) -> dict[str, str]:
+    """``{slot: hf_name}`` of one layer."""
+    return {r.slot: n for n, r in roles.items() if r.layer == layer}
+
+
+def check_targets(roles: Mapping[str, ResidualRole], layer: int, targets: Sequence[str],
+                  where: str) -> dict[str, str]:
+    """``{target: hf_name}`` in ``layer``; UserError naming ``where`` and the bad entry."""
+    have = slots_of(roles, layer)
+    if not have:
+        raise UserError(f"{where}: layer: {layer} has no parameter on the residual stream")
+    for i, t in enumerate(targets):
+        if t not in have:
+            raise UserError(f"{where}: dims.targets[{i}]: {t!r} is not a role of this model "
+                            f"family in layer {layer}; use one of {', '.join(sorted(have))}")
+    return {t: have[t] for t in targets}
+
+
+def check_dims(values: Sequence[int], hidden: int, where: str, key: str) -> None:
+    for i, d in enumerate(values):
+        if not 0 <= int(d) < hidden:
+            raise UserError(f"{where}: dims.{key}[{i}]: dimension {d} is out of range; the "
+                            f"model's residual stream has dimensions 0..{hidden - 1}")
+
+
+def entry(name: str, role: ResidualRole, ndim: int, dim: int) -> str:
+    """The HF entry of ``name`` on residual dimension ``dim``: ``w[d]``, ``w[d,:]`` (a row)
+    or ``w[:,d]`` (a column)."""
+    if ndim == 1:
+        return f"{name}[{dim}]"
+    idx = [":"] * ndim
+    idx[role.residual_axis] = str(dim)
+    return f"{name}[{','.join(idx)}]"
+
+
+# --- candidates ----------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("cfg",))
 def _layer_absmax(params: dict, tokens: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, ...]:
     """Per layer: max |hidden state| per dimension ``[hidden]`` and its median over dims."""
@@ -53,35 +144,23 @@ def massive_activations(params: dict, cfg: ModelConfig, windows: np.ndarray, top
     return out
 
 
-def down_proj_name(cfg: ModelConfig, layer: int) -> tuple[str, int]:
-    """(HF name of the MLP output matrix, axis indexing the hidden dimension)."""
-    if cfg.family == "gpt2":
-        return f"transformer.h.{layer}.mlp.c_proj.weight", 1  # Conv1D [in, out]
-    return f"model.layers.{layer}.mlp.down_proj.weight", 0  # Linear [out, in]
-
-
-def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> list[dict]:
+def super_weight_candidates(params: dict, roles: Mapping[str, ResidualRole],
+                            top: int = 1) -> list[dict]:
     """Per layer, the largest-|w| entries of the MLP output matrix (Yu et al.'s super weights):
     the hidden dim they write to, the intermediate channel they read, and the value."""
     out = []
-    for layer in range(cfg.num_layers):
-        name, hid_axis = down_proj_name(cfg, layer)
+    for name, role in roles.items():
+        if role.slot != "down_proj":
+            continue
         w = np.abs(np.asarray(T.get(params, name), np.float32))
-        flat = np.argsort(-w, axis=None)[:top]
-        for f in flat:
-            r, c = np.unravel_index(f, w.shape)
-            hidden, inner = (r, c) if hid_axis == 0 else (c, r)
-            out.append({"layer": layer, "name": name, "hidden_dim": int(hidden),
-                        "channel": int(inner), "abs_value": float(w[r, c]),
-                        "ratio_to_mean": float(w[r, c] / max(w.mean(), 1e-12))})
+        for f in np.argsort(-w, axis=None)[:top]:
+            rc = np.unravel_index(f, w.shape)
+            out.append({"layer": role.layer, "name": name,
+                        "hidden_dim": int(rc[role.residual_axis]),
+                        "channel": int(rc[1 - role.residual_axis]),
+                        "abs_value": float(w[rc]),
+                        "ratio_to_mean": float(w[rc] / max(w.mean(), 1e-12))})
     return out
-
-
-def norm_name(cfg: ModelConfig, layer: int) -> str:
-    """The pre-attention norm weight of ``layer``: one entry per hidden dimension."""
-    if cfg.family == "gpt2":
-        return f"transformer.h.{layer}.ln_1.weight"
-    return f"model.layers.{layer}.input_layernorm.weight"
 
 
 def control_dims(hidden: int, exclude: Sequence[int], n: int, seed: int) -> list[int]:
@@ -91,36 +170,127 @@ def control_dims(hidden: int, exclude: Sequence[int], n: int, seed: int) -> list
     return sorted(int(d) for d in rng.choice(pool, size=min(n, len(pool)), replace=False))
 
 
+def auto_candidates(profile: np.ndarray | None, massive: Sequence[dict], n: int) -> list[int]:
+    """The region's ``n`` most-selected dims, then up to ``n`` massive-activation dims (each
+    layer's largest), without repeats."""
+    from_region = ([int(d) for d in np.argsort(-profile, kind="stable")[:n]]
+                   if profile is not None else [])
+    from_acts = list(dict.fromkeys(int(m["dims"][0]) for m in massive))[:n]
+    return list(dict.fromkeys(from_region + from_acts))
+
+
+# --- the sweep -----------------------------------------------------------------------------
 @dataclass
 class SweepPoint:
-    dim: int
-    factor: float
     group: str  # "candidate" | "control"
-    spec: str
+    dim: int
+    target: str  # role name, e.g. "input_norm"
+    entry: str  # the exact HF entry, e.g. "model.layers.1.input_layernorm.weight[2100]"
+    factor: float
     perplexity: dict[str, float] = field(default_factory=dict)
+    mean_ratio: float = 1.0  # geometric mean over languages of perplexity / base
 
 
-def sweep(
-    params: dict,
-    cfg: ModelConfig,
-    evaluate_fn: Callable[[dict], dict[str, float]],
-    candidates: Sequence[int],
-    controls: Sequence[int],
-    factors: Sequence[float] = (4.0, 0.0),
-    layer: int = 1,
-    target: str | None = None,
-    progress: Callable[[], None] | None = None,
-) -> list[SweepPoint]:
-    """Scale one parameter per point and evaluate; ``target`` is an HF name whose entry
-    ``[dim]`` is scaled (default: the pre-attention norm weight of ``layer``)."""
-    name = target or norm_name(cfg, min(layer, cfg.num_layers - 1))
+def gmean_ratio(ppl: Mapping[str, float], base: Mapping[str, float],
+                langs: Sequence[str] | None = None) -> float:
+    """Geometric mean over ``langs`` (default: all of ``base``) of ppl / base."""
+    langs = list(base) if langs is None else list(langs)
+    return float(np.exp(np.mean([np.log(ppl[k] / base[k]) for k in langs])))
+
+
+def sweep(params: dict, roles: Mapping[str, ResidualRole],
+          evaluate_fn: Callable[[dict], dict[str, float]], base: Mapping[str, float],
+          candidates: Sequence[int], controls: Sequence[int], factors: Sequence[float],
+          layer: int, targets: Sequence[str] = DEFAULT_TARGETS,
+          progress: Callable[[], None] | None = None) -> list[SweepPoint]:
+    """Scale one entry per point and evaluate: every (dim, target, factor) for the candidate
+    and the control dims. Targets are resolved through ``roles`` (see :func:`check_targets`)."""
+    names = check_targets(roles, layer, targets, "dims")
+    flat = T.flatten(params)
     points = []
     for group, dims in (("candidate", candidates), ("control", controls)):
         for d in dims:
-            for f in factors:
-                spec = f"{name}[{d}]*{f:g}"
-                ppl = evaluate_fn(apply_perturb(params, spec))
-                points.append(SweepPoint(int(d), float(f), group, spec, ppl))
-                if progress:
-                    progress()
+            for t in targets:
+                n = names[t]
+                e = entry(n, roles[n], np.ndim(flat[n]), int(d))
+                for f in factors:
+                    ppl = evaluate_fn(apply_perturb(params, f"{e}*{f!r}"))
+                    points.append(SweepPoint(group, int(d), t, e, float(f), ppl,
+                                             gmean_ratio(ppl, base)))
+                    if progress:
+                        progress()
     return points
+
+
+# --- the whole analysis --------------------------------------------------------------------
+@dataclass(frozen=True)
+class DimsConfig:
+    """The ``dims:`` section of a battery config (and the ``jaxregion dims`` flags)."""
+
+    layer: int = 1  # the layer whose entries are scaled
+    dims: tuple[int, ...] = ()  # candidate dims; empty: auto-picked (region, activations)
+    controls: tuple[int, ...] = ()  # control dims; empty: seeded random dims
+    targets: tuple[str, ...] = DEFAULT_TARGETS  # role names, e.g. input_norm, down_proj
+    factors: tuple[float, ...] = (4.0, 0.0)
+    auto_candidates: int = 3  # how many candidates to pick when `dims` is empty
+    auto_controls: int = 3  # how many controls to draw when `controls` is empty
+    seed: int = 0
+    activation_windows: int = 8  # windows of the first language read for massive activations
+
+
+def validate(d: DimsConfig, cfg: ModelConfig, roles: Mapping[str, ResidualRole],
+             where: str) -> None:
+    """Every model-dependent check of a ``dims:`` section, naming ``where`` and the key."""
+    if not 0 <= d.layer < cfg.num_layers:
+        raise UserError(f"{where}: dims.layer: {d.layer} is out of range; the model has layers "
+                        f"0..{cfg.num_layers - 1}")
+    check_dims(d.dims, cfg.hidden_size, where, "dims")
+    check_dims(d.controls, cfg.hidden_size, where, "controls")
+    check_targets(roles, d.layer, d.targets, where)
+    if not d.factors:
+        raise UserError(f"{where}: dims.factors: empty; give factors such as [4.0, 0.0]")
+    if not d.targets:
+        raise UserError(f"{where}: dims.targets: empty; give roles such as [input_norm]")
+
+
+@dataclass
+class DimsResult:
+    layer: int
+    targets: list[str]
+    candidates: list[int]
+    candidates_from: str  # "config" or how they were picked
+    controls: list[int]
+    controls_from: str
+    massive_activations: list[dict]
+    super_weights: list[dict]
+    region_top: dict[str, int]  # candidate dim -> entries of the region on it ({} if none)
+    base: dict[str, float]
+    sweep: list[SweepPoint]
+
+
+def analyse(params: dict, cfg: ModelConfig, roles: Mapping[str, ResidualRole],
+            evaluate_fn: Callable[[dict], dict[str, float]], base: Mapping[str, float],
+            act_windows: np.ndarray, d: DimsConfig, profile: np.ndarray | None = None,
+            progress: Callable[[], None] | None = None) -> DimsResult:
+    """Candidates (named, or from the region ``profile`` and massive activations), controls
+    (named, or seeded random dims away from every candidate and super weight), then the sweep."""
+    massive = massive_activations(params, cfg, act_windows[: d.activation_windows])
+    supers = super_weight_candidates(params, roles)
+    if d.dims:
+        cands, cands_from = [int(x) for x in d.dims], "config"
+    else:
+        cands = auto_candidates(profile, massive, d.auto_candidates)
+        cands_from = ("the core region's most-selected dims, then each layer's largest "
+                      "activation" if profile is not None else "each layer's largest activation")
+    if d.controls:
+        ctrls, ctrls_from = [int(x) for x in d.controls], "config"
+    else:
+        avoid = cands + [m["dims"][0] for m in massive] + [s["hidden_dim"] for s in supers]
+        ctrls = control_dims(cfg.hidden_size, avoid, d.auto_controls, d.seed)
+        ctrls_from = (f"seeded random dims (seed {d.seed}) that are neither candidates, "
+                      "massive activations nor super weights")
+    points = sweep(params, roles, evaluate_fn, base, cands, ctrls, d.factors, d.layer,
+                   d.targets, progress)
+    top = {str(x): int(profile[x]) for x in cands} if profile is not None else {}
+    return DimsResult(d.layer, list(d.targets), cands, cands_from, ctrls, ctrls_from, massive,
+                      supers, top, dict(base), points)

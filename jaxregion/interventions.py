@@ -1,8 +1,10 @@
 """Edit params inside a region or at single entries: params in, new params out.
 
-Everything is addressed by HF name and HF index order (``[out, in]`` for linear weights), so
-``model.layers.1.mlp.down_proj.weight[:,2100]`` is input dim 2100 of that matrix, as in the
-paper and in PyTorch. Edits use ``jnp.where`` / ``.at[]``: dtypes and shardings are kept,
+Everything is addressed by HF name and HF index order (``[out, in]`` for linear weights), as
+in PyTorch: ``model.layers.1.mlp.down_proj.weight[2100,:]`` is the row that writes residual
+dimension 2100, while ``down_proj.weight[:,2100]`` is a whole column on the 11008-wide MLP axis,
+not a residual dimension. ``model.layers.1.input_layernorm.weight[2100]`` is that dimension's
+norm entry (see :mod:`jaxregion.dims` for every single-entry target on a dimension). Edits use ``jnp.where`` / ``.at[]``: dtypes and shardings are kept,
 untouched leaves are returned as the same objects.
 
 Perturbation spec grammar (``parse_perturb``)::
@@ -10,7 +12,7 @@ Perturbation spec grammar (``parse_perturb``)::
     SPEC  := NAME [ "[" IDX ("," IDX)* "]" ] OP VALUE
     IDX   := INT | ":" | INT ":" INT        (numpy-style; negative INT counts from the end)
     OP    := "*" (scale) | "=" (set) | "+" (add)
-    e.g.  model.layers.1.mlp.down_proj.weight[:,2100]*4
+    e.g.  model.layers.1.mlp.down_proj.weight[2100,:]*4
           model.norm.weight[2100]=0      model.layers.0.self_attn.q_proj.weight[5,7]+0.1
 
 Without ``[...]`` the op applies to the whole tensor.
@@ -36,7 +38,7 @@ PyTree = Any
 
 PERTURB_GRAMMAR = ("NAME[IDX]OP VALUE, IDX = comma-separated ints, ':' or 'a:b'; "
                    "OP = '*' scale, '=' set, '+' add; e.g. "
-                   "model.layers.1.mlp.down_proj.weight[:,2100]*4")
+                   "model.layers.1.mlp.down_proj.weight[2100,:]*4")
 REGION_OPS = ("zero", "scale:F", "noise:S", "set:V")
 
 

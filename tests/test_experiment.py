@@ -97,8 +97,11 @@ def test_battery_runs_and_reports_everything(model_factory, corpus_dir, tmp_path
         "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "rom", "cyr")},
         "seq_len": 32, "max_seqs": 16, "eval_max_seqs": 6, "batch_size": 8,
         "random_seeds": [0, 1, 2],
-        "dims": {"layer": 1, "candidates": 2, "controls": 2, "factors": [4.0, 0.0]},
+        "ratio": 0.01, "ratios": [0.01, 0.05],
+        "dims": {"layer": 1, "auto_candidates": 2, "auto_controls": 2, "factors": [4.0, 0.0],
+                 "targets": ["input_norm", "down_proj", "q_proj"]},
         "jaccard": {"sample_counts": [8], "estimators": ["fisher", "wanda"]},
+        "mask_maps": {"matrices": ["model.layers.1.mlp.up_proj.weight"], "blocks": 8},
     }
     cfg_path = tmp_path / "exp.yaml"
     cfg_path.write_text(yaml.safe_dump(cfg))

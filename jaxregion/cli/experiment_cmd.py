@@ -26,11 +26,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     common.add_model(d)
     common.add_text(d)
     common.add_windows(d, seq_len=128)
-    d.add_argument("--region", default=None, help="region file; default: dims from activations")
-    d.add_argument("--layer", type=int, default=1, help="layer whose input-norm entry is scaled")
+    d.add_argument("--region", default=None, help="region file; its most-selected dims are "
+                   "candidates (default: dims of the largest activations)")
+    d.add_argument("--layer", type=int, default=1, help="layer whose entries are scaled")
+    d.add_argument("--dims", default=None, help="candidate dims, e.g. 2100 (default: auto)")
+    d.add_argument("--control-dims", default=None, help="control dims, e.g. 4200 "
+                   "(default: seeded random)")
+    d.add_argument("--targets", default="input_norm", help="comma-separated roles, e.g. "
+                   "input_norm,post_attention_norm,o_proj,down_proj,q_proj (default input_norm)")
     d.add_argument("--factors", default="4,0", help="comma-separated scale factors (default 4,0)")
-    d.add_argument("--candidates", type=int, default=3, help="candidate dims to sweep")
-    d.add_argument("--controls", type=int, default=3, help="random control dims to sweep")
+    d.add_argument("--candidates", type=int, default=3, help="candidate dims to auto-pick")
+    d.add_argument("--controls", type=int, default=3, help="random control dims to draw")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--json", dest="json_out", default=None)
     common.add_debug(d)
@@ -43,65 +49,47 @@ def run_experiment(args: argparse.Namespace) -> int:
     cfg = experiment.load_config(args.config)
     if args.out:
         cfg = dataclasses.replace(cfg, out=args.out)
-    experiment.run(cfg, log=lambda m: print(m, file=sys.stderr))
+    experiment.run(cfg, log=lambda m: print(m, file=sys.stderr), source=args.config)
     return 0
 
 
-def run_dims(args: argparse.Namespace) -> int:
-    import numpy as np
-
-    from jaxregion import dims, io, runtime
+def _numbers(flag: str, text: str | None, kind: type) -> tuple:
     from jaxregion.errors import UserError
-    from jaxregion.regions import hidden_dim_profile, load_region
-    from jaxregion.report.tables import markdown_table
 
     try:
-        factors = [float(f) for f in args.factors.split(",") if f.strip()]
+        return tuple(kind(x) for x in (text or "").split(",") if x.strip())
     except ValueError:
-        raise UserError(f"--factors {args.factors!r}: expected numbers like 4,0") from None
+        raise UserError(f"{flag} {text!r}: expected comma-separated numbers") from None
+
+
+def run_dims(args: argparse.Namespace) -> int:
+    import json
+
+    from jaxregion import dims, io, runtime
+    from jaxregion.regions import hidden_dim_profile, load_region
+    from jaxregion.report.battery import dims_markdown
+
+    dcfg = dims.DimsConfig(
+        layer=args.layer, dims=_numbers("--dims", args.dims, int),
+        controls=_numbers("--control-dims", args.control_dims, int),
+        targets=tuple(t.strip() for t in args.targets.split(",") if t.strip()),
+        factors=_numbers("--factors", args.factors, float), auto_candidates=args.candidates,
+        auto_controls=args.controls, seed=args.seed)
     s = runtime.load_session(args.model, args.dtype)
-    if not 0 <= args.layer < s.config.num_layers:
-        raise UserError(f"--layer {args.layer}: the model has layers 0..{s.config.num_layers - 1}")
+    roles = dims.residual_roles(s.config)
+    dims.validate(dcfg, s.config, roles, "jaxregion dims")
     region = load_region(args.region, template=s.params) if args.region else None
     corpora = runtime.load_corpora(args.text, s, args.seq_len, args.max_seqs)
-    first = next(iter(corpora.values()))
-    massive = dims.massive_activations(s.params, s.config, first[:8])
-    supers = dims.super_weight_candidates(s.params, s.config)
-    hidden = s.config.hidden_size
-    if region is not None:
-        profile = hidden_dim_profile(region, hidden)
-        cands = [int(d) for d in np.argsort(-profile, kind="stable")[: args.candidates]]
-    else:
-        profile = None
-        cands = list(dict.fromkeys(d for m in massive for d in m["dims"][:1]))[: args.candidates]
-    controls = dims.control_dims(hidden, cands + [sw["hidden_dim"] for sw in supers],
-                                 args.controls, args.seed)
-    base = runtime.evaluate_corpora(s, corpora, args.batch_size)
 
     def ppl(params):
         res = runtime.evaluate_corpora(s, corpora, args.batch_size, params=params)
         return {k: r.perplexity for k, r in res.items()}
 
-    points = dims.sweep(s.params, s.config, ppl, cands, controls, factors, args.layer)
-    langs = list(corpora)
-    print("## Candidate dimensions\n")
-    print(markdown_table(["source", "dims"], [
-        ["region (top entries per dim)",
-         ", ".join(f"{d}:{int(profile[d])}" for d in cands) if profile is not None else "—"],
-        ["massive activations (layer: dim)",
-         ", ".join(f"{m['layer']}:{m['dims'][0]}" for m in massive)],
-        ["super weights (layer: dim)", ", ".join(f"{w['layer']}:{w['hidden_dim']}"
-                                                 for w in supers)],
-        ["random controls", ", ".join(map(str, controls))]]))
-    print("\n## Single-parameter scaling sweep\n")
-    rows = [["base", "—", "—", *[base[k].perplexity for k in langs]]]
-    rows += [[p.group, p.dim, f"x{p.factor:g}", *[p.perplexity[k] for k in langs]]
-             for p in points]
-    print(markdown_table(["group", "dim", "factor", *langs], rows))
+    profile = hidden_dim_profile(region, s.config.hidden_size) if region is not None else None
+    res = dims.analyse(s.params, s.config, roles, ppl, ppl(s.params),
+                       next(iter(corpora.values())), dcfg, profile)
+    print("\n".join(dims_markdown(res, list(corpora))))
     if args.json_out:
-        io.write_json(args.json_out, {
-            "model": args.model, "candidates": cands, "controls": controls,
-            "massive_activations": massive, "super_weights": supers,
-            "base": {k: r.perplexity for k, r in base.items()},
-            "sweep": [dataclasses.asdict(p) for p in points]})
+        blob = {"model": args.model, **dataclasses.asdict(res)}
+        io.write_text(args.json_out, json.dumps(blob, indent=2, allow_nan=False) + "\n")
     return 0

@@ -1,8 +1,9 @@
 """``jaxregion regions``: select regions from importance files, describe and compare them.
 
-    jaxregion regions {core,bottom,random,monolingual,top} --importance DIR [--langs a,b]
-        [--lang L] --ratio 0.01 [--scope per-tensor|per-layer|global] [--include RE]
-        [--exclude RE] [--seed S] [--model DIR] --out FILE.safetensors
+    jaxregion regions {core,bottom,random,monolingual,bottom-monolingual,top}
+        --importance DIR [--langs a,b] [--lang L] --ratio 0.01
+        [--scope per-tensor|per-layer|global] [--include RE] [--exclude RE] [--seed S]
+        [--model DIR] --out FILE.safetensors
     jaxregion regions stats FILE [--json OUT] [--model DIR]
     jaxregion regions compare A B [--json OUT] [--model DIR]
 
@@ -17,7 +18,7 @@ import sys
 
 from jaxregion.cli import common
 
-SELECT_KINDS = ("core", "bottom", "random", "monolingual", "top")
+SELECT_KINDS = ("core", "bottom", "random", "monolingual", "bottom-monolingual", "top")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -32,6 +33,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "bottom": "bottom-ratio of Σ_lang |score| (control)",
         "random": "uniformly random ratio of elements (control; --seed)",
         "monolingual": "top-ratio of --lang and in no other language's top-ratio",
+        "bottom-monolingual": "bottom-ratio of --lang and in no other language's "
+                              "bottom-ratio (the authors' control)",
         "top": "top-ratio of one language's |score|",
     }
     for kind in SELECT_KINDS:
@@ -40,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="directory of LANG.safetensors importance files")
         q.add_argument("--langs", default=None,
                        help="comma-separated languages (default: every file in DIR)")
-        if kind in ("monolingual", "top"):
+        if kind in ("monolingual", "bottom-monolingual", "top"):
             q.add_argument("--lang", required=True, help="the language of the region")
         q.add_argument("--ratio", default="0.01", help="fraction in (0, 1] "
                        "(default 0.01)")
@@ -167,7 +170,7 @@ def run_select(args: argparse.Namespace) -> int:
                     sources=sources)
     if region.size == 0:
         raise UserError(f"the {args.kind} region is empty (every element is also in another "
-                        "language's top set); nothing written. Try a smaller --ratio or fewer "
+                        "language's set); nothing written. Try a smaller --ratio or fewer "
                         "--langs")
     save_region(args.out, region)
     print(f"{args.kind}: {region.size} of {region.numel} elements "

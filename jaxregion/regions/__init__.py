@@ -39,6 +39,7 @@ from jaxregion.regions.select import (
     KINDS,
     SCOPES,
     bottom,
+    bottom_monolingual,
     core,
     monolingual,
     random,
@@ -49,7 +50,8 @@ from jaxregion.regions.select import (
 from jaxregion.regions.stats import RESIDUAL_ROLES, hidden_dim_profile, row_col_counts, stats
 
 __all__ = [
-    "DEFAULT_INCLUDE", "KINDS", "RESIDUAL_ROLES", "SCOPES", "Region", "bottom", "complement",
+    "DEFAULT_INCLUDE", "KINDS", "RESIDUAL_ROLES", "SCOPES", "Region", "bottom",
+    "bottom_monolingual", "complement",
     "core", "density", "difference", "fingerprint", "full_mask", "hidden_dim_profile",
     "importance_path", "intersection", "is_norm", "jaccard", "k_for", "layer_index",
     "load_importance_dir", "load_region", "load_scores", "mask_of", "module_type",

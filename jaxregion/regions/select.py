@@ -34,7 +34,7 @@ from jaxregion.regions.base import (
 
 PyTree = Any
 SCOPES = ("per-tensor", "per-layer", "global")
-KINDS = ("core", "bottom", "random", "top", "monolingual")
+KINDS = ("core", "bottom", "random", "top", "monolingual", "bottom-monolingual")
 K_RULE = "max(1, floor(ratio * numel_of_unit))"
 
 _INT32_MAX = 2**31 - 1
@@ -276,6 +276,24 @@ def monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 
     """Elements in top-k(lang) and in no other language's top-k (same ratio and scope).
 
     With a single language this equals :func:`top`."""
+    return _exclusive("monolingual", True, scores_by_lang, lang, ratio, scope, include,
+                      exclude, sources)
+
+
+def bottom_monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
+                       scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
+                       exclude: str | None = None,
+                       sources: Mapping[str, str] | None = None) -> Region:
+    """The authors' control for monolingual regions: elements in bottom-k(lang) (the k least
+    important for ``lang``) and in no other language's bottom-k."""
+    return _exclusive("bottom-monolingual", False, scores_by_lang, lang, ratio, scope, include,
+                      exclude, sources)
+
+
+def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], lang: str,
+               ratio: float, scope: str, include: str | None, exclude: str | None,
+               sources: Mapping[str, str] | None) -> Region:
+    """One language's top-k (``largest``) or bottom-k minus the union of the others'."""
     ratio = check_ratio(ratio)
     _check_lang(scores_by_lang, lang)
     others = [o for o in sorted(scores_by_lang) if o != lang]
@@ -283,7 +301,7 @@ def monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 
     names: list[str] = []
     for ll in [lang, *others]:
         names, runs[ll] = _summed_selector(scores_by_lang, [ll], ratio, scope, include,
-                                           exclude, True, sources)
+                                           exclude, largest, sources)
     flat: dict[str, jax.Array] = {}
     iters = {ll: runs[ll]() for ll in runs}
     for part in iters[lang]:
@@ -294,7 +312,7 @@ def monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 
                 acc[n] = acc[n] & ~other[n]
         flat.update(acc)
     template = scores_by_lang[next(iter(scores_by_lang))]
-    meta = _meta("monolingual", ratio, sorted(scores_by_lang), scope, include, exclude,
+    meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
                  fingerprint(template), lang=lang)
     return _finish(template, names, flat, meta)
 
@@ -327,7 +345,7 @@ def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
            lang: str | None = None, ratio: float = 0.01, scope: str = "per-tensor",
            include: str | None = DEFAULT_INCLUDE, exclude: str | None = None, seed: int = 0,
            template: PyTree | None = None, sources: Mapping[str, str] | None = None) -> Region:
-    """One entry point for the CLI: ``kind`` in core/bottom/random/top/monolingual."""
+    """One entry point for the CLI: ``kind`` in :data:`KINDS`."""
     if kind not in KINDS:
         raise UserError(f"region kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     if scope not in SCOPES:
@@ -340,11 +358,11 @@ def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
         return random(template, ratio, seed, scope, include, exclude)
     if not scores_by_lang:
         raise UserError(f"a {kind} region needs importance scores; pass at least one language")
-    if kind in ("top", "monolingual"):
+    if kind in ("top", "monolingual", "bottom-monolingual"):
         if lang is None:
             raise UserError(f"a {kind} region needs a language; have: "
                             f"{', '.join(sorted(scores_by_lang))}")
-        fn = top if kind == "top" else monolingual
-        return fn(scores_by_lang, lang, ratio, scope, include, exclude, sources)
+        fn = {"top": top, "monolingual": monolingual, "bottom-monolingual": bottom_monolingual}
+        return fn[kind](scores_by_lang, lang, ratio, scope, include, exclude, sources)
     fn = core if kind == "core" else bottom
     return fn(scores_by_lang, ratio, scope, include, exclude, sources)

@@ -79,11 +79,15 @@ def profiles(path: str, series: Mapping[str, np.ndarray], title: str, xlabel: st
     _save(fig, path)
 
 
-def histograms(path: str, values: Mapping[str, np.ndarray], title: str, xlabel: str) -> None:
+def histograms(path: str, edges: Sequence[float], counts: Mapping[str, Sequence[int]],
+               title: str, xlabel: str) -> None:
+    """Step histograms (normalised to density) from precomputed counts on shared edges."""
     plt = _plt()
+    e = np.asarray(edges, float)
     fig, ax = plt.subplots(figsize=(7, 3.5))
-    for name, v in values.items():
-        ax.hist(v, bins=80, histtype="step", label=name, density=True)
+    for name, c in counts.items():
+        c = np.asarray(c, float)
+        ax.stairs(c / max(c.sum(), 1.0) / np.diff(e), e, label=name)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("density")
     ax.set_title(title)
@@ -91,30 +95,57 @@ def histograms(path: str, values: Mapping[str, np.ndarray], title: str, xlabel: 
     _save(fig, path)
 
 
-def sweep_plot(path: str, points: Sequence[dict], langs: Sequence[str], title: str) -> None:
-    """Mean log-perplexity ratio to base per swept (dim, factor), candidates vs controls."""
+def mask_maps(path: str, maps: Mapping[str, np.ndarray], title: str, xlabel: str,
+              ylabel: str) -> None:
+    """One panel per region: block density of one matrix (rows x columns), shared scale."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(6, 0.5 * len(points) + 2), 4))
-    labels, vals, colors = [], [], []
-    for p in points:
-        labels.append(f"d{p['dim']} x{p['factor']:g}")
-        vals.append(p["mean_ratio"])
-        colors.append("tab:red" if p["group"] == "candidate" else "tab:gray")
+    n = len(maps)
+    cols = min(n, 4)
+    rows = -(-n // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    vmax = max(float(np.max(m)) for m in maps.values()) or 1.0
+    im = None
+    for ax, (name, m) in zip(axes.ravel(), maps.items()):
+        im = ax.imshow(np.asarray(m), aspect="auto", cmap="magma", vmin=0, vmax=vmax,
+                       interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=8)
+        ax.set_ylabel(ylabel, fontsize=8)
+    for ax in axes.ravel()[n:]:
+        ax.axis("off")
+    fig.colorbar(im, ax=axes.ravel().tolist(), label="fraction selected per block")
+    fig.suptitle(title, fontsize=10)
+    _save(fig, path)
+
+
+def sweep_plot(path: str, points: Sequence[dict], title: str) -> None:
+    """Perplexity ratio to base (geometric mean over languages) per swept point, candidates
+    red and controls grey; each bar is labelled dim, target and factor."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(max(6, 0.35 * len(points) + 2), 4))
+    labels = [f"d{p['dim']} {p['target']} x{p['factor']:g}" for p in points]
+    vals = [p["mean_ratio"] for p in points]
+    colors = ["tab:red" if p["group"] == "candidate" else "tab:gray" for p in points]
     ax.bar(range(len(vals)), vals, color=colors)
     ax.axhline(1.0, color="black", lw=0.6)
     ax.set_yscale("log")
-    ax.set_xticks(range(len(vals)), labels, rotation=60, ha="right", fontsize=7)
-    ax.set_ylabel("perplexity / base (mean over languages)")
-    ax.set_title(title + "  (red: candidate dims, grey: random controls)")
+    ax.set_xticks(range(len(vals)), labels, rotation=70, ha="right", fontsize=7)
+    ax.set_ylabel("perplexity / base (geometric mean)")
+    ax.set_title(title + "  (red: candidate dims, grey: controls)")
     _save(fig, path)
 
 
 def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-           title: str, xlabel: str, ylabel: str) -> None:
+           title: str, xlabel: str, ylabel: str, logx: bool = False,
+           logy: bool = False) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, (xs, ys) in series.items():
         ax.plot(xs, ys, marker="o", ms=3, label=name)
+    if logx:
+        ax.set_xscale("log")
+    if logy:
+        ax.set_yscale("log")
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title)

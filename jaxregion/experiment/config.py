@@ -1,0 +1,106 @@
+"""The battery's config: frozen dataclasses read strictly from YAML, checked before any work.
+
+Checks that need only the file run in :func:`validate`; those that need the model's shape
+(dimensions in range, target roles the family has, matrices to map) run in
+:func:`validate_for_model` once config.json is read, still before any weight is loaded.
+Every error names the file and the key.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+from jaxregion import importance
+from jaxregion import regions as R
+from jaxregion.config import load_yaml
+from jaxregion.dims import DimsConfig, ResidualRole
+from jaxregion.dims import validate as validate_dims
+from jaxregion.errors import UserError
+from jaxregion.models import ModelConfig
+
+
+@dataclass(frozen=True)
+class JaccardConfig:
+    sample_counts: tuple[int, ...] = ()  # windows per language, e.g. (1000, 10000)
+    estimators: tuple[str, ...] = ()  # e.g. (taylor, fisher, wanda)
+
+
+@dataclass(frozen=True)
+class MaskMapConfig:
+    matrices: tuple[str, ...] = ()  # HF names of matrices, e.g. model.layers.1.mlp.up_proj.weight
+    blocks: int = 64  # at most this many blocks along each axis of a map
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    model: str
+    languages: dict[str, str]  # importance languages: LANG -> source spec
+    eval_languages: dict[str, str] = field(default_factory=dict)  # default: `languages`
+    out: str = "experiment_out"
+    name: str = "experiment"
+    seq_len: int = 512
+    max_seqs: int = 1000  # importance windows per language
+    eval_max_seqs: int | None = None
+    batch_size: int = 8
+    dtype: str = "float32"
+    estimator: str = "taylor"
+    ratio: float = 0.01
+    ratios: tuple[float, ...] = ()  # ratio sweep, e.g. (0.005, 0.01, 0.03, 0.05)
+    scope: str = "per-tensor"
+    include: str | None = R.DEFAULT_INCLUDE
+    exclude: str | None = None
+    random_seeds: tuple[int, ...] = (0, 1, 2)
+    monolingual: tuple[str, ...] | None = None  # default: every importance language
+    dims: DimsConfig = field(default_factory=DimsConfig)
+    jaccard: JaccardConfig = field(default_factory=JaccardConfig)
+    mask_maps: MaskMapConfig = field(default_factory=MaskMapConfig)
+
+
+def load_config(path: str) -> ExperimentConfig:
+    cfg = load_yaml(ExperimentConfig, path)
+    validate(cfg, path)
+    return cfg
+
+
+def _fraction(value: float, where: str, key: str) -> None:
+    if not (0.0 < value < 1.0) or math.isnan(value):
+        raise UserError(f"{where}: {key}: {value!r} is outside (0, 1); give a fraction such "
+                        "as 0.01 for 1%")
+
+
+def validate(cfg: ExperimentConfig, where: str = "config") -> None:
+    """Checks that need only the config itself."""
+    _fraction(cfg.ratio, where, "ratio")
+    for i, r in enumerate(cfg.ratios):
+        _fraction(r, where, f"ratios[{i}]")
+    importance.check_estimator(cfg.estimator)
+    for e in cfg.jaccard.estimators:
+        importance.check_estimator(e)
+    if len(cfg.languages) < 2:
+        raise UserError(f"{where}: languages: need at least 2 (regions compare languages)")
+    if len(set(cfg.random_seeds)) != len(cfg.random_seeds) or len(cfg.random_seeds) < 1:
+        raise UserError(f"{where}: random_seeds must be distinct, e.g. [0, 1, 2]")
+    for i, lang in enumerate(cfg.monolingual or ()):
+        if lang not in cfg.languages:
+            raise UserError(f"{where}: monolingual[{i}]: language {lang!r} is not in languages")
+    if cfg.scope not in R.SCOPES:
+        raise UserError(f"{where}: scope: {cfg.scope!r}: use one of {', '.join(R.SCOPES)}")
+    if cfg.mask_maps.blocks < 1:
+        raise UserError(f"{where}: mask_maps.blocks: {cfg.mask_maps.blocks}; give a positive "
+                        "number such as 64")
+
+
+def validate_for_model(cfg: ExperimentConfig, model: ModelConfig,
+                       roles: Mapping[str, ResidualRole], shapes: Mapping[str, Sequence[int]],
+                       where: str = "config") -> None:
+    """Checks that need the model: the ``dims`` section and the matrices to map."""
+    validate_dims(cfg.dims, model, roles, where)
+    for i, name in enumerate(cfg.mask_maps.matrices):
+        if name not in shapes:
+            raise UserError(f"{where}: mask_maps.matrices[{i}]: the model has no parameter "
+                            f"{name!r}")
+        if len(shapes[name]) != 2:
+            raise UserError(f"{where}: mask_maps.matrices[{i}]: {name!r} has shape "
+                            f"{list(shapes[name])}; a mask map needs a matrix")

@@ -1,0 +1,234 @@
+"""The paper's battery, computed: importance -> regions -> ablations -> overlap -> ratio sweep
+-> region maps -> dimension sweep -> agreement, into one :class:`Results` (``results.json``);
+:mod:`jaxregion.report.battery` then renders ``report.md`` and the PNGs from it.
+
+Importance files are cached in the output folder through :mod:`jaxregion.scorefiles`, so a
+re-run with the same config reuses finished scoring.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import time
+from collections.abc import Callable
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxregion import __version__, dims, hf, interventions, runtime, scorefiles
+from jaxregion import regions as R
+from jaxregion.experiment import languages, maps
+from jaxregion.experiment.config import ExperimentConfig, validate, validate_for_model
+from jaxregion.experiment.results import (
+    THRESHOLDS,
+    Overlap,
+    RatioRow,
+    RegionInfo,
+    Results,
+    Setting,
+)
+from jaxregion.models import shapes
+
+
+def _specs(d: dict[str, str]) -> list[str]:
+    return [f"{k}={v}" for k, v in d.items()]
+
+
+def region_stability(name: str, region: R.Region, out: str) -> float | None:
+    """Split-half stability of a region, shown beside it in every table.
+
+    Hook: the importance files gain split halves with issue 13; its library function for
+    region stability is called here once it lands. Until then no stability is known."""
+    return None
+
+
+class _Run:
+    """One battery's state: the session, windows and caches."""
+
+    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None]):
+        self.cfg, self.log, self.out = cfg, log, cfg.out
+        self.s = runtime.load_session(cfg.model, cfg.dtype)
+        eval_langs = cfg.eval_languages or cfg.languages
+        self.imp_windows = runtime.load_corpora(_specs(cfg.languages), self.s, cfg.seq_len,
+                                                cfg.max_seqs)
+        self.eval_windows = runtime.load_corpora(_specs(eval_langs), self.s, cfg.seq_len,
+                                                 cfg.eval_max_seqs)
+        self.langs = list(cfg.languages)
+        self.eval_langs = list(eval_langs)
+        self.sel = dict(scope=cfg.scope, include=cfg.include, exclude=cfg.exclude)
+
+    def scores(self, lang: str, estimator: str, n: int | None = None) -> dict:
+        """One language's scores, through the shared resumable cache (scorefiles)."""
+        windows = self.imp_windows[lang] if n is None else self.imp_windows[lang][:n]
+        tag = estimator if n is None else f"{estimator}-n{len(windows)}"
+        with tqdm(total=len(windows), desc=f"importance {lang} ({tag})", unit="win",
+                  disable=None, leave=False) as bar:
+            got = scorefiles.score_language(
+                self.s, lang, windows, os.path.join(self.out, "importance", tag),
+                estimator=estimator, batch_size=self.cfg.batch_size, dtype=self.cfg.dtype,
+                source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute")
+        return got.scores
+
+    def ppl(self, params: dict) -> dict[str, float]:
+        res = runtime.evaluate_corpora(self.s, self.eval_windows, self.cfg.batch_size,
+                                       params=params)
+        return {k: r.perplexity for k, r in res.items()}
+
+    def save(self, name: str, reg: R.Region) -> R.Region:
+        R.save_region(os.path.join(self.out, "regions", f"{name}.safetensors"), reg)
+        return reg
+
+    def controls_at(self, scores: dict, ratio: float) -> dict[str, R.Region]:
+        """core, bottom and every random seed at ``ratio``."""
+        c = self.cfg
+        out = {"core": R.core(scores, ratio, **self.sel),
+               "bottom": R.bottom(scores, ratio, **self.sel)}
+        for seed in c.random_seeds:
+            out[f"random-{seed}"] = R.random(self.s.params, ratio, seed=seed, **self.sel)
+        return out
+
+
+def _mean_std(values: list[dict[str, float]]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample std (ddof=1) of perplexity across seeds, per language."""
+    langs = list(values[0])
+    mean = {k: float(np.mean([v[k] for v in values])) for k in langs}
+    std = {k: float(np.std([v[k] for v in values], ddof=1)) if len(values) > 1 else 0.0
+           for k in langs}
+    return mean, std
+
+
+def overlap(tops: dict[str, R.Region], core: R.Region) -> Overlap:
+    """Jaccard of the per-language top-k regions, languages ordered by family and script."""
+    order = languages.order(tops)
+    matrix = [[R.jaccard(tops[a], tops[b]) for b in order] for a in order]
+    return Overlap(order, [languages.label(x) for x in order], matrix,
+                   {x: R.jaccard(tops[x], core) for x in order})
+
+
+def ratio_sweep(r: _Run, scores: dict, base: dict[str, float],
+                known: dict[float, dict[str, dict[str, float]]]) -> list[RatioRow]:
+    """Perplexity ratios of core, bottom and random (mean over seeds) at each swept ratio;
+    ``known`` holds perplexities already measured at a ratio (the battery's own)."""
+    seen = [x for x in r.eval_langs if x in r.cfg.languages] or r.eval_langs
+    rows = []
+    for ratio in r.cfg.ratios:
+        regs = r.controls_at(scores, ratio)
+        ppl = known.get(ratio) or {k: r.ppl(interventions.zero(r.s.params, v))
+                                   for k, v in regs.items()}
+        rnd = [ppl[k] for k in regs if k.startswith("random-")]
+        conds = {"core": ppl["core"], "bottom": ppl["bottom"], "random": _mean_std(rnd)[0]}
+        sizes = {"core": R.size(regs["core"]), "bottom": R.size(regs["bottom"]),
+                 "random": R.size(regs[f"random-{r.cfg.random_seeds[0]}"])}
+        for cond, p in conds.items():
+            rows.append(RatioRow(ratio, cond, sizes[cond], p,
+                                 {k: p[k] / base[k] for k in r.eval_langs},
+                                 dims.gmean_ratio(p, base, seen)))
+    return rows
+
+
+def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
+        source: str = "config") -> Results:
+    """Run the battery (``source``: the config file, named in errors); writes results.json,
+    report.md and the PNGs into ``cfg.out`` and returns the results."""
+    from jaxregion.report import battery
+
+    validate(cfg, source)
+    ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
+    roles = dims.residual_roles(ck.config)
+    validate_for_model(cfg, ck.config, roles, shapes(ck.config), source)
+    t0 = time.time()
+    for sub in ("importance", "regions"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+    r = _Run(cfg, log)
+    s, c = r.s, cfg
+    setting = Setting(c.model, s.config.model_type, s.config.num_layers, s.config.hidden_size,
+                      c.estimator, c.seq_len, dict(c.languages),
+                      {k: len(v) for k, v in r.imp_windows.items()},
+                      dict(c.eval_languages or c.languages),
+                      {k: len(v) for k, v in r.eval_windows.items()}, c.ratio, c.scope,
+                      c.include)
+
+    log("[1/8] importance per language")
+    scores = {lang: r.scores(lang, c.estimator) for lang in r.langs}
+
+    log("[2/8] regions")
+    regs = {k: r.save(k, v) for k, v in r.controls_at(scores, c.ratio).items()}
+    mono_langs = list(c.monolingual or r.langs)
+    for lang in mono_langs:
+        regs[f"mono-{lang}"] = r.save(f"mono-{lang}", R.monolingual(scores, lang, c.ratio,
+                                                                    **r.sel))
+        regs[f"bmono-{lang}"] = r.save(f"bmono-{lang}", R.bottom_monolingual(
+            scores, lang, c.ratio, **r.sel))
+    tops = {lang: r.save(f"top-{lang}", R.top(scores, lang, c.ratio, **r.sel))
+            for lang in r.langs}
+    infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v),
+                           region_stability(k, v, c.out))
+             for k, v in {**regs, **{f"top-{x}": t for x, t in tops.items()}}.items()}
+
+    log("[3/8] ablations (zero each region, perplexity per language)")
+    base = r.ppl(s.params)
+    ppl = {"base": base} | {k: r.ppl(interventions.zero(s.params, v)) for k, v in regs.items()}
+    rnd_mean, rnd_std = _mean_std([ppl[f"random-{seed}"] for seed in c.random_seeds])
+
+    def matrix(prefix: str) -> dict[str, dict[str, float]]:
+        return {lang: {m: ppl[f"{prefix}-{lang}"][m] / base[m] for m in r.eval_langs}
+                for lang in mono_langs}
+
+    log("[4/8] overlap of the per-language regions")
+    ov = overlap(tops, regs["core"])
+
+    log(f"[5/8] ratio sweep {list(c.ratios)}")
+    own = ["core", "bottom", *[f"random-{seed}" for seed in c.random_seeds]]
+    known = {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {}
+    sweep_rows = ratio_sweep(r, scores, base, known)
+
+    log("[6/8] region maps")
+    # Per-tensor scope puts exactly `ratio` in every matrix, so the layer x module map uses
+    # the same ratio over all scoped parameters at once (global scope): where the mass lives.
+    map_scope = "global" if c.scope == "per-tensor" else c.scope
+    map_region = regs["core"] if c.scope != "per-tensor" else R.core(
+        scores, c.ratio, scope="global", include=c.include, exclude=c.exclude)
+    density, modules, layers = maps.layer_module_density(map_region)
+    hidden = s.config.hidden_size
+    first_seed = f"random-{c.random_seeds[0]}"
+    profiles = {k: R.hidden_dim_profile(regs[k], hidden) for k in ("core", "bottom", first_seed)}
+    mm = maps.mask_maps({"core": regs["core"]} | {f"mono-{x}": regs[f"mono-{x}"]
+                                                  for x in mono_langs},
+                        c.mask_maps.matrices, c.mask_maps.blocks)
+
+    log("[7/8] dimension analysis and sweep")
+    first = r.eval_windows[next(iter(r.eval_windows))]
+    dres = dims.analyse(s.params, s.config, roles, r.ppl, base, first, c.dims,
+                        profile=profiles["core"])
+
+    log("[8/8] agreement across sample counts and estimators")
+    n_imp = setting.importance_windows
+    jac_samples = {}
+    for n in c.jaccard.sample_counts:
+        if n < min(n_imp.values()):
+            sub = {lang: r.scores(lang, c.estimator, n) for lang in r.langs}
+            jac_samples[str(n)] = R.jaccard(R.core(sub, c.ratio, **r.sel), regs["core"])
+    est_regions = {c.estimator: regs["core"]}
+    for e in c.jaccard.estimators:
+        if e not in est_regions:
+            est_regions[e] = R.core({lang: r.scores(lang, e) for lang in r.langs}, c.ratio,
+                                    **r.sel)
+    jac_est = R.overlap_matrix(est_regions) if len(est_regions) > 1 else {}
+
+    res = Results(
+        name=c.name, jaxregion_version=__version__, config=dataclasses.asdict(c),
+        setting=setting, thresholds=dict(THRESHOLDS), regions=infos, perplexity=ppl,
+        random={"seeds": list(c.random_seeds), "mean": rnd_mean, "std": rnd_std},
+        monolingual_matrix=matrix("mono"), bottom_monolingual_matrix=matrix("bmono"),
+        overlap=ov, ratio_sweep=sweep_rows,
+        layer_module_density={"layers": layers, "modules": modules,
+                              "density": density.tolist(), "scope": map_scope},
+        profiles={k: v.tolist() for k, v in profiles.items()},
+        importance_hist=maps.score_histograms(scores), mask_maps=mm, dims=dres,
+        jaccard={"sample_counts": jac_samples, "estimators": jac_est},
+        seconds=round(time.time() - t0, 1))
+    res.save(os.path.join(c.out, "results.json"))
+    battery.render(res, c.out)
+    log(f"wrote {os.path.join(c.out, 'report.md')} in {res.seconds} s")
+    return res

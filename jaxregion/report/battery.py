@@ -1,0 +1,307 @@
+"""The battery's ``report.md`` and PNGs, rendered from a :class:`Results` and nothing else.
+
+Each section says once which model and data it used (the strings from the config, never a
+resolved path); captions say only what differs. Outcome sentences compare against the named
+thresholds in :mod:`jaxregion.experiment.results`, and the report states their values.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxregion import io
+from jaxregion.dims import gmean_ratio
+from jaxregion.experiment.results import (
+    CORE_MIN_RATIO,
+    CORE_OVER_CONTROL,
+    DIM_BREAK_RATIO,
+    DIM_CONTROL_MAX_RATIO,
+    Results,
+)
+from jaxregion.report import plots
+from jaxregion.report.tables import fmt, markdown_table
+
+
+def _d(x: Any) -> Any:
+    """A dataclass (or anything) as plain dicts/lists, for uniform access."""
+    import dataclasses
+
+    return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
+
+
+def _windows(specs: Mapping[str, str], counts: Mapping[str, int]) -> str:
+    return ", ".join(f"{k} (`{specs[k]}`, {counts[k]} windows)" for k in specs)
+
+
+class _Doc:
+    def __init__(self, res: Results, out: str):
+        self.res, self.out, self.md = res, out, []
+        st = res.setting
+        self.model = f"model `{st.model}`"
+        self.imp = (f"{st.estimator} importance on {', '.join(st.importance)} "
+                    f"({min(st.importance_windows.values())}+ windows of {st.seq_len} tokens)")
+        self.ev = (f"perplexity on {len(st.evaluation)} evaluation sets "
+                   f"({min(st.eval_windows.values())}+ windows each)")
+        self.langs = list(st.evaluation)
+        self.seen = [x for x in self.langs if x in st.importance] or self.langs
+
+    def add(self, *lines: str) -> None:
+        self.md.extend(lines)
+
+    def section(self, title: str, uses: str) -> None:
+        self.add(f"## {title}", "", f"*Model and data:* {uses}.", "")
+
+    def png(self, name: str) -> str:
+        return os.path.join(self.out, name)
+
+
+def _setting(doc: _Doc) -> None:
+    res, st = doc.res, doc.res.setting
+    th = res.thresholds
+    doc.add(f"# {res.name}: linguistic regions report", "",
+            "## Setting", "",
+            f"- Model: `{st.model}` ({st.model_type}, {st.num_layers} layers, residual width "
+            f"{st.hidden_size}).",
+            f"- Importance: {st.estimator} on "
+            f"{_windows(st.importance, st.importance_windows)}; windows of {st.seq_len} tokens.",
+            f"- Evaluation: {_windows(st.evaluation, st.eval_windows)}.",
+            f"- Regions: ratio {st.ratio:g}, scope {st.scope}, include `{st.include}`.",
+            "- Outcome thresholds: the core separates from the controls when (core ratio - 1) > "
+            f"CORE_OVER_CONTROL = {th['CORE_OVER_CONTROL']:g} x (worst control ratio - 1) and "
+            f"the core ratio > CORE_MIN_RATIO = {th['CORE_MIN_RATIO']:g}; a dimension breaks "
+            f"the model when a scaling there gives ratio > DIM_BREAK_RATIO = "
+            f"{th['DIM_BREAK_RATIO']:g} while every control stays below DIM_CONTROL_MAX_RATIO "
+            f"= {th['DIM_CONTROL_MAX_RATIO']:g} (ratios: perplexity / base, geometric mean "
+            "over the importance languages).", "")
+
+
+def _regions(doc: _Doc) -> None:
+    infos = {k: _d(v) for k, v in doc.res.regions.items()}
+    doc.section("Regions", f"{doc.model}; {doc.imp}")
+    rows = [[k, v["kind"], v["size"], v["density"],
+             "—" if v["stability"] is None else v["stability"]] for k, v in infos.items()]
+    doc.add(markdown_table(["region", "kind", "params", "density", "stability"], rows, digits=5),
+            "", "*Caption.* Every region the battery selected (files in `regions/`). "
+            "`mono-L`: top-k(L) minus the other languages' top-k; `bmono-L`: bottom-k(L) minus "
+            "the other languages' bottom-k; `top-L`: top-k(L). Stability: split-half agreement "
+            "of the region (— where the importance files carry no split halves).", "")
+
+
+def _ablations(doc: _Doc) -> None:
+    res, langs = doc.res, doc.langs
+    ppl, base, rnd = res.perplexity, res.perplexity["base"], res.random
+    size = {k: _d(v)["size"] for k, v in res.regions.items()}
+    doc.section("Table 1. Perplexity after removing (zeroing) each region",
+                f"{doc.model}; regions from {doc.imp}; {doc.ev}")
+    rows = [["base", "—", *[base[k] for k in langs]]]
+    rows += [[f"{k} removed", size[k], *[ppl[k][x] for x in langs]] for k in ("core", "bottom")]
+    rows.append([f"random removed (n={len(rnd['seeds'])}, mean ± std)",
+                 size[f"random-{rnd['seeds'][0]}"],
+                 *[f"{rnd['mean'][x]:.3f} ± {rnd['std'][x]:.3f}" for x in langs]])
+    for k in ppl:
+        for prefix, what in (("mono-", "monolingual"), ("bmono-", "bottom-monolingual")):
+            if k.startswith(prefix):
+                rows.append([f"{k[len(prefix):]} {what} removed", size[k],
+                             *[ppl[k][x] for x in langs]])
+    doc.add(markdown_table(["condition", "params", *langs], rows), "",
+            f"*Caption.* Random controls use seeds {list(rnd['seeds'])}; per-seed values are "
+            "in results.json.", "", "![ablations](ablations.png)", "",
+            "*Figure 1.* Table 1 on a log scale; error bars: std over random seeds.", "")
+    core = gmean_ratio(ppl["core"], base, doc.seen)
+    controls = {k: gmean_ratio(ppl[k], base, doc.seen) for k in ppl
+                if k == "bottom" or k.startswith("random-")}
+    worst = max(controls, key=controls.get)
+    ctrl = controls[worst]
+    separates = core - 1 > CORE_OVER_CONTROL * max(ctrl - 1, 0.0) and core > CORE_MIN_RATIO
+    verdict = ("separates clearly from the controls" if separates else
+               "does NOT clearly separate from the controls")
+    doc.add(f"**Outcome.** Over the importance languages ({', '.join(doc.seen)}), removing the "
+            f"core region multiplies perplexity by {core:.3g}; the worst control ({worst}) by "
+            f"{ctrl:.3g}. Against CORE_OVER_CONTROL and CORE_MIN_RATIO the core region "
+            f"{verdict}.", "")
+    plots.ablation_bars(doc.png("ablations.png"),
+                        {k: ppl[k] for k in ("base", "core", "bottom")} | {"random": rnd["mean"]},
+                        {"random": rnd["std"]}, f"Region removal — {res.name}")
+
+
+def _matrices(doc: _Doc) -> None:
+    langs = doc.langs
+    for n, (key, what, png, desc) in enumerate((
+            ("monolingual_matrix", "Monolingual", "monolingual.png",
+             "its top-k minus every other language's top-k"),
+            ("bottom_monolingual_matrix", "Bottom-monolingual", "bottom_monolingual.png",
+             "its bottom-k minus every other language's bottom-k (the authors' control)"))):
+        mat = getattr(doc.res, key)
+        if not mat:
+            continue
+        doc.section(f"Table {2 + n}. {what} regions: perplexity ratio to base",
+                    f"{doc.model}; regions from {doc.imp}; {doc.ev}")
+        doc.add(markdown_table(["region removed", *langs],
+                               [[f"{a} region", *[mat[a][b] for b in langs]] for a in mat]), "",
+                f"*Caption.* Row: the {what.lower()} region of a language ({desc}) zeroed; "
+                "column: evaluated language; cell: perplexity / base.", "",
+                f"![{key}]({png})", "")
+        plots.heatmap(doc.png(png), np.array([[mat[a][b] for b in langs] for a in mat]),
+                      list(mat), langs, f"{what} region removed (row) vs evaluated language",
+                      "perplexity / base")
+
+
+def _overlap(doc: _Doc) -> None:
+    ov = _d(doc.res.overlap)
+    doc.section("Table 4. Overlap of the per-language regions", f"{doc.model}; {doc.imp}")
+    langs, m = ov["languages"], np.asarray(ov["matrix"], float)
+    rows = [[ov["labels"][i], *m[i].tolist(), ov["vs_core"][a]] for i, a in enumerate(langs)]
+    doc.add(markdown_table(["language (family, script)", *langs, "core"], rows), "",
+            f"*Caption.* Jaccard similarity of the per-language top-{doc.res.setting.ratio:g} "
+            "regions, languages ordered by family and script; last column: against the core "
+            "region.", "", "![overlap](overlap.png)", "")
+    plots.heatmap(doc.png("overlap.png"), m, ov["labels"], langs,
+                  "Jaccard of per-language top-k regions", "Jaccard")
+
+
+def _ratio_sweep(doc: _Doc) -> None:
+    rows = [_d(r) for r in doc.res.ratio_sweep]
+    if not rows:
+        return
+    langs = doc.langs
+    doc.section("Table 5. Ratio sweep: perplexity ratio to base",
+                f"{doc.model}; regions from {doc.imp}; {doc.ev}")
+    doc.add(markdown_table(["ratio", "removed", "params", *langs, "gmean"],
+                           [[r["ratio"], r["condition"], r["size"],
+                             *[r["ppl_ratio"][x] for x in langs], r["mean_ratio"]]
+                            for r in rows]), "",
+            "*Caption.* Each region zeroed at each ratio; random: mean perplexity over the "
+            "seeds; gmean over the importance languages.", "", "![ratios](ratio_sweep.png)", "")
+    series = {}
+    for cond in dict.fromkeys(r["condition"] for r in rows):
+        pts = [r for r in rows if r["condition"] == cond]
+        series[cond] = ([p["ratio"] for p in pts], [p["mean_ratio"] for p in pts])
+    plots.curves(doc.png("ratio_sweep.png"), series, "Perplexity ratio vs region ratio",
+                 "region ratio", "perplexity / base (gmean)", logx=True, logy=True)
+
+
+def _maps(doc: _Doc) -> None:
+    res = doc.res
+    lm = res.layer_module_density
+    doc.section("Region maps", f"{doc.model}; {doc.imp}")
+    plots.heatmap(doc.png("core_density.png"), np.asarray(lm["density"], float),
+                  [str(x) for x in lm["layers"]], lm["modules"],
+                  f"Core region density per layer x module ({lm['scope']} scope)",
+                  "fraction selected", fmt="{:.3f}")
+    profiles = {k: np.asarray(v) for k, v in res.profiles.items()}
+    plots.profiles(doc.png("core_dims.png"), profiles, "Region entries per residual dimension",
+                   "residual dimension", "selected entries", mark=_d(res.dims)["candidates"])
+    h = res.importance_hist
+    plots.histograms(doc.png("importance_hist.png"), h["edges"], h["counts"],
+                     "Importance |score| distribution (transformer layers)", "log10 |score|")
+    ratio = res.setting.ratio
+    doc.add("![density](core_density.png)", "",
+            f"*Figure 2.* Fraction of each weight matrix in the core region per layer and module "
+            f"type, selected with {lm['scope']} scope (the top {ratio:g} of Σ|score| over all "
+            "scoped parameters; per-tensor scope would put exactly the ratio everywhere).", "",
+            "![dims](core_dims.png)", "",
+            "*Figure 3.* Selected entries per residual dimension (writers' rows, readers' "
+            "columns, norm entries) for the core, bottom and one random region; dotted lines: "
+            "the swept candidate dims.", "", "![hist](importance_hist.png)", "",
+            "*Figure 4.* Distribution of log10 |importance| per language (up to 200k sampled "
+            "entries each).", "")
+    by_matrix: dict[str, dict[str, Any]] = {}
+    for m in (_d(x) for x in res.mask_maps):
+        by_matrix.setdefault(m["matrix"], {})[m["region"]] = m
+    for i, (name, regs) in enumerate(by_matrix.items()):
+        png = f"mask_map_{i}.png"
+        any_m = next(iter(regs.values()))
+        plots.mask_maps(doc.png(png), {k: np.asarray(v["density"]) for k, v in regs.items()},
+                        name, f"columns (blocks of {any_m['block'][1]})",
+                        f"rows (blocks of {any_m['block'][0]})")
+        doc.add(f"![{name}]({png})", "",
+                f"*Figure 5.{i + 1}.* `{name}` (shape {any_m['shape']}): fraction of each "
+                f"{any_m['block'][0]} x {any_m['block'][1]} block in the core region and in "
+                "each language's monolingual region.", "")
+
+
+def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
+    """Candidates, the sweep table and the Outcome of a :class:`~jaxregion.dims.DimsResult`
+    (shared by the battery and ``jaxregion dims``)."""
+    d = _d(dres)
+    massive = [f"{m['layer']}:{m['dims'][0]}" for m in d["massive_activations"]]
+    supers = [f"{s['layer']}:{s['hidden_dim']}" for s in d["super_weights"]]
+    region = (", ".join(f"{k}:{v}" for k, v in d["region_top"].items())
+              if d["region_top"] else "—")
+    out = [markdown_table(["", "dims"], [
+        ["candidates", ", ".join(map(str, d["candidates"]))],
+        ["candidates from", d["candidates_from"]],
+        ["controls", ", ".join(map(str, d["controls"]))],
+        ["controls from", d["controls_from"]],
+        ["region entries on each candidate (dim:count)", region],
+        ["largest activation per layer (layer:dim)", ", ".join(massive)],
+        ["largest down_proj weight per layer (layer:dim)", ", ".join(supers)]]), ""]
+    base = d["base"]
+    rows = [["base", "—", "—", "—", *[base[x] for x in langs], 1.0]]
+    rows += [[p["group"], p["dim"], f"`{p['entry']}`", f"x{p['factor']:g}",
+              *[p["perplexity"][x] for x in langs], p["mean_ratio"]] for p in d["sweep"]]
+    out += [f"### Table 6. Scaling one entry (layer {d['layer']}; targets "
+            f"{', '.join(d['targets'])})", "",
+            markdown_table(["group", "dim", "entry", "factor", *langs, "ppl/base (gmean)"],
+                           rows), "",
+            "*Caption.* Each row scales the one HF entry it names (a norm entry, a writer's row "
+            "or a reader's column on that residual dimension) by the factor.", ""]
+    cand = [p for p in d["sweep"] if p["group"] == "candidate"]
+    worst_c = max(cand, key=lambda p: p["mean_ratio"], default=None)
+    worst_r = max((p["mean_ratio"] for p in d["sweep"] if p["group"] == "control"),
+                  default=1.0)
+    if worst_c is None:
+        return [*out, "**Outcome.** No candidate dimension was swept.", ""]
+    breaks = worst_c["mean_ratio"] > DIM_BREAK_RATIO and worst_r < DIM_CONTROL_MAX_RATIO
+    verdict = (f"dimension {worst_c['dim']} breaks the model while no control does"
+               if breaks else "no single-dimension dependence of the paper's kind shows up")
+    return [*out, f"**Outcome.** Worst candidate scaling: `{worst_c['entry']}` "
+            f"x{worst_c['factor']:g} multiplies perplexity by {fmt(worst_c['mean_ratio'])}; "
+            f"worst control: by {fmt(worst_r)}. Against DIM_BREAK_RATIO = {DIM_BREAK_RATIO:g} "
+            f"and DIM_CONTROL_MAX_RATIO = {DIM_CONTROL_MAX_RATIO:g}, {verdict}.", ""]
+
+
+def _dims(doc: _Doc) -> None:
+    doc.section("Dimension dependence", f"{doc.model}; {doc.ev}")
+    doc.add(*dims_markdown(doc.res.dims, doc.langs))
+    doc.add("![sweep](dims_sweep.png)", "", "*Figure 6.* Table 6 as perplexity ratios.", "")
+    plots.sweep_plot(doc.png("dims_sweep.png"), _d(doc.res.dims)["sweep"],
+                     f"Single-entry scaling — {doc.res.name}")
+
+
+def _agreement(doc: _Doc) -> None:
+    j, cfg = doc.res.jaccard, doc.res.config
+    doc.section("Agreement", f"{doc.model}; {doc.imp}")
+    if j["sample_counts"]:
+        doc.add(markdown_table(["importance windows", f"Jaccard with {cfg['max_seqs']}"],
+                               [[k, v] for k, v in j["sample_counts"].items()]), "",
+                "*Caption.* Jaccard of the core region from fewer windows per language with "
+                "the core from all of them.", "")
+    if j["estimators"]:
+        names = list(j["estimators"])
+        doc.add(markdown_table(["estimator", *names],
+                               [[a, *[j["estimators"][a][b] for b in names]] for a in names]),
+                "", "*Caption.* Jaccard of core regions from different importance estimators "
+                "on the same windows.", "")
+    if not j["sample_counts"] and not j["estimators"]:
+        doc.add("Not configured (set `jaccard.sample_counts` / `jaccard.estimators`).", "")
+
+
+SECTIONS: Sequence = (_setting, _regions, _ablations, _matrices, _overlap, _ratio_sweep, _maps,
+                      _dims, _agreement)
+
+
+def render(res: Results, out: str) -> str:
+    """Write ``report.md`` and its PNGs into ``out``; returns the Markdown."""
+    doc = _Doc(res, out)
+    for section in SECTIONS:
+        section(doc)
+    doc.add(f"_jaxregion {res.jaxregion_version}; {res.seconds} s. Full figures: "
+            "results.json._", "")
+    text = "\n".join(doc.md)
+    io.write_text(os.path.join(out, "report.md"), text)
+    return text
