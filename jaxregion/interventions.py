@@ -4,8 +4,9 @@ Everything is addressed by HF name and HF index order (``[out, in]`` for linear 
 in PyTorch: ``model.layers.1.mlp.down_proj.weight[2100,:]`` is the row that writes residual
 dimension 2100, while ``down_proj.weight[:,2100]`` is a whole column on the 11008-wide MLP axis,
 not a residual dimension. ``model.layers.1.input_layernorm.weight[2100]`` is that dimension's
-norm entry (see :mod:`jaxregion.dims` for every single-entry target on a dimension). Edits use ``jnp.where`` / ``.at[]``: dtypes and shardings are kept,
-untouched leaves are returned as the same objects.
+norm entry (see :mod:`jaxregion.dims` for every single-entry target on a dimension).
+Edits use ``jnp.where`` / ``.at[]``: dtypes and shardings are kept, untouched leaves are
+returned as the same objects.
 
 Perturbation spec grammar (``parse_perturb``)::
 

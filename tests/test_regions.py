@@ -169,6 +169,18 @@ def test_monolingual_disjoint_from_other_languages(scores: dict, scope: str) -> 
     assert mono.meta["lang"] == "en"
 
 
+@pytest.mark.parametrize("scope", ["per-tensor", "per-layer", "global"])
+def test_bottom_monolingual_disjoint_from_other_bottoms(scores: dict, scope: str) -> None:
+    bmono = R.bottom_monolingual(scores, "en", 0.2, scope=scope)
+    bottom = {x: R.bottom({x: scores[x]}, 0.2, scope=scope) for x in scores}
+    assert bmono.size > 0
+    for o in ("fr", "zh"):
+        assert R.size(R.intersection(bmono, bottom[o])) == 0
+    expected = R.difference(bottom["en"], R.union(bottom["fr"], bottom["zh"]))
+    assert R.jaccard(bmono, expected) == 1.0 and R.size(bmono) == R.size(expected)
+    assert bmono.meta["kind"] == "bottom-monolingual" and bmono.meta["lang"] == "en"
+
+
 def test_random_exact_k_and_seeded(scores: dict) -> None:
     tmpl = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, jnp.bfloat16), scores["en"])
     for scope in ("per-tensor", "per-layer", "global"):

@@ -59,6 +59,15 @@ def test_core_monolingual_top_match_library(imp_dir, tmp_path):
     top = regions.top(sub, "cyr", 0.05, scope="per-layer")
     assert mono.size < top.size  # lat's top set removed something
 
+    f = str(tmp_path / "bmono.safetensors")
+    assert cli_main(["regions", "bottom-monolingual", "--importance", d, "--lang", "rom",
+                     "--ratio", "0.05", "--out", f]) == 0
+    bmono = regions.load_region(f, scores["lat"])
+    _same_mask(bmono, regions.bottom_monolingual(scores, "rom", 0.05))
+    for other in ("lat", "cyr"):
+        bottom = regions.bottom({other: scores[other]}, 0.05)
+        assert regions.size(regions.intersection(bmono, bottom)) == 0
+
     f = str(tmp_path / "top.safetensors")
     assert cli_main(["regions", "top", "--importance", d, "--lang", "rom", "--ratio", "0.02",
                      "--include", r"mlp\.", "--exclude", "down_proj", "--out", f]) == 0

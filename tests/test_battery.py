@@ -1,0 +1,254 @@
+"""The battery end to end: every section, the overlap matrix against `regions compare`, the
+ratio sweep against separate runs, bottom-monolingual regions, a planted dimension, other
+families, and bad configs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import run_cli
+from hf_factory import make_model, save_model
+
+from jaxregion import interventions, regions, runtime
+from jaxregion.cli.main import main as cli_main
+from jaxregion.experiment import Results
+from jaxregion.experiment.results import DIM_BREAK_RATIO, DIM_CONTROL_MAX_RATIO
+from jaxregion.tree import flatten
+
+LANGS = ("lat", "rom", "cyr")
+RATIOS = [0.01, 0.05]
+
+
+def _config(model: str, corpus_dir: str, out: str, **over) -> dict:
+    cfg = {"name": "tiny", "model": model, "out": out,
+           "languages": {k: f"{corpus_dir}/{k}.txt" for k in LANGS},
+           "seq_len": 32, "max_seqs": 16, "eval_max_seqs": 6, "batch_size": 8,
+           "random_seeds": [0, 1, 2], "ratio": 0.01}
+    cfg.update(over)
+    return cfg
+
+
+def _write(tmp, cfg: dict) -> str:
+    path = tmp / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def battery(model_factory, corpus_dir, tmp_path_factory):
+    """One full battery on the tiny Llama, shared by the checks below."""
+    tmp = tmp_path_factory.mktemp("battery")
+    cfg = _config(model_factory("llama_mha"), corpus_dir, str(tmp / "exp"), ratios=RATIOS,
+                  dims={"layer": 1, "auto_candidates": 2, "auto_controls": 2,
+                        "factors": [4.0, 0.0], "targets": ["input_norm", "down_proj", "q_proj"]},
+                  jaccard={"sample_counts": [8], "estimators": ["fisher", "wanda"]},
+                  mask_maps={"matrices": ["model.layers.1.mlp.up_proj.weight"], "blocks": 8})
+    code, _, err = run_cli("experiment", _write(tmp, cfg))
+    assert code == 0, err
+    return cfg, tmp / "exp"
+
+
+def test_battery_runs_and_reports_everything(battery):
+    cfg, out = battery
+    report = (out / "report.md").read_text()
+    res = json.loads((out / "results.json").read_text())
+    for png in ("ablations", "monolingual", "bottom_monolingual", "overlap", "ratio_sweep",
+                "core_density", "core_dims", "importance_hist", "mask_map_0", "dims_sweep"):
+        assert (out / f"{png}.png").stat().st_size > 1000
+        assert f"({png}.png)" in report
+    for heading in ("Table 1.", "Table 2.", "Table 3.", "Table 4.", "Table 5.", "Table 6.",
+                    "Figure 1.", "Figure 2.", "Figure 3.", "Figure 4.", "Figure 5.1.",
+                    "Figure 6.", "Caption", "Outcome", "CORE_OVER_CONTROL = 3",
+                    "DIM_BREAK_RATIO = 2"):
+        assert heading in report
+    conds = set(res["perplexity"])
+    assert {"base", "core", "bottom", "random-0", "random-1", "random-2", "mono-lat",
+            "bmono-lat", "mono-rom", "bmono-rom", "mono-cyr", "bmono-cyr"} <= conds
+    # the model is named once per section, as the user gave it, never in a caption
+    sections = report.count("\n## ")
+    assert report.count(f"`{cfg['model']}`") == sections
+    assert not any(cfg["model"] in line for line in report.splitlines()
+                   if line.startswith("*Caption"))
+    # stability column present (filled once importance files carry split halves)
+    assert "| stability" in report and set(res["regions"]["core"]) >= {"stability"}
+    # random controls: distinct seeds give distinct regions, and the spread is reported
+    r0 = regions.load_region(str(out / "regions/random-0.safetensors"))
+    r1 = regions.load_region(str(out / "regions/random-1.safetensors"))
+    assert regions.jaccard(r0, r1) < 0.5
+    assert all(v >= 0 for v in res["random"]["std"].values()) and "±" in report
+    assert set(res["jaccard"]["estimators"]) == {"taylor", "fisher", "wanda"}
+    assert "8" in res["jaccard"]["sample_counts"]
+    core = regions.load_region(str(out / "regions/core.safetensors"))
+    for name, m in flatten(core.mask).items():
+        if name in core.universe:
+            assert int(np.asarray(m).sum()) == max(1, int(0.01 * np.asarray(m).size))
+    # every sweep row names the exact entry it changed
+    entries = {p["entry"] for p in res["dims"]["sweep"]}
+    d = res["dims"]["candidates"][0]
+    assert {f"model.layers.1.input_layernorm.weight[{d}]",
+            f"model.layers.1.mlp.down_proj.weight[{d},:]",
+            f"model.layers.1.self_attn.q_proj.weight[:,{d}]"} <= entries
+    # mask maps: one per (matrix, region), block densities average to the region's density
+    maps = [m for m in res["mask_maps"] if m["region"] == "core"]
+    assert len(maps) == 1 and maps[0]["shape"] == [96, 64] and maps[0]["block"] == [12, 8]
+    assert np.mean(maps[0]["density"]) == pytest.approx(
+        np.asarray(flatten(core.mask)["model.layers.1.mlp.up_proj.weight"]).mean(), rel=1e-12)
+    # results.json reads back into the dataclass
+    assert Results.load(str(out / "results.json")).perplexity["base"] == res["perplexity"]["base"]
+
+
+def test_overlap_matrix_equals_regions_compare(battery, tmp_path):
+    _, out = battery
+    ov = json.loads((out / "results.json").read_text())["overlap"]
+    langs, m = ov["languages"], np.asarray(ov["matrix"])
+    assert langs == ["cyr", "lat", "rom"]  # synthetic languages grouped by script
+    np.testing.assert_array_equal(m, m.T)
+    np.testing.assert_array_equal(np.diag(m), 1.0)
+    files = {x: str(out / f"regions/top-{x}.safetensors") for x in langs}
+    files["core"] = str(out / "regions/core.safetensors")
+    pairs = [(a, b) for i, a in enumerate(langs) for b in langs[i + 1:]]
+    pairs += [(a, "core") for a in langs]
+    for a, b in pairs:
+        j = tmp_path / f"{a}-{b}.json"
+        assert cli_main(["regions", "compare", files[a], files[b], "--json", str(j)]) == 0
+        want = json.loads(j.read_text())["jaccard"]
+        got = m[langs.index(a), langs.index(b)] if b != "core" else ov["vs_core"][a]
+        assert got == want, (a, b)
+
+
+def test_ratio_sweep_rows_equal_separate_runs(battery):
+    cfg, out = battery
+    res = json.loads((out / "results.json").read_text())
+    rows = {(r["ratio"], r["condition"]): r for r in res["ratio_sweep"]}
+    assert set(rows) == {(x, c) for x in RATIOS for c in ("core", "bottom", "random")}
+    # at the battery's own ratio the sweep equals Table 1
+    for cond in ("core", "bottom"):
+        assert rows[(0.01, cond)]["perplexity"] == res["perplexity"][cond]
+    # at another ratio it equals a separate selection and evaluation
+    s = runtime.load_session(cfg["model"])
+    windows = runtime.load_corpora([f"{k}={v}" for k, v in cfg["languages"].items()], s,
+                                   cfg["seq_len"], cfg["eval_max_seqs"])
+    scores = regions.load_importance_dir(str(out / "importance/taylor"), list(LANGS))
+    separate = {"core": regions.core(scores, 0.05), "bottom": regions.bottom(scores, 0.05)}
+    rnd = [regions.random(s.params, 0.05, seed=x) for x in cfg["random_seeds"]]
+    for cond, reg in separate.items():
+        got = runtime.evaluate_corpora(s, windows, cfg["batch_size"],
+                                       params=interventions.zero(s.params, reg))
+        assert rows[(0.05, cond)]["perplexity"] == {k: v.perplexity for k, v in got.items()}
+        assert rows[(0.05, cond)]["size"] == regions.size(reg)
+    ppl = [runtime.evaluate_corpora(s, windows, cfg["batch_size"],
+                                    params=interventions.zero(s.params, r)) for r in rnd]
+    for lang in LANGS:
+        mean = float(np.mean([p[lang].perplexity for p in ppl]))
+        assert rows[(0.05, "random")]["perplexity"][lang] == mean
+
+
+def test_battery_bottom_monolingual_disjoint(battery):
+    _, out = battery
+    scores = regions.load_importance_dir(str(out / "importance/taylor"), list(LANGS))
+    for lang in LANGS:
+        bmono = regions.load_region(str(out / f"regions/bmono-{lang}.safetensors"),
+                                    template=scores[lang])
+        assert bmono.size > 0
+        for other in LANGS:
+            if other != lang:
+                bottom = regions.bottom({other: scores[other]}, 0.01)
+                assert regions.size(regions.intersection(bmono, bottom)) == 0
+
+
+PLANTED, WRITE = 17, 33  # the residual dim the model relies on, and the one it writes
+
+
+def _planted_llama(path: str, tokenizer, corpus_dir: str) -> str:
+    """A tiny Llama whose predictions rest on one layer-1 residual dimension.
+
+    Every token embeds a large constant on dim 17 (a massive activation). Layer 1's attention
+    reads it through the input-norm entry [17] and one v_proj column, and o_proj writes it onto
+    dim 33, where it cancels the embedding's -B and leaves +M: the head reads dim 33 as the
+    corpus unigram distribution. Scaling the norm entry by 4 writes 4(B+M) - B instead (a far
+    too sharp unigram), by 0 leaves -B (the inverted one); other dims carry nothing."""
+    c, m, b = 6.0, 1.0, 2.0
+    ids = [i for lang in LANGS for line in open(f"{corpus_dir}/{lang}.txt", encoding="utf-8")
+           for i in tokenizer(line.strip())["input_ids"]]
+    freq = np.bincount(ids, minlength=320) + 0.5
+    logp = np.log(freq / freq.sum())
+    model = make_model("llama_mha")
+    layer = model.model.layers[1]
+    with torch.no_grad():
+        model.model.embed_tokens.weight[:, PLANTED] = c
+        model.model.embed_tokens.weight[:, WRITE] = -b
+        model.model.norm.weight[:] = 1.0
+        layer.input_layernorm.weight[PLANTED] = 1.0
+        layer.self_attn.v_proj.weight[0, :] = 0.0
+        layer.self_attn.v_proj.weight[0, PLANTED] = (m + b) / 8  # the normed entry is ~8
+        layer.self_attn.o_proj.weight[:, 0] = 0.0
+        layer.self_attn.o_proj.weight[WRITE, 0] = 1.0
+        model.lm_head.weight[:, PLANTED] = 0.0
+        model.lm_head.weight[:, WRITE] = torch.tensor(
+            (logp - logp.mean()) * np.sqrt(c * c + m * m) / (8 * m), dtype=torch.float32)
+    return save_model(model, path, tokenizer)
+
+
+def test_planted_dimension_is_found(tokenizer, corpus_dir, tmp_path):
+    model = _planted_llama(str(tmp_path / "planted"), tokenizer, corpus_dir)
+    cfg = _config(model, corpus_dir, str(tmp_path / "exp"), random_seeds=[0],
+                  languages={k: f"{corpus_dir}/{k}.txt" for k in LANGS[:2]},
+                  max_seqs=8, eval_max_seqs=4,
+                  dims={"layer": 1, "auto_candidates": 2, "auto_controls": 4,
+                        "targets": ["input_norm", "v_proj", "o_proj"], "factors": [4.0]})
+    code, _, err = run_cli("experiment", _write(tmp_path, cfg))
+    assert code == 0, err
+    res = json.loads((tmp_path / "exp/results.json").read_text())["dims"]
+    assert PLANTED in res["candidates"]  # found without being named
+    ratio = {(p["group"], p["entry"]): p["mean_ratio"] for p in res["sweep"]}
+    planted = ratio[("candidate", f"model.layers.1.input_layernorm.weight[{PLANTED}]")]
+    controls = [v for (g, _), v in ratio.items() if g == "control"]
+    assert len(controls) == 4 * 3
+    assert planted > 5 * DIM_BREAK_RATIO and max(controls) < DIM_CONTROL_MAX_RATIO
+    report = (tmp_path / "exp/report.md").read_text()
+    # the writer's row on dim 33 is planted too, and found: both are named
+    assert f"dimensions {PLANTED}, {WRITE} break the model while no control does" in report
+
+
+@pytest.mark.parametrize("family", [
+    pytest.param("qwen3", marks=pytest.mark.xfail(
+        reason="qwen3's head-sized q_norm/k_norm meet the regex roles in hidden_dim_profile; "
+               "fixed by the family role tables (issue 12)", strict=False)),
+    "gemma",
+])
+def test_battery_runs_on_other_families(model_factory, corpus_dir, tmp_path, family):
+    cfg = _config(model_factory(family), corpus_dir, str(tmp_path / "exp"), random_seeds=[0],
+                  languages={k: f"{corpus_dir}/{k}.txt" for k in LANGS[:2]},
+                  max_seqs=6, eval_max_seqs=3, ratios=[0.01],
+                  dims={"auto_candidates": 1, "auto_controls": 1, "factors": [4.0],
+                        "targets": ["input_norm", "post_attention_norm", "o_proj", "down_proj",
+                                    "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]},
+                  mask_maps={"matrices": ["model.layers.0.mlp.down_proj.weight"]})
+    code, _, err = run_cli("experiment", _write(tmp_path, cfg))
+    assert code == 0, err
+    res = json.loads((tmp_path / "exp/results.json").read_text())
+    assert len(res["dims"]["sweep"]) == 2 * 9 and (tmp_path / "exp/report.md").exists()
+
+
+@pytest.mark.parametrize("family,over,key", [
+    ("llama_mha", {"dims": {"dims": [64]}}, "dims.dims[0]: dimension 64 is out of range"),
+    ("llama_mha", {"dims": {"controls": [3, -1]}}, "dims.controls[1]"),
+    ("gpt2", {"dims": {"targets": ["input_norm", "q_proj"]}}, "dims.targets[1]: 'q_proj'"),
+    ("llama_mha", {"ratios": [0.01, 1.5]}, "ratios[1]: 1.5 is outside (0, 1)"),
+    ("llama_mha", {"ratio": 1.0}, "ratio: 1.0 is outside (0, 1)"),
+    ("llama_mha", {"mask_maps": {"matrices": ["model.layers.0.input_layernorm.weight"]}},
+     "mask_maps.matrices[0]"),
+])
+def test_bad_config_one_line_exit_2(model_factory, corpus_dir, tmp_path, capsys, family, over,
+                                    key):
+    cfg = _config(model_factory(family), corpus_dir, str(tmp_path / "exp"), **over)
+    path = _write(tmp_path, cfg)
+    capsys.readouterr()  # drop the model factory's progress output
+    assert cli_main(["experiment", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and path in err and key in err, err
+    assert not (tmp_path / "exp").exists()
