@@ -15,6 +15,7 @@ from hf_factory import make_model, save_model
 
 from jaxregion import interventions, regions, runtime
 from jaxregion.cli.main import main as cli_main
+from jaxregion.errors import UserError
 from jaxregion.experiment import Results
 from jaxregion.experiment.results import DIM_BREAK_RATIO, DIM_CONTROL_MAX_RATIO
 from jaxregion.tree import flatten
@@ -231,7 +232,9 @@ def test_battery_runs_on_other_families(model_factory, corpus_dir, tmp_path, fam
     code, _, err = run_cli("experiment", _write(tmp_path, cfg))
     assert code == 0, err
     res = json.loads((tmp_path / "exp/results.json").read_text())
-    assert len(res["dims"]["sweep"]) == 2 * 9 and (tmp_path / "exp/report.md").exists()
+    d = res["dims"]
+    assert len(d["sweep"]) == (len(d["candidates"]) + len(d["controls"])) * 9
+    assert (tmp_path / "exp/report.md").exists()
 
 
 @pytest.mark.parametrize("family,over,key", [
@@ -252,3 +255,32 @@ def test_bad_config_one_line_exit_2(model_factory, corpus_dir, tmp_path, capsys,
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and path in err and key in err, err
     assert not (tmp_path / "exp").exists()
+
+
+@pytest.mark.parametrize("name,preset,dims_", [
+    ("paper_llama2_7b.yaml", "llama2-7b", [1415, 2533]),
+    ("paper_llama2_13b.yaml", "llama2-13b", [2100]),
+])
+def test_paper_configs_fit_their_models(name, preset, dims_):
+    """The paper configs' dims, targets and mapped matrices exist in the model they name
+    (checked against the published shapes; nothing is downloaded)."""
+    import os
+
+    from jaxregion import dims, plan
+    from jaxregion.experiment import load_config, validate_for_model
+    from jaxregion.models import shapes
+
+    path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
+    cfg = load_config(path)
+    model = plan.preset_config(preset)
+    validate_for_model(cfg, model, dims.residual_roles(model), shapes(model), path)
+    assert list(cfg.dims.dims) == dims_ and cfg.dims.layer == 1 and len(cfg.dims.targets) == 9
+    assert cfg.ratios == (0.005, 0.01, 0.03, 0.05)
+    if preset == "llama2-13b":
+        assert cfg.model == "meta-llama/Llama-2-13b-hf" and cfg.dims.controls == (4200,)
+        assert cfg.dims.factors == (4.0,) and next(iter(cfg.eval_languages)) == "zh"
+        assert next(iter(cfg.languages)) == "zh"
+        # 4200 would not fit 7B: the reason the figure is 13B's
+        with pytest.raises(UserError, match=r"dims.controls\[0\]: dimension 4200"):
+            small = plan.preset_config("llama2-7b")
+            validate_for_model(cfg, small, dims.residual_roles(small), shapes(small), path)
