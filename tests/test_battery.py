@@ -215,12 +215,7 @@ def test_planted_dimension_is_found(tokenizer, corpus_dir, tmp_path):
     assert f"dimensions {PLANTED}, {WRITE} break the model while no control does" in report
 
 
-@pytest.mark.parametrize("family", [
-    pytest.param("qwen3", marks=pytest.mark.xfail(
-        reason="qwen3's head-sized q_norm/k_norm meet the regex roles in hidden_dim_profile; "
-               "fixed by the family role tables (issue 12)", strict=False)),
-    "gemma",
-])
+@pytest.mark.parametrize("family", ["qwen3", "gemma"])
 def test_battery_runs_on_other_families(model_factory, corpus_dir, tmp_path, family):
     cfg = _config(model_factory(family), corpus_dir, str(tmp_path / "exp"), random_seeds=[0],
                   languages={k: f"{corpus_dir}/{k}.txt" for k in LANGS[:2]},

@@ -98,6 +98,12 @@ def _mean_std(values: list[dict[str, float]]) -> tuple[dict[str, float], dict[st
     return mean, std
 
 
+def _on_residual(region: R.Region, roles: dict) -> R.Region:
+    """The region restricted to the tensors the role mapping puts on the residual stream (so
+    head-sized q/k norms are never read as residual-sized)."""
+    return R.Region(region.mask, region.meta, tuple(n for n in region.names() if n in roles))
+
+
 def overlap(tops: dict[str, R.Region], core: R.Region) -> Overlap:
     """Jaccard of the per-language top-k regions, languages ordered by family and script."""
     order = languages.order(tops)
@@ -192,7 +198,8 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     density, modules, layers = maps.layer_module_density(map_region)
     hidden = s.config.hidden_size
     first_seed = f"random-{c.random_seeds[0]}"
-    profiles = {k: R.hidden_dim_profile(regs[k], hidden) for k in ("core", "bottom", first_seed)}
+    profiles = {k: R.hidden_dim_profile(_on_residual(regs[k], roles), hidden)
+                for k in ("core", "bottom", first_seed)}
     mm = maps.mask_maps({"core": regs["core"]} | {f"mono-{x}": regs[f"mono-{x}"]
                                                   for x in mono_langs},
                         c.mask_maps.matrices, c.mask_maps.blocks)
