@@ -279,3 +279,29 @@ def test_paper_configs_fit_their_models(name, preset, dims_):
         with pytest.raises(UserError, match=r"dims.controls\[0\]: dimension 4200"):
             small = plan.preset_config("llama2-7b")
             validate_for_model(cfg, small, dims.residual_roles(small), shapes(small), path)
+
+
+def test_dims_command_named_dims_and_targets(tokenizer, corpus_dir, tmp_path, capsys):
+    model = _planted_llama(str(tmp_path / "planted"), tokenizer, corpus_dir)
+    out = tmp_path / "dims.json"
+    assert cli_main(["dims", "--model", model, "--text", f"lat={corpus_dir}/lat.txt",
+                     "--seq-len", "32", "--max-seqs", "4", "--dims", str(PLANTED),
+                     "--control-dims", "5", "--targets", "input_norm,v_proj",
+                     "--factors", "4,0", "--json", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["candidates"] == [PLANTED] and res["controls"] == [5]
+    assert [(p["entry"], p["factor"]) for p in res["sweep"]] == [
+        (f"model.layers.1.input_layernorm.weight[{PLANTED}]", 4.0),
+        (f"model.layers.1.input_layernorm.weight[{PLANTED}]", 0.0),
+        (f"model.layers.1.self_attn.v_proj.weight[:,{PLANTED}]", 4.0),
+        (f"model.layers.1.self_attn.v_proj.weight[:,{PLANTED}]", 0.0),
+        ("model.layers.1.input_layernorm.weight[5]", 4.0),
+        ("model.layers.1.input_layernorm.weight[5]", 0.0),
+        ("model.layers.1.self_attn.v_proj.weight[:,5]", 4.0),
+        ("model.layers.1.self_attn.v_proj.weight[:,5]", 0.0)]
+    assert f"dimension {PLANTED} breaks the model" in capsys.readouterr().out
+    capsys.readouterr()
+    assert cli_main(["dims", "--model", model, "--text", f"lat={corpus_dir}/lat.txt",
+                     "--seq-len", "32", "--dims", "64"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "dims.dims[0]: dimension 64 is out of range" in err
