@@ -102,15 +102,17 @@ def mask_maps(path: str, maps: Mapping[str, np.ndarray], title: str, xlabel: str
     n = len(maps)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 3.0 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 3.0 * rows + 0.4),
+                             squeeze=False, constrained_layout=True)
     vmax = max(float(np.max(m)) for m in maps.values()) or 1.0
     im = None
-    for ax, (name, m) in zip(axes.ravel(), maps.items()):
+    for i, (ax, (name, m)) in enumerate(zip(axes.ravel(), maps.items())):
         im = ax.imshow(np.asarray(m), aspect="auto", cmap="magma", vmin=0, vmax=vmax,
                        interpolation="nearest")
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
-        ax.set_ylabel(ylabel, fontsize=8)
+        if i % cols == 0:
+            ax.set_ylabel(ylabel, fontsize=8)
     for ax in axes.ravel()[n:]:
         ax.axis("off")
     fig.colorbar(im, ax=axes.ravel().tolist(), label="fraction selected per block")
