@@ -75,7 +75,8 @@ class Role:
     """What one parameter is, for code that must not parse names.
 
     ``module`` groups the same tensor across layers (``self_attn.q_proj``,
-    ``mlp.down_proj.bias``; non-layer tensors keep their name, minus ``.weight``).
+    ``mlp.down_proj.bias``; non-layer tensors keep their name, minus ``.weight``). ``attr``
+    is the tensor's attribute in its module (``weight`` or ``bias``).
     """
 
     name: str
@@ -88,6 +89,7 @@ class Role:
     input_axis: int | None
     tap: str | None
     tag: str | None
+    attr: str
 
     @property
     def is_norm(self) -> bool:
@@ -104,7 +106,7 @@ def _role(template: str, spec: Spec, layer: int | None) -> Role:
     fmt = (lambda s: s.format(i=layer)) if layer is not None else (lambda s: s)
     return Role(fmt(template), template, _module_of(template), layer, spec.kind, spec.axes,
                 spec.residual_axis, spec.input_axis, fmt(spec.tap) if spec.tap else None,
-                spec.tag)
+                spec.tag, template.rsplit(".", 1)[-1])
 
 
 def expand(table: Mapping[str, Spec], num_layers: int) -> dict[str, Role]:
@@ -188,7 +190,7 @@ def infer_roles(names: Iterable[str]) -> dict[str, Role | None]:
     return dict(_infer(tuple(names)))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=4096)
 def _infer(names: tuple[str, ...]) -> tuple[tuple[str, Role | None], ...]:
     best: dict[str, Role | None] = {}
     best_n = -1
