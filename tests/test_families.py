@@ -72,7 +72,9 @@ def test_every_parameter_has_a_role(family):
             assert inter[r.tap].shape[-1] == shapes[n][r.input_axis], n
     assert [inter[k].shape for k in models.residual_taps(cfg)] == \
         [(1, 4, cfg.hidden_size)] * cfg.num_layers
-    for tag in ("mlp_out", "attn_norm"):
+    # post-norm layers (olmo2) have no norm feeding attention: attn_out_norm stands in
+    attn = "attn_norm" if any(r.tag == "attn_norm" for r in roles.values()) else "attn_out_norm"
+    for tag in ("mlp_out", attn):
         assert sorted(r.layer for r in roles.values() if r.tag == tag) == \
             list(range(cfg.num_layers))
 
@@ -162,6 +164,66 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     analysis run through (they crashed when roles came from name patterns)."""
     cfg = {
         "name": "tiny-qwen3", "model": model_factory("qwen3"), "out": str(tmp_path / "exp"),
+        "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "cyr")},
+        "seq_len": 16, "max_seqs": 4, "eval_max_seqs": 2, "batch_size": 4,
+        "random_seeds": [0], "dims": {"layer": 1, "candidates": 1, "controls": 1,
+                                      "factors": [4.0]},
+    }
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    code, _, err = run_cli("experiment", str(path))
+    assert code == 0, err
+    res = json.loads((tmp_path / "exp" / "results.json").read_text())
+    assert res["dims"]["super_weights"] and res["dims"]["sweep"]
+
+
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2"])
+def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tokenizer):
+    """The analyses on each family's tiny model: a core region from Taylor scores, wanda on
+    exactly the linear maps, a hidden-dim profile, massive activations, super weights, and a
+    dims sweep whose target (the table's attn_norm / attn_out_norm) moves the perplexity."""
+    from jaxregion import dims, importance
+    from jaxregion import regions as R
+    from jaxregion.data.packing import load_windows
+    from jaxregion.data.sources import open_source
+
+    cfg, params = hf.load(model_factory(family))
+    wins = {lang: load_windows(open_source(f"{corpus_dir}/{lang}.txt").documents(), tokenizer,
+                               16, 4) for lang in ("lat", "cyr")}
+    scores = {lang: importance.compute_importance(params, cfg, w, batch_size=4).scores
+              for lang, w in wins.items()}
+    core = R.core(scores, ratio=0.05)
+    roles = models.roles(cfg)
+    assert set(core.universe) == {n for n, r in roles.items() if r.layer is not None}
+    for n, m in flatten(core.mask).items():
+        k = int(np.asarray(m).sum())
+        assert k == (max(1, int(0.05 * np.asarray(m).size)) if n in core.universe else 0), n
+    wanda = flatten(importance.compute_importance(params, cfg, wins["lat"], "wanda",
+                                                  batch_size=4).scores)
+    for n, s in wanda.items():
+        assert (np.count_nonzero(np.asarray(s)) > 0) == (roles[n].kind == "linear"), n
+    profile = R.hidden_dim_profile(core, cfg.hidden_size)
+    assert profile.shape == (cfg.hidden_size,) and profile.sum() > 0
+    massive = dims.massive_activations(params, cfg, wins["lat"])
+    assert [m["layer"] for m in massive] == list(range(cfg.num_layers))
+    supers = dims.super_weight_candidates(params, cfg)
+    assert {s["layer"] for s in supers} == set(range(cfg.num_layers))
+    tokens = jnp.asarray(wins["lat"])
+
+    def ppl(p: dict) -> dict[str, float]:
+        return {"lat": float(np.exp(models.loss_fn(p, tokens, cfg)))}
+
+    base = ppl(params)["lat"]
+    points = dims.sweep(params, cfg, ppl, [supers[0]["hidden_dim"]], [], (0.0,), layer=1)
+    assert len(points) == 1 and points[0].perplexity["lat"] != base
+
+
+@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+def test_experiment_completes_on_new_families(family, model_factory, corpus_dir, tmp_path):
+    """The whole battery, dims analysis included, on gemma2 (sliding layers, soft-caps,
+    sandwich norms) and olmo2 (post-norm layers: no norm feeds attention)."""
+    cfg = {
+        "name": f"tiny-{family}", "model": model_factory(family), "out": str(tmp_path / "exp"),
         "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "cyr")},
         "seq_len": 16, "max_seqs": 4, "eval_max_seqs": 2, "batch_size": 4,
         "random_seeds": [0], "dims": {"layer": 1, "candidates": 1, "controls": 1,

@@ -34,8 +34,9 @@ _QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp
 def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     """``{HF name template: Spec}`` for ``cfg`` (``None``: every optional entry).
 
-    Attention reads the raw residual stream, so no norm is tagged ``attn_norm``; the
-    post-norms scale sublayer outputs as they join the residual stream (residual axis). The
+    Attention reads the raw residual stream, so no norm is tagged ``attn_norm``: the
+    attention-output norm is ``attn_out_norm`` (the dims sweep's target). The post-norms
+    scale sublayer outputs as they join the residual stream (residual axis). The
     q/k norms span the projections (``q``/``kv`` axes), not the residual stream."""
     t = {
         "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
@@ -45,7 +46,7 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
         _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
         _L + "self_attn.q_norm.weight": norm("q"),
         _L + "self_attn.k_norm.weight": norm("kv"),
-        _L + "post_attention_layernorm.weight": norm(),
+        _L + "post_attention_layernorm.weight": norm(tag="attn_out_norm"),
         _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
         _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
         _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
