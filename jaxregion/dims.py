@@ -5,10 +5,11 @@ The paper reports that scaling one parameter on one dimension ("L1-N2100", x4) b
 model while the same edit on another dimension ("L1-N4200") does nothing. Which parameter
 "L1-N2100" denotes is not in the released code, so the sweep edits every *target* that touches
 a residual dimension in one layer: the norm entries, the rows of the matrices that write the
-residual stream and the columns of the matrices that read it. Targets are role names
-(``input_norm``, ``post_attention_norm``, ``o_proj``, ``down_proj``, ``q_proj`` ...) resolved
-through a role mapping ``{hf_name: ResidualRole}``, so one config works for every family, and
-every sweep row names the exact HF entry it changed.
+residual stream and the columns of the matrices that read it. Targets are names from the
+family's role table (``input_norm``, the modules' names such as ``post_attention_layernorm``,
+``o_proj``, ``down_proj``, ``q_proj``, and table tags such as ``mlp_out``; see
+:func:`targets_of`), so one config works for every family that has those modules, and every
+sweep row names the exact HF entry it changed.
 """
 
 from __future__ import annotations
@@ -24,102 +25,20 @@ import numpy as np
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.interventions import apply_perturb
-from jaxregion.models import ModelConfig, apply
-from jaxregion.models.spec import param_table
+from jaxregion.models import ModelConfig, Role, intermediates, residual_taps, roles
 
-#: Targets swept when a config names none: the pre-attention norm entry, as the paper's figure.
+#: Targets swept when a config names none: the norm feeding attention, as the paper's figure.
 DEFAULT_TARGETS = ("input_norm",)
+#: The target name of the norm feeding attention in every family (the table's ``attn_norm``;
+#: in post-norm layers, which have none, ``attn_out_norm``).
+INPUT_NORM = "input_norm"
 
 
-@dataclass(frozen=True)
-class ResidualRole:
-    """What the dims analysis needs to know of one parameter that touches the residual stream.
-
-    ``slot``: the role name a config uses as a target (``input_norm``, ``down_proj``, ...);
-    ``residual_axis``: the axis of the tensor indexed by the residual dimension (a 1-D norm: 0;
-    an ``[out, in]`` writer: 0, its rows; an ``[out, in]`` reader: 1, its columns)."""
-
-    layer: int | None
-    slot: str
-    residual_axis: int
-
-
-# The family role table lands with the NNX models (models.roles); until then the slots are
-# read off each family's parameter table (spec.param_table: HF templates and logical axes,
-# the residual axis being the "embed" axis) and named here, template by template.
-_SLOTS = {
-    "model.layers.{i}.input_layernorm.weight": "input_norm",
-    "model.layers.{i}.post_attention_layernorm.weight": "post_attention_norm",
-    "model.layers.{i}.self_attn.q_proj.weight": "q_proj",
-    "model.layers.{i}.self_attn.k_proj.weight": "k_proj",
-    "model.layers.{i}.self_attn.v_proj.weight": "v_proj",
-    "model.layers.{i}.self_attn.o_proj.weight": "o_proj",
-    "model.layers.{i}.mlp.gate_proj.weight": "gate_proj",
-    "model.layers.{i}.mlp.up_proj.weight": "up_proj",
-    "model.layers.{i}.mlp.down_proj.weight": "down_proj",
-    "transformer.h.{i}.ln_1.weight": "input_norm",
-    "transformer.h.{i}.ln_2.weight": "post_attention_norm",
-    "transformer.h.{i}.attn.c_attn.weight": "qkv_proj",
-    "transformer.h.{i}.attn.c_proj.weight": "o_proj",
-    "transformer.h.{i}.mlp.c_fc.weight": "up_proj",
-    "transformer.h.{i}.mlp.c_proj.weight": "down_proj",
-}
-
-
-def residual_roles(cfg: ModelConfig) -> dict[str, ResidualRole]:
-    """``{hf_name: ResidualRole}`` of every layer parameter that a dims target can name."""
-    out: dict[str, ResidualRole] = {}
-    for template, axes in param_table(cfg).items():
-        slot = _SLOTS.get(template)
-        if slot is None or "embed" not in axes:
-            continue
-        for i in range(cfg.num_layers):
-            out[template.format(i=i)] = ResidualRole(i, slot, axes.index("embed"))
-    return out
-
-
-def slots_of(roles: Mapping[str, ResidualRole], layer: int) -> dict[str, str]:
-    """``{slot: hf_name}`` of one layer."""
-    return {r.slot: n for n, r in roles.items() if r.layer == layer}
-
-
-def check_targets(roles: Mapping[str, ResidualRole], layer: int, targets: Sequence[str],
-                  where: str) -> dict[str, str]:
-    """``{target: hf_name}`` in ``layer``; UserError naming ``where`` and the bad entry."""
-    have = slots_of(roles, layer)
-    if not have:
-        raise UserError(f"{where}: layer: {layer} has no parameter on the residual stream")
-    for i, t in enumerate(targets):
-        if t not in have:
-            raise UserError(f"{where}: dims.targets[{i}]: {t!r} is not a role of this model "
-                            f"family in layer {layer}; use one of {', '.join(sorted(have))}")
-    return {t: have[t] for t in targets}
-
-
-def check_dims(values: Sequence[int], hidden: int, where: str, key: str) -> None:
-    for i, d in enumerate(values):
-        if not 0 <= int(d) < hidden:
-            raise UserError(f"{where}: dims.{key}[{i}]: dimension {d} is out of range; the "
-                            f"model's residual stream has dimensions 0..{hidden - 1}")
-
-
-def entry(name: str, role: ResidualRole, ndim: int, dim: int) -> str:
-    """The HF entry of ``name`` on residual dimension ``dim``: ``w[d]``, ``w[d,:]`` (a row)
-    or ``w[:,d]`` (a column)."""
-    if ndim == 1:
-        return f"{name}[{dim}]"
-    idx = [":"] * ndim
-    idx[role.residual_axis] = str(dim)
-    return f"{name}[{','.join(idx)}]"
-
-
-# --- candidates ----------------------------------------------------------------------------
 @partial(jax.jit, static_argnames=("cfg",))
 def _layer_absmax(params: dict, tokens: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, ...]:
     """Per layer: max |hidden state| per dimension ``[hidden]`` and its median over dims."""
-    taps: dict = {}
-    apply(params, tokens, cfg, taps=taps)
-    outs = [taps[k] for k in taps if k.endswith(".output")]
+    taps = intermediates(params, tokens, cfg)[1]
+    outs = [taps[k] for k in residual_taps(cfg)]
     absmax = jnp.stack([jnp.max(jnp.abs(h.astype(jnp.float32)), axis=(0, 1)) for h in outs])
     med = jnp.stack([jnp.median(jnp.abs(h.astype(jnp.float32))) for h in outs])
     return absmax, med
@@ -144,23 +63,39 @@ def massive_activations(params: dict, cfg: ModelConfig, windows: np.ndarray, top
     return out
 
 
-def super_weight_candidates(params: dict, roles: Mapping[str, ResidualRole],
-                            top: int = 1) -> list[dict]:
+def tagged(cfg: ModelConfig, tag: str, layer: int) -> Role:
+    """The parameter of ``layer`` that the family table tags ``tag`` (``mlp_out``: the MLP
+    output matrix; ``attn_norm``: the norm feeding attention)."""
+    found = [r for r in roles(cfg).values() if r.layer == layer and r.tag == tag]
+    if len(found) != 1:
+        raise UserError(f"the {cfg.model_type} table tags {len(found)} parameters of layer "
+                        f"{layer} {tag!r}; expected one")
+    return found[0]
+
+
+def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> list[dict]:
     """Per layer, the largest-|w| entries of the MLP output matrix (Yu et al.'s super weights):
     the hidden dim they write to, the intermediate channel they read, and the value."""
     out = []
-    for name, role in roles.items():
-        if role.slot != "down_proj":
-            continue
+    for layer in range(cfg.num_layers):
+        role = tagged(cfg, "mlp_out", layer)
+        name, hid_axis = role.name, role.residual_axis
         w = np.abs(np.asarray(T.get(params, name), np.float32))
-        for f in np.argsort(-w, axis=None)[:top]:
-            rc = np.unravel_index(f, w.shape)
-            out.append({"layer": role.layer, "name": name,
-                        "hidden_dim": int(rc[role.residual_axis]),
-                        "channel": int(rc[1 - role.residual_axis]),
-                        "abs_value": float(w[rc]),
-                        "ratio_to_mean": float(w[rc] / max(w.mean(), 1e-12))})
+        flat = np.argsort(-w, axis=None)[:top]
+        for f in flat:
+            r, c = np.unravel_index(f, w.shape)
+            hidden, inner = (r, c) if hid_axis == 0 else (c, r)
+            out.append({"layer": layer, "name": name, "hidden_dim": int(hidden),
+                        "channel": int(inner), "abs_value": float(w[r, c]),
+                        "ratio_to_mean": float(w[r, c] / max(w.mean(), 1e-12))})
     return out
+
+
+def norm_name(cfg: ModelConfig, layer: int) -> str:
+    """The pre-attention norm weight of ``layer``: one entry per hidden dimension. Post-norm
+    layers (OLMo 2) have none: their attention-output norm (``attn_out_norm``) instead."""
+    has = any(r.tag == "attn_norm" for r in roles(cfg).values())
+    return tagged(cfg, "attn_norm" if has else "attn_out_norm", layer).name
 
 
 def control_dims(hidden: int, exclude: Sequence[int], n: int, seed: int) -> list[int]:
@@ -168,6 +103,61 @@ def control_dims(hidden: int, exclude: Sequence[int], n: int, seed: int) -> list
     rng = np.random.default_rng(seed)
     pool = np.setdiff1d(np.arange(hidden), np.asarray(list(exclude), dtype=np.int64))
     return sorted(int(d) for d in rng.choice(pool, size=min(n, len(pool)), replace=False))
+
+
+def _on_residual(r: Role) -> bool:
+    return r.kind in ("linear", "norm") and r.residual_axis is not None and r.attr == "weight"
+
+
+def targets_of(cfg: ModelConfig, layer: int) -> dict[str, str]:
+    """``{target: hf_name}``: every weight of ``layer`` on the residual stream, by the names a
+    config may use: its module's last part (``q_proj``, ``post_attention_layernorm``; dropped
+    when two modules share it, as GPT-2's two ``c_proj``), its whole module (``mlp.c_proj``),
+    its table tag (``mlp_out``), and ``input_norm`` for the norm feeding attention."""
+    rs = roles(cfg)
+    input_tag = "attn_norm" if any(r.tag == "attn_norm" for r in rs.values()) else \
+        "attn_out_norm"
+    mine = [r for r in rs.values() if r.layer == layer and _on_residual(r)]
+    short: dict[str, list[str]] = {}
+    for r in mine:
+        short.setdefault(r.module.rsplit(".", 1)[-1], []).append(r.name)
+    out = {k: v[0] for k, v in short.items() if len(v) == 1}
+    for r in mine:
+        out[r.module] = r.name
+        if r.tag:
+            out[r.tag] = r.name
+        if r.tag == input_tag:
+            out[INPUT_NORM] = r.name
+    return out
+
+
+def check_targets(cfg: ModelConfig, layer: int, targets: Sequence[str],
+                  where: str) -> dict[str, str]:
+    """``{target: hf_name}`` in ``layer``; UserError naming ``where`` and the bad entry."""
+    have = targets_of(cfg, layer)
+    for i, t in enumerate(targets):
+        if t not in have:
+            raise UserError(f"{where}: dims.targets[{i}]: {t!r} is not a role of the "
+                            f"{cfg.model_type} family in layer {layer}; use one of "
+                            f"{', '.join(sorted(have))}")
+    return {t: have[t] for t in targets}
+
+
+def check_dims(values: Sequence[int], hidden: int, where: str, key: str) -> None:
+    for i, d in enumerate(values):
+        if not 0 <= int(d) < hidden:
+            raise UserError(f"{where}: dims.{key}[{i}]: dimension {d} is out of range; the "
+                            f"model's residual stream has dimensions 0..{hidden - 1}")
+
+
+def entry(role: Role, dim: int) -> str:
+    """The HF entry of ``role``'s tensor on residual dimension ``dim``: ``w[d]`` (a norm),
+    ``w[d,:]`` (a writer's row) or ``w[:,d]`` (a reader's column, in ``[out, in]`` layout)."""
+    if len(role.axes) == 1:
+        return f"{role.name}[{dim}]"
+    idx = [":"] * len(role.axes)
+    idx[role.residual_axis] = str(dim)
+    return f"{role.name}[{','.join(idx)}]"
 
 
 def auto_candidates(profile: np.ndarray | None, massive: Sequence[dict], n: int) -> list[int]:
@@ -198,21 +188,21 @@ def gmean_ratio(ppl: Mapping[str, float], base: Mapping[str, float],
     return float(np.exp(np.mean([np.log(ppl[k] / base[k]) for k in langs])))
 
 
-def sweep(params: dict, roles: Mapping[str, ResidualRole],
+def sweep(params: dict, cfg: ModelConfig,
           evaluate_fn: Callable[[dict], dict[str, float]], base: Mapping[str, float],
           candidates: Sequence[int], controls: Sequence[int], factors: Sequence[float],
           layer: int, targets: Sequence[str] = DEFAULT_TARGETS,
           progress: Callable[[], None] | None = None) -> list[SweepPoint]:
     """Scale one entry per point and evaluate: every (dim, target, factor) for the candidate
-    and the control dims. Targets are resolved through ``roles`` (see :func:`check_targets`)."""
-    names = check_targets(roles, layer, targets, "dims")
-    flat = T.flatten(params)
+    and the control dims. Targets are resolved through the family's role table
+    (:func:`targets_of`)."""
+    names = check_targets(cfg, layer, targets, "dims")
+    rs = roles(cfg)
     points = []
     for group, dims in (("candidate", candidates), ("control", controls)):
         for d in dims:
             for t in targets:
-                n = names[t]
-                e = entry(n, roles[n], np.ndim(flat[n]), int(d))
+                e = entry(rs[names[t]], int(d))
                 for f in factors:
                     ppl = evaluate_fn(apply_perturb(params, f"{e}*{f!r}"))
                     points.append(SweepPoint(group, int(d), t, e, float(f), ppl,
@@ -238,15 +228,14 @@ class DimsConfig:
     activation_windows: int = 8  # windows of the first language read for massive activations
 
 
-def validate(d: DimsConfig, cfg: ModelConfig, roles: Mapping[str, ResidualRole],
-             where: str) -> None:
+def validate(d: DimsConfig, cfg: ModelConfig, where: str) -> None:
     """Every model-dependent check of a ``dims:`` section, naming ``where`` and the key."""
     if not 0 <= d.layer < cfg.num_layers:
         raise UserError(f"{where}: dims.layer: {d.layer} is out of range; the model has layers "
                         f"0..{cfg.num_layers - 1}")
     check_dims(d.dims, cfg.hidden_size, where, "dims")
     check_dims(d.controls, cfg.hidden_size, where, "controls")
-    check_targets(roles, d.layer, d.targets, where)
+    check_targets(cfg, d.layer, d.targets, where)
     if not d.factors:
         raise UserError(f"{where}: dims.factors: empty; give factors such as [4.0, 0.0]")
     if not d.targets:
@@ -268,14 +257,14 @@ class DimsResult:
     sweep: list[SweepPoint]
 
 
-def analyse(params: dict, cfg: ModelConfig, roles: Mapping[str, ResidualRole],
-            evaluate_fn: Callable[[dict], dict[str, float]], base: Mapping[str, float],
-            act_windows: np.ndarray, d: DimsConfig, profile: np.ndarray | None = None,
+def analyse(params: dict, cfg: ModelConfig, evaluate_fn: Callable[[dict], dict[str, float]],
+            base: Mapping[str, float], act_windows: np.ndarray, d: DimsConfig,
+            profile: np.ndarray | None = None,
             progress: Callable[[], None] | None = None) -> DimsResult:
     """Candidates (named, or from the region ``profile`` and massive activations), controls
     (named, or seeded random dims away from every candidate and super weight), then the sweep."""
     massive = massive_activations(params, cfg, act_windows[: d.activation_windows])
-    supers = super_weight_candidates(params, roles)
+    supers = super_weight_candidates(params, cfg)
     if d.dims:
         cands, cands_from = [int(x) for x in d.dims], "config"
     else:
@@ -289,7 +278,7 @@ def analyse(params: dict, cfg: ModelConfig, roles: Mapping[str, ResidualRole],
         ctrls = control_dims(cfg.hidden_size, avoid, d.auto_controls, d.seed)
         ctrls_from = (f"seeded random dims (seed {d.seed}) that are neither candidates, "
                       "massive activations nor super weights")
-    points = sweep(params, roles, evaluate_fn, base, cands, ctrls, d.factors, d.layer,
+    points = sweep(params, cfg, evaluate_fn, base, cands, ctrls, d.factors, d.layer,
                    d.targets, progress)
     top = {str(x): int(profile[x]) for x in cands} if profile is not None else {}
     return DimsResult(d.layer, list(d.targets), cands, cands_from, ctrls, ctrls_from, massive,

@@ -221,7 +221,7 @@ def test_battery_runs_on_other_families(model_factory, corpus_dir, tmp_path, fam
                   languages={k: f"{corpus_dir}/{k}.txt" for k in LANGS[:2]},
                   max_seqs=6, eval_max_seqs=3, ratios=[0.01],
                   dims={"auto_candidates": 1, "auto_controls": 1, "factors": [4.0],
-                        "targets": ["input_norm", "post_attention_norm", "o_proj", "down_proj",
+                        "targets": ["input_norm", "post_attention_layernorm", "o_proj", "down_proj",
                                     "q_proj", "k_proj", "v_proj", "gate_proj", "up_proj"]},
                   mask_maps={"matrices": ["model.layers.0.mlp.down_proj.weight"]})
     code, _, err = run_cli("experiment", _write(tmp_path, cfg))
@@ -261,14 +261,14 @@ def test_paper_configs_fit_their_models(name, preset, dims_):
     (checked against the published shapes; nothing is downloaded)."""
     import os
 
-    from jaxregion import dims, plan
+    from jaxregion import plan
     from jaxregion.experiment import load_config, validate_for_model
     from jaxregion.models import shapes
 
     path = os.path.join(os.path.dirname(__file__), "..", "configs", name)
     cfg = load_config(path)
     model = plan.preset_config(preset)
-    validate_for_model(cfg, model, dims.residual_roles(model), shapes(model), path)
+    validate_for_model(cfg, model, shapes(model), path)
     assert list(cfg.dims.dims) == dims_ and cfg.dims.layer == 1 and len(cfg.dims.targets) == 9
     assert cfg.ratios == (0.005, 0.01, 0.03, 0.05)
     if preset == "llama2-13b":
@@ -278,7 +278,7 @@ def test_paper_configs_fit_their_models(name, preset, dims_):
         # 4200 would not fit 7B: the reason the figure is 13B's
         with pytest.raises(UserError, match=r"dims.controls\[0\]: dimension 4200"):
             small = plan.preset_config("llama2-7b")
-            validate_for_model(cfg, small, dims.residual_roles(small), shapes(small), path)
+            validate_for_model(cfg, small, shapes(small), path)
 
 
 def test_dims_command_named_dims_and_targets(tokenizer, corpus_dir, tmp_path, capsys):

@@ -32,8 +32,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     d.add_argument("--dims", default=None, help="candidate dims, e.g. 2100 (default: auto)")
     d.add_argument("--control-dims", default=None, help="control dims, e.g. 4200 "
                    "(default: seeded random)")
-    d.add_argument("--targets", default="input_norm", help="comma-separated roles, e.g. "
-                   "input_norm,post_attention_norm,o_proj,down_proj,q_proj (default input_norm)")
+    d.add_argument("--targets", default="input_norm",
+                   help="comma-separated roles, e.g. input_norm,post_attention_layernorm,"
+                        "o_proj,down_proj,q_proj (default input_norm)")
     d.add_argument("--factors", default="4,0", help="comma-separated scale factors (default 4,0)")
     d.add_argument("--candidates", type=int, default=3, help="candidate dims to auto-pick")
     d.add_argument("--controls", type=int, default=3, help="random control dims to draw")
@@ -76,8 +77,7 @@ def run_dims(args: argparse.Namespace) -> int:
         factors=_numbers("--factors", args.factors, float), auto_candidates=args.candidates,
         auto_controls=args.controls, seed=args.seed)
     s = runtime.load_session(args.model, args.dtype)
-    roles = dims.residual_roles(s.config)
-    dims.validate(dcfg, s.config, roles, "jaxregion dims")
+    dims.validate(dcfg, s.config, "jaxregion dims")
     region = load_region(args.region, template=s.params) if args.region else None
     corpora = runtime.load_corpora(args.text, s, args.seq_len, args.max_seqs)
 
@@ -86,7 +86,7 @@ def run_dims(args: argparse.Namespace) -> int:
         return {k: r.perplexity for k, r in res.items()}
 
     profile = hidden_dim_profile(region, s.config.hidden_size) if region is not None else None
-    res = dims.analyse(s.params, s.config, roles, ppl, ppl(s.params),
+    res = dims.analyse(s.params, s.config, ppl, ppl(s.params),
                        next(iter(corpora.values())), dcfg, profile)
     print("\n".join(dims_markdown(res, list(corpora))))
     if args.json_out:

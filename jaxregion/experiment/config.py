@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from jaxregion import importance
 from jaxregion import regions as R
 from jaxregion.config import load_yaml
-from jaxregion.dims import DimsConfig, ResidualRole
+from jaxregion.dims import DimsConfig
 from jaxregion.dims import validate as validate_dims
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig
@@ -93,10 +93,9 @@ def validate(cfg: ExperimentConfig, where: str = "config") -> None:
 
 
 def validate_for_model(cfg: ExperimentConfig, model: ModelConfig,
-                       roles: Mapping[str, ResidualRole], shapes: Mapping[str, Sequence[int]],
-                       where: str = "config") -> None:
+                       shapes: Mapping[str, Sequence[int]], where: str = "config") -> None:
     """Checks that need the model: the ``dims`` section and the matrices to map."""
-    validate_dims(cfg.dims, model, roles, where)
+    validate_dims(cfg.dims, model, where)
     for i, name in enumerate(cfg.mask_maps.matrices):
         if name not in shapes:
             raise UserError(f"{where}: mask_maps.matrices[{i}]: the model has no parameter "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 
@@ -13,16 +14,17 @@ from jaxregion import tree as T
 from jaxregion.experiment.results import MaskMap
 
 
-def layer_module_density(region: R.Region) -> tuple[np.ndarray, list[str], list[int]]:
+def layer_module_density(region: R.Region, roles: Mapping[str, Any]
+                         ) -> tuple[np.ndarray, list[str], list[int]]:
     """Fraction selected per (layer, module type), over the region's layer tensors."""
     flat = T.flatten(R.mask_of(region))
     cells: dict[tuple[int, str], list[int]] = {}
     for n in R.universe_of(region):
-        layer = R.layer_index(n)
+        layer = roles[n].layer
         if layer is None:
             continue
         m = np.asarray(flat[n])
-        c = cells.setdefault((layer, R.module_type(n)), [0, 0])
+        c = cells.setdefault((layer, roles[n].module), [0, 0])
         c[0] += int(m.sum())
         c[1] += m.size
     layers = sorted({k[0] for k in cells})
@@ -58,15 +60,15 @@ def mask_maps(regions: Mapping[str, R.Region], matrices: tuple[str, ...],
     return out
 
 
-def score_histograms(scores: Mapping[str, dict], bins: int = 80, sample: int = 200_000,
-                     seed: int = 0) -> dict:
+def score_histograms(scores: Mapping[str, dict], roles: Mapping[str, Any], bins: int = 80,
+                     sample: int = 200_000, seed: int = 0) -> dict:
     """Counts of log10 |score| over the layer tensors of each language, on shared edges
     (up to ``sample`` entries per language, drawn with a fixed seed)."""
     rng = np.random.default_rng(seed)
     vals = {}
     for lang, tree in scores.items():
         v = np.concatenate([np.abs(np.asarray(x, np.float32)).ravel()
-                            for n, x in T.flatten(tree).items() if R.layer_index(n) is not None])
+                            for n, x in T.flatten(tree).items() if roles[n].layer is not None])
         v = v[rng.choice(len(v), min(len(v), sample), replace=False)]
         vals[lang] = np.log10(v.astype(np.float64) + 1e-30)
     lo = min(float(v.min()) for v in vals.values())

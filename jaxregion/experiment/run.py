@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import __version__, dims, hf, interventions, runtime, scorefiles
+from jaxregion import __version__, dims, hf, interventions, models, runtime, scorefiles
 from jaxregion import regions as R
 from jaxregion.experiment import languages, maps
 from jaxregion.experiment.config import ExperimentConfig, validate, validate_for_model
@@ -28,7 +28,6 @@ from jaxregion.experiment.results import (
     Results,
     Setting,
 )
-from jaxregion.models import shapes
 
 
 def _specs(d: dict[str, str]) -> list[str]:
@@ -98,12 +97,6 @@ def _mean_std(values: list[dict[str, float]]) -> tuple[dict[str, float], dict[st
     return mean, std
 
 
-def _on_residual(region: R.Region, roles: dict) -> R.Region:
-    """The region restricted to the tensors the role mapping puts on the residual stream (so
-    head-sized q/k norms are never read as residual-sized)."""
-    return R.Region(region.mask, region.meta, tuple(n for n in region.names() if n in roles))
-
-
 def overlap(tops: dict[str, R.Region], core: R.Region) -> Overlap:
     """Jaccard of the per-language top-k regions, languages ordered by family and script."""
     order = languages.order(tops)
@@ -141,8 +134,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
 
     validate(cfg, source)
     ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
-    roles = dims.residual_roles(ck.config)
-    validate_for_model(cfg, ck.config, roles, shapes(ck.config), source)
+    validate_for_model(cfg, ck.config, models.shapes(ck.config), source)
     t0 = time.time()
     for sub in ("importance", "regions"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
@@ -195,10 +187,11 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     map_scope = "global" if c.scope == "per-tensor" else c.scope
     map_region = regs["core"] if c.scope != "per-tensor" else R.core(
         scores, c.ratio, scope="global", include=c.include, exclude=c.exclude)
-    density, modules, layers = maps.layer_module_density(map_region)
+    roles = models.roles(s.config)
+    density, modules, layers = maps.layer_module_density(map_region, roles)
     hidden = s.config.hidden_size
     first_seed = f"random-{c.random_seeds[0]}"
-    profiles = {k: R.hidden_dim_profile(_on_residual(regs[k], roles), hidden)
+    profiles = {k: R.hidden_dim_profile(regs[k], hidden, roles)
                 for k in ("core", "bottom", first_seed)}
     mm = maps.mask_maps({"core": regs["core"]} | {f"mono-{x}": regs[f"mono-{x}"]
                                                   for x in mono_langs},
@@ -206,7 +199,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
 
     log("[7/8] dimension analysis and sweep")
     first = r.eval_windows[next(iter(r.eval_windows))]
-    dres = dims.analyse(s.params, s.config, roles, r.ppl, base, first, c.dims,
+    dres = dims.analyse(s.params, s.config, r.ppl, base, first, c.dims,
                         profile=profiles["core"])
 
     log("[8/8] agreement across sample counts and estimators")
@@ -232,7 +225,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         layer_module_density={"layers": layers, "modules": modules,
                               "density": density.tolist(), "scope": map_scope},
         profiles={k: v.tolist() for k, v in profiles.items()},
-        importance_hist=maps.score_histograms(scores), mask_maps=mm, dims=dres,
+        importance_hist=maps.score_histograms(scores, roles), mask_maps=mm, dims=dres,
         jaccard={"sample_counts": jac_samples, "estimators": jac_est},
         seconds=round(time.time() - t0, 1))
     res.save(os.path.join(c.out, "results.json"))

@@ -239,7 +239,7 @@ def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
         ["controls from", d["controls_from"]],
         ["region entries on each candidate (dim:count)", region],
         ["largest activation per layer (layer:dim)", ", ".join(massive)],
-        ["largest down_proj weight per layer (layer:dim)", ", ".join(supers)]]), ""]
+        ["largest MLP-output weight per layer (layer:dim)", ", ".join(supers)]]), ""]
     base = d["base"]
     rows = [["base", "—", "—", "—", *[base[x] for x in langs], 1.0]]
     rows += [[p["group"], p["dim"], f"`{p['entry']}`", f"x{p['factor']:g}",
