@@ -4,6 +4,8 @@ Why: the paper's case studies are text the edited model writes. Prompts of diffe
 share one batch, right-padded: row ``i`` writes its ``t``-th new token at position
 ``len(prompt_i) + t``, so positions need no offsets and causal masking hides the padding.
 Shapes are static (batch and buffer length are padded up), so one compilation serves a run.
+Prefill and decode run in one jitted function over a key/value cache
+(:mod:`jaxregion.models.kvcache`).
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion.errors import UserError
-from jaxregion.models import ModelConfig, apply
+from jaxregion.models import ModelConfig, kvcache
 
 
 @dataclass(frozen=True)
@@ -39,6 +41,7 @@ class Generation:
     """The generated ids of each prompt, cut after the first EOS (which is kept)."""
 
     token_ids: list[list[int]]
+    logits: list[np.ndarray] | None = None  # per prompt ``[len(token_ids), vocab]`` float32
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: ModelConfig,
@@ -75,38 +78,73 @@ def choose(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
     return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def _round_up(n: int, m: int = 16) -> int:
+    return -(-n // m) * m
+
+
 def _bucket(n: int, cap: int) -> int:
+    """Prompt buffer width: a power of two (few compilations), at most ``cap``."""
     return min(cap, max(16, 1 << (n - 1).bit_length()))
 
 
-def _generate_uncached(params: dict, buf: jax.Array, lengths: jax.Array, cfg: ModelConfig,
-                       max_new: int, sampling: Sampling) -> jax.Array:
-    """Each step recomputes the whole buffer: the reference the KV cache must equal."""
-    rows = jnp.arange(buf.shape[0])
+def _run(params: dict, prompts: jax.Array, lengths: jax.Array, cfg: ModelConfig, slots: int,
+         max_new: int, sampling: Sampling, eos: int | None, with_logits: bool
+         ) -> tuple[jax.Array, jax.Array | None]:
+    """Prefill all prompts, then decode ``max_new`` tokens (stopping early once every row
+    has produced ``eos``). Returns ids ``[b, max_new]`` and, if asked, each step's logits."""
+    b = prompts.shape[0]
+    dtype = jax.tree.leaves(params)[0].dtype
+    cache = kvcache.init_cache(cfg, b, slots, dtype)
+    positions = jnp.broadcast_to(jnp.arange(prompts.shape[1]), prompts.shape)
+    logits, cache = kvcache.forward(params, cfg, prompts, positions, cache, last=lengths - 1)
+    key, sub = jax.random.split(jax.random.PRNGKey(sampling.seed))
+    tok = choose(logits, sub, sampling)
+    out = jnp.zeros((b, max_new), jnp.int32).at[:, 0].set(tok)
+    seen = (jnp.zeros((b, max_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
+            if with_logits else None)
+    done = tok == eos if eos is not None else jnp.zeros(b, bool)
 
-    def step(t, carry):
-        buf, key = carry
+    def cond(carry):
+        t, _, _, _, done, _ = carry
+        return (t < max_new) & ~jnp.all(done)
+
+    def body(carry):
+        t, out, cache, key, done, seen = carry
+        prev = jax.lax.dynamic_index_in_dim(out, t - 1, axis=1, keepdims=True)
+        logits, cache = kvcache.forward(params, cfg, prev, (lengths + t - 1)[:, None], cache)
+        logits = logits[:, 0]
         key, sub = jax.random.split(key)
-        logits = apply(params, buf, cfg)[rows, lengths - 1 + t].astype(jnp.float32)
-        return buf.at[rows, lengths + t].set(choose(logits, sub, sampling)), key
+        tok = choose(logits, sub, sampling)
+        out = jax.lax.dynamic_update_index_in_dim(out, tok, t, axis=1)
+        if with_logits:
+            seen = jax.lax.dynamic_update_index_in_dim(seen, logits, t, axis=1)
+        if eos is not None:
+            done = done | (tok == eos)
+        return t + 1, out, cache, key, done, seen
 
-    key = jax.random.PRNGKey(sampling.seed)
-    return jax.lax.fori_loop(0, max_new, step, (buf, key))[0]
+    _, out, _, _, _, seen = jax.lax.while_loop(cond, body, (1, out, cache, key, done, seen))
+    return out, seen
 
 
-_generate_uncached_jit = jax.jit(_generate_uncached,
-                                 static_argnames=("cfg", "max_new", "sampling"))
+_run_jit = jax.jit(_run, static_argnames=("cfg", "slots", "max_new", "sampling", "eos",
+                                          "with_logits"))
 
 
 def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
              max_new_tokens: int, sampling: Sampling = Sampling(),
-             eos_token_id: int | None = None, batch_size: int | None = None) -> Generation:
-    """Generate ``max_new_tokens`` after each prompt (token ids), in batches of ``batch_size``."""
+             eos_token_id: int | None = None, batch_size: int | None = None,
+             with_logits: bool = False) -> Generation:
+    """Generate up to ``max_new_tokens`` after each prompt (token ids), ``batch_size`` rows
+    at a time (default: all at once). ``with_logits`` also returns each step's float32 logits
+    ``[new, vocab]`` per prompt (for tests and analyses)."""
     check_prompts(prompts, max_new_tokens, cfg)
     sampling.check()
     b = batch_size or len(prompts)
-    width = _bucket(max(map(len, prompts)) + max_new_tokens, cfg.max_position_embeddings)
-    out: list[list[int]] = []
+    longest = max(map(len, prompts))
+    width = _bucket(longest, cfg.max_position_embeddings)
+    slots = _round_up(max(width, longest + max_new_tokens))
+    ids: list[list[int]] = []
+    logits: list[np.ndarray] = []
     for start in range(0, len(prompts), b):
         chunk = prompts[start:start + b]
         buf = np.zeros((b, width), np.int32)
@@ -114,11 +152,14 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         for r, p in enumerate(chunk):
             buf[r, :len(p)] = p
             lengths[r] = len(p)
-        res = np.asarray(_generate_uncached_jit(params, jnp.asarray(buf), jnp.asarray(lengths),
-                                                cfg, max_new_tokens, sampling))
-        for r, p in enumerate(chunk):
-            ids = res[r, len(p):len(p) + max_new_tokens].tolist()
-            if eos_token_id is not None and eos_token_id in ids:
-                ids = ids[:ids.index(eos_token_id) + 1]
-            out.append(ids)
-    return Generation(token_ids=out)
+        out, seen = _run_jit(params, jnp.asarray(buf), jnp.asarray(lengths), cfg, slots,
+                             max_new_tokens, sampling, eos_token_id, with_logits)
+        out = np.asarray(out)
+        for r in range(len(chunk)):
+            row = out[r].tolist()
+            if eos_token_id is not None and eos_token_id in row:
+                row = row[:row.index(eos_token_id) + 1]
+            ids.append(row)
+            if with_logits:
+                logits.append(np.asarray(seen[r, :len(row)]))
+    return Generation(token_ids=ids, logits=logits if with_logits else None)
