@@ -17,6 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxregion.data.packing import document_tokens
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, kvcache
 
@@ -163,3 +164,28 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
             if with_logits:
                 logits.append(np.asarray(seen[r, :len(row)]))
     return Generation(token_ids=ids, logits=logits if with_logits else None)
+
+
+def encode_prompts(texts: Sequence[str], tokenizer, names: Sequence[str] | None = None
+                   ) -> list[list[int]]:
+    """Prompt ids as the packing contract spells a document: ``[BOS] + tokens`` (just the
+    tokens when the tokenizer has no BOS); each prompt on its own."""
+    for i, t in enumerate(texts):
+        if not t.strip():
+            raise UserError(f"{names[i] if names else f'prompt {i}'}: empty prompt; "
+                            "give some text")
+    return [next(document_tokens([t], tokenizer)) for t in texts]
+
+
+def completions(params: dict, cfg: ModelConfig, tokenizer, texts: Sequence[str],
+                max_new_tokens: int, sampling: Sampling = Sampling(),
+                batch_size: int | None = None, names: Sequence[str] | None = None
+                ) -> list[dict]:
+    """``[{prompt, completion, token_ids}]``: what the model writes after each prompt text
+    (EOS ends a completion and is not part of its text)."""
+    ids = encode_prompts(texts, tokenizer, names)
+    check_prompts(ids, max_new_tokens, cfg, names)
+    gen = generate(params, cfg, ids, max_new_tokens, sampling,
+                   eos_token_id=getattr(tokenizer, "eos_token_id", None), batch_size=batch_size)
+    return [{"prompt": t, "completion": tokenizer.decode(g, skip_special_tokens=True),
+             "token_ids": g} for t, g in zip(texts, gen.token_ids)]

@@ -208,11 +208,13 @@ class JaxRegionLM(TemplateLM):
 
     # -- generation ------------------------------------------------------------------------
     def generate_until(self, requests: list, disable_tqdm: bool = False) -> list[str]:
-        """Continuations cut at the first stop string (EOS included), as lm-eval's hf does."""
+        """Continuations cut at the first stop string (EOS included), as lm-eval's hf does.
+
+        Requests with the same length limit and sampling run as one batched generation."""
         eos = self.tok_decode([self.eot_token_id], skip_special_tokens=False)
-        out: list[str] = []
-        for req in tqdm(requests, disable=disable_tqdm or None, desc="jaxregion generate",
-                        leave=False):
+        jobs: dict[tuple[int, generate.Sampling], list[int]] = {}
+        prepared = []
+        for j, req in enumerate(requests):
             context, gen_kwargs = req.args
             kw = normalize_gen_kwargs(dict(gen_kwargs), self.max_gen_toks)
             until = handle_stop_sequences(kw.pop("until", None), eos=eos)
@@ -224,12 +226,18 @@ class JaxRegionLM(TemplateLM):
             sampling = generate.Sampling(
                 temperature=float(kw.get("temperature") or 0.0) if kw.get("do_sample") else 0.0,
                 top_p=float(kw.get("top_p") or 1.0), seed=int(kw.get("seed") or 0))
-            res = generate.generate(self.params, self.cfg, [ids], max_new, sampling,
-                                    eos_token_id=self.eot_token_id)
-            text = postprocess_generated_text(generation=self.tok_decode(res.token_ids[0]),
-                                              stop=until, think_end_token=None)
-            out.append(text)
-            self.cache_hook.add_partial("generate_until", req.args, text)
+            prepared.append((ids, until))
+            jobs.setdefault((max_new, sampling), []).append(j)
+        out = [""] * len(requests)
+        for (max_new, sampling), idx in tqdm(jobs.items(), disable=disable_tqdm or None,
+                                             desc="jaxregion generate", leave=False):
+            res = generate.generate(self.params, self.cfg, [prepared[j][0] for j in idx],
+                                    max_new, sampling, eos_token_id=self.eot_token_id,
+                                    batch_size=self.batch_size)
+            for j, ids in zip(idx, res.token_ids):
+                out[j] = postprocess_generated_text(generation=self.tok_decode(ids),
+                                                    stop=prepared[j][1], think_end_token=None)
+                self.cache_hook.add_partial("generate_until", requests[j].args, out[j])
         return out
 
 
