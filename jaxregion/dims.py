@@ -82,8 +82,10 @@ def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> lis
 
 
 def norm_name(cfg: ModelConfig, layer: int) -> str:
-    """The pre-attention norm weight of ``layer``: one entry per hidden dimension."""
-    return tagged(cfg, "attn_norm", layer).name
+    """The pre-attention norm weight of ``layer``: one entry per hidden dimension. Post-norm
+    layers (OLMo 2) have none: their attention-output norm (``attn_out_norm``) instead."""
+    has = any(r.tag == "attn_norm" for r in roles(cfg).values())
+    return tagged(cfg, "attn_norm" if has else "attn_out_norm", layer).name
 
 
 def control_dims(hidden: int, exclude: Sequence[int], n: int, seed: int) -> list[int]:

@@ -47,6 +47,12 @@ class ModelConfig:
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     hf_config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # --- gemma2 / gemma3 / olmo2 ---
+    logit_softcap: float | None = None  # final logits -> cap * tanh(logits / cap)
+    attn_softcap: float | None = None  # attention scores, the same way (gemma2)
+    query_pre_attn_scalar: float | None = None  # attention scale scalar**-0.5 (else head_dim)
+    rope_local_theta: float | None = None  # gemma3: RoPE base of the sliding-window layers
+    rope_local_scaling: tuple[tuple[str, Any], ...] | None = None  # ... and their scaling
 
     @property
     def family(self) -> str:

@@ -118,19 +118,32 @@ class KV:
                   self.v.at[rows, positions].set(v.astype(self.v.dtype)))
 
     def attend(self, q: Array, k: Array, v: Array, positions: Array, window: int | None,
-               scale: float) -> tuple[Array, KV]:
+               scale: float, softcap: float | None = None) -> tuple[Array, KV]:
         """Store this step's keys/values, then attend ``q`` over every cached slot."""
         kv = self.write(k, v, positions)
         mask = attention_mask(positions, jnp.arange(kv.k.shape[1]), window)
-        return attention(q, kv.k, kv.v, mask, scale), kv
+        return attention(q, kv.k, kv.v, mask, scale, softcap), kv
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
+def self_attention(q: Array, k: Array, v: Array, positions: Array, window: int | None,
+                   scale: float, softcap: float | None = None, kv: KV | None = None
+                   ) -> tuple[Array, KV | None]:
+    """A layer's attention: over its own keys (``kv`` None: the plain forward), or, when
+    generating, over a cache that first stores this call's keys and values."""
+    if kv is None:
+        mask = attention_mask(positions, positions, window)
+        return attention(q, k, v, mask, scale, softcap), None
+    return kv.attend(q, k, v, positions, window, scale, softcap)
+
+
+def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
+              softcap: float | None = None) -> Array:
     """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, t, kv, d]``, mask ``[s, t]``
     or ``[b, s, t]`` -> ``[b, s, h, d]`` (``t`` may exceed ``s`` when keys come from a cache).
 
     Written as batched 3-D matmuls over ``(batch x kv-head)``, the query heads of a group
     stacked along the rows: the shape XLA:CPU runs fastest. Softmax runs in float32.
+    ``softcap``: scores -> ``softcap * tanh(scores / softcap)`` before masking (gemma2).
     """
     b, s, h, d = q.shape
     t, kv = k.shape[1], k.shape[2]
@@ -140,8 +153,23 @@ def attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
     vt = v.transpose(0, 2, 1, 3).reshape(b * kv, t, d)
     logits = jax.lax.dot_general(qt, kt, (((2,), (2,)), ((0,), (0,))),
                                  preferred_element_type=jnp.float32) * scale
+    logits = soft_cap(logits, softcap)
     mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
     logits = jnp.where(mask, logits.reshape(b, kv, g, s, t), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv, g * s, t)
     out = jax.lax.dot_general(probs, vt, (((2,), (1,)), ((0,), (0,))))
     return out.reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
+
+
+# --- gemma2 / gemma3 / olmo2 ---
+def soft_cap(x: Array, cap: float | None) -> Array:
+    """``cap * tanh(x / cap)`` (gemma's soft-capping of scores and logits); ``x`` if no cap."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def rms_norm_f32_weight(x: Array, w: Array, eps: float) -> Array:
+    """RMSNorm that multiplies by the weight in float32 and then casts (OLMo 2's order;
+    llama casts first). Equal to :func:`rms_norm` in float32."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (w.astype(jnp.float32) * y).astype(x.dtype)

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.layers import KV, matmul
+from jaxregion.models.layers import KV, matmul, soft_cap
 
 Array = jax.Array
 LayerFn = Callable[[nnx.Module, Array], tuple[Array, dict[str, Array]]]
@@ -65,7 +65,8 @@ class CausalLM(nnx.Module):
         h, cache = self.forward_cached(tokens, positions, cache)
         if last is not None:
             h = h[jnp.arange(h.shape[0]), last][:, None]
-        logits = matmul(h, self.unembedding(), out_dtype=jnp.float32)
+        logits = soft_cap(matmul(h, self.unembedding(), out_dtype=jnp.float32),
+                          self.config.logit_softcap)
         return (logits[:, 0] if last is not None else logits), cache
 
     # --- shared --------------------------------------------------------------------------
@@ -76,7 +77,8 @@ class CausalLM(nnx.Module):
     def __call__(self, tokens: Array, positions: Array | None = None, remat: bool = False
                  ) -> Array:
         """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
-        return matmul(self.features(tokens, positions, remat), self.unembedding())
+        logits = matmul(self.features(tokens, positions, remat), self.unembedding())
+        return soft_cap(logits, self.config.logit_softcap)
 
     def token_nll(self, tokens: Array, remat: bool = False) -> Array:
         """Per-position next-token NLL ``[batch, seq-1]`` in float32.
@@ -84,14 +86,16 @@ class CausalLM(nnx.Module):
         Equal to the NLL of ``self(tokens)`` but about twice as fast to differentiate: the
         head runs only on the predicted positions, the target logit is ``h · W[target]`` (a
         gather of ``[batch, seq, hidden]`` instead of a scatter into ``[batch, seq, vocab]``),
-        and the log-sum-exp is written out so its gradient is one softmax."""
+        and the log-sum-exp is written out so its gradient is one softmax. The config's
+        ``logit_softcap`` caps every logit, the target's included, as :meth:`__call__` does."""
+        cap = self.config.logit_softcap
         h = self.features(tokens, remat=remat)[:, :-1]
         w = self.unembedding().astype(h.dtype)
-        logits = matmul(h, w, out_dtype=jnp.float32)
+        logits = soft_cap(matmul(h, w, out_dtype=jnp.float32), cap)
         m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
         lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1)) + m[..., 0]
-        target = jnp.einsum("bsi,bsi->bs", h, jnp.take(w, tokens[:, 1:], axis=0),
-                            preferred_element_type=jnp.float32)
+        target = soft_cap(jnp.einsum("bsi,bsi->bs", h, jnp.take(w, tokens[:, 1:], axis=0),
+                                     preferred_element_type=jnp.float32), cap)
         return lse - target
 
     def nll(self, tokens: Array) -> Array:

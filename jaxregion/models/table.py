@@ -33,8 +33,10 @@ class Spec:
     GPT-2's Conv1D ``[in, out]``). ``tap``: the intermediate (a template like the names)
     holding those input features, read by wanda. ``tag``: a named anchor the analyses look
     for (``mlp_out``: the matrix writing the MLP output into the residual stream;
-    ``attn_norm``: the norm feeding attention). ``residual_axis`` defaults to the axis named
-    ``embed``, when there is one.
+    ``attn_norm``: the norm feeding attention; ``attn_out_norm``: in post-norm layers, where
+    attention reads the raw residual stream (OLMo 2), the norm of attention's output, which
+    stands in for ``attn_norm`` as the dims sweep's target). ``residual_axis`` defaults to
+    the axis named ``embed``, when there is one.
     """
 
     axes: tuple[str, ...]
@@ -75,7 +77,8 @@ class Role:
     """What one parameter is, for code that must not parse names.
 
     ``module`` groups the same tensor across layers (``self_attn.q_proj``,
-    ``mlp.down_proj.bias``; non-layer tensors keep their name, minus ``.weight``).
+    ``mlp.down_proj.bias``; non-layer tensors keep their name, minus ``.weight``). ``attr``
+    is the tensor's attribute in its module (``weight`` or ``bias``).
     """
 
     name: str
@@ -88,6 +91,7 @@ class Role:
     input_axis: int | None
     tap: str | None
     tag: str | None
+    attr: str
 
     @property
     def is_norm(self) -> bool:
@@ -104,7 +108,7 @@ def _role(template: str, spec: Spec, layer: int | None) -> Role:
     fmt = (lambda s: s.format(i=layer)) if layer is not None else (lambda s: s)
     return Role(fmt(template), template, _module_of(template), layer, spec.kind, spec.axes,
                 spec.residual_axis, spec.input_axis, fmt(spec.tap) if spec.tap else None,
-                spec.tag)
+                spec.tag, template.rsplit(".", 1)[-1])
 
 
 def expand(table: Mapping[str, Spec], num_layers: int) -> dict[str, Role]:
@@ -183,20 +187,23 @@ def _match(name: str, entries: tuple[tuple[re.Pattern, str, Spec], ...]) -> Role
 def infer_roles(names: Iterable[str]) -> dict[str, Role | None]:
     """Roles of HF names without a config, from the family tables (superset entries).
 
-    The family matching the most names decides; a name no table knows maps to None."""
+    The family matching the most names decides, and among those the one whose table has the
+    fewest entries none of the names fills (OLMo 2's names are a subset of Gemma 3's table);
+    a name no table knows maps to None."""
     names = list(names)
     return dict(_infer(tuple(names)))
 
 
-@lru_cache(maxsize=64)
+@lru_cache(maxsize=4096)
 def _infer(names: tuple[str, ...]) -> tuple[tuple[str, Role | None], ...]:
     best: dict[str, Role | None] = {}
-    best_n = -1
+    best_key = (-1, 0)
     for _, entries in _compiled():
         found = {n: _match(n, entries) for n in names}
         k = sum(r is not None for r in found.values())
-        if k > best_n:
-            best, best_n = found, k
+        unfilled = len(entries) - len({r.template for r in found.values() if r is not None})
+        if (k, -unfilled) > best_key:
+            best, best_key = found, (k, -unfilled)
     for n, r in best.items():
         if r is None:
             best[n] = next((x for _, e in _compiled() if (x := _match(n, e)) is not None), None)

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name
-from jaxregion.models.layers import KV, activation, attention, attention_mask
+from jaxregion.models.layers import KV, activation, self_attention
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, Linear, ParamMaker
 from jaxregion.models.table import Spec, bias, conv1d, norm
@@ -86,10 +86,7 @@ class Attention(nnx.Module):
                  ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, d = x.shape
         q, k, v = (t.reshape(b, s, *self.heads) for t in jnp.split(self.c_attn(x), 3, axis=-1))
-        if kv is None:
-            o = attention(q, k, v, attention_mask(positions, positions, None), self.scale)
-        else:
-            o, kv = kv.attend(q, k, v, positions, None, self.scale)
+        o, kv = self_attention(q, k, v, positions, None, self.scale, kv=kv)
         o = o.reshape(b, s, d)
         aux = {"attn.c_attn": x, "attn.c_proj": o} if collect else {}
         return self.c_proj(o), aux, kv

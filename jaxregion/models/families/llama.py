@@ -12,14 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.layers import (
-    KV,
-    activation,
-    apply_rope,
-    attention,
-    attention_mask,
-    rope_tables,
-)
+from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
@@ -131,10 +124,7 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        if kv is None:
-            o = attention(q, k, v, attention_mask(positions, positions, window), d**-0.5)
-        else:
-            o, kv = kv.attend(q, k, v, positions, window, d**-0.5)
+        o, kv = self_attention(q, k, v, positions, window, d**-0.5, kv=kv)
         o = o.reshape(b, s, h * d)
         aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
         return self.o_proj(o), aux, kv
