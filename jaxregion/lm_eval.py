@@ -103,6 +103,20 @@ class JaxRegionLM(TemplateLM):
         self._max_gen_toks = int(max_gen_toks)
 
     @classmethod
+    def from_session(cls, session: runtime.Session, params: dict, batch_size: int = 8,
+                     **kw: Any) -> JaxRegionLM:
+        """An LM over an already loaded model and (edited) params: no reload per edit."""
+        lm = cls.__new__(cls)
+        TemplateLM.__init__(lm)
+        lm.session, lm.params, lm.cfg = session, params, session.config
+        lm.tokenizer = session.tokenizer
+        lm._batch_size = int(batch_size)
+        lm._max_length = int(kw.get("max_length") or session.config.max_position_embeddings)
+        lm.add_bos_token = kw.get("add_bos_token")
+        lm._max_gen_toks = int(kw.get("max_gen_toks", 256))
+        return lm
+
+    @classmethod
     def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None
                                ) -> JaxRegionLM:
         args: dict[str, Any] = {k: lm_utils.handle_arg_string(v)
@@ -272,20 +286,31 @@ def check_tasks(tasks: Sequence[str], include_path: str | None = None):
     return manager
 
 
+def evaluate_lm(lm: JaxRegionLM, tasks: Sequence[str], include_path: str | None = None,
+                limit: int | None = None, num_fewshot: int | None = None,
+                bootstrap_iters: int = 0, manager: Any = None) -> dict:
+    """lm-eval's results dict (strict-JSON-safe, without per-sample logs) for ``tasks``;
+    ``bootstrap_iters`` > 0 adds standard errors."""
+    import lm_eval
+
+    manager = manager or check_tasks(tasks, include_path)
+    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
+                                  limit=limit, num_fewshot=num_fewshot, log_samples=False,
+                                  bootstrap_iters=bootstrap_iters)
+    return finite_or_none({k: v for k, v in out.items() if k != "samples"})
+
+
 def run_tasks(model: str, tasks: Sequence[str], include_path: str | None = None,
               region: str | None = None, region_op: str = "zero", perturb: Sequence[str] = (),
               seed: int = 0, dtype: str = "float32", batch_size: int = 8,
               limit: int | None = None, num_fewshot: int | None = None) -> dict:
-    """lm-eval's results dict (strict-JSON-safe, without per-sample logs) for ``tasks``."""
-    import lm_eval
-
+    """:func:`evaluate_lm` on a model directory with an optional edit; task names are
+    checked before the model is loaded."""
     manager = check_tasks(tasks, include_path)
     lm = JaxRegionLM(pretrained=model, region=region, region_op=region_op,
                      perturb=list(perturb), seed=seed, dtype=dtype, batch_size=batch_size)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
-                                  limit=limit, num_fewshot=num_fewshot, log_samples=False)
-    out = {k: v for k, v in out.items() if k != "samples"}
-    return finite_or_none(out)
+    return evaluate_lm(lm, tasks, include_path, limit, num_fewshot, bootstrap_iters=1000,
+                       manager=manager)
 
 
 def markdown(results: dict) -> str:
