@@ -37,6 +37,9 @@ class Sampling:
             raise UserError(f"--top-p {self.top_p}: must be in (0, 1]")
 
 
+GREEDY = Sampling()
+
+
 @dataclass(frozen=True)
 class Generation:
     """The generated ids of each prompt, cut after the first EOS (which is kept)."""
@@ -132,7 +135,7 @@ _run_jit = jax.jit(_run, static_argnames=("cfg", "slots", "max_new", "sampling",
 
 
 def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
-             max_new_tokens: int, sampling: Sampling = Sampling(),
+             max_new_tokens: int, sampling: Sampling = GREEDY,
              eos_token_id: int | None = None, batch_size: int | None = None,
              with_logits: bool = False) -> Generation:
     """Generate up to ``max_new_tokens`` after each prompt (token ids), ``batch_size`` rows
@@ -178,7 +181,7 @@ def encode_prompts(texts: Sequence[str], tokenizer, names: Sequence[str] | None 
 
 
 def completions(params: dict, cfg: ModelConfig, tokenizer, texts: Sequence[str],
-                max_new_tokens: int, sampling: Sampling = Sampling(),
+                max_new_tokens: int, sampling: Sampling = GREEDY,
                 batch_size: int | None = None, names: Sequence[str] | None = None
                 ) -> list[dict]:
     """``[{prompt, completion, token_ids}]``: what the model writes after each prompt text
