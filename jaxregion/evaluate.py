@@ -1,4 +1,5 @@
-"""Perplexity under the packing contract, through one jit-compiled, batch-sharded function."""
+"""Perplexity and bits per byte under the packing contract, through one jit-compiled,
+batch-sharded function."""
 
 from __future__ import annotations
 
@@ -19,6 +20,22 @@ class EvalResult:
     perplexity: float
     tokens: int  # predicted positions
     windows: int
+    bytes: int | None = None  # UTF-8 bytes of the predicted tokens (see scored_bytes)
+    bits_per_byte: float | None = None
+
+
+def scored_bytes(windows: np.ndarray, token_bytes: np.ndarray) -> int:
+    """UTF-8 bytes of the predicted tokens: window positions ``1..seq_len-1``.
+
+    ``token_bytes`` is :func:`jaxregion.data.tokenizer.token_byte_lengths`. Position 0 of a
+    window is context only, so its bytes are not counted, just as its token is not scored.
+    """
+    return int(token_bytes[windows[:, 1:]].sum())
+
+
+def bits_per_byte(loss: float, tokens: int, n_bytes: int) -> float:
+    """Total NLL in bits over the bytes it predicts: ``loss * tokens / (ln 2 * bytes)``."""
+    return loss * tokens / (math.log(2) * n_bytes)
 
 
 _nll_sum = jax.jit(weighted_nll_sum, static_argnames=("cfg", "remat"))
@@ -44,8 +61,10 @@ def evaluate(
     batch_size: int = 8,
     mesh: jax.sharding.Mesh | None = None,
     progress: Callable[[int], None] | None = None,
+    token_bytes: np.ndarray | None = None,
 ) -> EvalResult:
-    """Mean next-token loss over all windows (``[n, seq_len]`` int) and its perplexity."""
+    """Mean next-token loss over all windows (``[n, seq_len]`` int) and its perplexity; with
+    ``token_bytes`` (bytes per token id) also bits per byte."""
     mesh = mesh or sharding.make_mesh()
     total = 0.0
     for batch, weights in padded_batches(windows, batch_size, sharding.batch_multiple(mesh)):
@@ -56,5 +75,7 @@ def evaluate(
             progress(int(weights.sum()))
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     loss = total / tokens
+    n_bytes = None if token_bytes is None else scored_bytes(windows, token_bytes)
+    bpb = bits_per_byte(loss, tokens, n_bytes) if n_bytes else None
     return EvalResult(loss=loss, perplexity=math.exp(loss), tokens=tokens,
-                      windows=int(windows.shape[0]))
+                      windows=int(windows.shape[0]), bytes=n_bytes, bits_per_byte=bpb)

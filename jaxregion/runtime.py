@@ -7,7 +7,7 @@ input checks. All input is validated before any output is written.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from jaxregion import hf, sharding
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source, parse_lang_spec
+from jaxregion.data.tokenizer import token_byte_lengths
 from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult, evaluate
 from jaxregion.models import ModelConfig
@@ -32,6 +33,15 @@ class Session:
     params: dict
     tokenizer: object
     mesh: jax.sharding.Mesh
+    _token_bytes: tuple = field(default=(), init=False, repr=False)  # () = not computed yet
+
+    def token_bytes(self) -> np.ndarray | None:
+        """UTF-8 bytes per token id (for bits per byte); None without a known tokenizer."""
+        if not self._token_bytes:
+            table = None if self.tokenizer is None else token_byte_lengths(
+                self.tokenizer, self.config.vocab_size)
+            self._token_bytes = (table,)
+        return self._token_bytes[0]
 
 
 def load_session(model: str, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None,
@@ -96,11 +106,12 @@ def edit_params(session: Session, region: str | None = None, region_op: str = "z
 def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_size: int,
                      params: dict | None = None, desc: str = "eval") -> dict[str, EvalResult]:
     params = session.params if params is None else params
+    token_bytes = session.token_bytes()
     total = sum(len(w) for w in corpora.values())
     results = {}
     with tqdm(total=total, desc=desc, unit="win", disable=None, leave=False) as bar:
         for lang, windows in corpora.items():
             bar.set_postfix_str(lang)
             results[lang] = evaluate(params, session.config, windows, batch_size, session.mesh,
-                                     progress=bar.update)
+                                     progress=bar.update, token_bytes=token_bytes)
     return results

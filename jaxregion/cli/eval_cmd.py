@@ -1,4 +1,4 @@
-"""``jaxregion eval``: perplexity per language."""
+"""``jaxregion eval``: perplexity and bits per byte per language."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from jaxregion.cli import common
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("eval", help="perplexity per language under the packing contract",
-                       description="Perplexity per language under the packing contract.")
+    p = sub.add_parser("eval", help="perplexity and bits per byte per language",
+                       description="Perplexity and bits per byte per language under the "
+                                   "packing contract.")
     common.add_model(p)
     common.add_text(p)
     common.add_windows(p)
@@ -41,9 +42,12 @@ def run(args: argparse.Namespace) -> int:
         "perplexity": {k: r.perplexity for k, r in results.items()},
         "loss": {k: r.loss for k, r in results.items()},
         "tokens": {k: r.tokens for k, r in results.items()},
+        "bits_per_byte": {k: r.bits_per_byte for k, r in results.items()},
+        "bytes": {k: r.bytes for k, r in results.items()},
     }
-    rows = [(k, r.windows, r.tokens, r.loss, r.perplexity) for k, r in results.items()]
-    print(markdown_table(["lang", "windows", "tokens", "loss", "perplexity"], rows))
+    rows = [(k, r.windows, r.tokens, r.loss, r.perplexity,
+             "—" if r.bits_per_byte is None else r.bits_per_byte) for k, r in results.items()]
+    print(markdown_table(["lang", "windows", "tokens", "loss", "perplexity", "bits/byte"], rows))
     if args.json_out:
         io.write_json(args.json_out, out)
         print(f"wrote {args.json_out}", file=sys.stderr)

@@ -19,6 +19,8 @@ from jaxregion.errors import UserError
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [
     "jaxregion.cli.eval_cmd",
+    "jaxregion.cli.generate_cmd",
+    "jaxregion.cli.tasks_cmd",
     "jaxregion.cli.train_cmd",
     "jaxregion.cli.importance_cmd",
     "jaxregion.cli.regions_cmd",

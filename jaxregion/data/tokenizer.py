@@ -8,11 +8,15 @@ is deterministic: the same documents and vocab size give the same vocabulary.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from itertools import islice
+
+import numpy as np
 
 from jaxregion.errors import UserError
 
@@ -110,3 +114,51 @@ def load_tokenizer(directory: str):
     except Exception as e:  # corrupt JSON, unknown class, ...: the directory is at fault
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"{directory}: cannot load the tokenizer ({msg[:300]})") from None
+
+
+def _decoder_kind(tokenizer) -> str | None:
+    """How the tokenizer spells bytes: ``"byte_level"``, ``"sentencepiece"`` or None."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is None:
+        return None
+    spec = json.loads(backend.to_str()).get("decoder") or {}
+    parts = spec.get("decoders", [spec]) if spec.get("type") == "Sequence" else [spec]
+    types = {p.get("type") for p in parts}
+    if "ByteLevel" in types:
+        return "byte_level"
+    if "Metaspace" in types or "ByteFallback" in types or any(
+            p.get("type") == "Replace" and p.get("pattern", {}).get("String") == "▁"
+            for p in parts):
+        return "sentencepiece"
+    return None
+
+
+def token_byte_lengths(tokenizer, size: int | None = None) -> np.ndarray | None:
+    """UTF-8 bytes each token id stands for, ``int64 [max(size, len(tokenizer))]``.
+
+    Why: bits per byte needs the bytes of exactly the predicted tokens. A byte-level BPE
+    token of ``n`` characters is ``n`` bytes; a SentencePiece token counts ``<0xNN>`` as one
+    byte and its word-boundary marker ``▁`` as one space; special tokens (BOS, EOS, pad)
+    count 0; ids beyond the tokenizer (padded embedding rows) count 0. None when the
+    tokenizer's byte spelling is neither of these (bits per byte is then not defined here).
+    """
+    kind = _decoder_kind(tokenizer)
+    if kind is None:
+        return None
+    vocab = tokenizer.backend_tokenizer.get_vocab(with_added_tokens=True)
+    added = {t.content: t for t in tokenizer.backend_tokenizer.get_added_tokens_decoder().values()}
+    n = max(len(vocab), max(vocab.values()) + 1, size or 0)
+    out = np.zeros(n, np.int64)
+    for token, i in vocab.items():
+        if token in added:
+            out[i] = 0 if added[token].special else len(token.encode("utf-8"))
+        elif kind == "byte_level":
+            out[i] = len(token)  # one character per byte (GPT-2's bytes_to_unicode)
+        elif re.fullmatch(r"<0x[0-9A-Fa-f]{2}>", token):
+            out[i] = 1
+        else:
+            out[i] = len(token.replace("▁", " ").encode("utf-8"))
+    for i in getattr(tokenizer, "all_special_ids", []):
+        if i < n:
+            out[i] = 0
+    return out

@@ -6,6 +6,8 @@ axis. Norm statistics and softmax run in float32 whatever the compute dtype, as 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import jax
 import jax.numpy as jnp
 
@@ -64,10 +66,11 @@ def activation(name: str, x: Array) -> Array:
 
 
 def rope_tables(cfg: ModelConfig, positions: Array, dtype: jnp.dtype) -> tuple[Array, Array]:
-    """cos, sin of shape ``[seq, head_dim]`` for int ``positions`` ``[seq]``, in HF's
-    half-split layout. Explicit positions (not ``arange``) so a KV cache can pass offsets."""
+    """cos, sin of shape ``[seq, head_dim]`` for int ``positions`` ``[seq]`` (or per row,
+    ``[batch, seq, head_dim]`` for ``[batch, seq]``), in HF's half-split layout. Explicit
+    positions (not ``arange``) so a KV cache can pass each row's own offsets."""
     inv = jnp.asarray(cfg.inv_freq())
-    freqs = positions.astype(jnp.float32)[:, None] * inv[None, :]
+    freqs = positions.astype(jnp.float32)[..., None] * inv
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -76,24 +79,67 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     """x: ``[batch, seq, heads, head_dim]``; rotate_half as in transformers."""
     half = x.shape[-1] // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-    return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
+    cos, sin = (t[None, :, None, :] if t.ndim == 2 else t[:, :, None, :] for t in (cos, sin))
+    return x * cos + rot * sin
 
 
 def attention_mask(q_pos: Array, k_pos: Array, window: int | None) -> Array:
-    """``[q, k]`` bool from query and key positions: causal, and within ``window`` tokens
-    when sliding (keys from a cache simply come with their own positions)."""
-    q = q_pos[:, None]
-    k = k_pos[None, :]
+    """``[q, k]`` bool from query and key positions (``[batch, q, k]`` for per-row query
+    positions ``[batch, q]``): causal, and within ``window`` tokens when sliding. Keys from
+    a cache come with their own positions (slot ``j`` holds position ``j``)."""
+    q = q_pos[..., :, None]
+    k = k_pos[..., None, :]
     mask = k <= q
     if window is not None:
         mask &= k > q - window
     return mask
 
 
+@jax.tree_util.register_dataclass
+@dataclass(frozen=True)
+class KV:
+    """One attention layer's key/value cache, ``[batch, slots, kv_heads, head_dim]`` each;
+    slot ``j`` holds position ``j`` of its row."""
+
+    k: Array
+    v: Array
+
+    @classmethod
+    def empty(cls, batch: int, slots: int, kv_heads: int, head_dim: int,
+              dtype: jnp.dtype) -> KV:
+        z = jnp.zeros((batch, slots, kv_heads, head_dim), dtype)
+        return cls(z, z)
+
+    def write(self, k: Array, v: Array, positions: Array) -> KV:
+        """The cache with ``k``/``v`` ``[batch, seq, kv, d]`` stored at ``positions``
+        ``[batch, seq]`` (each row at its own slots)."""
+        rows = jnp.arange(k.shape[0])[:, None]
+        return KV(self.k.at[rows, positions].set(k.astype(self.k.dtype)),
+                  self.v.at[rows, positions].set(v.astype(self.v.dtype)))
+
+    def attend(self, q: Array, k: Array, v: Array, positions: Array, window: int | None,
+               scale: float, softcap: float | None = None) -> tuple[Array, KV]:
+        """Store this step's keys/values, then attend ``q`` over every cached slot."""
+        kv = self.write(k, v, positions)
+        mask = attention_mask(positions, jnp.arange(kv.k.shape[1]), window)
+        return attention(q, kv.k, kv.v, mask, scale, softcap), kv
+
+
+def self_attention(q: Array, k: Array, v: Array, positions: Array, window: int | None,
+                   scale: float, softcap: float | None = None, kv: KV | None = None
+                   ) -> tuple[Array, KV | None]:
+    """A layer's attention: over its own keys (``kv`` None: the plain forward), or, when
+    generating, over a cache that first stores this call's keys and values."""
+    if kv is None:
+        mask = attention_mask(positions, positions, window)
+        return attention(q, k, v, mask, scale, softcap), None
+    return kv.attend(q, k, v, positions, window, scale, softcap)
+
+
 def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
               softcap: float | None = None) -> Array:
     """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, t, kv, d]``, mask ``[s, t]``
-    -> ``[b, s, h, d]`` (``t`` may exceed ``s`` when keys come from a cache).
+    or ``[b, s, t]`` -> ``[b, s, h, d]`` (``t`` may exceed ``s`` when keys come from a cache).
 
     Written as batched 3-D matmuls over ``(batch x kv-head)``, the query heads of a group
     stacked along the rows: the shape XLA:CPU runs fastest. Softmax runs in float32.
@@ -108,8 +154,8 @@ def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
     logits = jax.lax.dot_general(qt, kt, (((2,), (2,)), ((0,), (0,))),
                                  preferred_element_type=jnp.float32) * scale
     logits = soft_cap(logits, softcap)
-    logits = jnp.where(mask[None, None], logits.reshape(b * kv, g, s, t),
-                       jnp.finfo(jnp.float32).min)
+    mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
+    logits = jnp.where(mask, logits.reshape(b, kv, g, s, t), jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv, g * s, t)
     out = jax.lax.dot_general(probs, vt, (((2,), (1,)), ((0,), (0,))))
     return out.reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)

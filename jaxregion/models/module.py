@@ -20,7 +20,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.layers import matmul, soft_cap
+from jaxregion.models.layers import KV, matmul, soft_cap
 
 Array = jax.Array
 LayerFn = Callable[[nnx.Module, Array], tuple[Array, dict[str, Array]]]
@@ -48,6 +48,26 @@ class CausalLM(nnx.Module):
     def unembedding(self) -> Array:
         """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
         raise NotImplementedError
+
+    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
+                       ) -> tuple[Array, list[KV]]:
+        """Final normed hidden states for ``tokens [b, s]`` at per-row ``positions [b, s]``,
+        attending over (and writing into) a key/value cache, one :class:`KV` per layer.
+        The same layers as :meth:`forward`; only attention reads keys from the cache."""
+        raise NotImplementedError
+
+    def decode(self, tokens: Array, positions: Array, cache: list[KV],
+               last: Array | None = None) -> tuple[Array, list[KV]]:
+        """Float32 logits and the updated cache (see :mod:`jaxregion.models.kvcache`).
+
+        With ``last`` (``[b]`` indices into ``s``) only those positions' logits ``[b, vocab]``:
+        a prefill needs one row per prompt, not ``[b, s, vocab]``."""
+        h, cache = self.forward_cached(tokens, positions, cache)
+        if last is not None:
+            h = h[jnp.arange(h.shape[0]), last][:, None]
+        logits = soft_cap(matmul(h, self.unembedding(), out_dtype=jnp.float32),
+                          self.config.logit_softcap)
+        return (logits[:, 0] if last is not None else logits), cache
 
     # --- shared --------------------------------------------------------------------------
     def features(self, tokens: Array, positions: Array | None = None, remat: bool = False

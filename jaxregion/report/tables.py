@@ -29,3 +29,12 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
                               for c, w, num in zip(r, widths, nums)) + " |"
             for r, nums in zip(cells, numeric)]
     return "\n".join([line, sep, *body])
+
+
+def cell_text(text: str, limit: int = 80) -> str:
+    """Free text as one Markdown table cell: newlines shown as ⏎, pipes escaped, truncated
+    to ``limit`` characters with an ellipsis (model output may hold anything)."""
+    text = text.replace("\r\n", "\n").replace("\n", "⏎").replace("\t", " ")
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text.replace("\\", "\\\\").replace("|", "\\|")

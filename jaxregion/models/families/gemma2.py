@@ -16,7 +16,7 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.layers import activation, apply_rope, attention, attention_mask, rope_tables
+from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
@@ -128,19 +128,21 @@ class Attention(nnx.Module):
         self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
         self.softcap = cfg.attn_softcap
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array, collect: bool
-                 ) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
+                 window: int | None, collect: bool, kv: KV | None = None
+                 ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
-        h, kv, d = self.shape
+        h, n_kv, d = self.shape
         q = self.q_proj(x).reshape(b, s, h, d)
-        k = self.k_proj(x).reshape(b, s, kv, d)
-        v = self.v_proj(x).reshape(b, s, kv, d)
+        k = self.k_proj(x).reshape(b, s, n_kv, d)
+        v = self.v_proj(x).reshape(b, s, n_kv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o = attention(q, k, v, mask, self.scale, self.softcap).reshape(b, s, h * d)
+        o, kv = self_attention(q, k, v, positions, window, self.scale, self.softcap, kv)
+        o = o.reshape(b, s, h * d)
         aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux
+        return self.o_proj(o), aux, kv
 
 
 class MLP(nnx.Module):
@@ -171,14 +173,14 @@ class DecoderLayer(nnx.Module):
         self.window = window
 
     def __call__(self, x: Array, ropes: dict[bool, tuple[Array, Array]], positions: Array,
-                 collect: bool) -> tuple[Array, dict[str, Array]]:
-        mask = attention_mask(positions, positions, self.window)
-        a, aux = self.self_attn(self.input_layernorm(x), ropes[self.window is not None], mask,
-                                collect)
+                 collect: bool, kv: KV | None = None
+                 ) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.self_attn(self.input_layernorm(x), ropes[self.window is not None],
+                                    positions, self.window, collect, kv)
         x = x + self.post_attention_layernorm(a)
         m, aux_m = self.mlp(self.pre_feedforward_layernorm(x), collect)
         x = x + self.post_feedforward_layernorm(m)
-        return x, ({**aux, **aux_m, "output": x} if collect else {})
+        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
 class GemmaModel(nnx.Module):
@@ -205,18 +207,37 @@ class Model(CausalLM):
         w = self.model.embed_tokens if self.lm_head is None else self.lm_head
         return w.weight[...]
 
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+    def _embed(self, tokens: Array) -> Array:
         cfg, m = self.config, self.model
         dtype = m.embed_tokens.weight.dtype
-        x = m.embed_tokens(tokens).astype(dtype) * jnp.asarray(cfg.hidden_size**0.5, dtype)
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
+        return m.embed_tokens(tokens).astype(dtype) * jnp.asarray(cfg.hidden_size**0.5, dtype)
+
+    def _ropes(self, pos: Array, dtype: jnp.dtype) -> dict[bool, tuple[Array, Array]]:
+        """``{sliding?: (cos, sin)}``: gemma3's sliding layers have their own RoPE base."""
+        cfg = self.config
         glob = rope_tables(cfg, pos, dtype)
         local = glob
-        if cfg.rope_local_theta is not None:  # gemma3: the sliding layers' own RoPE base
+        if cfg.rope_local_theta is not None:
             local = rope_tables(cfg.replace(rope_theta=cfg.rope_local_theta,
                                             rope_scaling=cfg.rope_local_scaling), pos, dtype)
-        ropes = {False: glob, True: local}
-        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, ropes, pos, collect),
+        return {False: glob, True: local}
+
+    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
+                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+        x = self._embed(tokens)
+        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
+        ropes = self._ropes(pos, x.dtype)
+        x, aux = run_layers(self.model.layers, x,
+                            lambda layer, h: layer(h, ropes, pos, collect)[:2],
                             "model.layers", remat, collect)
-        return m.norm(x), aux
+        return self.model.norm(x), aux
+
+    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
+                       ) -> tuple[Array, list[KV]]:
+        x = self._embed(tokens)
+        ropes = self._ropes(positions, x.dtype)
+        out = []
+        for layer, kv in zip(self.model.layers, cache):
+            x, _, kv = layer(x, ropes, positions, False, kv)
+            out.append(kv)
+        return self.model.norm(x), out

@@ -8,7 +8,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name
-from jaxregion.models.layers import activation, attention, attention_mask
+from jaxregion.models.layers import KV, activation, self_attention
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, Linear, ParamMaker
 from jaxregion.models.table import Spec, bias, conv1d, norm
@@ -82,12 +82,14 @@ class Attention(nnx.Module):
         self.heads = (cfg.num_heads, cfg.head_dim)
         self.scale = scale
 
-    def __call__(self, x: Array, mask: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array, positions: Array, collect: bool, kv: KV | None = None
+                 ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, d = x.shape
         q, k, v = (t.reshape(b, s, *self.heads) for t in jnp.split(self.c_attn(x), 3, axis=-1))
-        o = attention(q, k, v, mask, self.scale).reshape(b, s, d)
+        o, kv = self_attention(q, k, v, positions, None, self.scale, kv=kv)
+        o = o.reshape(b, s, d)
         aux = {"attn.c_attn": x, "attn.c_proj": o} if collect else {}
-        return self.c_proj(o), aux
+        return self.c_proj(o), aux, kv
 
 
 class MLP(nnx.Module):
@@ -113,13 +115,13 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(make(_H + "ln_2.weight"), make(_H + "ln_2.bias"), eps)
         self.mlp = MLP(cfg, make)
 
-    def __call__(self, x: Array, positions: Array, collect: bool
-                 ) -> tuple[Array, dict[str, Array]]:
-        a, aux = self.attn(self.ln_1(x), attention_mask(positions, positions, None), collect)
+    def __call__(self, x: Array, positions: Array, collect: bool, kv: KV | None = None
+                 ) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.attn(self.ln_1(x), positions, collect, kv)
         x = x + a
         m, aux_m = self.mlp(self.ln_2(x), collect)
         x = x + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {})
+        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
 class Transformer(nnx.Module):
@@ -150,6 +152,16 @@ class Model(CausalLM):
         dtype = t.wte.weight.dtype
         pos = jnp.arange(tokens.shape[1]) if positions is None else positions
         x = (t.wte(tokens) + t.wpe(pos)[None]).astype(dtype)
-        x, aux = run_layers(t.h, x, lambda layer, h: layer(h, pos, collect), "transformer.h",
-                            remat, collect)
+        x, aux = run_layers(t.h, x, lambda layer, h: layer(h, pos, collect)[:2],
+                            "transformer.h", remat, collect)
         return t.ln_f(x), aux
+
+    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
+                       ) -> tuple[Array, list[KV]]:
+        t = self.transformer
+        x = (t.wte(tokens) + t.wpe(positions)).astype(t.wte.weight.dtype)
+        out = []
+        for layer, kv in zip(t.h, cache):
+            x, _, kv = layer(x, positions, False, kv)
+            out.append(kv)
+        return t.ln_f(x), out

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.layers import activation, apply_rope, attention, attention_mask, rope_tables
+from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
@@ -113,19 +113,21 @@ class Attention(nnx.Module):
         self.k_norm = RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps) if cfg.qk_norm else None
         self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array, collect: bool
-                 ) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
+                 window: int | None, collect: bool, kv: KV | None = None
+                 ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
-        h, kv, d = self.shape
+        h, n_kv, d = self.shape
         q = self.q_proj(x).reshape(b, s, h, d)
-        k = self.k_proj(x).reshape(b, s, kv, d)
-        v = self.v_proj(x).reshape(b, s, kv, d)
+        k = self.k_proj(x).reshape(b, s, n_kv, d)
+        v = self.v_proj(x).reshape(b, s, n_kv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o = attention(q, k, v, mask, d**-0.5).reshape(b, s, h * d)
+        o, kv = self_attention(q, k, v, positions, window, d**-0.5, kv=kv)
+        o = o.reshape(b, s, h * d)
         aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux
+        return self.o_proj(o), aux, kv
 
 
 class MLP(nnx.Module):
@@ -151,14 +153,14 @@ class DecoderLayer(nnx.Module):
         self.mlp = MLP(cfg, make)
         self.window = window
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool
-                 ) -> tuple[Array, dict[str, Array]]:
-        mask = attention_mask(positions, positions, self.window)
-        a, aux = self.self_attn(self.input_layernorm(x), rope, mask, collect)
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
+                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window,
+                                    collect, kv)
         x = x + a
         m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
         x = x + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {})
+        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
 class LlamaModel(nnx.Module):
@@ -182,15 +184,30 @@ class Model(CausalLM):
         w = self.model.embed_tokens if self.lm_head is None else self.lm_head
         return w.weight[...]
 
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+    def _embed(self, tokens: Array) -> Array:
         cfg, m = self.config, self.model
         dtype = m.embed_tokens.weight.dtype
         x = m.embed_tokens(tokens).astype(dtype)
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=dtype)
+        return x
+
+    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
+                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+        m = self.model
+        x = self._embed(tokens)
         pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        rope = rope_tables(cfg, pos, dtype)
-        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect),
+        rope = rope_tables(self.config, pos, x.dtype)
+        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect)[:2],
                             "model.layers", remat, collect)
         return m.norm(x), aux
+
+    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
+                       ) -> tuple[Array, list[KV]]:
+        x = self._embed(tokens)
+        rope = rope_tables(self.config, positions, x.dtype)
+        out = []
+        for layer, kv in zip(self.model.layers, cache):
+            x, _, kv = layer(x, rope, positions, False, kv)
+            out.append(kv)
+        return self.model.norm(x), out

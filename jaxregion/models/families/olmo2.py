@@ -11,12 +11,12 @@ from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
 from jaxregion.models.layers import (
+    KV,
     activation,
     apply_rope,
-    attention,
-    attention_mask,
     rms_norm_f32_weight,
     rope_tables,
+    self_attention,
 )
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, Linear, ParamMaker
@@ -106,17 +106,18 @@ class Attention(nnx.Module):
         self.k_norm = RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps)
         self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array, collect: bool
-                 ) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
+                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
-        h, kv, d = self.shape
+        h, n_kv, d = self.shape
         q = self.q_norm(self.q_proj(x)).reshape(b, s, h, d)  # normed over all heads at once
-        k = self.k_norm(self.k_proj(x)).reshape(b, s, kv, d)
-        v = self.v_proj(x).reshape(b, s, kv, d)
+        k = self.k_norm(self.k_proj(x)).reshape(b, s, n_kv, d)
+        v = self.v_proj(x).reshape(b, s, n_kv, d)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o = attention(q, k, v, mask, d**-0.5).reshape(b, s, h * d)
+        o, kv = self_attention(q, k, v, positions, None, d**-0.5, kv=kv)
+        o = o.reshape(b, s, h * d)
         aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux
+        return self.o_proj(o), aux, kv
 
 
 class MLP(nnx.Module):
@@ -142,13 +143,13 @@ class DecoderLayer(nnx.Module):
         self.post_feedforward_layernorm = RMSNorm(make(_L + "post_feedforward_layernorm.weight"),
                                                   cfg.norm_eps)
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool
-                 ) -> tuple[Array, dict[str, Array]]:
-        a, aux = self.self_attn(x, rope, attention_mask(positions, positions, None), collect)
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
+                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.self_attn(x, rope, positions, collect, kv)
         x = x + self.post_attention_layernorm(a)
         m, aux_m = self.mlp(x, collect)
         x = x + self.post_feedforward_layernorm(m)
-        return x, ({**aux, **aux_m, "output": x} if collect else {})
+        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
 class Olmo2Model(nnx.Module):
@@ -178,6 +179,17 @@ class Model(CausalLM):
         x = m.embed_tokens(tokens).astype(dtype)
         pos = jnp.arange(tokens.shape[1]) if positions is None else positions
         rope = rope_tables(self.config, pos, dtype)
-        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect),
+        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect)[:2],
                             "model.layers", remat, collect)
         return m.norm(x), aux
+
+    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
+                       ) -> tuple[Array, list[KV]]:
+        m = self.model
+        x = m.embed_tokens(tokens).astype(m.embed_tokens.weight.dtype)
+        rope = rope_tables(self.config, positions, x.dtype)
+        out = []
+        for layer, kv in zip(m.layers, cache):
+            x, _, kv = layer(x, rope, positions, False, kv)
+            out.append(kv)
+        return m.norm(x), out

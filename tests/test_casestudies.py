@@ -1,0 +1,43 @@
+"""Case studies: continuations per setting, fidelity, and the rendered Markdown."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from jaxregion import casestudies, interventions, regions, runtime
+from jaxregion.data import synthetic
+from jaxregion.errors import UserError
+
+
+def test_case_studies_compute_then_render(model_factory):
+    session = runtime.load_session(model_factory("llama_mha"))
+    removed = interventions.region_op(session.params,
+                                      regions.random(session.params, 0.3, seed=2), "zero")
+    prompts = {"lat": [next(synthetic.generate("lat", 1, seed=5))[:24], "Ana | x"],
+               "cyr": [next(synthetic.generate("cyr", 1, seed=5))[:24]]}
+    cs = casestudies.run(session.config, session.tokenizer,
+                         {"base": session.params, "random removed": removed}, prompts,
+                         max_new_tokens=6, batch_size=2)
+    assert cs.settings == ["base", "random removed"]
+    for s in cs.settings:
+        assert [len(cs.continuations[s][k]) for k in prompts] == [2, 1]
+        assert all(0.0 <= cs.fidelity[s][k] <= 1.0 for k in prompts)
+    # The base model's continuation is the greedy generation of the prompt itself.
+    from jaxregion.generate import completions
+
+    again = completions(session.params, session.config, session.tokenizer, ["Ana | x"], 6)
+    assert cs.continuations["base"]["lat"][1] == again[0]["completion"]
+    json.dumps(cs.to_json(), allow_nan=False)
+    md = casestudies.render(cs, width=20)
+    assert "Language fidelity" in md and "random removed" in md
+    assert "Ana \\| x" in md  # escaped in the heading
+    assert "ground-truth" in md
+
+
+def test_bad_language_named_before_generating():
+    with pytest.raises(UserError, match="'zz'"):
+        casestudies.check_prompts({"zz": ["hello"]})
+    with pytest.raises(UserError, match="no prompts"):
+        casestudies.check_prompts({"en": []})
