@@ -34,7 +34,7 @@ def _windows(model: str, spec: str, seq: int, n: int):
 
     session = runtime.load_session(model, "float32")
     lang = spec.split("=", 1)[0]
-    return session, lang, runtime.load_corpora([spec], session, seq, n)[lang]
+    return session, lang, runtime.load_corpora([spec], session, seq, None)[lang][:n]
 
 
 # --- precision -----------------------------------------------------------------------------
