@@ -32,6 +32,20 @@ sharded over the mesh's batch axes and the accumulator takes the params' shardin
 accumulation state (:class:`ImportanceState`) can be saved and restored with orbax
 (:func:`save_partial`/:func:`load_partial`) so an interrupted run resumes and ends bitwise
 equal to an uninterrupted one.
+
+**Split halves.** Even-numbered micro-batches accumulate into one accumulator and odd ones
+into another, in the same pass (the step is the same; only the accumulator it is handed
+alternates), and the full score is finalized from their sum. :func:`finalize_halves` gives
+each half's scores on the full sample's scale, so two independent estimates of the same
+quantity cost nothing but the second accumulator's memory (see :mod:`jaxregion.stability`).
+Each half also sums half as many terms, which halves the accumulation's rounding walk.
+
+**Stops.** ``compute_importance(..., stops=[n1, n2, ...], at_stop=f)`` ends a micro-batch
+exactly at each ``n_i`` (the batch before it is padded, as a run over ``n_i`` windows
+would be) and calls ``f(state)`` there: the scores at ``n_i`` equal a separate run over the
+first ``n_i`` windows up to float32 summation order (bitwise, halves included, when every
+stop before it is a multiple of the batch size), and ``f`` may return True to end the run
+(snapshots and stop-when-stable in :mod:`jaxregion.scorefiles` are built on this).
 """
 
 from __future__ import annotations
@@ -40,7 +54,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -58,24 +72,31 @@ from jaxregion.models import ModelConfig, intermediates, roles, weighted_nll_sum
 PyTree = Any
 ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
 DATA_FREE = ("magnitude",)
-STATE_FORMAT = "jaxregion.importance-state.v1"
+STATE_FORMAT = "jaxregion.importance-state.v2"
 
 
 @dataclass
 class ImportanceState:
     """Where an accumulation stands: resumable from here.
 
-    ``acc``: float32 accumulator (params-shaped tree; for ``wanda`` a ``{tap: [in]}`` dict of
-    summed squared activations). ``position``: windows consumed (always a multiple of
-    ``batch_size`` except at the very end). ``batch_size``: the effective micro-batch (a
-    multiple of the mesh's batch size) the accumulation was made with; resuming needs the
-    same one for the same result.
+    ``acc``: ``(even, odd)`` float32 accumulators, one per half (each a params-shaped tree;
+    for ``wanda`` a ``{tap: [in]}`` dict of summed squared activations). ``counts``: windows
+    accumulated into each half. ``batches``: micro-batches done (its parity picks the half
+    of the next one). ``batch_size``: the effective micro-batch (a multiple of the mesh's
+    batch size) the accumulation was made with; resuming needs the same one for the same
+    result.
     """
 
     estimator: str
     batch_size: int
-    position: int
-    acc: PyTree
+    acc: tuple[PyTree, PyTree]
+    counts: tuple[int, int] = (0, 0)
+    batches: int = 0
+
+    @property
+    def position(self) -> int:
+        """Windows consumed so far."""
+        return self.counts[0] + self.counts[1]
 
 
 @dataclass(frozen=True)
@@ -85,6 +106,8 @@ class ImportanceResult:
     tokens: int  # predicted positions: windows * (seq_len - 1)
     estimator: str = "taylor"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    halves: tuple[PyTree, PyTree] | None = None  # see finalize_halves; None with < 2 batches
+    counts: tuple[int, int] = (0, 0)  # windows in the even / odd half
 
 
 def check_estimator(name: str) -> str:
@@ -180,6 +203,12 @@ def init_state(params: PyTree, cfg: ModelConfig, estimator: str, batch_size: int
     """A zero accumulator placed like ``params`` (which must already be on ``mesh``)."""
     check_estimator(estimator)
     b = effective_batch_size(batch_size, mesh)
+    return ImportanceState(estimator, b, (_zero_acc(params, cfg, estimator, mesh),
+                                          _zero_acc(params, cfg, estimator, mesh)))
+
+
+def _zero_acc(params: PyTree, cfg: ModelConfig, estimator: str, mesh: jax.sharding.Mesh
+              ) -> PyTree:
     if estimator == "wanda":
         acc = {}
         flat = T.flatten(params)
@@ -194,7 +223,7 @@ def init_state(params: PyTree, cfg: ModelConfig, estimator: str, batch_size: int
         acc = {}
     else:
         acc = _zeros_like_sharded(params)
-    return ImportanceState(estimator, b, 0, acc)
+    return acc
 
 
 def effective_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
@@ -204,23 +233,47 @@ def effective_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
     return -(-batch_size // m) * m
 
 
+# Each estimator's score**POWER is linear in its accumulator (wanda's score is a square root).
+POWER = {"taylor": 1, "taylor-abs": 1, "fisher": 1, "wanda": 2, "magnitude": 1}
+
+
 def finalize(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
              ) -> PyTree:
     """Scores from an accumulation over ``state.position`` windows of ``seq_len`` tokens."""
-    est = state.estimator
-    f32 = jnp.float32
-    if est == "magnitude":
-        return jax.tree.map(lambda p: jnp.abs(p.astype(f32)), params)
+    if state.estimator == "magnitude":
+        return jax.tree.map(lambda p: jnp.abs(p.astype(jnp.float32)), params)
     if state.position <= 0:
         raise UserError("importance over zero windows is undefined; give at least one window")
+    acc = jax.tree.map(jnp.add, *state.acc)
+    return _finish(state.estimator, acc, state.position, state.position, params, cfg, seq_len)
+
+
+def finalize_halves(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
+                    ) -> tuple[PyTree, PyTree] | None:
+    """``(even, odd)`` scores, each from its own half of the micro-batches and on the full
+    sample's scale (an estimate of the same quantity as :func:`finalize` from fewer windows);
+    None while a half is empty. ``(c_e·even**q + c_o·odd**q) / (c_e + c_o) = full**q`` with
+    ``q = POWER[estimator]`` and ``c`` the halves' window counts, up to float32 rounding."""
+    if state.estimator in DATA_FREE or min(state.counts) <= 0:
+        return None
+    return tuple(_finish(state.estimator, a, c, state.position, params, cfg, seq_len)
+                 for a, c in zip(state.acc, state.counts, strict=True))
+
+
+def _finish(est: str, acc: PyTree, count: int, total: int, params: PyTree, cfg: ModelConfig,
+            seq_len: int) -> PyTree:
+    """Scores from an accumulator over ``count`` windows, scaled to a ``total``-window sample
+    (only wanda's sum of squares depends on the sample size)."""
+    f32 = jnp.float32
     if est == "taylor":
-        tokens = f32(state.position * (seq_len - 1))
-        return jax.tree.map(lambda a, p: (a / tokens) * p.astype(f32), state.acc, params)
+        tokens = f32(count * (seq_len - 1))
+        return jax.tree.map(lambda a, p: (a / tokens) * p.astype(f32), acc, params)
     if est in ("taylor-abs", "fisher"):
-        n = f32(state.position)
-        return jax.tree.map(lambda a: a / n, state.acc)
+        n = f32(count)
+        return jax.tree.map(lambda a: a / n, acc)
     # wanda
-    norms = {k: jnp.sqrt(v) for k, v in state.acc.items()}
+    scale = f32(total / count)
+    norms = {k: jnp.sqrt(v * scale) for k, v in acc.items()}
 
     def score(name: str, p: jax.Array) -> jax.Array:
         tap = wanda_tap(name, cfg)
@@ -251,14 +304,18 @@ def compute_importance(
     remat: bool = False,
     checkpoint: Callable[[ImportanceState], None] | None = None,
     checkpoint_every: int | None = None,
+    stops: Sequence[int] = (),
+    at_stop: Callable[[ImportanceState], bool] | None = None,
 ) -> ImportanceResult:
     """Importance scores of one language's windows (``[n, seq_len]`` int).
 
-    ``state`` resumes an earlier accumulation (same windows, estimator and batch size).
-    ``progress(n)`` is called after each micro-batch with the real windows it held.
+    ``state`` resumes an earlier accumulation (same windows, estimator, batch size and
+    stops). ``progress(n)`` is called after each micro-batch with the real windows it held.
     ``checkpoint(state)`` is called each time the position crosses a multiple of
     ``checkpoint_every`` windows (not at the end); it may save the state (see
-    :func:`save_partial`) and may raise to stop the run.
+    :func:`save_partial`) and may raise to stop the run. ``at_stop(state)`` is called when
+    the position reaches each of ``stops`` (window counts in ``(0, n]``; a micro-batch never
+    straddles one); returning True ends the run there.
     """
     check_estimator(estimator)
     windows = np.asarray(windows)
@@ -268,7 +325,7 @@ def compute_importance(
     mesh = mesh or shd.make_mesh()
     params = place_params(params, mesh)
     if estimator in DATA_FREE:
-        scores = finalize(ImportanceState(estimator, 1, 0, {}), params, cfg, seq_len)
+        scores = finalize(ImportanceState(estimator, 1, ({}, {})), params, cfg, seq_len)
         return ImportanceResult(scores, 0, 0, estimator)
     if n == 0:
         raise UserError("no windows given; importance needs at least one")
@@ -276,20 +333,47 @@ def compute_importance(
         state = init_state(params, cfg, estimator, batch_size, mesh)
     else:
         check_resumable(state, estimator, effective_batch_size(batch_size, mesh), n)
-    step = step_function(estimator, cfg, state.acc, remat)
-    acc, pos, b = state.acc, state.position, state.batch_size
-    for batch, weights in padded_batches(windows[pos:], b):
-        acc = step(acc, params, shd.put_batch(batch, mesh), shd.put_batch(weights, mesh))
-        real = int(weights.sum())
-        prev, pos = pos, pos + real
-        state = ImportanceState(estimator, b, pos, acc)
-        if progress:
-            progress(real)
-        if checkpoint and checkpoint_every and pos < n and \
-                pos // checkpoint_every > prev // checkpoint_every:
-            checkpoint(state)
-    scores = finalize(state, params, cfg, seq_len)
-    return ImportanceResult(scores, n, n * (seq_len - 1), estimator)
+    bounds = sorted({int(s) for s in stops})
+    if bounds and not 0 < bounds[0] <= bounds[-1] <= n:
+        raise UserError(f"stops {bounds} must lie in (0, {n}] (the windows given)")
+    step = step_function(estimator, cfg, state.acc[0], remat)
+    b = state.batch_size
+    for lo, hi in _segments(state.position, n, bounds):
+        for batch, weights in padded_batches(windows[lo:hi], b):
+            half = state.batches % 2
+            acc = list(state.acc)
+            acc[half] = step(acc[half], params, shd.put_batch(batch, mesh),
+                             shd.put_batch(weights, mesh))
+            real = int(weights.sum())
+            counts = list(state.counts)
+            counts[half] += real
+            prev = state.position
+            state = ImportanceState(estimator, b, (acc[0], acc[1]), (counts[0], counts[1]),
+                                    state.batches + 1)
+            pos = state.position
+            if progress:
+                progress(real)
+            if checkpoint and checkpoint_every and pos < n and \
+                    pos // checkpoint_every > prev // checkpoint_every:
+                checkpoint(state)
+        if at_stop and hi in bounds and at_stop(state):
+            break
+    return result_of(state, params, cfg, seq_len)
+
+
+def result_of(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
+              ) -> ImportanceResult:
+    """The finished result (full scores and both halves) of an accumulation."""
+    n = state.position
+    return ImportanceResult(finalize(state, params, cfg, seq_len), n, n * (seq_len - 1),
+                            state.estimator, halves=finalize_halves(state, params, cfg, seq_len),
+                            counts=state.counts)
+
+
+def _segments(start: int, n: int, bounds: Sequence[int]) -> list[tuple[int, int]]:
+    """``[start, n)`` cut at ``bounds``: the window ranges whose batches end exactly there."""
+    edges = [start, *[x for x in bounds if start < x < n], n]
+    return [(lo, hi) for lo, hi in zip(edges[:-1], edges[1:], strict=True) if hi > lo]
 
 
 def check_resumable(state: ImportanceState, estimator: str, batch_size: int, n: int) -> None:
@@ -324,7 +408,8 @@ def save_partial(directory: str, state: ImportanceState, meta: Mapping[str, Any]
     import orbax.checkpoint as ocp
 
     full = {"format": STATE_FORMAT, **meta, "estimator": state.estimator,
-            "batch_size": state.batch_size, "position": state.position}
+            "batch_size": state.batch_size, "position": state.position,
+            "counts": list(state.counts), "batches": state.batches}
     with _manager(directory) as mngr:
         mngr.save(state.position, args=ocp.args.Composite(
             acc=ocp.args.StandardSave(state.acc), meta=ocp.args.JsonSave(full)), force=True)
@@ -352,7 +437,11 @@ def load_partial(directory: str, like: ImportanceState, meta: Mapping[str, Any]
             lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like.acc)
         acc = mngr.restore(step, args=ocp.args.Composite(
             acc=ocp.args.StandardRestore(abstract)))["acc"]
-    return ImportanceState(like.estimator, like.batch_size, int(step), acc)
+    counts = tuple(int(c) for c in saved["counts"])
+    if sum(counts) != step:
+        return None
+    return ImportanceState(like.estimator, like.batch_size, (acc[0], acc[1]),
+                           (counts[0], counts[1]), int(saved["batches"]))
 
 
 def clear_partial(directory: str) -> None:

@@ -9,7 +9,8 @@ tensor-parallel layer without sequence parallelism) plus the float32 logits.
 Bytes per parameter:
 
 * eval:        params (2 for bf16, 4 for f32)
-* importance:  params + float32 accumulator (4) + gradients (param dtype)
+* importance:  params + two float32 accumulators, the split halves (8) + gradients
+               (param dtype)
 * train:       float32 master (4) + Adam m, v (8) + float32 gradients (4) + bf16 compute
                copy (2) [+ bool freeze mask (1) with a region frozen] = 18 (19)
 """
@@ -167,7 +168,7 @@ def make_plan(cfg: ModelConfig, mesh: dict[str, int], task: str = "importance",
     if task == "eval":
         lines = [(f"params ({dtype})", p)]
     elif task == "importance":
-        lines = [(f"params ({dtype})", p), ("accumulator (float32)", 4),
+        lines = [(f"params ({dtype})", p), ("accumulators, even + odd halves (float32)", 8),
                  (f"gradients ({dtype})", p)]
     else:
         lines = [("master params (float32)", 4), ("Adam m, v (float32)", 8),

@@ -9,6 +9,15 @@ forgetting run all call, so they share one cache format and one resume mechanism
   input is an error (or is recomputed, with ``on_mismatch="recompute"``).
 - ``DIR/.partial/LANG/`` holds the orbax-checkpointed accumulator and window position every
   ``save_every`` windows, so an interrupted run resumes and ends bitwise equal.
+- ``DIR/.halves/LANG.safetensors`` holds the even split half (the odd one is recovered from
+  it and the full scores, see :mod:`jaxregion.stability`); the full file's metadata records
+  the split-half Jaccard of the top-1% (and of any ``ratios`` asked) and its projection.
+- ``snapshots=(n1, n2, ...)`` also writes ``DIR/snapshots/N/LANG.safetensors`` (with its own
+  ``.halves``): the scores of the first ``N`` windows, equal to a separate run over them, from
+  the same pass. Any snapshot directory is an importance directory for ``jaxregion regions``.
+- ``until_stable=J`` doubles the windows from one micro-batch (n, 2n, 4n, ... up to all
+  given) and stops once the top-``stable_ratio`` regions at n and 2n agree with Jaccard >= J;
+  the file's ``windows`` is then the count used (``windows_available`` the count given).
 """
 
 from __future__ import annotations
@@ -22,8 +31,19 @@ import numpy as np
 
 from jaxregion import __version__
 from jaxregion import importance as I
+from jaxregion import stability as S
 from jaxregion.errors import UserError
-from jaxregion.regions import fingerprint, importance_path, load_scores, save_scores
+from jaxregion.regions import (
+    DEFAULT_INCLUDE,
+    fingerprint,
+    importance_path,
+    jaccard,
+    load_region,
+    load_scores,
+    save_region,
+    save_scores,
+    top,
+)
 
 PARTIAL = ".partial"
 
@@ -51,13 +71,69 @@ def read_header(path: str) -> dict[str, str] | None:
 
 
 def identity(lang: str, estimator: str, params_fp: str, seq_len: int, dtype: str,
-             windows: np.ndarray | None) -> dict[str, str]:
-    """What a score file must have been computed from to be reused."""
+             windows: np.ndarray | None, until_stable: float | None = None
+             ) -> dict[str, str]:
+    """What a score file must have been computed from to be reused. With ``until_stable`` the
+    windows *given* identify the run (the count used is a result, in ``windows``)."""
     data_free = windows is None
-    return {"language": lang, "estimator": estimator, "model": params_fp,
-            "seq_len": str(seq_len), "dtype": dtype,
-            "windows": "0" if data_free else str(len(windows)),
-            "windows_digest": "" if data_free else I.windows_digest(windows)}
+    out = {"language": lang, "estimator": estimator, "model": params_fp,
+           "seq_len": str(seq_len), "dtype": dtype}
+    n, digest = ("0", "") if data_free else (str(len(windows)), I.windows_digest(windows))
+    if until_stable is None:
+        return {**out, "windows": n, "windows_digest": digest}
+    return {**out, "until_stable": repr(float(until_stable)), "windows_available": n,
+            "windows_available_digest": digest}
+
+
+def is_complete(out_dir: str, lang: str, estimator: str, params_fp: str, seq_len: int,
+                dtype: str, windows: np.ndarray | None, snapshots: Any = (),
+                until_stable: float | None = None) -> bool:
+    """Whether ``lang``'s file (and every snapshot's) in ``out_dir`` is finished for this
+    input; raises UserError naming the field when one was made from other input."""
+    want = identity(lang, estimator, params_fp, seq_len, dtype, windows, until_stable)
+    done = check_existing(importance_path(out_dir, lang), want)
+    for n in check_schedule(snapshots, until_stable):
+        w = identity(lang, estimator, params_fp, seq_len, dtype, windows[:n])
+        done = check_existing(importance_path(snapshot_dir(out_dir, n), lang), w) and done
+    return done
+
+
+def snapshot_dir(out_dir: str, n: int) -> str:
+    """The importance directory of the ``n``-window snapshot: ``DIR/snapshots/N``."""
+    return os.path.join(out_dir, "snapshots", str(int(n)))
+
+
+def parse_snapshots(text: str | None) -> tuple[int, ...]:
+    """``"1000,10000"`` -> ``(1000, 10000)``; UserError naming the bad item."""
+    if not text:
+        return ()
+    out = []
+    for item in text.split(","):
+        try:
+            out.append(int(item.strip()))
+        except ValueError:
+            raise UserError(f"--snapshots {text!r}: {item.strip()!r} is not a window count; "
+                            "give comma-separated integers like 1000,10000") from None
+    return check_schedule(out)
+
+
+def check_schedule(snapshots: Any = (), until_stable: float | None = None,
+                   windows: int | None = None, what: str | None = None) -> tuple[int, ...]:
+    """Validate snapshot counts and the stop-when-stable threshold; sorted unique counts.
+
+    ``windows`` is how many windows there are (None: unknown yet)."""
+    snaps = tuple(sorted({int(x) for x in snapshots}))
+    if until_stable is not None:
+        if not 0.0 < float(until_stable) <= 1.0:
+            raise UserError(f"--until-stable {until_stable}: must be in (0, 1]")
+        if snaps:
+            raise UserError("--snapshots and --until-stable do not combine; use one")
+    if snaps and snaps[0] <= 0:
+        raise UserError(f"--snapshots {','.join(map(str, snaps))}: counts must be positive")
+    if snaps and windows is not None and snaps[-1] > windows:
+        raise UserError(f"--snapshots {snaps[-1]} is beyond {what or f'--max-seqs {windows}'}"
+                        f"; give counts up to {windows}")
+    return snaps
 
 
 def check_existing(path: str, want: dict[str, str]) -> bool:
@@ -94,38 +170,56 @@ def score_language(
     on_mismatch: str = "error",
     stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
+    snapshots: Any = (),
+    until_stable: float | None = None,
+    stable_ratio: float = 0.01,
+    ratios: Any = (0.01,),
 ) -> Scored:
     """Scores of one language (``windows`` ``[n, seq_len]``; None for data-free estimators),
     read from ``out_dir`` when already computed from the same input, else computed (resuming a
-    partial accumulation) and written atomically. ``progress(n)`` gets windows done."""
+    partial accumulation) and written atomically. ``progress(n)`` gets windows done.
+
+    ``snapshots``, ``until_stable`` and ``stable_ratio``: see the module docstring;
+    ``ratios``: top-ratios whose split-half Jaccard goes in the metadata (0.01 always)."""
     I.check_estimator(estimator)
     log = log or (lambda _m: None)
     data_free = estimator in I.DATA_FREE
     if not data_free and windows is None:
         raise UserError(f"{lang}: estimator {estimator!r} needs windows of text")
     if data_free:
-        windows = None
+        windows, snapshots, until_stable = None, (), None
+    snaps = check_schedule(snapshots, until_stable, None if windows is None else len(windows),
+                           f"the {0 if windows is None else len(windows)} windows given")
     seq_len = int(seq_len if seq_len is not None else windows.shape[1])
+    ratios = tuple(sorted({0.01, *map(float, ratios)}))
     path = importance_path(out_dir, lang)
     fp = fingerprint(session.params)
-    want = identity(lang, estimator, fp, seq_len, dtype, windows)
+    want = identity(lang, estimator, fp, seq_len, dtype, windows, until_stable)
+    snap_want = {n: identity(lang, estimator, fp, seq_len, dtype, windows[:n]) for n in snaps}
     try:
-        if check_existing(path, want):
+        if is_complete(out_dir, lang, estimator, fp, seq_len, dtype, windows, snaps,
+                       until_stable):
             scores, meta = load_scores(path)
             return Scored(scores, meta, "reused", path)
     except UserError:
         if on_mismatch != "recompute":
             raise
         log(f"{lang}: {path} was made from other input; recomputing")
-        os.unlink(path)
+        for p in [path, *(importance_path(snapshot_dir(out_dir, n), lang) for n in snaps)]:
+            if os.path.exists(p):
+                os.unlink(p)
 
     partial_dir = os.path.join(out_dir, PARTIAL, lang)
+    stable_file = os.path.join(out_dir, PARTIAL, f"{lang}.until-stable.safetensors")
     state, status = None, "computed"
     arr = np.zeros((0, seq_len), np.int32) if data_free else windows
+    b = I.effective_batch_size(batch_size, session.mesh)
+    stops = snaps or (doubling_points(b, len(arr)) if until_stable is not None else ())
+    run_id = {**want, "stops": ",".join(map(str, stops)), "stable_ratio": repr(stable_ratio)}
+    params = I.place_params(session.params, session.mesh)
     if not data_free:
-        like = I.init_state(I.place_params(session.params, session.mesh), session.config,
-                            estimator, batch_size, session.mesh)
-        state = I.load_partial(partial_dir, like, want)
+        like = I.init_state(params, session.config, estimator, batch_size, session.mesh)
+        state = I.load_partial(partial_dir, like, run_id)
         if state is not None:
             status = "resumed"
             log(f"{lang}: resuming at window {state.position}/{len(arr)} from {partial_dir}")
@@ -136,20 +230,97 @@ def score_language(
             I.clear_partial(partial_dir)
 
     def checkpoint(st: I.ImportanceState) -> None:
-        I.save_partial(partial_dir, st, want)
+        I.save_partial(partial_dir, st, run_id)
         if stop_after is not None and st.position >= stop_after:
             raise Stopped(st.position)
 
-    res = I.compute_importance(session.params, session.config, arr, estimator, batch_size,
+    base = {"model_path": session.path, "model_fingerprint": fp,
+            "jaxregion_version": __version__, "batch_size": str(b), "source": source,
+            "score": "signed" if estimator == "taylor" else "non-negative"}
+    history: list[list[float]] = []
+
+    def at_stop(st: I.ImportanceState) -> bool:
+        res = I.result_of(st, params, session.config, seq_len)
+        if until_stable is None:  # a snapshot
+            n = st.position
+            _write(snapshot_dir(out_dir, n), lang, res, {**snap_want[n], **base}, ratios)
+            log(f"{lang}: snapshot at {n} windows -> {snapshot_dir(out_dir, n)}")
+            return False
+        return _stable_step(res, st.position, stable_file, stable_ratio, until_stable, history,
+                            run_id, log, lang)
+
+    res = I.compute_importance(params, session.config, arr, estimator, batch_size,
                                session.mesh, progress=progress, state=state, remat=remat,
-                               checkpoint=checkpoint, checkpoint_every=save_every)
-    meta = {**want, "tokens": str(res.tokens), "model_path": session.path,
-            "model_fingerprint": fp, "jaxregion_version": __version__,
-            "batch_size": str(I.effective_batch_size(batch_size, session.mesh)),
-            "source": source, "score": "signed" if estimator == "taylor" else "non-negative"}
-    save_scores(path, res.scores, meta)
+                               checkpoint=checkpoint, checkpoint_every=save_every,
+                               stops=stops, at_stop=at_stop)
+    meta = {**want, "tokens": str(res.tokens), **base}
+    if until_stable is not None:
+        used = windows[:res.windows]
+        meta.update(windows=str(res.windows), windows_digest=I.windows_digest(used),
+                    stable_ratio=repr(stable_ratio), doubling_jaccard=_json(history))
+        if os.path.exists(stable_file):
+            os.unlink(stable_file)
+    meta = _write(out_dir, lang, res, meta, ratios)
     I.clear_partial(partial_dir)
     root = os.path.join(out_dir, PARTIAL)
     if os.path.isdir(root) and not os.listdir(root):
         os.rmdir(root)
     return Scored(res.scores, meta, status, path)
+
+
+def doubling_points(start: int, n: int) -> tuple[int, ...]:
+    """``start, 2·start, 4·start, ...`` below ``n``, then ``n``: where stop-when-stable looks."""
+    out, k = [], max(1, int(start))
+    while k < n:
+        out.append(k)
+        k *= 2
+    return (*out, n)
+
+
+def _json(x: Any) -> str:
+    import json
+
+    return json.dumps(x, allow_nan=False)
+
+
+def _write(directory: str, lang: str, res: I.ImportanceResult, meta: dict[str, str],
+           ratios: tuple[float, ...]) -> dict[str, str]:
+    """The scores file (and its even half first, so the full file marks completion)."""
+    meta = dict(meta)
+    if res.halves is not None:
+        sh = S.split_half(res.halves, ratios)
+        meta.update(windows_even=str(res.counts[0]), windows_odd=str(res.counts[1]),
+                    split_half_jaccard=repr(sh["jaccard"]["0.01"]),
+                    split_half_jaccard_projected=repr(sh["projected"]["0.01"]),
+                    split_half=_json(sh))
+        save_scores(S.halves_path(directory, lang), res.halves[0],
+                    {"half": "even", "windows": meta["windows"],
+                     "windows_digest": meta["windows_digest"],
+                     "windows_even": str(res.counts[0]), "windows_odd": str(res.counts[1]),
+                     "estimator": res.estimator})
+    save_scores(importance_path(directory, lang), res.scores, meta)
+    return meta
+
+
+def _stable_step(res: I.ImportanceResult, n: int, stable_file: str, ratio: float,
+                 target: float, history: list[list[float]], run_id: dict[str, str],
+                 log: Callable[[str], None], lang: str) -> bool:
+    """Compare the top-``ratio`` region at ``n`` windows with the one at the previous
+    doubling point (kept in ``stable_file`` so a resumed run still has it); True = stable."""
+    region = top({lang: res.scores}, lang, ratio, "per-tensor", DEFAULT_INCLUDE)
+    prev = None
+    if os.path.exists(stable_file):
+        old = load_region(stable_file, template=res.scores)
+        if old.meta.get("run") == run_id:
+            prev = old
+            history[:] = old.meta.get("history", [])
+    stop = False
+    if prev is not None:
+        j = jaccard(prev, region)
+        history.append([n, j])
+        log(f"{lang}: top-{ratio:g} region at {prev.meta['windows']} vs {n} windows: "
+            f"Jaccard {j:.4f} (target {target})")
+        stop = j >= target
+    region.meta.update(windows=n, run=run_id, history=list(history))
+    save_region(stable_file, region)
+    return stop

@@ -1,20 +1,24 @@
 #!/usr/bin/env python
-"""Benchmark ``taylor`` importance (θ ⊙ ∇θ L accumulation) in jaxregion vs PyTorch.
+"""Benchmark ``taylor`` importance (θ ⊙ ∇θ L accumulation) and forward-only evaluation in
+jaxregion vs PyTorch.
 
-CPU mode (default): a ~7M-param Llama (hidden 256, 4 layers, vocab 8192, intermediate 688,
-4 heads), seq 128, batch 16, random init, float32. Each framework runs in its own
-subprocess (so peak RSS is its own): warm-up (compile), then ``--steps`` timed micro-batch
-steps of forward + backward + accumulate; the final θ⊙(acc/T) is included once.
-Reports tokens/s (tokens = batch × seq processed), the ratio, FLOP/s from XLA's
-cost_analysis of the compiled step (and 6·N·tokens), the machine's measured f32 matmul
-peak, and peak memory (process max RSS; for JAX also XLA's temp buffer size).
+CPU mode (default): Llamas with vocab 8192, ``intermediate = 2.6875 × hidden``, head dim 64,
+seq 128, batch 16, random init, float32, at each ``--sizes`` entry HIDDENxLAYERS (default
+``256x4,512x8``: ~7M and ~34M params). Each framework runs in its own subprocess per size
+(so peak RSS is its own), interleaved with the other ``--repeats`` times (the best of each
+is reported, so both see the same machine load): warm-up (compile), then ``--steps`` timed
+micro-batch steps of forward + backward + accumulate (the final θ⊙(acc/T) included once),
+then ``--steps`` timed forward-only loss evaluations. Reports tokens/s (tokens = batch × seq
+processed), the ratios, FLOP/s from XLA's cost_analysis of the compiled step (and 6·N·tokens),
+the machine's measured f32 matmul peak, and peak memory (process max RSS; for JAX also XLA's
+temp buffer size).
 
 ``--device-7b``: a randomly initialised Llama-2-7B-shaped model in bf16 on the accelerator
 (params made on device by jax.random inside a jit with the param shardings; no torch),
 f32 accumulator, ``--remat`` on by default; prints tokens/s and MFU against
 ``--peak-tflops`` (default 989: H100/H200 dense bf16).
 
-    python scripts/bench_importance.py [--steps 8] [--batch 16] [--seq 128]
+    python scripts/bench_importance.py [--sizes 256x4,512x8] [--steps 8] [--batch 16] [--seq 128]
     python scripts/bench_importance.py --device-7b [--batch 8 --seq 2048 --steps 5]
 """
 
@@ -32,6 +36,14 @@ SMALL = dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden
              num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
              rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False,
              rope_theta=10000.0)
+
+
+def small_shape(hidden: int = 256, layers: int = 4) -> dict:
+    """The CPU bench Llama at ``hidden`` x ``layers`` (256x4 is ``SMALL``)."""
+    heads = max(1, hidden // 64)
+    return {**SMALL, "hidden_size": hidden, "num_hidden_layers": layers,
+            "intermediate_size": int(round(hidden * 2.6875)), "num_attention_heads": heads,
+            "num_key_value_heads": heads}
 
 
 def _peak_rss_mb() -> float:
@@ -99,7 +111,8 @@ def run_jax(args) -> dict:
     big = args.device_7b
     from jaxregion.plan import PRESETS
 
-    shape = dict(PRESETS["llama2-7b"] if big else {"model_type": "llama", **SMALL})
+    shape = dict(PRESETS["llama2-7b"] if big else
+                 {"model_type": "llama", **small_shape(args.hidden, args.layers or 4)})
     if args.layers:
         shape["num_hidden_layers"] = args.layers
     cfg = from_hf_dict(shape)
@@ -115,11 +128,11 @@ def run_jax(args) -> dict:
     b = state.batch_size
     windows = _windows(b * (args.steps + args.warmup), args.seq, cfg.vocab_size)
     weights = np.ones(b, np.float32)
-    step = importance.step_function("taylor", cfg, state.acc, remat)
+    step = importance.step_function("taylor", cfg, state.acc[0], remat)
     tok0 = sharding.put_batch(windows[:b], mesh)
     w = sharding.put_batch(weights, mesh)
     t0 = time.perf_counter()
-    compiled = step.lower(state.acc, params, tok0, w).compile()
+    compiled = step.lower(state.acc[0], params, tok0, w).compile()
     t_compile = time.perf_counter() - t0
     cost = compiled.cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
@@ -129,10 +142,11 @@ def run_jax(args) -> dict:
         temp_mb = mem.temp_size_in_bytes / 2**20
     except Exception:
         temp_mb = float("nan")
-    acc = state.acc
+    acc = state.acc[0]
     for i in range(args.warmup):
         acc = step(acc, params, sharding.put_batch(windows[i * b:(i + 1) * b], mesh), w)
     jax.block_until_ready(acc)
+    zero = jax.tree.map(jnp.zeros_like, acc)
     batches = [sharding.put_batch(windows[(args.warmup + i) * b:(args.warmup + i + 1) * b], mesh)
                for i in range(args.steps)]
     jax.block_until_ready(batches)
@@ -141,7 +155,8 @@ def run_jax(args) -> dict:
         acc = step(acc, params, tok, w)
     jax.block_until_ready(acc)
     t_steps = time.perf_counter() - t0
-    final = importance.finalize(importance.ImportanceState("taylor", b, b * args.steps, acc),
+    final = importance.finalize(importance.ImportanceState("taylor", b, (acc, zero),
+                                                           (b * args.steps, 0)),
                                 params, cfg, args.seq)
     jax.block_until_ready(final)
     t_total = time.perf_counter() - t0
@@ -166,6 +181,8 @@ def run_jax(args) -> dict:
     }
     out["achieved_flops_xla"] = flops_step * args.steps / t_total
     out["achieved_flops_6N"] = out["flops_per_step_6N"] * args.steps / t_total
+    if not big:
+        out["eval"] = _jax_eval(params, cfg, batches, w)
     if big:
         peak = args.peak_tflops * 1e12
         out["peak_flops"] = peak
@@ -177,6 +194,21 @@ def run_jax(args) -> dict:
     return out
 
 
+def _jax_eval(params, cfg, batches, w) -> dict:
+    """Forward-only summed NLL (what ``jaxregion eval`` runs per batch), tokens/s."""
+    from jaxregion.evaluate import _nll_sum
+
+    for tok in batches[:1]:
+        float(_nll_sum(params, tok, w, cfg))
+    t0 = time.perf_counter()
+    total = 0.0
+    for tok in batches:
+        total += float(_nll_sum(params, tok, w, cfg))
+    dt = time.perf_counter() - t0
+    tokens = sum(int(t.shape[0] * t.shape[1]) for t in batches)
+    return {"tokens_per_s": tokens / dt, "step_s": dt / len(batches), "loss_sum": total}
+
+
 # --- PyTorch -----------------------------------------------------------------------------
 def run_torch(args) -> dict:
     import torch
@@ -185,8 +217,7 @@ def run_torch(args) -> dict:
     torch.manual_seed(0)
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = transformers.LlamaConfig(**{**SMALL, **({"num_hidden_layers": args.layers}
-                                                    if args.layers else {})})
+    cfg = transformers.LlamaConfig(**small_shape(args.hidden, args.layers or 4))
     model = transformers.LlamaForCausalLM(cfg)  # default attention (sdpa), float32
     model.train()  # no dropout in Llama; train() only enables autograd bookkeeping paths
     n_params = sum(p.numel() for p in model.parameters())
@@ -214,7 +245,10 @@ def run_torch(args) -> dict:
         scores = {n: p.grad / total * p for n, p in model.named_parameters()}
     t_total = time.perf_counter() - t0
     tokens = args.steps * b * args.seq
+    timed = [windows[(args.warmup + i) * b:(args.warmup + i + 1) * b] for i in range(args.steps)]
+    ev = _torch_eval(model, timed)
     return {
+        "eval": ev,
         "framework": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
         "params": n_params, "batch": b, "seq": args.seq, "steps": args.steps,
         "step_s": t_steps / args.steps, "tokens_per_s": tokens / t_total,
@@ -223,6 +257,27 @@ def run_torch(args) -> dict:
         "checksum": float(scores["model.layers.0.mlp.down_proj.weight"].abs().sum()),
         "matmul_peak_f32": _torch_matmul_peak(),
     }
+
+
+def _torch_eval(model, batches) -> dict:
+    """Forward-only summed NLL under inference_mode (PyTorch's fastest eval), tokens/s."""
+    import torch
+
+    model.eval()
+
+    def nll(ids):
+        logits = model(input_ids=ids).logits
+        return float(torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
+            reduction="sum"))
+
+    with torch.inference_mode():
+        nll(batches[0])
+        t0 = time.perf_counter()
+        total = sum(nll(ids) for ids in batches)
+        dt = time.perf_counter() - t0
+    tokens = sum(int(t.shape[0] * t.shape[1]) for t in batches)
+    return {"tokens_per_s": tokens / dt, "step_s": dt / len(batches), "loss_sum": total}
 
 
 def _torch_matmul_peak(n: int = 2048, reps: int = 10) -> float:
@@ -247,6 +302,7 @@ def _child(which: str, args) -> dict:
         argv += ["--threads", str(args.threads)]
     if args.layers:
         argv += ["--layers", str(args.layers)]
+    argv += ["--hidden", str(args.hidden)]
     if args.remat is not None:
         argv += ["--remat" if args.remat else "--no-remat"]
     p = subprocess.run(argv, capture_output=True, text=True)
@@ -257,6 +313,47 @@ def _child(which: str, args) -> dict:
 
 def _fmt_flops(x: float) -> str:
     return f"{x / 1e9:,.1f} GFLOP/s" if x < 1e12 else f"{x / 1e12:,.1f} TFLOP/s"
+
+
+def _cpu_size(args) -> dict:
+    """One CPU size: interleaved repeats, best of each, printed."""
+    runs: dict[str, list[dict]] = {"jax": [], "torch": []}
+    for _ in range(args.repeats):  # interleaved, so both see the same machine load
+        runs["jax"].append(_child("jax", args))
+        runs["torch"].append(_child("torch", args))
+    j = max(runs["jax"], key=lambda r: r["tokens_per_s"])
+    t = max(runs["torch"], key=lambda r: r["tokens_per_s"])
+    je = max(r["eval"]["tokens_per_s"] for r in runs["jax"])
+    te = max(r["eval"]["tokens_per_s"] for r in runs["torch"])
+    peak = max(r["matmul_peak_f32"] for r in runs["jax"])
+    tpeak = max(r["matmul_peak_f32"] for r in runs["torch"])
+    print(f"\n== Llama hidden {args.hidden} x {args.layers} layers: {j['params'] / 1e6:.2f}M "
+          f"params, f32, batch {j['batch']} x seq {j['seq']}, {j['steps']} timed steps "
+          f"(+{args.warmup} warm-up), {os.cpu_count()} CPU cores, best of {args.repeats} "
+          "interleaved ==")
+    print("runs taylor (tokens/s): jax " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in
+                                                    runs["jax"]) +
+          "; torch " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs["torch"]))
+    print("runs eval   (tokens/s): jax " + ", ".join(f"{r['eval']['tokens_per_s']:,.0f}" for r in
+                                                    runs["jax"]) +
+          "; torch " + ", ".join(f"{r['eval']['tokens_per_s']:,.0f}" for r in runs["torch"]))
+    print(f"taylor  jaxregion {j['tokens_per_s']:,.0f} tok/s ({j['step_s'] * 1e3:.0f} ms/step, "
+          f"compile {j['compile_s']:.1f} s) | pytorch {t['tokens_per_s']:,.0f} tok/s "
+          f"({t['step_s'] * 1e3:.0f} ms/step, {t['threads']} threads) | ratio "
+          f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 1.0x)")
+    print(f"eval    jaxregion {je:,.0f} tok/s | pytorch {te:,.0f} tok/s | ratio {je / te:.2f}x "
+          "(target >= 1.2x)")
+    print(f"FLOP/s taylor: jax {_fmt_flops(j['achieved_flops_xla'])} XLA-counted "
+          f"({j['flops_per_step_xla'] / 1e9:.2f} GFLOP/step), "
+          f"{_fmt_flops(j['achieved_flops_6N'])} by 6·N·tokens; torch "
+          f"{_fmt_flops(t['achieved_flops_6N'])} by 6·N·tokens")
+    print(f"measured f32 matmul peak (2048²): jax {_fmt_flops(peak)}, torch {_fmt_flops(tpeak)}; "
+          f"jax taylor at {100 * j['achieved_flops_xla'] / peak:.0f}% (XLA-counted) / "
+          f"{100 * j['achieved_flops_6N'] / peak:.0f}% (6N) of it")
+    print(f"peak RSS: jax {j['peak_rss_mb']:,.0f} MiB (XLA temp buffers "
+          f"{j['xla_temp_mb']:,.0f} MiB), torch {t['peak_rss_mb']:,.0f} MiB")
+    return {"jax": j, "torch": t, "runs": runs, "eval_ratio": je / te,
+            "taylor_ratio": j["tokens_per_s"] / t["tokens_per_s"]}
 
 
 def main() -> int:
@@ -280,6 +377,9 @@ def main() -> int:
                     help="interleaved runs per framework on CPU; the best is reported (3)")
     ap.add_argument("--layers", type=int, default=None,
                     help="override the layer count (e.g. --device-7b --layers 1 as a smoke test)")
+    ap.add_argument("--sizes", default="256x4,512x8",
+                    help="CPU model sizes HIDDENxLAYERS, comma-separated (256x4,512x8)")
+    ap.add_argument("--hidden", type=int, default=256, help=argparse.SUPPRESS)
     ap.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the results here")
     args = ap.parse_args()
@@ -304,38 +404,11 @@ def main() -> int:
             print(f"device peak memory: {r['device_peak_mb'] / 1024:.1f} GiB")
         results = {"jax": r}
     else:
-        runs: dict[str, list[dict]] = {"jax": [], "torch": []}
-        for _ in range(args.repeats):  # interleaved, so both see the same machine load
-            runs["jax"].append(_child("jax", args))
-            runs["torch"].append(_child("torch", args))
-        j = max(runs["jax"], key=lambda r: r["tokens_per_s"])
-        t = max(runs["torch"], key=lambda r: r["tokens_per_s"])
-        j["matmul_peak_f32"] = max(r["matmul_peak_f32"] for r in runs["jax"])
-        t["matmul_peak_f32"] = max(r["matmul_peak_f32"] for r in runs["torch"])
-        print("runs (tokens/s): jax " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in
-                                                  runs["jax"]) +
-              "; torch " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs["torch"]) +
-              f"; best of {args.repeats} below")
-        peak = j["matmul_peak_f32"]
-        print(f"model: Llama {j['params'] / 1e6:.2f}M params, f32, batch {j['batch']} x seq "
-              f"{j['seq']}, {j['steps']} timed steps (+{args.warmup} warm-up), "
-              f"{os.cpu_count()} CPU cores")
-        print(f"jaxregion: {j['tokens_per_s']:,.0f} tokens/s ({j['step_s'] * 1e3:.0f} ms/step, "
-              f"compile {j['compile_s']:.1f} s, remat={j['remat']})")
-        print(f"pytorch  : {t['tokens_per_s']:,.0f} tokens/s ({t['step_s'] * 1e3:.0f} ms/step, "
-              f"{t['threads']} threads, torch {t['torch']})")
-        print(f"ratio jax/torch: {j['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 1.5x)")
-        print(f"FLOP/s jax: {_fmt_flops(j['achieved_flops_xla'])} XLA-counted "
-              f"({j['flops_per_step_xla'] / 1e9:.2f} GFLOP/step), "
-              f"{_fmt_flops(j['achieved_flops_6N'])} by 6·N·tokens; torch: "
-              f"{_fmt_flops(t['achieved_flops_6N'])} by 6·N·tokens")
-        print(f"measured f32 matmul peak (2048²): jax {_fmt_flops(peak)}, torch "
-              f"{_fmt_flops(t['matmul_peak_f32'])}; jax at "
-              f"{100 * j['achieved_flops_xla'] / peak:.0f}% (XLA-counted) / "
-              f"{100 * j['achieved_flops_6N'] / peak:.0f}% (6N) of it")
-        print(f"peak RSS: jax {j['peak_rss_mb']:,.0f} MiB (XLA temp buffers "
-              f"{j['xla_temp_mb']:,.0f} MiB), torch {t['peak_rss_mb']:,.0f} MiB")
-        results = {"jax": j, "torch": t, "runs": runs}
+        results = {}
+        for size in args.sizes.split(","):
+            hidden, layers = (int(x) for x in size.lower().split("x"))
+            args.hidden, args.layers = hidden, layers
+            results[size] = _cpu_size(args)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)

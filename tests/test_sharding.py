@@ -190,7 +190,7 @@ def test_plan_llama2_7b_numbers():
     norms = (2 * 32 + 1) * 4096
     assert total == 6_738_415_616 and replicated == []
     assert per_dev == (total - norms) // 8 + norms // 4
-    for task, bpp in (("eval", 2), ("importance", 8), ("train", 18)):
+    for task, bpp in (("eval", 2), ("importance", 12), ("train", 18)):
         p = plan.make_plan(cfg, mesh, task, seq_len=4096, batch_size=8)
         assert sum(b for _, b, _ in p.lines) == bpp
         assert p.state_bytes == bpp * per_dev

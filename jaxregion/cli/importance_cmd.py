@@ -36,6 +36,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--remat", action="store_true",
                    help="rematerialise layer activations in the backward pass (less memory)")
     p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--snapshots", default=None, metavar="N1,N2,...",
+                   help="also write the scores of the first N1, N2, ... windows, from the same "
+                        "pass, to OUT/snapshots/N/LANG.safetensors")
+    p.add_argument("--until-stable", type=float, default=None, metavar="J",
+                   help="double the windows (from one batch, up to --max-seqs) until the "
+                        "top-1%% regions at n and 2n windows agree with Jaccard >= J")
     p.add_argument("--stop-after-windows", type=int, default=None, help=argparse.SUPPRESS)
     common.add_debug(p)
     p.set_defaults(func=run)
@@ -56,6 +62,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--batch-size {args.batch_size}: must be positive")
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise UserError(f"--out {args.out}: exists and is not a directory")
+    snapshots = scorefiles.parse_snapshots(args.snapshots)
+    scorefiles.check_schedule(snapshots, args.until_stable, args.max_seqs)
     texts = runtime.parse_texts(args.text)
     session = runtime.load_session(args.model, args.dtype)
     data_free = args.estimator in I.DATA_FREE
@@ -67,9 +75,12 @@ def run(args: argparse.Namespace) -> int:
     fp = fingerprint(session.params)
     todo = []
     for lang, w in corpora.items():
-        want = scorefiles.identity(lang, args.estimator, fp, args.seq_len, args.dtype, w)
+        if w is not None:
+            scorefiles.check_schedule(snapshots, args.until_stable, len(w),
+                                      f"the {len(w)} windows of {lang}")
         path = importance_path(args.out, lang)
-        if scorefiles.check_existing(path, want):
+        if scorefiles.is_complete(args.out, lang, args.estimator, fp, args.seq_len, args.dtype,
+                                  w, snapshots, args.until_stable):
             print(f"{lang}: {path} is complete, skipped", file=sys.stderr)
         else:
             todo.append(lang)
@@ -91,14 +102,15 @@ def run(args: argparse.Namespace) -> int:
                     batch_size=args.batch_size, seq_len=args.seq_len, dtype=args.dtype,
                     source=texts[lang], save_every=args.save_every, remat=args.remat,
                     progress=lambda n: bar.update(n * tokens_per_window),
-                    stop_after=args.stop_after_windows, log=log)
+                    stop_after=args.stop_after_windows, log=log, snapshots=snapshots,
+                    until_stable=args.until_stable)
             except scorefiles.Stopped as e:
                 print(f"{lang}: stopped after {e.args[0]} windows (--stop-after-windows); state "
                       f"saved in {os.path.join(args.out, scorefiles.PARTIAL, lang)}",
                       file=sys.stderr)
                 return 3
             dt = time.perf_counter() - t0
-            n = 0 if corpora[lang] is None else len(corpora[lang])
+            n = 0 if corpora[lang] is None else int(got.meta.get("windows", 0))
             tokens = n * tokens_per_window
             rate = f", {tokens / dt:,.0f} tok/s" if tokens and dt > 0 else ""
             print(f"{lang}: {n} windows, {tokens} tokens, {dt:.1f} s{rate} -> {got.path}",

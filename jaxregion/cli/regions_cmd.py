@@ -176,6 +176,16 @@ def run_select(args: argparse.Namespace) -> int:
     print(f"{args.kind}: {region.size} of {region.numel} elements "
           f"({100 * region.density:.4f}%) in {len(region.names())} tensors -> {args.out}",
           file=sys.stderr)
+    if scores is not None and args.kind != "random":
+        from jaxregion import stability
+
+        try:
+            st = stability.directory_stability(
+                args.kind, args.importance, list(scores), lang=lang, ratio=args.ratio,
+                scope=args.scope, include=args.include or None, exclude=args.exclude or None)
+            print(st.line(), file=sys.stderr)
+        except UserError as e:
+            print(f"stability: unknown ({e})", file=sys.stderr)
     return 0
 
 
