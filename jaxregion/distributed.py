@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ from jaxregion.errors import UserError
 ENV_COORDINATOR = "JAXREGION_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXREGION_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXREGION_PROCESS_ID"
+ENV_INIT_TIMEOUT = "JAXREGION_INIT_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -95,8 +96,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise UserError(f"--process-id {process_id}: must be in [0, {num_processes})")
         if num_processes > 1:
-            jax.distributed.initialize(coordinator, num_processes, process_id,
-                                       local_device_ids=local_device_ids)
+            _join(coordinator, num_processes, process_id, local_device_ids)
         _STATE = DistInfo(process_id, num_processes, how)
         return _STATE
     cluster = detect_cluster() if auto else None
@@ -106,6 +106,35 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return _STATE
     _STATE = DistInfo(0, 1, "single")
     return _STATE
+
+
+def init_timeout() -> int:
+    """Seconds to wait for the coordinator (``$JAXREGION_INIT_TIMEOUT``, default 300)."""
+    v = os.environ.get(ENV_INIT_TIMEOUT, "300")
+    try:
+        t = int(v)
+    except ValueError:
+        t = 0
+    if t <= 0:
+        raise UserError(f"${ENV_INIT_TIMEOUT}={v!r}: must be a positive number of seconds")
+    return t
+
+
+def _join(coordinator: str, num_processes: int, process_id: int,
+          local_device_ids: Sequence[int] | None) -> None:
+    """``jax.distributed.initialize`` with a bounded wait and a message saying what failed."""
+    timeout = init_timeout()
+    print(f"jaxregion: process {process_id}/{num_processes} joining coordinator {coordinator} "
+          f"(waiting up to {timeout} s, ${ENV_INIT_TIMEOUT})", file=sys.stderr, flush=True)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   local_device_ids=local_device_ids,
+                                   initialization_timeout=timeout)
+    except Exception as e:  # XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"--coordinator {coordinator}: could not join the run within {timeout} s "
+                        f"({first}); start process 0 first, check the address and port, or raise "
+                        f"${ENV_INIT_TIMEOUT}") from None
 
 
 def shutdown() -> None:
