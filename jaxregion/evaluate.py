@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from jaxregion import sharding
+from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, weighted_nll_sum
 
 
@@ -56,5 +57,10 @@ def evaluate(
             progress(int(weights.sum()))
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     loss = total / tokens
-    return EvalResult(loss=loss, perplexity=math.exp(loss), tokens=tokens,
+    ppl = math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
+    if not math.isfinite(ppl):
+        raise UserError(f"the loss is {loss} (perplexity {ppl}): the model computes non-finite "
+                        "or overflowing values; check config.json (e.g. rms_norm_eps) and the "
+                        "weights or the intervention applied")
+    return EvalResult(loss=loss, perplexity=ppl, tokens=tokens,
                       windows=int(windows.shape[0]))
