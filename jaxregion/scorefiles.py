@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxregion import __version__
+from jaxregion import __version__, safety
 from jaxregion import importance as I
 from jaxregion.errors import UserError
 from jaxregion.regions import fingerprint, importance_path, load_scores, save_scores
@@ -77,6 +77,21 @@ def check_existing(path: str, want: dict[str, str]) -> bool:
     return True
 
 
+def partial_owner(out_dir: str, lang: str) -> dict[str, str]:
+    """The marker of the partial state this tool makes for ``lang`` in ``out_dir``."""
+    return {"made_by": "jaxregion importance", "language": lang,
+            "out": os.path.realpath(out_dir)}
+
+
+def check_partial_owner(partial_dir: str, owner: dict[str, str]) -> None:
+    """UserError when ``partial_dir`` exists but was not made by this tool for this
+    language and output directory: it is never resumed into, nor removed."""
+    if os.path.lexists(partial_dir) and safety.owner_of(partial_dir) != owner:
+        raise UserError(f"{partial_dir} exists but was not made by jaxregion importance for "
+                        "this language and output directory (no matching "
+                        f"{safety.MARKER}); move it away or use another output directory")
+
+
 def score_language(
     session: Any,
     lang: str,
@@ -106,7 +121,7 @@ def score_language(
     if data_free:
         windows = None
     seq_len = int(seq_len if seq_len is not None else windows.shape[1])
-    path = importance_path(out_dir, lang)
+    path = safety.inside(out_dir, importance_path(out_dir, lang))
     fp = fingerprint(session.params)
     want = identity(lang, estimator, fp, seq_len, dtype, windows)
     try:
@@ -119,10 +134,12 @@ def score_language(
         log(f"{lang}: {path} was made from other input; recomputing")
         os.unlink(path)
 
-    partial_dir = os.path.join(out_dir, PARTIAL, lang)
+    partial_dir = safety.inside(out_dir, os.path.join(out_dir, PARTIAL, lang))
+    owner = partial_owner(out_dir, lang)
     state, status = None, "computed"
     arr = np.zeros((0, seq_len), np.int32) if data_free else windows
     if not data_free:
+        check_partial_owner(partial_dir, owner)
         like = I.init_state(I.place_params(session.params, session.mesh), session.config,
                             estimator, batch_size, session.mesh)
         state = I.load_partial(partial_dir, like, want)
@@ -133,9 +150,11 @@ def score_language(
                 progress(state.position)
         elif os.path.isdir(partial_dir):
             log(f"{lang}: discarding partial state in {partial_dir} (made from other input)")
-            I.clear_partial(partial_dir)
+            safety.remove_owned(partial_dir, owner)
 
     def checkpoint(st: I.ImportanceState) -> None:
+        if not os.path.isdir(partial_dir):
+            safety.claim(partial_dir, owner)
         I.save_partial(partial_dir, st, want)
         if stop_after is not None and st.position >= stop_after:
             raise Stopped(st.position)
@@ -148,7 +167,7 @@ def score_language(
             "batch_size": str(I.effective_batch_size(batch_size, session.mesh)),
             "source": source, "score": "signed" if estimator == "taylor" else "non-negative"}
     save_scores(path, res.scores, meta)
-    I.clear_partial(partial_dir)
+    safety.remove_owned(partial_dir, owner)
     root = os.path.join(out_dir, PARTIAL)
     if os.path.isdir(root) and not os.listdir(root):
         os.rmdir(root)

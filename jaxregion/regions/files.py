@@ -25,6 +25,8 @@ from jaxregion.errors import UserError
 from jaxregion.io import atomic_path
 from jaxregion.regions.base import Region, fingerprint, full_mask, shape_of, universe_of
 from jaxregion.regions.select import validate_scores
+from jaxregion.safetensors_io import SafetensorsFile
+from jaxregion.safety import check_name, reading
 
 PyTree = Any
 REGION_FORMAT = "jaxregion.region.v1"
@@ -71,12 +73,15 @@ def save_region(path: str, region: Region | PyTree, model: str | None = None) ->
 def _open(path: str, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not os.path.isfile(path):
         raise UserError(f"{what} file {path} not found")
+    SafetensorsFile(path)  # the header, validated with bounded work, before safetensors reads it
+    reading(path)
     try:
         with safe_open(path, framework="np") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises several types for corrupt files
-        raise UserError(f"{what} file {path} is not a readable safetensors file: {e}") from None
+        raise UserError(f"{what} file {path} is not a readable safetensors file: "
+                        f"{str(e)[:200]}") from None
     return tensors, meta
 
 
@@ -163,7 +168,10 @@ def load_scores(path: str) -> tuple[PyTree, dict[str, str]]:
 
 
 def importance_path(directory: str, lang: str) -> str:
-    """Where the scores of ``lang`` live in an importance directory: ``DIR/LANG.safetensors``."""
+    """Where the scores of ``lang`` live in an importance directory: ``DIR/LANG.safetensors``.
+
+    ``lang`` is data, never a path: it must be a valid name (:func:`safety.check_name`)."""
+    check_name(lang, f"importance directory {directory}")
     return os.path.join(directory, f"{lang}.safetensors")
 
 
