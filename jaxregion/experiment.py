@@ -23,6 +23,7 @@ from jaxregion.config import load_yaml
 from jaxregion.errors import UserError
 from jaxregion.report import plots
 from jaxregion.report.tables import markdown_table
+from jaxregion.safety import check_name
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def load_config(path: str) -> ExperimentConfig:
 
 
 def validate(cfg: ExperimentConfig, where: str = "config") -> None:
+    for key in ("languages", "eval_languages"):
+        for lang in getattr(cfg, key):
+            check_name(lang, f"{where}: {key}")
+    for lang in cfg.monolingual or ():
+        check_name(lang, f"{where}: monolingual")
     R.base.check_ratio(cfg.ratio)
     importance.check_estimator(cfg.estimator)
     for e in cfg.jaccard.estimators:

@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxregion.config import from_dict, read_yaml
 from jaxregion.errors import UserError
+from jaxregion.safety import check_name
 from jaxregion.train.loop import TrainConfig
 
 REGION_KINDS = ("core", "bottom", "random", "monolingual", "top")
@@ -127,6 +128,19 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config") -> Forgetting
                             f"one of {', '.join(REGION_KINDS)}")
         if sum(x is not None for x in (st.region, st.kind, st.layers)) > 1:
             raise UserError(f"{source}: setting {st.name!r}: give one of region, kind, layers")
+    check_name(cfg.target, f"{source}: target")
+    for sec in (cfg.importance, cfg.pretrain):
+        for lang in (sec.texts if sec is not None else ()):
+            check_name(lang, f"{source}: {'importance' if sec is cfg.importance else 'pretrain'}"
+                       ".texts")
+    for lang in cfg.evals:
+        check_name(lang, f"{source}: evals")
+    for st in settings:
+        check_name(st.name, f"{source}: settings", what="setting")
+        if st.lang is not None:
+            check_name(st.lang, f"{source}: setting {st.name}: lang")
+        for lang in st.langs or ():
+            check_name(lang, f"{source}: setting {st.name}: langs")
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise UserError(f"{source}: setting names repeat: {names}")

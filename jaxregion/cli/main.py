@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from jaxregion import __version__
+from jaxregion import __version__, safety
 from jaxregion.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
@@ -40,10 +40,21 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(mod).register(sub)
     from jaxregion.cli.common import add_distributed, add_mesh
 
-    for p in set(sub.choices.values()):  # every command: multi-host and mesh flags
+    for p in _leaf_parsers(sub):  # every command, nested ones too: multi-host and mesh flags
         add_distributed(p)
         add_mesh(p)
     return parser
+
+
+def _leaf_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every parser under ``sub``, nested subcommands (``regions core``) included."""
+    out = []
+    for p in dict.fromkeys(sub.choices.values()):
+        out.append(p)
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                out += _leaf_parsers(a)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         from jaxregion.cli.common import setup_distributed
 
         setup_distributed(args)
-        return int(args.func(args) or 0)
+        with safety.guard():  # no output of this command may replace one of its inputs
+            return int(args.func(args) or 0)
     except UserError as e:
         if debug:
             raise
