@@ -428,7 +428,7 @@ def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: 
     from jaxregion import tree as T
     from jaxregion.regions import size
     from jaxregion.train import train
-    from jaxregion.train.run import check_writable, prepare_ckpt_dir
+    from jaxregion.train.run import check_writable, prepare_ckpt_dir, weights_digest
 
     out = out_dir or cfg.out_dir
     check_writable(out)
@@ -453,7 +453,7 @@ def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: 
         _log(f"setting {s.name}: {sizes[s.name]} of {total} elements frozen")
         res = train(session.params, session.config, windows, t.train_config(s.freeze_norms),
                     ckpt, region=region, evals=evals, mesh=session.mesh, progress=progress,
-                    run_info=info)
+                    run_info=info, model_id=weights_digest(session.path))
         if res.interrupted:
             raise KeyboardInterrupt
         curves[s.name] = [r for r in res.metrics if r.get("eval_ppl")]
