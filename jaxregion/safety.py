@@ -20,7 +20,7 @@ import json
 import os
 import re
 import shutil
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 
 from jaxregion.errors import UserError
 
@@ -64,16 +64,23 @@ def inside(root: str, path: str) -> str:
 
 # --- outputs never replace inputs ----------------------------------------------------------
 _INPUTS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("inputs", default=None)
+_OUTPUTS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("outputs",
+                                                                                 default=None)
 
 
 @contextlib.contextmanager
-def guard() -> Iterator[set[str]]:
-    """Within this block, every path passed to :func:`reading` is protected from writes."""
-    token = _INPUTS.set(set())
+def guard(outputs: Mapping[str, str | None] | None = None) -> Iterator[set[str]]:
+    """Within this block, every path passed to :func:`reading` is protected from writes.
+
+    ``outputs`` (``{flag: path}``, declared up front) lets a read of an input that is also a
+    declared output fail at once, before any computation."""
+    declared = {os.path.realpath(p): f"{flag} {p}" for flag, p in (outputs or {}).items() if p}
+    token, token_out = _INPUTS.set(set()), _OUTPUTS.set(declared)
     try:
         yield _INPUTS.get()  # type: ignore[misc]
     finally:
         _INPUTS.reset(token)
+        _OUTPUTS.reset(token_out)
 
 
 def reading(*paths: str) -> None:
@@ -83,7 +90,12 @@ def reading(*paths: str) -> None:
         return
     for p in paths:
         if p:
-            seen.add(os.path.realpath(p))
+            r = os.path.realpath(p)
+            declared = _OUTPUTS.get() or {}
+            if r in declared:
+                raise UserError(f"{declared[r]}: is also an input of this command ({p}); "
+                                "refusing to overwrite it. Write the output somewhere else")
+            seen.add(r)
 
 
 def check_output(path: str) -> None:

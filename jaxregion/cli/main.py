@@ -28,6 +28,10 @@ COMMAND_MODULES = [
 ]
 
 
+# argparse dests that name an output path (files or directories) of a command
+OUTPUT_ARGS = ("json_out", "out", "export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxregion",
@@ -69,7 +73,9 @@ def main(argv: list[str] | None = None) -> int:
         from jaxregion.cli.common import setup_distributed
 
         setup_distributed(args)
-        with safety.guard():  # no output of this command may replace one of its inputs
+        outputs = {f"--{k.replace('_out', '').replace('_', '-')}": getattr(args, k, None)
+                   for k in OUTPUT_ARGS if isinstance(getattr(args, k, None), str)}
+        with safety.guard(outputs):  # no output of this command may replace one of its inputs
             return int(args.func(args) or 0)
     except UserError as e:
         if debug:
