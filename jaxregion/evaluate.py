@@ -47,6 +47,8 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
 ) -> EvalResult:
     """Mean next-token loss over all windows (``[n, seq_len]`` int) and its perplexity."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UserError(f"batch size {batch_size!r}: must be a positive integer")
     mesh = mesh or sharding.make_mesh()
     total = 0.0
     for batch, weights in padded_batches(windows, batch_size, sharding.batch_multiple(mesh)):

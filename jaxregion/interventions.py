@@ -108,6 +108,8 @@ def add_noise(params: PyTree, region_or_mask: Any, rel_std: float, seed: int = 0
     The std is of the whole tensor (float32); each tensor's noise is keyed by (seed, its HF
     name), so results do not depend on which other tensors are masked."""
     rel_std = _finite(rel_std, "noise scale")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed!r}: must be an integer in [0, 2**32)")
     def fn(n: str, x: jax.Array, m: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         noise = jax.random.normal(_leaf_key(seed, n), x.shape, jnp.float32)

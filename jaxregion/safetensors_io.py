@@ -8,6 +8,7 @@ The format is simple: ``u64 header_len | JSON header | raw little-endian data``.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -64,25 +65,21 @@ def _validate_header(path: str, header: object, data_size: int, base: int
         dtype, shape, offs = h.get("dtype"), h.get("shape"), h.get("data_offsets")
         if not isinstance(dtype, str) or dtype not in DTYPES:
             raise _corrupt(path, f"entry {shown} has unknown dtype {excerpt(dtype)}")
-        if not isinstance(shape, list) or not all(_is_count(d) for d in shape):
+        if not isinstance(shape, list) or len(shape) > 64 or not all(_is_count(d) for d in shape):
             raise _corrupt(path, f"entry {shown} has a bad shape (need a list of "
                                  "non-negative integers)")
         if not isinstance(offs, list) or len(offs) != 2 or not all(_is_count(x) for x in offs) \
                 or offs[0] > offs[1]:
             raise _corrupt(path, f"entry {shown} has bad data_offsets (need [begin, end], "
                                  "0 <= begin <= end)")
-        nbytes = DTYPES[dtype].itemsize
-        for d in shape:  # exact integers: a product beyond int64 cannot wrap around
-            nbytes *= d
-            if nbytes > data_size:
-                break
+        nbytes = DTYPES[dtype].itemsize * math.prod(shape) if 0 not in shape else 0
+        if nbytes > data_size or offs[1] > data_size:  # exact ints: no int64 wrap-around
+            raise UserError(f"{path}: tensor {shown} is truncated or corrupt (needs "
+                            f"{nbytes} bytes at {base + offs[0]}, the file has "
+                            f"{base + data_size}); re-download it")
         if offs[1] - offs[0] != nbytes:
             raise _corrupt(path, f"tensor {shown} needs {nbytes} bytes for shape {shape}, "
                                  f"its offsets span {offs[1] - offs[0]}")
-        if offs[1] > data_size:
-            raise UserError(f"{path}: tensor {shown} is truncated or corrupt (needs bytes "
-                            f"{base + offs[0]}..{base + offs[1]}, file has {base + data_size}); "
-                            "re-download it")
         spans.append((offs[0], offs[1], name))
         tensors[name] = TensorInfo(DTYPES[dtype], tuple(shape), base + offs[0], nbytes)
     spans.sort()
