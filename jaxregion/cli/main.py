@@ -63,6 +63,9 @@ def _leaf_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentPars
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # stderr carries one line per error: no advice from transformers (e.g. "PyTorch was not
+    # found", printed on every tokenizer load in an install without torch)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or "--debug" in argv
