@@ -21,7 +21,9 @@ On CPU the cross-process collectives use gloo.
 from __future__ import annotations
 
 import os
+import socket
 import sys
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -120,12 +122,32 @@ def init_timeout() -> int:
     return t
 
 
+def _wait_for_coordinator(coordinator: str, timeout: int) -> None:
+    """Return once a TCP connection to ``coordinator`` opens; a UserError after ``timeout``."""
+    host, _, port = coordinator.rpartition(":")
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise UserError(f"--coordinator {coordinator!r}: expected HOST:PORT") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), port_n), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UserError(f"--coordinator {coordinator}: nothing answered within {timeout} "
+                                f"s ({e.strerror or e}); start process 0 first, check the "
+                                f"address and port, or raise ${ENV_INIT_TIMEOUT}") from None
+            time.sleep(0.5)
+
+
 def _join(coordinator: str, num_processes: int, process_id: int,
           local_device_ids: Sequence[int] | None) -> None:
     """``jax.distributed.initialize`` with a bounded wait and a message saying what failed."""
     timeout = init_timeout()
-    print(f"jaxregion: process {process_id}/{num_processes} joining coordinator {coordinator} "
-          f"(waiting up to {timeout} s, ${ENV_INIT_TIMEOUT})", file=sys.stderr, flush=True)
+    if process_id != 0:  # jax aborts the process (no exception) when the deadline passes
+        _wait_for_coordinator(coordinator, timeout)
     try:
         jax.distributed.initialize(coordinator, num_processes, process_id,
                                    local_device_ids=local_device_ids,

@@ -390,6 +390,12 @@ CASES: dict[str, object] = {
                                       "nohost"), "HOST:PORT"),
     "mesh malformed on regions": Case(("regions", "stats", lambda w: w.region, "--mesh",
                                        "data"), "--mesh"),
+    "coordinator unreachable": Case(("regions", "stats", lambda w: w.region, "--coordinator",
+                                     "127.0.0.1:1", "--num-processes", "2", "--process-id",
+                                     "1"), "127.0.0.1:1"),
+    "hub model offline": Case(_ev(model="nobody-here/no-such-model"), "nobody-here"),
+    "hub dataset offline": Case(_ev(text="lat=hf:nobody-here/no-such-data:train"),
+                                "nobody-here"),
     "model missing dir": Case(_ev(model=lambda w: f"{w.root}/nope"), "nope"),
     "train steps 0": Case(_tr()[:5] + ("--steps", "0") + _tr()[7:], "--steps"),
     "train lr nan": Case(_tr("--lr", "nan"), "--lr"),
@@ -422,7 +428,7 @@ def test_matrix_is_large_enough():
 
 
 @pytest.mark.parametrize("case", PARAMS)
-def test_bad_input(world, case, capsys):
+def test_bad_input(world, case, capsys, monkeypatch):
     w = world
     if os.path.isdir(w.out):
         shutil.rmtree(w.out)
@@ -431,6 +437,7 @@ def test_bad_input(world, case, capsys):
     argv = [a(w) if callable(a) else a for a in case.argv]
     before = _tree_hash(w.root, w.out)
     distributed.shutdown()  # in-process: let each case join (or refuse) the run afresh
+    monkeypatch.setenv("JAXREGION_INIT_TIMEOUT", "2")
     capsys.readouterr()
     code = main(argv)
     err = capsys.readouterr().err
