@@ -402,8 +402,8 @@ CASES: dict[str, object] = {
     # numeric options (issue 10's validation layer)
     "eval batch-size -3": Case(_ev("--batch-size", "-3"), "batch"),
     "eval batch-size 0": Case(_ev("--batch-size", "0"), "batch"),
-    "train eval-batch-size -1": _wt10(Case(_tr("--eval-batch-size", "-1"),
-                                           "--eval-batch-size")),
+    "train eval-batch-size -1": Case(_tr("--eval", lambda w: f"lat={w.lat}",
+                                         "--eval-batch-size", "-1"), "batch"),
     "eval seed 2**70": Case(_ev("--region", lambda w: w.region, "--region-op", "noise:0.1",
                                 "--seed", str(2**70)), "--seed"),
     "importance batch-size 0": Case(_imp(lambda w: f"lat={w.lat}", "--batch-size", "0"),
@@ -449,3 +449,26 @@ def test_bad_input(world, case, capsys, monkeypatch):
     assert "SECRETBYTES" not in err
     assert _tree_hash(w.root, w.out) == before, "something outside --out changed"
     assert os.readlink(os.path.join(w.out, "link.json")) == os.path.join(w.model, "config.json")
+
+
+def test_disk_full_is_one_line(world, capsys, monkeypatch):
+    """safetensors reports a failed write as SafetensorError, which is no OSError."""
+    import safetensors
+
+    from jaxregion.regions import files
+
+    def full(*_a, **_k):
+        raise safetensors.SafetensorError("Error while serializing: No space left on device")
+
+    monkeypatch.setattr(files, "save_file", full)
+    w = world
+    shutil.rmtree(w.out, ignore_errors=True)
+    os.makedirs(w.out)
+    distributed.shutdown()
+    capsys.readouterr()
+    code = main(["regions", "core", "--importance", w.scores, "--ratio", "0.05", "--out",
+                 f"{w.out}/r.safetensors"])
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.strip()]
+    assert code == 2 and len(lines) == 1 and "No space left" in lines[0], err
+    assert os.listdir(w.out) == []  # no temporary file left behind
