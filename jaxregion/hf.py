@@ -253,7 +253,8 @@ def export(
                         os.path.join(out_dir, n)):
                     shutil.copyfile(p, os.path.join(out_dir, n))
         stale = os.path.join(out_dir, "model.safetensors.index.json")
-        if os.path.exists(stale):
+        if os.path.exists(stale):  # it would name shards of another model
+            safety.check_output(stale)
             os.unlink(stale)
     else:  # other processes still take part in gathering, in the same order
         for _, (_, _, thunk) in tensors.items():

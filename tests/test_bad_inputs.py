@@ -196,6 +196,15 @@ def world(tmp_path_factory, model_factory, corpus_dir):
         ("st_entry", {"w": "nope"}, {}),
     ]:
         W.m[name] = _raw_weights(W.model, f"m_{name}", header, **kw)
+    from safetensors.numpy import load_file, save_file
+
+    nan_dir = _copy_model(W.model, "m_nan_weights")
+    weights = load_file(os.path.join(nan_dir, "model.safetensors"))
+    for k in weights:
+        if "layers.0.mlp.down_proj" in k:
+            weights[k][0, 0] = np.nan
+    save_file(weights, os.path.join(nan_dir, "model.safetensors"), metadata={"format": "pt"})
+    W.m["nan_weights"] = nan_dir
     secret = os.path.join(W.root, "secret.bin")
     with open(secret, "wb") as f:
         f.write(b"SECRETBYTES-0123456789")
@@ -318,6 +327,12 @@ CASES: dict[str, object] = {
     "model_type list": Case(_m("mt_list"), "model_type"),
     "config.json a list": Case(_m("cfg_list"), "expected a JSON object"),
     "config.json deep": Case(_m("cfg_deep"), "config.json"),
+    "NaN weights: eval": Case(_m("nan_weights"), "the loss is nan"),
+    "NaN weights: importance": Case(("importance", "--model", lambda w: w.m["nan_weights"],
+                                     "--text", lambda w: f"lat={w.lat}", "--seq-len", "16",
+                                     "--estimator", "magnitude", "--out",
+                                     lambda w: f"{w.out}/imp"),
+                                    "not finite"),
     # safetensors headers
     "st header a list": Case(_m("st_list"), "not an object"),
     "st header deep": Case(_m("st_deep"), "nested too deeply"),

@@ -191,6 +191,11 @@ def save_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None = No
     fingerprint) are added unless given."""
     tensors = {n: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
                for n, x in T.flatten(tree).items()}
+    for n, t in tensors.items():
+        if not np.isfinite(t).all():
+            raise UserError(f"{path}: the scores of {n} are not finite (NaN or inf): the model "
+                            "computes non-finite values; check its config.json and weights. "
+                            "Nothing written")
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", SCORES_FORMAT)
     meta.setdefault("model", fingerprint(tree))
