@@ -223,7 +223,7 @@ def _write_metrics(path: str, records: list[dict]) -> None:
     from jaxregion.io import write_text
 
     if jax.process_index() == 0:  # multi-host: one writer
-        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
