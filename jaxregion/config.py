@@ -12,6 +12,7 @@ from typing import Any, TypeVar
 
 import yaml
 
+from jaxregion import safety
 from jaxregion.errors import UserError
 
 T = TypeVar("T")
@@ -33,25 +34,25 @@ def _convert(value: Any, tp: Any, where: str) -> Any:
                 return _convert(value, a, where)
             except UserError as e:
                 errors.append(str(e))
-        raise UserError(errors[0] if errors else f"{where}: bad value {value!r}")
+        raise UserError(errors[0] if errors else f"{where}: bad value {safety.excerpt(value)}")
     if dataclasses.is_dataclass(tp):
         return from_dict(tp, value, where)
     if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
-            raise UserError(f"{where}: expected a list, got {value!r}")
+            raise UserError(f"{where}: expected a list, got {safety.excerpt(value)}")
         inner = args[0] if args else Any
         return tuple(_convert(v, inner, f"{where}[{i}]") for i, v in enumerate(value))
     if origin in (dict, collections.abc.Mapping):
         if not isinstance(value, dict):
-            raise UserError(f"{where}: expected a mapping, got {value!r}")
+            raise UserError(f"{where}: expected a mapping, got {safety.excerpt(value)}")
         kt, vt = args if args else (Any, Any)
         return {_convert(k, kt, where): _convert(v, vt, f"{where}.{k}") for k, v in value.items()}
     if tp is float and isinstance(value, (int, float)) and not isinstance(value, bool):
         return float(value)
     if tp is bool and not isinstance(value, bool):
-        raise UserError(f"{where}: expected true/false, got {value!r}")
+        raise UserError(f"{where}: expected true/false, got {safety.excerpt(value)}")
     if isinstance(tp, type) and not isinstance(value, tp):
-        raise UserError(f"{where}: expected {tp.__name__}, got {value!r}")
+        raise UserError(f"{where}: expected {tp.__name__}, got {safety.excerpt(value)}")
     return value
 
 
@@ -64,7 +65,8 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise UserError(f"{where}: unknown key {unknown[0]!r}; known keys: {', '.join(fields)}")
+        raise UserError(f"{where}: unknown key {safety.excerpt(unknown[0])}; "
+                        f"known keys: {', '.join(fields)}")
     hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, f in fields.items():
@@ -75,17 +77,50 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     return cls(**kwargs)
 
 
+MAX_YAML_BYTES = 1 << 20
+MAX_NODES = 100_000  # values after alias expansion; far above any hand-written config
+
+
+class _BudgetLoader(yaml.SafeLoader):
+    """SafeLoader that refuses documents whose aliases expand to more than
+    :data:`MAX_NODES` values: nested aliases ("billion laughs") grow exponentially, and
+    everything that walks the result (validation, error messages) would too."""
+
+    def construct_document(self, node: Any) -> Any:
+        sizes: dict[int, int] = {}
+
+        def size(n: Any) -> int:  # expanded size, each shared node computed once
+            if id(n) not in sizes:
+                sizes[id(n)] = 0  # a cycle counts as small here; construction handles it
+                kids = [c for kv in n.value for c in kv] if isinstance(n, yaml.MappingNode) \
+                    else n.value if isinstance(n, yaml.SequenceNode) else []
+                sizes[id(n)] = min(1 + sum(size(c) for c in kids), MAX_NODES + 1)
+            return sizes[id(n)]
+
+        if size(node) > MAX_NODES:
+            raise yaml.YAMLError(f"the document expands to more than {MAX_NODES} values "
+                                 "(nested aliases?); write the values out")
+        return super().construct_document(node)
+
+
 def read_yaml(path: str) -> Any:
     """The parsed YAML at ``path``, or a UserError naming the file."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such config file")
+    safety.reading(path)
     try:
         with open(path, encoding="utf-8") as f:
-            return yaml.safe_load(f)
+            text = f.read(MAX_YAML_BYTES + 1)
     except (OSError, UnicodeDecodeError) as e:
         raise UserError(f"{path}: cannot read ({e})") from None
+    if len(text) > MAX_YAML_BYTES:
+        raise UserError(f"{path}: larger than {MAX_YAML_BYTES} bytes; a config file is small")
+    try:
+        return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506 (a SafeLoader subclass)
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0][:200]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: not valid YAML (nested too deeply)") from None
 
 
 def load_yaml(cls: type[T], path: str) -> T:

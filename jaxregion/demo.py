@@ -16,13 +16,12 @@ import dataclasses
 import hashlib
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from jaxregion import experiment, forgetting, io
+from jaxregion import experiment, forgetting, io, safety
 from jaxregion.data import synthetic
 from jaxregion.data.sources import sources_from_dir
 from jaxregion.errors import UserError
@@ -160,8 +159,12 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
     if _fresh(f_json, dataclasses.asdict(f_cfg), f_key):
         log("cached")
     else:
-        if os.path.isdir(f_cfg.out_dir):
-            shutil.rmtree(f_cfg.out_dir)  # its runs resume from checkpoints: start clean
+        owner = {"made_by": "jaxregion demo", "stage": "forgetting"}
+        # its runs resume from checkpoints: start clean, removing only what the demo made
+        if os.path.isdir(f_cfg.out_dir) and not safety.remove_owned(f_cfg.out_dir, owner):
+            raise UserError(f"{f_cfg.out_dir} exists but was not made by jaxregion demo (no "
+                            f"matching {safety.MARKER}); move it away or use another --out")
+        safety.claim(f_cfg.out_dir, owner)
         forgetting.run_experiment(f_cfg, progress=True)
         io.write_json(f_key, {"config": json.loads(json.dumps(dataclasses.asdict(f_cfg)))})
     forg = json.load(open(f_json, encoding="utf-8"))

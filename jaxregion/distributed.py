@@ -21,8 +21,10 @@ On CPU the cross-process collectives use gloo.
 from __future__ import annotations
 
 import os
+import socket
 import sys
-from collections.abc import Callable, Mapping
+import time
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +37,7 @@ from jaxregion.errors import UserError
 ENV_COORDINATOR = "JAXREGION_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXREGION_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXREGION_PROCESS_ID"
+ENV_INIT_TIMEOUT = "JAXREGION_INIT_TIMEOUT"
 
 
 @dataclass(frozen=True)
@@ -95,8 +98,7 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         if num_processes < 1 or not 0 <= process_id < num_processes:
             raise UserError(f"--process-id {process_id}: must be in [0, {num_processes})")
         if num_processes > 1:
-            jax.distributed.initialize(coordinator, num_processes, process_id,
-                                       local_device_ids=local_device_ids)
+            _join(coordinator, num_processes, process_id, local_device_ids)
         _STATE = DistInfo(process_id, num_processes, how)
         return _STATE
     cluster = detect_cluster() if auto else None
@@ -106,6 +108,55 @@ def initialize(coordinator: str | None = None, num_processes: int | None = None,
         return _STATE
     _STATE = DistInfo(0, 1, "single")
     return _STATE
+
+
+def init_timeout() -> int:
+    """Seconds to wait for the coordinator (``$JAXREGION_INIT_TIMEOUT``, default 300)."""
+    v = os.environ.get(ENV_INIT_TIMEOUT, "300")
+    try:
+        t = int(v)
+    except ValueError:
+        t = 0
+    if t <= 0:
+        raise UserError(f"${ENV_INIT_TIMEOUT}={v!r}: must be a positive number of seconds")
+    return t
+
+
+def _wait_for_coordinator(coordinator: str, timeout: int) -> None:
+    """Return once a TCP connection to ``coordinator`` opens; a UserError after ``timeout``."""
+    host, _, port = coordinator.rpartition(":")
+    try:
+        port_n = int(port)
+    except ValueError:
+        raise UserError(f"--coordinator {coordinator!r}: expected HOST:PORT") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with socket.create_connection((host.strip("[]"), port_n), timeout=2):
+                return
+        except OSError as e:
+            if time.monotonic() >= deadline:
+                raise UserError(f"--coordinator {coordinator}: nothing answered within {timeout} "
+                                f"s ({e.strerror or e}); start process 0 first, check the "
+                                f"address and port, or raise ${ENV_INIT_TIMEOUT}") from None
+            time.sleep(0.5)
+
+
+def _join(coordinator: str, num_processes: int, process_id: int,
+          local_device_ids: Sequence[int] | None) -> None:
+    """``jax.distributed.initialize`` with a bounded wait and a message saying what failed."""
+    timeout = init_timeout()
+    if process_id != 0:  # jax aborts the process (no exception) when the deadline passes
+        _wait_for_coordinator(coordinator, timeout)
+    try:
+        jax.distributed.initialize(coordinator, num_processes, process_id,
+                                   local_device_ids=local_device_ids,
+                                   initialization_timeout=timeout)
+    except Exception as e:  # XlaRuntimeError (DEADLINE_EXCEEDED, UNAVAILABLE, ...)
+        first = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise UserError(f"--coordinator {coordinator}: could not join the run within {timeout} s "
+                        f"({first}); start process 0 first, check the address and port, or raise "
+                        f"${ENV_INIT_TIMEOUT}") from None
 
 
 def shutdown() -> None:

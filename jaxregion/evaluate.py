@@ -11,6 +11,7 @@ import jax
 import numpy as np
 
 from jaxregion import sharding
+from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, weighted_nll_sum
 
 
@@ -65,6 +66,8 @@ def evaluate(
 ) -> EvalResult:
     """Mean next-token loss over all windows (``[n, seq_len]`` int) and its perplexity; with
     ``token_bytes`` (bytes per token id) also bits per byte."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise UserError(f"batch size {batch_size!r}: must be a positive integer")
     mesh = mesh or sharding.make_mesh()
     total = 0.0
     for batch, weights in padded_batches(windows, batch_size, sharding.batch_multiple(mesh)):
@@ -75,7 +78,12 @@ def evaluate(
             progress(int(weights.sum()))
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     loss = total / tokens
+    ppl = math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
+    if not math.isfinite(ppl):
+        raise UserError(f"the loss is {loss} (perplexity {ppl}): the model computes non-finite "
+                        "or overflowing values; check config.json (e.g. rms_norm_eps) and the "
+                        "weights or the intervention applied")
     n_bytes = None if token_bytes is None else scored_bytes(windows, token_bytes)
     bpb = bits_per_byte(loss, tokens, n_bytes) if n_bytes else None
-    return EvalResult(loss=loss, perplexity=math.exp(loss), tokens=tokens,
+    return EvalResult(loss=loss, perplexity=ppl, tokens=tokens,
                       windows=int(windows.shape[0]), bytes=n_bytes, bits_per_byte=bpb)

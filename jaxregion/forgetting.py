@@ -29,6 +29,7 @@ import numpy as np
 
 from jaxregion.config import from_dict, read_yaml
 from jaxregion.errors import UserError
+from jaxregion.safety import check_name
 from jaxregion.train.loop import TrainConfig
 
 REGION_KINDS = ("core", "bottom", "random", "monolingual", "top")
@@ -127,6 +128,19 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config") -> Forgetting
                             f"one of {', '.join(REGION_KINDS)}")
         if sum(x is not None for x in (st.region, st.kind, st.layers)) > 1:
             raise UserError(f"{source}: setting {st.name!r}: give one of region, kind, layers")
+    check_name(cfg.target, f"{source}: target")
+    for sec in (cfg.importance, cfg.pretrain):
+        for lang in (sec.texts if sec is not None else ()):
+            check_name(lang, f"{source}: {'importance' if sec is cfg.importance else 'pretrain'}"
+                       ".texts")
+    for lang in cfg.evals:
+        check_name(lang, f"{source}: evals")
+    for st in settings:
+        check_name(st.name, f"{source}: settings", what="setting")
+        if st.lang is not None:
+            check_name(st.lang, f"{source}: setting {st.name}: lang")
+        for lang in st.langs or ():
+            check_name(lang, f"{source}: setting {st.name}: langs")
     names = [s.name for s in settings]
     if len(set(names)) != len(names):
         raise UserError(f"{source}: setting names repeat: {names}")
@@ -422,7 +436,7 @@ def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: 
     from jaxregion import tree as T
     from jaxregion.regions import size
     from jaxregion.train import train
-    from jaxregion.train.run import check_writable, prepare_ckpt_dir
+    from jaxregion.train.run import check_writable, prepare_ckpt_dir, weights_digest
 
     out = out_dir or cfg.out_dir
     check_writable(out)
@@ -447,7 +461,7 @@ def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: 
         _log(f"setting {s.name}: {sizes[s.name]} of {total} elements frozen")
         res = train(session.params, session.config, windows, t.train_config(s.freeze_norms),
                     ckpt, region=region, evals=evals, mesh=session.mesh, progress=progress,
-                    run_info=info)
+                    run_info=info, model_id=weights_digest(session.path))
         if res.interrupted:
             raise KeyboardInterrupt
         curves[s.name] = [r for r in res.metrics if r.get("eval_ppl")]

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from jaxregion import models
+from jaxregion import models, safety
 from jaxregion import safetensors_io as st
 from jaxregion.distributed import barrier, fetch
 from jaxregion.errors import UserError
@@ -45,6 +45,9 @@ def resolve(model: str) -> str:
         raise UserError(f"--model {model}: not a directory; give an HF checkpoint directory")
     if not _HUB_ID.match(model):
         raise UserError(f"--model {model}: no such directory (nor a hub id like org/name)")
+    from jaxregion.hub import go_offline_if_unreachable
+
+    go_offline_if_unreachable()
     try:
         from huggingface_hub import snapshot_download
 
@@ -66,7 +69,10 @@ def load_config(path: str) -> ModelConfig:
         with open(cfg_path, encoding="utf-8") as f:
             d = json.load(f)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_path}: not valid JSON ({e})") from None
+        raise UserError(f"{cfg_path}: not valid JSON ({str(e)[:200]})") from None
+    except RecursionError:
+        raise UserError(f"{cfg_path}: not valid JSON (nested too deeply)") from None
+    safety.reading(cfg_path)
     return from_hf_dict(d, cfg_path)
 
 
@@ -75,13 +81,12 @@ def weight_files(path: str) -> dict[str, st.SafetensorsFile]:
     index = os.path.join(path, "model.safetensors.index.json")
     single = os.path.join(path, "model.safetensors")
     if os.path.isfile(index):
-        try:
-            with open(index, encoding="utf-8") as f:
-                weight_map = json.load(f)["weight_map"]
-        except (json.JSONDecodeError, KeyError, UnicodeDecodeError) as e:
-            raise UserError(f"{index}: corrupt index ({e})") from None
-        files = {name: st.SafetensorsFile(os.path.join(path, name))
-                 for name in sorted(set(weight_map.values()))}
+        weight_map = _read_index(index)
+        safety.reading(index)
+        files = {}
+        for name in sorted(set(weight_map.values())):
+            files[name] = st.SafetensorsFile(os.path.join(path, name))
+            safety.reading(files[name].path)
         out = {}
         for key, fname in weight_map.items():
             if key not in files[fname].tensors:
@@ -90,6 +95,7 @@ def weight_files(path: str) -> dict[str, st.SafetensorsFile]:
         return out
     if os.path.isfile(single):
         f = st.SafetensorsFile(single)
+        safety.reading(single)
         return {k: f for k in f.keys()}
     pickled = [n for n in ("pytorch_model.bin", "pytorch_model.bin.index.json") if
                os.path.exists(os.path.join(path, n))]
@@ -101,6 +107,32 @@ def weight_files(path: str) -> dict[str, st.SafetensorsFile]:
             "safe_serialization=True)"
         )
     raise UserError(f"{path}: no model.safetensors or model.safetensors.index.json found")
+
+
+def _read_index(index: str) -> dict[str, str]:
+    """The ``weight_map`` of an index file: strings naming shard files inside its directory
+    (a shard elsewhere is refused before it is opened, so no byte of it is ever shown)."""
+    try:
+        with open(index, encoding="utf-8") as f:
+            d = json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{index}: corrupt index ({str(e)[:200]})") from None
+    except RecursionError:
+        raise UserError(f"{index}: corrupt index (nested too deeply)") from None
+    wm = d.get("weight_map") if isinstance(d, dict) else None
+    if not isinstance(wm, dict) or not wm:
+        raise UserError(f"{index}: corrupt index (no 'weight_map' object of tensor -> file)")
+    root = os.path.dirname(os.path.abspath(index))
+    for key, fname in wm.items():
+        if not isinstance(fname, str) or not fname:
+            raise UserError(f"{index}: weight_map[{safety.excerpt(key)}] is "
+                            f"{safety.excerpt(fname)}, not a file name")
+        target = os.path.realpath(os.path.join(root, fname))
+        if os.path.dirname(target) != os.path.realpath(root) or fname.startswith("/"):
+            raise UserError(f"{index}: weight_map[{safety.excerpt(key)}] names "
+                            f"{safety.excerpt(fname)}, which is not a file in the checkpoint "
+                            "directory; shards must sit beside the index")
+    return wm
 
 
 @dataclass(frozen=True)
@@ -241,7 +273,8 @@ def export(
                         os.path.join(out_dir, n)):
                     shutil.copyfile(p, os.path.join(out_dir, n))
         stale = os.path.join(out_dir, "model.safetensors.index.json")
-        if os.path.exists(stale):
+        if os.path.exists(stale):  # it would name shards of another model
+            safety.check_output(stale)
             os.unlink(stale)
     else:  # other processes still take part in gathering, in the same order
         for _, (_, _, thunk) in tensors.items():

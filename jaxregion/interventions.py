@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import zlib
 from collections.abc import Callable, Sequence
@@ -71,6 +72,14 @@ def _apply_masked(params: PyTree, region_or_mask: Any,
         params)
 
 
+def _finite(value: float, what: str) -> float:
+    """A non-finite value would turn every masked weight into NaN/inf: refuse it."""
+    v = float(value)
+    if not math.isfinite(v):
+        raise UserError(f"{what} {value!r} is not a finite number")
+    return v
+
+
 def zero(params: PyTree, region_or_mask: Any) -> PyTree:
     """Masked elements set to 0 (the paper's "remove the region")."""
     return _apply_masked(params, region_or_mask,
@@ -79,12 +88,14 @@ def zero(params: PyTree, region_or_mask: Any) -> PyTree:
 
 def set_value(params: PyTree, region_or_mask: Any, value: float) -> PyTree:
     """Masked elements set to ``value`` (cast to each leaf's dtype)."""
+    value = _finite(value, "set value")
     return _apply_masked(params, region_or_mask,
                          lambda n, x, m: jnp.where(m, jnp.asarray(value, x.dtype), x))
 
 
 def scale(params: PyTree, region_or_mask: Any, factor: float) -> PyTree:
     """Masked elements multiplied by ``factor`` (in float32, then cast back)."""
+    factor = _finite(factor, "scale factor")
     return _apply_masked(
         params, region_or_mask,
         lambda n, x, m: jnp.where(m, (x.astype(jnp.float32) * factor).astype(x.dtype), x))
@@ -99,6 +110,9 @@ def add_noise(params: PyTree, region_or_mask: Any, rel_std: float, seed: int = 0
 
     The std is of the whole tensor (float32); each tensor's noise is keyed by (seed, its HF
     name), so results do not depend on which other tensors are masked."""
+    rel_std = _finite(rel_std, "noise scale")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise UserError(f"--seed {seed!r}: must be an integer in [0, 2**32)")
     def fn(n: str, x: jax.Array, m: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         noise = jax.random.normal(_leaf_key(seed, n), x.shape, jnp.float32)
@@ -114,9 +128,16 @@ def parse_region_op(op: str) -> tuple[str, float | None]:
         return "zero", None
     if kind in ("scale", "noise", "set") and arg:
         try:
-            return kind, float(arg)
+            v = float(arg)
         except ValueError:
-            pass
+            v = None
+        if v is not None and not math.isfinite(v):
+            raise UserError(f"region op {op!r}: {arg} is not a finite number; give e.g. "
+                            "scale:0.5, noise:0.1, set:0")
+        if v is not None and kind == "noise" and v < 0:
+            raise UserError(f"region op {op!r}: the noise scale must be >= 0")
+        if v is not None:
+            return kind, v
     raise UserError(f"region op {op!r} is malformed; use one of {', '.join(REGION_OPS)} "
                     "(e.g. zero, scale:0.5, noise:0.1, set:0)")
 
@@ -173,6 +194,9 @@ def parse_perturb(spec: str) -> Perturb:
     except ValueError:
         raise UserError(f"perturbation {spec!r}: value {m.group('val')!r} is not a number; "
                         f"grammar: {PERTURB_GRAMMAR}") from None
+    if not math.isfinite(value):
+        raise UserError(f"perturbation {spec!r}: value {m.group('val')!r} is not a finite "
+                        f"number; grammar: {PERTURB_GRAMMAR}")
     idx_s = m.group("idx")
     index: tuple[int | slice, ...] = ()
     if idx_s is not None:

@@ -8,6 +8,7 @@ The format is simple: ``u64 header_len | JSON header | raw little-endian data``.
 from __future__ import annotations
 
 import json
+import math
 import mmap
 import os
 import struct
@@ -19,6 +20,7 @@ import numpy as np
 
 from jaxregion.errors import UserError
 from jaxregion.io import atomic_path
+from jaxregion.safety import excerpt
 
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype(np.float64), "F32": np.dtype(np.float32), "F16": np.dtype(np.float16),
@@ -38,6 +40,59 @@ class TensorInfo:
     nbytes: int
 
 
+def _corrupt(path: str, why: str) -> UserError:
+    return UserError(f"{path}: corrupt safetensors header ({why}); re-export the file")
+
+
+def _validate_header(path: str, header: object, data_size: int, base: int
+                     ) -> tuple[dict[str, str], dict[str, TensorInfo]]:
+    """Check a parsed header as the safetensors library does: a dict at the top, string
+    metadata, known dtypes, non-negative shapes whose byte size matches the offsets, offsets
+    ordered, non-overlapping and inside the data section."""
+    if not isinstance(header, dict):
+        raise _corrupt(path, f"the header is a JSON {type(header).__name__}, not an object")
+    meta = header.get("__metadata__") or {}
+    if not isinstance(meta, dict) or not all(isinstance(k, str) and isinstance(v, str)
+                                             for k, v in meta.items()):
+        raise _corrupt(path, "__metadata__ must map strings to strings")
+    spans, tensors = [], {}
+    for name, h in header.items():
+        if name == "__metadata__":
+            continue
+        shown = excerpt(name)
+        if not isinstance(h, dict):
+            raise _corrupt(path, f"entry {shown} is not an object")
+        dtype, shape, offs = h.get("dtype"), h.get("shape"), h.get("data_offsets")
+        if not isinstance(dtype, str) or dtype not in DTYPES:
+            raise _corrupt(path, f"entry {shown} has unknown dtype {excerpt(dtype)}")
+        if not isinstance(shape, list) or len(shape) > 64 or not all(_is_count(d) for d in shape):
+            raise _corrupt(path, f"entry {shown} has a bad shape (need a list of "
+                                 "non-negative integers)")
+        if not isinstance(offs, list) or len(offs) != 2 or not all(_is_count(x) for x in offs) \
+                or offs[0] > offs[1]:
+            raise _corrupt(path, f"entry {shown} has bad data_offsets (need [begin, end], "
+                                 "0 <= begin <= end)")
+        nbytes = DTYPES[dtype].itemsize * math.prod(shape) if 0 not in shape else 0
+        if nbytes > data_size or offs[1] > data_size:  # exact ints: no int64 wrap-around
+            raise UserError(f"{path}: tensor {shown} is truncated or corrupt (needs "
+                            f"{nbytes} bytes at {base + offs[0]}, the file has "
+                            f"{base + data_size}); re-download it")
+        if offs[1] - offs[0] != nbytes:
+            raise _corrupt(path, f"tensor {shown} needs {nbytes} bytes for shape {shape}, "
+                                 f"its offsets span {offs[1] - offs[0]}")
+        spans.append((offs[0], offs[1], name))
+        tensors[name] = TensorInfo(DTYPES[dtype], tuple(shape), base + offs[0], nbytes)
+    spans.sort()
+    for (_, e1, a), (b2, _, b) in zip(spans, spans[1:], strict=False):
+        if b2 < e1:
+            raise _corrupt(path, f"tensors {excerpt(a)} and {excerpt(b)} overlap")
+    return dict(meta), tensors
+
+
+def _is_count(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool) and x >= 0
+
+
 class SafetensorsFile:
     """Header parsed eagerly and validated; tensors read on demand."""
 
@@ -50,30 +105,19 @@ class SafetensorsFile:
                 if len(raw) < 8:
                     raise ValueError("file shorter than its 8-byte header length")
                 (n,) = struct.unpack("<Q", raw)
-                if n > min(size - 8, _MAX_HEADER):
+                if n > _MAX_HEADER:
+                    raise ValueError(f"header length {n} is beyond the {_MAX_HEADER}-byte limit")
+                if n > size - 8:
                     raise ValueError(f"header length {n} exceeds the file size {size}")
                 header = json.loads(f.read(n).decode("utf-8"))
         except FileNotFoundError:
             raise UserError(f"{path}: no such file") from None
-        except (ValueError, UnicodeDecodeError) as e:
-            raise UserError(f"{path}: corrupt safetensors file ({e}); re-export it") from None
-        self.metadata: dict[str, str] = header.pop("__metadata__", None) or {}
-        self.tensors: dict[str, TensorInfo] = {}
-        base = 8 + n
-        for name, h in header.items():
-            try:
-                dtype = DTYPES[h["dtype"]]
-                shape = tuple(int(d) for d in h["shape"])
-                begin, end = (int(x) for x in h["data_offsets"])
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{path}: corrupt safetensors entry for {name!r}") from None
-            nbytes = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
-            if end - begin != nbytes or base + end > size:
-                raise UserError(
-                    f"{path}: tensor {name} is truncated or corrupt "
-                    f"(needs bytes {base + begin}..{base + end}, file has {size}); re-download it"
-                )
-            self.tensors[name] = TensorInfo(dtype, shape, base + begin, nbytes)
+        except IsADirectoryError:
+            raise UserError(f"{path}: is a directory, not a safetensors file") from None
+        except (ValueError, UnicodeDecodeError, RecursionError) as e:
+            why = "header nested too deeply" if isinstance(e, RecursionError) else str(e)[:200]
+            raise UserError(f"{path}: corrupt safetensors file ({why}); re-export it") from None
+        self.metadata, self.tensors = _validate_header(path, header, size - 8 - n, 8 + n)
 
     def keys(self) -> list[str]:
         return list(self.tensors)

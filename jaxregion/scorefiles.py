@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxregion import __version__
+from jaxregion import __version__, safety
 from jaxregion import importance as I
 from jaxregion import stability as S
 from jaxregion.errors import UserError
@@ -153,6 +153,21 @@ def check_existing(path: str, want: dict[str, str]) -> bool:
     return True
 
 
+def partial_owner(out_dir: str, lang: str) -> dict[str, str]:
+    """The marker of the partial state this tool makes for ``lang`` in ``out_dir``."""
+    return {"made_by": "jaxregion importance", "language": lang,
+            "out": os.path.realpath(out_dir)}
+
+
+def check_partial_owner(partial_dir: str, owner: dict[str, str]) -> None:
+    """UserError when ``partial_dir`` exists but was not made by this tool for this
+    language and output directory: it is never resumed into, nor removed."""
+    if os.path.lexists(partial_dir) and safety.owner_of(partial_dir) != owner:
+        raise UserError(f"{partial_dir} exists but was not made by jaxregion importance for "
+                        "this language and output directory (no matching "
+                        f"{safety.MARKER}); move it away or use another output directory")
+
+
 def score_language(
     session: Any,
     lang: str,
@@ -192,7 +207,7 @@ def score_language(
                            f"the {0 if windows is None else len(windows)} windows given")
     seq_len = int(seq_len if seq_len is not None else windows.shape[1])
     ratios = tuple(sorted({0.01, *map(float, ratios)}))
-    path = importance_path(out_dir, lang)
+    path = safety.inside(out_dir, importance_path(out_dir, lang))
     fp = fingerprint(session.params)
     want = identity(lang, estimator, fp, seq_len, dtype, windows, until_stable)
     snap_want = {n: identity(lang, estimator, fp, seq_len, dtype, windows[:n]) for n in snaps}
@@ -209,8 +224,9 @@ def score_language(
             if os.path.exists(p):
                 os.unlink(p)
 
-    partial_dir = os.path.join(out_dir, PARTIAL, lang)
+    partial_dir = safety.inside(out_dir, os.path.join(out_dir, PARTIAL, lang))
     stable_file = os.path.join(out_dir, PARTIAL, f"{lang}.until-stable.safetensors")
+    owner = partial_owner(out_dir, lang)
     state, status = None, "computed"
     arr = np.zeros((0, seq_len), np.int32) if data_free else windows
     b = I.effective_batch_size(batch_size, session.mesh)
@@ -218,6 +234,7 @@ def score_language(
     run_id = {**want, "stops": ",".join(map(str, stops)), "stable_ratio": repr(stable_ratio)}
     params = I.place_params(session.params, session.mesh)
     if not data_free:
+        check_partial_owner(partial_dir, owner)
         like = I.init_state(params, session.config, estimator, batch_size, session.mesh)
         state = I.load_partial(partial_dir, like, run_id)
         if state is not None:
@@ -227,9 +244,11 @@ def score_language(
                 progress(state.position)
         elif os.path.isdir(partial_dir):
             log(f"{lang}: discarding partial state in {partial_dir} (made from other input)")
-            I.clear_partial(partial_dir)
+            safety.remove_owned(partial_dir, owner)
 
     def checkpoint(st: I.ImportanceState) -> None:
+        if not os.path.isdir(partial_dir):
+            safety.claim(partial_dir, owner)
         I.save_partial(partial_dir, st, run_id)
         if stop_after is not None and st.position >= stop_after:
             raise Stopped(st.position)
@@ -261,7 +280,7 @@ def score_language(
         if os.path.exists(stable_file):
             os.unlink(stable_file)
     meta = _write(out_dir, lang, res, meta, ratios)
-    I.clear_partial(partial_dir)
+    safety.remove_owned(partial_dir, owner)
     root = os.path.join(out_dir, PARTIAL)
     if os.path.isdir(root) and not os.listdir(root):
         os.rmdir(root)

@@ -13,7 +13,7 @@ import importlib
 import os
 import sys
 
-from jaxregion import __version__
+from jaxregion import __version__, safety
 from jaxregion.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
@@ -30,6 +30,10 @@ COMMAND_MODULES = [
 ]
 
 
+# argparse dests that name an output path (files or directories) of a command
+OUTPUT_ARGS = ("json_out", "out", "export")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="jaxregion",
@@ -42,14 +46,28 @@ def build_parser() -> argparse.ArgumentParser:
         importlib.import_module(mod).register(sub)
     from jaxregion.cli.common import add_distributed, add_mesh
 
-    for p in set(sub.choices.values()):  # every command: multi-host and mesh flags
+    for p in _leaf_parsers(sub):  # every command, nested ones too: multi-host and mesh flags
         add_distributed(p)
         add_mesh(p)
     return parser
 
 
+def _leaf_parsers(sub: argparse._SubParsersAction) -> list[argparse.ArgumentParser]:
+    """Every parser under ``sub``, nested subcommands (``regions core``) included."""
+    out = []
+    for p in dict.fromkeys(sub.choices.values()):
+        out.append(p)
+        for a in p._actions:
+            if isinstance(a, argparse._SubParsersAction):
+                out += _leaf_parsers(a)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    # stderr carries one line per error: no advice from transformers (e.g. "PyTorch was not
+    # found", printed on every tokenizer load in an install without torch)
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
     debug = args.debug or "--debug" in argv
@@ -60,7 +78,10 @@ def main(argv: list[str] | None = None) -> int:
         from jaxregion.cli.common import setup_distributed
 
         setup_distributed(args)
-        return int(args.func(args) or 0)
+        outputs = {f"--{k.replace('_out', '').replace('_', '-')}": getattr(args, k, None)
+                   for k in OUTPUT_ARGS if isinstance(getattr(args, k, None), str)}
+        with safety.guard(outputs):  # no output of this command may replace one of its inputs
+            return int(args.func(args) or 0)
     except UserError as e:
         if debug:
             raise

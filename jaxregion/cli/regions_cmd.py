@@ -143,6 +143,7 @@ def run_select(args: argparse.Namespace) -> int:
     from jaxregion.errors import UserError
     from jaxregion.regions import fingerprint, save_region, select
     from jaxregion.regions.base import check_ratio
+    from jaxregion.safety import check_name
 
     args.ratio = check_ratio(args.ratio)
     _check_out(args.out)
@@ -161,6 +162,8 @@ def run_select(args: argparse.Namespace) -> int:
     elif args.kind == "random" and template is None:
         raise UserError("regions random needs --importance DIR or --model DIR for the shapes")
     lang = getattr(args, "lang", None)
+    if lang is not None:
+        check_name(lang, "--lang")
     if lang is not None and scores is not None and lang not in scores:
         raise UserError(f"--lang {lang!r} is not among the loaded languages "
                         f"({', '.join(scores)}); add it to --langs")

@@ -30,6 +30,9 @@ def _add_training(p: argparse.ArgumentParser, text_required: bool = True) -> Non
     g.add_argument("--seed", type=int, default=0, help="data order seed (default 0)")
     c = p.add_argument_group("checkpoints and evaluation")
     c.add_argument("--ckpt-dir", default=None, help="checkpoints, metrics.jsonl; resumes from it")
+    c.add_argument("--restart", action="store_true",
+                   help="the ckpt-dir holds a different run: move it to CKPT_DIR/previous/ and "
+                        "start afresh (default: resume, or refuse when the run differs)")
     c.add_argument("--save-every", type=int, default=100, help="checkpoint period (default 100)")
     c.add_argument("--keep", type=int, default=3, help="checkpoints kept (default 3)")
     common.add_text(p, required=False, flag="--eval")
@@ -115,7 +118,7 @@ def _train(args: argparse.Namespace, model: str, freeze: str | None) -> int:
     from jaxregion import hf, runtime
     from jaxregion.regions import load_region
     from jaxregion.train import train
-    from jaxregion.train.run import prepare_ckpt_dir
+    from jaxregion.train.run import prepare_ckpt_dir, weights_digest
 
     cfg = train_config(args)
     session = runtime.load_session(model, "float32")
@@ -125,9 +128,11 @@ def _train(args: argparse.Namespace, model: str, freeze: str | None) -> int:
         if args.eval else {}
     info = {"command": "train", "texts": args.text, "evals": args.eval, "freeze": freeze,
             "freeze_norms": cfg.freeze_norms}
-    prepare_ckpt_dir(args.ckpt_dir, session.path, session.config, info)
+    prepare_ckpt_dir(args.ckpt_dir, session.path, session.config, info,
+                     restart=getattr(args, "restart", False))
     res = train(session.params, session.config, windows, cfg, args.ckpt_dir, region=region,
-                evals=evals, mesh=session.mesh, progress=not args.no_progress, run_info=info)
+                evals=evals, mesh=session.mesh, progress=not args.no_progress, run_info=info,
+                model_id=weights_digest(session.path))
     if res.interrupted:
         return 128 + int(res.signum or 15)
     last = res.metrics[-1] if res.metrics else {}

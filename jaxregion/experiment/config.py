@@ -19,6 +19,7 @@ from jaxregion.dims import DimsConfig
 from jaxregion.dims import validate as validate_dims
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig
+from jaxregion.safety import check_name
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def _fraction(value: float, where: str, key: str) -> None:
 
 def validate(cfg: ExperimentConfig, where: str = "config") -> None:
     """Checks that need only the config itself."""
+    for key in ("languages", "eval_languages"):
+        for lang in getattr(cfg, key):
+            check_name(lang, f"{where}: {key}")
+    for lang in cfg.monolingual or ():
+        check_name(lang, f"{where}: monolingual")
     _fraction(cfg.ratio, where, "ratio")
     for i, r in enumerate(cfg.ratios):
         _fraction(r, where, f"ratios[{i}]")

@@ -11,6 +11,7 @@ Region file: one uint8 tensor per HF name in the region's universe, holding
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -25,6 +26,8 @@ from jaxregion.errors import UserError
 from jaxregion.io import atomic_path
 from jaxregion.regions.base import Region, fingerprint, full_mask, shape_of, universe_of
 from jaxregion.regions.select import validate_scores
+from jaxregion.safetensors_io import SafetensorsFile
+from jaxregion.safety import check_name, excerpt, reading
 
 PyTree = Any
 REGION_FORMAT = "jaxregion.region.v1"
@@ -71,31 +74,78 @@ def save_region(path: str, region: Region | PyTree, model: str | None = None) ->
 def _open(path: str, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not os.path.isfile(path):
         raise UserError(f"{what} file {path} not found")
+    SafetensorsFile(path)  # the header, validated with bounded work, before safetensors reads it
+    reading(path)
     try:
         with safe_open(path, framework="np") as f:
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises several types for corrupt files
-        raise UserError(f"{what} file {path} is not a readable safetensors file: {e}") from None
+        raise UserError(f"{what} file {path} is not a readable safetensors file: "
+                        f"{str(e)[:200]}") from None
     return tensors, meta
 
 
-def _meta_from_header(h: Mapping[str, str]) -> dict[str, Any]:
+def _bad_meta(path: str, key: str, value: Any, want: str) -> UserError:
+    return UserError(f"region file {path}: metadata {key} = {excerpt(value)} is not {want}; "
+                     "re-create the region file with jaxregion regions")
+
+
+def _meta_from_header(h: Mapping[str, str], path: str = "region file") -> dict[str, Any]:
+    """The region's meta, from the full JSON ``meta`` or the flat keys, type-checked."""
+    meta: dict[str, Any] | None = None
     if h.get("meta"):
         try:
-            return dict(json.loads(h["meta"]))
-        except json.JSONDecodeError:
-            pass
-    meta: dict[str, Any] = {"kind": h.get("kind") or None, "scope": h.get("scope") or None,
-                            "include": h.get("include") or None,
-                            "exclude": h.get("exclude") or None, "model": h.get("model")}
-    if h.get("ratio"):
-        meta["ratio"] = float(h["ratio"])
-    if h.get("seed"):
-        meta["seed"] = int(h["seed"])
-    if h.get("languages"):
-        meta["langs"] = json.loads(h["languages"])
+            meta = json.loads(h["meta"])
+        except (json.JSONDecodeError, RecursionError):
+            meta = None
+        if meta is not None and not isinstance(meta, dict):
+            raise _bad_meta(path, "meta", meta, "a JSON object")
+    if meta is None:
+        meta = {"kind": h.get("kind") or None, "scope": h.get("scope") or None,
+                "include": h.get("include") or None, "exclude": h.get("exclude") or None,
+                "model": h.get("model")}
+        for key, conv in (("ratio", float), ("seed", int)):
+            if h.get(key):
+                try:
+                    meta[key] = conv(h[key])
+                except ValueError:
+                    raise _bad_meta(path, key, h[key], "a number") from None
+        if h.get("languages"):
+            try:
+                meta["langs"] = json.loads(h["languages"])
+            except (json.JSONDecodeError, RecursionError):
+                raise _bad_meta(path, "languages", h["languages"], "a JSON list") from None
+    r = meta.get("ratio")
+    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))
+                          or not 0 < r <= 1):
+        raise _bad_meta(path, "ratio", r, "a number in (0, 1]")
+    seed = meta.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        raise _bad_meta(path, "seed", seed, "an integer")
+    langs = meta.get("langs")
+    if langs is not None and (not isinstance(langs, list)
+                              or not all(isinstance(x, str) for x in langs)):
+        raise _bad_meta(path, "langs", langs, "a list of language names")
     return meta
+
+
+def _shapes(path: str, header: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
+    """The ``shapes`` metadata: a JSON object of name -> list of non-negative ints."""
+    try:
+        raw = json.loads(header["shapes"])
+    except (KeyError, json.JSONDecodeError, RecursionError):
+        raise UserError(f"region file {path} has no valid 'shapes' metadata; is it a "
+                        "jaxregion region file?") from None
+    if not isinstance(raw, dict):
+        raise _bad_meta(path, "shapes", raw, "a JSON object of name -> shape")
+    out = {}
+    for k, v in raw.items():
+        if not isinstance(v, list) or not all(isinstance(d, int) and not isinstance(d, bool)
+                                              and 0 <= d < 2**40 for d in v):
+            raise _bad_meta(path, f"shapes[{excerpt(k)}]", v, "a list of non-negative integers")
+        out[k] = tuple(v)
+    return out
 
 
 def load_region(path: str, template: PyTree | None = None) -> Region:
@@ -106,21 +156,17 @@ def load_region(path: str, template: PyTree | None = None) -> Region:
     another model raises UserError naming the key. Without it, the tree has only the
     file's tensors."""
     packed, header = _open(path, "region")
-    try:
-        shapes = {k: tuple(int(d) for d in v) for k, v in json.loads(header["shapes"]).items()}
-    except (KeyError, json.JSONDecodeError, TypeError, ValueError):
-        raise UserError(f"region file {path} has no valid 'shapes' metadata; is it a "
-                        "jaxregion region file?") from None
+    shapes = _shapes(path, header)
     flat: dict[str, np.ndarray] = {}
     for n, t in packed.items():
         if n not in shapes:
             raise UserError(f"region file {path}: tensor {n!r} has no entry in 'shapes'")
-        size = int(np.prod(shapes[n]))
+        size = math.prod(shapes[n])
         if t.dtype != np.uint8 or t.ndim != 1 or t.size != (size + 7) // 8:
             raise UserError(f"region file {path}: tensor {n!r} holds {t.size} {t.dtype} values, "
                             f"expected {(size + 7) // 8} uint8 for shape {list(shapes[n])}")
         flat[n] = np.unpackbits(t, bitorder="little", count=size).reshape(shapes[n]).astype(bool)
-    meta = _meta_from_header(header)
+    meta = _meta_from_header(header, path)
     if template is None:
         tree = T.unflatten({n: jnp.asarray(v) for n, v in flat.items()})
         order = [n for n in T.flatten(tree) if n in flat]
@@ -145,6 +191,11 @@ def save_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None = No
     fingerprint) are added unless given."""
     tensors = {n: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
                for n, x in T.flatten(tree).items()}
+    for n, t in tensors.items():
+        if not np.isfinite(t).all():
+            raise UserError(f"{path}: the scores of {n} are not finite (NaN or inf): the model "
+                            "computes non-finite values; check its config.json and weights. "
+                            "Nothing written")
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", SCORES_FORMAT)
     meta.setdefault("model", fingerprint(tree))
@@ -163,7 +214,10 @@ def load_scores(path: str) -> tuple[PyTree, dict[str, str]]:
 
 
 def importance_path(directory: str, lang: str) -> str:
-    """Where the scores of ``lang`` live in an importance directory: ``DIR/LANG.safetensors``."""
+    """Where the scores of ``lang`` live in an importance directory: ``DIR/LANG.safetensors``.
+
+    ``lang`` is data, never a path: it must be a valid name (:func:`safety.check_name`)."""
+    check_name(lang, f"importance directory {directory}")
     return os.path.join(directory, f"{lang}.safetensors")
 
 
@@ -180,12 +234,30 @@ def load_importance_dir(directory: str, langs: Sequence[str] | None = None) -> d
             raise UserError(f"importance directory {directory} has no LANG.safetensors files")
     out: dict[str, PyTree] = {}
     sources: dict[str, str] = {}
+    metas: dict[str, dict[str, str]] = {}
     for lang in langs:
         p = importance_path(directory, lang)
         if not os.path.isfile(p):
             raise UserError(f"language {lang!r} has no importance file: expected {p}; compute "
                             "its importance first or drop the language")
-        out[lang], _ = load_scores(p)
+        out[lang], metas[p] = load_scores(p)
         sources[lang] = p
+    check_same_inputs(metas)
     validate_scores(out, sources)
     return out
+
+
+MUST_AGREE = ("estimator", "seq_len", "dtype")
+
+
+def check_same_inputs(metas: Mapping[str, Mapping[str, str]]) -> None:
+    """Importance files combined into one region must share estimator, seq_len and dtype
+    (when recorded); else a UserError naming two files that differ."""
+    for key in MUST_AGREE:
+        have = {p: m[key] for p, m in metas.items() if m.get(key)}
+        if len(set(have.values())) > 1:
+            (pa, va), (pb, vb) = [next(iter(have.items())),
+                                  next((p, v) for p, v in have.items()
+                                       if v != next(iter(have.values())))]
+            raise UserError(f"importance files differ in {key}: {pa} has {key}={va}, {pb} has "
+                            f"{key}={vb}; recompute them with one {key}")

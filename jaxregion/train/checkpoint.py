@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import numpy as np
 
 from jaxregion.errors import UserError
 
@@ -96,14 +97,39 @@ class Checkpointer:
                         else None, dict(out["meta"]))
 
 
+def _leaves(tree: Any) -> list[tuple[tuple[int, ...], str]]:
+    return sorted((tuple(x.shape), str(np.dtype(x.dtype))) for x in jax.tree.leaves(tree))
+
+
+def matches_saved(step_dir: str, targets: dict[str, Any]) -> bool | None:
+    """Whether the arrays saved in ``step_dir`` (read from orbax's metadata only) have the
+    shapes and dtypes of ``targets`` (``{item: abstract tree or None}``); None when the
+    metadata itself is unreadable (the step is damaged)."""
+    ocp = _ocp()
+    from etils import epath
+
+    try:
+        for item, target in targets.items():
+            if target is None:
+                continue
+            md = ocp.StandardCheckpointHandler().metadata(epath.Path(step_dir) / item)
+            tree = getattr(md, "tree", md)
+            if _leaves(tree) != _leaves(target):
+                return False
+    except Exception:  # noqa: BLE001 - any failure to read metadata means damage
+        return None
+    return True
+
+
 def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None,
                    keep: int = 3, step: int | None = None,
                    quarantine: bool = True) -> Restored | None:
     """The newest readable checkpoint (or ``step``), or None when there is none.
 
-    A step that fails to restore is reported on stderr and, with ``quarantine``, moved to
-    ``CKPT_DIR/corrupt/`` (kept for inspection, out of the way of new saves); the previous
-    step is tried next. If every step fails, raises UserError."""
+    A step that fails to restore because its own files are damaged is reported on stderr
+    and, with ``quarantine``, moved to ``CKPT_DIR/corrupt/`` (kept for inspection, out of the
+    way of new saves); the previous step is tried next. A whole step whose tree differs from
+    this run's is never moved: that is a UserError. If every step fails, raises UserError."""
     steps = step_dirs(ckpt_dir)
     if step is not None:
         if step not in steps:
@@ -118,6 +144,12 @@ def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None
         try:
             return ck.restore(s, abstract_params, abstract_opt)
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
+            step_dir = os.path.join(ckpt_dir, STEPS, str(s))
+            if matches_saved(step_dir, {"params": abstract_params, "opt_state": abstract_opt}) \
+                    is False:  # whole files, another tree: this run differs, the step is fine
+                raise UserError(f"checkpoint step {s} in {ckpt_dir} holds parameters or "
+                                "optimizer state of other shapes than this run; use a new "
+                                "--ckpt-dir, or --restart to set the old run aside") from None
             failed.append(s)
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             msg = f"checkpoint step {s} in {ckpt_dir} is unreadable ({reason})"

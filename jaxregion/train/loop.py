@@ -26,7 +26,8 @@ from jaxregion.errors import UserError
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
 from jaxregion.regions.base import mask_of
-from jaxregion.train.checkpoint import Checkpointer, restore_latest
+from jaxregion.train import identity
+from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
 from jaxregion.train.sampler import Sampler
 
 SCHEDULES = ("cosine", "constant", "linear")
@@ -225,7 +226,7 @@ def _write_metrics(path: str, records: list[dict]) -> None:
     from jaxregion.io import write_text
 
     if jax.process_index() == 0:  # multi-host: one writer
-        write_text(path, "".join(json.dumps(r) + "\n" for r in records))
+        write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
@@ -239,12 +240,17 @@ def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
 def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarray],
           cfg: TrainConfig, ckpt_dir: str, *, region: Any = None,
           evals: dict[str, np.ndarray] | None = None, mesh: jax.sharding.Mesh | None = None,
-          progress: bool = True, run_info: dict | None = None) -> TrainResult:
+          progress: bool = True, run_info: dict | None = None, model_id: str | None = None,
+          restart: bool = False) -> TrainResult:
     """Train ``params`` (float32, HF-named) for ``cfg.steps`` steps, resuming from ``ckpt_dir``.
 
     ``region``: a Region or bool tree of elements to freeze. ``evals``: ``{lang: windows}``
     evaluated every ``cfg.eval_every`` steps (and at step 0 and the end) into metrics.jsonl.
-    Returns the final params (or those at the interrupting signal)."""
+    Returns the final params (or those at the interrupting signal).
+
+    The run's identity (``model_id``, default a digest of ``params``; data; region; optimizer
+    settings; steps) must match the one recorded in ``ckpt_dir`` to resume (see
+    :mod:`jaxregion.train.identity`); ``restart`` sets a different old run aside first."""
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -264,7 +270,12 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
     opt_state = jax.jit(tx.init, out_shardings=osh)(params)
     mask_dev = jax.device_put(mask, psh) if mask is not None else None
 
-    # --- resume ---------------------------------------------------------------------
+    # --- identity, then resume -------------------------------------------------------
+    freeze_id = None if mask is None else identity.digest_tree(
+        jax.tree.map(lambda m: jnp.packbits(jnp.asarray(m, bool).reshape(-1)), mask))
+    ident = identity.run_identity(cfg, train_windows, model_id or identity.digest_tree(params),
+                                  freeze_id)
+    identity.check(ckpt_dir, ident, step_dirs(ckpt_dir), restart=restart)
     start, resumed = 0, None
     got = restore_latest(ckpt_dir, sharding.abstract_with(params, psh),
                          sharding.abstract_with(opt_state, osh), keep=cfg.keep)
@@ -298,7 +309,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         records.append(rec)
         if jax.process_index() == 0:  # multi-host: one writer
             with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec) + "\n")
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
 
     if start == 0 and evals and not records:
         log({"step": 0, "loss": None, "lr": float(sched(0)),
@@ -315,6 +326,10 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                 batch = sharding.put_batch(sampler.batch(step), mesh)
                 params, opt_state, loss = step_fn(params, opt_state, batch, mask_dev)
                 step += 1
+                if not math.isfinite(float(loss)):
+                    raise UserError(f"the training loss is {float(loss)} at step {step}: the run "
+                                    "diverged (lower --lr, check the data and config.json); the "
+                                    f"last checkpoint in {ckpt_dir} is kept")
                 loss_acc += float(loss)
                 n_acc += 1
                 bar.update(1)

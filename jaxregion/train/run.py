@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from typing import Any
 
@@ -40,11 +41,37 @@ def check_writable(ckpt_dir: str) -> None:
                         "choose a writable directory") from None
 
 
-def prepare_ckpt_dir(ckpt_dir: str, model_path: str, cfg: ModelConfig, run_info: dict) -> None:
+def weights_digest(model_path: str, sample: int = 1 << 20) -> str:
+    """A cheap digest of a checkpoint's weights: per weight file its name, size, header and
+    three ``sample``-byte blocks (start, middle, end). Other weights of the same shapes give
+    another digest; reading stays a few MiB however large the model."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for f in sorted({id(f): f for f in hf.weight_files(model_path).values()}.values(),
+                    key=lambda f: f.path):
+        size = os.path.getsize(f.path)
+        h.update(f"{os.path.basename(f.path)}:{size};".encode())
+        with open(f.path, "rb") as fh:
+            for off in (0, max(0, size // 2 - sample // 2), max(0, size - sample)):
+                fh.seek(off)
+                h.update(fh.read(sample))
+    return h.hexdigest()[:16]
+
+
+def prepare_ckpt_dir(ckpt_dir: str, model_path: str, cfg: ModelConfig, run_info: dict,
+                     restart: bool = False) -> None:
     """Check ``ckpt_dir`` belongs to this model (or is new) and record base config + tokenizer.
 
     Validates before writing anything: a ckpt-dir of another model raises UserError and is
-    left as it was."""
+    left as it was. ``restart`` first moves an existing run aside (``previous/``)."""
+    from jaxregion.train import identity
+
+    if restart and os.path.isdir(ckpt_dir) and any(
+            os.path.lexists(os.path.join(ckpt_dir, n)) for n in identity.RUN_STATE):
+        check_writable(ckpt_dir)
+        print(f"jaxregion: --restart: moved the previous run to "
+              f"{identity.set_aside(ckpt_dir)}", file=sys.stderr)
     fp = fingerprint({k: list(v.shape) for k, v in T.flatten(abstract_params(cfg)).items()})
     run_path = os.path.join(ckpt_dir, RUN_JSON)
     if os.path.isfile(run_path):

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 from jaxregion.data.sources.base import _CHUNK, _as_text, _Base, _missing_field
 from jaxregion.errors import UserError
+from jaxregion.safety import reading
 
 
 def _compression(path: str) -> str:
@@ -46,6 +47,7 @@ def _byte_chunks(path: str) -> Iterator[bytes]:
     """The decompressed bytes of ``path`` in ~1 MiB chunks, with readable errors."""
     if not os.path.isfile(path):
         raise UserError(f"{path}: no such file")
+    reading(path)
     kind = _compression(path)
     with open(path, "rb") as f:
         if kind == "zstd":
@@ -64,10 +66,23 @@ def _byte_chunks(path: str) -> Iterator[bytes]:
             yield chunk
 
 
+MAX_DOC_CHARS = 16 * 1024 * 1024
+"""The longest line (and document) read from a file, in characters: beyond it the file is
+refused with one line, so one huge line never costs unbounded memory."""
+
+
+def _too_long(path: str) -> UserError:
+    return UserError(f"{path}: a line or document is longer than {MAX_DOC_CHARS} characters "
+                     "(jaxregion.data.sources.files.MAX_DOC_CHARS); split the text into "
+                     "documents of sensible size")
+
+
 def _lines(path: str) -> Iterator[str]:
-    """Lines of a (maybe compressed) UTF-8 file without their line ends, streamed."""
+    """Lines of a (maybe compressed) UTF-8 file without their line ends, streamed. Linear in
+    the file size however long a line is (pieces are joined once, at the line end)."""
     decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    rest, offset = "", 0
+    pieces: list[str] = []
+    held, offset = 0, 0
     for chunk in _byte_chunks(path):
         try:
             text = decoder.decode(chunk)
@@ -75,15 +90,28 @@ def _lines(path: str) -> Iterator[str]:
             raise UserError(f"{path}: not valid UTF-8 near byte {offset + e.start}; "
                             "re-encode it as UTF-8") from None
         offset += len(chunk)
-        parts = (rest + text).split("\n")
-        rest = parts.pop()
-        for line in parts:
-            yield line[:-1] if line.endswith("\r") else line
+        parts = text.split("\n")
+        if len(parts) > 1:
+            first = "".join([*pieces, parts[0]])
+            if len(first) > MAX_DOC_CHARS:
+                raise _too_long(path)
+            pieces, held = [], 0
+            for line in [first, *parts[1:-1]]:
+                if len(line) > MAX_DOC_CHARS:
+                    raise _too_long(path)
+                yield line[:-1] if line.endswith("\r") else line
+        pieces.append(parts[-1])
+        held += len(parts[-1])
+        if held > MAX_DOC_CHARS:
+            raise _too_long(path)
     try:
-        rest += decoder.decode(b"", final=True)
+        pieces.append(decoder.decode(b"", final=True))
     except UnicodeDecodeError:
         raise UserError(f"{path}: not valid UTF-8 at the end of the file (cut mid-character); "
                         "re-encode it as UTF-8") from None
+    rest = "".join(pieces)
+    if len(rest) > MAX_DOC_CHARS:
+        raise _too_long(path)
     if rest:
         yield rest[:-1] if rest.endswith("\r") else rest
 
@@ -108,10 +136,15 @@ class TextFileSource(_Base):
                     yield line
             return
         para: list[str] = []
+        size = 0
         for line in _lines(self.path):
             if line.strip():
                 para.append(line)
+                size += len(line) + 1
+                if size > MAX_DOC_CHARS:
+                    raise _too_long(self.path)
             elif para:
+                size = 0
                 yield "\n".join(para)
                 para = []
         if para:
@@ -163,6 +196,7 @@ class ParquetSource(_Base):
 
         if not os.path.isfile(self.path):
             raise UserError(f"{self.path}: no such file")
+        reading(self.path)
         try:
             pf = pq.ParquetFile(self.path)
         except (pa.ArrowInvalid, OSError) as e:

@@ -22,6 +22,7 @@ from jaxregion.data.sources.remote import (
     _is_saved_dataset,
 )
 from jaxregion.errors import UserError
+from jaxregion.safety import check_name, excerpt
 
 
 class SyntheticSource(_Base):
@@ -177,5 +178,5 @@ def parse_lang_spec(arg: str) -> tuple[str, str]:
     lang, spec = lang.strip(), spec.strip()
     if not lang or not spec:
         raise UserError(f"--text {arg!r}: expected LANG=SOURCE, e.g. --text ar=data/ar.txt")
-    return lang, spec
+    return check_name(lang, f"--text {excerpt(arg)}"), spec
 

@@ -14,6 +14,7 @@ from jaxregion.data.sources.base import (
     _missing_field,
 )
 from jaxregion.errors import UserError
+from jaxregion.hub import go_offline_if_unreachable
 
 
 class TfdsSource(_Base):
@@ -119,6 +120,7 @@ class HfHubSource(_Base):
 
     def _iter(self) -> Iterator[str]:
         datasets = _datasets(self.name)
+        offline = go_offline_if_unreachable()
         try:
             ds = datasets.load_dataset(self.dataset, self.config, split=self.split,
                                        streaming=True)
@@ -126,8 +128,10 @@ class HfHubSource(_Base):
             first = next(rows, None)
         except Exception as e:
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise UserError(f"{self.name}: cannot open the dataset ({msg[:300]}); check the "
-                            "name, config and split, and that the hub (or HF cache) is "
+            where = " (the hub is unreachable, so only the local HF cache was tried)" \
+                if offline else ""
+            raise UserError(f"{self.name}: cannot open the dataset{where} ({msg[:300]}); check "
+                            "the name, config and split, and that the hub (or HF cache) is "
                             "reachable") from None
         if first is None:
             return
