@@ -2,7 +2,8 @@
 
     jaxregion regions {core,bottom,random,monolingual,top} --importance DIR [--langs a,b]
         [--lang L] --ratio 0.01 [--scope per-tensor|per-layer|global] [--include RE]
-        [--exclude RE] [--seed S] [--model DIR] --out FILE.safetensors
+        [--exclude RE] [--seed S] [--granularity element|row|column|tensor|layer]
+        [--model DIR] --out FILE.safetensors
     jaxregion regions stats FILE [--json OUT] [--model DIR]
     jaxregion regions compare A B [--json OUT] [--model DIR]
 
@@ -21,7 +22,7 @@ SELECT_KINDS = ("core", "bottom", "random", "monolingual", "top")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jaxregion.regions import DEFAULT_INCLUDE, SCOPES
+    from jaxregion.regions import DEFAULT_INCLUDE, GRANULARITIES, SCOPES
 
     p = sub.add_parser("regions", help="select, describe and compare regions",
                        description="Select regions from importance scores, describe and "
@@ -46,6 +47,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(default 0.01)")
         q.add_argument("--scope", default="per-tensor", choices=SCOPES,
                        help="where k is counted (default per-tensor)")
+        q.add_argument("--granularity", default="element", choices=GRANULARITIES,
+                       help="unit of selection: element (default), row / column (exactly "
+                            "ratio of each tensor's output / input features), tensor, layer")
         q.add_argument("--include", default=DEFAULT_INCLUDE,
                        help=f"regex of HF names to select from (default {DEFAULT_INCLUDE!r}: "
                             "transformer layers)")
@@ -164,7 +168,7 @@ def run_select(args: argparse.Namespace) -> int:
     region = select(args.kind, scores, lang=lang, ratio=args.ratio, scope=args.scope,
                     include=args.include or None, exclude=args.exclude or None, seed=args.seed,
                     template=template if args.kind == "random" and scores is None else None,
-                    sources=sources)
+                    sources=sources, granularity=args.granularity)
     if region.size == 0:
         raise UserError(f"the {args.kind} region is empty (every element is also in another "
                         "language's top set); nothing written. Try a smaller --ratio or fewer "

@@ -35,6 +35,7 @@ from jaxregion.regions.files import (
     save_region,
     save_scores,
 )
+from jaxregion.regions.granularity import GRANULARITIES, line_counts, select_coarse
 from jaxregion.regions.select import (
     KINDS,
     SCOPES,
@@ -49,11 +50,11 @@ from jaxregion.regions.select import (
 from jaxregion.regions.stats import RESIDUAL_ROLES, hidden_dim_profile, row_col_counts, stats
 
 __all__ = [
-    "DEFAULT_INCLUDE", "KINDS", "RESIDUAL_ROLES", "SCOPES", "Region", "bottom", "complement",
-    "core", "density", "difference", "fingerprint", "full_mask", "hidden_dim_profile",
-    "importance_path", "intersection", "is_norm", "jaccard", "k_for", "layer_index",
-    "load_importance_dir", "load_region", "load_scores", "mask_of", "module_type",
-    "monolingual", "numel", "overlap_matrix", "random", "row_col_counts", "save_region",
-    "save_scores", "scope_names", "select", "size", "stats", "top", "union", "universe_of",
-    "validate_scores",
+    "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "RESIDUAL_ROLES", "Region", "SCOPES", "bottom",
+    "complement", "core", "density", "difference", "fingerprint", "full_mask",
+    "hidden_dim_profile", "importance_path", "intersection", "is_norm", "jaccard", "k_for",
+    "layer_index", "line_counts", "load_importance_dir", "load_region", "load_scores", "mask_of",
+    "module_type", "monolingual", "numel", "overlap_matrix", "random", "row_col_counts",
+    "save_region", "save_scores", "scope_names", "select", "select_coarse", "size", "stats", "top",
+    "union", "universe_of", "validate_scores",
 ]
