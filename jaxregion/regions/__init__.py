@@ -41,6 +41,7 @@ from jaxregion.regions.select import (
     SCOPES,
     bottom,
     core,
+    layers,
     monolingual,
     random,
     select,
@@ -53,8 +54,8 @@ __all__ = [
     "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "RESIDUAL_ROLES", "Region", "SCOPES", "bottom",
     "complement", "core", "density", "difference", "fingerprint", "full_mask",
     "hidden_dim_profile", "importance_path", "intersection", "is_norm", "jaccard", "k_for",
-    "layer_index", "line_counts", "load_importance_dir", "load_region", "load_scores", "mask_of",
-    "module_type", "monolingual", "numel", "overlap_matrix", "random", "row_col_counts",
+    "layer_index", "layers", "line_counts", "load_importance_dir", "load_region", "load_scores",
+    "mask_of", "module_type", "monolingual", "numel", "overlap_matrix", "random", "row_col_counts",
     "save_region", "save_scores", "scope_names", "select", "select_coarse", "size", "stats", "top",
     "union", "universe_of", "validate_scores",
 ]

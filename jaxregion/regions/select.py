@@ -377,6 +377,23 @@ def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "p
     return _finish(template, names, flat, meta)
 
 
+def layers(template: PyTree, which: Sequence[int], include: str | None = DEFAULT_INCLUDE,
+           exclude: str | None = None) -> Region:
+    """Every parameter (norms included) of the given transformer layers within the scope."""
+    flat_t = T.flatten(template)
+    names = scope_names(list(flat_t), include, exclude)
+    want = {int(i) for i in which}
+    present = {layer_index(n) for n in names}
+    missing = sorted(want - present)
+    if missing:
+        raise UserError(f"layers {missing} are not in the model (layers in scope: "
+                        f"{sorted(i for i in present if i is not None)})")
+    flat = {n: jnp.full(shape_of(flat_t[n]), layer_index(n) in want, bool) for n in names}
+    meta = _meta("layers", 1.0, [], "per-tensor", include, exclude, fingerprint(template),
+                 "layer", layers=sorted(want))
+    return _finish(template, names, flat, meta)
+
+
 def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
            lang: str | None = None, ratio: float = 0.01, scope: str = "per-tensor",
            include: str | None = DEFAULT_INCLUDE, exclude: str | None = None, seed: int = 0,

@@ -7,13 +7,14 @@ forward/backward pass (gradients come back in float32 through the cast).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import jax
@@ -183,6 +184,19 @@ def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
                    out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
 
 
+def step_key(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the fields the compiled step does not depend on reset, so runs that differ
+    only in data order, evaluation or checkpointing share one compilation."""
+    return replace(cfg, seed=0, save_every=1, keep=1, eval_every=0, eval_at=(),
+                   eval_start=True, replay_ratio=0.0, eval_batch_size=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
+                 frozen: bool, ewc: bool):
+    return make_train_step(model_cfg, cfg, mesh, frozen, ewc)
+
+
 def freeze_mask_for(params: Any, region: Any, include_norms: bool) -> Any:
     """The bool tree to freeze (norms trainable unless ``include_norms``), or None."""
     if region is None:
@@ -319,7 +333,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         _write_metrics(metrics_path, records)
     rng = jax.random.PRNGKey(cfg.seed)
 
-    step_fn = make_train_step(model_cfg, cfg, mesh, frozen=mask is not None, ewc=use_ewc)
+    step_fn = _cached_step(model_cfg, step_key(cfg), mesh, mask is not None, use_ewc)
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep)
     sched = lr_schedule(cfg)
     tokens_per_step = cfg.batch_size * (sampler.windows[0].shape[1] - 1)
