@@ -68,10 +68,12 @@ class TrainSpec(TrainConfig):
 
 @dataclass(frozen=True)
 class ImportanceSpec:
-    """Where importance scores come from: ``texts`` per language (the sources, and any
-    ``top:LANG`` language), scored once per estimator and cached."""
+    """Where importance scores come from: ``texts`` per language, scored once per estimator
+    and cached. ``langs``: the languages whose summed scores define the core / bottom /
+    wanda / fisher regions and the EWC Fisher (default: the protected ``sources``)."""
 
     texts: Mapping[str, str] = field(default_factory=dict)
+    langs: tuple[str, ...] = ()
     max_seqs: int | None = 64
     batch_size: int = 8
     dir: str | None = None  # cache of EST/LANG.safetensors (default OUT/importance); shareable
@@ -149,6 +151,11 @@ class ForgettingConfig:
 
     def source_langs(self) -> list[str]:
         return list(self.sources) or [lang for lang in self.evals if lang != self.target]
+
+    def score_langs(self) -> list[str]:
+        """Languages whose importance defines the protected set (see ImportanceSpec)."""
+        imp = self.importance
+        return list(imp.langs) if imp is not None and imp.langs else self.source_langs()
 
 
 @dataclass(frozen=True)
@@ -296,7 +303,7 @@ def _check(cfg: ForgettingConfig, source: str) -> None:
         if cfg.importance is None:
             raise bad(f"{sorted(needs)} need importance scores; add an 'importance' section "
                       "(texts per source language)")
-        want = set(srcs) | {sc.partition(":")[2] for sc in needs if ":" in sc}
+        want = set(cfg.score_langs()) | {sc.partition(":")[2] for sc in needs if ":" in sc}
         missing = sorted(want - set(cfg.importance.texts))
         if missing:
             raise bad(f"importance.texts lacks {missing}; add their training text")

@@ -94,7 +94,7 @@ class Protector:
             reg = R.random(params, p.ratio, seed=p.seed, scope=cfg.scope, include=cfg.include,
                            **g)
         else:
-            srcs = cfg.source_langs()
+            srcs = cfg.score_langs()
             langs = srcs if kind in ("core", "bottom") else (
                 [lang] if kind == "top" else sorted({*srcs, lang}))
             scores = self.scores(est, langs)
@@ -113,7 +113,7 @@ class Protector:
         if self._replay is None:
             b = self.cfg.baselines
             texts = dict(b.replay_texts) or {
-                lang: self.cfg.importance.texts[lang] for lang in self.cfg.source_langs()
+                lang: self.cfg.importance.texts[lang] for lang in self.cfg.score_langs()
                 if self.cfg.importance and lang in self.cfg.importance.texts}
             if not texts:
                 raise UserError("replay has no source texts; give baselines.replay_texts")
@@ -125,7 +125,7 @@ class Protector:
     def ewc(self) -> EWC:
         """Anchor = base params; Fisher = the sources' fisher importance / θ² (mean 1)."""
         if self._ewc is None:
-            trees = self.scores("fisher", self.cfg.source_langs()).values()
+            trees = self.scores("fisher", self.cfg.score_langs()).values()
             self._ewc = make_ewc(self.session.params,
                                  fisher_from_scores(list(trees), self.session.params))
         return self._ewc

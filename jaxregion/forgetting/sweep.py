@@ -97,7 +97,8 @@ def _identity(cfg: ForgettingConfig, p: Point, model_fp: str) -> dict:
     return {"point": dataclasses.asdict(p), "train": dataclasses.asdict(cfg.train),
             "baselines": dataclasses.asdict(cfg.baselines) if p.baseline != "none" else None,
             "model": model_fp, "target_train": cfg.target_train, "evals": dict(cfg.evals),
-            "sources": cfg.source_langs(), "scope": cfg.scope, "include": cfg.include,
+            "sources": cfg.source_langs(), "score_langs": cfg.score_langs(),
+            "scope": cfg.scope, "include": cfg.include,
             "freeze_norms": cfg.freeze_norms, "setting": st,
             "importance": dataclasses.asdict(cfg.importance) if cfg.importance else None}
 
