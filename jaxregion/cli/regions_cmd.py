@@ -93,6 +93,20 @@ def _model_template(model: str | None):
     return tmpl, fingerprint(tmpl)
 
 
+def _in_axes(model: str | None) -> dict[str, int] | None:
+    """HF name -> input-feature axis from the model family (None: the [out, in] default)."""
+    if model is None:
+        return None
+    from jaxregion import hf
+    from jaxregion import tree as T
+    from jaxregion.importance import wanda_tap
+    from jaxregion.models import abstract_params
+
+    cfg = hf.open_checkpoint(model).config
+    return {n: tap[1] for n in T.flatten(abstract_params(cfg))
+            if (tap := wanda_tap(n, cfg)) is not None}
+
+
 def _header(path: str) -> dict[str, str]:
     from safetensors import safe_open
 
@@ -168,7 +182,9 @@ def run_select(args: argparse.Namespace) -> int:
     region = select(args.kind, scores, lang=lang, ratio=args.ratio, scope=args.scope,
                     include=args.include or None, exclude=args.exclude or None, seed=args.seed,
                     template=template if args.kind == "random" and scores is None else None,
-                    sources=sources, granularity=args.granularity)
+                    sources=sources, granularity=args.granularity,
+                    in_axes=_in_axes(args.model) if args.granularity in ("row", "column")
+                    else None)
     if region.size == 0:
         raise UserError(f"the {args.kind} region is empty (every element is also in another "
                         "language's top set); nothing written. Try a smaller --ratio or fewer "
