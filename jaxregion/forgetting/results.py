@@ -185,7 +185,7 @@ def render(out: str, results: dict) -> str:
     for r in sorted(rows, key=lambda r: (r["baseline"], r["scorer"], r["granularity"],
                                          r["ratio"])):
         table_rows.append((r["label"], r["frozen_pct"], len(r["seeds"]), r["target_ppl"],
-                           r["target_gain"], r["y"], r["yerr"],
+                           r["target_gain"], r["y"], r["yerr"] if len(r["seeds"]) > 1 else "-",
                            *[r["others_pct"][o] for o in others], "yes" if r["pareto"] else ""))
     table = markdown_table(headers, table_rows, digits=4)
     results = {**results, "table": table}
