@@ -26,6 +26,8 @@ def _config(model, corpus_dir, out, core_path):
              "granularities": ["element", "column"], "seeds": [0]},
             {"scorers": ["none", "fisher"], "ratios": [0.1], "baselines": ["replay", "ewc"],
              "seeds": [0, 1]},
+            {"scorers": ["magnitude", "bottom", "top:lat"], "ratios": [0.1],
+             "granularities": ["row"]},
         ],
         "settings": {"file": {"region": core_path}, "layer0": {"layers": [0]}},
     }
@@ -46,8 +48,8 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     cfg_path.write_text(yaml.safe_dump(_config(model, corpus_dir, out, core_path)))
     pts = points(load_config(str(cfg_path)))
     # references for every baseline and seed; 3 scorers x 2 granularities; fisher
-    # x 2 baselines x 2 seeds; 2 explicit settings
-    assert len(pts) == 1 + 4 + 6 + 4 + 2
+    # x 2 baselines x 2 seeds; 2 explicit settings; 3 more scorers at row granularity
+    assert len(pts) == 1 + 4 + 6 + 4 + 2 + 3
     assert main(["forgetting", str(cfg_path), "--no-progress"]) == 0
     assert "| setting" in capsys.readouterr().out
 
@@ -55,7 +57,8 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     assert {r["key"] for r in res["points"]} == {p.key for p in pts}  # an entry per point
     labels = {r["label"] for r in res["settings"]}
     assert {"none/none", "none/replay", "none/ewc", "core/column/0.5/none",
-            "fisher/element/0.1/ewc", "file/none", "layer0/none"} <= labels
+            "fisher/element/0.1/ewc", "file/none", "layer0/none", "magnitude/row/0.1/none",
+            "bottom/row/0.1/none", "top:lat/row/0.1/none"} <= labels
     for r in res["points"]:
         assert [c["samples"] for c in r["curve"]] == [8, 16]
         m = r["metrics"]
@@ -68,6 +71,7 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     # same ratio and granularity: the random region freezes as many elements as core
     assert by["random/column/0.5/none"]["frozen_pct"] == by["core/column/0.5/none"]["frozen_pct"]
     assert by["none/none"]["frozen_pct"] == 0
+    assert by["top:lat/row/0.1/none"]["frozen_pct"] == by["bottom/row/0.1/none"]["frozen_pct"]
     reg = load_region(os.path.join(out, "regions", "core__column__0.5.safetensors"), params)
     assert reg.meta["granularity"] == "column"
     assert res["pareto"] and set(res["pareto"]) <= labels
