@@ -54,7 +54,10 @@ def test_quick_demo_end_to_end(tmp_path):
     for cond in ("core removed", "bottom removed", "random removed", "monolingual removed"):
         assert cond in report
     assert "Outcome" in report and "Forgetting" in report
-    assert {"none", "core", "random"} <= set(forg["settings"])
+    labels = {r["label"] for r in forg["settings"]}
+    assert {"none/none", "core/element/0.1/none", "random/column/0.1/none", "none/replay",
+            "none/ewc", "wanda/column/0.5/none"} <= labels
+    assert "forgetting/frontier.png" in report and "reproduce" in report
     for png in ("experiment/ablations.png", "experiment/dims_sweep.png"):
         assert (out / png).stat().st_size > 1000
         assert png in report

@@ -202,3 +202,19 @@ def test_scores_file_metadata_reaches_region(imp_dir, tmp_path):
     n = "model.layers.1.mlp.up_proj.weight"
     bmask, cmask = np.asarray(r.flat()[n]), np.asarray(core.flat()[n])
     assert float(jnp.max(total[n][bmask])) <= float(jnp.min(total[n][cmask]))
+
+
+def test_granularity_flag_writes_element_mask_with_metadata(imp_dir, tmp_path):
+    model, d = imp_dir
+    scores = regions.load_importance_dir(d, list(LANGS))
+    f = str(tmp_path / "cols.safetensors")
+    assert cli_main(["regions", "core", "--importance", d, "--ratio", "0.25", "--granularity",
+                     "column", "--model", model, "--out", f]) == 0
+    got = regions.load_region(f, scores["lat"])
+    assert got.meta["granularity"] == "column"
+    _same_mask(got, regions.core(scores, 0.25, granularity="column"))
+    for n in got.names():
+        m = np.asarray(got.flat()[n])
+        if m.ndim == 2:  # [out, in]: exactly floor(0.25 * in) whole columns
+            assert regions.line_counts(m, "column") == max(1, int(0.25 * m.shape[1])), n
+            assert m.sum() == regions.line_counts(m, "column") * m.shape[0], n

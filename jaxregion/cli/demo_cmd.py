@@ -33,7 +33,8 @@ def run(args: argparse.Namespace) -> int:
         cfg = dataclasses.replace(cfg, train_docs=800, valid_docs=100, vocab_size=384,
                                   hidden_size=64, num_layers=2, intermediate_size=128,
                                   pretrain_steps=30, pretrain_batch=8, importance_windows=16,
-                                  eval_windows=8, forgetting_steps=6, seq_len=32)
+                                  eval_windows=8, forgetting_steps=6, seq_len=32,
+                                  forgetting_ratios=(0.1,))
     if args.pretrain_steps is not None:
         cfg = dataclasses.replace(cfg, pretrain_steps=args.pretrain_steps)
     demo.run(cfg)

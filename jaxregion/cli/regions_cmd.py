@@ -3,6 +3,7 @@
     jaxregion regions {core,bottom,random,monolingual,bottom-monolingual,top}
         --importance DIR [--langs a,b] [--lang L] --ratio 0.01
         [--scope per-tensor|per-layer|global] [--include RE] [--exclude RE] [--seed S]
+        [--granularity element|row|column|tensor|layer]
         [--model DIR] --out FILE.safetensors
     jaxregion regions stats FILE [--json OUT] [--model DIR]
     jaxregion regions compare A B [--json OUT] [--model DIR]
@@ -22,7 +23,7 @@ SELECT_KINDS = ("core", "bottom", "random", "monolingual", "bottom-monolingual",
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    from jaxregion.regions import DEFAULT_INCLUDE, SCOPES
+    from jaxregion.regions import DEFAULT_INCLUDE, GRANULARITIES, SCOPES
 
     p = sub.add_parser("regions", help="select, describe and compare regions",
                        description="Select regions from importance scores, describe and "
@@ -49,6 +50,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "(default 0.01)")
         q.add_argument("--scope", default="per-tensor", choices=SCOPES,
                        help="where k is counted (default per-tensor)")
+        q.add_argument("--granularity", default="element", choices=GRANULARITIES,
+                       help="unit of selection: element (default), row / column (exactly "
+                            "ratio of each tensor's output / input features), tensor, layer")
         q.add_argument("--include", default=DEFAULT_INCLUDE,
                        help=f"regex of HF names to select from (default {DEFAULT_INCLUDE!r}: "
                             "the transformer layers' parameters, per the family table)")
@@ -90,6 +94,20 @@ def _model_template(model: str | None):
     ck = hf.open_checkpoint(model)
     tmpl = abstract_params(ck.config)
     return tmpl, fingerprint(tmpl)
+
+
+def _in_axes(model: str | None) -> dict[str, int] | None:
+    """HF name -> input-feature axis from the model family (None: the [out, in] default)."""
+    if model is None:
+        return None
+    from jaxregion import hf
+    from jaxregion import tree as T
+    from jaxregion.importance import wanda_tap
+    from jaxregion.models import abstract_params
+
+    cfg = hf.open_checkpoint(model).config
+    return {n: tap[1] for n in T.flatten(abstract_params(cfg))
+            if (tap := wanda_tap(n, cfg)) is not None}
 
 
 def _header(path: str) -> dict[str, str]:
@@ -170,7 +188,9 @@ def run_select(args: argparse.Namespace) -> int:
     region = select(args.kind, scores, lang=lang, ratio=args.ratio, scope=args.scope,
                     include=args.include or None, exclude=args.exclude or None, seed=args.seed,
                     template=template if args.kind == "random" and scores is None else None,
-                    sources=sources)
+                    sources=sources, granularity=args.granularity,
+                    in_axes=_in_axes(args.model) if args.granularity in ("row", "column")
+                    else None)
     if region.size == 0:
         raise UserError(f"the {args.kind} region is empty (every element is also in another "
                         "language's set); nothing written. Try a smaller --ratio or fewer "

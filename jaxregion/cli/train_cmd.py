@@ -182,7 +182,9 @@ def _merge_yaml(args: argparse.Namespace) -> None:
 
 def run_pretrain(args: argparse.Namespace) -> int:
     from jaxregion.errors import UserError
-    from jaxregion.train.run import check_writable, make_scratch_model
+    from jaxregion.runtime import parse_texts
+    from jaxregion.train.pretrain import Arch, pretrain
+    from jaxregion.train.run import check_writable
 
     if args.config:
         _merge_yaml(args)
@@ -191,23 +193,31 @@ def run_pretrain(args: argparse.Namespace) -> int:
         raise UserError("--tokenizer is required (a tokenizer directory, e.g. from train_bpe)")
     if not args.out:
         raise UserError("--out is required (where the HF model goes)")
-    train_config(args)
+    cfg = train_config(args)
     check_writable(args.ckpt_dir)
-    init = os.path.join(args.ckpt_dir, "init")
-    if not os.path.isfile(os.path.join(init, "model.safetensors")):
-        make_scratch_model(init, args.tokenizer, seed=args.init_seed,
-                           hidden_size=args.hidden_size, num_layers=args.layers,
-                           num_heads=args.heads, num_kv_heads=args.kv_heads,
-                           intermediate_size=args.intermediate_size,
-                           max_positions=args.max_positions)
-    args.export = args.out
-    return _train(args, init, None)
+    arch = Arch(hidden_size=args.hidden_size, num_layers=args.layers, num_heads=args.heads,
+                num_kv_heads=args.kv_heads, intermediate_size=args.intermediate_size,
+                max_positions=args.max_positions, init_seed=args.init_seed)
+    res = pretrain(parse_texts(args.text), args.tokenizer, arch, cfg, args.ckpt_dir, args.out,
+                   max_seqs=args.max_seqs, evals=parse_texts(args.eval or []),
+                   eval_max_seqs=args.eval_max_seqs, progress=not args.no_progress)
+    if res.interrupted:
+        return 128 + int(res.signum or 15)
+    last = res.metrics[-1] if res.metrics else {}
+    if last.get("eval_ppl"):
+        print("final eval perplexity: " + ", ".join(f"{k}={v:.3f}" for k, v in
+                                                     last["eval_ppl"].items()))
+    print(f"wrote {args.out}", file=sys.stderr)
+    return 0
 
 
 def run_forgetting(args: argparse.Namespace) -> int:
-    from jaxregion.forgetting import load_config, run_experiment
+    from jaxregion.forgetting import load_config, run
 
     cfg = load_config(args.config)
-    out = run_experiment(cfg, out_dir=args.out, progress=not args.no_progress)
-    print(f"wrote {os.path.join(out, 'report.md')}", file=sys.stderr)
+    res = run(cfg, out_dir=args.out, progress=not args.no_progress)
+    if res.interrupted:
+        return 128 + int(res.signum or 15)
+    print(res.results["table"])
+    print(f"wrote {os.path.join(res.out, 'report.md')}", file=sys.stderr)
     return 0

@@ -40,12 +40,14 @@ from jaxregion.regions.files import (
     save_region,
     save_scores,
 )
+from jaxregion.regions.granularity import GRANULARITIES, line_counts, select_coarse
 from jaxregion.regions.select import (
     KINDS,
     SCOPES,
     bottom,
     bottom_monolingual,
     core,
+    layers,
     monolingual,
     random,
     select,
@@ -55,12 +57,11 @@ from jaxregion.regions.select import (
 from jaxregion.regions.stats import hidden_dim_profile, row_col_counts, stats
 
 __all__ = [
-    "DEFAULT_INCLUDE", "KINDS", "LAYERS", "SCOPES", "Region", "bottom", "bottom_monolingual",
-    "complement",
-    "core", "density", "difference", "fingerprint", "full_mask", "hidden_dim_profile",
-    "importance_path", "intersection", "is_norm", "jaccard", "k_for", "layer_index",
-    "load_importance_dir", "load_region", "load_scores", "mask_of", "module_type",
-    "monolingual", "numel", "overlap_matrix", "random", "roles_for", "row_col_counts",
-    "save_region", "save_scores", "scope_names", "select", "size", "stats", "top", "union",
-    "universe_of", "validate_scores",
+    "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "LAYERS", "SCOPES", "Region", "bottom",
+    "bottom_monolingual", "complement", "core", "density", "difference", "fingerprint",
+    "full_mask", "hidden_dim_profile", "importance_path", "intersection", "is_norm", "jaccard",
+    "k_for", "layer_index", "layers", "line_counts", "load_importance_dir", "load_region",
+    "load_scores", "mask_of", "module_type", "monolingual", "numel", "overlap_matrix", "random",
+    "roles_for", "row_col_counts", "save_region", "save_scores", "scope_names", "select",
+    "select_coarse", "size", "stats", "top", "union", "universe_of", "validate_scores",
 ]

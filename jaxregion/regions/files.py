@@ -3,7 +3,8 @@
 Region file: one uint8 tensor per HF name in the region's universe, holding
 ``numpy.packbits(mask.ravel(), bitorder="little")``; header ``__metadata__`` (all str):
 ``format``, ``shapes`` (JSON name → shape), ``kind``, ``ratio``, ``languages`` (JSON list),
-``scope``, ``seed``, ``include``, ``exclude`` (``""`` = none), ``model`` (fingerprint) and
+``scope``, ``granularity`` (element/row/column/tensor/layer: a coarse region is still an
+element mask), ``seed``, ``include``, ``exclude`` (``""`` = none), ``model`` (fingerprint) and
 ``meta`` (the full JSON meta). Any numpy/PyTorch user can apply it:
 ``np.unpackbits(t, bitorder="little")[:n].reshape(shape).astype(bool)``.
 """
@@ -61,6 +62,7 @@ def save_region(path: str, region: Region | PyTree, model: str | None = None) ->
         "ratio": _s(meta.get("ratio")),
         "languages": json.dumps(list(meta.get("langs") or [])),
         "scope": _s(meta.get("scope")),
+        "granularity": _s(meta.get("granularity") or "element"),
         "seed": _s(meta.get("seed")),
         "include": _s(meta.get("include")),
         "exclude": _s(meta.get("exclude")),

@@ -27,10 +27,12 @@ from jaxregion.regions.base import (
     check_ratio,
     fingerprint,
     full_mask,
+    layer_index,
     roles_for,
     scope_names,
     shape_of,
 )
+from jaxregion.regions.granularity import check_granularity, select_coarse
 
 PyTree = Any
 SCOPES = ("per-tensor", "per-layer", "global")
@@ -55,6 +57,14 @@ def _sum_abs_keys(xs: tuple[jax.Array, ...], largest: bool) -> tuple[jax.Array, 
         total = total + jnp.abs(x.astype(jnp.float32))
     key = _order_key(total)
     return (key if largest else ~key), jnp.any(jnp.isnan(total))
+
+
+@jax.jit
+def _sum_abs(xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
+    total = jnp.abs(xs[0].astype(jnp.float32))
+    for x in xs[1:]:
+        total = total + jnp.abs(x.astype(jnp.float32))
+    return total, jnp.any(jnp.isnan(total))
 
 
 @partial(jax.jit, static_argnames=("shape",))
@@ -201,29 +211,55 @@ def _check_lang(scores_by_lang: Mapping[str, Any], lang: str) -> None:
 
 
 # --- public selectors ------------------------------------------------------------------
+def _check_coarse_scope(granularity: str, scope: str) -> None:
+    check_granularity(granularity)
+    if granularity in ("row", "column") and scope != "per-tensor":
+        raise UserError(f"granularity {granularity} takes k {granularity}s in each tensor; "
+                        f"scope {scope!r} does not apply (use scope per-tensor)")
+
+
 def _summed_selector(scores_by_lang: Mapping[str, PyTree], langs: Sequence[str], ratio: float,
                      scope: str, include: str | None, exclude: str | None, largest: bool,
-                     sources: Mapping[str, str] | None,
+                     sources: Mapping[str, str] | None, granularity: str = "element",
+                     in_axes: Mapping[str, int] | None = None,
                      ) -> tuple[list[str], Callable[[], Iterator[dict[str, jax.Array]]]]:
     flats = validate_scores(scores_by_lang, sources)
     ref = flats[next(iter(flats))]
     names = scope_names(list(ref), include, exclude)
 
+    def nan_error(n: str) -> UserError:
+        return UserError(f"importance scores for {n!r} contain NaN (languages "
+                         f"{', '.join(langs)}); recompute them")
+
     def key_fn(n: str) -> jax.Array:
         key, bad = _sum_abs_keys(tuple(jnp.asarray(flats[lang][n]) for lang in langs), largest)
         if bool(bad):
-            raise UserError(f"importance scores for {n!r} contain NaN (languages "
-                            f"{', '.join(langs)}); recompute them")
+            raise nan_error(n)
         return key
 
+    def values(n: str) -> jax.Array:
+        total, bad = _sum_abs(tuple(jnp.asarray(flats[lang][n]) for lang in langs))
+        if bool(bad):
+            raise nan_error(n)
+        return total
+
+    if granularity != "element":
+        shapes = {n: shape_of(ref[n]) for n in names}
+        return names, lambda: iter([select_coarse(names, shapes, ratio, granularity, values,
+                                                  largest, in_axes=in_axes)])
     return names, lambda: _iter_select(names, scope, ratio, key_fn)
 
 
 def _meta(kind: str, ratio: float, langs: Sequence[str], scope: str, include: str | None,
-          exclude: str | None, model: str, **extra: Any) -> dict[str, Any]:
+          exclude: str | None, model: str, granularity: str = "element", **extra: Any
+          ) -> dict[str, Any]:
+    unit = "numel_of_unit" if granularity == "element" else {
+        "row": "rows_of_tensor", "column": "columns_of_tensor", "tensor": "tensors",
+        "layer": "layers"}[granularity]
     return {"kind": kind, "ratio": ratio, "langs": list(langs), "scope": scope,
-            "seed": extra.pop("seed", None), "include": include, "exclude": exclude,
-            "k_rule": K_RULE, "model": model, **extra}
+            "granularity": granularity, "seed": extra.pop("seed", None), "include": include,
+            "exclude": exclude, "k_rule": K_RULE.replace("numel_of_unit", unit), "model": model,
+            **extra}
 
 
 def _finish(template: PyTree, names: list[str], flat: dict[str, jax.Array],
@@ -233,78 +269,91 @@ def _finish(template: PyTree, names: list[str], flat: dict[str, jax.Array],
 
 def _summed(kind: str, scores_by_lang: Mapping[str, PyTree], ratio: float, scope: str,
             include: str | None, exclude: str | None, sources: Mapping[str, str] | None,
-            langs: Sequence[str] | None = None, **extra: Any) -> Region:
+            langs: Sequence[str] | None = None, granularity: str = "element",
+            in_axes: Mapping[str, int] | None = None, **extra: Any) -> Region:
     ratio = check_ratio(ratio)
+    _check_coarse_scope(granularity, scope)
     langs = sorted(scores_by_lang) if langs is None else list(langs)
     names, run = _summed_selector(scores_by_lang, langs, ratio, scope, include, exclude,
-                                  kind != "bottom", sources)
+                                  kind != "bottom", sources, granularity, in_axes)
     flat: dict[str, jax.Array] = {}
     for part in run():
         flat.update(part)
     template = scores_by_lang[next(iter(scores_by_lang))]
     meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
-                 fingerprint(template), **extra)
+                 fingerprint(template), granularity, **extra)
     return _finish(template, names, flat, meta)
 
 
 def core(scores_by_lang: Mapping[str, PyTree], ratio: float = 0.01, scope: str = "per-tensor",
          include: str | None = DEFAULT_INCLUDE, exclude: str | None = None,
-         sources: Mapping[str, str] | None = None) -> Region:
+         sources: Mapping[str, str] | None = None, granularity: str = "element",
+         in_axes: Mapping[str, int] | None = None) -> Region:
     """The paper's core region: top-k of Σ_lang |score| in each scope unit.
 
     Languages are summed in sorted-name order (float32) so the result does not depend on
-    dict order. k = max(1, floor(ratio × unit size)); ties go to the lower index."""
-    return _summed("core", scores_by_lang, ratio, scope, include, exclude, sources)
+    dict order. k = max(1, floor(ratio × unit size)); ties go to the lower index. With a
+    coarser ``granularity`` the units are rows/columns/tensors/layers
+    (:mod:`jaxregion.regions.granularity`)."""
+    return _summed("core", scores_by_lang, ratio, scope, include, exclude, sources,
+                   granularity=granularity, in_axes=in_axes)
 
 
 def bottom(scores_by_lang: Mapping[str, PyTree], ratio: float = 0.01,
            scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-           exclude: str | None = None, sources: Mapping[str, str] | None = None) -> Region:
+           exclude: str | None = None, sources: Mapping[str, str] | None = None,
+           granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
     """Control: the k *least* important elements by Σ_lang |score| (same k as :func:`core`)."""
-    return _summed("bottom", scores_by_lang, ratio, scope, include, exclude, sources)
+    return _summed("bottom", scores_by_lang, ratio, scope, include, exclude, sources,
+                   granularity=granularity, in_axes=in_axes)
 
 
 def top(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
         scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-        exclude: str | None = None, sources: Mapping[str, str] | None = None) -> Region:
+        exclude: str | None = None, sources: Mapping[str, str] | None = None,
+        granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
     """Top-k of one language's |score| (shapes of all languages are still cross-checked)."""
     _check_lang(scores_by_lang, lang)
     return _summed("top", scores_by_lang, ratio, scope, include, exclude, sources,
-                   langs=[lang], lang=lang)
+                   langs=[lang], lang=lang, granularity=granularity, in_axes=in_axes)
 
 
 def monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
                 scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-                exclude: str | None = None, sources: Mapping[str, str] | None = None) -> Region:
-    """Elements in top-k(lang) and in no other language's top-k (same ratio and scope).
-
-    With a single language this equals :func:`top`."""
+                exclude: str | None = None, sources: Mapping[str, str] | None = None,
+                granularity: str = "element", in_axes: Mapping[str, int] | None = None
+                ) -> Region:
+    """Elements in top-k(lang) and in no other language's top-k (same ratio, scope and
+    granularity). With a single language this equals :func:`top`."""
     return _exclusive("monolingual", True, scores_by_lang, lang, ratio, scope, include,
-                      exclude, sources)
+                      exclude, sources, granularity, in_axes)
 
 
 def bottom_monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
                        scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-                       exclude: str | None = None,
-                       sources: Mapping[str, str] | None = None) -> Region:
+                       exclude: str | None = None, sources: Mapping[str, str] | None = None,
+                       granularity: str = "element", in_axes: Mapping[str, int] | None = None
+                       ) -> Region:
     """The authors' control for monolingual regions: elements in bottom-k(lang) (the k least
     important for ``lang``) and in no other language's bottom-k."""
     return _exclusive("bottom-monolingual", False, scores_by_lang, lang, ratio, scope, include,
-                      exclude, sources)
+                      exclude, sources, granularity, in_axes)
 
 
 def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], lang: str,
                ratio: float, scope: str, include: str | None, exclude: str | None,
-               sources: Mapping[str, str] | None) -> Region:
+               sources: Mapping[str, str] | None, granularity: str,
+               in_axes: Mapping[str, int] | None) -> Region:
     """One language's top-k (``largest``) or bottom-k minus the union of the others'."""
     ratio = check_ratio(ratio)
+    _check_coarse_scope(granularity, scope)
     _check_lang(scores_by_lang, lang)
     others = [o for o in sorted(scores_by_lang) if o != lang]
     runs = {}
     names: list[str] = []
     for ll in [lang, *others]:
         names, runs[ll] = _summed_selector(scores_by_lang, [ll], ratio, scope, include,
-                                           exclude, largest, sources)
+                                           exclude, largest, sources, granularity, in_axes)
     flat: dict[str, jax.Array] = {}
     iters = {ll: runs[ll]() for ll in runs}
     for part in iters[lang]:
@@ -316,18 +365,22 @@ def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], l
         flat.update(acc)
     template = scores_by_lang[next(iter(scores_by_lang))]
     meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
-                 fingerprint(template), lang=lang)
+                 fingerprint(template), granularity, lang=lang)
     return _finish(template, names, flat, meta)
 
 
 def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "per-tensor",
-           include: str | None = DEFAULT_INCLUDE, exclude: str | None = None) -> Region:
-    """Control: exactly k uniformly random elements per unit, reproducible from ``seed``.
+           include: str | None = DEFAULT_INCLUDE, exclude: str | None = None,
+           granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
+    """Control: exactly k uniformly random elements (rows, columns, tensors, layers) per
+    unit, reproducible from ``seed``; the same k per tensor as every scored region of the
+    same ratio, scope and granularity.
 
     Each tensor's random stream is keyed by (seed, crc32 of its HF name), so a tensor's
     draw does not depend on which other tensors are in scope. ``template`` may be params,
     scores or ``jax.ShapeDtypeStruct`` leaves."""
     ratio = check_ratio(ratio)
+    _check_coarse_scope(granularity, scope)
     flat_t = T.flatten(template)
     names = scope_names(list(flat_t), include, exclude)
     base = jax.random.PRNGKey(int(seed))
@@ -337,28 +390,54 @@ def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "p
                             shape_of(flat_t[n]))
 
     flat: dict[str, jax.Array] = {}
-    for part in _iter_select(names, scope, ratio, key_fn):
-        flat.update(part)
+    if granularity == "element":
+        for part in _iter_select(names, scope, ratio, key_fn):
+            flat.update(part)
+    else:
+        flat = select_coarse(names, {n: shape_of(flat_t[n]) for n in names}, ratio,
+                             granularity, None, seed=int(seed), in_axes=in_axes)
     meta = _meta("random", ratio, [], scope, include, exclude, fingerprint(template),
-                 seed=int(seed))
+                 granularity, seed=int(seed))
+    return _finish(template, names, flat, meta)
+
+
+def layers(template: PyTree, which: Sequence[int], include: str | None = DEFAULT_INCLUDE,
+           exclude: str | None = None) -> Region:
+    """Every parameter (norms included) of the given transformer layers within the scope."""
+    flat_t = T.flatten(template)
+    names = scope_names(list(flat_t), include, exclude)
+    want = {int(i) for i in which}
+    present = {layer_index(n) for n in names}
+    missing = sorted(want - present)
+    if missing:
+        raise UserError(f"layers {missing} are not in the model (layers in scope: "
+                        f"{sorted(i for i in present if i is not None)})")
+    flat = {n: jnp.full(shape_of(flat_t[n]), layer_index(n) in want, bool) for n in names}
+    meta = _meta("layers", 1.0, [], "per-tensor", include, exclude, fingerprint(template),
+                 "layer", layers=sorted(want))
     return _finish(template, names, flat, meta)
 
 
 def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
            lang: str | None = None, ratio: float = 0.01, scope: str = "per-tensor",
            include: str | None = DEFAULT_INCLUDE, exclude: str | None = None, seed: int = 0,
-           template: PyTree | None = None, sources: Mapping[str, str] | None = None) -> Region:
-    """One entry point for the CLI: ``kind`` in :data:`KINDS`."""
+           template: PyTree | None = None, sources: Mapping[str, str] | None = None,
+           granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
+    """One entry point: ``kind`` in :data:`KINDS`, at any ``granularity``
+    (element/row/column/tensor/layer). ``in_axes``: HF name -> the axis of input features
+    (from the family's roles), for row/column granularity."""
     if kind not in KINDS:
         raise UserError(f"region kind {kind!r} is unknown; use one of {', '.join(KINDS)}")
     if scope not in SCOPES:
         raise UserError(f"scope {scope!r} is unknown; use one of {', '.join(SCOPES)}")
+    check_granularity(granularity)
+    g = {"granularity": granularity, "in_axes": in_axes}
     if kind == "random":
         if template is None:
             if not scores_by_lang:
                 raise UserError("a random region needs a model or score file for its shapes")
             template = scores_by_lang[next(iter(scores_by_lang))]
-        return random(template, ratio, seed, scope, include, exclude)
+        return random(template, ratio, seed, scope, include, exclude, **g)
     if not scores_by_lang:
         raise UserError(f"a {kind} region needs importance scores; pass at least one language")
     if kind in ("top", "monolingual", "bottom-monolingual"):
@@ -366,6 +445,6 @@ def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
             raise UserError(f"a {kind} region needs a language; have: "
                             f"{', '.join(sorted(scores_by_lang))}")
         fn = {"top": top, "monolingual": monolingual, "bottom-monolingual": bottom_monolingual}
-        return fn[kind](scores_by_lang, lang, ratio, scope, include, exclude, sources)
+        return fn[kind](scores_by_lang, lang, ratio, scope, include, exclude, sources, **g)
     fn = core if kind == "core" else bottom
-    return fn(scores_by_lang, ratio, scope, include, exclude, sources)
+    return fn(scores_by_lang, ratio, scope, include, exclude, sources, **g)

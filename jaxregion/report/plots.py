@@ -153,3 +153,46 @@ def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float
     ax.set_title(title)
     ax.legend(fontsize=8)
     _save(fig, path)
+
+
+def pareto(path: str, points: Sequence[dict], frontier: Sequence[str], title: str,
+           xlabel: str, ylabel: str, caption: str = "") -> None:
+    """One marker per setting at (x, y) with seed error bars; colour = scorer, marker =
+    granularity, open markers for baselines other than none; the Pareto frontier joined.
+
+    ``points``: dicts with label, x, y, xerr, yerr, scorer, granularity, baseline."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(7.5, 5))
+    scorers = sorted({p["scorer"] for p in points})
+    cmap = plt.get_cmap("tab10")
+    colors = {s: cmap(i % 10) for i, s in enumerate(scorers)}
+    marks = {"element": "o", "row": "s", "column": "D", "tensor": "^", "layer": "v"}
+    seen: set[str] = set()
+    for p in points:
+        c = colors[p["scorer"]]
+        label = p["scorer"] if p["scorer"] not in seen else None
+        seen.add(p["scorer"])
+        open_ = p["baseline"] != "none"
+        ax.errorbar(p["x"], p["y"], xerr=p.get("xerr") or None, yerr=p.get("yerr") or None,
+                    fmt=marks.get(p["granularity"], "o"), color=c, ms=6, capsize=2, lw=0.8,
+                    mfc="none" if open_ else c, label=label)
+        if p["label"] in frontier or p["scorer"] == "none":
+            ax.annotate(p["label"], (p["x"], p["y"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+    front = sorted((p for p in points if p["label"] in frontier), key=lambda p: p["x"])
+    if len(front) > 1:
+        ax.plot([p["x"] for p in front], [p["y"] for p in front], color="black", lw=0.8,
+                ls="--", label="Pareto frontier")
+    for g, m in marks.items():
+        if any(p["granularity"] == g for p in points):
+            ax.plot([], [], m, color="gray", label=f"granularity {g}")
+    if any(p["baseline"] != "none" for p in points):
+        ax.plot([], [], "o", color="gray", mfc="none", label="with replay / EWC")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="best")
+    if caption:
+        fig.text(0.01, -0.02, caption, fontsize=6, wrap=True, va="top")
+    _save(fig, path)

@@ -28,7 +28,8 @@ PREVIOUS = "previous"
 # what a ckpt-dir holds for one run: moved together by a restart
 RUN_STATE = ("steps", "corrupt", "metrics.jsonl", IDENTITY, "run.json", "base")
 OPTIMIZER_FIELDS = ("batch_size", "seq_len", "lr", "warmup", "schedule", "weight_decay", "clip",
-                    "grad_accum", "dtype", "b1", "b2", "seed", "min_lr_ratio", "freeze_norms")
+                    "grad_accum", "dtype", "b1", "b2", "seed", "min_lr_ratio", "freeze_norms",
+                    "replay_ratio", "ewc_lambda")
 
 
 def digest_tree(tree: Any) -> str:

@@ -7,13 +7,14 @@ forward/backward pass (gradients come back in float32 through the cast).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
 import signal
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import jax
@@ -28,7 +29,8 @@ from jaxregion.models import ModelConfig, abstract_params, loss_fn
 from jaxregion.regions.base import mask_of
 from jaxregion.train import identity
 from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
-from jaxregion.train.sampler import Sampler
+from jaxregion.train.penalties import EWC, ewc_penalty
+from jaxregion.train.sampler import ReplaySampler, Sampler
 
 SCHEDULES = ("cosine", "constant", "linear")
 
@@ -54,6 +56,10 @@ class TrainConfig:
     seed: int = 0
     freeze_norms: bool = False
     min_lr_ratio: float = 0.1  # cosine decays to lr * this
+    replay_ratio: float = 0.0  # share of every batch replayed from source-language windows
+    ewc_lambda: float = 0.0  # strength of the EWC penalty towards the base params
+    eval_at: tuple[int, ...] = ()  # extra steps to evaluate at (besides eval_every, the end)
+    eval_start: bool = True  # evaluate at step 0 too (off when the caller has the base eval)
 
     def validate(self) -> None:
         if self.steps <= 0:
@@ -79,6 +85,17 @@ class TrainConfig:
             raise UserError(f"--eval-every {self.eval_every}: must be >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise UserError(f"--dtype {self.dtype!r}: use float32 or bfloat16")
+        if not (0.0 <= self.replay_ratio < 1.0):
+            raise UserError(f"--replay-ratio {self.replay_ratio}: must be in [0, 1)")
+        if not (self.ewc_lambda >= 0) or math.isinf(self.ewc_lambda):
+            raise UserError(f"--ewc-lambda {self.ewc_lambda}: must be >= 0 and finite")
+        if any(s <= 0 for s in self.eval_at):
+            raise UserError(f"--eval-at {list(self.eval_at)}: steps must be positive")
+
+    def eval_now(self, step: int) -> bool:
+        """Whether to evaluate after ``step`` optimizer steps."""
+        return bool((self.eval_every and step % self.eval_every == 0) or step in self.eval_at
+                    or step == self.steps)
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -121,13 +138,15 @@ def state_shardings(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
 
 
 def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
-                    frozen: bool):
-    """``step(params, opt_state, batch, mask) -> (params, opt_state, loss)``, jit-compiled.
+                    frozen: bool, ewc: bool = False):
+    """``step(params, opt_state, batch, mask[, ewc]) -> (params, opt_state, loss)``, jitted.
 
     Params, mask and optimizer state are sharded by the mesh's rules (FSDP / tensor
     parallel), the batch over the batch axes. The freeze mask is an argument (not a baked-in
     constant), so one compiled step serves every region of a model. With ``frozen=False`` the
-    mask argument is ignored (None)."""
+    mask argument is ignored (None). With ``ewc``, the :class:`EWC` argument (sharded like
+    the params) adds ``cfg.ewc_lambda``'s penalty to the loss; the returned loss is the LM
+    loss alone."""
     rep = sharding.replicated(mesh)
     psh, osh = state_shardings(model_cfg, cfg, mesh, frozen)
     bsh = sharding.batch_sharding(mesh)
@@ -149,14 +168,34 @@ def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
         (loss, g), _ = jax.lax.scan(body, (jnp.zeros((), jnp.float32), zeros), micro)
         return loss / k, jax.tree.map(lambda x: x / k, g)
 
-    def step(params, opt_state, batch, mask):
+    def step(params, opt_state, batch, mask, ewc_state):
         loss, grads = grads_of(params, batch)
+        if ewc:
+            pen = jax.grad(ewc_penalty)(params, ewc_state, cfg.ewc_lambda)
+            grads = jax.tree.map(jnp.add, grads, pen)
         tx = make_optimizer(cfg, mask if frozen else None)
         updates, opt_state = tx.update(grads, opt_state, params)
         return optax.apply_updates(params, updates), opt_state, loss
 
-    return jax.jit(step, in_shardings=(psh, osh, bsh, psh if frozen else None),
+    msh = psh if frozen else None
+    if ewc:
+        return jax.jit(step, in_shardings=(psh, osh, bsh, msh, EWC(psh, psh)),
+                       out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
+    return jax.jit(lambda p, o, b, m: step(p, o, b, m, None), in_shardings=(psh, osh, bsh, msh),
                    out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
+
+
+def step_key(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with the fields the compiled step does not depend on reset, so runs that differ
+    only in data order, evaluation or checkpointing share one compilation."""
+    return replace(cfg, seed=0, save_every=1, keep=1, eval_every=0, eval_at=(),
+                   eval_start=True, replay_ratio=0.0, eval_batch_size=1)
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
+                 frozen: bool, ewc: bool):
+    return make_train_step(model_cfg, cfg, mesh, frozen, ewc)
 
 
 def freeze_mask_for(params: Any, region: Any, include_norms: bool,
@@ -241,12 +280,16 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
           cfg: TrainConfig, ckpt_dir: str, *, region: Any = None,
           evals: dict[str, np.ndarray] | None = None, mesh: jax.sharding.Mesh | None = None,
           progress: bool = True, run_info: dict | None = None, model_id: str | None = None,
-          restart: bool = False) -> TrainResult:
+          restart: bool = False, replay: dict[str, np.ndarray] | None = None,
+          ewc: EWC | None = None) -> TrainResult:
     """Train ``params`` (float32, HF-named) for ``cfg.steps`` steps, resuming from ``ckpt_dir``.
 
     ``region``: a Region or bool tree of elements to freeze. ``evals``: ``{lang: windows}``
-    evaluated every ``cfg.eval_every`` steps (and at step 0 and the end) into metrics.jsonl.
-    Returns the final params (or those at the interrupting signal).
+    evaluated every ``cfg.eval_every`` steps, at ``cfg.eval_at`` steps, at the end (and at
+    step 0 unless ``cfg.eval_start`` is off) into metrics.jsonl. ``replay``: source-language
+    windows, ``cfg.replay_ratio`` of every batch (:class:`ReplaySampler`). ``ewc``: anchor
+    and Fisher for the ``cfg.ewc_lambda`` penalty. Returns the final params (or those at the
+    interrupting signal, with ``interrupted`` set).
 
     The run's identity (``model_id``, default a digest of ``params``; data; region; optimizer
     settings; steps) must match the one recorded in ``ckpt_dir`` to resume (see
@@ -260,7 +303,15 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         raise UserError(f"--batch-size {cfg.batch_size} / --grad-accum {cfg.grad_accum} must be "
                         f"a multiple of the {mult} devices on the batch axes")
     evals = evals or {}
-    sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
+    if cfg.ewc_lambda > 0 and ewc is None:
+        raise UserError(f"--ewc-lambda {cfg.ewc_lambda} needs a Fisher diagonal (fisher "
+                        "importance files of the languages to protect)")
+    use_ewc = ewc is not None and cfg.ewc_lambda > 0
+    if cfg.replay_ratio > 0:
+        sampler: Sampler | ReplaySampler = ReplaySampler(
+            train_windows, replay or {}, cfg.batch_size, cfg.replay_ratio, cfg.seed)
+    else:
+        sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
     mask = freeze_mask_for(params, region, cfg.freeze_norms, model_cfg)
     tx = make_optimizer(cfg, mask)
     psh, osh = state_shardings(model_cfg, cfg, mesh, mask is not None)
@@ -269,6 +320,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                      out_shardings=psh)(params)
     opt_state = jax.jit(tx.init, out_shardings=osh)(params)
     mask_dev = jax.device_put(mask, psh) if mask is not None else None
+    ewc_dev = jax.device_put(EWC(*ewc), EWC(psh, psh)) if use_ewc else None
 
     # --- identity, then resume -------------------------------------------------------
     freeze_id = None if mask is None else identity.digest_tree(
@@ -283,8 +335,8 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         params, opt_state, start, resumed = got.params, got.opt_state, got.step, got.step
         want = sampler.state(start)
         have = got.meta.get("data", {})
-        for key in ("seed", "batch_size", "langs", "windows"):
-            if key in have and have[key] != want[key]:
+        for key in ("seed", "batch_size", "langs", "windows", "replay"):
+            if have.get(key) != want.get(key) and (key in have or key == "replay"):
                 raise UserError(f"{ckpt_dir}: its checkpoint was made with data {key}="
                                 f"{have[key]!r}, this run has {want[key]!r}; use the same "
                                 "settings to resume, or a new --ckpt-dir")
@@ -295,7 +347,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         _write_metrics(metrics_path, records)
     rng = jax.random.PRNGKey(cfg.seed)
 
-    step_fn = make_train_step(model_cfg, cfg, mesh, frozen=mask is not None)
+    step_fn = _cached_step(model_cfg, step_key(cfg), mesh, mask is not None, use_ewc)
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep)
     sched = lr_schedule(cfg)
     tokens_per_step = cfg.batch_size * (sampler.windows[0].shape[1] - 1)
@@ -311,7 +363,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
             with open(metrics_path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(rec, allow_nan=False) + "\n")
 
-    if start == 0 and evals and not records:
+    if start == 0 and evals and not records and cfg.eval_start:
         log({"step": 0, "loss": None, "lr": float(sched(0)),
              "eval_ppl": _eval(params, model_cfg, evals, cfg, mesh), "tokens_per_s": None})
 
@@ -324,7 +376,8 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
         with _Stop() as stop:
             while step < cfg.steps:
                 batch = sharding.put_batch(sampler.batch(step), mesh)
-                params, opt_state, loss = step_fn(params, opt_state, batch, mask_dev)
+                extra = (ewc_dev,) if use_ewc else ()
+                params, opt_state, loss = step_fn(params, opt_state, batch, mask_dev, *extra)
                 step += 1
                 if not math.isfinite(float(loss)):
                     raise UserError(f"the training loss is {float(loss)} at step {step}: the run "
@@ -334,13 +387,13 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                 n_acc += 1
                 bar.update(1)
                 last = step == cfg.steps
-                log_now = (cfg.eval_every and step % cfg.eval_every == 0) or last or \
-                    step % cfg.save_every == 0 or stop.signum is not None
+                log_now = cfg.eval_now(step) or step % cfg.save_every == 0 or \
+                    stop.signum is not None
                 if log_now:
                     dt = time.perf_counter() - t_last
                     rec = {"step": step, "loss": loss_acc / n_acc, "lr": float(sched(step - 1)),
                            "tokens_per_s": tokens_per_step * n_acc / max(dt, 1e-9)}
-                    if evals and ((cfg.eval_every and step % cfg.eval_every == 0) or last):
+                    if evals and cfg.eval_now(step):
                         rec["eval_ppl"] = _eval(params, model_cfg, evals, cfg, mesh)
                     log(rec)
                     bar.set_postfix(loss=f"{rec['loss']:.3f}",

@@ -62,3 +62,57 @@ class Sampler:
         """What a checkpoint records about the input pipeline (for checking on resume)."""
         return {"seed": self.seed, "step": int(step), "batch_size": self.batch_size,
                 "langs": self.langs, "windows": [int(len(w)) for w in self.windows]}
+
+
+#: The replayed stream's seed is the run's seed plus this (an independent permutation stream).
+SOURCE_SEED_OFFSET = 7919
+
+
+def replay_slots(batch_size: int, n_replay: int) -> np.ndarray:
+    """Bool ``[batch_size]``: which batch positions hold replayed windows, spread evenly
+    (position j is a replay slot when floor((j+1) r / B) > floor(j r / B)), so every
+    gradient-accumulation micro-batch gets its share too."""
+    j = np.arange(batch_size)
+    return (j + 1) * n_replay // batch_size > j * n_replay // batch_size
+
+
+class ReplaySampler:
+    """Data replay on the same token budget: of every batch of ``batch_size`` windows,
+    exactly ``ratio * batch_size`` (which must be a whole number) are source-language
+    windows and the rest target windows. Both parts are :class:`Sampler` streams (the
+    source one on its own seed stream), so the batch of step ``s`` is still a pure function
+    of ``(seed, s)`` and resuming needs nothing but ``s``."""
+
+    def __init__(self, target: Mapping[str, np.ndarray], source: Mapping[str, np.ndarray],
+                 batch_size: int, ratio: float, seed: int = 0):
+        n_rep = round(ratio * batch_size)
+        if not (0.0 < ratio < 1.0) or abs(ratio * batch_size - n_rep) > 1e-9 or n_rep == 0:
+            raise UserError(f"replay ratio {ratio} of batch size {batch_size} is not a whole "
+                            "number of windows in (0, batch size); choose a ratio such that "
+                            "ratio * batch_size is an integer (e.g. 0.25 with batch 8)")
+        if not source:
+            raise UserError("replay ratio > 0 needs source-language windows to replay")
+        self.target = Sampler(target, batch_size - n_rep, seed)
+        self.source = Sampler(source, n_rep, int(seed) + SOURCE_SEED_OFFSET)
+        if self.target.windows[0].shape[1] != self.source.windows[0].shape[1]:
+            raise UserError("replay windows and training windows have different lengths")
+        self.batch_size = int(batch_size)
+        self.n_replay = n_rep
+        self.ratio = float(ratio)
+        self.seed = int(seed)
+        self.langs = self.target.langs
+        self.windows = self.target.windows
+        self.slots = replay_slots(batch_size, n_rep)
+
+    def batch(self, step: int) -> np.ndarray:
+        out = np.empty((self.batch_size, self.windows[0].shape[1]), np.int32)
+        out[~self.slots] = self.target.batch(step)
+        out[self.slots] = self.source.batch(step)
+        return out
+
+    def state(self, step: int) -> dict:
+        st = self.target.state(step)
+        st["batch_size"] = self.batch_size
+        st["replay"] = {"ratio": self.ratio, "n": self.n_replay, "langs": self.source.langs,
+                        "windows": [int(len(w)) for w in self.source.windows]}
+        return st

@@ -1,0 +1,32 @@
+"""The forgetting frontier: continued pre-training on a target language while protecting the
+others, swept over freeze ratio × granularity × scorer × baseline × seed.
+
+- :mod:`~jaxregion.forgetting.config`: the YAML schema (frozen dataclasses) and the points;
+- :mod:`~jaxregion.forgetting.protect`: scorers -> regions, replay data, EWC terms (cached);
+- :mod:`~jaxregion.forgetting.sweep`: the resumable driver (``jaxregion forgetting CONFIG``);
+- :mod:`~jaxregion.forgetting.results`: metrics, seed aggregates, Pareto set, Outcome lines,
+  rendering through :mod:`jaxregion.report`.
+"""
+
+from jaxregion.forgetting.config import (
+    BASELINES,
+    SCORERS,
+    BaselineSpec,
+    ForgettingConfig,
+    Grid,
+    ImportanceSpec,
+    Point,
+    PretrainSpec,
+    Setting,
+    TrainSpec,
+    config_from_dict,
+    load_config,
+    points,
+)
+from jaxregion.forgetting.sweep import SweepResult, bootstrap_model, run
+
+__all__ = [
+    "BASELINES", "SCORERS", "BaselineSpec", "ForgettingConfig", "Grid", "ImportanceSpec", "Point",
+    "PretrainSpec", "Setting", "SweepResult", "TrainSpec", "bootstrap_model", "config_from_dict",
+    "load_config", "points", "run",
+]

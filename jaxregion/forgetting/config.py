@@ -1,0 +1,341 @@
+"""The forgetting sweep's configuration (frozen dataclasses, strict YAML) and its points.
+
+A config names one base model (or a ``pretrain`` section that makes one), a target language
+to continue pre-training on, the languages to protect (``sources``), and a sweep: one or
+more grids of scorer × ratio × granularity × baseline × seed. Every grid point is one
+training run; the unfrozen reference (scorer ``none``) is added for every baseline and seed
+so each point has a comparison on the same data order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from jaxregion.config import from_dict, read_yaml
+from jaxregion.errors import UserError
+from jaxregion.regions import DEFAULT_INCLUDE, GRANULARITIES, SCOPES
+from jaxregion.regions.base import check_ratio
+from jaxregion.safety import check_name
+from jaxregion.train.loop import TrainConfig
+
+#: scorer -> (importance estimator, region kind). ``top:LANG`` / ``monolingual:LANG`` take a
+#: language; core-kind scorers sum |score| over the source languages.
+SCORERS: dict[str, tuple[str | None, str]] = {
+    "none": (None, "none"),          # nothing frozen (the reference)
+    "core": ("taylor", "core"),      # the paper's: top of Σ_sources |θ ⊙ ∇L|
+    "wanda": ("wanda", "core"),      # SSU's: |W| ⊙ ‖X_j‖ on source data
+    "fisher": ("fisher", "core"),
+    "magnitude": ("magnitude", "core"),
+    "random": (None, "random"),
+    "bottom": ("taylor", "bottom"),
+    "top": ("taylor", "top"),        # top:LANG, one language's own region
+    "monolingual": ("taylor", "monolingual"),  # monolingual:LANG
+}
+BASELINES = ("none", "replay", "ewc")
+X_AXES = ("target_gain", "target_logppl")
+
+
+@dataclass(frozen=True)
+class TrainSpec(TrainConfig):
+    """A :class:`TrainConfig` with this experiment's defaults, its data limits, and the
+    evaluation points in samples (windows seen), as the paper reports them."""
+
+    steps: int = 100
+    seq_len: int = 64
+    lr: float = 1e-3
+    warmup: int = 10
+    eval_every: int = 0
+    save_every: int = 1000
+    keep: int = 1
+    eval_max_seqs: int | None = 32
+    train_max_seqs: int | None = None
+    eval_samples: tuple[int, ...] = ()  # evaluate after these many training windows
+
+    def train_config(self, **overrides: Any) -> TrainConfig:
+        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
+        steps = overrides.get("steps", self.steps)
+        at = {math.ceil(s / self.batch_size) for s in self.eval_samples}
+        kw.update(save_every=min(self.save_every, steps),
+                  eval_at=tuple(sorted({*self.eval_at, *(a for a in at if a <= steps)})))
+        kw.update(overrides)
+        return TrainConfig(**kw)
+
+
+@dataclass(frozen=True)
+class ImportanceSpec:
+    """Where importance scores come from: ``texts`` per language, scored once per estimator
+    and cached. ``langs``: the languages whose summed scores define the core / bottom /
+    wanda / fisher regions and the EWC Fisher (default: the protected ``sources``)."""
+
+    texts: Mapping[str, str] = field(default_factory=dict)
+    langs: tuple[str, ...] = ()
+    max_seqs: int | None = 64
+    batch_size: int = 8
+    dir: str | None = None  # cache of EST/LANG.safetensors (default OUT/importance); shareable
+
+
+@dataclass(frozen=True)
+class PretrainSpec:
+    """A small Llama trained from scratch when the config has no ``model``."""
+
+    texts: Mapping[str, str] = field(default_factory=dict)
+    tokenizer: str | None = None  # a directory; None = train a BPE on ``texts``
+    vocab_size: int = 512
+    tokenizer_docs: int = 2000
+    hidden_size: int = 64
+    num_layers: int = 2
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    max_positions: int = 256
+    init_seed: int = 0
+    train: TrainSpec = field(default_factory=TrainSpec)
+
+
+@dataclass(frozen=True)
+class BaselineSpec:
+    """Settings of the non-freezing baselines (each composes with any freeze)."""
+
+    replay_ratio: float = 0.25  # share of every batch replayed from the sources
+    replay_texts: Mapping[str, str] = field(default_factory=dict)  # default: importance texts
+    replay_max_seqs: int | None = None
+    ewc_lambda: float = 1.0  # EWC strength (Fisher normalised to mean 1)
+
+
+@dataclass(frozen=True)
+class Grid:
+    """One cross product of the sweep."""
+
+    scorers: tuple[str, ...] = ("core",)
+    ratios: tuple[float, ...] = (0.01,)
+    granularities: tuple[str, ...] = ("element",)
+    baselines: tuple[str, ...] = ("none",)
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class Setting:
+    """An explicit freeze: a region file or whole layers (e.g. regions made elsewhere)."""
+
+    name: str
+    region: str | None = None
+    layers: tuple[int, ...] | None = None
+    baselines: tuple[str, ...] = ("none",)
+    seeds: tuple[int, ...] = (0,)
+
+
+@dataclass(frozen=True)
+class ForgettingConfig:
+    target: str
+    target_train: str  # source spec of the target language's training text
+    evals: Mapping[str, str]  # {lang: source}, the target included
+    sources: tuple[str, ...] = ()  # languages to protect; default: evals minus the target
+    sweep: tuple[Grid, ...] = (Grid(scorers=("core", "random")),)
+    settings: tuple[Setting, ...] = ()
+    baselines: BaselineSpec = field(default_factory=BaselineSpec)
+    train: TrainSpec = field(default_factory=TrainSpec)
+    model: str | None = None
+    pretrain: PretrainSpec | None = None
+    importance: ImportanceSpec | None = None
+    scope: str = "per-tensor"
+    include: str = DEFAULT_INCLUDE
+    freeze_norms: bool = False
+    x_axis: str = "target_gain"
+    out_dir: str = "runs/forgetting"
+    name: str = "forgetting"
+
+    def source_langs(self) -> list[str]:
+        return list(self.sources) or [lang for lang in self.evals if lang != self.target]
+
+    def score_langs(self) -> list[str]:
+        """Languages whose importance defines the protected set (see ImportanceSpec)."""
+        imp = self.importance
+        return list(imp.langs) if imp is not None and imp.langs else self.source_langs()
+
+
+@dataclass(frozen=True)
+class Point:
+    """One training run of the sweep."""
+
+    scorer: str  # a SCORERS key, "top:LANG", or "setting:NAME"
+    ratio: float
+    granularity: str
+    baseline: str
+    seed: int
+
+    @property
+    def frozen(self) -> bool:
+        return self.scorer != "none"
+
+    @property
+    def setting(self) -> str:
+        """The label shared by this point's seeds."""
+        if not self.frozen:
+            return f"none/{self.baseline}"
+        if self.scorer.startswith("setting:"):
+            return f"{self.scorer[8:]}/{self.baseline}"
+        return f"{self.scorer}/{self.granularity}/{self.ratio:g}/{self.baseline}"
+
+    @property
+    def key(self) -> str:
+        """A file-safe, unique name."""
+        return (self.setting + f"/s{self.seed}").replace("/", "__").replace(":", "-")
+
+
+def scorer_parts(scorer: str) -> tuple[str | None, str, str | None]:
+    """``(estimator, region kind, language)`` of a scorer name."""
+    base, _, lang = scorer.partition(":")
+    est, kind = SCORERS[base]
+    return est, kind, lang or None
+
+
+def points(cfg: ForgettingConfig) -> list[Point]:
+    """Every run of the sweep, in a stable order, duplicates removed; references first."""
+    out: dict[str, Point] = {}
+    pts = []
+    for g in cfg.sweep:
+        for b in g.baselines:
+            for seed in g.seeds:
+                pts.append(Point("none", 0.0, "element", b, seed))
+    for st in cfg.settings:
+        for b in st.baselines:
+            for seed in st.seeds:
+                pts.append(Point("none", 0.0, "element", b, seed))
+    for g in cfg.sweep:
+        for sc in g.scorers:
+            for gran in g.granularities:
+                for r in g.ratios:
+                    for b in g.baselines:
+                        for seed in g.seeds:
+                            pts.append(Point(sc, 0.0, "element", b, seed) if sc == "none"
+                                       else Point(sc, float(r), gran, b, seed))
+    for st in cfg.settings:
+        for b in st.baselines:
+            for seed in st.seeds:
+                pts.append(Point(f"setting:{st.name}", 0.0, "element", b, seed))
+    for p in pts:
+        out.setdefault(p.key, p)
+    return list(out.values())
+
+
+def digest(obj: Any) -> str:
+    blob = json.dumps(obj, sort_keys=True, default=str).encode()
+    return hashlib.sha1(blob).hexdigest()[:16]
+
+
+def _check(cfg: ForgettingConfig, source: str) -> None:
+    def bad(msg: str) -> UserError:
+        return UserError(f"{source}: {msg}")
+
+    _check_names(cfg, source)
+    if cfg.target not in cfg.evals:
+        raise bad(f"evals must include the target language {cfg.target!r}")
+    if len(cfg.evals) < 2:
+        raise bad("evals need at least one language besides the target")
+    if cfg.model is None and cfg.pretrain is None:
+        raise bad("give a base 'model' directory or a 'pretrain' section")
+    if cfg.scope not in SCOPES:
+        raise bad(f"scope {cfg.scope!r} is unknown; use one of {', '.join(SCOPES)}")
+    if cfg.x_axis not in X_AXES:
+        raise bad(f"x_axis {cfg.x_axis!r} is unknown; use one of {', '.join(X_AXES)}")
+    srcs = cfg.source_langs()
+    for s in srcs:
+        if s not in cfg.evals or s == cfg.target:
+            raise bad(f"sources: {s!r} must be an evals language other than the target")
+    if not cfg.sweep and not cfg.settings:
+        raise bad("the sweep is empty; give 'sweep' grids or explicit 'settings'")
+    names = [s.name for s in cfg.settings]
+    if len(set(names)) != len(names):
+        raise bad(f"setting names repeat: {names}")
+    for st in cfg.settings:
+        if (st.region is None) == (st.layers is None):
+            raise bad(f"setting {st.name!r}: give exactly one of region, layers")
+    needs: set[str] = set()
+    baselines = {b for g in cfg.sweep for b in g.baselines} | {
+        b for st in cfg.settings for b in st.baselines}
+    for i, g in enumerate(cfg.sweep):
+        where = f"sweep[{i}]"
+        for sc in g.scorers:
+            base, _, lang = sc.partition(":")
+            if base not in SCORERS:
+                raise bad(f"{where}: scorer {sc!r} is unknown; use one of "
+                          f"{', '.join(SCORERS)} (top and monolingual as top:LANG)")
+            if (base in ("top", "monolingual")) != bool(lang):
+                raise bad(f"{where}: scorer {sc!r}: top and monolingual take a language "
+                          "(top:LANG), the others none")
+            est = SCORERS[base][0]
+            if est and est != "magnitude":
+                needs.add(sc)
+        for gran in g.granularities:
+            if gran not in GRANULARITIES:
+                raise bad(f"{where}: granularity {gran!r} is unknown; use one of "
+                          f"{', '.join(GRANULARITIES)}")
+            if gran in ("row", "column") and cfg.scope != "per-tensor":
+                raise bad(f"{where}: granularity {gran} needs scope per-tensor")
+        for r in g.ratios:
+            try:
+                check_ratio(r)
+            except UserError as e:
+                raise bad(f"{where}: {e}") from None
+        if not g.seeds:
+            raise bad(f"{where}: seeds is empty")
+    for b in baselines:
+        if b not in BASELINES:
+            raise bad(f"baseline {b!r} is unknown; use one of {', '.join(BASELINES)}")
+    if "ewc" in baselines:
+        needs.add("ewc")
+        if not cfg.baselines.ewc_lambda > 0:
+            raise bad(f"baselines.ewc_lambda {cfg.baselines.ewc_lambda}: must be > 0")
+    if "replay" in baselines:
+        r = cfg.baselines.replay_ratio
+        n = r * cfg.train.batch_size
+        if not (0 < r < 1) or abs(n - round(n)) > 1e-9:
+            raise bad(f"baselines.replay_ratio {r} x train.batch_size {cfg.train.batch_size} "
+                      "must be a whole number of windows in (0, batch size)")
+        if not cfg.baselines.replay_texts and cfg.importance is None:
+            raise bad("replay needs source texts: give baselines.replay_texts or an "
+                      "'importance' section")
+    if needs:
+        if cfg.importance is None:
+            raise bad(f"{sorted(needs)} need importance scores; add an 'importance' section "
+                      "(texts per source language)")
+        want = set(cfg.score_langs()) | {sc.partition(":")[2] for sc in needs if ":" in sc}
+        missing = sorted(want - set(cfg.importance.texts))
+        if missing:
+            raise bad(f"importance.texts lacks {missing}; add their training text")
+
+
+def _check_names(cfg: ForgettingConfig, source: str) -> None:
+    """Language and setting names become paths: each must pass the one name rule."""
+    check_name(cfg.target, f"{source}: target")
+    for key, langs in (("evals", cfg.evals), ("sources", cfg.sources),
+                       ("importance.texts", cfg.importance.texts if cfg.importance else ()),
+                       ("pretrain.texts", cfg.pretrain.texts if cfg.pretrain else ()),
+                       ("baselines.replay_texts", cfg.baselines.replay_texts)):
+        for lang in langs:
+            check_name(lang, f"{source}: {key}")
+    for st in cfg.settings:
+        check_name(st.name, f"{source}: settings", what="setting")
+
+
+def config_from_dict(d: Mapping[str, Any], source: str = "config") -> ForgettingConfig:
+    if not isinstance(d, Mapping):
+        raise UserError(f"{source}: expected a mapping, got {type(d).__name__}")
+    d = dict(d)
+    if isinstance(d.get("settings"), Mapping):  # {name: {...}} is accepted too
+        d["settings"] = [{"name": k, **(v or {})} for k, v in d["settings"].items()]
+    if isinstance(d.get("sweep"), Mapping):  # a single grid
+        d["sweep"] = [d["sweep"]]
+    cfg = from_dict(ForgettingConfig, d, source)
+    _check(cfg, source)
+    return cfg
+
+
+def load_config(path: str) -> ForgettingConfig:
+    return config_from_dict(read_yaml(path) or {}, path)

@@ -1,0 +1,79 @@
+"""Pretraining a small Llama from scratch: the one path behind ``jaxregion pretrain``, the
+forgetting experiment's self-contained configs and the demo.
+
+:func:`ensure_tokenizer` trains a byte-level BPE when none is given; :func:`pretrain` makes a
+seeded random init (once, in ``ckpt_dir/init``), trains it with :func:`~jaxregion.train.train`
+(resumable from ``ckpt_dir``) and exports the result as an HF directory.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass
+from itertools import islice
+
+from jaxregion import hf, runtime
+from jaxregion.train.loop import TrainConfig, TrainResult, train
+from jaxregion.train.run import make_scratch_model, prepare_ckpt_dir
+
+INIT = "init"
+
+
+@dataclass(frozen=True)
+class Arch:
+    """The architecture of a from-scratch Llama (vocab comes from the tokenizer)."""
+
+    hidden_size: int = 256
+    num_layers: int = 4
+    num_heads: int = 4
+    num_kv_heads: int | None = None
+    intermediate_size: int | None = None
+    max_positions: int = 512
+    init_seed: int = 0
+
+
+def ensure_tokenizer(texts: Mapping[str, str], out_dir: str, vocab_size: int,
+                     docs_per_lang: int = 2000) -> str:
+    """A BPE tokenizer trained on the first ``docs_per_lang`` documents of each source
+    (``{lang: source spec}``), made once in ``out_dir``."""
+    from jaxregion.data.sources import open_source
+    from jaxregion.data.tokenizer import train_bpe
+
+    if not os.path.isfile(os.path.join(out_dir, "tokenizer.json")):
+        print(f"jaxregion: training a BPE tokenizer (vocab {vocab_size}) on {sorted(texts)}",
+              file=sys.stderr, flush=True)
+        docs = {lang: list(islice(open_source(src).documents(), docs_per_lang))
+                for lang, src in texts.items()}
+        train_bpe(docs, vocab_size, out_dir)
+    return out_dir
+
+
+def pretrain(texts: Mapping[str, str], tokenizer_dir: str, arch: Arch, cfg: TrainConfig,
+             ckpt_dir: str, out: str, *, max_seqs: int | None = None,
+             evals: Mapping[str, str] | None = None, eval_max_seqs: int | None = None,
+             progress: bool = True) -> TrainResult:
+    """Train a fresh Llama on ``texts`` (``{lang: source}``) and export it to ``out``.
+
+    Resumes from ``ckpt_dir``; an interrupted run returns with ``interrupted`` set and
+    exports nothing."""
+    init = os.path.join(ckpt_dir, INIT)
+    if not os.path.isfile(os.path.join(init, "model.safetensors")):
+        make_scratch_model(init, tokenizer_dir, seed=arch.init_seed,
+                           hidden_size=arch.hidden_size, num_layers=arch.num_layers,
+                           num_heads=arch.num_heads, num_kv_heads=arch.num_kv_heads,
+                           intermediate_size=arch.intermediate_size,
+                           max_positions=arch.max_positions)
+    session = runtime.load_session(init, "float32")
+    windows = runtime.load_corpora([f"{k}={v}" for k, v in texts.items()], session,
+                                   cfg.seq_len, max_seqs)
+    ev = runtime.load_corpora([f"{k}={v}" for k, v in evals.items()], session, cfg.seq_len,
+                              eval_max_seqs) if evals else {}
+    info = {"command": "pretrain", "texts": dict(texts), "evals": dict(evals or {})}
+    prepare_ckpt_dir(ckpt_dir, session.path, session.config, info)
+    res = train(session.params, session.config, windows, cfg, ckpt_dir, evals=ev,
+                mesh=session.mesh, progress=progress, run_info=info)
+    if not res.interrupted:
+        hf.export(res.params, session.config, out, tokenizer_from=init)
+    return res
