@@ -192,6 +192,7 @@ def from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
         raise UserError(f"{source}: required key {e.args[0]!r} is missing") from None
     except (TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
         raise UserError(f"{source}: bad value: {str(e)[:200]}") from None
+    _check_floats(cfg, source)
     exact = bool(d.get("head_dim")) or cfg.num_heads * cfg.head_dim == cfg.hidden_size
     _check_heads(source, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, exact)
     return cfg
@@ -202,6 +203,18 @@ _COUNT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_lay
                "max_position_embeddings", "sliding_window", "n_embd", "n_head", "n_layer",
                "n_positions", "n_inner")
 _POSITIVE_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "rope_theta")
+
+
+def _check_floats(cfg: ModelConfig, source: str) -> None:
+    """Every float a family read (epsilons, RoPE bases, caps, scales; wherever config.json kept
+    it) must be positive and finite: a bad one would make NaN logits, not an error."""
+    for f in dataclasses.fields(cfg):
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not (math.isfinite(v) and v > 0):
+            key = {"norm_eps": "rms_norm_eps / layer_norm_eps", "rope_theta": "rope_theta",
+                   "rope_local_theta": "rope_local_base_freq"}.get(f.name, f.name)
+            raise UserError(f"{source}: {key} = {excerpt(v)} must be a positive, finite number; "
+                            "fix config.json")
 
 
 def _check_numbers(d: dict, source: str) -> None:
