@@ -101,13 +101,9 @@ def _in_axes(model: str | None) -> dict[str, int] | None:
     if model is None:
         return None
     from jaxregion import hf
-    from jaxregion import tree as T
-    from jaxregion.importance import wanda_tap
-    from jaxregion.models import abstract_params
+    from jaxregion.models import input_axes
 
-    cfg = hf.open_checkpoint(model).config
-    return {n: tap[1] for n in T.flatten(abstract_params(cfg))
-            if (tap := wanda_tap(n, cfg)) is not None}
+    return input_axes(hf.open_checkpoint(model).config)
 
 
 def _header(path: str) -> dict[str, str]:

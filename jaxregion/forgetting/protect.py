@@ -14,9 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxregion import importance, runtime, scorefiles
+from jaxregion import importance, models, runtime, scorefiles
 from jaxregion import regions as R
-from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.forgetting.config import ForgettingConfig, Point, scorer_parts
 from jaxregion.train import EWC, fisher_from_scores, make_ewc
@@ -38,8 +37,7 @@ class Protector:
         spec = cfg.importance
         self.cache_dir = (spec.dir if spec and spec.dir else None) or os.path.join(out,
                                                                                    "importance")
-        self.in_axes = {n: tap[1] for n in T.flatten(session.params)
-                        if (tap := importance.wanda_tap(n, session.config)) is not None}
+        self.in_axes = models.input_axes(session.config)
 
     # --- importance --------------------------------------------------------------------
     def _texts(self, lang: str) -> np.ndarray:

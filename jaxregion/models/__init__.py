@@ -18,13 +18,13 @@ from jaxregion.models.config import ModelConfig, from_hf_dict
 from jaxregion.models.module import CausalLM, abstract, bind, build, graphdef, params_of
 from jaxregion.models.registry import supported
 from jaxregion.models.spec import abstract_params, logical_axes, shapes
-from jaxregion.models.table import Role, infer_roles, residual_taps, roles
+from jaxregion.models.table import Role, infer_roles, input_axes, residual_taps, roles
 
 SUPPORTED = supported()
 
 __all__ = [
     "SUPPORTED", "CausalLM", "ModelConfig", "Role", "abstract", "abstract_params", "apply",
-    "bind", "build", "features", "from_hf_dict", "graphdef", "infer_roles", "intermediates",
+    "bind", "build", "features", "from_hf_dict", "graphdef", "infer_roles", "input_axes", "intermediates",
     "logical_axes", "loss_fn", "next_token_nll", "params_of", "residual_taps", "roles",
     "shapes", "token_nll", "unembedding", "weighted_nll_sum",
 ]

@@ -152,6 +152,12 @@ def shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     return {n: tuple(sizes[a] for a in r.axes) for n, r in roles(cfg).items()}
 
 
+def input_axes(cfg: ModelConfig) -> dict[str, int]:
+    """``{hf_name: axis of input features}`` of every linear map: the columns of row/column
+    granularity, read by freezing and region selection as data."""
+    return {n: r.input_axis for n, r in roles(cfg).items() if r.input_axis is not None}
+
+
 def residual_taps(cfg: ModelConfig) -> list[str]:
     """The intermediates holding the residual stream after each layer, in layer order."""
     from jaxregion.models.registry import family
