@@ -55,6 +55,7 @@ class _Run:
                                                  cfg.eval_max_seqs)
         self.langs = list(cfg.languages)
         self.eval_langs = list(eval_langs)
+        self.mono_langs = list(cfg.monolingual or self.langs)
         self.sel = dict(scope=cfg.scope, include=cfg.include, exclude=cfg.exclude)
 
     def scores(self, lang: str, estimator: str, n: int | None = None) -> dict:
@@ -68,6 +69,16 @@ class _Run:
                 estimator=estimator, batch_size=self.cfg.batch_size, dtype=self.cfg.dtype,
                 source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute")
         return got.scores
+
+    def setting(self) -> Setting:
+        """Which model and data, as the config gives them."""
+        c, m = self.cfg, self.s.config
+        return Setting(c.model, m.model_type, m.num_layers, m.hidden_size, c.estimator,
+                       c.seq_len, dict(c.languages),
+                       {k: len(v) for k, v in self.imp_windows.items()},
+                       dict(c.eval_languages or c.languages),
+                       {k: len(v) for k, v in self.eval_windows.items()}, c.ratio, c.scope,
+                       c.include)
 
     def ppl(self, params: dict) -> dict[str, float]:
         res = runtime.evaluate_corpora(self.s, self.eval_windows, self.cfg.batch_size,
@@ -126,6 +137,65 @@ def ratio_sweep(r: _Run, scores: dict, base: dict[str, float],
     return rows
 
 
+def select_regions(r: _Run, scores: dict) -> tuple[dict[str, R.Region], dict[str, R.Region]]:
+    """The ablated regions (core, bottom, random seeds, mono-L, bmono-L) and each language's
+    top-k (for the overlap matrix), all saved under ``regions/``."""
+    c = r.cfg
+    regs = {k: r.save(k, v) for k, v in r.controls_at(scores, c.ratio).items()}
+    for lang in r.mono_langs:
+        regs[f"mono-{lang}"] = r.save(f"mono-{lang}", R.monolingual(scores, lang, c.ratio,
+                                                                    **r.sel))
+        regs[f"bmono-{lang}"] = r.save(f"bmono-{lang}", R.bottom_monolingual(
+            scores, lang, c.ratio, **r.sel))
+    tops = {lang: r.save(f"top-{lang}", R.top(scores, lang, c.ratio, **r.sel))
+            for lang in r.langs}
+    return regs, tops
+
+
+def _ratio_matrix(r: _Run, ppl: dict, prefix: str) -> dict[str, dict[str, float]]:
+    """Row: the ``prefix-L`` region removed; column: evaluated language; cell: ppl / base."""
+    base = ppl["base"]
+    return {lang: {m: ppl[f"{prefix}-{lang}"][m] / base[m] for m in r.eval_langs}
+            for lang in r.mono_langs}
+
+
+def region_maps(r: _Run, scores: dict, regs: dict[str, R.Region]) -> dict:
+    """Layer x module density, residual-dim profiles, mask maps and score histograms."""
+    c, cfg = r.cfg, r.s.config
+    roles = models.roles(cfg)
+    # Per-tensor scope puts exactly `ratio` in every matrix, so the layer x module map uses
+    # the same ratio over all scoped parameters at once (global scope): where the mass lives.
+    scope = "global" if c.scope == "per-tensor" else c.scope
+    region = regs["core"] if c.scope != "per-tensor" else R.core(
+        scores, c.ratio, scope="global", include=c.include, exclude=c.exclude)
+    density, modules, layers = maps.layer_module_density(region, roles)
+    first_seed = f"random-{c.random_seeds[0]}"
+    profiles = {k: R.hidden_dim_profile(regs[k], cfg.hidden_size, roles)
+                for k in ("core", "bottom", first_seed)}
+    mapped = {"core": regs["core"]} | {f"mono-{x}": regs[f"mono-{x}"] for x in r.mono_langs}
+    return {"layer_module_density": {"layers": layers, "modules": modules,
+                                     "density": density.tolist(), "scope": scope},
+            "profiles": profiles,
+            "mask_maps": maps.mask_maps(mapped, c.mask_maps.matrices, c.mask_maps.blocks),
+            "importance_hist": maps.score_histograms(scores, roles)}
+
+
+def agreement(r: _Run, core: R.Region) -> dict:
+    """Jaccard of the core region from fewer windows, and from other estimators."""
+    c = r.cfg
+    samples = {}
+    for n in c.jaccard.sample_counts:
+        if n < min(len(w) for w in r.imp_windows.values()):
+            sub = {lang: r.scores(lang, c.estimator, n) for lang in r.langs}
+            samples[str(n)] = R.jaccard(R.core(sub, c.ratio, **r.sel), core)
+    est = {c.estimator: core}
+    for e in c.jaccard.estimators:
+        if e not in est:
+            est[e] = R.core({lang: r.scores(lang, e) for lang in r.langs}, c.ratio, **r.sel)
+    return {"sample_counts": samples,
+            "estimators": R.overlap_matrix(est) if len(est) > 1 else {}}
+
+
 def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         source: str = "config") -> Results:
     """Run the battery (``source``: the config file, named in errors); writes results.json,
@@ -140,94 +210,42 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
     r = _Run(cfg, log)
     s, c = r.s, cfg
-    setting = Setting(c.model, s.config.model_type, s.config.num_layers, s.config.hidden_size,
-                      c.estimator, c.seq_len, dict(c.languages),
-                      {k: len(v) for k, v in r.imp_windows.items()},
-                      dict(c.eval_languages or c.languages),
-                      {k: len(v) for k, v in r.eval_windows.items()}, c.ratio, c.scope,
-                      c.include)
 
     log("[1/8] importance per language")
     scores = {lang: r.scores(lang, c.estimator) for lang in r.langs}
-
     log("[2/8] regions")
-    regs = {k: r.save(k, v) for k, v in r.controls_at(scores, c.ratio).items()}
-    mono_langs = list(c.monolingual or r.langs)
-    for lang in mono_langs:
-        regs[f"mono-{lang}"] = r.save(f"mono-{lang}", R.monolingual(scores, lang, c.ratio,
-                                                                    **r.sel))
-        regs[f"bmono-{lang}"] = r.save(f"bmono-{lang}", R.bottom_monolingual(
-            scores, lang, c.ratio, **r.sel))
-    tops = {lang: r.save(f"top-{lang}", R.top(scores, lang, c.ratio, **r.sel))
-            for lang in r.langs}
+    regs, tops = select_regions(r, scores)
     infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v),
                            region_stability(k, v, c.out))
              for k, v in {**regs, **{f"top-{x}": t for x, t in tops.items()}}.items()}
-
     log("[3/8] ablations (zero each region, perplexity per language)")
     base = r.ppl(s.params)
     ppl = {"base": base} | {k: r.ppl(interventions.zero(s.params, v)) for k, v in regs.items()}
     rnd_mean, rnd_std = _mean_std([ppl[f"random-{seed}"] for seed in c.random_seeds])
-
-    def matrix(prefix: str) -> dict[str, dict[str, float]]:
-        return {lang: {m: ppl[f"{prefix}-{lang}"][m] / base[m] for m in r.eval_langs}
-                for lang in mono_langs}
-
     log("[4/8] overlap of the per-language regions")
     ov = overlap(tops, regs["core"])
-
     log(f"[5/8] ratio sweep {list(c.ratios)}")
     own = ["core", "bottom", *[f"random-{seed}" for seed in c.random_seeds]]
-    known = {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {}
-    sweep_rows = ratio_sweep(r, scores, base, known)
-
+    sweep_rows = ratio_sweep(r, scores, base,
+                             {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {})
     log("[6/8] region maps")
-    # Per-tensor scope puts exactly `ratio` in every matrix, so the layer x module map uses
-    # the same ratio over all scoped parameters at once (global scope): where the mass lives.
-    map_scope = "global" if c.scope == "per-tensor" else c.scope
-    map_region = regs["core"] if c.scope != "per-tensor" else R.core(
-        scores, c.ratio, scope="global", include=c.include, exclude=c.exclude)
-    roles = models.roles(s.config)
-    density, modules, layers = maps.layer_module_density(map_region, roles)
-    hidden = s.config.hidden_size
-    first_seed = f"random-{c.random_seeds[0]}"
-    profiles = {k: R.hidden_dim_profile(regs[k], hidden, roles)
-                for k in ("core", "bottom", first_seed)}
-    mm = maps.mask_maps({"core": regs["core"]} | {f"mono-{x}": regs[f"mono-{x}"]
-                                                  for x in mono_langs},
-                        c.mask_maps.matrices, c.mask_maps.blocks)
-
+    mp = region_maps(r, scores, regs)
     log("[7/8] dimension analysis and sweep")
-    first = r.eval_windows[next(iter(r.eval_windows))]
-    dres = dims.analyse(s.params, s.config, r.ppl, base, first, c.dims,
-                        profile=profiles["core"])
-
+    dres = dims.analyse(s.params, s.config, r.ppl, base, r.eval_windows[r.eval_langs[0]],
+                        c.dims, profile=mp["profiles"]["core"])
     log("[8/8] agreement across sample counts and estimators")
-    n_imp = setting.importance_windows
-    jac_samples = {}
-    for n in c.jaccard.sample_counts:
-        if n < min(n_imp.values()):
-            sub = {lang: r.scores(lang, c.estimator, n) for lang in r.langs}
-            jac_samples[str(n)] = R.jaccard(R.core(sub, c.ratio, **r.sel), regs["core"])
-    est_regions = {c.estimator: regs["core"]}
-    for e in c.jaccard.estimators:
-        if e not in est_regions:
-            est_regions[e] = R.core({lang: r.scores(lang, e) for lang in r.langs}, c.ratio,
-                                    **r.sel)
-    jac_est = R.overlap_matrix(est_regions) if len(est_regions) > 1 else {}
+    jac = agreement(r, regs["core"])
 
     res = Results(
         name=c.name, jaxregion_version=__version__, config=dataclasses.asdict(c),
-        setting=setting, thresholds=dict(THRESHOLDS), regions=infos, perplexity=ppl,
+        setting=r.setting(), thresholds=dict(THRESHOLDS), regions=infos, perplexity=ppl,
         random={"seeds": list(c.random_seeds), "mean": rnd_mean, "std": rnd_std},
-        monolingual_matrix=matrix("mono"), bottom_monolingual_matrix=matrix("bmono"),
-        overlap=ov, ratio_sweep=sweep_rows,
-        layer_module_density={"layers": layers, "modules": modules,
-                              "density": density.tolist(), "scope": map_scope},
-        profiles={k: v.tolist() for k, v in profiles.items()},
-        importance_hist=maps.score_histograms(scores, roles), mask_maps=mm, dims=dres,
-        jaccard={"sample_counts": jac_samples, "estimators": jac_est},
-        seconds=round(time.time() - t0, 1))
+        monolingual_matrix=_ratio_matrix(r, ppl, "mono"),
+        bottom_monolingual_matrix=_ratio_matrix(r, ppl, "bmono"), overlap=ov,
+        ratio_sweep=sweep_rows, layer_module_density=mp["layer_module_density"],
+        profiles={k: v.tolist() for k, v in mp["profiles"].items()},
+        importance_hist=mp["importance_hist"], mask_maps=mp["mask_maps"], dims=dres,
+        jaccard=jac, seconds=round(time.time() - t0, 1))
     res.save(os.path.join(c.out, "results.json"))
     battery.render(res, c.out)
     log(f"wrote {os.path.join(c.out, 'report.md')} in {res.seconds} s")
