@@ -25,8 +25,8 @@ SUPPORTED = supported()
 __all__ = [
     "SUPPORTED", "CausalLM", "ModelConfig", "Role", "abstract", "abstract_params", "apply",
     "bind", "build", "features", "from_hf_dict", "graphdef", "infer_roles", "input_axes",
-    "intermediates", "logical_axes", "loss_fn", "next_token_nll", "params_of", "residual_taps", "roles",
-    "shapes", "token_nll", "unembedding", "weighted_nll_sum",
+    "intermediates", "logical_axes", "loss_fn", "next_token_nll", "params_of", "residual_taps",
+    "roles", "shapes", "token_nll", "unembedding", "weighted_nll_sum",
 ]
 
 
