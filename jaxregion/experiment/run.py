@@ -16,8 +16,9 @@ from collections.abc import Callable
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import __version__, dims, hf, interventions, models, runtime, scorefiles
+from jaxregion import __version__, dims, hf, interventions, models, runtime, scorefiles, stability
 from jaxregion import regions as R
+from jaxregion.errors import UserError
 from jaxregion.experiment import languages, maps
 from jaxregion.experiment.config import ExperimentConfig, validate, validate_for_model
 from jaxregion.experiment.results import (
@@ -34,12 +35,22 @@ def _specs(d: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in d.items()]
 
 
-def region_stability(name: str, region: R.Region, out: str) -> float | None:
-    """Split-half stability of a region, shown beside it in every table.
-
-    Hook: the importance files gain split halves with issue 13; its library function for
-    region stability is called here once it lands. Until then no stability is known."""
-    return None
+def region_stability(r: _Run, region: R.Region) -> float | None:
+    """Split-half stability of a region, shown beside it in every table: the same region
+    rebuilt from every language's even-batch half and from its odd half (Jaccard), projected
+    to the full sample (:mod:`jaxregion.stability`). None for regions not made from scores
+    (random) and for importance files without halves (a single micro-batch)."""
+    meta = region.meta
+    kind = meta.get("kind")
+    if kind not in ("core", "bottom", "top", "monolingual", "bottom-monolingual"):
+        return None
+    directory = os.path.join(r.out, "importance", r.cfg.estimator)
+    try:
+        st = stability.directory_stability(kind, directory, r.langs, lang=meta.get("lang"),
+                                           ratio=float(meta["ratio"]), **r.sel)
+    except UserError:
+        return None
+    return st.projected
 
 
 class _Run:
@@ -216,7 +227,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     log("[2/8] regions")
     regs, tops = select_regions(r, scores)
     infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v),
-                           region_stability(k, v, c.out))
+                           region_stability(r, v))
              for k, v in {**regs, **{f"top-{x}": t for x, t in tops.items()}}.items()}
     log("[3/8] ablations (zero each region, perplexity per language)")
     base = r.ppl(s.params)

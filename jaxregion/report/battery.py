@@ -87,8 +87,10 @@ def _regions(doc: _Doc) -> None:
     doc.add(markdown_table(["region", "kind", "params", "density", "stability"], rows, digits=5),
             "", "*Caption.* Every region the battery selected (files in `regions/`). "
             "`mono-L`: top-k(L) minus the other languages' top-k; `bmono-L`: bottom-k(L) minus "
-            "the other languages' bottom-k; `top-L`: top-k(L). Stability: split-half agreement "
-            "of the region (— where the importance files carry no split halves).", "")
+            "the other languages' bottom-k; `top-L`: top-k(L). Stability: Jaccard of the region "
+            "rebuilt from the even and from the odd half of every language's windows, "
+            "projected to the full sample (README, *Stability*); — for random regions and "
+            "importance files without split halves.", "")
 
 
 def _ablations(doc: _Doc) -> None:
