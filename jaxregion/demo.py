@@ -20,36 +20,22 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from jaxregion import experiment, forgetting, io
+from jaxregion.configs import DEMO_QUICK, DemoConfig
 from jaxregion.data import synthetic
 from jaxregion.data.sources import sources_from_dir
 from jaxregion.errors import UserError
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    out: str = "demo_out"
-    corpus: str = "synthetic"  # or a directory of LANG.train.txt / LANG.valid.txt
-    langs: tuple[str, ...] = ("lat", "rom", "cyr", "grk", "arb", "cjk")
-    target: str = "hng"  # the new language of the forgetting run (unseen in pretraining)
-    train_docs: int = 6000
-    valid_docs: int = 400
-    seed: int = 0
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    seq_len: int = 64
-    pretrain_steps: int = 400
-    pretrain_batch: int = 32
-    pretrain_lr: float = 3e-3
-    importance_windows: int = 64
-    eval_windows: int = 24
-    forgetting_steps: int = 60
-    forgetting_lr: float = 1e-3
+def resolve(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` with ``quick``'s sizes (:data:`DEMO_QUICK`) for every size left at its
+    default."""
+    if not cfg.quick:
+        return cfg
+    defaults = DemoConfig()
+    return dataclasses.replace(cfg, **{k: v for k, v in DEMO_QUICK.items()
+                                       if getattr(cfg, k) == getattr(defaults, k)})
 
 
 def _stage(log: Callable[[str], None], i: int, name: str) -> float:
@@ -88,8 +74,10 @@ def _corpus(cfg: DemoConfig, log) -> tuple[dict[str, str], dict[str, str], str, 
             imp)
 
 
-def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
+def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) -> dict:
+    """Every stage on ``mesh`` (None: every device on ``data``); returns the results."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    cfg = resolve(cfg)
     t_start = time.time()
     os.makedirs(cfg.out, exist_ok=True)
     timings: dict[str, float] = {}
@@ -110,7 +98,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         intermediate_size=cfg.intermediate_size, max_positions=max(256, cfg.seq_len),
         init_seed=cfg.seed, train=pre_train)
     # keyed by the pretraining settings, so a changed setting never reuses a stale model
-    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)))
+    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)),
+                                       mesh=mesh)
     link = os.path.join(cfg.out, "model")
     if os.path.islink(link) and os.readlink(link) != os.path.abspath(model):
         os.unlink(link)
@@ -134,7 +123,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         exp = json.load(open(exp_json, encoding="utf-8"))
         log("cached")
     else:
-        exp = experiment.run(exp_cfg, log=log)
+        exp = experiment.run(exp_cfg, log=log, mesh=mesh)
     timings["experiment"] = time.time() - t
 
     t = _stage(log, 9, f"forgetting: continued pre-training on {target}")
@@ -142,12 +131,10 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
     f_cfg = forgetting.ForgettingConfig(
         name="demo-forgetting", model=model, target=target, target_train=train[target],
         evals={k: valid[k] for k in [*langs, target]},
-        settings=(forgetting.Setting("none"),
-                  forgetting.Setting("core", region=os.path.join(regions_dir, "core.safetensors")),
-                  forgetting.Setting("random", region=os.path.join(regions_dir,
-                                                                   "random-0.safetensors")),
-                  forgetting.Setting("bottom", region=os.path.join(regions_dir,
-                                                                   "bottom.safetensors"))),
+        settings=(forgetting.Setting(name="none"), *(
+            forgetting.Setting(name=name, region=os.path.join(regions_dir, file))
+            for name, file in (("core", "core.safetensors"), ("random", "random-0.safetensors"),
+                               ("bottom", "bottom.safetensors")))),
         train=forgetting.TrainSpec(steps=cfg.forgetting_steps, batch_size=16,
                                    seq_len=cfg.seq_len, lr=cfg.forgetting_lr,
                                    warmup=max(1, cfg.forgetting_steps // 10),
@@ -161,7 +148,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
     else:
         if os.path.isdir(f_cfg.out_dir):
             shutil.rmtree(f_cfg.out_dir)  # its runs resume from checkpoints: start clean
-        forgetting.run_experiment(f_cfg, progress=True)
+        forgetting.run_experiment(f_cfg, progress=True, mesh=mesh)
         io.write_json(f_key, {"config": json.loads(json.dumps(dataclasses.asdict(f_cfg)))})
     forg = json.load(open(f_json, encoding="utf-8"))
     timings["forgetting"] = time.time() - t

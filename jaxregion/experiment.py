@@ -11,99 +11,38 @@ import dataclasses
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import __version__, dims, importance, interventions, io, runtime, scorefiles
+from jaxregion import __version__, dims, interventions, io, runtime, scorefiles
 from jaxregion import regions as R
 from jaxregion import tree as T
 from jaxregion.config import load_yaml
-from jaxregion.errors import UserError
+from jaxregion.configs import BatteryDimsConfig as DimsConfig  # noqa: F401 (re-exported)
+from jaxregion.configs import ExperimentConfig, JaccardConfig  # noqa: F401 (re-exported)
 from jaxregion.report import plots
 from jaxregion.report.tables import markdown_table
 
 
-@dataclass(frozen=True)
-class DimsConfig:
-    layer: int = 1  # the layer whose pre-attention norm entry is scaled
-    candidates: int = 3  # top hidden dims of the core region to sweep
-    controls: int = 3  # seeded random control dims
-    factors: tuple[float, ...] = (4.0, 0.0)
-    seed: int = 0
-    target: str | None = None  # HF name to scale at [dim]; default: the layer's input norm
-    activation_windows: int = 8
-
-
-@dataclass(frozen=True)
-class JaccardConfig:
-    sample_counts: tuple[int, ...] = ()  # windows per language, e.g. (1000, 10000)
-    estimators: tuple[str, ...] = ()  # e.g. (taylor, fisher, wanda)
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    model: str
-    languages: dict[str, str]  # importance languages: LANG -> source spec
-    eval_languages: dict[str, str] = field(default_factory=dict)  # default: `languages`
-    out: str = "experiment_out"
-    name: str = "experiment"
-    seq_len: int = 512
-    max_seqs: int = 1000  # importance windows per language
-    eval_max_seqs: int | None = None
-    batch_size: int = 8
-    dtype: str = "float32"
-    estimator: str = "taylor"
-    ratio: float = 0.01
-    scope: str = "per-tensor"
-    include: str | None = R.DEFAULT_INCLUDE
-    exclude: str | None = None
-    random_seeds: tuple[int, ...] = (0, 1, 2)
-    monolingual: tuple[str, ...] | None = None  # default: every importance language
-    dims: DimsConfig = field(default_factory=DimsConfig)
-    jaccard: JaccardConfig = field(default_factory=JaccardConfig)
-
-
 def load_config(path: str) -> ExperimentConfig:
-    cfg = load_yaml(ExperimentConfig, path)
-    validate(cfg, path)
-    return cfg
-
-
-def validate(cfg: ExperimentConfig, where: str = "config") -> None:
-    R.base.check_ratio(cfg.ratio)
-    importance.check_estimator(cfg.estimator)
-    for e in cfg.jaccard.estimators:
-        importance.check_estimator(e)
-    if len(cfg.languages) < 2:
-        raise UserError(f"{where}: languages: need at least 2 (regions compare languages)")
-    if len(set(cfg.random_seeds)) != len(cfg.random_seeds) or len(cfg.random_seeds) < 1:
-        raise UserError(f"{where}: random_seeds must be distinct, e.g. [0, 1, 2]")
-    for lang in cfg.monolingual or ():
-        if lang not in cfg.languages:
-            raise UserError(f"{where}: monolingual language {lang!r} is not in languages")
-    if cfg.scope not in R.SCOPES:
-        raise UserError(f"{where}: scope {cfg.scope!r}: use one of {', '.join(R.SCOPES)}")
-
-
-def _specs(d: dict[str, str]) -> list[str]:
-    return [f"{k}={v}" for k, v in d.items()]
+    return load_yaml(ExperimentConfig, path)
 
 
 class _Run:
     """One experiment's state: the session, windows, caches and results."""
 
-    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None]):
+    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None], mesh=None):
         self.cfg, self.log = cfg, log
         self.out = cfg.out
         os.makedirs(os.path.join(self.out, "importance"), exist_ok=True)
         os.makedirs(os.path.join(self.out, "regions"), exist_ok=True)
-        self.s = runtime.load_session(cfg.model, cfg.dtype)
+        self.s = runtime.load_session(cfg.model, cfg.dtype, mesh)
         eval_langs = cfg.eval_languages or cfg.languages
-        self.imp_windows = runtime.load_corpora(_specs(cfg.languages), self.s, cfg.seq_len,
+        self.imp_windows = runtime.load_corpora(cfg.languages, self.s, cfg.seq_len,
                                                 cfg.max_seqs)
-        self.eval_windows = runtime.load_corpora(_specs(eval_langs), self.s, cfg.seq_len,
+        self.eval_windows = runtime.load_corpora(eval_langs, self.s, cfg.seq_len,
                                                  cfg.eval_max_seqs)
         self.langs = list(cfg.languages)
         self.eval_langs = list(eval_langs)
@@ -162,11 +101,13 @@ def _layer_module_density(region: R.Region) -> tuple[np.ndarray, list[str], list
     return mat, modules, layers
 
 
-def run(cfg: ExperimentConfig, log: Callable[[str], None] = print) -> dict:
-    """Run the battery; returns the results dict also written to ``results.json``."""
-    validate(cfg)
+def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
+        mesh: jax.sharding.Mesh | None = None) -> dict:
+    """Run the battery on ``mesh`` (None: every device on ``data``); returns the results dict
+    also written to ``results.json``."""
+    cfg.validate()
     t0 = time.time()
-    r = _Run(cfg, log)
+    r = _Run(cfg, log, mesh)
     s, c = r.s, cfg
     n_imp = {k: len(v) for k, v in r.imp_windows.items()}
     n_eval = {k: len(v) for k, v in r.eval_windows.items()}

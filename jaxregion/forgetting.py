@@ -22,130 +22,28 @@ import dataclasses
 import os
 import sys
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from jaxregion.config import from_dict, read_yaml
+from jaxregion.config import from_dict, load_yaml
+from jaxregion.configs import (  # noqa: F401 (re-exported: the experiment's config types)
+    REGION_KINDS,
+    ForgettingConfig,
+    ImportanceSpec,
+    PretrainSpec,
+    Setting,
+    TrainSpec,
+)
 from jaxregion.errors import UserError
-from jaxregion.train.loop import TrainConfig
-
-REGION_KINDS = ("core", "bottom", "random", "monolingual", "top")
-
-
-# --- configuration -------------------------------------------------------------------------
-@dataclass(frozen=True)
-class TrainSpec(TrainConfig):
-    """A :class:`TrainConfig` with this experiment's defaults, plus its data limits."""
-
-    steps: int = 100
-    seq_len: int = 64
-    lr: float = 1e-3
-    warmup: int = 10
-    eval_every: int = 25
-    save_every: int = 1000
-    keep: int = 1
-    eval_max_seqs: int | None = 32
-    train_max_seqs: int | None = None
-
-    def train_config(self, freeze_norms: bool = False) -> TrainConfig:
-        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        kw.update(save_every=min(self.save_every, self.steps), freeze_norms=freeze_norms)
-        return TrainConfig(**kw)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """One freeze setting: ``region`` (file), or ``kind`` (computed), or ``layers``, or none."""
-
-    name: str
-    region: str | None = None
-    kind: str | None = None
-    ratio: float = 0.01
-    seed: int = 0
-    lang: str | None = None
-    like: str | None = None  # random: same per-tensor counts as this setting's region
-    langs: tuple[str, ...] | None = None  # core/bottom: languages whose scores are summed
-    layers: tuple[int, ...] | None = None
-    freeze_norms: bool = False
-
-    @property
-    def frozen(self) -> bool:
-        return bool(self.region or self.kind or self.layers)
-
-
-@dataclass(frozen=True)
-class ImportanceSpec:
-    texts: Mapping[str, str] = field(default_factory=dict)  # languages to score
-    estimator: str = "taylor"
-    max_seqs: int | None = 64
-    batch_size: int = 8
-
-
-@dataclass(frozen=True)
-class PretrainSpec:
-    texts: Mapping[str, str] = field(default_factory=dict)
-    tokenizer: str | None = None  # a directory; None = train a BPE on ``texts``
-    vocab_size: int = 512
-    tokenizer_docs: int = 2000
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int | None = None
-    intermediate_size: int | None = None
-    max_positions: int = 256
-    init_seed: int = 0
-    train: TrainSpec = field(default_factory=TrainSpec)
-
-
-@dataclass(frozen=True)
-class ForgettingConfig:
-    target: str
-    target_train: str  # source spec of the target language's training text
-    evals: Mapping[str, str]  # {lang: source}, the target included
-    settings: tuple[Setting, ...]
-    train: TrainSpec = field(default_factory=TrainSpec)
-    model: str | None = None
-    pretrain: PretrainSpec | None = None
-    importance: ImportanceSpec | None = None
-    out_dir: str = "runs/forgetting"
-    name: str = "forgetting"
 
 
 def config_from_dict(d: Mapping[str, Any], source: str = "config") -> ForgettingConfig:
-    if not isinstance(d, Mapping):
-        raise UserError(f"{source}: expected a mapping, got {type(d).__name__}")
-    d = dict(d)
-    if isinstance(d.get("settings"), Mapping):  # {name: {...}} is accepted too
-        d["settings"] = [{"name": k, **(v or {})} for k, v in d["settings"].items()]
-    cfg = from_dict(ForgettingConfig, d, source)
-    settings = list(cfg.settings)
-    for st in settings:
-        if st.kind is not None and st.kind not in REGION_KINDS:
-            raise UserError(f"{source}: setting {st.name!r}: kind {st.kind!r} is unknown; use "
-                            f"one of {', '.join(REGION_KINDS)}")
-        if sum(x is not None for x in (st.region, st.kind, st.layers)) > 1:
-            raise UserError(f"{source}: setting {st.name!r}: give one of region, kind, layers")
-    names = [s.name for s in settings]
-    if len(set(names)) != len(names):
-        raise UserError(f"{source}: setting names repeat: {names}")
-    if cfg.target not in cfg.evals:
-        raise UserError(f"{source}: evals must include the target language {cfg.target!r}")
-    if len(cfg.evals) < 2:
-        raise UserError(f"{source}: evals need at least one language besides the target")
-    if cfg.model is None and cfg.pretrain is None:
-        raise UserError(f"{source}: give a base 'model' directory or a 'pretrain' section")
-    needs_scores = [s.name for s in settings if s.kind and s.kind != "random"]
-    if needs_scores and cfg.importance is None:
-        raise UserError(f"{source}: settings {needs_scores} compute regions from importance "
-                        "scores; add an 'importance' section (texts per language) or give "
-                        "region files")
-    return cfg
+    return from_dict(ForgettingConfig, dict(d) if isinstance(d, Mapping) else d, source)
 
 
 def load_config(path: str) -> ForgettingConfig:
-    return config_from_dict(read_yaml(path) or {}, path)
+    return load_yaml(ForgettingConfig, path)
 
 
 # --- pieces --------------------------------------------------------------------------------
@@ -153,7 +51,8 @@ def _log(msg: str) -> None:
     print(f"[forgetting] {msg}", file=sys.stderr, flush=True)
 
 
-def bootstrap_model(spec: PretrainSpec, out: str, progress: bool = True) -> str:
+def bootstrap_model(spec: PretrainSpec, out: str, progress: bool = True,
+                    mesh: Any = None) -> str:
     """Pretrain a small Llama from scratch on ``spec.texts``; returns its HF directory."""
     from jaxregion import hf, runtime
     from jaxregion.data.sources import open_source
@@ -182,7 +81,7 @@ def bootstrap_model(spec: PretrainSpec, out: str, progress: bool = True) -> str:
                            num_kv_heads=spec.num_kv_heads,
                            intermediate_size=spec.intermediate_size,
                            max_positions=spec.max_positions)
-    session = runtime.load_session(init)
+    session = runtime.load_session(init, "float32", mesh)
     t = spec.train
     windows = runtime.load_corpora([f"{k}={v}" for k, v in spec.texts.items()], session,
                                    t.seq_len, t.train_max_seqs)
@@ -407,8 +306,8 @@ def write_report(out: str, cfg: ForgettingConfig, model: str, sizes: Mapping[str
     return results
 
 
-def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: bool = True
-                   ) -> str:
+def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: bool = True,
+                   mesh: Any = None) -> str:
     """Run every setting (resuming finished/interrupted ones) and write the report."""
     from jaxregion import runtime
     from jaxregion import tree as T
@@ -418,8 +317,8 @@ def run_experiment(cfg: ForgettingConfig, out_dir: str | None = None, progress: 
 
     out = out_dir or cfg.out_dir
     check_writable(out)
-    model = cfg.model or bootstrap_model(cfg.pretrain, out, progress)
-    session = runtime.load_session(model)
+    model = cfg.model or bootstrap_model(cfg.pretrain, out, progress, mesh)
+    session = runtime.load_session(model, "float32", mesh)
     t = cfg.train
     tcfg = t.train_config()
     tcfg.validate()

@@ -55,7 +55,8 @@ def resolve(model: str) -> str:
 
 
 def load_config(path: str) -> ModelConfig:
-    cfg_path = os.path.join(path, "config.json")
+    """The model config of a checkpoint directory (or of its config.json file); no weights."""
+    cfg_path = path if os.path.isfile(path) else os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise UserError(f"{cfg_path}: missing; an HF checkpoint directory needs config.json")
     try:

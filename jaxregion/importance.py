@@ -53,13 +53,12 @@ import numpy as np
 
 from jaxregion import sharding as shd
 from jaxregion import tree as T
+from jaxregion.configs import DATA_FREE, ESTIMATORS
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
 from jaxregion.models import ModelConfig, apply, weighted_nll_sum
 
 PyTree = Any
-ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
-DATA_FREE = ("magnitude",)
 STATE_FORMAT = "jaxregion.importance-state.v1"
 
 
@@ -87,6 +86,7 @@ class ImportanceResult:
     tokens: int  # predicted positions: windows * (seq_len - 1)
     estimator: str = "taylor"
     meta: Mapping[str, Any] = field(default_factory=dict)
+    stopped_at: int | None = None  # a checkpoint asked to stop here (scores is None)
 
 
 def check_estimator(name: str) -> str:
@@ -267,7 +267,7 @@ def compute_importance(
     state: ImportanceState | None = None,
     *,
     remat: bool = False,
-    checkpoint: Callable[[ImportanceState], None] | None = None,
+    checkpoint: Callable[[ImportanceState], bool | None] | None = None,
     checkpoint_every: int | None = None,
 ) -> ImportanceResult:
     """Importance scores of one language's windows (``[n, seq_len]`` int).
@@ -276,7 +276,8 @@ def compute_importance(
     ``progress(n)`` is called after each micro-batch with the real windows it held.
     ``checkpoint(state)`` is called each time the position crosses a multiple of
     ``checkpoint_every`` windows (not at the end); it may save the state (see
-    :func:`save_partial`) and may raise to stop the run.
+    :func:`save_partial`) and returns True to stop the run there: the result then has
+    ``scores=None`` and ``stopped_at`` set.
     """
     check_estimator(estimator)
     windows = np.asarray(windows)
@@ -305,7 +306,9 @@ def compute_importance(
             progress(real)
         if checkpoint and checkpoint_every and pos < n and \
                 pos // checkpoint_every > prev // checkpoint_every:
-            checkpoint(state)
+            if checkpoint(state):
+                return ImportanceResult(None, pos, pos * (seq_len - 1), estimator,
+                                        stopped_at=pos)
     scores = finalize(state, params, cfg, seq_len)
     return ImportanceResult(scores, n, n * (seq_len - 1), estimator)
 

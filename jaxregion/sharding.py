@@ -6,10 +6,12 @@ The mesh has three axes, ``("data", "fsdp", "tensor")``:
 * ``fsdp``   -- batches split *and* params sharded over their embed (hidden) axis;
 * ``tensor`` -- tensor parallelism: heads (q/kv), the MLP intermediate and the vocab split.
 
-The default mesh (``data=-1``) puts every device on ``data``. Which tensor dimension goes to
-which mesh axis is decided by the logical axes of :mod:`jaxregion.models.spec` and the rules
-below, per dimension, with a fallback to replication wherever a dimension does not divide
-(8 kv dims on 16-way tensor parallelism are replicated, never an error).
+There is no global mesh: callers pass one (the CLI builds it from ``--mesh``); where a
+function takes ``mesh=None``, that means a fresh mesh with every device on ``data``.
+Which tensor dimension goes to which mesh axis is decided by the logical axes of
+:mod:`jaxregion.models.spec` and the rules below, per dimension, with a fallback to
+replication wherever a dimension does not divide (8 kv dims on 16-way tensor parallelism
+are replicated, never an error).
 
 The same :func:`param_shardings` tree places params, importance accumulators, region masks
 and (through :func:`shardings_like`) optimizer state, since all of them are HF-named trees.
@@ -133,32 +135,16 @@ def load_mesh_config(path: str) -> MeshConfig:
     return MeshConfig.from_dict(d)
 
 
-_DEFAULT_CONFIG: MeshConfig = MeshConfig()
-
-
-def set_default_mesh_config(cfg: MeshConfig | None) -> None:
-    """What :func:`make_mesh` builds when called without sizes (the CLI's ``--mesh``)."""
-    global _DEFAULT_CONFIG
-    _DEFAULT_CONFIG = cfg or MeshConfig()
-
-
-def default_mesh_config() -> MeshConfig:
-    return _DEFAULT_CONFIG
-
-
 def make_mesh(data: int | None = None, fsdp: int | None = None, tensor: int | None = None,
               devices=None, config: MeshConfig | None = None) -> Mesh:
     """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all, over all processes).
 
-    Without sizes, the default mesh config (``--mesh``, else all devices on ``data``).
-    Devices are laid out process-major, so ``tensor`` (innermost) stays within a host."""
+    Without sizes or ``config``, every device on ``data``. Devices are laid out
+    process-major, so ``tensor`` (innermost) stays within a host."""
     devices = list(jax.devices() if devices is None else devices)
     if config is None:
-        if data is None and fsdp is None and tensor is None:
-            config = _DEFAULT_CONFIG
-        else:
-            config = MeshConfig(-1 if data is None else data, 1 if fsdp is None else fsdp,
-                                1 if tensor is None else tensor)
+        config = MeshConfig(-1 if data is None else data, 1 if fsdp is None else fsdp,
+                            1 if tensor is None else tensor)
     sizes = config.resolve(len(devices))
     devices.sort(key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices, dtype=object).reshape([sizes[a] for a in AXES]), AXES)

@@ -6,48 +6,31 @@ import argparse
 import dataclasses
 import sys
 
-from jaxregion.cli import common
+from jaxregion.cli.options import add_command
+from jaxregion.configs import DimsRunConfig, ExperimentConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("experiment", help="run the paper's battery from a YAML config",
-                       description="Importance, regions, ablations, monolingual matrix, "
-                                   "dimension sweep and agreement tables -> report.md, "
-                                   "results.json and PNG plots.")
-    p.add_argument("config", help="experiment YAML (see configs/)")
-    p.add_argument("--out", default=None, help="output folder (overrides the config's `out`)")
-    common.add_debug(p)
-    p.set_defaults(func=run_experiment)
-
-    d = sub.add_parser("dims", help="which hidden dimensions a region and the model single out",
-                       description="Region row/column concentration, massive activations, "
-                                   "down_proj super-weight candidates, and a single-parameter "
-                                   "scaling sweep on candidate vs random control dims.")
-    common.add_model(d)
-    common.add_text(d)
-    common.add_windows(d, seq_len=128)
-    d.add_argument("--region", default=None, help="region file; default: dims from activations")
-    d.add_argument("--layer", type=int, default=1, help="layer whose input-norm entry is scaled")
-    d.add_argument("--factors", default="4,0", help="comma-separated scale factors (default 4,0)")
-    d.add_argument("--candidates", type=int, default=3, help="candidate dims to sweep")
-    d.add_argument("--controls", type=int, default=3, help="random control dims to sweep")
-    d.add_argument("--seed", type=int, default=0)
-    d.add_argument("--json", dest="json_out", default=None)
-    common.add_debug(d)
-    d.set_defaults(func=run_dims)
+    add_command(sub, "experiment", ExperimentConfig, run_experiment, positional_config=True,
+                help="run the paper's battery from a YAML config",
+                description="Importance, regions, ablations, monolingual matrix, dimension "
+                            "sweep and agreement tables -> report.md, results.json and PNG "
+                            "plots.")
+    add_command(sub, "dims", DimsRunConfig, run_dims,
+                help="which hidden dimensions a region and the model single out",
+                description="Region row/column concentration, massive activations, down_proj "
+                            "super-weight candidates, and a single-parameter scaling sweep on "
+                            "candidate vs random control dims.")
 
 
-def run_experiment(args: argparse.Namespace) -> int:
-    from jaxregion import experiment
+def run_experiment(cfg: ExperimentConfig, ctx) -> int:
+    from jaxregion import experiment  # deferred: jax (see cli.main)
 
-    cfg = experiment.load_config(args.config)
-    if args.out:
-        cfg = dataclasses.replace(cfg, out=args.out)
-    experiment.run(cfg, log=lambda m: print(m, file=sys.stderr))
+    experiment.run(cfg, log=lambda m: print(m, file=sys.stderr), mesh=ctx.mesh)
     return 0
 
 
-def run_dims(args: argparse.Namespace) -> int:
+def run_dims(args: DimsRunConfig, ctx) -> int:
     import numpy as np
 
     from jaxregion import dims, io, runtime
@@ -55,11 +38,8 @@ def run_dims(args: argparse.Namespace) -> int:
     from jaxregion.regions import hidden_dim_profile, load_region
     from jaxregion.report.tables import markdown_table
 
-    try:
-        factors = [float(f) for f in args.factors.split(",") if f.strip()]
-    except ValueError:
-        raise UserError(f"--factors {args.factors!r}: expected numbers like 4,0") from None
-    s = runtime.load_session(args.model, args.dtype)
+    factors = list(args.factors)
+    s = runtime.load_session(args.model, args.dtype, ctx.mesh)
     if not 0 <= args.layer < s.config.num_layers:
         raise UserError(f"--layer {args.layer}: the model has layers 0..{s.config.num_layers - 1}")
     region = load_region(args.region, template=s.params) if args.region else None

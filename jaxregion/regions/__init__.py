@@ -25,6 +25,7 @@ from jaxregion.regions.base import (
     mask_of,
     module_type,
     scope_names,
+    shape_of,
     universe_of,
 )
 from jaxregion.regions.files import (
@@ -46,11 +47,19 @@ from jaxregion.regions.select import (
     top,
     validate_scores,
 )
-from jaxregion.regions.stats import RESIDUAL_ROLES, hidden_dim_profile, row_col_counts, stats
+from jaxregion.regions.stats import (
+    RESIDUAL_ROLES,
+    counts_by,
+    hidden_dim_profile,
+    layer_key,
+    row_col_counts,
+    stats,
+)
 
 __all__ = [
     "DEFAULT_INCLUDE", "KINDS", "RESIDUAL_ROLES", "SCOPES", "Region", "bottom", "complement",
-    "core", "density", "difference", "fingerprint", "full_mask", "hidden_dim_profile",
+    "core", "counts_by", "density", "difference", "fingerprint", "full_mask",
+    "hidden_dim_profile", "layer_key", "shape_of",
     "importance_path", "intersection", "is_norm", "jaccard", "k_for", "layer_index",
     "load_importance_dir", "load_region", "load_scores", "mask_of", "module_type",
     "monolingual", "numel", "overlap_matrix", "random", "row_col_counts", "save_region",

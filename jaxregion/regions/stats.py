@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any
 
 import jax.numpy as jnp
@@ -61,6 +61,29 @@ def row_col_counts(region: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def counts_by(region: Any, key: Callable[[str], Hashable | None]) -> dict[Any, tuple[int, int]]:
+    """``{key(name): (selected, numel)}`` summed over the region's universe, in first-seen
+    order; names whose key is None are left out. The one aggregation behind the per-module,
+    per-layer and layer x module tables."""
+    flat = T.flatten(mask_of(region))
+    out: dict[Any, tuple[int, int]] = {}
+    for n in universe_of(region):
+        k = key(n)
+        if k is None:
+            continue
+        sel = int(np.asarray(jnp.sum(jnp.asarray(flat[n], bool), dtype=jnp.int32)))
+        size = int(np.prod(np.shape(flat[n])))
+        s0, n0 = out.get(k, (0, 0))
+        out[k] = (s0 + sel, n0 + size)
+    return out
+
+
+def layer_key(name: str) -> str:
+    """The layer index of ``name`` as a string, ``"-"`` for tensors outside the layers."""
+    i = layer_index(name)
+    return "-" if i is None else str(i)
+
+
 def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
@@ -74,21 +97,10 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any
     of the tensor's selection lying in its top ``top_frac`` of rows/columns; ``module_dims``:
     the same, with row/column counts summed over layers per module type (same shapes only).
     """
-    flat = T.flatten(mask_of(region))
-    by_module: dict[str, list[int]] = {}
-    by_layer: dict[str, list[int]] = {}
-    total = numel = 0
-    for n in universe_of(region):
-        x = flat[n]
-        sel = int(np.asarray(jnp.sum(jnp.asarray(x, bool), dtype=jnp.int32)))
-        size = int(np.prod(np.shape(x)))
-        total += sel
-        numel += size
-        for table, key in ((by_module, module_type(n)), (by_layer, str(layer_index(n))
-                                                          if layer_index(n) is not None else "-")):
-            acc = table.setdefault(key, [0, 0])
-            acc[0] += sel
-            acc[1] += size
+    by_module = counts_by(region, module_type)
+    by_layer = counts_by(region, layer_key)
+    total = sum(s for s, _ in by_module.values())
+    numel = sum(n for _, n in by_module.values())
     matrices: dict[str, Any] = {}
     summed: dict[str, list[np.ndarray]] = {}
     for n, (rows, cols) in row_col_counts(region).items():

@@ -29,3 +29,10 @@ def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]], digits
                               for c, w, num in zip(r, widths, nums)) + " |"
             for r, nums in zip(cells, numeric)]
     return "\n".join([line, sep, *body])
+
+
+def eval_table(res: dict) -> str:
+    """The perplexity table of ``jaxregion eval`` (``runtime.run_eval``'s result)."""
+    rows = [(k, res["windows"][k], res["tokens"][k], res["loss"][k], res["perplexity"][k])
+            for k in res["perplexity"]]
+    return markdown_table(["lang", "windows", "tokens", "loss", "perplexity"], rows)

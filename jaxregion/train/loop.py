@@ -8,7 +8,6 @@ forward/backward pass (gradients come back in float32 through the cast).
 from __future__ import annotations
 
 import json
-import math
 import os
 import signal
 import sys
@@ -22,62 +21,13 @@ import numpy as np
 import optax
 
 from jaxregion import sharding
+from jaxregion.configs import TrainConfig
 from jaxregion.errors import UserError
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
 from jaxregion.regions.base import mask_of
 from jaxregion.train.checkpoint import Checkpointer, restore_latest
 from jaxregion.train.sampler import Sampler
-
-SCHEDULES = ("cosine", "constant", "linear")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    batch_size: int = 8
-    seq_len: int = 128
-    lr: float = 3e-4
-    warmup: int = 0
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    clip: float = 1.0
-    grad_accum: int = 1
-    dtype: str = "float32"
-    b1: float = 0.9
-    b2: float = 0.95
-    save_every: int = 100
-    keep: int = 3
-    eval_every: int = 0
-    eval_batch_size: int = 8
-    seed: int = 0
-    freeze_norms: bool = False
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-
-    def validate(self) -> None:
-        if self.steps <= 0:
-            raise UserError(f"--steps {self.steps}: must be a positive number of steps")
-        if not (self.lr > 0) or math.isinf(self.lr):
-            raise UserError(f"--lr {self.lr}: must be a positive, finite learning rate")
-        if self.batch_size <= 0:
-            raise UserError(f"--batch-size {self.batch_size}: must be positive")
-        if self.grad_accum <= 0 or self.batch_size % self.grad_accum:
-            raise UserError(f"--grad-accum {self.grad_accum}: must be positive and divide "
-                            f"--batch-size {self.batch_size}")
-        if self.warmup < 0:
-            raise UserError(f"--warmup {self.warmup}: must be >= 0")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay {self.weight_decay}: must be >= 0")
-        if self.save_every <= 0:
-            raise UserError(f"--save-every {self.save_every}: must be positive")
-        if self.keep <= 0:
-            raise UserError(f"--keep {self.keep}: must be positive")
-        if self.eval_every < 0:
-            raise UserError(f"--eval-every {self.eval_every}: must be >= 0")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"--dtype {self.dtype!r}: use float32 or bfloat16")
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -191,15 +141,18 @@ class _Stop:
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if self.signum is not None:  # second signal: stop now
-            raise KeyboardInterrupt
         self.signum = signum
+        self._restore()  # a second signal acts as it would without us: it stops the run now
         print(f"\njaxregion: got {signal.Signals(signum).name}; saving a checkpoint after this "
               "step, then stopping", file=sys.stderr)
 
-    def __exit__(self, *exc) -> None:
+    def _restore(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def _read_metrics(path: str, upto: int) -> list[dict]:

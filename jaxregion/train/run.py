@@ -1,5 +1,6 @@
 """Command-level drivers shared by the CLI, ``forgetting`` and scripts.
 
+:func:`run_train` and :func:`run_pretrain` are ``jaxregion train`` and ``pretrain``;
 :func:`prepare_ckpt_dir` checks and initialises a ckpt-dir (never touching existing
 checkpoints); :func:`export_checkpoint` writes any saved step as an HF directory;
 :func:`init_params` and :func:`llama_config` build a model from scratch for ``pretrain``.
@@ -15,14 +16,18 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxregion import hf
+from jaxregion import hf, runtime, sharding
 from jaxregion import tree as T
+from jaxregion.config import replace_fields
+from jaxregion.configs import FinetuneConfig, PretrainConfig, TrainConfig, TrainRunConfig
 from jaxregion.errors import UserError
 from jaxregion.io import write_json
 from jaxregion.models import ModelConfig, abstract_params, from_hf_dict
+from jaxregion.regions import load_region
 from jaxregion.regions.base import fingerprint, is_norm
+from jaxregion.train.checkpoint import abstract_like, restore_latest
+from jaxregion.train.loop import TrainResult, train
 
 BASE = "base"
 RUN_JSON = "run.json"
@@ -79,15 +84,12 @@ def base_config(ckpt_dir: str) -> ModelConfig:
 
 
 def export_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None,
-                      dtype: str | None = None) -> int:
+                      dtype: str | None = None, mesh: jax.sharding.Mesh | None = None) -> int:
     """Write step ``step`` (default: latest readable) of ``ckpt_dir`` as an HF directory."""
-    from jaxregion import sharding
-    from jaxregion.train.checkpoint import abstract_like, restore_latest
-
     if not os.path.isdir(ckpt_dir):
         raise UserError(f"--ckpt-dir {ckpt_dir}: no such directory")
     cfg = base_config(ckpt_dir)
-    mesh = sharding.make_mesh()
+    mesh = mesh or sharding.make_mesh()
     target = abstract_like(abstract_params(cfg), sharding.replicated(mesh))
     got = restore_latest(ckpt_dir, target, None, step=step, quarantine=False)
     if got is None:
@@ -148,5 +150,50 @@ def make_scratch_model(out_dir: str, tokenizer_dir: str, seed: int = 0, **arch: 
     cfg = from_hf_dict(d, "LlamaConfig")
     params = init_params(cfg, seed)
     hf.export(params, cfg, out_dir, tokenizer_from=tokenizer_dir)
-    np.testing.assert_equal(len(hf.open_checkpoint(out_dir).files), len(T.flatten(params)))
+    written, want = len(hf.open_checkpoint(out_dir).files), len(T.flatten(params))
+    if written != want:
+        raise RuntimeError(f"{out_dir}: the export holds {written} tensors, the model {want}")
     return out_dir
+
+
+# --- the commands ---------------------------------------------------------------------------
+def _run(cfg: TrainRunConfig, command: str, model: str, freeze: str | None,
+         mesh: jax.sharding.Mesh, progress: bool) -> TrainResult:
+    """Train ``model`` on ``cfg``'s texts (all input checked before anything is written)."""
+    tcfg = replace_fields(cfg, TrainConfig)
+    session = runtime.load_session(model, "float32", mesh)
+    region = load_region(freeze, template=session.params) if freeze else None
+    windows = runtime.load_corpora(cfg.text, session, cfg.seq_len, cfg.max_seqs)
+    evals = runtime.load_corpora(cfg.eval, session, cfg.seq_len, cfg.eval_max_seqs) \
+        if cfg.eval else {}
+    info = {"command": command, "texts": [f"{k}={v}" for k, v in cfg.text.items()],
+            "evals": [f"{k}={v}" for k, v in cfg.eval.items()], "freeze": freeze,
+            "freeze_norms": cfg.freeze_norms}
+    prepare_ckpt_dir(cfg.ckpt_dir, session.path, session.config, info)
+    res = train(session.params, session.config, windows, tcfg, cfg.ckpt_dir, region=region,
+                evals=evals, mesh=session.mesh, progress=progress, run_info=info)
+    if cfg.export and not res.interrupted:
+        hf.export(res.params, session.config, cfg.export, tokenizer_from=session.path)
+    return res
+
+
+def run_train(cfg: FinetuneConfig, mesh: jax.sharding.Mesh, progress: bool = True
+              ) -> TrainResult:
+    """``jaxregion train``: continued pre-training of ``cfg.model``, ``cfg.freeze`` frozen;
+    resumes from ``cfg.ckpt_dir``; writes ``cfg.export`` at the end."""
+    return _run(cfg, "train", cfg.model, cfg.freeze, mesh, progress)
+
+
+def run_pretrain(cfg: PretrainConfig, mesh: jax.sharding.Mesh, progress: bool = True
+                 ) -> TrainResult:
+    """``jaxregion pretrain``: a random-init Llama (kept in ``ckpt_dir/init``) trained on
+    ``cfg``'s texts and exported to ``cfg.out``."""
+    check_writable(cfg.ckpt_dir)
+    init = os.path.join(cfg.ckpt_dir, "init")
+    if not os.path.isfile(os.path.join(init, "model.safetensors")):
+        make_scratch_model(init, cfg.tokenizer, seed=cfg.init_seed, hidden_size=cfg.hidden_size,
+                           num_layers=cfg.layers, num_heads=cfg.heads,
+                           num_kv_heads=cfg.kv_heads, intermediate_size=cfg.intermediate_size,
+                           max_positions=cfg.max_positions)
+    return _run(replace_fields(cfg, TrainRunConfig, export=cfg.out), "pretrain", init, None,
+                mesh, progress)
