@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,20 +170,6 @@ def write_on_main(write: Callable[..., Any], path: str, tree: Any, *args: Any,
         write(path, gathered, *args, **kw)
     del gathered
     barrier(f"write:{path}")
-
-
-def save_scores(path: str, tree: Any, metadata: Mapping[str, Any] | None = None) -> None:
-    """:func:`jaxregion.regions.files.save_scores` for sharded / multi-host score trees."""
-    from jaxregion.regions import files
-
-    write_on_main(files.save_scores, path, tree, metadata)
-
-
-def save_region(path: str, region: Any, model: str | None = None) -> None:
-    """:func:`jaxregion.regions.files.save_region` for sharded / multi-host masks."""
-    from jaxregion.regions import files
-
-    write_on_main(files.save_region, path, region, model)
 
 
 def sum_over_processes(x: Any) -> Any:

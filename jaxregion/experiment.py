@@ -83,16 +83,9 @@ def _mean_std(values: list[dict[str, float]]) -> tuple[dict[str, float], dict[st
 
 
 def _layer_module_density(region: R.Region) -> tuple[np.ndarray, list[str], list[int]]:
-    flat = T.flatten(R.mask_of(region))
-    cells: dict[tuple[int, str], list[int]] = {}
-    for n in R.universe_of(region):
-        layer = R.layer_index(n)
-        if layer is None:
-            continue
-        m = np.asarray(flat[n])
-        c = cells.setdefault((layer, R.module_type(n)), [0, 0])
-        c[0] += int(m.sum())
-        c[1] += m.size
+    """Density per (layer, module type) cell, as a matrix for the heatmap."""
+    cells = R.counts_by(region, lambda n: None if R.layer_index(n) is None
+                        else (R.layer_index(n), R.module_type(n)))
     layers = sorted({k[0] for k in cells})
     modules = sorted({k[1] for k in cells})
     mat = np.zeros((len(layers), len(modules)))

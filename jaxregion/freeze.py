@@ -30,7 +30,8 @@ import optax
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import is_norm, mask_of, shape_of
+from jaxregion.regions.base import is_norm
+from jaxregion.regions.region import mask_of, shape_of
 
 PyTree = Any
 

@@ -3,30 +3,13 @@
 Everything works on HF-named pytrees of any model family; nothing here imports a model.
 """
 
-from jaxregion.regions.algebra import (
-    complement,
-    density,
-    difference,
-    intersection,
-    jaccard,
-    numel,
-    overlap_matrix,
-    size,
-    union,
-)
 from jaxregion.regions.base import (
     DEFAULT_INCLUDE,
-    Region,
-    fingerprint,
-    full_mask,
     is_norm,
     k_for,
     layer_index,
-    mask_of,
     module_type,
     scope_names,
-    shape_of,
-    universe_of,
 )
 from jaxregion.regions.files import (
     importance_path,
@@ -35,6 +18,23 @@ from jaxregion.regions.files import (
     load_scores,
     save_region,
     save_scores,
+)
+from jaxregion.regions.region import (
+    Region,
+    complement,
+    density,
+    difference,
+    fingerprint,
+    full_mask,
+    intersection,
+    jaccard,
+    mask_of,
+    numel,
+    overlap_matrix,
+    shape_of,
+    size,
+    union,
+    universe_of,
 )
 from jaxregion.regions.select import (
     KINDS,

@@ -20,21 +20,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import tree as T
+from jaxregion.configs import REGION_KINDS as KINDS
+from jaxregion.configs import SCOPES
 from jaxregion.errors import UserError
-from jaxregion.regions.base import (
-    DEFAULT_INCLUDE,
-    Region,
-    check_ratio,
-    fingerprint,
-    full_mask,
-    layer_index,
-    scope_names,
-    shape_of,
-)
+from jaxregion.regions.base import DEFAULT_INCLUDE, check_ratio, k_for, layer_index, scope_names
+from jaxregion.regions.region import Region, check_same_tree, fingerprint, full_mask, shape_of
 
 PyTree = Any
-SCOPES = ("per-tensor", "per-layer", "global")
-KINDS = ("core", "bottom", "random", "top", "monolingual")
 K_RULE = "max(1, floor(ratio * numel_of_unit))"
 
 _INT32_MAX = 2**31 - 1
@@ -149,8 +141,6 @@ def units_for(names: Sequence[str], scope: str) -> list[list[str]]:
 
 def _iter_select(names: Sequence[str], scope: str, ratio: float,
                  key_fn: Callable[[str], jax.Array]) -> Iterator[dict[str, jax.Array]]:
-    from jaxregion.regions.base import k_for
-
     for unit in units_for(names, scope):
         keys = [key_fn(n) for n in unit]
         k = k_for(ratio, sum(int(np.prod(kk.shape)) for kk in keys))
@@ -167,27 +157,9 @@ def validate_scores(scores_by_lang: Mapping[str, PyTree],
     if not scores_by_lang:
         raise UserError("no importance scores given; pass at least one language")
     flats = {lang: T.flatten(t) for lang, t in scores_by_lang.items()}
-    langs = list(flats)
-    ref_lang = langs[0]
-    ref = flats[ref_lang]
-
-    def where(lang: str) -> str:
-        return f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
-
-    for lang in langs[1:]:
-        cur = flats[lang]
-        for n in ref:
-            if n not in cur:
-                raise UserError(f"importance scores {where(lang)} lack key {n!r} that "
-                                f"{where(ref_lang)} has; compute both for the same model")
-            if shape_of(cur[n]) != shape_of(ref[n]):
-                raise UserError(f"importance scores {where(lang)} and {where(ref_lang)} differ "
-                                f"at key {n!r}: shape {list(shape_of(cur[n]))} vs "
-                                f"{list(shape_of(ref[n]))}; compute both for the same model")
-        for n in cur:
-            if n not in ref:
-                raise UserError(f"importance scores {where(lang)} have key {n!r} that "
-                                f"{where(ref_lang)} lacks; compute both for the same model")
+    labels = {lang: f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
+              for lang in flats}
+    check_same_tree({labels[lang]: f for lang, f in flats.items()}, "importance scores")
     return flats
 
 

@@ -18,7 +18,8 @@ import numpy as np
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import is_norm, layer_index, mask_of, module_type, universe_of
+from jaxregion.regions.base import is_norm, layer_index, module_type
+from jaxregion.regions.region import mask_of, universe_of
 
 #: (regex on the HF name, axis of the tensor that indexes the residual-stream/hidden dim).
 #: Llama-style nn.Linear is [out, in]: readers' columns (axis 1), writers' rows (axis 0).

@@ -25,7 +25,7 @@ from jaxregion.configs import TrainConfig
 from jaxregion.errors import UserError
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
-from jaxregion.regions.base import mask_of
+from jaxregion.regions.region import mask_of
 from jaxregion.train.checkpoint import Checkpointer, restore_latest
 from jaxregion.train.sampler import Sampler
 

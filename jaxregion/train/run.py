@@ -25,7 +25,8 @@ from jaxregion.errors import UserError
 from jaxregion.io import write_json
 from jaxregion.models import ModelConfig, abstract_params, from_hf_dict
 from jaxregion.regions import load_region
-from jaxregion.regions.base import fingerprint, is_norm
+from jaxregion.regions.base import is_norm
+from jaxregion.regions.region import fingerprint
 from jaxregion.train.checkpoint import abstract_like, restore_latest
 from jaxregion.train.loop import TrainResult, train
 
