@@ -28,6 +28,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
@@ -137,8 +138,6 @@ def main_print(*args: Any, file=None, **kw: Any) -> None:
 def barrier(name: str = "jaxregion") -> None:
     """Wait for every process (no-op on one)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -148,8 +147,6 @@ def fetch(x: Any) -> np.ndarray:
 
     Collective when ``x`` spans processes: every process must call it, in the same order."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         if x.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -176,8 +173,6 @@ def sum_over_processes(x: Any) -> Any:
     """Host scalars/arrays summed over processes (e.g. token counts each process saw)."""
     if jax.process_count() == 1:
         return x
-    from jax.experimental import multihost_utils
-
     g = multihost_utils.process_allgather(np.asarray(x))
     return np.sum(g, axis=0)
 

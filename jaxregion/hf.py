@@ -18,10 +18,13 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from huggingface_hub import snapshot_download
 
 from jaxregion import safetensors_io as st
+from jaxregion.data.tokenizer import load_tokenizer as _load
 from jaxregion.distributed import barrier, fetch
 from jaxregion.errors import UserError
+from jaxregion.io import write_json
 from jaxregion.models import spec
 from jaxregion.models.config import ModelConfig, from_hf_dict
 from jaxregion.tree import flatten, unflatten
@@ -42,8 +45,6 @@ def resolve(model: str) -> str:
     if not _HUB_ID.match(model):
         raise UserError(f"--model {model}: no such directory (nor a hub id like org/name)")
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(
             model, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
         )
@@ -179,8 +180,6 @@ def load(model: str, dtype: str | jnp.dtype = "float32",
 
 def load_tokenizer(model: str):
     """The checkpoint's tokenizer, or a UserError naming the directory and what is missing."""
-    from jaxregion.data.tokenizer import load_tokenizer as _load
-
     return _load(resolve(model))
 
 
@@ -210,8 +209,6 @@ def export(
         out_dtype = str(np.dtype(dtype)) if dtype else str(np.dtype(first.dtype))
         config["torch_dtype"] = out_dtype
         config["dtype"] = out_dtype
-        from jaxregion.io import write_json
-
         write_json(os.path.join(out_dir, "config.json"), config)
         if tokenizer_from:
             src = resolve(tokenizer_from)

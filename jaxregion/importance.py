@@ -50,6 +50,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxregion import sharding as shd
 from jaxregion import tree as T
@@ -331,8 +332,6 @@ def windows_digest(windows: np.ndarray) -> str:
 
 
 def _manager(directory: str):
-    import orbax.checkpoint as ocp
-
     opts = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
                                         create=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts,
@@ -342,8 +341,6 @@ def _manager(directory: str):
 def save_partial(directory: str, state: ImportanceState, meta: Mapping[str, Any]) -> None:
     """Save ``state`` (orbax, step = window position) with JSON ``meta`` identifying the run
     (windows digest, model, estimator, ...); earlier steps are removed."""
-    import orbax.checkpoint as ocp
-
     full = {"format": STATE_FORMAT, **meta, "estimator": state.estimator,
             "batch_size": state.batch_size, "position": state.position}
     with _manager(directory) as mngr:
@@ -356,8 +353,6 @@ def load_partial(directory: str, like: ImportanceState, meta: Mapping[str, Any]
                  ) -> ImportanceState | None:
     """The latest saved state if its meta matches ``meta`` (and ``like``'s estimator and
     batch size), restored with ``like.acc``'s shapes and shardings; else None."""
-    import orbax.checkpoint as ocp
-
     if not os.path.isdir(directory):
         return None
     with _manager(directory) as mngr:

@@ -30,7 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxregion import tree as T
+from jaxregion.config import read_yaml
 from jaxregion.errors import UserError
+from jaxregion.models import spec as mspec
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -126,9 +128,6 @@ class MeshConfig:
 
 def load_mesh_config(path: str) -> MeshConfig:
     """A YAML file ``mesh: {data: .., fsdp: .., tensor: ..}`` (or the bare mapping)."""
-
-    from jaxregion.config import read_yaml
-
     d = read_yaml(path)
     if not isinstance(d, Mapping):
         raise UserError(f"{path}: expected a mapping `mesh: {{data: -1, fsdp: 1, tensor: 1}}`")
@@ -188,8 +187,6 @@ def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
 def param_specs(cfg: Any, mesh: Mesh, rules: Mapping[str, str | None] | None = None
                 ) -> dict[str, P]:
     """``{hf_name: PartitionSpec}`` for every parameter of ``cfg``."""
-    from jaxregion.models import spec as mspec
-
     r = rules_for(cfg, rules)
     shp = mspec.shapes(cfg)
     return {n: spec_for(axes, shp[n], mesh, r) for n, axes in mspec.logical_axes(cfg).items()}
@@ -222,8 +219,6 @@ def placement(cfg: Any, mesh: Mesh | None, rules: Mapping[str, str | None] | Non
 def abstract_sharded(cfg: Any, mesh: Mesh, dtype: Any = np.float32,
                      rules: Mapping[str, str | None] | None = None) -> T.PyTree:
     """``ShapeDtypeStruct`` params carrying their shardings: lower/compile without memory."""
-    from jaxregion.models import spec as mspec
-
     specs = param_specs(cfg, mesh, rules)
     return T.unflatten({n: jax.ShapeDtypeStruct(s, dtype, sharding=NamedSharding(mesh, specs[n]))
                         for n, s in mspec.shapes(cfg).items()})

@@ -13,6 +13,7 @@ from typing import Any
 import jax
 from flax import nnx
 
+from jaxregion import hf
 from jaxregion.models import ModelConfig, apply, token_nll
 
 
@@ -30,8 +31,6 @@ class CausalLM(nnx.Module):
     @classmethod
     def from_pretrained(cls, model: str, dtype: str = "float32") -> CausalLM:
         """Load a local HF directory or hub id (lazily, tensor by tensor)."""
-        from jaxregion import hf
-
         cfg, params = hf.load(model, dtype)
         return cls(cfg, params)
 

@@ -24,16 +24,11 @@ from dataclasses import dataclass
 from typing import Any
 
 import jax
+import orbax.checkpoint as ocp
 
 from jaxregion.errors import UserError
 
 STEPS = "steps"
-
-
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    return ocp
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -61,7 +56,6 @@ class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for (params, opt_state, meta)."""
 
     def __init__(self, ckpt_dir: str, keep: int = 3, async_save: bool = True):
-        ocp = _ocp()
         self.root = os.path.abspath(os.path.join(ckpt_dir, STEPS))
         self.keep = keep
         # cleanup: a save cut short by a crash leaves a ``N.orbax-checkpoint-tmp`` dir
@@ -72,7 +66,6 @@ class Checkpointer:
                                              item_names=("params", "opt_state", "meta"))
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
-        ocp = _ocp()
         if step in self.manager.all_steps():
             return
         self.manager.save(step, args=ocp.args.Composite(
@@ -87,7 +80,6 @@ class Checkpointer:
         self.manager.close()
 
     def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None) -> Restored:
-        ocp = _ocp()
         items = dict(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore())
         if abstract_opt is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt)

@@ -19,11 +19,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from jaxregion import sharding
 from jaxregion.configs import TrainConfig
 from jaxregion.errors import UserError
+from jaxregion.evaluate import evaluate
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
+from jaxregion.io import write_text
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
 from jaxregion.regions.region import mask_of
 from jaxregion.train.checkpoint import Checkpointer, restore_latest
@@ -172,15 +175,11 @@ def _read_metrics(path: str, upto: int) -> list[dict]:
 
 
 def _write_metrics(path: str, records: list[dict]) -> None:
-    from jaxregion.io import write_text
-
     if jax.process_index() == 0:  # multi-host: one writer
         write_text(path, "".join(json.dumps(r) + "\n" for r in records))
 
 
 def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
-    from jaxregion.evaluate import evaluate
-
     p = _cast(params, cfg.dtype)
     return {lang: evaluate(p, model_cfg, w, cfg.eval_batch_size, mesh).perplexity
             for lang, w in evals.items()}
@@ -195,8 +194,6 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
     ``region``: a Region or bool tree of elements to freeze. ``evals``: ``{lang: windows}``
     evaluated every ``cfg.eval_every`` steps (and at step 0 and the end) into metrics.jsonl.
     Returns the final params (or those at the interrupting signal)."""
-    from tqdm.auto import tqdm
-
     cfg.validate()
     mesh = mesh or sharding.make_mesh()
     mult = sharding.batch_multiple(mesh)

@@ -107,7 +107,7 @@ def llama_config(vocab_size: int, hidden_size: int = 256, num_layers: int = 4,
                  pad_token_id: int | None = None, tie_embeddings: bool = False,
                  rope_theta: float = 10000.0) -> dict:
     """config.json for a Llama model, written by transformers' ``LlamaConfig`` (no torch)."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # deferred: ~1.2 s to import, only pretrain needs it
 
     if hidden_size % num_heads:
         raise UserError(f"--hidden-size {hidden_size} is not a multiple of --heads {num_heads}")
