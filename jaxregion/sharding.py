@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import jax
@@ -30,7 +30,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxregion import tree as T
-from jaxregion.config import read_yaml
+from jaxregion.config import from_dict, read_mapping
 from jaxregion.errors import UserError
 from jaxregion.models import spec as mspec
 
@@ -93,17 +93,12 @@ class MeshConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> MeshConfig:
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "mesh") -> MeshConfig:
+        """From ``{data: .., fsdp: .., tensor: ..}`` (or ``{mesh: {...}}``), strictly."""
         d = dict(d or {})
         if "mesh" in d and isinstance(d["mesh"], Mapping):
-            d = dict(d["mesh"])
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"mesh: unknown axes {sorted(unknown)}; known: {list(AXES)}")
-        try:
-            return cls(**{k: int(v) for k, v in d.items()})
-        except (TypeError, ValueError):
-            raise UserError(f"mesh {d}: sizes must be integers") from None
+            d, where = dict(d["mesh"]), f"{where}: mesh"
+        return from_dict(cls, d, where)
 
     @classmethod
     def parse(cls, text: str) -> MeshConfig:
@@ -123,15 +118,12 @@ class MeshConfig:
                 raise UserError(f"--mesh {text!r}: {val!r} is not an integer") from None
         if "data" not in out and -1 in out.values():
             out["data"] = 1
-        return cls.from_dict(out)
+        return cls.from_dict(out, f"--mesh {text!r}")
 
 
 def load_mesh_config(path: str) -> MeshConfig:
     """A YAML file ``mesh: {data: .., fsdp: .., tensor: ..}`` (or the bare mapping)."""
-    d = read_yaml(path)
-    if not isinstance(d, Mapping):
-        raise UserError(f"{path}: expected a mapping `mesh: {{data: -1, fsdp: 1, tensor: 1}}`")
-    return MeshConfig.from_dict(d)
+    return MeshConfig.from_dict(read_mapping(path), path)
 
 
 def make_mesh(data: int | None = None, fsdp: int | None = None, tensor: int | None = None,
