@@ -33,7 +33,7 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 # Metadata keys understood by option(); anything else is a typo.
 _META = {"help", "flag", "metavar", "positional", "choices", "gt", "ge", "lt", "le",
-         "allow_inf", "sep", "coerce", "yaml_only", "group"}
+         "allow_inf", "sep", "coerce", "group", "check"}
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str,  # noqa: A002 (argparse's name)
@@ -45,8 +45,11 @@ def option(default: Any = dataclasses.MISSING, *, help: str,  # noqa: A002 (argp
     ``gt``/``ge``/``lt``/``le`` (bounds, applied to each element of a tuple), ``allow_inf``
     (floats are finite unless this is set), ``sep`` (a tuple given as one comma-separated
     flag instead of a repeated one), ``coerce`` (a function applied to a YAML value before
-    its type check, e.g. to accept a mapping where a list is stored), ``group`` (help
-    section)."""
+    its type check, e.g. to accept a mapping where a list is stored), ``check`` (a function
+    ``check(value, where)`` run after the type and bound checks on every non-None value (each
+    element of a tuple, each value of a mapping), raising UserError starting with ``where``;
+    it must have no side effects, as it may run more than once),
+    ``group`` (help section)."""
     bad = set(meta) - _META
     if bad:
         raise TypeError(f"option(): unknown metadata {sorted(bad)}")
@@ -168,9 +171,12 @@ def convert(value: Any, tp: Any, where: str, meta: Mapping[str, Any] | None = No
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {value!r}")
         kt, vt = args if args else (Any, Any)
-        return {convert(k, kt, where): convert(v, vt, f"{where}.{k}") for k, v in value.items()}
+        return {convert(k, kt, where): convert(v, vt, f"{where}.{k}", {**meta, "coerce": None})
+                for k, v in value.items()}
     out = _scalar(value, tp, where, meta)
     _bounds(out, where, meta)
+    if meta.get("check") is not None and out is not None:
+        meta["check"](out, where)
     return out
 
 

@@ -285,3 +285,25 @@ def test_regions_yaml_and_flags_same_file(tmp_path) -> None:
     assert a.meta == b.meta and a.size > 0
     for n, m in a.flat().items():
         np.testing.assert_array_equal(np.asarray(m), np.asarray(b.flat()[n]), err_msg=n)
+
+
+def test_field_check_hook_runs_on_flags_yaml_and_elements(tmp_path) -> None:
+    """``option(check=...)``: a rule beyond bounds and choices, on every value and element."""
+    from dataclasses import dataclass
+
+    def no_spaces(v: str, where: str) -> None:
+        if " " in v:
+            raise UserError(f"{where}: no spaces please")
+
+    @dataclass(frozen=True, kw_only=True)
+    class Cfg:
+        name: str = C.option("a", check=no_spaces, help="a name")
+        texts: dict[str, str] = C.option(factory=dict, check=no_spaces, help="texts")
+
+    assert C.from_dict(Cfg, {"name": "ok", "texts": {"x": "y"}}, "f.yaml").name == "ok"
+    with pytest.raises(UserError, match="f.yaml: name: no spaces"):
+        C.from_dict(Cfg, {"name": "a b"}, "f.yaml")
+    with pytest.raises(UserError, match=r"f.yaml: texts.x: no spaces"):
+        C.from_dict(Cfg, {"texts": {"x": "a b"}}, "f.yaml")
+    with pytest.raises(TypeError, match="unknown metadata"):
+        C.option(1, help="h", positve=True)

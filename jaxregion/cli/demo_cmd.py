@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxregion.cli.options import add_command
+from jaxregion.cli.options import Context, add_command
 from jaxregion.configs import DemoConfig
 
 
@@ -18,7 +18,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "DIR/report.md. Stages are cached.")
 
 
-def run(cfg: DemoConfig, ctx) -> int:
+def run(cfg: DemoConfig, ctx: Context) -> int:
     from jaxregion import demo  # deferred: jax (see cli.main)
 
     demo.run(cfg, mesh=ctx.mesh)

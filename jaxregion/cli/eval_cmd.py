@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxregion.cli.options import add_command
+from jaxregion.cli.options import Context, add_command
 from jaxregion.configs import EvalConfig
 
 
@@ -14,7 +14,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                 help="perplexity per language under the packing contract")
 
 
-def run(cfg: EvalConfig, ctx) -> int:
+def run(cfg: EvalConfig, ctx: Context) -> int:
     from jaxregion import io, runtime  # deferred: jax (see cli.main)
     from jaxregion.report.tables import eval_table
 

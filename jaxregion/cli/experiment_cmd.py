@@ -6,7 +6,7 @@ import argparse
 import dataclasses
 import sys
 
-from jaxregion.cli.options import add_command
+from jaxregion.cli.options import Context, add_command
 from jaxregion.configs import DimsRunConfig, ExperimentConfig
 
 
@@ -23,14 +23,14 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "candidate vs random control dims.")
 
 
-def run_experiment(cfg: ExperimentConfig, ctx) -> int:
+def run_experiment(cfg: ExperimentConfig, ctx: Context) -> int:
     from jaxregion import experiment  # deferred: jax (see cli.main)
 
     experiment.run(cfg, log=lambda m: print(m, file=sys.stderr), mesh=ctx.mesh)
     return 0
 
 
-def run_dims(args: DimsRunConfig, ctx) -> int:
+def run_dims(args: DimsRunConfig, ctx: Context) -> int:
     import numpy as np
 
     from jaxregion import dims, io, runtime

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxregion.cli.options import add_command
+from jaxregion.cli.options import Context, add_command
 from jaxregion.configs import ImportanceConfig
 
 
@@ -23,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "windows) for each language, written as OUT/LANG.safetensors.")
 
 
-def run(cfg: ImportanceConfig, ctx) -> int:
+def run(cfg: ImportanceConfig, ctx: Context) -> int:
     from jaxregion import scorefiles  # deferred: jax (see cli.main)
 
     scorefiles.score_all(cfg, ctx.mesh, progress=ctx.progress)

@@ -13,7 +13,6 @@ The command modules import the library (and so jax, ~0.8 s) inside their handler
 from __future__ import annotations
 
 import argparse
-import functools
 import os
 import sys
 
@@ -36,30 +35,14 @@ COMMAND_MODULES = [eval_cmd, train_cmd, importance_cmd, regions_cmd, experiment_
                    plan_cmd]
 
 
-class Context:
-    """What a handler needs besides its config: the launch options and the device mesh."""
-
-    def __init__(self, launch: LaunchConfig) -> None:
-        self.launch = launch
-        self.progress = launch.progress
-
-    @functools.cached_property
-    def mesh(self):
-        """The mesh of ``--mesh`` (default: every device on ``data``), built on first use."""
-        from jaxregion import sharding  # deferred: jax (see module docstring)
-
-        spec = self.launch.mesh
-        cfg = sharding.MeshConfig.parse(spec) if spec else sharding.MeshConfig()
-        return sharding.make_mesh(config=cfg)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = options.Parser(
         prog="jaxregion",
         description="Find, measure, break and protect the linguistic regions of LLMs.",
     )
     parser.add_argument("--version", action="version", version=f"jaxregion {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks on errors (also after the command)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=options.Parser)
     options.REGISTRY.clear()
     for mod in COMMAND_MODULES:
@@ -85,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
         _start(launch)
-        return int(cmd.run(cfg, Context(launch)) or 0)
+        return int(cmd.run(cfg, options.Context(launch)) or 0)
     except UserError as e:
         if debug:
             raise

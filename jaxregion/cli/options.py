@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import collections.abc
 import dataclasses
+import functools
 import sys
 import typing
 from collections.abc import Callable, Mapping
@@ -55,6 +56,23 @@ class Command:
 
 
 REGISTRY: list[Command] = []  # every command added, for tests and docs
+
+
+class Context:
+    """What a handler needs besides its config: the launch options and the device mesh."""
+
+    def __init__(self, launch: LaunchConfig) -> None:
+        self.launch = launch
+        self.progress = launch.progress
+
+    @functools.cached_property
+    def mesh(self):
+        """The mesh of ``--mesh`` (default: every device on ``data``), built on first use."""
+        from jaxregion import sharding  # deferred: jax, ~0.8 s (see cli.main)
+
+        spec = self.launch.mesh
+        cfg = sharding.MeshConfig.parse(spec) if spec else sharding.MeshConfig()
+        return sharding.make_mesh(config=cfg)
 
 
 # --- naming --------------------------------------------------------------------------------

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from jaxregion.cli.options import add_command
+from jaxregion.cli.options import Context, add_command
 from jaxregion.configs import PlanConfig
 
 
@@ -16,7 +16,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                             "activations estimated.")
 
 
-def run(cfg: PlanConfig, ctx) -> int:  # noqa: ARG001
+def run(cfg: PlanConfig, ctx: Context) -> int:
     from jaxregion import io, plan  # deferred: jax (see cli.main)
 
     p = plan.plan_for(cfg)

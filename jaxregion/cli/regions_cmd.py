@@ -14,7 +14,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from jaxregion.cli.options import Parser, add_command
+from jaxregion import io
+from jaxregion.cli.options import Context, Parser, add_command
 from jaxregion.configs import REGION_KINDS, CompareConfig, SelectConfig, StatsConfig
 
 HELPS = {
@@ -42,14 +43,12 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _json(path: str | None, obj: dict) -> None:
-    from jaxregion import io  # deferred: cheap, but keeps this module's imports light
-
     if path:
         io.write_json(path, obj)
         print(f"wrote {path}", file=sys.stderr)
 
 
-def run_select(cfg: SelectConfig, ctx) -> int:  # noqa: ARG001
+def run_select(cfg: SelectConfig, ctx: Context) -> int:
     from jaxregion import region_runs  # deferred: jax (see cli.main)
 
     r = region_runs.select_region(cfg)
@@ -58,7 +57,7 @@ def run_select(cfg: SelectConfig, ctx) -> int:  # noqa: ARG001
     return 0
 
 
-def run_stats(cfg: StatsConfig, ctx) -> int:  # noqa: ARG001
+def run_stats(cfg: StatsConfig, ctx: Context) -> int:
     from jaxregion import region_runs  # deferred: jax (see cli.main)
     from jaxregion.report.regions import stats_markdown
 
@@ -68,7 +67,7 @@ def run_stats(cfg: StatsConfig, ctx) -> int:  # noqa: ARG001
     return 0
 
 
-def run_compare(cfg: CompareConfig, ctx) -> int:  # noqa: ARG001
+def run_compare(cfg: CompareConfig, ctx: Context) -> int:
     from jaxregion import region_runs  # deferred: jax (see cli.main)
     from jaxregion.report.regions import compare_markdown
 

@@ -6,7 +6,7 @@ import argparse
 import os
 import sys
 
-from jaxregion.cli.options import add_command
+from jaxregion.cli.options import Context, add_command
 from jaxregion.configs import ExportConfig, FinetuneConfig, ForgettingConfig, PretrainConfig
 
 
@@ -40,19 +40,19 @@ def _finish(res, export: str | None) -> int:
     return 0
 
 
-def run_train(cfg: FinetuneConfig, ctx) -> int:
+def run_train(cfg: FinetuneConfig, ctx: Context) -> int:
     from jaxregion.train import run  # deferred: jax (see cli.main)
 
     return _finish(run.run_train(cfg, ctx.mesh, ctx.progress), cfg.export)
 
 
-def run_pretrain(cfg: PretrainConfig, ctx) -> int:
+def run_pretrain(cfg: PretrainConfig, ctx: Context) -> int:
     from jaxregion.train import run  # deferred: jax (see cli.main)
 
     return _finish(run.run_pretrain(cfg, ctx.mesh, ctx.progress), cfg.out)
 
 
-def run_export(cfg: ExportConfig, ctx) -> int:
+def run_export(cfg: ExportConfig, ctx: Context) -> int:
     from jaxregion.train.run import export_checkpoint  # deferred: jax (see cli.main)
 
     step = export_checkpoint(cfg.ckpt_dir, cfg.out, cfg.step, cfg.out_dtype, ctx.mesh)
@@ -60,7 +60,7 @@ def run_export(cfg: ExportConfig, ctx) -> int:
     return 0
 
 
-def run_forgetting(cfg: ForgettingConfig, ctx) -> int:
+def run_forgetting(cfg: ForgettingConfig, ctx: Context) -> int:
     from jaxregion.forgetting import run_experiment  # deferred: jax (see cli.main)
 
     out = run_experiment(cfg, mesh=ctx.mesh, progress=ctx.progress)
