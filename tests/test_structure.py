@@ -85,3 +85,17 @@ def test_graph_sees_function_level_imports() -> None:
 def test_no_import_cycle() -> None:
     cycle = find_cycle(import_graph())
     assert cycle is None, " -> ".join(cycle)
+
+
+def test_help_imports_no_jax() -> None:
+    """``jaxregion CMD --help`` must start fast (< 1 s; timed in scripts/bench_cli_startup.py):
+    building every command's parser imports neither jax nor the library that needs it."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from jaxregion.cli.main import build_parser; build_parser(); "
+            "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'transformers', "
+            "'matplotlib') if m in sys.modules]; print(','.join(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.strip()
+    assert out == "", f"building the parser imported {out}"
