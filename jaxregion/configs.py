@@ -27,7 +27,9 @@ SCHEDULES = ("cosine", "constant", "linear")
 COMPUTE_DTYPES = ("float32", "bfloat16")
 EXPORT_DTYPES = ("float32", "bfloat16", "float16")
 PLAN_TASKS = ("eval", "importance", "train")
-DEFAULT_INCLUDE = r"^(model\.layers|transformer\.h)\.\d+\."  # transformer layers only
+# The default region scope: every parameter the family table puts in a transformer layer
+# (norms included). Not a regex; any other ``include`` string is one.
+DEFAULT_INCLUDE = ":layers"
 
 _TEXT_HELP = "a language and its corpus; repeat for several languages (YAML: {lang: source})"
 
@@ -116,8 +118,8 @@ class SelectConfig:
     ratio: float = option(0.01, gt=0.0, le=1.0, help="fraction of elements, in (0, 1]")
     scope: str = option("per-tensor", choices=SCOPES, help="where k is counted")
     include: str | None = option(DEFAULT_INCLUDE, metavar="REGEX",
-                                 help="regex of HF names to select from (default: transformer "
-                                      "layers)")
+                                 help="regex of HF names to select from (default :layers: the "
+                                      "transformer layers' parameters, per the family table)")
     exclude: str | None = option(None, metavar="REGEX", help="regex of HF names to leave out")
     seed: int = option(0, help="random seed (random only)")
     model: str | None = option(None, metavar="DIR",

@@ -9,29 +9,28 @@ from flax import nnx
 
 from jaxregion import hf, importance
 from jaxregion.models import apply
-from jaxregion.models.module import CausalLM
 from jaxregion.tree import flatten
 
 
 def test_module_matches_functional_and_names_state(model_factory):
     path = model_factory("qwen2")
     cfg, params = hf.load(path)
-    model = CausalLM.from_pretrained(path)
+    model = hf.load_model(path)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
     np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, t: m(t))(model, tokens)),
                                   np.asarray(jax.jit(apply, static_argnums=2)(params, tokens,
                                                                                cfg)))
     names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    assert names == {"params." + n for n in flatten(params)}
-    assert "params.model.layers.1.self_attn.q_proj.bias" in names
+    assert names == set(flatten(params))  # no prefix: the state paths ARE the HF names
+    assert "model.layers.1.self_attn.q_proj.bias" in names
 
 
 def test_nnx_grad_is_the_taylor_gradient(model_factory):
     path = model_factory("llama_mha")
-    model = CausalLM.from_pretrained(path)
+    model = hf.load_model(path)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 320, (4, 16)), jnp.int32)
     grads = nnx.grad(lambda m: jnp.mean(m.nll(tokens)))(model)
-    g = {".".join(map(str, p))[len("params."):]: v[...] for p, v in nnx.to_flat_state(grads)}
+    g = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(grads)}
     taylor = flatten(importance.compute_importance(model.pytree(), model.config,
                                                    np.asarray(tokens), batch_size=4).scores)
     theta = flatten(model.pytree())

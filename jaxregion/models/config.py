@@ -11,8 +11,6 @@ import numpy as np
 
 from jaxregion.errors import UserError
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2")
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -43,13 +41,29 @@ class ModelConfig:
     scale_embeddings: bool = False  # gemma: x * sqrt(hidden)
     sliding_windows: tuple[int | None, ...] = ()  # per layer; None = full causal attention
     attn_scale_by_layer: bool = False  # gpt2's scale_attn_by_inverse_layer_idx
+    # Family-specific switches as ((key, value), ...): a new family adds its own here
+    # without a new field (read them with :meth:`opt`).
+    extra: tuple[tuple[str, Any], ...] = ()
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     hf_config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # --- gemma2 / gemma3 / olmo2 ---
+    logit_softcap: float | None = None  # final logits -> cap * tanh(logits / cap)
+    attn_softcap: float | None = None  # attention scores, the same way (gemma2)
+    query_pre_attn_scalar: float | None = None  # attention scale scalar**-0.5 (else head_dim)
+    rope_local_theta: float | None = None  # gemma3: RoPE base of the sliding-window layers
+    rope_local_scaling: tuple[tuple[str, Any], ...] | None = None  # ... and their scaling
 
     @property
     def family(self) -> str:
-        return "gpt2" if self.model_type == "gpt2" else "llama"
+        """The family (table file) this config belongs to."""
+        from jaxregion.models.registry import family_name
+
+        return family_name(self.model_type)
+
+    def opt(self, key: str, default: Any = None) -> Any:
+        """A family-specific switch from :attr:`extra`."""
+        return dict(self.extra).get(key, default)
 
     @property
     def q_dim(self) -> int:
@@ -89,16 +103,16 @@ class ModelConfig:
         )
 
 
-def _get(d: dict, *keys: str, default: Any = None) -> Any:
+def get_key(d: dict, *keys: str, default: Any = None) -> Any:
     for k in keys:
         if d.get(k) is not None:
             return d[k]
     return default
 
 
-def _rope(d: dict) -> tuple[float, tuple | None]:
+def rope_from_hf(d: dict) -> tuple[float, tuple | None]:
     params = d.get("rope_parameters") or {}
-    theta = float(_get(params, "rope_theta", default=_get(d, "rope_theta", default=10000.0)))
+    theta = float(get_key(params, "rope_theta", default=get_key(d, "rope_theta", default=10000.0)))
     scaling = d.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if not scaling or kind == "default":
@@ -106,7 +120,7 @@ def _rope(d: dict) -> tuple[float, tuple | None]:
     return theta, tuple(sorted(scaling.items()))
 
 
-def _act(name: str, source: str) -> str:
+def activation_name(name: str, source: str) -> str:
     table = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
              "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
     if name not in table:
@@ -115,67 +129,19 @@ def _act(name: str, source: str) -> str:
 
 
 def from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
-    """A :class:`ModelConfig` from a config.json dict; ``source`` names the file in errors."""
-    mt = d.get("model_type")
-    if mt not in SUPPORTED:
+    """A :class:`ModelConfig` from a config.json dict; ``source`` names the file in errors.
+
+    Each family reads its own keys (``config_from_hf`` in its table file)."""
+    from jaxregion.models.registry import by_model_type, supported
+
+    mt = d.get("model_type") if isinstance(d, dict) else None
+    fam = by_model_type().get(mt)
+    if fam is None:
         raise UserError(
-            f"{source}: model_type {mt!r} is not supported; supported: {', '.join(SUPPORTED)}"
+            f"{source}: model_type {mt!r} is not supported; supported: {', '.join(supported())}"
         )
     try:
-        if mt == "gpt2":
-            hidden = int(d["n_embd"])
-            heads = int(d["n_head"])
-            return ModelConfig(
-                model_type=mt, vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-                intermediate_size=int(d.get("n_inner") or 4 * hidden),
-                num_layers=int(d["n_layer"]), num_heads=heads, num_kv_heads=heads,
-                head_dim=hidden // heads, max_position_embeddings=int(d["n_positions"]),
-                norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
-                activation=_act(d.get("activation_function", "gelu_new"), source),
-                tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-                qkv_bias=True, o_bias=True, mlp_bias=True,
-                attn_scale_by_layer=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
-                sliding_windows=(None,) * int(d["n_layer"]),
-                bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-                hf_config=dict(d),
-            )
-        hidden = int(d["hidden_size"])
-        heads = int(d["num_attention_heads"])
-        layers = int(d["num_hidden_layers"])
-        theta, scaling = _rope(d)
-        window = d.get("sliding_window")
-        if mt == "mistral":
-            windows = tuple(window for _ in range(layers))
-        elif mt in ("qwen2", "qwen3") and d.get("use_sliding_window") and window:
-            types = d.get("layer_types") or [
-                "sliding_attention" if i >= d.get("max_window_layers", layers) else "full_attention"
-                for i in range(layers)
-            ]
-            windows = tuple(window if t == "sliding_attention" else None for t in types)
-        else:
-            windows = (None,) * layers
-        default_tie = mt == "gemma"
-        act_name = _get(d, "hidden_activation", "hidden_act", default="silu")
-        if mt == "gemma":
-            act_name = d.get("hidden_activation") or "gelu_pytorch_tanh"
-        return ModelConfig(
-            model_type=mt, vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-            intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
-            num_kv_heads=int(d.get("num_key_value_heads") or heads),
-            head_dim=int(d.get("head_dim") or hidden // heads),
-            max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
-            norm_eps=float(_get(d, "rms_norm_eps", default=1e-6)),
-            activation=_act(act_name, source),
-            tie_embeddings=bool(d.get("tie_word_embeddings", default_tie)),
-            rope_theta=theta, rope_scaling=scaling,
-            qkv_bias=mt == "qwen2" or (mt != "mistral" and bool(d.get("attention_bias"))),
-            o_bias=mt not in ("qwen2", "mistral") and bool(d.get("attention_bias")),
-            mlp_bias=mt == "llama" and bool(d.get("mlp_bias")),
-            qk_norm=mt == "qwen3", norm_plus_one=mt == "gemma", scale_embeddings=mt == "gemma",
-            sliding_windows=windows,
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-            hf_config=dict(d),
-        )
+        return fam.config_from_hf(d, source)
     except KeyError as e:
         raise UserError(f"{source}: required key {e.args[0]!r} is missing") from None
     except (TypeError, ValueError) as e:

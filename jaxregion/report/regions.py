@@ -8,19 +8,21 @@ from typing import Any
 import numpy as np
 
 from jaxregion.errors import UserError
-from jaxregion.regions import hidden_dim_profile, is_norm
+from jaxregion.regions import hidden_dim_profile, roles_for
 from jaxregion.report.tables import markdown_table
 
 _META_KEYS = ("kind", "ratio", "langs", "lang", "scope", "seed", "include", "exclude", "model")
 
 
 def _hidden_size(region: Any) -> int | None:
-    """The residual width, read off the first 1-D norm weight of the region's universe."""
+    """The residual width, read off the first norm on the residual stream in the region's
+    universe (roles from the family tables)."""
     flat = region.flat()
+    roles = roles_for(region.names())
     for n in region.names():
-        if is_norm(n) and n.endswith("weight") and np.ndim(flat[n]) == 1 \
-                and "q_norm" not in n and "k_norm" not in n:
-            return int(np.shape(flat[n])[0])
+        r = roles.get(n)
+        if r is not None and r.kind == "norm" and r.residual_axis is not None:
+            return int(np.shape(flat[n])[r.residual_axis])
     return None
 
 

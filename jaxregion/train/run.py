@@ -17,7 +17,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from jaxregion import hf, runtime, sharding
+from jaxregion import hf, models, runtime, sharding
 from jaxregion import tree as T
 from jaxregion.config import replace_fields
 from jaxregion.configs import FinetuneConfig, PretrainConfig, TrainConfig, TrainRunConfig
@@ -25,7 +25,6 @@ from jaxregion.errors import UserError
 from jaxregion.io import write_json
 from jaxregion.models import ModelConfig, abstract_params, from_hf_dict
 from jaxregion.regions import load_region
-from jaxregion.regions.base import is_norm
 from jaxregion.regions.region import fingerprint
 from jaxregion.train.checkpoint import abstract_like, restore_latest
 from jaxregion.train.loop import TrainResult, train
@@ -129,13 +128,15 @@ def init_params(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> dict:
     """HF-style init: weights ~ normal(0, std), biases 0, norm weights 1 (0 for (1+w) norms)."""
     key = jax.random.PRNGKey(seed)
     flat = T.flatten(abstract_params(cfg))
+    roles = models.roles(cfg)
     out = {}
     for i, (name, sds) in enumerate(flat.items()):
-        if is_norm(name):
+        r = roles[name]
+        if r.kind == "norm":
             fill = 0.0 if cfg.norm_plus_one else 1.0
-            out[name] = jnp.full(sds.shape, fill, jnp.float32) if name.endswith("weight") else \
+            out[name] = jnp.full(sds.shape, fill, jnp.float32) if r.attr == "weight" else \
                 jnp.zeros(sds.shape, jnp.float32)
-        elif name.endswith("bias"):
+        elif r.kind == "bias":
             out[name] = jnp.zeros(sds.shape, jnp.float32)
         else:
             out[name] = std * jax.random.normal(jax.random.fold_in(key, i), sds.shape, jnp.float32)
