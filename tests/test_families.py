@@ -100,7 +100,7 @@ ROLE_FRAGMENTS = ("_proj", "layernorm", "norm.", "ln_", "layers.", ".h.", "embed
 ALLOWED = {
     # an example perturbation spec in the grammar shown to users (and in --help)
     ("interventions.py", "NAME[IDX]OP VALUE, IDX = comma-separated ints"),
-    ("cli/eval_cmd.py", "edit single entries, e.g. 'model.layers.1.mlp.down_proj.weight"),
+    ("configs.py", "edit single entries, e.g. 'model.layers.1.mlp.down_proj.weight"),
     # prose naming the MLP output matrix in a report and in --help
     ("experiment.py", ". Super-weight candidates (down_proj max |w| per layer): "),
     ("cli/experiment_cmd.py", "Region row/column concentration, massive activations, "),
