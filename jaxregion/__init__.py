@@ -20,6 +20,8 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from jaxregion.errors import UserError
+
 __version__ = "0.1.0"
 
 _SUBMODULES = (
@@ -33,8 +35,4 @@ __all__ = [*_SUBMODULES, "UserError", "__version__"]
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
         return importlib.import_module(f"jaxregion.{name}")
-    if name == "UserError":
-        from jaxregion.errors import UserError
-
-        return UserError
     raise AttributeError(f"module 'jaxregion' has no attribute {name!r}")

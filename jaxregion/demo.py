@@ -20,41 +20,23 @@ import os
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 from jaxregion import experiment, forgetting, io
+from jaxregion.configs import DEMO_QUICK, DemoConfig
 from jaxregion.data import synthetic
 from jaxregion.data.sources import sources_from_dir
 from jaxregion.errors import UserError
+from jaxregion.report import battery
 
 
-@dataclass(frozen=True)
-class DemoConfig:
-    out: str = "demo_out"
-    corpus: str = "synthetic"  # or a directory of LANG.train.txt / LANG.valid.txt
-    langs: tuple[str, ...] = ("lat", "rom", "cyr", "grk", "arb", "cjk")
-    target: str = "hng"  # the new language of the forgetting run (unseen in pretraining)
-    train_docs: int = 6000
-    valid_docs: int = 400
-    seed: int = 0
-    vocab_size: int = 1024
-    hidden_size: int = 128
-    num_layers: int = 4
-    num_heads: int = 4
-    intermediate_size: int = 384
-    seq_len: int = 64
-    pretrain_steps: int = 400
-    pretrain_batch: int = 32
-    pretrain_lr: float = 3e-3
-    importance_windows: int = 64
-    eval_windows: int = 24
-    forgetting_steps: int = 60
-    forgetting_lr: float = 1e-4
-    forgetting_ratios: tuple[float, ...] = (0.01, 0.1, 0.5)
-    forgetting_granularities: tuple[str, ...] = ("element", "column")
-    forgetting_replay: float = 0.25
-    forgetting_ewc_lambda: float = 1.0
-    forgetting_seeds: tuple[int, ...] = (0,)
+def resolve(cfg: DemoConfig) -> DemoConfig:
+    """``cfg`` with ``quick``'s sizes (:data:`DEMO_QUICK`) for every size left at its
+    default."""
+    if not cfg.quick:
+        return cfg
+    defaults = DemoConfig()
+    return dataclasses.replace(cfg, **{k: v for k, v in DEMO_QUICK.items()
+                                       if getattr(cfg, k) == getattr(defaults, k)})
 
 
 def _stage(log: Callable[[str], None], i: int, name: str) -> float:
@@ -93,8 +75,10 @@ def _corpus(cfg: DemoConfig, log) -> tuple[dict[str, str], dict[str, str], str, 
             imp)
 
 
-def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
+def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) -> dict:
+    """Every stage on ``mesh`` (None: every device on ``data``); returns the results."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    cfg = resolve(cfg)
     t_start = time.time()
     os.makedirs(cfg.out, exist_ok=True)
     timings: dict[str, float] = {}
@@ -115,7 +99,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         intermediate_size=cfg.intermediate_size, max_positions=max(256, cfg.seq_len),
         init_seed=cfg.seed, train=pre_train)
     # keyed by the pretraining settings, so a changed setting never reuses a stale model
-    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)))
+    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)),
+                                       mesh=mesh)
     link = os.path.join(cfg.out, "model")
     if os.path.islink(link) and os.readlink(link) != os.path.abspath(model):
         os.unlink(link)
@@ -140,14 +125,16 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None) -> dict:
         exp = json.load(open(exp_json, encoding="utf-8"))
         log("cached")
     else:
-        exp = experiment.run(exp_cfg, log=log).to_dict()
+        res = experiment.run(exp_cfg, log=log, mesh=mesh)
+        battery.render(res, exp_cfg.out)
+        exp = res.to_dict()
     timings["experiment"] = time.time() - t
 
     t = _stage(log, 9, f"forgetting: continued pre-training on {target}")
     f_cfg = forgetting_config(cfg, model, train, valid, target, langs,
                               os.path.join(exp_cfg.out, "importance"))
     started = time.process_time()
-    res = forgetting.run(f_cfg, progress=True, log=log)  # finished points are reused
+    res = forgetting.run(f_cfg, progress=True, log=log, mesh=mesh)  # finished points are reused
     if res.interrupted:
         raise UserError("the demo was interrupted during the forgetting stage; run it again "
                         "to resume")

@@ -22,13 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxregion import runtime
 from jaxregion import tree as T
+from jaxregion.configs import DEFAULT_DIMS_TARGETS, DimsConfig, DimsRunConfig
 from jaxregion.errors import UserError
 from jaxregion.interventions import apply_perturb
 from jaxregion.models import ModelConfig, Role, intermediates, residual_taps, roles
+from jaxregion.regions import hidden_dim_profile, load_region
 
 #: Targets swept when a config names none: the norm feeding attention, as the paper's figure.
-DEFAULT_TARGETS = ("input_norm",)
+DEFAULT_TARGETS = DEFAULT_DIMS_TARGETS
 #: The target name of the norm feeding attention in every family (the table's ``attn_norm``;
 #: in post-norm layers, which have none, ``attn_out_norm``).
 INPUT_NORM = "input_norm"
@@ -213,21 +216,6 @@ def sweep(params: dict, cfg: ModelConfig,
 
 
 # --- the whole analysis --------------------------------------------------------------------
-@dataclass(frozen=True)
-class DimsConfig:
-    """The ``dims:`` section of a battery config (and the ``jaxregion dims`` flags)."""
-
-    layer: int = 1  # the layer whose entries are scaled
-    dims: tuple[int, ...] = ()  # candidate dims; empty: auto-picked (region, activations)
-    controls: tuple[int, ...] = ()  # control dims; empty: seeded random dims
-    targets: tuple[str, ...] = DEFAULT_TARGETS  # role names, e.g. input_norm, down_proj
-    factors: tuple[float, ...] = (4.0, 0.0)
-    auto_candidates: int = 3  # how many candidates to pick when `dims` is empty
-    auto_controls: int = 3  # how many controls to draw when `controls` is empty
-    seed: int = 0
-    activation_windows: int = 8  # windows of the first language read for massive activations
-
-
 def validate(d: DimsConfig, cfg: ModelConfig, where: str) -> None:
     """Every model-dependent check of a ``dims:`` section, naming ``where`` and the key."""
     if not 0 <= d.layer < cfg.num_layers:
@@ -283,3 +271,21 @@ def analyse(params: dict, cfg: ModelConfig, evaluate_fn: Callable[[dict], dict[s
     top = {str(x): int(profile[x]) for x in cands} if profile is not None else {}
     return DimsResult(d.layer, list(d.targets), cands, cands_from, ctrls, ctrls_from, massive,
                       supers, top, dict(base), points)
+
+
+def run_dims(cfg: DimsRunConfig, mesh: jax.sharding.Mesh | None = None) -> DimsResult:
+    """``jaxregion dims``: the whole analysis on ``cfg.model`` over ``cfg.text`` (every input
+    checked before any sweep runs)."""
+    s = runtime.load_session(cfg.model, cfg.dtype, mesh)
+    d = cfg.dims_config()
+    validate(d, s.config, "jaxregion dims")
+    region = load_region(cfg.region, template=s.params) if cfg.region else None
+    corpora = runtime.load_corpora(cfg.text, s, cfg.seq_len, cfg.max_seqs)
+
+    def ppl(params: dict) -> dict[str, float]:
+        res = runtime.evaluate_corpora(s, corpora, cfg.batch_size, params=params)
+        return {k: r.perplexity for k, r in res.items()}
+
+    profile = hidden_dim_profile(region, s.config.hidden_size) if region is not None else None
+    return analyse(s.params, s.config, ppl, ppl(s.params), next(iter(corpora.values())), d,
+                   profile)

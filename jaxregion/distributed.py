@@ -24,12 +24,13 @@ import os
 import socket
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
@@ -188,8 +189,6 @@ def main_print(*args: Any, file=None, **kw: Any) -> None:
 def barrier(name: str = "jaxregion") -> None:
     """Wait for every process (no-op on one)."""
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -199,8 +198,6 @@ def fetch(x: Any) -> np.ndarray:
 
     Collective when ``x`` spans processes: every process must call it, in the same order."""
     if isinstance(x, jax.Array) and not x.is_fully_addressable:
-        from jax.experimental import multihost_utils
-
         if x.is_fully_replicated:
             return np.asarray(x.addressable_data(0))
         return np.asarray(multihost_utils.process_allgather(x, tiled=True))
@@ -223,26 +220,10 @@ def write_on_main(write: Callable[..., Any], path: str, tree: Any, *args: Any,
     barrier(f"write:{path}")
 
 
-def save_scores(path: str, tree: Any, metadata: Mapping[str, Any] | None = None) -> None:
-    """:func:`jaxregion.regions.files.save_scores` for sharded / multi-host score trees."""
-    from jaxregion.regions import files
-
-    write_on_main(files.save_scores, path, tree, metadata)
-
-
-def save_region(path: str, region: Any, model: str | None = None) -> None:
-    """:func:`jaxregion.regions.files.save_region` for sharded / multi-host masks."""
-    from jaxregion.regions import files
-
-    write_on_main(files.save_region, path, region, model)
-
-
 def sum_over_processes(x: Any) -> Any:
     """Host scalars/arrays summed over processes (e.g. token counts each process saw)."""
     if jax.process_count() == 1:
         return x
-    from jax.experimental import multihost_utils
-
     g = multihost_utils.process_allgather(np.asarray(x))
     return np.sum(g, axis=0)
 

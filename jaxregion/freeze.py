@@ -30,7 +30,8 @@ import optax
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import mask_of, roles_for, shape_of
+from jaxregion.regions.base import roles_for
+from jaxregion.regions.region import mask_of, shape_of
 
 PyTree = Any
 

@@ -10,6 +10,7 @@ Prefill and decode run in one jitted function over a key/value cache
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -17,6 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxregion import runtime, safety
+from jaxregion.configs import GenerateConfig
 from jaxregion.data.packing import document_tokens
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, kvcache
@@ -192,3 +195,52 @@ def completions(params: dict, cfg: ModelConfig, tokenizer, texts: Sequence[str],
                    eos_token_id=getattr(tokenizer, "eos_token_id", None), batch_size=batch_size)
     return [{"prompt": t, "completion": tokenizer.decode(g, skip_special_tokens=True),
              "token_ids": g} for t, g in zip(texts, gen.token_ids)]
+
+
+def read_prompts(path: str) -> list[tuple[str, str]]:
+    """``[(name for errors, text)]`` from a JSONL file: one JSON string, or object with a
+    ``"prompt"`` string, a line."""
+    safety.reading(path)
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for n, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{n}: not JSON ({e.msg})") from None
+            text = obj.get("prompt") if isinstance(obj, dict) else obj
+            if not isinstance(text, str):
+                raise UserError(f'{path}:{n}: expected a string or an object with a "prompt" '
+                                "string")
+            out.append((f"{path}:{n}", text))
+    return out
+
+
+def run_generate(cfg: GenerateConfig, mesh: jax.sharding.Mesh | None = None) -> list[dict]:
+    """``jaxregion generate``: one row per prompt (``prompt``, ``completion``,
+    ``token_ids``; with an edit also ``edited``), every prompt checked before the model
+    runs."""
+    named = read_prompts(cfg.prompts) if cfg.prompts else []
+    named += [(f"--prompt {i + 1}", t) for i, t in enumerate(cfg.prompt)]
+    if not named:
+        raise UserError(f"{cfg.prompts}: holds no prompt; pass --prompt TEXT or a non-empty "
+                        "--prompts FILE.jsonl")
+    sampling = Sampling(cfg.temperature, cfg.top_p, cfg.seed)
+    sampling.check()
+    names, texts = [n for n, _ in named], [t for _, t in named]
+    session = runtime.load_session(cfg.model, cfg.dtype, mesh)
+    check_prompts(encode_prompts(texts, session.tokenizer, names), cfg.max_new_tokens,
+                  session.config, names)
+    params = runtime.edit_params(session, cfg.region, cfg.region_op, cfg.perturb, cfg.seed)
+
+    def write(p: dict) -> list[dict]:
+        return completions(p, session.config, session.tokenizer, texts, cfg.max_new_tokens,
+                           sampling, cfg.batch_size, names)
+
+    rows = write(session.params)
+    if cfg.region or cfg.perturb:
+        for row, e in zip(rows, write(params), strict=True):
+            row["edited"] = {"completion": e["completion"], "token_ids": e["token_ids"]}
+    return rows

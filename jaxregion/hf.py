@@ -20,11 +20,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from huggingface_hub import snapshot_download
 
 from jaxregion import models, safety
 from jaxregion import safetensors_io as st
+from jaxregion.data.tokenizer import load_tokenizer as _load
 from jaxregion.distributed import barrier, fetch
 from jaxregion.errors import UserError
+from jaxregion.io import write_json
 from jaxregion.models import spec
 from jaxregion.models.config import ModelConfig, from_hf_dict
 from jaxregion.models.module import CausalLM
@@ -49,8 +52,6 @@ def resolve(model: str) -> str:
 
     go_offline_if_unreachable()
     try:
-        from huggingface_hub import snapshot_download
-
         return snapshot_download(
             model, allow_patterns=["*.json", "*.safetensors", "tokenizer*", "*.model", "*.txt"]
         )
@@ -62,7 +63,8 @@ def resolve(model: str) -> str:
 
 
 def load_config(path: str) -> ModelConfig:
-    cfg_path = os.path.join(path, "config.json")
+    """The model config of a checkpoint directory (or of its config.json file); no weights."""
+    cfg_path = path if os.path.isfile(path) else os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise UserError(f"{cfg_path}: missing; an HF checkpoint directory needs config.json")
     try:
@@ -231,8 +233,6 @@ def load_model(model: str, dtype: str | jnp.dtype = "float32",
 
 def load_tokenizer(model: str):
     """The checkpoint's tokenizer, or a UserError naming the directory and what is missing."""
-    from jaxregion.data.tokenizer import load_tokenizer as _load
-
     return _load(resolve(model))
 
 
@@ -262,8 +262,6 @@ def export(
         out_dtype = str(np.dtype(dtype)) if dtype else str(np.dtype(first.dtype))
         config["torch_dtype"] = out_dtype
         config["dtype"] = out_dtype
-        from jaxregion.io import write_json
-
         write_json(os.path.join(out_dir, "config.json"), config)
         if tokenizer_from:
             src = resolve(tokenizer_from)

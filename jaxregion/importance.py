@@ -62,16 +62,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import orbax.checkpoint as ocp
 
 from jaxregion import sharding as shd
 from jaxregion import tree as T
+from jaxregion.configs import DATA_FREE, ESTIMATORS
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
 from jaxregion.models import ModelConfig, intermediates, roles, weighted_nll_sum
 
 PyTree = Any
-ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
-DATA_FREE = ("magnitude",)
 STATE_FORMAT = "jaxregion.importance-state.v2"
 
 
@@ -108,6 +108,7 @@ class ImportanceResult:
     meta: Mapping[str, Any] = field(default_factory=dict)
     halves: tuple[PyTree, PyTree] | None = None  # see finalize_halves; None with < 2 batches
     counts: tuple[int, int] = (0, 0)  # windows in the even / odd half
+    stopped_at: int | None = None  # a checkpoint asked to stop here (scores is None)
 
 
 def check_estimator(name: str) -> str:
@@ -302,7 +303,7 @@ def compute_importance(
     state: ImportanceState | None = None,
     *,
     remat: bool = False,
-    checkpoint: Callable[[ImportanceState], None] | None = None,
+    checkpoint: Callable[[ImportanceState], bool | None] | None = None,
     checkpoint_every: int | None = None,
     stops: Sequence[int] = (),
     at_stop: Callable[[ImportanceState], bool] | None = None,
@@ -313,9 +314,10 @@ def compute_importance(
     stops). ``progress(n)`` is called after each micro-batch with the real windows it held.
     ``checkpoint(state)`` is called each time the position crosses a multiple of
     ``checkpoint_every`` windows (not at the end); it may save the state (see
-    :func:`save_partial`) and may raise to stop the run. ``at_stop(state)`` is called when
-    the position reaches each of ``stops`` (window counts in ``(0, n]``; a micro-batch never
-    straddles one); returning True ends the run there.
+    :func:`save_partial`) and returns True to stop the run there: the result then has
+    ``scores=None`` and ``stopped_at`` set. ``at_stop(state)`` is called when the position
+    reaches each of ``stops`` (window counts in ``(0, n]``; a micro-batch never straddles
+    one); returning True ends the run there with the scores so far.
     """
     check_estimator(estimator)
     windows = np.asarray(windows)
@@ -355,7 +357,9 @@ def compute_importance(
                 progress(real)
             if checkpoint and checkpoint_every and pos < n and \
                     pos // checkpoint_every > prev // checkpoint_every:
-                checkpoint(state)
+                if checkpoint(state):
+                    return ImportanceResult(None, pos, pos * (seq_len - 1), estimator,
+                                            counts=state.counts, stopped_at=pos)
         if at_stop and hi in bounds and at_stop(state):
             break
     return result_of(state, params, cfg, seq_len)
@@ -394,8 +398,6 @@ def windows_digest(windows: np.ndarray) -> str:
 
 
 def _manager(directory: str):
-    import orbax.checkpoint as ocp
-
     opts = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
                                         create=True)
     return ocp.CheckpointManager(os.path.abspath(directory), options=opts,
@@ -405,8 +407,6 @@ def _manager(directory: str):
 def save_partial(directory: str, state: ImportanceState, meta: Mapping[str, Any]) -> None:
     """Save ``state`` (orbax, step = window position) with JSON ``meta`` identifying the run
     (windows digest, model, estimator, ...); earlier steps are removed."""
-    import orbax.checkpoint as ocp
-
     full = {"format": STATE_FORMAT, **meta, "estimator": state.estimator,
             "batch_size": state.batch_size, "position": state.position,
             "counts": list(state.counts), "batches": state.batches}
@@ -420,8 +420,6 @@ def load_partial(directory: str, like: ImportanceState, meta: Mapping[str, Any]
                  ) -> ImportanceState | None:
     """The latest saved state if its meta matches ``meta`` (and ``like``'s estimator and
     batch size), restored with ``like.acc``'s shapes and shardings; else None."""
-    import orbax.checkpoint as ocp
-
     if not os.path.isdir(directory):
         return None
     with _manager(directory) as mngr:

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import Region, mask_of, shape_of, universe_of
+from jaxregion.regions.region import Region, mask_of, shape_of, universe_of
 
 PyTree = Any
 

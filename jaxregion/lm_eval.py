@@ -33,6 +33,7 @@ from lm_eval.models.utils import (
 from tqdm.auto import tqdm
 
 from jaxregion import generate, runtime
+from jaxregion.configs import TasksConfig
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, apply
 
@@ -85,12 +86,13 @@ class JaxRegionLM(TemplateLM):
                  dtype: str = "float32", batch_size: int | str | None = 8,
                  max_length: int | str | None = None, add_bos_token: bool | None = None,
                  max_gen_toks: int | str = 256, device: str | None = None,
-                 max_batch_size: int | None = None) -> None:
+                 max_batch_size: int | None = None, mesh: jax.sharding.Mesh | None = None
+                 ) -> None:
         super().__init__()
         del device, max_batch_size  # JAX places arrays itself; batches have a fixed size
         if isinstance(perturb, str):
             perturb = [p for p in perturb.split(";") if p.strip()]
-        self.session = runtime.load_session(str(pretrained), str(dtype))
+        self.session = runtime.load_session(str(pretrained), str(dtype), mesh)
         self.params = runtime.edit_params(self.session, region, str(region_op),
                                           list(perturb or ()), int(seed))
         self.cfg = self.session.config
@@ -303,12 +305,14 @@ def evaluate_lm(lm: JaxRegionLM, tasks: Sequence[str], include_path: str | None 
 def run_tasks(model: str, tasks: Sequence[str], include_path: str | None = None,
               region: str | None = None, region_op: str = "zero", perturb: Sequence[str] = (),
               seed: int = 0, dtype: str = "float32", batch_size: int = 8,
-              limit: int | None = None, num_fewshot: int | None = None) -> dict:
-    """:func:`evaluate_lm` on a model directory with an optional edit; task names are
-    checked before the model is loaded."""
+              limit: int | None = None, num_fewshot: int | None = None,
+              mesh: jax.sharding.Mesh | None = None) -> dict:
+    """:func:`evaluate_lm` on a model directory with an optional edit (on ``mesh``; None:
+    every device on ``data``); task names are checked before the model is loaded."""
     manager = check_tasks(tasks, include_path)
     lm = JaxRegionLM(pretrained=model, region=region, region_op=region_op,
-                     perturb=list(perturb), seed=seed, dtype=dtype, batch_size=batch_size)
+                     perturb=list(perturb), seed=seed, dtype=dtype, batch_size=batch_size,
+                     mesh=mesh)
     return evaluate_lm(lm, tasks, include_path, limit, num_fewshot, bootstrap_iters=1000,
                        manager=manager)
 
@@ -319,3 +323,10 @@ def markdown(results: dict) -> str:
     if results.get("groups"):
         text += "\n" + lm_utils.make_table(results, "groups")
     return text
+
+
+def run_tasks_config(cfg: TasksConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
+    """``jaxregion tasks``: :func:`run_tasks` from its config."""
+    return run_tasks(cfg.model, list(cfg.tasks), cfg.include_path, cfg.region, cfg.region_op,
+                     cfg.perturb, cfg.seed, cfg.dtype, cfg.batch_size, cfg.limit,
+                     cfg.num_fewshot, mesh=mesh)

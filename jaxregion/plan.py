@@ -17,13 +17,13 @@ Bytes per parameter:
 
 from __future__ import annotations
 
-import json
 import math
-import os
 from dataclasses import dataclass, field
 from types import SimpleNamespace
 
-from jaxregion import sharding
+from jaxregion import hf, sharding
+from jaxregion.configs import PLAN_TASKS as TASKS
+from jaxregion.configs import PlanConfig
 from jaxregion.errors import UserError
 from jaxregion.models import spec as mspec
 from jaxregion.models.config import ModelConfig, from_hf_dict
@@ -47,7 +47,6 @@ PRESETS: dict[str, dict] = {
                        intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, max_position_embeddings=32768),
 }
-TASKS = ("eval", "importance", "train")
 _DT = {"float32": 4, "bfloat16": 2}
 
 
@@ -55,18 +54,6 @@ def preset_config(name: str) -> ModelConfig:
     if name not in PRESETS:
         raise UserError(f"--preset {name!r}: unknown; have {', '.join(PRESETS)}")
     return from_hf_dict(dict(PRESETS[name]), f"preset {name}")
-
-
-def model_config(model: str) -> ModelConfig:
-    """config.json of a checkpoint directory (or the file itself); no weights read."""
-    path = os.path.join(model, "config.json") if os.path.isdir(model) else model
-    if not os.path.isfile(path):
-        raise UserError(f"--model {model}: no config.json there")
-    try:
-        with open(path, encoding="utf-8") as f:
-            return from_hf_dict(json.load(f), path)
-    except json.JSONDecodeError as e:
-        raise UserError(f"{path}: not valid JSON ({e})") from None
 
 
 @dataclass
@@ -212,3 +199,17 @@ def format_plan(plan: Plan) -> str:
         out.append(f"{len(plan.replicated)} tensors are not split on this mesh (dimensions "
                    "do not divide, or the axis is 1); they count in full on every device")
     return "\n".join(out)
+
+
+def plan_for(cfg: PlanConfig) -> Plan:
+    """``jaxregion plan``: the plan of ``cfg``'s model (config.json or preset) on its mesh."""
+    model = preset_config(cfg.preset) if cfg.preset else hf.load_config(cfg.model)
+    mc = sharding.MeshConfig.parse(cfg.mesh)
+    if -1 in [getattr(mc, a) for a in sharding.AXES]:
+        if cfg.devices is None:
+            raise UserError(f"--mesh {cfg.mesh}: has a -1; give all sizes or --devices N")
+        mesh = mc.resolve(cfg.devices)
+    else:
+        mesh = mc.as_dict()
+    return make_plan(model, mesh, cfg.task, cfg.seq_len, cfg.batch_size, cfg.dtype, cfg.freeze,
+                     cfg.preset or cfg.model)

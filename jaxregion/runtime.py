@@ -6,7 +6,7 @@ input checks. All input is validated before any output is written.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import jax
@@ -14,13 +14,15 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import hf, sharding
+from jaxregion import hf, interventions, sharding
+from jaxregion.configs import EvalConfig
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source, parse_lang_spec
 from jaxregion.data.tokenizer import token_byte_lengths
 from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult, evaluate
 from jaxregion.models import ModelConfig
+from jaxregion.regions import load_region
 
 
 @dataclass
@@ -46,14 +48,19 @@ class Session:
 
 def load_session(model: str, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None,
                  with_tokenizer: bool = True) -> Session:
+    """The model at ``model`` in ``dtype``, placed on ``mesh`` by the sharding rules
+    (None: a mesh with every device on ``data``)."""
+    mesh = mesh if mesh is not None else sharding.make_mesh()
     ck = hf.open_checkpoint(model)
     tok = hf.load_tokenizer(ck.path) if with_tokenizer else None
-    mesh = mesh or sharding.make_mesh()
     params = hf.load_params(ck, jnp.dtype(dtype), sharding.placement(ck.config, mesh))
     return Session(model, ck.path, ck.config, params, tok, mesh)
 
 
-def parse_texts(specs: Sequence[str]) -> dict[str, str]:
+def parse_texts(specs: Sequence[str] | Mapping[str, str]) -> dict[str, str]:
+    """``{lang: source}`` from ``LANG=SOURCE`` specs (a mapping is returned as it is)."""
+    if isinstance(specs, Mapping):
+        return dict(specs)
     out: dict[str, str] = {}
     for s in specs:
         lang, src = parse_lang_spec(s)
@@ -71,7 +78,7 @@ def check_seq_len(cfg: ModelConfig, seq_len: int) -> None:
         )
 
 
-def load_corpora(specs: Sequence[str], session: Session, seq_len: int,
+def load_corpora(specs: Sequence[str] | Mapping[str, str], session: Session, seq_len: int,
                  max_seqs: int | None) -> dict[str, np.ndarray]:
     """``{lang: windows [n, seq_len]}`` for ``LANG=SOURCE`` specs, all checked up front."""
     texts = parse_texts(specs)
@@ -90,9 +97,6 @@ def load_corpora(specs: Sequence[str], session: Session, seq_len: int,
 def edit_params(session: Session, region: str | None = None, region_op: str = "zero",
                 perturbs: Sequence[str] = (), seed: int = 0) -> dict:
     """Params with a region file's op and single-entry perturbations applied (all validated)."""
-    from jaxregion import interventions
-    from jaxregion.regions import load_region
-
     params = session.params
     if region:
         interventions.parse_region_op(region_op)
@@ -115,3 +119,23 @@ def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_siz
             results[lang] = evaluate(params, session.config, windows, batch_size, session.mesh,
                                      progress=bar.update, token_bytes=token_bytes)
     return results
+
+
+def run_eval(cfg: EvalConfig, mesh: jax.sharding.Mesh) -> dict:
+    """``jaxregion eval``: perplexity, loss, tokens and bits per byte per language, as
+    strict-JSON data."""
+    session = load_session(cfg.model, cfg.dtype, mesh)
+    params = edit_params(session, cfg.region, cfg.region_op, cfg.perturb, cfg.seed)
+    corpora = load_corpora(cfg.text, session, cfg.seq_len, cfg.max_seqs)
+    results = evaluate_corpora(session, corpora, cfg.batch_size, params=params)
+    return {
+        "model": cfg.model, "seq_len": cfg.seq_len, "dtype": cfg.dtype,
+        "region": cfg.region, "region_op": cfg.region_op if cfg.region else None,
+        "perturb": list(cfg.perturb),
+        "perplexity": {k: r.perplexity for k, r in results.items()},
+        "loss": {k: r.loss for k, r in results.items()},
+        "tokens": {k: r.tokens for k, r in results.items()},
+        "windows": {k: r.windows for k, r in results.items()},
+        "bits_per_byte": {k: r.bits_per_byte for k, r in results.items()},
+        "bytes": {k: r.bytes for k, r in results.items()},
+    }

@@ -155,6 +155,15 @@ class SafetensorsFile:
 TensorSource = np.ndarray | Callable[[], np.ndarray]
 
 
+def read_metadata(path: str) -> dict[str, str] | None:
+    """A safetensors file's ``__metadata__`` (header only), or None when ``path`` is not a
+    readable safetensors file."""
+    try:
+        return dict(SafetensorsFile(path).metadata)
+    except UserError:
+        return None
+
+
 def write(
     path: str,
     tensors: Mapping[str, tuple[np.dtype, tuple[int, ...], TensorSource]],

@@ -20,6 +20,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator, Mapping
 
 from jaxregion.errors import UserError
@@ -116,9 +117,16 @@ def check_output(path: str) -> None:
 def claim(directory: str, owner: dict[str, str]) -> None:
     """Create ``directory`` (if needed) and mark it as made by ``owner``."""
     os.makedirs(directory, exist_ok=True)
-    from jaxregion.io import write_json
-
-    write_json(os.path.join(directory, MARKER), owner)
+    # written here, not through jaxregion.io (which imports this module): temp file + rename
+    fd, tmp = tempfile.mkstemp(prefix=".marker-", dir=directory)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(owner, f, sort_keys=True)
+        os.replace(tmp, os.path.join(directory, MARKER))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def owner_of(directory: str) -> dict | None:

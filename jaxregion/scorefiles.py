@@ -23,15 +23,20 @@ forgetting run all call, so they share one cache format and one resume mechanism
 from __future__ import annotations
 
 import os
+import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import jax
 import numpy as np
+from tqdm.auto import tqdm
 
-from jaxregion import __version__, safety
+from jaxregion import __version__, runtime, safety
 from jaxregion import importance as I
 from jaxregion import stability as S
+from jaxregion.configs import ImportanceConfig
 from jaxregion.errors import UserError
 from jaxregion.regions import (
     DEFAULT_INCLUDE,
@@ -44,30 +49,18 @@ from jaxregion.regions import (
     save_scores,
     top,
 )
+from jaxregion.safetensors_io import read_metadata
 
 PARTIAL = ".partial"
-
-
-class Stopped(Exception):
-    """Raised after a checkpoint when ``stop_after`` windows are done (a testing hook)."""
 
 
 @dataclass(frozen=True)
 class Scored:
     scores: Any  # float32 tree like the params
     meta: dict[str, str]
-    status: str  # "computed" | "resumed" | "reused"
+    status: str  # "computed" | "resumed" | "reused" | "stopped" (scores None, see position)
     path: str
-
-
-def read_header(path: str) -> dict[str, str] | None:
-    """A safetensors file's metadata, or None when it is not a readable safetensors file."""
-    from jaxregion.safetensors_io import SafetensorsFile
-
-    try:
-        return dict(SafetensorsFile(path).metadata)
-    except UserError:
-        return None
+    position: int | None = None  # windows done when stopped
 
 
 def identity(lang: str, estimator: str, params_fp: str, seq_len: int, dtype: str,
@@ -141,7 +134,7 @@ def check_existing(path: str, want: dict[str, str]) -> bool:
     UserError naming the first differing field when it was made from other input."""
     if not os.path.exists(path):
         return False
-    h = read_header(path)
+    h = read_metadata(path)
     if h is None:
         raise UserError(f"{path} exists but is not a readable safetensors file; delete it to "
                         "recompute")
@@ -189,13 +182,17 @@ def score_language(
     until_stable: float | None = None,
     stable_ratio: float = 0.01,
     ratios: Any = (0.01,),
+    load: bool = True,
 ) -> Scored:
     """Scores of one language (``windows`` ``[n, seq_len]``; None for data-free estimators),
     read from ``out_dir`` when already computed from the same input, else computed (resuming a
     partial accumulation) and written atomically. ``progress(n)`` gets windows done.
 
     ``snapshots``, ``until_stable`` and ``stable_ratio``: see the module docstring;
-    ``ratios``: top-ratios whose split-half Jaccard goes in the metadata (0.01 always)."""
+    ``ratios``: top-ratios whose split-half Jaccard goes in the metadata (0.01 always).
+    ``load=False``: a reused file is not read (scores None).
+    ``stop_after``: stop at the first checkpoint at or past that many windows and return
+    status ``"stopped"`` (the partial state stays on disk; resuming tests use it)."""
     I.check_estimator(estimator)
     log = log or (lambda _m: None)
     data_free = estimator in I.DATA_FREE
@@ -214,6 +211,8 @@ def score_language(
     try:
         if is_complete(out_dir, lang, estimator, fp, seq_len, dtype, windows, snaps,
                        until_stable):
+            if not load:  # the caller only needs the file
+                return Scored(None, read_metadata(path) or {}, "reused", path)
             scores, meta = load_scores(path)
             return Scored(scores, meta, "reused", path)
     except UserError:
@@ -246,12 +245,11 @@ def score_language(
             log(f"{lang}: discarding partial state in {partial_dir} (made from other input)")
             safety.remove_owned(partial_dir, owner)
 
-    def checkpoint(st: I.ImportanceState) -> None:
+    def checkpoint(st: I.ImportanceState) -> bool:
         if not os.path.isdir(partial_dir):
             safety.claim(partial_dir, owner)
         I.save_partial(partial_dir, st, run_id)
-        if stop_after is not None and st.position >= stop_after:
-            raise Stopped(st.position)
+        return stop_after is not None and st.position >= stop_after
 
     base = {"model_path": session.path, "model_fingerprint": fp,
             "jaxregion_version": __version__, "batch_size": str(b), "source": source,
@@ -272,6 +270,8 @@ def score_language(
                                session.mesh, progress=progress, state=state, remat=remat,
                                checkpoint=checkpoint, checkpoint_every=save_every,
                                stops=stops, at_stop=at_stop)
+    if res.stopped_at is not None:
+        return Scored(None, want, "stopped", partial_dir, res.stopped_at)
     meta = {**want, "tokens": str(res.tokens), **base}
     if until_stable is not None:
         used = windows[:res.windows]
@@ -343,3 +343,53 @@ def _stable_step(res: I.ImportanceResult, n: int, stable_file: str, ratio: float
     region.meta.update(windows=n, run=run_id, history=list(history))
     save_region(stable_file, region)
     return stop
+
+
+def score_all(cfg: ImportanceConfig, mesh: jax.sharding.Mesh, *, progress: bool = True,
+              log: Callable[[str], None] | None = None,
+              stop_after: int | None = None) -> dict[str, Scored]:
+    """``jaxregion importance``: every language of ``cfg`` scored into ``cfg.out``.
+
+    Languages already complete for the same input are skipped, others computed (or resumed).
+    Stops at the first language whose status is ``"stopped"`` (``stop_after``, a test hook:
+    see :func:`score_language`); the result then ends with that language."""
+    log = log or (lambda m: print(m, file=sys.stderr))
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out {cfg.out}: exists and is not a directory")
+    snapshots = check_schedule(cfg.snapshots, cfg.until_stable, cfg.max_seqs)
+    texts = runtime.parse_texts(cfg.text)
+    session = runtime.load_session(cfg.model, cfg.dtype, mesh)
+    if cfg.estimator in I.DATA_FREE:
+        runtime.check_seq_len(session.config, cfg.seq_len)
+        corpora = {lang: None for lang in texts}
+    else:
+        corpora = runtime.load_corpora(texts, session, cfg.seq_len, cfg.max_seqs)
+        for lang, w in corpora.items():  # every language checked before any is computed
+            check_schedule(snapshots, cfg.until_stable, len(w), f"the {len(w)} windows of {lang}")
+    per_window = cfg.seq_len - 1
+    total = sum(0 if w is None else len(w) for w in corpora.values())
+    done: dict[str, Scored] = {}
+    with tqdm(total=total * per_window, desc="importance", unit="tok", unit_scale=True,
+              disable=None if progress else True, file=sys.stderr, leave=False) as bar:
+        for lang, windows in corpora.items():
+            bar.set_postfix_str(lang)
+            t0 = time.perf_counter()
+            got = score_language(
+                session, lang, windows, cfg.out, estimator=cfg.estimator,
+                batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype,
+                source=texts[lang], save_every=cfg.save_every, remat=cfg.remat,
+                progress=lambda n: bar.update(n * per_window), stop_after=stop_after,
+                log=log, load=False, snapshots=snapshots, until_stable=cfg.until_stable)
+            done[lang] = got
+            if got.status == "stopped":
+                log(f"{lang}: stopped after {got.position} windows; state saved in {got.path}")
+                break
+            if got.status == "reused":
+                log(f"{lang}: {got.path} is complete, skipped")
+                bar.update((0 if windows is None else len(windows)) * per_window)
+                continue
+            dt = time.perf_counter() - t0
+            n = 0 if windows is None else int(got.meta.get("windows", 0))
+            rate = f", {n * per_window / dt:,.0f} tok/s" if n and dt > 0 else ""
+            log(f"{lang}: {n} windows, {n * per_window} tokens, {dt:.1f} s{rate} -> {got.path}")
+    return done

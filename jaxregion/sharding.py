@@ -6,11 +6,12 @@ The mesh has three axes, ``("data", "fsdp", "tensor")``:
 * ``fsdp``   -- batches split *and* params sharded over their embed (hidden) axis;
 * ``tensor`` -- tensor parallelism: heads (q/kv), the MLP intermediate and the vocab split.
 
-The default mesh (``data=-1``) puts every device on ``data``. Which tensor dimension goes to
-which mesh axis is decided by the logical axes of the family tables (:mod:`jaxregion.models`,
-carried by each ``nnx.Param`` as ``out_sharding``) and the rules below, per dimension, with a
-fallback to replication wherever a dimension does not divide (8 kv dims on 16-way tensor
-parallelism are replicated, never an error).
+There is no global mesh: callers pass one (the CLI builds it from ``--mesh``); where a
+function takes ``mesh=None``, that means a fresh mesh with every device on ``data``.
+Which tensor dimension goes to which mesh axis is decided by the logical axes of the family
+tables (:mod:`jaxregion.models`, carried by each ``nnx.Param`` as ``out_sharding``) and the
+rules below, per dimension, with a fallback to replication wherever a dimension does not
+divide (8 kv dims on 16-way tensor parallelism are replicated, never an error).
 
 The same :func:`param_shardings` tree places params, importance accumulators, region masks
 and (through :func:`shardings_like`) optimizer state, since all of them are HF-named trees.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import jax
@@ -29,7 +30,9 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from jaxregion import tree as T
+from jaxregion.config import from_dict, read_mapping
 from jaxregion.errors import UserError
+from jaxregion.models import spec as mspec
 
 AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
@@ -87,17 +90,12 @@ class MeshConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> MeshConfig:
+    def from_dict(cls, d: Mapping[str, Any] | None, where: str = "mesh") -> MeshConfig:
+        """From ``{data: .., fsdp: .., tensor: ..}`` (or ``{mesh: {...}}``), strictly."""
         d = dict(d or {})
         if "mesh" in d and isinstance(d["mesh"], Mapping):
-            d = dict(d["mesh"])
-        unknown = set(d) - {f.name for f in fields(cls)}
-        if unknown:
-            raise UserError(f"mesh: unknown axes {sorted(unknown)}; known: {list(AXES)}")
-        try:
-            return cls(**{k: int(v) for k, v in d.items()})
-        except (TypeError, ValueError):
-            raise UserError(f"mesh {d}: sizes must be integers") from None
+            d, where = dict(d["mesh"]), f"{where}: mesh"
+        return from_dict(cls, d, where)
 
     @classmethod
     def parse(cls, text: str) -> MeshConfig:
@@ -117,46 +115,24 @@ class MeshConfig:
                 raise UserError(f"--mesh {text!r}: {val!r} is not an integer") from None
         if "data" not in out and -1 in out.values():
             out["data"] = 1
-        return cls.from_dict(out)
+        return cls.from_dict(out, f"--mesh {text!r}")
 
 
 def load_mesh_config(path: str) -> MeshConfig:
     """A YAML file ``mesh: {data: .., fsdp: .., tensor: ..}`` (or the bare mapping)."""
-
-    from jaxregion.config import read_yaml
-
-    d = read_yaml(path)
-    if not isinstance(d, Mapping):
-        raise UserError(f"{path}: expected a mapping `mesh: {{data: -1, fsdp: 1, tensor: 1}}`")
-    return MeshConfig.from_dict(d)
-
-
-_DEFAULT_CONFIG: MeshConfig = MeshConfig()
-
-
-def set_default_mesh_config(cfg: MeshConfig | None) -> None:
-    """What :func:`make_mesh` builds when called without sizes (the CLI's ``--mesh``)."""
-    global _DEFAULT_CONFIG
-    _DEFAULT_CONFIG = cfg or MeshConfig()
-
-
-def default_mesh_config() -> MeshConfig:
-    return _DEFAULT_CONFIG
+    return MeshConfig.from_dict(read_mapping(path), path)
 
 
 def make_mesh(data: int | None = None, fsdp: int | None = None, tensor: int | None = None,
               devices=None, config: MeshConfig | None = None) -> Mesh:
     """A ``(data, fsdp, tensor)`` mesh over ``devices`` (default: all, over all processes).
 
-    Without sizes, the default mesh config (``--mesh``, else all devices on ``data``).
-    Devices are laid out process-major, so ``tensor`` (innermost) stays within a host."""
+    Without sizes or ``config``, every device on ``data``. Devices are laid out
+    process-major, so ``tensor`` (innermost) stays within a host."""
     devices = list(jax.devices() if devices is None else devices)
     if config is None:
-        if data is None and fsdp is None and tensor is None:
-            config = _DEFAULT_CONFIG
-        else:
-            config = MeshConfig(-1 if data is None else data, 1 if fsdp is None else fsdp,
-                                1 if tensor is None else tensor)
+        config = MeshConfig(-1 if data is None else data, 1 if fsdp is None else fsdp,
+                            1 if tensor is None else tensor)
     sizes = config.resolve(len(devices))
     devices.sort(key=lambda d: (d.process_index, d.id))
     return Mesh(np.asarray(devices, dtype=object).reshape([sizes[a] for a in AXES]), AXES)
@@ -202,8 +178,6 @@ def spec_for(axes: tuple[str, ...], shape: tuple[int, ...], mesh: Mesh,
 def param_specs(cfg: Any, mesh: Mesh, rules: Mapping[str, str | None] | None = None
                 ) -> dict[str, P]:
     """``{hf_name: PartitionSpec}`` for every parameter of ``cfg``."""
-    from jaxregion.models import spec as mspec
-
     r = rules_for(cfg, rules)
     shp = mspec.shapes(cfg)
     return {n: spec_for(axes, shp[n], mesh, r) for n, axes in mspec.logical_axes(cfg).items()}
@@ -236,8 +210,6 @@ def placement(cfg: Any, mesh: Mesh | None, rules: Mapping[str, str | None] | Non
 def abstract_sharded(cfg: Any, mesh: Mesh, dtype: Any = np.float32,
                      rules: Mapping[str, str | None] | None = None) -> T.PyTree:
     """``ShapeDtypeStruct`` params carrying their shardings: lower/compile without memory."""
-    from jaxregion.models import spec as mspec
-
     specs = param_specs(cfg, mesh, rules)
     return T.unflatten({n: jax.ShapeDtypeStruct(s, dtype, sharding=NamedSharding(mesh, specs[n]))
                         for n, s in mspec.shapes(cfg).items()})

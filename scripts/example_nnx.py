@@ -12,12 +12,11 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from jaxregion import models, regions
+from jaxregion import hf, models, regions
 from jaxregion import tree as T
 from jaxregion.freeze import freeze_elements
-from jaxregion.models import CausalLM
 
-model = CausalLM.from_pretrained(sys.argv[1])            # nnx.Module tree, HF attribute paths
+model = hf.load_model(sys.argv[1])                       # nnx.Module tree, HF attribute paths
 roles = models.roles(model.config)                       # the family table, as data
 tokens = jnp.asarray(np.random.default_rng(0).integers(0, model.config.vocab_size, (4, 32)))
 

@@ -186,7 +186,7 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
     distributed.initialize(coordinator or None, int(nproc), int(pid))
     import jax
 
-    from jaxregion import hf, importance, sharding
+    from jaxregion import hf, importance, regions, sharding
     from jaxregion import safetensors_io as st
     from jaxregion.evaluate import evaluate
     from jaxregion.train.loop import TrainConfig, train
@@ -224,7 +224,7 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
     windows = _windows(cfg.vocab_size)
     loss = evaluate(params, cfg, windows, 4, mesh).loss
     scores = importance.compute_importance(params, cfg, windows, "taylor", 4, mesh).scores
-    distributed.save_scores(os.path.join(out_dir, "taylor.safetensors"), scores,
+    regions.save_scores(os.path.join(out_dir, "taylor.safetensors"), scores,
                             {"lang": "xx"})
     # Adam turns reduction-order rounding in near-zero gradients into +-lr steps, so the
     # params' agreement scales with lr; the test holds them within 1e-5 absolute (the issue).

@@ -123,9 +123,9 @@ ROLE_FRAGMENTS = ("_proj", "layernorm", "norm.", "ln_", "layers.", ".h.", "embed
 ALLOWED = {
     # an example perturbation spec in the grammar shown to users (and in --help)
     ("interventions.py", "NAME[IDX]OP VALUE, IDX = comma-separated ints"),
-    ("cli/eval_cmd.py", "edit single entries, e.g. 'model.layers.1.mlp.down_proj.weight"),
+    ("configs.py", "edit single entries, e.g. 'model.layers.1.mlp.down_proj.weight"),
     # examples of dims targets (names from the role tables) in --help
-    ("cli/experiment_cmd.py", "comma-separated roles, e.g. input_norm,post_attention_layernorm"),
+    ("configs.py", "comma-separated roles, e.g. input_norm,post_attention_layernorm"),
     # prose naming the MLP output matrix in --help
     ("cli/experiment_cmd.py", "Region row/column concentration, massive activations, "),
 }

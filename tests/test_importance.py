@@ -18,9 +18,10 @@ import torch
 from conftest import run_cli
 from hf_factory import make_model
 
-from jaxregion import hf, importance, regions
+from jaxregion import hf, importance, regions, scorefiles, sharding
 from jaxregion import tree as T
 from jaxregion.cli.main import main as cli_main
+from jaxregion.configs import ImportanceConfig
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source
 
@@ -257,8 +258,13 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
             np.testing.assert_array_equal(got[n], np.asarray(ref[n]), err_msg=n)
     assert not (a / ".partial").exists()
 
-    # interrupted after the first checkpoint of the first language, then resumed
-    assert cli_main(_args(path, corpus_dir, b, "--stop-after-windows", "4")) == 3
+    # interrupted after the first checkpoint of the first language (the test hook is an
+    # argument of the library function, not a flag), then resumed by the command
+    cfg = ImportanceConfig(model=path, text={"lat": f"{corpus_dir}/lat.txt",
+                                             "cyr": f"{corpus_dir}/cyr.txt"},
+                           seq_len=SEQ, max_seqs=10, batch_size=2, save_every=4, out=str(b))
+    got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=4)
+    assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 4)]
     assert (b / ".partial" / "lat").is_dir() and not (b / "lat.safetensors").exists()
     capsys.readouterr()
     assert cli_main(_args(path, corpus_dir, b)) == 0

@@ -9,14 +9,13 @@ from flax import nnx
 
 from jaxregion import hf, importance
 from jaxregion.models import apply
-from jaxregion.models.module import CausalLM
 from jaxregion.tree import flatten
 
 
 def test_module_matches_functional_and_names_state(model_factory):
     path = model_factory("qwen2")
     cfg, params = hf.load(path)
-    model = CausalLM.from_pretrained(path)
+    model = hf.load_model(path)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
     np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, t: m(t))(model, tokens)),
                                   np.asarray(jax.jit(apply, static_argnums=2)(params, tokens,
@@ -28,7 +27,7 @@ def test_module_matches_functional_and_names_state(model_factory):
 
 def test_nnx_grad_is_the_taylor_gradient(model_factory):
     path = model_factory("llama_mha")
-    model = CausalLM.from_pretrained(path)
+    model = hf.load_model(path)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 320, (4, 16)), jnp.int32)
     grads = nnx.grad(lambda m: jnp.mean(m.nll(tokens)))(model)
     g = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(grads)}

@@ -11,7 +11,7 @@ import pytest
 from conftest import run_cli
 from jax.sharding import PartitionSpec as P
 
-from jaxregion import distributed, plan, sharding
+from jaxregion import distributed, plan, regions, sharding
 from jaxregion.errors import UserError
 from jaxregion.models import spec as mspec
 from jaxregion.models.config import from_hf_dict
@@ -177,7 +177,7 @@ def test_distributed_single_process_helpers(tmp_path, monkeypatch):
     from jaxregion.regions.files import load_scores
 
     tree = {"a": {"weight": jax.numpy.ones((3, 2))}}
-    distributed.save_scores(str(tmp_path / "s.safetensors"), tree, {"lang": "xx"})
+    regions.save_scores(str(tmp_path / "s.safetensors"), tree, {"lang": "xx"})
     got, meta = load_scores(str(tmp_path / "s.safetensors"))
     np.testing.assert_array_equal(got["a"]["weight"], np.ones((3, 2), np.float32))
 

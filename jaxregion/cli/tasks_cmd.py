@@ -7,49 +7,32 @@ import json
 import os
 import sys
 
-from jaxregion.cli import common
+from jaxregion.cli.options import Context, add_command
+from jaxregion.configs import TasksConfig
+from jaxregion.errors import UserError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("tasks", help="lm-evaluation-harness tasks (needs the tasks extra)",
-                       description="Run lm-evaluation-harness tasks through the `jaxregion` "
-                                   "lm-eval model, with the same edits as eval. Writes lm-eval's "
-                                   "results JSON and a Markdown table.")
-    common.add_model(p)
-    p.add_argument("--tasks", required=True, help="comma-separated lm-eval task names")
-    p.add_argument("--include-path", default=None, help="a folder of extra task YAMLs")
-    p.add_argument("--region", default=None, help="a region file (.safetensors) to intervene on")
-    p.add_argument("--region-op", default="zero",
-                   help="what to do to the region: zero, scale:F, noise:S (relative std), set:V")
-    p.add_argument("--perturb", action="append", default=[], metavar="SPEC",
-                   help="edit single entries (as in eval); repeatable")
-    p.add_argument("--seed", type=int, default=0, help="seed for noise:S")
-    p.add_argument("--batch-size", type=int, default=8, help="requests per step (default 8)")
-    p.add_argument("--limit", type=int, default=None, help="first N documents of each task")
-    p.add_argument("--num-fewshot", type=int, default=None, help="few-shot examples")
-    p.add_argument("--json", dest="json_out", default=None,
-                   help="write lm-eval's results JSON here (and the table beside it as .md)")
-    common.add_debug(p)
-    p.set_defaults(func=run)
+    add_command(sub, "tasks", TasksConfig, run,
+                help="lm-evaluation-harness tasks (needs the tasks extra)",
+                description="Run lm-evaluation-harness tasks through the `jaxregion` lm-eval "
+                            "model, with the same edits as eval. Writes lm-eval's results JSON "
+                            "and a Markdown table.")
 
 
-def run(args: argparse.Namespace) -> int:
-    from jaxregion import io
-    from jaxregion.errors import UserError
+def run(cfg: TasksConfig, ctx: Context) -> int:
+    from jaxregion import io  # deferred: jax (see cli.main)
 
     try:
-        from jaxregion import lm_eval as jlm
+        from jaxregion import lm_eval as jlm  # deferred: lm-eval is an optional extra
     except ImportError as e:
         raise UserError(f"lm-evaluation-harness is not installed ({e}); "
                         "pip install -e '.[tasks]'") from None
-    tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
-    results = jlm.run_tasks(args.model, tasks, args.include_path, args.region, args.region_op,
-                            args.perturb, args.seed, args.dtype, args.batch_size, args.limit,
-                            args.num_fewshot)
+    results = jlm.run_tasks_config(cfg, ctx.mesh)
     table = jlm.markdown(results)
     print(table)
-    if args.json_out:
-        io.write_text(args.json_out, json.dumps(results, indent=2, allow_nan=False) + "\n")
-        io.write_text(os.path.splitext(args.json_out)[0] + ".md", table)
-        print(f"wrote {args.json_out}", file=sys.stderr)
+    if cfg.json_out:
+        io.write_text(cfg.json_out, json.dumps(results, indent=2, allow_nan=False) + "\n")
+        io.write_text(os.path.splitext(cfg.json_out)[0] + ".md", table)
+        print(f"wrote {cfg.json_out}", file=sys.stderr)
     return 0

@@ -1,15 +1,8 @@
 """The paper's battery: :mod:`config` (what to run), :mod:`run` (compute), :mod:`results`
 (the results dataclass, ``results.json``); :mod:`jaxregion.report.battery` renders it."""
 
-from jaxregion.dims import DimsConfig
-from jaxregion.experiment.config import (
-    ExperimentConfig,
-    JaccardConfig,
-    MaskMapConfig,
-    load_config,
-    validate,
-    validate_for_model,
-)
+from jaxregion.configs import DimsConfig, ExperimentConfig, JaccardConfig, MaskMapConfig
+from jaxregion.experiment.config import load_config, validate, validate_for_model
 from jaxregion.experiment.results import THRESHOLDS, Results
 from jaxregion.experiment.run import run
 

@@ -1,4 +1,5 @@
-"""The battery's config: frozen dataclasses read strictly from YAML, checked before any work.
+"""The battery's config checks (the dataclasses are in :mod:`jaxregion.configs`), run
+before any work.
 
 Checks that need only the file run in :func:`validate`; those that need the model's shape
 (dimensions in range, target roles the family has, matrices to map) run in
@@ -10,53 +11,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 
 from jaxregion import importance
 from jaxregion import regions as R
 from jaxregion.config import load_yaml
-from jaxregion.dims import DimsConfig
+from jaxregion.configs import ExperimentConfig
 from jaxregion.dims import validate as validate_dims
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig
 from jaxregion.safety import check_name
-
-
-@dataclass(frozen=True)
-class JaccardConfig:
-    sample_counts: tuple[int, ...] = ()  # windows per language, e.g. (1000, 10000)
-    estimators: tuple[str, ...] = ()  # e.g. (taylor, fisher, wanda)
-
-
-@dataclass(frozen=True)
-class MaskMapConfig:
-    matrices: tuple[str, ...] = ()  # HF names of matrices, e.g. model.layers.1.mlp.up_proj.weight
-    blocks: int = 64  # at most this many blocks along each axis of a map
-
-
-@dataclass(frozen=True)
-class ExperimentConfig:
-    model: str
-    languages: dict[str, str]  # importance languages: LANG -> source spec
-    eval_languages: dict[str, str] = field(default_factory=dict)  # default: `languages`
-    out: str = "experiment_out"
-    name: str = "experiment"
-    seq_len: int = 512
-    max_seqs: int = 1000  # importance windows per language
-    eval_max_seqs: int | None = None
-    batch_size: int = 8
-    dtype: str = "float32"
-    estimator: str = "taylor"
-    ratio: float = 0.01
-    ratios: tuple[float, ...] = ()  # ratio sweep, e.g. (0.005, 0.01, 0.03, 0.05)
-    scope: str = "per-tensor"
-    include: str | None = R.DEFAULT_INCLUDE
-    exclude: str | None = None
-    random_seeds: tuple[int, ...] = (0, 1, 2)
-    monolingual: tuple[str, ...] | None = None  # default: every importance language
-    dims: DimsConfig = field(default_factory=DimsConfig)
-    jaccard: JaccardConfig = field(default_factory=JaccardConfig)
-    mask_maps: MaskMapConfig = field(default_factory=MaskMapConfig)
 
 
 def load_config(path: str) -> ExperimentConfig:

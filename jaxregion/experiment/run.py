@@ -13,6 +13,7 @@ import os
 import time
 from collections.abc import Callable
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -56,9 +57,10 @@ def region_stability(r: _Run, region: R.Region) -> float | None:
 class _Run:
     """One battery's state: the session, windows and caches."""
 
-    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None]):
+    def __init__(self, cfg: ExperimentConfig, log: Callable[[str], None],
+                 mesh: jax.sharding.Mesh | None = None):
         self.cfg, self.log, self.out = cfg, log, cfg.out
-        self.s = runtime.load_session(cfg.model, cfg.dtype)
+        self.s = runtime.load_session(cfg.model, cfg.dtype, mesh)
         eval_langs = cfg.eval_languages or cfg.languages
         self.imp_windows = runtime.load_corpora(_specs(cfg.languages), self.s, cfg.seq_len,
                                                 cfg.max_seqs)
@@ -208,18 +210,17 @@ def agreement(r: _Run, core: R.Region) -> dict:
 
 
 def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
-        source: str = "config") -> Results:
-    """Run the battery (``source``: the config file, named in errors); writes results.json,
-    report.md and the PNGs into ``cfg.out`` and returns the results."""
-    from jaxregion.report import battery
-
+        source: str = "config", mesh: jax.sharding.Mesh | None = None) -> Results:
+    """Run the battery on ``mesh`` (None: every device on ``data``; ``source``: the config
+    file, named in errors); writes results.json into ``cfg.out`` and returns the results
+    (:func:`jaxregion.report.battery.render` then writes report.md and the PNGs)."""
     validate(cfg, source)
     ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
     validate_for_model(cfg, ck.config, models.shapes(ck.config), source)
     t0 = time.time()
     for sub in ("importance", "regions"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-    r = _Run(cfg, log)
+    r = _Run(cfg, log, mesh)
     s, c = r.s, cfg
 
     log("[1/8] importance per language")
@@ -258,6 +259,5 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         importance_hist=mp["importance_hist"], mask_maps=mp["mask_maps"], dims=dres,
         jaccard=jac, seconds=round(time.time() - t0, 1))
     res.save(os.path.join(c.out, "results.json"))
-    battery.render(res, c.out)
-    log(f"wrote {os.path.join(c.out, 'report.md')} in {res.seconds} s")
+    log(f"wrote {os.path.join(c.out, 'results.json')} in {res.seconds} s")
     return res

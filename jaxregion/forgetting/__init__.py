@@ -8,17 +8,20 @@ others, swept over freeze ratio × granularity × scorer × baseline × seed.
   rendering through :mod:`jaxregion.report`.
 """
 
-from jaxregion.forgetting.config import (
-    BASELINES,
-    SCORERS,
+from jaxregion.configs import (
     BaselineSpec,
     ForgettingConfig,
     Grid,
     ImportanceSpec,
-    Point,
     PretrainSpec,
     Setting,
     TrainSpec,
+)
+from jaxregion.forgetting.config import (
+    BASELINES,
+    SCORERS,
+    Point,
+    check_config,
     config_from_dict,
     load_config,
     points,
@@ -27,6 +30,7 @@ from jaxregion.forgetting.sweep import SweepResult, bootstrap_model, run
 
 __all__ = [
     "BASELINES", "SCORERS", "BaselineSpec", "ForgettingConfig", "Grid", "ImportanceSpec", "Point",
-    "PretrainSpec", "Setting", "SweepResult", "TrainSpec", "bootstrap_model", "config_from_dict",
+    "PretrainSpec", "Setting", "SweepResult", "TrainSpec", "bootstrap_model", "check_config",
+    "config_from_dict",
     "load_config", "points", "run",
 ]

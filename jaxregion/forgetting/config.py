@@ -1,4 +1,5 @@
-"""The forgetting sweep's configuration (frozen dataclasses, strict YAML) and its points.
+"""The forgetting sweep's configuration checks and its points (the dataclasses are in
+:mod:`jaxregion.configs`).
 
 A config names one base model (or a ``pretrain`` section that makes one), a target language
 to continue pre-training on, the languages to protect (``sources``), and a sweep: one or
@@ -9,20 +10,23 @@ so each point has a comparison on the same data order.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
-import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from jaxregion.config import from_dict, read_yaml
+from jaxregion.configs import (
+    FORGETTING_BASELINES,
+    FORGETTING_X_AXES,
+    GRANULARITIES,
+    SCOPES,
+    ForgettingConfig,
+)
 from jaxregion.errors import UserError
-from jaxregion.regions import DEFAULT_INCLUDE, GRANULARITIES, SCOPES
 from jaxregion.regions.base import check_ratio
 from jaxregion.safety import check_name
-from jaxregion.train.loop import TrainConfig
 
 #: scorer -> (importance estimator, region kind). ``top:LANG`` / ``monolingual:LANG`` take a
 #: language; core-kind scorers sum |score| over the source languages.
@@ -37,126 +41,8 @@ SCORERS: dict[str, tuple[str | None, str]] = {
     "top": ("taylor", "top"),        # top:LANG, one language's own region
     "monolingual": ("taylor", "monolingual"),  # monolingual:LANG
 }
-BASELINES = ("none", "replay", "ewc")
-X_AXES = ("target_gain", "target_logppl")
-
-
-@dataclass(frozen=True)
-class TrainSpec(TrainConfig):
-    """A :class:`TrainConfig` with this experiment's defaults, its data limits, and the
-    evaluation points in samples (windows seen), as the paper reports them."""
-
-    steps: int = 100
-    seq_len: int = 64
-    lr: float = 1e-3
-    warmup: int = 10
-    eval_every: int = 0
-    save_every: int = 1000
-    keep: int = 1
-    eval_max_seqs: int | None = 32
-    train_max_seqs: int | None = None
-    eval_samples: tuple[int, ...] = ()  # evaluate after these many training windows
-
-    def train_config(self, **overrides: Any) -> TrainConfig:
-        kw = {f.name: getattr(self, f.name) for f in dataclasses.fields(TrainConfig)}
-        steps = overrides.get("steps", self.steps)
-        at = {math.ceil(s / self.batch_size) for s in self.eval_samples}
-        kw.update(save_every=min(self.save_every, steps),
-                  eval_at=tuple(sorted({*self.eval_at, *(a for a in at if a <= steps)})))
-        kw.update(overrides)
-        return TrainConfig(**kw)
-
-
-@dataclass(frozen=True)
-class ImportanceSpec:
-    """Where importance scores come from: ``texts`` per language, scored once per estimator
-    and cached. ``langs``: the languages whose summed scores define the core / bottom /
-    wanda / fisher regions and the EWC Fisher (default: the protected ``sources``)."""
-
-    texts: Mapping[str, str] = field(default_factory=dict)
-    langs: tuple[str, ...] = ()
-    max_seqs: int | None = 64
-    batch_size: int = 8
-    dir: str | None = None  # cache of EST/LANG.safetensors (default OUT/importance); shareable
-
-
-@dataclass(frozen=True)
-class PretrainSpec:
-    """A small Llama trained from scratch when the config has no ``model``."""
-
-    texts: Mapping[str, str] = field(default_factory=dict)
-    tokenizer: str | None = None  # a directory; None = train a BPE on ``texts``
-    vocab_size: int = 512
-    tokenizer_docs: int = 2000
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int | None = None
-    intermediate_size: int | None = None
-    max_positions: int = 256
-    init_seed: int = 0
-    train: TrainSpec = field(default_factory=TrainSpec)
-
-
-@dataclass(frozen=True)
-class BaselineSpec:
-    """Settings of the non-freezing baselines (each composes with any freeze)."""
-
-    replay_ratio: float = 0.25  # share of every batch replayed from the sources
-    replay_texts: Mapping[str, str] = field(default_factory=dict)  # default: importance texts
-    replay_max_seqs: int | None = None
-    ewc_lambda: float = 1.0  # EWC strength (Fisher normalised to mean 1)
-
-
-@dataclass(frozen=True)
-class Grid:
-    """One cross product of the sweep."""
-
-    scorers: tuple[str, ...] = ("core",)
-    ratios: tuple[float, ...] = (0.01,)
-    granularities: tuple[str, ...] = ("element",)
-    baselines: tuple[str, ...] = ("none",)
-    seeds: tuple[int, ...] = (0,)
-
-
-@dataclass(frozen=True)
-class Setting:
-    """An explicit freeze: a region file or whole layers (e.g. regions made elsewhere)."""
-
-    name: str
-    region: str | None = None
-    layers: tuple[int, ...] | None = None
-    baselines: tuple[str, ...] = ("none",)
-    seeds: tuple[int, ...] = (0,)
-
-
-@dataclass(frozen=True)
-class ForgettingConfig:
-    target: str
-    target_train: str  # source spec of the target language's training text
-    evals: Mapping[str, str]  # {lang: source}, the target included
-    sources: tuple[str, ...] = ()  # languages to protect; default: evals minus the target
-    sweep: tuple[Grid, ...] = (Grid(scorers=("core", "random")),)
-    settings: tuple[Setting, ...] = ()
-    baselines: BaselineSpec = field(default_factory=BaselineSpec)
-    train: TrainSpec = field(default_factory=TrainSpec)
-    model: str | None = None
-    pretrain: PretrainSpec | None = None
-    importance: ImportanceSpec | None = None
-    scope: str = "per-tensor"
-    include: str = DEFAULT_INCLUDE
-    freeze_norms: bool = False
-    x_axis: str = "target_gain"
-    out_dir: str = "runs/forgetting"
-    name: str = "forgetting"
-
-    def source_langs(self) -> list[str]:
-        return list(self.sources) or [lang for lang in self.evals if lang != self.target]
-
-    def score_langs(self) -> list[str]:
-        """Languages whose importance defines the protected set (see ImportanceSpec)."""
-        imp = self.importance
-        return list(imp.langs) if imp is not None and imp.langs else self.source_langs()
+BASELINES = FORGETTING_BASELINES
+X_AXES = FORGETTING_X_AXES
 
 
 @dataclass(frozen=True)
@@ -229,7 +115,8 @@ def digest(obj: Any) -> str:
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
-def _check(cfg: ForgettingConfig, source: str) -> None:
+def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
+    """Every cross-field check of a sweep config; errors start with ``source``."""
     def bad(msg: str) -> UserError:
         return UserError(f"{source}: {msg}")
 
@@ -333,7 +220,7 @@ def config_from_dict(d: Mapping[str, Any], source: str = "config") -> Forgetting
     if isinstance(d.get("sweep"), Mapping):  # a single grid
         d["sweep"] = [d["sweep"]]
     cfg = from_dict(ForgettingConfig, d, source)
-    _check(cfg, source)
+    check_config(cfg, source)
     return cfg
 
 

@@ -25,17 +25,20 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+import jax
 import numpy as np
 
 from jaxregion import runtime, safety
 from jaxregion import tree as T
+from jaxregion.configs import ForgettingConfig, PretrainSpec
 from jaxregion.errors import UserError
 from jaxregion.forgetting import results as RS
-from jaxregion.forgetting.config import ForgettingConfig, Point, PretrainSpec, digest, points
+from jaxregion.forgetting.config import Point, check_config, digest, points
 from jaxregion.forgetting.protect import Protector
 from jaxregion.io import write_json, write_text
 from jaxregion.regions import fingerprint
 from jaxregion.train import freeze_mask_for, train
+from jaxregion.train.loop import _cast
 from jaxregion.train.pretrain import Arch, ensure_tokenizer, pretrain
 from jaxregion.train.run import check_writable, prepare_ckpt_dir, weights_digest
 
@@ -54,7 +57,8 @@ def _log(msg: str) -> None:
     print(f"[forgetting] {msg}", file=sys.stderr, flush=True)
 
 
-def bootstrap_model(spec: PretrainSpec, out: str, progress: bool = True) -> str | None:
+def bootstrap_model(spec: PretrainSpec, out: str, progress: bool = True,
+                    mesh: jax.sharding.Mesh | None = None) -> str | None:
     """The base model of a self-contained config, made with :func:`train.pretrain.pretrain`
     in ``out/base``; None when pretraining was interrupted (run again to resume)."""
     final = os.path.join(out, "base")
@@ -69,7 +73,7 @@ def bootstrap_model(spec: PretrainSpec, out: str, progress: bool = True) -> str 
     t = spec.train
     _log(f"pretraining the base model: {t.steps} steps on {sorted(spec.texts)}")
     res = pretrain(spec.texts, tok, arch, t.train_config(), os.path.join(out, "base_ckpt"),
-                   final, max_seqs=t.train_max_seqs, progress=progress)
+                   final, max_seqs=t.train_max_seqs, progress=progress, mesh=mesh)
     return None if res.interrupted else final
 
 
@@ -85,8 +89,6 @@ def base_eval(session: runtime.Session, evals: dict[str, np.ndarray], cfg: Forge
             old = json.load(f)
         if old.get("digest") == key:
             return old["ppl"]
-    from jaxregion.train.loop import _cast
-
     params = _cast(session.params, cfg.train.dtype)
     res = runtime.evaluate_corpora(session, evals, cfg.train.eval_batch_size, params=params,
                                    desc="base eval")
@@ -162,14 +164,17 @@ def run_point(cfg: ForgettingConfig, p: Point, session: runtime.Session,
 
 
 def run(cfg: ForgettingConfig, out_dir: str | None = None, progress: bool = True,
-        log: Callable[[str], None] = _log) -> SweepResult:
-    """Run every point of the sweep (reusing finished ones) and render the frontier."""
+        log: Callable[[str], None] = _log, mesh: jax.sharding.Mesh | None = None,
+        source: str = "config") -> SweepResult:
+    """Run every point of the sweep (reusing finished ones) on ``mesh`` (None: every device
+    on ``data``) and render the frontier. ``source`` (the config file) is named in errors."""
+    check_config(cfg, source)
     out = out_dir or cfg.out_dir
     check_writable(out)
-    model = cfg.model or bootstrap_model(cfg.pretrain, out, progress)
+    model = cfg.model or bootstrap_model(cfg.pretrain, out, progress, mesh)
     if model is None:
         return SweepResult(out, None, interrupted=True)
-    session = runtime.load_session(model)
+    session = runtime.load_session(model, mesh=mesh)
     t = cfg.train
     t.train_config().validate()
     windows = runtime.load_corpora([f"{cfg.target}={cfg.target_train}"], session, t.seq_len,

@@ -109,15 +109,6 @@ class CausalLM(nnx.Module):
         """The plain HF-named params pytree (the arrays themselves, not copies)."""
         return params_of(self)
 
-    @classmethod
-    def from_pretrained(cls, model: str, dtype: str = "float32", sharding: Any = None
-                        ) -> CausalLM:
-        """Load a local HF directory or hub id (lazily, tensor by tensor; sharded slices
-        with ``sharding``, see :func:`jaxregion.hf.load_model`)."""
-        from jaxregion import hf
-
-        return hf.load_model(model, dtype, sharding)
-
 
 def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool = False,
                collect: bool = False) -> tuple[Array, dict[str, Array]]:

@@ -6,31 +6,15 @@ mapping from ``jaxregion.models.roles(cfg)``, or, by default, read off the famil
 name (:func:`roles_for`).
 """
 
-from jaxregion.regions.algebra import (
-    complement,
-    density,
-    difference,
-    intersection,
-    jaccard,
-    numel,
-    overlap_matrix,
-    size,
-    union,
-)
 from jaxregion.regions.base import (
     DEFAULT_INCLUDE,
     LAYERS,
-    Region,
-    fingerprint,
-    full_mask,
     is_norm,
     k_for,
     layer_index,
-    mask_of,
     module_type,
     roles_for,
     scope_names,
-    universe_of,
 )
 from jaxregion.regions.files import (
     importance_path,
@@ -41,6 +25,23 @@ from jaxregion.regions.files import (
     save_scores,
 )
 from jaxregion.regions.granularity import GRANULARITIES, line_counts, select_coarse
+from jaxregion.regions.region import (
+    Region,
+    complement,
+    density,
+    difference,
+    fingerprint,
+    full_mask,
+    intersection,
+    jaccard,
+    mask_of,
+    numel,
+    overlap_matrix,
+    shape_of,
+    size,
+    union,
+    universe_of,
+)
 from jaxregion.regions.select import (
     KINDS,
     SCOPES,
@@ -54,14 +55,15 @@ from jaxregion.regions.select import (
     top,
     validate_scores,
 )
-from jaxregion.regions.stats import hidden_dim_profile, row_col_counts, stats
+from jaxregion.regions.stats import counts_by, hidden_dim_profile, row_col_counts, stats
 
 __all__ = [
     "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "LAYERS", "SCOPES", "Region", "bottom",
-    "bottom_monolingual", "complement", "core", "density", "difference", "fingerprint",
-    "full_mask", "hidden_dim_profile", "importance_path", "intersection", "is_norm", "jaccard",
-    "k_for", "layer_index", "layers", "line_counts", "load_importance_dir", "load_region",
-    "load_scores", "mask_of", "module_type", "monolingual", "numel", "overlap_matrix", "random",
-    "roles_for", "row_col_counts", "save_region", "save_scores", "scope_names", "select",
-    "select_coarse", "size", "stats", "top", "union", "universe_of", "validate_scores",
+    "bottom_monolingual", "complement", "core", "counts_by", "density", "difference",
+    "fingerprint", "full_mask", "hidden_dim_profile", "importance_path", "intersection",
+    "is_norm", "jaccard", "k_for", "layer_index", "layers", "line_counts", "load_importance_dir",
+    "load_region", "load_scores", "mask_of", "module_type", "monolingual", "numel",
+    "overlap_matrix", "random", "roles_for", "row_col_counts", "save_region", "save_scores",
+    "scope_names", "select", "select_coarse", "shape_of", "size", "stats", "top", "union",
+    "universe_of", "validate_scores",
 ]

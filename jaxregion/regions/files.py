@@ -23,9 +23,10 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxregion import tree as T
+from jaxregion.distributed import write_on_main
 from jaxregion.errors import UserError
 from jaxregion.io import atomic_path
-from jaxregion.regions.base import Region, fingerprint, full_mask, shape_of, universe_of
+from jaxregion.regions.region import Region, fingerprint, full_mask, shape_of, universe_of
 from jaxregion.regions.select import validate_scores
 from jaxregion.safetensors_io import SafetensorsFile
 from jaxregion.safety import check_name, excerpt, reading
@@ -41,7 +42,14 @@ def _s(v: Any) -> str:
 
 def save_region(path: str, region: Region | PyTree, model: str | None = None) -> None:
     """Write ``region`` (or a bare mask) to ``path`` atomically; every universe tensor is
-    stored, all-False ones included, so the file fully describes the mask."""
+    stored, all-False ones included, so the file fully describes the mask.
+
+    Multi-host: every process calls it; the mask is gathered one tensor at a time and
+    process 0 writes (:func:`jaxregion.distributed.write_on_main`)."""
+    write_on_main(_write_region, path, region, model)
+
+
+def _write_region(path: str, region: Region | PyTree, model: str | None) -> None:
     if not isinstance(region, Region):
         region = Region(region, {"kind": "mask"})
     flat = region.flat()
@@ -190,7 +198,11 @@ def save_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None = No
     """Write a score tree as float32 tensors keyed by HF name, atomically.
 
     Metadata values that are not str are JSON-encoded; ``format`` and ``model`` (the tree's
-    fingerprint) are added unless given."""
+    fingerprint) are added unless given. Multi-host: as :func:`save_region`."""
+    write_on_main(_write_scores, path, tree, metadata)
+
+
+def _write_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None) -> None:
     tensors = {n: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
                for n, x in T.flatten(tree).items()}
     for n, t in tensors.items():

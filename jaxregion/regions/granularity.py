@@ -21,7 +21,6 @@ random regions draw uint32 keys per line / unit from ``(seed, crc32(name))`` or 
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
 
@@ -29,10 +28,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxregion.configs import GRANULARITIES
 from jaxregion.errors import UserError
 from jaxregion.regions.base import k_for, layer_index
+from jaxregion.regions.topk import name_key, order_key, top_k_unit
 
-GRANULARITIES = ("element", "row", "column", "tensor", "layer")
 ValueFn = Callable[[str], jax.Array]
 
 
@@ -76,20 +76,12 @@ def _expand(sel: jax.Array, shape: tuple[int, ...], axis: int | None) -> jax.Arr
 
 
 def _keys(vals: jax.Array, largest: bool) -> jax.Array:
-    from jaxregion.regions.select import _order_key
-
-    k = _order_key(vals)
+    k = order_key(vals)
     return k if largest else ~k
 
 
 def _pick(keys: jax.Array, ratio: float) -> jax.Array:
-    from jaxregion.regions.select import top_k_unit
-
     return top_k_unit([keys], k_for(ratio, int(keys.size)))[0]
-
-
-def _name_key(seed: int, name: str) -> jax.Array:
-    return jax.random.fold_in(jax.random.PRNGKey(int(seed)), zlib.crc32(name.encode()) & 0x7FFFFFFF)
 
 
 def select_lines(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
@@ -107,7 +99,7 @@ def select_lines(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ra
         axis = line_axis(shape, granularity, in_axes.get(n))
         n_lines = int(np.prod(shape)) if axis is None else shape[axis]
         if values is None:
-            keys = jax.random.bits(_name_key(seed, n), (n_lines,), jnp.uint32)
+            keys = jax.random.bits(name_key(seed, n), (n_lines,), jnp.uint32)
         else:
             keys = _keys(_line_sums(jnp.asarray(values(n)), axis), largest)
         out[n] = _expand(_pick(keys, ratio), shape, axis)

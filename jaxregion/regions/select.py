@@ -10,7 +10,6 @@ work that runs and shards on any device.
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
@@ -20,42 +19,33 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import tree as T
+from jaxregion.configs import REGION_KINDS as KINDS
+from jaxregion.configs import SCOPES
 from jaxregion.errors import UserError
 from jaxregion.regions.base import (
     DEFAULT_INCLUDE,
-    Region,
     check_ratio,
-    fingerprint,
-    full_mask,
+    k_for,
     layer_index,
     roles_for,
     scope_names,
-    shape_of,
 )
 from jaxregion.regions.granularity import check_granularity, select_coarse
+from jaxregion.regions.region import Region, check_same_tree, fingerprint, full_mask, shape_of
+from jaxregion.regions.topk import name_key, order_key, random_keys, top_k_unit
 
 PyTree = Any
-SCOPES = ("per-tensor", "per-layer", "global")
-KINDS = ("core", "bottom", "random", "top", "monolingual", "bottom-monolingual")
 K_RULE = "max(1, floor(ratio * numel_of_unit))"
 
-_INT32_MAX = 2**31 - 1
 
 
 # --- keys ------------------------------------------------------------------------------
-def _order_key(x: jax.Array) -> jax.Array:
-    """uint32 whose unsigned order equals the float order of ``x`` (-0.0 folded to +0.0)."""
-    x = jnp.where(x == 0, jnp.float32(0), x.astype(jnp.float32))
-    b = jax.lax.bitcast_convert_type(x, jnp.uint32)
-    return jnp.where((b >> 31) == 1, ~b, b | jnp.uint32(0x80000000))
-
-
 @partial(jax.jit, static_argnames=("largest",))
 def _sum_abs_keys(xs: tuple[jax.Array, ...], largest: bool) -> tuple[jax.Array, jax.Array]:
     total = jnp.abs(xs[0].astype(jnp.float32))
     for x in xs[1:]:
         total = total + jnp.abs(x.astype(jnp.float32))
-    key = _order_key(total)
+    key = order_key(total)
     return (key if largest else ~key), jnp.any(jnp.isnan(total))
 
 
@@ -65,76 +55,6 @@ def _sum_abs(xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
     for x in xs[1:]:
         total = total + jnp.abs(x.astype(jnp.float32))
     return total, jnp.any(jnp.isnan(total))
-
-
-@partial(jax.jit, static_argnames=("shape",))
-def _random_keys(key: jax.Array, shape: tuple[int, ...]) -> jax.Array:
-    return jax.random.bits(key, shape, jnp.uint32)
-
-
-# --- exact k-th largest and the pick -----------------------------------------------------
-@jax.jit
-def _radix_threshold(keys: tuple[jax.Array, ...], k: jax.Array) -> jax.Array:
-    """Largest t with count(key >= t) >= k, i.e. the k-th largest key (int32 counts)."""
-
-    def body(i: jax.Array, t: jax.Array) -> jax.Array:
-        cand = t | (jnp.uint32(1) << (31 - i).astype(jnp.uint32))
-        c = sum(jnp.sum(kk >= cand, dtype=jnp.int32) for kk in keys)
-        return jnp.where(c >= k, cand, t)
-
-    return jax.lax.fori_loop(0, 32, body, jnp.uint32(0))
-
-
-@jax.jit
-def _counts_ge(keys: tuple[jax.Array, ...], t: jax.Array) -> jax.Array:
-    return jnp.stack([jnp.sum(kk >= t, dtype=jnp.int32) for kk in keys])
-
-
-@jax.jit
-def _gt_eq(keys: tuple[jax.Array, ...], t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    gt = jnp.stack([jnp.sum(kk > t, dtype=jnp.int32) for kk in keys])
-    eq = jnp.stack([jnp.sum(kk == t, dtype=jnp.int32) for kk in keys])
-    return gt, eq
-
-
-@partial(jax.jit, static_argnames=("mode",))
-def _pick(key: jax.Array, t: jax.Array, need: jax.Array, mode: int) -> jax.Array:
-    if mode == 0:  # no ties at the threshold taken from this tensor
-        return key > t
-    if mode == 1:  # all of them
-        return key >= t
-    eq = key == t
-    rank = jnp.cumsum(eq.ravel(), dtype=jnp.int32).reshape(key.shape)
-    return (key > t) | (eq & (rank <= need))
-
-
-def _threshold(keys: tuple[jax.Array, ...], k: int) -> jax.Array:
-    n = sum(int(np.prod(kk.shape)) for kk in keys)
-    if n <= _INT32_MAX:
-        return _radix_threshold(keys, jnp.int32(k))
-    t = 0  # counts may overflow int32: sum per-tensor counts on the host in int64
-    for bit in range(31, -1, -1):
-        cand = t | (1 << bit)
-        if int(np.asarray(_counts_ge(keys, jnp.uint32(cand))).astype(np.int64).sum()) >= k:
-            t = cand
-    return jnp.uint32(t)
-
-
-def top_k_unit(keys: Sequence[jax.Array], k: int) -> list[jax.Array]:
-    """Bool masks selecting exactly the k largest keys over all arrays of one unit.
-
-    Ties at the threshold go to the lowest flat index, earlier arrays first."""
-    keys = tuple(keys)
-    t = _threshold(keys, k)
-    gt, eq = (np.asarray(a).astype(np.int64) for a in _gt_eq(keys, t))
-    remaining = k - int(gt.sum())
-    out = []
-    for kk, e in zip(keys, eq):
-        need = max(0, min(remaining, int(e)))
-        mode = 0 if need == 0 else 1 if need == e else 2
-        out.append(_pick(kk, t, jnp.int32(min(need, _INT32_MAX)), mode))
-        remaining -= need
-    return out
 
 
 # --- units -----------------------------------------------------------------------------
@@ -162,8 +82,6 @@ def units_for(names: Sequence[str], scope: str, roles: Mapping[str, Any] | None 
 
 def _iter_select(names: Sequence[str], scope: str, ratio: float,
                  key_fn: Callable[[str], jax.Array]) -> Iterator[dict[str, jax.Array]]:
-    from jaxregion.regions.base import k_for
-
     for unit in units_for(names, scope):
         keys = [key_fn(n) for n in unit]
         k = k_for(ratio, sum(int(np.prod(kk.shape)) for kk in keys))
@@ -180,27 +98,9 @@ def validate_scores(scores_by_lang: Mapping[str, PyTree],
     if not scores_by_lang:
         raise UserError("no importance scores given; pass at least one language")
     flats = {lang: T.flatten(t) for lang, t in scores_by_lang.items()}
-    langs = list(flats)
-    ref_lang = langs[0]
-    ref = flats[ref_lang]
-
-    def where(lang: str) -> str:
-        return f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
-
-    for lang in langs[1:]:
-        cur = flats[lang]
-        for n in ref:
-            if n not in cur:
-                raise UserError(f"importance scores {where(lang)} lack key {n!r} that "
-                                f"{where(ref_lang)} has; compute both for the same model")
-            if shape_of(cur[n]) != shape_of(ref[n]):
-                raise UserError(f"importance scores {where(lang)} and {where(ref_lang)} differ "
-                                f"at key {n!r}: shape {list(shape_of(cur[n]))} vs "
-                                f"{list(shape_of(ref[n]))}; compute both for the same model")
-        for n in cur:
-            if n not in ref:
-                raise UserError(f"importance scores {where(lang)} have key {n!r} that "
-                                f"{where(ref_lang)} lacks; compute both for the same model")
+    labels = {lang: f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
+              for lang in flats}
+    check_same_tree({labels[lang]: f for lang, f in flats.items()}, "importance scores")
     return flats
 
 
@@ -383,11 +283,9 @@ def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "p
     _check_coarse_scope(granularity, scope)
     flat_t = T.flatten(template)
     names = scope_names(list(flat_t), include, exclude)
-    base = jax.random.PRNGKey(int(seed))
 
     def key_fn(n: str) -> jax.Array:
-        return _random_keys(jax.random.fold_in(base, zlib.crc32(n.encode()) & 0x7FFFFFFF),
-                            shape_of(flat_t[n]))
+        return random_keys(name_key(seed, n), shape_of(flat_t[n]))
 
     flat: dict[str, jax.Array] = {}
     if granularity == "element":

@@ -9,7 +9,7 @@ dependence" finding (the core concentrates on a few hidden dims) is read off
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Hashable, Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -17,7 +17,8 @@ import numpy as np
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import mask_of, roles_for, universe_of
+from jaxregion.regions.base import roles_for
+from jaxregion.regions.region import mask_of, universe_of
 
 
 def _np(x: Any) -> np.ndarray:
@@ -50,6 +51,23 @@ def row_col_counts(region: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     return out
 
 
+def counts_by(region: Any, key: Callable[[str], Hashable | None]) -> dict[Any, tuple[int, int]]:
+    """``{key(name): (selected, numel)}`` summed over the region's universe, in first-seen
+    order; names whose key is None are left out. The one aggregation behind the per-module,
+    per-layer and layer x module tables."""
+    flat = T.flatten(mask_of(region))
+    out: dict[Any, tuple[int, int]] = {}
+    for n in universe_of(region):
+        k = key(n)
+        if k is None:
+            continue
+        sel = int(np.asarray(jnp.sum(jnp.asarray(flat[n], bool), dtype=jnp.int32)))
+        size = int(np.prod(np.shape(flat[n])))
+        s0, n0 = out.get(k, (0, 0))
+        out[k] = (s0 + sel, n0 + size)
+    return out
+
+
 def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
@@ -65,7 +83,6 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
     the same, with row/column counts summed over layers per module type (same shapes only).
     Layers and module types come from ``roles`` (default: the family tables, by name).
     """
-    flat = T.flatten(mask_of(region))
     rl = roles_for(universe_of(region), roles)
 
     def module(n: str) -> str:
@@ -74,19 +91,10 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
     def layer(n: str) -> str:
         return str(rl[n].layer) if rl.get(n) is not None and rl[n].layer is not None else "-"
 
-    by_module: dict[str, list[int]] = {}
-    by_layer: dict[str, list[int]] = {}
-    total = numel = 0
-    for n in universe_of(region):
-        x = flat[n]
-        sel = int(np.asarray(jnp.sum(jnp.asarray(x, bool), dtype=jnp.int32)))
-        size = int(np.prod(np.shape(x)))
-        total += sel
-        numel += size
-        for table, key in ((by_module, module(n)), (by_layer, layer(n))):
-            acc = table.setdefault(key, [0, 0])
-            acc[0] += sel
-            acc[1] += size
+    by_module = counts_by(region, module)
+    by_layer = counts_by(region, layer)
+    total = sum(s for s, _ in by_module.values())
+    numel = sum(n for _, n in by_module.values())
     matrices: dict[str, Any] = {}
     summed: dict[str, list[np.ndarray]] = {}
     for n, (rows, cols) in row_col_counts(region).items():

@@ -38,3 +38,21 @@ def cell_text(text: str, limit: int = 80) -> str:
     if len(text) > limit:
         text = text[: limit - 1] + "…"
     return text.replace("\\", "\\\\").replace("|", "\\|")
+
+
+def eval_table(res: dict) -> str:
+    """The perplexity and bits-per-byte table of ``jaxregion eval`` (``runtime.run_eval``'s
+    result)."""
+    bpb = res.get("bits_per_byte", {})
+    rows = [(k, res["windows"][k], res["tokens"][k], res["loss"][k], res["perplexity"][k],
+             "—" if bpb.get(k) is None else bpb[k]) for k in res["perplexity"]]
+    return markdown_table(["lang", "windows", "tokens", "loss", "perplexity", "bits/byte"], rows)
+
+
+def completions_table(rows: list[dict]) -> str:
+    """The table of ``jaxregion generate`` (``generate.run_generate``'s rows)."""
+    edited = any("edited" in r for r in rows)
+    headers = ["prompt", "completion"] + (["edited"] if edited else [])
+    table = [[cell_text(r["prompt"], 40), cell_text(r["completion"])]
+             + ([cell_text(r["edited"]["completion"])] if edited else []) for r in rows]
+    return markdown_table(headers, table)

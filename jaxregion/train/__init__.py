@@ -7,9 +7,9 @@
 - :mod:`~jaxregion.train.run`: the command-level drivers (ckpt-dir setup, export, pretrain).
 """
 
+from jaxregion.configs import SCHEDULES
 from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
 from jaxregion.train.loop import (
-    SCHEDULES,
     TrainConfig,
     TrainResult,
     freeze_mask_for,

@@ -25,16 +25,12 @@ from typing import Any
 
 import jax
 import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
 
 from jaxregion.errors import UserError
 
 STEPS = "steps"
-
-
-def _ocp():
-    import orbax.checkpoint as ocp
-
-    return ocp
 
 
 def abstract_like(tree: Any, sharding: jax.sharding.Sharding) -> Any:
@@ -62,7 +58,6 @@ class Checkpointer:
     """A thin wrapper over ``ocp.CheckpointManager`` for (params, opt_state, meta)."""
 
     def __init__(self, ckpt_dir: str, keep: int = 3, async_save: bool = True):
-        ocp = _ocp()
         self.root = os.path.abspath(os.path.join(ckpt_dir, STEPS))
         self.keep = keep
         # cleanup: a save cut short by a crash leaves a ``N.orbax-checkpoint-tmp`` dir
@@ -73,7 +68,6 @@ class Checkpointer:
                                              item_names=("params", "opt_state", "meta"))
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
-        ocp = _ocp()
         if step in self.manager.all_steps():
             return
         self.manager.save(step, args=ocp.args.Composite(
@@ -88,7 +82,6 @@ class Checkpointer:
         self.manager.close()
 
     def restore(self, step: int, abstract_params: Any, abstract_opt: Any | None) -> Restored:
-        ocp = _ocp()
         items = dict(params=ocp.args.StandardRestore(abstract_params), meta=ocp.args.JsonRestore())
         if abstract_opt is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
@@ -105,9 +98,6 @@ def matches_saved(step_dir: str, targets: dict[str, Any]) -> bool | None:
     """Whether the arrays saved in ``step_dir`` (read from orbax's metadata only) have the
     shapes and dtypes of ``targets`` (``{item: abstract tree or None}``); None when the
     metadata itself is unreadable (the step is damaged)."""
-    ocp = _ocp()
-    from etils import epath
-
     try:
         for item, target in targets.items():
             if target is None:

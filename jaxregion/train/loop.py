@@ -21,81 +21,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from jaxregion import models, sharding
+from jaxregion.configs import TrainConfig
 from jaxregion.errors import UserError
+from jaxregion.evaluate import evaluate
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
+from jaxregion.io import write_text
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
-from jaxregion.regions.base import mask_of
+from jaxregion.regions.region import mask_of
 from jaxregion.train import identity
 from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
 from jaxregion.train.penalties import EWC, ewc_penalty
 from jaxregion.train.sampler import ReplaySampler, Sampler
-
-SCHEDULES = ("cosine", "constant", "linear")
-
-
-@dataclass(frozen=True)
-class TrainConfig:
-    steps: int
-    batch_size: int = 8
-    seq_len: int = 128
-    lr: float = 3e-4
-    warmup: int = 0
-    schedule: str = "cosine"
-    weight_decay: float = 0.1
-    clip: float = 1.0
-    grad_accum: int = 1
-    dtype: str = "float32"
-    b1: float = 0.9
-    b2: float = 0.95
-    save_every: int = 100
-    keep: int = 3
-    eval_every: int = 0
-    eval_batch_size: int = 8
-    seed: int = 0
-    freeze_norms: bool = False
-    min_lr_ratio: float = 0.1  # cosine decays to lr * this
-    replay_ratio: float = 0.0  # share of every batch replayed from source-language windows
-    ewc_lambda: float = 0.0  # strength of the EWC penalty towards the base params
-    eval_at: tuple[int, ...] = ()  # extra steps to evaluate at (besides eval_every, the end)
-    eval_start: bool = True  # evaluate at step 0 too (off when the caller has the base eval)
-
-    def validate(self) -> None:
-        if self.steps <= 0:
-            raise UserError(f"--steps {self.steps}: must be a positive number of steps")
-        if not (self.lr > 0) or math.isinf(self.lr):
-            raise UserError(f"--lr {self.lr}: must be a positive, finite learning rate")
-        if self.batch_size <= 0:
-            raise UserError(f"--batch-size {self.batch_size}: must be positive")
-        if self.grad_accum <= 0 or self.batch_size % self.grad_accum:
-            raise UserError(f"--grad-accum {self.grad_accum}: must be positive and divide "
-                            f"--batch-size {self.batch_size}")
-        if self.warmup < 0:
-            raise UserError(f"--warmup {self.warmup}: must be >= 0")
-        if self.schedule not in SCHEDULES:
-            raise UserError(f"--schedule {self.schedule!r}: use one of {', '.join(SCHEDULES)}")
-        if self.weight_decay < 0:
-            raise UserError(f"--weight-decay {self.weight_decay}: must be >= 0")
-        if self.save_every <= 0:
-            raise UserError(f"--save-every {self.save_every}: must be positive")
-        if self.keep <= 0:
-            raise UserError(f"--keep {self.keep}: must be positive")
-        if self.eval_every < 0:
-            raise UserError(f"--eval-every {self.eval_every}: must be >= 0")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"--dtype {self.dtype!r}: use float32 or bfloat16")
-        if not (0.0 <= self.replay_ratio < 1.0):
-            raise UserError(f"--replay-ratio {self.replay_ratio}: must be in [0, 1)")
-        if not (self.ewc_lambda >= 0) or math.isinf(self.ewc_lambda):
-            raise UserError(f"--ewc-lambda {self.ewc_lambda}: must be >= 0 and finite")
-        if any(s <= 0 for s in self.eval_at):
-            raise UserError(f"--eval-at {list(self.eval_at)}: steps must be positive")
-
-    def eval_now(self, step: int) -> bool:
-        """Whether to evaluate after ``step`` optimizer steps."""
-        return bool((self.eval_every and step % self.eval_every == 0) or step in self.eval_at
-                    or step == self.steps)
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -234,15 +173,18 @@ class _Stop:
         return self
 
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
-        if self.signum is not None:  # second signal: stop now
-            raise KeyboardInterrupt
         self.signum = signum
+        self._restore()  # a second signal acts as it would without us: it stops the run now
         print(f"\njaxregion: got {signal.Signals(signum).name}; saving a checkpoint after this "
               "step, then stopping", file=sys.stderr)
 
-    def __exit__(self, *exc) -> None:
+    def _restore(self) -> None:
         for s, h in self._old.items():
             signal.signal(s, h)
+        self._old = {}
+
+    def __exit__(self, *exc) -> None:
+        self._restore()
 
 
 def _read_metrics(path: str, upto: int) -> list[dict]:
@@ -262,15 +204,11 @@ def _read_metrics(path: str, upto: int) -> list[dict]:
 
 
 def _write_metrics(path: str, records: list[dict]) -> None:
-    from jaxregion.io import write_text
-
     if jax.process_index() == 0:  # multi-host: one writer
         write_text(path, "".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
 
 
 def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
-    from jaxregion.evaluate import evaluate
-
     p = _cast(params, cfg.dtype)
     return {lang: evaluate(p, model_cfg, w, cfg.eval_batch_size, mesh).perplexity
             for lang, w in evals.items()}
@@ -294,8 +232,6 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
     The run's identity (``model_id``, default a digest of ``params``; data; region; optimizer
     settings; steps) must match the one recorded in ``ckpt_dir`` to resume (see
     :mod:`jaxregion.train.identity`); ``restart`` sets a different old run aside first."""
-    from tqdm.auto import tqdm
-
     cfg.validate()
     mesh = mesh or sharding.make_mesh()
     mult = sharding.batch_multiple(mesh)

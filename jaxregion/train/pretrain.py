@@ -14,9 +14,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import islice
 
+import jax
+
 from jaxregion import hf, runtime
-from jaxregion.train.loop import TrainConfig, TrainResult, train
-from jaxregion.train.run import make_scratch_model, prepare_ckpt_dir
+from jaxregion.config import replace_fields
+from jaxregion.configs import PretrainConfig, TrainConfig
+from jaxregion.data.sources import open_source
+from jaxregion.data.tokenizer import train_bpe
+from jaxregion.train.loop import TrainResult, train
+from jaxregion.train.run import check_writable, make_scratch_model, prepare_ckpt_dir
 
 INIT = "init"
 
@@ -38,9 +44,6 @@ def ensure_tokenizer(texts: Mapping[str, str], out_dir: str, vocab_size: int,
                      docs_per_lang: int = 2000) -> str:
     """A BPE tokenizer trained on the first ``docs_per_lang`` documents of each source
     (``{lang: source spec}``), made once in ``out_dir``."""
-    from jaxregion.data.sources import open_source
-    from jaxregion.data.tokenizer import train_bpe
-
     if not os.path.isfile(os.path.join(out_dir, "tokenizer.json")):
         print(f"jaxregion: training a BPE tokenizer (vocab {vocab_size}) on {sorted(texts)}",
               file=sys.stderr, flush=True)
@@ -53,7 +56,8 @@ def ensure_tokenizer(texts: Mapping[str, str], out_dir: str, vocab_size: int,
 def pretrain(texts: Mapping[str, str], tokenizer_dir: str, arch: Arch, cfg: TrainConfig,
              ckpt_dir: str, out: str, *, max_seqs: int | None = None,
              evals: Mapping[str, str] | None = None, eval_max_seqs: int | None = None,
-             progress: bool = True) -> TrainResult:
+             progress: bool = True, mesh: jax.sharding.Mesh | None = None,
+             restart: bool = False) -> TrainResult:
     """Train a fresh Llama on ``texts`` (``{lang: source}``) and export it to ``out``.
 
     Resumes from ``ckpt_dir``; an interrupted run returns with ``interrupted`` set and
@@ -65,15 +69,29 @@ def pretrain(texts: Mapping[str, str], tokenizer_dir: str, arch: Arch, cfg: Trai
                            num_heads=arch.num_heads, num_kv_heads=arch.num_kv_heads,
                            intermediate_size=arch.intermediate_size,
                            max_positions=arch.max_positions)
-    session = runtime.load_session(init, "float32")
+    session = runtime.load_session(init, "float32", mesh)
     windows = runtime.load_corpora([f"{k}={v}" for k, v in texts.items()], session,
                                    cfg.seq_len, max_seqs)
     ev = runtime.load_corpora([f"{k}={v}" for k, v in evals.items()], session, cfg.seq_len,
                               eval_max_seqs) if evals else {}
     info = {"command": "pretrain", "texts": dict(texts), "evals": dict(evals or {})}
-    prepare_ckpt_dir(ckpt_dir, session.path, session.config, info)
+    prepare_ckpt_dir(ckpt_dir, session.path, session.config, info, restart=restart)
     res = train(session.params, session.config, windows, cfg, ckpt_dir, evals=ev,
                 mesh=session.mesh, progress=progress, run_info=info)
     if not res.interrupted:
         hf.export(res.params, session.config, out, tokenizer_from=init)
     return res
+
+
+def run_pretrain(cfg: PretrainConfig, mesh: jax.sharding.Mesh, progress: bool = True
+                 ) -> TrainResult:
+    """``jaxregion pretrain``: a random-init Llama (kept in ``ckpt_dir/init``) trained on
+    ``cfg``'s texts and exported to ``cfg.out``."""
+    check_writable(cfg.ckpt_dir)
+    arch = Arch(hidden_size=cfg.hidden_size, num_layers=cfg.layers, num_heads=cfg.heads,
+                num_kv_heads=cfg.kv_heads, intermediate_size=cfg.intermediate_size,
+                max_positions=cfg.max_positions, init_seed=cfg.init_seed)
+    return pretrain(cfg.text, cfg.tokenizer, arch, replace_fields(cfg, TrainConfig),
+                    cfg.ckpt_dir, cfg.out, max_seqs=cfg.max_seqs, evals=cfg.eval,
+                    eval_max_seqs=cfg.eval_max_seqs, progress=progress, mesh=mesh,
+                    restart=cfg.restart)

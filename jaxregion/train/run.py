@@ -1,5 +1,6 @@
 """Command-level drivers shared by the CLI, ``forgetting`` and scripts.
 
+:func:`run_train` is ``jaxregion train`` (``pretrain`` is :mod:`jaxregion.train.pretrain`);
 :func:`prepare_ckpt_dir` checks and initialises a ckpt-dir (never touching existing
 checkpoints); :func:`export_checkpoint` writes any saved step as an HF directory;
 :func:`init_params` and :func:`llama_config` build a model from scratch for ``pretrain``.
@@ -7,6 +8,7 @@ checkpoints); :func:`export_checkpoint` writes any saved step as an HF directory
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -16,14 +18,19 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
-from jaxregion import hf, models
+from jaxregion import hf, models, runtime, sharding
 from jaxregion import tree as T
+from jaxregion.config import replace_fields
+from jaxregion.configs import FinetuneConfig, TrainConfig, TrainRunConfig
 from jaxregion.errors import UserError
 from jaxregion.io import write_json
 from jaxregion.models import ModelConfig, abstract_params, from_hf_dict
-from jaxregion.regions.base import fingerprint
+from jaxregion.regions import load_region
+from jaxregion.regions.region import fingerprint
+from jaxregion.train import identity
+from jaxregion.train.checkpoint import abstract_like, restore_latest
+from jaxregion.train.loop import TrainResult, train
 
 BASE = "base"
 RUN_JSON = "run.json"
@@ -45,8 +52,6 @@ def weights_digest(model_path: str, sample: int = 1 << 20) -> str:
     """A cheap digest of a checkpoint's weights: per weight file its name, size, header and
     three ``sample``-byte blocks (start, middle, end). Other weights of the same shapes give
     another digest; reading stays a few MiB however large the model."""
-    import hashlib
-
     h = hashlib.sha256()
     for f in sorted({id(f): f for f in hf.weight_files(model_path).values()}.values(),
                     key=lambda f: f.path):
@@ -65,8 +70,6 @@ def prepare_ckpt_dir(ckpt_dir: str, model_path: str, cfg: ModelConfig, run_info:
 
     Validates before writing anything: a ckpt-dir of another model raises UserError and is
     left as it was. ``restart`` first moves an existing run aside (``previous/``)."""
-    from jaxregion.train import identity
-
     if restart and os.path.isdir(ckpt_dir) and any(
             os.path.lexists(os.path.join(ckpt_dir, n)) for n in identity.RUN_STATE):
         check_writable(ckpt_dir)
@@ -106,15 +109,12 @@ def base_config(ckpt_dir: str) -> ModelConfig:
 
 
 def export_checkpoint(ckpt_dir: str, out_dir: str, step: int | None = None,
-                      dtype: str | None = None) -> int:
+                      dtype: str | None = None, mesh: jax.sharding.Mesh | None = None) -> int:
     """Write step ``step`` (default: latest readable) of ``ckpt_dir`` as an HF directory."""
-    from jaxregion import sharding
-    from jaxregion.train.checkpoint import abstract_like, restore_latest
-
     if not os.path.isdir(ckpt_dir):
         raise UserError(f"--ckpt-dir {ckpt_dir}: no such directory")
     cfg = base_config(ckpt_dir)
-    mesh = sharding.make_mesh()
+    mesh = mesh or sharding.make_mesh()
     target = abstract_like(abstract_params(cfg), sharding.replicated(mesh))
     got = restore_latest(ckpt_dir, target, None, step=step, quarantine=False)
     if got is None:
@@ -131,7 +131,7 @@ def llama_config(vocab_size: int, hidden_size: int = 256, num_layers: int = 4,
                  pad_token_id: int | None = None, tie_embeddings: bool = False,
                  rope_theta: float = 10000.0) -> dict:
     """config.json for a Llama model, written by transformers' ``LlamaConfig`` (no torch)."""
-    from transformers import LlamaConfig
+    from transformers import LlamaConfig  # deferred: ~1.2 s to import, only pretrain needs it
 
     if hidden_size % num_heads:
         raise UserError(f"--hidden-size {hidden_size} is not a multiple of --heads {num_heads}")
@@ -177,5 +177,36 @@ def make_scratch_model(out_dir: str, tokenizer_dir: str, seed: int = 0, **arch: 
     cfg = from_hf_dict(d, "LlamaConfig")
     params = init_params(cfg, seed)
     hf.export(params, cfg, out_dir, tokenizer_from=tokenizer_dir)
-    np.testing.assert_equal(len(hf.open_checkpoint(out_dir).files), len(T.flatten(params)))
+    written, want = len(hf.open_checkpoint(out_dir).files), len(T.flatten(params))
+    if written != want:
+        raise RuntimeError(f"{out_dir}: the export holds {written} tensors, the model {want}")
     return out_dir
+
+
+# --- the commands ---------------------------------------------------------------------------
+def _run(cfg: TrainRunConfig, command: str, model: str, freeze: str | None,
+         mesh: jax.sharding.Mesh, progress: bool) -> TrainResult:
+    """Train ``model`` on ``cfg``'s texts (all input checked before anything is written)."""
+    tcfg = replace_fields(cfg, TrainConfig)
+    session = runtime.load_session(model, "float32", mesh)
+    region = load_region(freeze, template=session.params) if freeze else None
+    windows = runtime.load_corpora(cfg.text, session, cfg.seq_len, cfg.max_seqs)
+    evals = runtime.load_corpora(cfg.eval, session, cfg.seq_len, cfg.eval_max_seqs) \
+        if cfg.eval else {}
+    info = {"command": command, "texts": [f"{k}={v}" for k, v in cfg.text.items()],
+            "evals": [f"{k}={v}" for k, v in cfg.eval.items()], "freeze": freeze,
+            "freeze_norms": cfg.freeze_norms}
+    prepare_ckpt_dir(cfg.ckpt_dir, session.path, session.config, info, restart=cfg.restart)
+    res = train(session.params, session.config, windows, tcfg, cfg.ckpt_dir, region=region,
+                evals=evals, mesh=session.mesh, progress=progress, run_info=info,
+                model_id=weights_digest(session.path))
+    if cfg.export and not res.interrupted:
+        hf.export(res.params, session.config, cfg.export, tokenizer_from=session.path)
+    return res
+
+
+def run_train(cfg: FinetuneConfig, mesh: jax.sharding.Mesh, progress: bool = True
+              ) -> TrainResult:
+    """``jaxregion train``: continued pre-training of ``cfg.model``, ``cfg.freeze`` frozen;
+    resumes from ``cfg.ckpt_dir``; writes ``cfg.export`` at the end."""
+    return _run(cfg, "train", cfg.model, cfg.freeze, mesh, progress)

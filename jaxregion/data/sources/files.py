@@ -9,6 +9,8 @@ import os
 import zlib
 from collections.abc import Iterator
 
+import zstandard
+
 from jaxregion.data.sources.base import _CHUNK, _as_text, _Base, _missing_field
 from jaxregion.errors import UserError
 from jaxregion.safety import reading
@@ -20,8 +22,6 @@ def _compression(path: str) -> str:
 
 
 def _zstd_chunks(path: str, f) -> Iterator[bytes]:
-    import zstandard
-
     dctx = zstandard.ZstdDecompressor()
     obj, pending = dctx.decompressobj(), False
     while raw := f.read(_CHUNK):
@@ -191,6 +191,7 @@ class ParquetSource(_Base):
         return self.path
 
     def _iter(self) -> Iterator[str]:
+        # deferred: pyarrow.parquet costs ~80 ms on every command; parquet sources only
         import pyarrow as pa
         import pyarrow.parquet as pq
 

@@ -6,6 +6,7 @@ import os
 import re
 from collections.abc import Iterator
 
+from jaxregion.data import synthetic
 from jaxregion.data.sources.base import (
     _SPLIT_NAMES,
     OPTIONS,
@@ -29,8 +30,6 @@ class SyntheticSource(_Base):
     """Documents of one built-in artificial language (see :mod:`jaxregion.data.synthetic`)."""
 
     def __init__(self, lang: str, n_docs: int = 10000, seed: int = 0):
-        from jaxregion.data import synthetic
-
         if lang not in synthetic.LANGUAGES:
             raise UserError(f"synthetic:{lang}: unknown synthetic language; choose one of "
                             f"{', '.join(synthetic.LANGUAGES)}")
@@ -41,8 +40,6 @@ class SyntheticSource(_Base):
         return f"synthetic:{self.lang}:{self.n_docs}:{self.seed}"
 
     def _iter(self) -> Iterator[str]:
-        from jaxregion.data import synthetic
-
         yield from synthetic.generate(self.lang, self.n_docs, self.seed)
 
 

@@ -1,0 +1,129 @@
+"""What ``jaxregion regions ...`` does, as library functions: select a region from a directory
+of importance files, describe a region file, compare two.
+
+Kept outside :mod:`jaxregion.regions` because it reads model checkpoints (``--model``, for
+shapes), and ``regions`` imports no model. Everything is validated before anything is
+written; results are plain data, rendered by :mod:`jaxregion.report.regions`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from jaxregion import hf, safetensors_io, stability
+from jaxregion import regions as R
+from jaxregion.configs import CompareConfig, SelectConfig, StatsConfig
+from jaxregion.errors import UserError
+from jaxregion.models import abstract_params, input_axes
+from jaxregion.safety import check_name
+
+
+def model_template(model: str | None) -> tuple[Any, str | None]:
+    """Abstract params and fingerprint of ``model`` (headers only, no weights read)."""
+    if model is None:
+        return None, None
+    tmpl = abstract_params(hf.open_checkpoint(model).config)
+    return tmpl, R.fingerprint(tmpl)
+
+
+def load_scores_dir(directory: str, langs: tuple[str, ...] | None = None
+                    ) -> tuple[dict[str, Any], dict[str, str]]:
+    """``({lang: scores}, {lang: path})`` of a directory of importance files, checked to come
+    from one estimator (and to share names and shapes)."""
+    scores = R.load_importance_dir(directory, list(langs) if langs is not None else None)
+    paths = {lang: R.importance_path(directory, lang) for lang in scores}
+    headers = {lang: safetensors_io.read_metadata(p) or {} for lang, p in paths.items()}
+    ests = {lang: h["estimator"] for lang, h in headers.items() if h.get("estimator")}
+    if len(set(ests.values())) > 1:
+        desc = ", ".join(f"{k}={v}" for k, v in sorted(ests.items()))
+        raise UserError(f"importance files in {directory} mix estimators ({desc}); recompute "
+                        "them with one estimator")
+    models = {h["model_path"] for h in headers.values() if h.get("model_path")}
+    if len(models) > 1:
+        print(f"warning: importance files in {directory} name different model paths "
+              f"({', '.join(sorted(models))}); shapes agree, so they are used together",
+              file=sys.stderr)
+    return scores, paths
+
+
+def _check_out(path: str) -> None:
+    if os.path.isdir(path):
+        raise UserError(f"--out {path}: is a directory; give a .safetensors file path")
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.exists(parent) and not os.path.isdir(parent):
+        raise UserError(f"--out {path}: parent {parent} is not a directory")
+
+
+def _in_axes(model: str | None) -> dict[str, int] | None:
+    """HF name -> input-feature axis from the model family (None: the [out, in] default)."""
+    return None if model is None else input_axes(hf.open_checkpoint(model).config)
+
+
+def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
+    """The region ``cfg`` asks for, written to ``cfg.out`` (nothing is written on error), and
+    the line on its split-half stability (None for random regions; "unknown" when the
+    importance directory has no halves)."""
+    _check_out(cfg.out)
+    if cfg.lang is not None:
+        check_name(cfg.lang, "--lang")
+    template, model_fp = model_template(cfg.model)
+    scores = paths = None
+    if cfg.importance is not None:
+        scores, paths = load_scores_dir(cfg.importance, cfg.langs)
+        if model_fp is not None and R.fingerprint(scores[next(iter(scores))]) != model_fp:
+            raise UserError(f"importance files in {cfg.importance} are for another model than "
+                            f"--model {cfg.model} (names/shapes differ)")
+        if cfg.lang is not None and cfg.lang not in scores:
+            raise UserError(f"--lang {cfg.lang!r} is not among the loaded languages "
+                            f"({', '.join(scores)}); add it to --langs")
+    in_axes = _in_axes(cfg.model) if cfg.granularity in ("row", "column") else None
+    region = R.select(cfg.kind, scores, lang=cfg.lang, ratio=cfg.ratio, scope=cfg.scope,
+                      include=cfg.include or None, exclude=cfg.exclude or None, seed=cfg.seed,
+                      template=template if scores is None else None, sources=paths,
+                      granularity=cfg.granularity, in_axes=in_axes)
+    if region.size == 0:
+        raise UserError(f"the {cfg.kind} region is empty (every element is also in another "
+                        "language's set); nothing written. Try a smaller --ratio or fewer "
+                        "--langs")
+    R.save_region(cfg.out, region)
+    if scores is None or cfg.kind == "random":
+        return region, None
+    try:
+        st = stability.directory_stability(
+            cfg.kind, cfg.importance, list(scores), lang=cfg.lang, ratio=cfg.ratio,
+            scope=cfg.scope, include=cfg.include or None, exclude=cfg.exclude or None)
+        return region, st.line()
+    except UserError as e:
+        return region, f"stability: unknown ({e})"
+
+
+def region_stats(cfg: StatsConfig) -> tuple[R.Region, dict[str, Any]]:
+    """The region file ``cfg.file`` and its :func:`jaxregion.regions.stats`."""
+    region = R.load_region(cfg.file, model_template(cfg.model)[0])
+    return region, R.stats(region, top_n=cfg.top)
+
+
+def compare_regions(cfg: CompareConfig) -> dict[str, Any]:
+    """Sizes, intersection, union and Jaccard of two region files, overall and per module."""
+    template = model_template(cfg.model)[0]
+    a, b = R.load_region(cfg.a, template), R.load_region(cfg.b, template)
+    ua, ub = R.universe_of(a), R.universe_of(b)
+    if set(ua) != set(ub):
+        sa, sb = a.flat(), b.flat()
+        if any(R.shape_of(sa[n]) != R.shape_of(sb[n]) for n in set(ua) & set(ub)):
+            raise UserError(f"{cfg.a} and {cfg.b} are regions of different models")
+        other = [n for n in ua if n not in ub] + [n for n in ub if n not in ua]
+        raise UserError(f"{cfg.a} and {cfg.b} cover different tensors (e.g. {other[0]!r}); "
+                        "pass --model DIR to compare them over the whole model")
+    inter, uni = R.intersection(a, b), R.union(a, b)
+    per = {name: R.counts_by(r, R.module_type)
+           for name, r in (("a", a), ("b", b), ("intersection", inter), ("union", uni))}
+    by_module = {m: {"a": per["a"][m][0], "b": per["b"][m][0],
+                     "intersection": per["intersection"][m][0],
+                     "jaccard": per["intersection"][m][0] / u}
+                 for m, (u, _) in per["union"].items() if u > 0}
+    return {"a": cfg.a, "b": cfg.b, "size_a": R.size(a), "size_b": R.size(b),
+            "intersection": R.size(inter), "union": R.size(uni), "jaccard": R.jaccard(a, b),
+            "by_module": by_module}
