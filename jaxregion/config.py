@@ -34,7 +34,7 @@ _FLOAT_RE = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 # Metadata keys understood by option(); anything else is a typo.
 _META = {"help", "flag", "metavar", "positional", "choices", "gt", "ge", "lt", "le",
-         "allow_inf", "sep", "coerce", "group", "check"}
+         "allow_inf", "sep", "coerce", "group", "check", "name"}
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str,  # noqa: A002 (argparse's name)
@@ -50,6 +50,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str,  # noqa: A002 (argp
     ``check(value, where)`` run after the type and bound checks on every non-None value (each
     element of a tuple, each value of a mapping), raising UserError starting with ``where``;
     it must have no side effects, as it may run more than once),
+    ``name`` (``"language"`` or ``"setting"``: each string, or each key of a mapping, must be
+    a valid name, :func:`jaxregion.safety.check_name`, as names become file names),
     ``group`` (help section)."""
     bad = set(meta) - _META
     if bad:
@@ -172,9 +174,15 @@ def convert(value: Any, tp: Any, where: str, meta: Mapping[str, Any] | None = No
         if not isinstance(value, dict):
             raise UserError(f"{where}: expected a mapping, got {safety.excerpt(value)}")
         kt, vt = args if args else (Any, Any)
-        return {convert(k, kt, where): convert(v, vt, f"{where}.{k}", {**meta, "coerce": None})
+        if meta.get("name"):  # the keys are names (languages): data, never paths
+            for k in value:
+                safety.check_name(k, where, meta["name"])
+        return {convert(k, kt, where): convert(v, vt, f"{where}.{k}",
+                                                {**meta, "coerce": None, "name": None})
                 for k, v in value.items()}
     out = _scalar(value, tp, where, meta)
+    if meta.get("name") and out is not None:
+        safety.check_name(out, where, meta["name"])
     _bounds(out, where, meta)
     if meta.get("check") is not None and out is not None:
         meta["check"](out, where)

@@ -44,7 +44,7 @@ _TEXT_HELP = "a language and its corpus; repeat for several languages (YAML: {la
 
 
 def _texts(help: str = _TEXT_HELP, **kw) -> Mapping[str, str]:  # noqa: A002
-    return option(help=help, metavar="LANG=SOURCE", coerce=lang_specs, **kw)
+    return option(help=help, metavar="LANG=SOURCE", coerce=lang_specs, name="language", **kw)
 
 
 # --- every command -------------------------------------------------------------------------
@@ -140,9 +140,11 @@ class SelectConfig:
     importance: str | None = option(None, metavar="DIR",
                                     help="directory of LANG.safetensors importance files "
                                          "(all kinds but random need it)")
-    langs: tuple[str, ...] | None = option(None, sep=",", metavar="A,B",
+    langs: tuple[str, ...] | None = option(None, sep=",", metavar="A,B", name="language",
                                            help="languages to use (default: every file in DIR)")
-    lang: str | None = option(None, help="the language of a monolingual or top region")
+    lang: str | None = option(None, name="language",
+                              help="the language of a monolingual, bottom-monolingual or top "
+                                   "region")
     ratio: float = option(0.01, gt=0.0, le=1.0, help="fraction of elements, in (0, 1]")
     scope: str = option("per-tensor", choices=SCOPES, help="where k is counted")
     granularity: str = option("element", choices=GRANULARITIES,
@@ -263,6 +265,7 @@ class TrainRunConfig(TrainConfig):
 
     text: Mapping[str, str] = _texts()
     eval: Mapping[str, str] = option(factory=dict, metavar="LANG=SOURCE", coerce=lang_specs,
+                                     name="language",
                                      group="checkpoints",
                                      help="a language to evaluate during training; repeatable")
     max_seqs: int | None = option(None, gt=0, metavar="N", group="training",
@@ -480,7 +483,7 @@ class ExperimentConfig:
     model: str = option(metavar="DIR", help="HF checkpoint directory")
     languages: Mapping[str, str] = _texts("an importance language and its corpus; repeatable")
     eval_languages: Mapping[str, str] = option(factory=dict, metavar="LANG=SOURCE",
-                                               coerce=lang_specs,
+                                               coerce=lang_specs, name="language",
                                                help="evaluation corpora (default: languages)")
     out: str = option("experiment_out", metavar="DIR", help="output folder")
     name: str = option("experiment", help="title of the report")
@@ -499,7 +502,7 @@ class ExperimentConfig:
     exclude: str | None = option(None, metavar="REGEX", help="regex of HF names to leave out")
     random_seeds: tuple[int, ...] = option((0, 1, 2), sep=",", metavar="S,S",
                                            help="seeds of the random control regions")
-    monolingual: tuple[str, ...] | None = option(None, sep=",", metavar="A,B",
+    monolingual: tuple[str, ...] | None = option(None, sep=",", metavar="A,B", name="language",
                                                  help="monolingual regions for these languages "
                                                       "(default: every importance language)")
     dims: DimsConfig = option(factory=DimsConfig, help="the dimension sweep (YAML only)")
@@ -552,9 +555,10 @@ class ImportanceSpec:
     and cached. ``langs``: the languages whose summed scores define the core / bottom /
     wanda / fisher regions and the EWC Fisher (default: the protected ``sources``)."""
 
-    texts: Mapping[str, str] = option(factory=dict, coerce=lang_specs,
+    texts: Mapping[str, str] = option(factory=dict, coerce=lang_specs, name="language",
                                       help="languages to score")
-    langs: tuple[str, ...] = option((), help="languages summed (default: the sources)")
+    langs: tuple[str, ...] = option((), name="language",
+                                    help="languages summed (default: the sources)")
     max_seqs: int | None = option(64, gt=0, help="windows per language")
     batch_size: int = option(8, gt=0, help="windows per step")
     dir: str | None = option(None, help="cache of EST/LANG.safetensors (default "
@@ -565,7 +569,8 @@ class ImportanceSpec:
 class PretrainSpec:
     """A small Llama trained from scratch when the config has no ``model``."""
 
-    texts: Mapping[str, str] = option(factory=dict, coerce=lang_specs, help="training corpora")
+    texts: Mapping[str, str] = option(factory=dict, coerce=lang_specs, name="language",
+                                      help="training corpora")
     tokenizer: str | None = option(None, help="a directory; None = train a BPE on texts")
     vocab_size: int = option(512, gt=0, help="BPE vocabulary size")
     tokenizer_docs: int = option(2000, gt=0, help="documents per language for the BPE")
@@ -585,7 +590,7 @@ class BaselineSpec:
 
     replay_ratio: float = option(0.25, gt=0.0, lt=1.0,
                                  help="share of every batch replayed from the sources")
-    replay_texts: Mapping[str, str] = option(factory=dict, coerce=lang_specs,
+    replay_texts: Mapping[str, str] = option(factory=dict, coerce=lang_specs, name="language",
                                              help="replay corpora (default: importance texts)")
     replay_max_seqs: int | None = option(None, gt=0, help="replay windows per language")
     ewc_lambda: float = option(1.0, gt=0.0, help="EWC strength (Fisher normalised to mean 1)")
@@ -610,7 +615,7 @@ class Grid:
 class Setting:
     """An explicit freeze: a region file or whole layers (e.g. regions made elsewhere)."""
 
-    name: str = option(help="the setting's name in the report")
+    name: str = option(name="setting", help="the setting's name in the report")
     region: str | None = option(None, help="a region file to freeze")
     layers: tuple[int, ...] | None = option(None, ge=0, help="whole layers to freeze")
     baselines: tuple[str, ...] = option(("none",), choices=FORGETTING_BASELINES,
@@ -635,11 +640,11 @@ class ForgettingConfig:
     """``jaxregion forgetting``: continued pre-training on a target language under a sweep of
     freeze settings (scorer x ratio x granularity x baseline x seed)."""
 
-    target: str = option(help="the language trained on")
+    target: str = option(name="language", help="the language trained on")
     target_train: str = option(metavar="SOURCE", help="the target's training text")
     evals: Mapping[str, str] = _texts("a language to evaluate (the target included); "
                                       "repeatable")
-    sources: tuple[str, ...] = option((), sep=",", metavar="A,B",
+    sources: tuple[str, ...] = option((), sep=",", metavar="A,B", name="language",
                                       help="languages to protect (default: evals minus the "
                                            "target)")
     sweep: tuple[Grid, ...] = option((Grid(scorers=("core", "random")),), coerce=_grids,

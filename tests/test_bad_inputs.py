@@ -25,12 +25,6 @@ from jaxregion.cli.main import main
 
 W = SimpleNamespace()  # the workspace: paths filled in by the `world` fixture
 
-# Numeric-option checks (batch size, seed range, YAML booleans) belong to the config layer of
-# issue 10 (helper wt-10). Until it is merged these cases may pass through: xfail, not strict.
-WT10 = pytest.mark.xfail(reason="numeric option validation lands with issue 10 (wt-10)",
-                         strict=False)
-
-
 def _tree_hash(root: str, skip: str) -> dict[str, str]:
     out = {}
     for d, dirs, files in os.walk(root):
@@ -282,16 +276,6 @@ def _rg(kind, *extra):
             "--out", lambda w: f"{w.out}/r.safetensors", *extra)
 
 
-@dataclass(frozen=True)
-class _Wt10:
-    case: Case
-
-
-def _wt10(case: Case) -> _Wt10:
-    """A numeric-option case whose check is issue 10's (xfail until it is merged)."""
-    return _Wt10(case)
-
-
 PERT = "model.layers.0.mlp.down_proj.weight[0,0]"
 CASES: dict[str, object] = {
     # names are data, never paths
@@ -425,17 +409,16 @@ CASES: dict[str, object] = {
                                     "--batch-size"),
     "eval seq-len 0": Case(_ev("--seq-len", "0"), "--seq-len"),
     "eval max-seqs -1": Case(_ev("--max-seqs", "-1"), "--max-seqs"),
-    "yaml seed true": _wt10(Case(("experiment", lambda w: w.y["seed_bool"]), "random_seeds")),
-    "pretrain yaml batch_size true": _wt10(
-        Case(("pretrain", "--config", lambda w: w.y["pre_bool"], "--tokenizer",
-              lambda w: w.model, "--out", lambda w: f"{w.out}/pre", "--ckpt-dir",
-              lambda w: f"{w.out}/pck", "--steps", "1", "--text", lambda w: f"lat={w.lat}"),
-             "batch_size")),
+    # numeric checks of the config layer (YAML booleans are not integers)
+    "yaml seed true": Case(("experiment", lambda w: w.y["seed_bool"]), "random_seeds"),
+    "pretrain yaml batch_size true": Case(
+        ("pretrain", "--config", lambda w: w.y["pre_bool"], "--tokenizer", lambda w: w.model,
+         "--out", lambda w: f"{w.out}/pre", "--ckpt-dir", lambda w: f"{w.out}/pck", "--steps",
+         "1", "--text", lambda w: f"lat={w.lat}"), "batch_size"),
 }
 
 
-PARAMS = [pytest.param(c.case, id=n, marks=WT10) if isinstance(c, _Wt10) else
-          pytest.param(c, id=n) for n, c in CASES.items()]
+PARAMS = [pytest.param(c, id=n) for n, c in CASES.items()]
 
 
 def test_matrix_is_large_enough():

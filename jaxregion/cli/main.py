@@ -96,9 +96,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _start(launch: LaunchConfig) -> None:
-    """Join the multi-process run (a no-op for one process)."""
-    from jaxregion import distributed  # deferred: jax (see module docstring)
+    """Check ``--mesh`` and join the multi-process run (a no-op for one process)."""
+    from jaxregion import distributed, sharding  # deferred: jax (see module docstring)
 
+    if launch.mesh:  # checked up front, also for commands that never build the mesh
+        sharding.MeshConfig.parse(launch.mesh)
     distributed.initialize(launch.coordinator, launch.num_processes, launch.process_id)
 
 
