@@ -329,7 +329,7 @@ def _stable_step(res: I.ImportanceResult, n: int, stable_file: str, ratio: float
     region = top({lang: res.scores}, lang, ratio, "per-tensor", DEFAULT_INCLUDE)
     prev = None
     if os.path.exists(stable_file):
-        old = load_region(stable_file, template=res.scores)
+        old = load_region(stable_file, template=res.scores, state=True)  # our own state
         if old.meta.get("run") == run_id:
             prev = old
             history[:] = old.meta.get("history", [])

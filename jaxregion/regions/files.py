@@ -81,11 +81,13 @@ def _write_region(path: str, region: Region | PyTree, model: str | None) -> None
         save_file(tensors, tmp, metadata=header)
 
 
-def _open(path: str, what: str) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _open(path: str, what: str, record: bool = True
+          ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not os.path.isfile(path):
         raise UserError(f"{what} file {path} not found")
     SafetensorsFile(path)  # the header, validated with bounded work, before safetensors reads it
-    reading(path)
+    if record:  # an input of the command: protected from its writes (safety.guard)
+        reading(path)
     try:
         with safe_open(path, framework="np") as f:
             meta = dict(f.metadata() or {})
@@ -158,14 +160,15 @@ def _shapes(path: str, header: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
     return out
 
 
-def load_region(path: str, template: PyTree | None = None) -> Region:
+def load_region(path: str, template: PyTree | None = None, *, state: bool = False) -> Region:
     """Read a region file into a bool tree (HF layout).
 
     With ``template`` (params, abstract params or any tree of that model) the mask has the
     template's full structure — leaves absent from the file are all-False — and a file for
     another model raises UserError naming the key. Without it, the tree has only the
-    file's tensors."""
-    packed, header = _open(path, "region")
+    file's tensors. ``state``: the file is the command's own working state (rewritten
+    later), not one of its inputs, so the write guard does not protect it."""
+    packed, header = _open(path, "region", record=not state)
     shapes = _shapes(path, header)
     flat: dict[str, np.ndarray] = {}
     for n, t in packed.items():
