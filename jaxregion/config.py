@@ -163,7 +163,7 @@ def convert(value: Any, tp: Any, where: str, meta: Mapping[str, Any] | None = No
         if isinstance(value, tp):  # built in code: re-check its fields
             check(value, where)
             return value
-        return from_dict(tp, value, where)
+        return from_dict(tp, value, where, sep=".")
     if origin in (tuple, list, collections.abc.Sequence):
         if not isinstance(value, (list, tuple)):
             raise UserError(f"{where}: expected a list, got {safety.excerpt(value)}")
@@ -216,8 +216,9 @@ def check(obj: Any, where: str = "") -> None:
                 {**f.metadata, "coerce": None})
 
 
-def from_dict(cls: type[T], data: Any, where: str) -> T:
-    """Build dataclass ``cls`` from a mapping; ``where`` prefixes error messages."""
+def from_dict(cls: type[T], data: Any, where: str, sep: str = ": ") -> T:
+    """Build dataclass ``cls`` from a mapping; ``where`` prefixes error messages, joined to
+    a key by ``sep`` (``"."`` inside a nested section: ``f.yaml: dims.layer``)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -229,7 +230,7 @@ def from_dict(cls: type[T], data: Any, where: str) -> T:
     if unknown:
         raise UserError(f"{where}: unknown key {safety.excerpt(unknown[0])}; "
                         f"known keys: {', '.join(fields)}")
-    values = {k: convert_field(cls, k, v, f"{where}: {k}") for k, v in data.items()}
+    values = {k: convert_field(cls, k, v, f"{where}{sep}{k}") for k, v in data.items()}
     try:
         return build(cls, values, lambda n: f"required key {n!r} is missing")
     except UserError as e:

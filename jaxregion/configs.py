@@ -47,6 +47,13 @@ def _texts(help: str = _TEXT_HELP, **kw) -> Mapping[str, str]:  # noqa: A002
     return option(help=help, metavar="LANG=SOURCE", coerce=lang_specs, name="language", **kw)
 
 
+def _fraction(value: float, where: str) -> None:
+    """``check`` of a region size given as a fraction in (0, 1)."""
+    if not 0.0 < value < 1.0:
+        raise UserError(f"{where}: {value!r} is outside (0, 1); give a fraction such as 0.01 "
+                        "for 1%")
+
+
 # --- every command -------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class LaunchConfig:
@@ -493,8 +500,8 @@ class ExperimentConfig:
     batch_size: int = option(8, gt=0, help="windows per step, over all devices")
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     estimator: str = option("taylor", choices=ESTIMATORS, help="importance estimator")
-    ratio: float = option(0.01, gt=0.0, lt=1.0, help="region size as a fraction, in (0, 1)")
-    ratios: tuple[float, ...] = option((), sep=",", gt=0.0, lt=1.0, metavar="R,R",
+    ratio: float = option(0.01, check=_fraction, help="region size as a fraction, in (0, 1)")
+    ratios: tuple[float, ...] = option((), sep=",", check=_fraction, metavar="R,R",
                                        help="ratio sweep, e.g. 0.005,0.01,0.03,0.05")
     scope: str = option("per-tensor", choices=SCOPES, help="where k is counted")
     include: str | None = option(DEFAULT_INCLUDE, metavar="REGEX",
