@@ -135,11 +135,13 @@ def test_forgetting_config_errors(tmp_path, capsys):
         ({**bad, "evals": ok, "model": None}, "pretrain"),
         ({**bad, "evals": ok, "sweep": {"scorers": ["taylor"]}}, "scorer 'taylor' is unknown"),
         ({**bad, "evals": ok, "sweep": {"scorers": ["top"]}}, "top:LANG"),
-        ({**bad, "evals": ok, "sweep": {"granularities": ["cols"]}}, "granularity 'cols'"),
+        ({**bad, "evals": ok, "sweep": {"granularities": ["cols"]}},
+         "sweep[0].granularities[0]: 'cols' is not one of"),
         ({**bad, "evals": ok, "sweep": {"ratios": [0]}}, "ratio"),
         ({**bad, "evals": ok, "sweep": {"baselines": ["replay"]},
           "baselines": {"replay_ratio": 0.3}}, "whole number"),
-        ({**bad, "evals": ok, "sweep": {"baselines": ["distill"]}}, "baseline 'distill'"),
+        ({**bad, "evals": ok, "sweep": {"baselines": ["distill"]}},
+         "sweep[0].baselines[0]: 'distill' is not one of"),
         ({**bad, "evals": ok, "settings": {"s": {}}}, "exactly one of region, layers"),
     ]
     for i, (d, msg) in enumerate(cases):
