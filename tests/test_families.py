@@ -126,6 +126,8 @@ ALLOWED = {
     ("configs.py", "edit single entries, e.g. 'model.layers.1.mlp.down_proj.weight"),
     # examples of dims targets (names from the role tables) in --help
     ("configs.py", "comma-separated roles, e.g. input_norm,post_attention_layernorm"),
+    # an example matrix name in the help of the battery's mask_maps section
+    ("configs.py", "HF names of matrices, e.g. model.layers.1.mlp.up_proj.weight"),
     # prose naming the MLP output matrix in --help
     ("cli/experiment_cmd.py", "Region row/column concentration, massive activations, "),
 }
