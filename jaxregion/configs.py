@@ -401,9 +401,10 @@ class DimsConfig:
                                            "post_attention_layernorm,o_proj,down_proj,q_proj")
     factors: tuple[float, ...] = option((4.0, 0.0), sep=",", metavar="F,F",
                                         help="comma-separated scale factors")
-    auto_candidates: int = option(3, ge=0, flag="--candidates",
+    auto_candidates: int = option(3, ge=0, flag="--candidates", metavar="N",
                                   help="candidate dims to auto-pick")
-    auto_controls: int = option(3, ge=0, flag="--controls", help="random control dims to draw")
+    auto_controls: int = option(3, ge=0, flag="--controls", metavar="N",
+                                help="random control dims to draw")
     seed: int = option(0, help="seed of the control dims")
     activation_windows: int = option(8, gt=0, help="windows read for massive activations")
 
