@@ -88,7 +88,10 @@ def _worst(scores: dict, ref: dict) -> tuple[float, str]:
 
 def precision(args) -> dict:
     counts = sorted(int(x) for x in args.windows.split(","))
-    _, _, w = _windows(args.model, args.text[0], args.seq_len, max(counts))
+    if args.text[0].endswith(".npy"):  # pre-tokenized windows [n, seq] (e.g. a Markov chain)
+        w = np.load(args.text[0])[:max(counts), :args.seq_len]
+    else:
+        _, _, w = _windows(args.model, args.text[0], args.seq_len, max(counts))
     import torch
 
     t0 = time.perf_counter()
@@ -189,7 +192,8 @@ def main() -> int:
     s.add_argument("--reference-budget", type=int, default=100_000)
     for q in (p, s):
         q.add_argument("--model", required=True)
-        q.add_argument("--text", action="append", required=True, metavar="LANG=SOURCE")
+        q.add_argument("--text", action="append", required=True, metavar="LANG=SOURCE",
+                       help="a corpus spec (precision also takes a .npy of token windows)")
         q.add_argument("--json", default=None)
     args = ap.parse_args()
     res = precision(args) if args.cmd == "precision" else stable(args)
