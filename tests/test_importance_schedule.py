@@ -97,6 +97,12 @@ def test_projection_predicts_full_sample_jaccard():
     proj = stability.project_jaccard(half, p)
     assert half < full
     assert abs(proj - full) < 0.03, (half, proj, full)
+    # the nested n vs 2n Jaccard (what --until-stable compares), predicted from the halves
+    first = estimate(n)
+    second = (first + estimate(n)) / 2  # the first n windows, then n more
+    pred = stability.doubling_jaccard(half, n, n, p)
+    assert abs(pred - jac(first, second)) < 0.03, (pred, jac(first, second))
+    assert stability.windows_until_stable(half, n, p, pred - 1e-9, n) == 2 * n
     assert stability.project_jaccard(1.0, p) == 1.0
     assert stability.project_jaccard(0.3, p) < stability.project_jaccard(0.5, p)
 
