@@ -340,6 +340,7 @@ def compute_importance(
         raise UserError(f"stops {bounds} must lie in (0, {n}] (the windows given)")
     step = step_function(estimator, cfg, state.acc[0], remat)
     b = state.batch_size
+    done = False
     for lo, hi in _segments(state.position, n, bounds):
         for batch, weights in padded_batches(windows[lo:hi], b):
             half = state.batches % 2
@@ -355,12 +356,16 @@ def compute_importance(
             pos = state.position
             if progress:
                 progress(real)
-            if checkpoint and checkpoint_every and pos < n and \
+            # a stop's work (a snapshot file) comes before a checkpoint at the same position,
+            # so a run resumed from that checkpoint never skips it
+            if at_stop and pos == hi and hi in bounds:
+                done = bool(at_stop(state))
+            if checkpoint and checkpoint_every and pos < n and not done and \
                     pos // checkpoint_every > prev // checkpoint_every:
                 if checkpoint(state):
                     return ImportanceResult(None, pos, pos * (seq_len - 1), estimator,
                                             counts=state.counts, stopped_at=pos)
-        if at_stop and hi in bounds and at_stop(state):
+        if done:
             break
     return result_of(state, params, cfg, seq_len)
 

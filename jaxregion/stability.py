@@ -19,6 +19,11 @@ agree on) is Spearman-Brown through a bivariate-normal link:
    ``2ρ / (1 + ρ)`` (the Spearman-Brown formula, exact under that model).
 3. Map back: ``J_full = o(ρ_full) / (2 - o(ρ_full))``.
 
+The same model predicts what ``--until-stable`` will see: the estimates from the first ``n``
+and the first ``2n`` windows correlate ``sqrt((1 + s/2) / (1 + s))`` with ``s`` the noise
+variance at ``n`` windows relative to the signal's (:func:`doubling_jaccard`,
+:func:`windows_until_stable`), so one run's split halves say how many windows a target needs.
+
 A half-sample Jaccard at chance (ρ ≤ 0) projects to chance. The normal copula is an
 assumption (importance is heavy-tailed, but only its rank dependence matters here); the
 projection is an estimate, the split-half Jaccard itself is a measurement.
@@ -75,14 +80,11 @@ def overlap_at(rho: float, p: float) -> float:
     return min(1.0, joint / p)
 
 
-def project_jaccard(j: float, p: float, factor: float = 2.0) -> float:
-    """The Jaccard of two independent estimates from ``factor`` times the windows, given the
-    Jaccard ``j`` of two estimates' top-``p`` sets (module docstring)."""
-    if not 0.0 < p < 1.0:
-        return 1.0
+def rho_from_jaccard(j: float, p: float) -> float:
+    """The copula correlation whose top-``p`` sets have Jaccard ``j`` (0 at or below chance)."""
     o = 2.0 * j / (1.0 + j)
-    if o <= p:  # at or below chance
-        return p / (2.0 - p)
+    if o <= p:
+        return 0.0
     if o >= 1.0:
         return 1.0
     lo, hi = 0.0, 1.0
@@ -92,10 +94,51 @@ def project_jaccard(j: float, p: float, factor: float = 2.0) -> float:
             lo = mid
         else:
             hi = mid
-    rho = 0.5 * (lo + hi)
-    rho_full = factor * rho / (1.0 + (factor - 1.0) * rho)
-    o_full = overlap_at(rho_full, p)
-    return o_full / (2.0 - o_full)
+    return 0.5 * (lo + hi)
+
+
+def jaccard_from_rho(rho: float, p: float) -> float:
+    o = overlap_at(rho, p)
+    return o / (2.0 - o)
+
+
+def project_jaccard(j: float, p: float, factor: float = 2.0) -> float:
+    """The Jaccard of two independent estimates from ``factor`` times the windows, given the
+    Jaccard ``j`` of two estimates' top-``p`` sets (module docstring)."""
+    if not 0.0 < p < 1.0:
+        return 1.0
+    rho = rho_from_jaccard(j, p)
+    if rho <= 0.0:
+        return chance_jaccard(p)
+    if rho >= 1.0:
+        return 1.0
+    return jaccard_from_rho(factor * rho / (1.0 + (factor - 1.0) * rho), p)
+
+
+def doubling_jaccard(split_half_j: float, windows: int, n: int, p: float) -> float:
+    """Predicted Jaccard of the top-``p`` sets from the first ``n`` and the first ``2n``
+    windows (what ``--until-stable`` compares), from the split-half Jaccard of a
+    ``windows``-window run: with noise variance ``s = σ²/n`` relative to the signal's, the
+    nested estimates correlate ``sqrt((1 + s/2) / (1 + s))``."""
+    rho = rho_from_jaccard(split_half_j, p)
+    if rho >= 1.0:
+        return 1.0
+    if rho <= 0.0:
+        return chance_jaccard(p)
+    s = (1.0 / rho - 1.0) * (windows / 2) / n
+    return jaccard_from_rho(math.sqrt((1 + s / 2) / (1 + s)), p)
+
+
+def windows_until_stable(split_half_j: float, windows: int, p: float, target: float,
+                         start: int, limit: int = 2**40) -> int | None:
+    """The window count (2n on the doubling schedule from ``start``) at which the predicted
+    doubling Jaccard first reaches ``target``; None beyond ``limit``."""
+    n = max(1, start)
+    while 2 * n <= limit:
+        if doubling_jaccard(split_half_j, windows, n, p) >= target:
+            return 2 * n
+        n *= 2
+    return None
 
 
 def chance_jaccard(p: float) -> float:

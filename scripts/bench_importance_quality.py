@@ -10,9 +10,10 @@ smaller counts are snapshots of it). Error = worst over tensors of max|a - ref| 
 ``stable``: per language, importance over n = b, 2b, 4b, ... windows (one pass with stops)
 and the Jaccard of the top-1% per-tensor regions at n and 2n (what ``--until-stable``
 uses); prints the windows and seconds at which that Jaccard first reaches each
-``--targets`` value, the split-half Jaccard of the full run and its projection, and what a
-fixed ``--reference-budget`` (default 100k windows, the paper's) would cost at the
-measured rate.
+``--targets`` value, the split-half Jaccard of the full run and its projection, the windows
+each target needs as predicted from those split halves (``stability.windows_until_stable``,
+for targets beyond the budget), and what a fixed ``--reference-budget`` (default 100k
+windows, the paper's) would cost at the measured rate.
 
     python scripts/bench_importance_quality.py precision --model DIR --text lat=lat.txt
     python scripts/bench_importance_quality.py stable --model DIR --text en=en.txt \
@@ -88,7 +89,10 @@ def _worst(scores: dict, ref: dict) -> tuple[float, str]:
 
 def precision(args) -> dict:
     counts = sorted(int(x) for x in args.windows.split(","))
-    _, _, w = _windows(args.model, args.text[0], args.seq_len, max(counts))
+    if args.text[0].endswith(".npy"):  # pre-tokenized windows [n, seq] (e.g. a Markov chain)
+        w = np.load(args.text[0])[:max(counts), :args.seq_len]
+    else:
+        _, _, w = _windows(args.model, args.text[0], args.seq_len, max(counts))
     import torch
 
     t0 = time.perf_counter()
@@ -162,15 +166,21 @@ def _stable_lang(args, spec: str) -> dict:
         print(f"doubling Jaccard >= {t}: " + (f"{hit['windows']} windows, {hit['seconds']:.1f} s"
                                               if hit else
                                               f"not reached within {len(w)} windows"))
+    predicted = {}
     if proj is not None:
         print(f"split-half Jaccard at {len(w)} windows {last['split_half']:.4f}, projected to "
               f"the full sample {proj:.4f}")
+        for t in targets:
+            n = stability.windows_until_stable(last["split_half"], len(w), args.ratio, t, b)
+            predicted[str(t)] = None if n is None else {"windows": n, "seconds": n / rate}
+            print(f"predicted from the split halves: doubling Jaccard >= {t} at "
+                  + (f"{n:,} windows (~{n / rate:,.0f} s at this rate)" if n else "never"))
     print(f"a fixed {args.reference_budget:,}-window budget at this rate: "
           f"{args.reference_budget / rate:,.0f} s")
     sys.stdout.flush()
     return {"history": hist, "reached": reached, "windows": len(w), "seconds": total,
             "windows_per_s": rate, "reference_seconds": args.reference_budget / rate,
-            "projected": proj}
+            "projected": proj, "predicted": predicted}
 
 
 def main() -> int:
@@ -189,7 +199,8 @@ def main() -> int:
     s.add_argument("--reference-budget", type=int, default=100_000)
     for q in (p, s):
         q.add_argument("--model", required=True)
-        q.add_argument("--text", action="append", required=True, metavar="LANG=SOURCE")
+        q.add_argument("--text", action="append", required=True, metavar="LANG=SOURCE",
+                       help="a corpus spec (precision also takes a .npy of token windows)")
         q.add_argument("--json", default=None)
     args = ap.parse_args()
     res = precision(args) if args.cmd == "precision" else stable(args)

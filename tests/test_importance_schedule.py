@@ -98,6 +98,12 @@ def test_projection_predicts_full_sample_jaccard():
     proj = stability.project_jaccard(half, p)
     assert half < full
     assert abs(proj - full) < 0.03, (half, proj, full)
+    # the nested n vs 2n Jaccard (what --until-stable compares), predicted from the halves
+    first = estimate(n)
+    second = (first + estimate(n)) / 2  # the first n windows, then n more
+    pred = stability.doubling_jaccard(half, n, n, p)
+    assert abs(pred - jac(first, second)) < 0.03, (pred, jac(first, second))
+    assert stability.windows_until_stable(half, n, p, pred - 1e-9, n) == 2 * n
     assert stability.project_jaccard(1.0, p) == 1.0
     assert stability.project_jaccard(0.3, p) < stability.project_jaccard(0.5, p)
 
@@ -143,17 +149,17 @@ def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, c
     assert meta["windows"] == "10" and (meta["windows_even"], meta["windows_odd"]) == ("5", "5")
     assert 0 <= float(meta["split_half_jaccard"]) <= 1
     assert set(stability.METHOD.split()) <= set(meta["split_half"].replace('"', " ").split())
-    # interrupted at the first checkpoint past window 4 (window 5: micro-batches end at the
-    # snapshot at 3; the test hook is an argument of the library function, not a flag),
-    # resumed by the command: bitwise equal, snapshots too
+    # interrupted at the checkpoint at window 8, where a snapshot is due too (the test hook is
+    # an argument of the library function, not a flag): the snapshot comes first, so the run
+    # resumed by the command never skips it; bitwise equal, snapshots too
     b = tmp_path / "b"
     cfg = ImportanceConfig(model=path, text={"lat": f"{corpus_dir}/lat.txt"}, seq_len=SEQ,
                            max_seqs=10, batch_size=2, save_every=4, out=str(b),
                            snapshots=(3, 8))
-    got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=4)
-    assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 5)]
-    assert (b / "snapshots" / "3" / "lat.safetensors").exists()
-    assert not (b / "snapshots" / "8" / "lat.safetensors").exists()
+    got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=8)
+    assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 8)]
+    assert (b / "snapshots" / "8" / "lat.safetensors").exists()
+    assert not (b / "lat.safetensors").exists()
     assert cli_main(_args(path, corpus_dir, b, "--max-seqs", "10", "--snapshots", "3,8",
                           langs=("lat",))) == 0
     for rel in ("lat.safetensors", "snapshots/3/lat.safetensors", "snapshots/8/lat.safetensors"):
