@@ -19,16 +19,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import tree as T
+from jaxregion.errors import UserError
 from jaxregion.interventions import apply_perturb
-from jaxregion.models import ModelConfig, apply
+from jaxregion.models import ModelConfig, Role, intermediates, residual_taps, roles
 
 
 @partial(jax.jit, static_argnames=("cfg",))
 def _layer_absmax(params: dict, tokens: jax.Array, cfg: ModelConfig) -> tuple[jax.Array, ...]:
     """Per layer: max |hidden state| per dimension ``[hidden]`` and its median over dims."""
-    taps: dict = {}
-    apply(params, tokens, cfg, taps=taps)
-    outs = [taps[k] for k in taps if k.endswith(".output")]
+    taps = intermediates(params, tokens, cfg)[1]
+    outs = [taps[k] for k in residual_taps(cfg)]
     absmax = jnp.stack([jnp.max(jnp.abs(h.astype(jnp.float32)), axis=(0, 1)) for h in outs])
     med = jnp.stack([jnp.median(jnp.abs(h.astype(jnp.float32))) for h in outs])
     return absmax, med
@@ -53,11 +53,14 @@ def massive_activations(params: dict, cfg: ModelConfig, windows: np.ndarray, top
     return out
 
 
-def down_proj_name(cfg: ModelConfig, layer: int) -> tuple[str, int]:
-    """(HF name of the MLP output matrix, axis indexing the hidden dimension)."""
-    if cfg.family == "gpt2":
-        return f"transformer.h.{layer}.mlp.c_proj.weight", 1  # Conv1D [in, out]
-    return f"model.layers.{layer}.mlp.down_proj.weight", 0  # Linear [out, in]
+def tagged(cfg: ModelConfig, tag: str, layer: int) -> Role:
+    """The parameter of ``layer`` that the family table tags ``tag`` (``mlp_out``: the MLP
+    output matrix; ``attn_norm``: the norm feeding attention)."""
+    found = [r for r in roles(cfg).values() if r.layer == layer and r.tag == tag]
+    if len(found) != 1:
+        raise UserError(f"the {cfg.model_type} table tags {len(found)} parameters of layer "
+                        f"{layer} {tag!r}; expected one")
+    return found[0]
 
 
 def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> list[dict]:
@@ -65,7 +68,8 @@ def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> lis
     the hidden dim they write to, the intermediate channel they read, and the value."""
     out = []
     for layer in range(cfg.num_layers):
-        name, hid_axis = down_proj_name(cfg, layer)
+        role = tagged(cfg, "mlp_out", layer)
+        name, hid_axis = role.name, role.residual_axis
         w = np.abs(np.asarray(T.get(params, name), np.float32))
         flat = np.argsort(-w, axis=None)[:top]
         for f in flat:
@@ -78,10 +82,10 @@ def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> lis
 
 
 def norm_name(cfg: ModelConfig, layer: int) -> str:
-    """The pre-attention norm weight of ``layer``: one entry per hidden dimension."""
-    if cfg.family == "gpt2":
-        return f"transformer.h.{layer}.ln_1.weight"
-    return f"model.layers.{layer}.input_layernorm.weight"
+    """The pre-attention norm weight of ``layer``: one entry per hidden dimension. Post-norm
+    layers (OLMo 2) have none: their attention-output norm (``attn_out_norm``) instead."""
+    has = any(r.tag == "attn_norm" for r in roles(cfg).values())
+    return tagged(cfg, "attn_norm" if has else "attn_out_norm", layer).name
 
 
 def control_dims(hidden: int, exclude: Sequence[int], n: int, seed: int) -> list[int]:

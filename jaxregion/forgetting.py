@@ -234,14 +234,22 @@ def random_like(region: Any, seed: int) -> Any:
     return Region(T.unflatten(out), meta, region.universe)
 
 
-def layer_region(params: Any, layers: tuple[int, ...]) -> Any:
-    """Every parameter of the given transformer layers (norms included)."""
+def layer_region(params: Any, layers: tuple[int, ...], model_cfg: Any = None) -> Any:
+    """Every parameter of the given transformer layers (norms included); layers from the
+    family table of ``model_cfg`` (or read off the tables by name)."""
     import jax.numpy as jnp
 
+    from jaxregion import models
     from jaxregion import tree as T
-    from jaxregion.regions import Region, layer_index
+    from jaxregion.regions import Region, roles_for
 
-    mask = T.map_named(lambda n, x: jnp.full(x.shape, layer_index(n) in layers, bool), params)
+    rl = roles_for(list(T.flatten(params)),
+                   models.roles(model_cfg) if model_cfg is not None else None)
+
+    def member(n: str) -> bool:
+        return rl.get(n) is not None and rl[n].layer in layers
+
+    mask = T.map_named(lambda n, x: jnp.full(x.shape, member(n), bool), params)
     return Region(mask, {"kind": "layers", "layers": list(layers)})
 
 
@@ -273,7 +281,7 @@ def build_regions(cfg: ForgettingConfig, session, out: str) -> dict[str, Any]:
         if s.region:
             regions[s.name] = load_region(s.region, template=session.params)
         elif s.layers:
-            regions[s.name] = layer_region(session.params, s.layers)
+            regions[s.name] = layer_region(session.params, s.layers, session.config)
         elif s.kind == "random":
             pending.append(s)
             continue

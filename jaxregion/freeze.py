@@ -20,7 +20,7 @@ them; ``jnp.where`` keeps the updates' sharding.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import jax
@@ -30,7 +30,7 @@ import optax
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import is_norm, mask_of, shape_of
+from jaxregion.regions.base import mask_of, roles_for, shape_of
 
 PyTree = Any
 
@@ -85,14 +85,21 @@ def freeze_leaves(tx: optax.GradientTransformation, frozen_leaves: PyTree
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def make_freeze_mask(region_mask: Any, include_norms: bool = False) -> PyTree:
-    """Bool tree to freeze from a region: norm parameters (``norm`` / ``ln_`` in the name)
-    are left trainable unless ``include_norms``."""
+def make_freeze_mask(region_mask: Any, include_norms: bool = False,
+                     roles: Mapping[str, Any] | None = None) -> PyTree:
+    """Bool tree to freeze from a region: norm parameters (kind ``norm`` in ``roles``, by
+    default the family tables read by name) are left trainable unless ``include_norms``."""
     m = mask_of(region_mask)
     if include_norms:
         return jax.tree.map(lambda x: jnp.asarray(x, bool), m)
-    return T.map_named(lambda n, x: jnp.zeros(shape_of(x), bool) if is_norm(n)
-                       else jnp.asarray(x, bool), m)
+    rl = roles_for(list(T.flatten(m)), roles)
+
+    def one(n: str, x: Any) -> jax.Array:
+        r = rl.get(n)
+        return jnp.zeros(shape_of(x), bool) if r is not None and r.kind == "norm" \
+            else jnp.asarray(x, bool)
+
+    return T.map_named(one, m)
 
 
 def adamw_with_freeze(lr_schedule: float | Callable[[jax.Array], jax.Array],

@@ -1,7 +1,8 @@
 """Hugging Face checkpoints in and out: lazy loading, shape checks, export.
 
-Loading goes tensor by tensor: abstract shapes first (from config.json and the safetensors
-headers), then each tensor is read, cast and placed on its own, so peak host memory stays near
+Loading goes tensor by tensor: the abstract NNX model first (from config.json, checked
+against the safetensors headers), then each tensor of its state is read, cast and placed on
+its own, so peak host memory stays near
 the result plus one tensor. With ``shardings`` each device gets only its slice, read straight
 from the file. Export streams one tensor at a time into safetensors that transformers loads.
 """
@@ -18,14 +19,16 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 
+from jaxregion import models, safety
 from jaxregion import safetensors_io as st
-from jaxregion import safety
 from jaxregion.distributed import barrier, fetch
 from jaxregion.errors import UserError
 from jaxregion.models import spec
 from jaxregion.models.config import ModelConfig, from_hf_dict
-from jaxregion.tree import flatten, unflatten
+from jaxregion.models.module import CausalLM
+from jaxregion.tree import flatten
 
 TOKENIZER_FILES = (
     "tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "merges.txt",
@@ -168,21 +171,32 @@ def open_checkpoint(model: str) -> Checkpoint:
 Placement = Callable[[str, tuple[int, ...]], "jax.sharding.Sharding | None"]
 
 
-def load_params(
+def model_from_checkpoint(
     ck: Checkpoint, dtype: jnp.dtype = jnp.float32, sharding: Placement | None = None
-) -> dict:
-    """The params pytree, read tensor by tensor (and slice by slice when sharded)."""
-    out = {}
+) -> CausalLM:
+    """The model of ``ck``: its abstract module (``nnx.eval_shape``: no memory) with the
+    state filled tensor by tensor (slice by slice when sharded), then merged."""
+    gdef, state = nnx.split(models.abstract(ck.config))
+    slots = {".".join(map(str, path)): var for path, var in nnx.to_flat_state(state)}
     for name, shape in spec.shapes(ck.config).items():
         f, key = ck.files[name], ck.keys[name]
         sh = sharding(name, shape) if sharding else None
         if sh is None:
             arr = f.read(key)
-            out[name] = jax.device_put(arr.astype(dtype, copy=False))
+            value = jax.device_put(arr.astype(dtype, copy=False))
             del arr
         else:
-            out[name] = _read_sharded(f, key, shape, sh, dtype)
-    return unflatten(out)
+            value = _read_sharded(f, key, shape, sh, dtype)
+        slots[name].set_value(value)
+    return nnx.merge(gdef, state)
+
+
+def load_params(
+    ck: Checkpoint, dtype: jnp.dtype = jnp.float32, sharding: Placement | None = None
+) -> dict:
+    """The params pytree, read tensor by tensor (and slice by slice when sharded): the
+    pure-dict state of :func:`model_from_checkpoint`'s model."""
+    return models.params_of(model_from_checkpoint(ck, dtype, sharding))
 
 
 def _read_sharded(f: st.SafetensorsFile, key: str, shape: tuple[int, ...],
@@ -207,6 +221,12 @@ def load(model: str, dtype: str | jnp.dtype = "float32",
     """``(config, params)`` from a local directory or hub id."""
     ck = open_checkpoint(model)
     return ck.config, load_params(ck, jnp.dtype(dtype), sharding)
+
+
+def load_model(model: str, dtype: str | jnp.dtype = "float32",
+               sharding: Placement | None = None) -> CausalLM:
+    """The NNX model of a local directory or hub id (``model.config`` is its config)."""
+    return model_from_checkpoint(open_checkpoint(model), jnp.dtype(dtype), sharding)
 
 
 def load_tokenizer(model: str):

@@ -18,13 +18,12 @@ Estimators (``ESTIMATORS``), all float32, HF names and HF layout like the params
     weighted like ``taylor-abs``.
 ``wanda``
     ``|W| ⊙ ‖X_j‖₂`` (Sun et al. 2023): ``‖X_j‖₂`` is the L2 norm of input feature ``j``
-    over every token position of every window, collected from the model's ``taps`` in a
-    forward-only pass. Only the 2-D weights of the linear maps inside transformer layers
-    have a tap (q/k/v/o, gate/up/down; GPT-2 c_attn/c_proj/c_fc/c_proj); **every other
-    leaf (embeddings, lm_head, norms, biases) gets score 0**, so the tree still matches
-    the params and the other estimators' files. Llama-style weights are ``[out, in]``
-    (norm broadcast over axis 1); GPT-2's Conv1D weights are ``[in, out]`` (norm over
-    axis 0).
+    over every token position of every window, collected from the model's intermediates
+    in a forward-only pass. The family table gives each linear map inside the transformer
+    layers its tap (the intermediate feeding it) and input-feature axis (1 for ``[out, in]``
+    Linear weights, 0 for GPT-2's ``[in, out]`` Conv1D); **every other leaf (embeddings,
+    lm_head, norms, biases) gets score 0**, so the tree still matches the params and the
+    other estimators' files.
 ``magnitude``
     ``|θ|``; reads no data (``windows``/``tokens`` are 0).
 
@@ -40,7 +39,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 import shutil
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -55,7 +53,7 @@ from jaxregion import sharding as shd
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
-from jaxregion.models import ModelConfig, apply, weighted_nll_sum
+from jaxregion.models import ModelConfig, intermediates, roles, weighted_nll_sum
 
 PyTree = Any
 ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
@@ -116,28 +114,13 @@ def _zeros_like_sharded(params: PyTree) -> PyTree:
 
 
 # --- wanda taps ----------------------------------------------------------------------------
-_FUSED = {"self_attn.q_proj": "self_attn.qkv", "self_attn.k_proj": "self_attn.qkv",
-          "self_attn.v_proj": "self_attn.qkv", "mlp.gate_proj": "mlp.gate_up",
-          "mlp.up_proj": "mlp.gate_up"}
-_LAYER_PREFIX = re.compile(r"^((?:model\.layers|transformer\.h)\.\d+\.)(.+)\.weight$")
-
-
 def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
-    """(tap key, axis of the weight that indexes the input features) for a weight with a
-    wanda score; None for leaves that get 0."""
-    m = _LAYER_PREFIX.match(name)
-    if not m:
+    """(intermediate feeding the weight, axis of the weight indexing its input features) for
+    a weight with a wanda score, from the family table; None for leaves that get 0."""
+    r = roles(cfg).get(name)
+    if r is None or r.tap is None or r.input_axis is None:
         return None
-    prefix, mod = m.groups()
-    if cfg.family == "gpt2":
-        if mod in ("attn.c_attn", "attn.c_proj", "mlp.c_fc", "mlp.c_proj"):
-            return prefix + mod, 0  # Conv1D [in, out]
-        return None
-    if mod in _FUSED:
-        return prefix + _FUSED[mod], 1
-    if mod in ("self_attn.o_proj", "mlp.down_proj"):
-        return prefix + mod, 1  # nn.Linear [out, in]
-    return None
+    return r.tap, r.input_axis
 
 
 # --- the jitted micro-batch steps --------------------------------------------------------
@@ -162,8 +145,7 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
             return jax.tree.map(add, acc, params, g)
     elif estimator == "wanda":
         def step(acc, params, tokens, weights):
-            taps: dict = {}
-            apply(params, tokens, cfg, taps=taps)
+            taps = intermediates(params, tokens, cfg, remat=remat)[1]
             out = {}
             for k, a in acc.items():
                 x = taps[k].astype(f32)

@@ -7,9 +7,10 @@ The mesh has three axes, ``("data", "fsdp", "tensor")``:
 * ``tensor`` -- tensor parallelism: heads (q/kv), the MLP intermediate and the vocab split.
 
 The default mesh (``data=-1``) puts every device on ``data``. Which tensor dimension goes to
-which mesh axis is decided by the logical axes of :mod:`jaxregion.models.spec` and the rules
-below, per dimension, with a fallback to replication wherever a dimension does not divide
-(8 kv dims on 16-way tensor parallelism are replicated, never an error).
+which mesh axis is decided by the logical axes of the family tables (:mod:`jaxregion.models`,
+carried by each ``nnx.Param`` as ``out_sharding``) and the rules below, per dimension, with a
+fallback to replication wherever a dimension does not divide (8 kv dims on 16-way tensor
+parallelism are replicated, never an error).
 
 The same :func:`param_shardings` tree places params, importance accumulators, region masks
 and (through :func:`shardings_like`) optimizer state, since all of them are HF-named trees.
@@ -44,10 +45,7 @@ DEFAULT_RULES: dict[str, str | None] = {
     "head": None,        # head_dim (q/k norms): tiny
     "pos": None,         # learned positions: small, gathered every step
 }
-# Per-family overrides of DEFAULT_RULES (model_type -> {logical axis: mesh axis}).
-FAMILY_RULES: dict[str, dict[str, str | None]] = {
-    "gpt2": {"pos": None},
-}
+# Per-family overrides of DEFAULT_RULES live in the family tables (``SHARDING_RULES``).
 
 
 # --- mesh configuration --------------------------------------------------------------------
@@ -173,7 +171,9 @@ def rules_for(cfg: Any = None, rules: Mapping[str, str | None] | None = None
               ) -> dict[str, str | None]:
     out = dict(DEFAULT_RULES)
     if cfg is not None:
-        out.update(FAMILY_RULES.get(getattr(cfg, "model_type", ""), {}))
+        from jaxregion.models.registry import family
+
+        out.update(getattr(family(cfg.model_type), "SHARDING_RULES", {}))
     if rules:
         out.update(rules)
     return out

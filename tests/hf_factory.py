@@ -19,6 +19,20 @@ FAMILIES = {
     "qwen3": ("Qwen3Config", dict(num_attention_heads=4, num_key_value_heads=2, head_dim=16)),
     "gemma": ("GemmaConfig", dict(num_attention_heads=4, num_key_value_heads=1, head_dim=16)),
     "gpt2": ("GPT2Config", dict(n_embd=64, n_layer=2, n_head=4, n_positions=128)),
+    # sliding windows (5, 6) shorter than test_parity.SEQ; caps low enough to bite
+    "gemma2": ("Gemma2Config", dict(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        sliding_window=5, query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+        final_logit_softcapping=3.0)),
+    "gemma3_text": ("Gemma3TextConfig", dict(
+        num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+        sliding_window=6, sliding_window_pattern=2, query_pre_attn_scalar=24,
+        final_logit_softcapping=3.0, rope_parameters={
+            "sliding_attention": {"rope_type": "default", "rope_theta": 100.0},
+            "full_attention": {"rope_type": "linear", "factor": 4.0, "rope_theta": 5000.0}})),
+    "olmo2": ("Olmo2Config", dict(num_attention_heads=4, num_key_value_heads=2,
+                                  rope_parameters={"rope_type": "default",
+                                                   "rope_theta": 5000.0})),
 }
 
 
@@ -30,7 +44,7 @@ def make_config(family: str, vocab: int = VOCAB, **overrides):
     else:
         base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                    tie_word_embeddings=family in ("gemma", "qwen3"))
+                    tie_word_embeddings=family in ("gemma", "qwen3", "gemma2", "gemma3_text"))
     base.update(kw)
     base.update(overrides)
     return cls(**base)

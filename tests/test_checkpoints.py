@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 import transformers
 from hf_factory import make_model
@@ -17,18 +18,19 @@ from jaxregion.errors import UserError
 from jaxregion.tree import flatten
 
 
-def test_export_round_trip_is_bitwise(model_factory, tmp_path):
-    for family in ("llama_gqa_llama3", "gemma", "gpt2", "qwen2"):
-        src = model_factory(family)
-        cfg, params = hf.load(src)
-        out = str(tmp_path / family)
-        hf.export(params, cfg, out, tokenizer_from=src)
-        original = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
-        back = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
-        assert original.keys() == back.keys()
-        for k in original:
-            assert torch.equal(original[k], back[k]), k
-        assert transformers.AutoTokenizer.from_pretrained(out).vocab_size > 0
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gemma", "gpt2", "qwen2", "gemma2",
+                                    "gemma3_text", "olmo2"])
+def test_export_round_trip_is_bitwise(family, model_factory, tmp_path):
+    src = model_factory(family)
+    cfg, params = hf.load(src)
+    out = str(tmp_path / family)
+    hf.export(params, cfg, out, tokenizer_from=src)
+    original = transformers.AutoModelForCausalLM.from_pretrained(src).state_dict()
+    back = transformers.AutoModelForCausalLM.from_pretrained(out).state_dict()
+    assert original.keys() == back.keys()
+    for k in original:
+        assert torch.equal(original[k], back[k]), k
+    assert transformers.AutoTokenizer.from_pretrained(out).vocab_size > 0
 
 
 def test_bfloat16_load_and_export(model_factory, tmp_path):

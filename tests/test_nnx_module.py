@@ -22,8 +22,8 @@ def test_module_matches_functional_and_names_state(model_factory):
                                   np.asarray(jax.jit(apply, static_argnums=2)(params, tokens,
                                                                                cfg)))
     names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
-    assert names == {"params." + n for n in flatten(params)}
-    assert "params.model.layers.1.self_attn.q_proj.bias" in names
+    assert names == set(flatten(params))  # no prefix: the state paths ARE the HF names
+    assert "model.layers.1.self_attn.q_proj.bias" in names
 
 
 def test_nnx_grad_is_the_taylor_gradient(model_factory):
@@ -31,7 +31,7 @@ def test_nnx_grad_is_the_taylor_gradient(model_factory):
     model = CausalLM.from_pretrained(path)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 320, (4, 16)), jnp.int32)
     grads = nnx.grad(lambda m: jnp.mean(m.nll(tokens)))(model)
-    g = {".".join(map(str, p))[len("params."):]: v[...] for p, v in nnx.to_flat_state(grads)}
+    g = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(grads)}
     taylor = flatten(importance.compute_importance(model.pytree(), model.config,
                                                    np.asarray(tokens), batch_size=4).scores)
     theta = flatten(model.pytree())

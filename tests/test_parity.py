@@ -46,6 +46,37 @@ def test_family_switches_are_live(model_factory):
     assert np.abs(np.asarray(diff)).max() > 1e-3
 
 
+def test_gemma_switches_are_live(model_factory):
+    """Soft-caps, query_pre_attn_scalar, the windows and gemma3's local RoPE base each
+    change the logits, so the parity above tests them."""
+    tokens = jnp.asarray(np.random.default_rng(2).integers(0, 320, (1, SEQ)))
+    cfg, params = hf.load(model_factory("gemma2"))
+    ref = np.asarray(apply(params, tokens, cfg))
+    n = cfg.num_layers
+    for off in (dict(logit_softcap=None), dict(attn_softcap=None),
+                dict(query_pre_attn_scalar=None), dict(sliding_windows=(None,) * n)):
+        assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
+    cfg, params = hf.load(model_factory("gemma3_text"))
+    ref = np.asarray(apply(params, tokens, cfg))
+    for off in (dict(rope_local_theta=None), dict(rope_scaling=None)):
+        assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
+
+
+def test_gemma3_legacy_config_keys():
+    """Hub config.json files from before transformers 5 (rope_theta, rope_local_base_freq,
+    rope_scaling, sliding_window_pattern, no layer_types) read as the new format does."""
+    from hf_factory import make_config
+
+    from jaxregion.models import from_hf_dict
+
+    new = make_config("gemma3_text").to_dict()
+    old = {k: v for k, v in new.items() if k not in ("rope_parameters", "layer_types")}
+    old.update(rope_theta=5000.0, rope_local_base_freq=100.0,
+               rope_scaling={"rope_type": "linear", "factor": 4.0})
+    assert from_hf_dict(old) == from_hf_dict(new)
+    assert from_hf_dict(new).sliding_windows == (6, None, 6)
+
+
 def _torch_perplexity(model, windows: np.ndarray) -> float:
     with torch.no_grad():
         logits = model(torch.tensor(windows, dtype=torch.long)).logits.double()
@@ -54,7 +85,8 @@ def _torch_perplexity(model, windows: np.ndarray) -> float:
     return float(torch.exp(nll.mean()))
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma"])
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma", "gemma2", "gemma3_text",
+                                    "olmo2"])
 def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokenizer, tmp_path):
     path = model_factory(family)
     lang = "lat"
@@ -75,7 +107,7 @@ def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokeni
     assert lang in stdout
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma"])
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2"])
 def test_remat_scan_equals_unrolled(family, model_factory):
     """remat=True runs the layers as one lax.scan: same loss and gradients as the loop."""
     import jax

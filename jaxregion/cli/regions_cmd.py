@@ -48,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                        help="where k is counted (default per-tensor)")
         q.add_argument("--include", default=DEFAULT_INCLUDE,
                        help=f"regex of HF names to select from (default {DEFAULT_INCLUDE!r}: "
-                            "transformer layers)")
+                            "the transformer layers' parameters, per the family table)")
         q.add_argument("--exclude", default=None, help="regex of HF names to leave out")
         q.add_argument("--seed", type=int, default=0, help="random seed (random only)")
         common.add_model(q, required=False)
@@ -188,16 +188,18 @@ def _load_region(path: str, model: str | None):
 
 
 def _hidden_size(region) -> int | None:
-    """The residual width, read off the first 1-D norm weight of the region's universe."""
+    """The residual width, read off the first norm on the residual stream in the region's
+    universe (roles from the family tables)."""
     import numpy as np
 
-    from jaxregion.regions import is_norm
+    from jaxregion.regions import roles_for
 
     flat = region.flat()
+    roles = roles_for(region.names())
     for n in region.names():
-        if is_norm(n) and n.endswith("weight") and np.ndim(flat[n]) == 1 \
-                and "q_norm" not in n and "k_norm" not in n:
-            return int(np.shape(flat[n])[0])
+        r = roles.get(n)
+        if r is not None and r.kind == "norm" and r.residual_axis is not None:
+            return int(np.shape(flat[n])[r.residual_axis])
     return None
 
 

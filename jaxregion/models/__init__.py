@@ -1,7 +1,12 @@
-"""Model families as pure functions over HF-named param pytrees.
+"""Model families as Flax NNX modules, and the functional API over HF-named param pytrees.
 
-``apply(params, tokens, cfg) -> logits`` is the whole interface; ``cfg`` is a hashable
+``apply(params, tokens, cfg) -> logits`` is the module of ``cfg`` with ``params`` as its
+state (:func:`~jaxregion.models.module.bind`: a cached graphdef merged with the params) and
+called: one forward implementation serves both views. ``cfg`` is a hashable
 :class:`ModelConfig`, so it can be a static argument of ``jax.jit``.
+
+Roles (:func:`roles`) are the family tables as data: ``{hf_name: Role}`` with the layer
+index, kind, residual and input-feature axes, wanda tap and tag of every parameter.
 """
 
 from __future__ import annotations
@@ -9,36 +14,45 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxregion.models import decoder, gpt2
-from jaxregion.models.config import SUPPORTED, ModelConfig, from_hf_dict
-from jaxregion.models.layers import matmul
+from jaxregion.models.config import ModelConfig, from_hf_dict
+from jaxregion.models.module import CausalLM, abstract, bind, build, graphdef, params_of
+from jaxregion.models.registry import supported
 from jaxregion.models.spec import abstract_params, logical_axes, shapes
+from jaxregion.models.table import Role, infer_roles, residual_taps, roles
+
+SUPPORTED = supported()
 
 __all__ = [
-    "SUPPORTED", "ModelConfig", "from_hf_dict", "apply", "abstract_params", "logical_axes",
-    "shapes", "next_token_nll", "token_nll", "weighted_nll_sum", "loss_fn", "features",
-    "unembedding",
+    "SUPPORTED", "CausalLM", "ModelConfig", "Role", "abstract", "abstract_params", "apply",
+    "bind", "build", "features", "from_hf_dict", "graphdef", "infer_roles", "intermediates",
+    "logical_axes", "loss_fn", "next_token_nll", "params_of", "residual_taps", "roles",
+    "shapes", "token_nll", "unembedding", "weighted_nll_sum",
 ]
 
-_FAMILY = {"gpt2": gpt2, "llama": decoder}
 
-
-def features(params: dict, tokens: jax.Array, cfg: ModelConfig, *, taps: dict | None = None,
-             remat: bool = False) -> jax.Array:
+def features(params: dict, tokens: jax.Array, cfg: ModelConfig, *, remat: bool = False
+             ) -> jax.Array:
     """Final normed hidden states ``[batch, seq, hidden]`` (what the output head reads)."""
-    return _FAMILY[cfg.family].features(params, tokens, cfg, taps=taps, remat=remat)
+    return bind(params, cfg).features(tokens, remat=remat)
+
+
+def intermediates(params: dict, tokens: jax.Array, cfg: ModelConfig, *, remat: bool = False
+                  ) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """``(features, {name: activation})``: each layer's linear-map inputs (the ``tap`` of
+    :func:`roles`) and residual stream after it (:func:`residual_taps`). With ``remat`` the
+    layers still run as one scan; the intermediates come out of it stacked."""
+    return bind(params, cfg).forward(tokens, remat=remat, collect=True)
 
 
 def unembedding(params: dict, cfg: ModelConfig) -> jax.Array:
     """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
-    return _FAMILY[cfg.family].unembedding(params, cfg)
+    return bind(params, cfg).unembedding()
 
 
-def apply(params: dict, tokens: jax.Array, cfg: ModelConfig, *, taps: dict | None = None,
-          remat: bool = False) -> jax.Array:
+def apply(params: dict, tokens: jax.Array, cfg: ModelConfig, *, remat: bool = False
+          ) -> jax.Array:
     """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
-    h = features(params, tokens, cfg, taps=taps, remat=remat)
-    return matmul(h, unembedding(params, cfg))
+    return bind(params, cfg)(tokens, remat=remat)
 
 
 def next_token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -49,21 +63,9 @@ def next_token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 def token_nll(params: dict, tokens: jax.Array, cfg: ModelConfig, remat: bool = False
               ) -> jax.Array:
-    """Per-position next-token NLL ``[batch, seq-1]`` in float32, straight from the params.
-
-    Equal to ``next_token_nll(apply(...))`` but about twice as fast to differentiate: the head
-    runs only on the predicted positions, the target logit is ``h · W[target]`` (a gather of
-    ``[batch, seq, hidden]`` instead of a scatter into ``[batch, seq, vocab]``), and the
-    log-sum-exp is written out so its gradient is one softmax.
-    """
-    h = features(params, tokens, cfg, remat=remat)[:, :-1]
-    w = unembedding(params, cfg).astype(h.dtype)
-    logits = matmul(h, w, out_dtype=jnp.float32)
-    m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-    lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1)) + m[..., 0]
-    target = jnp.einsum("bsi,bsi->bs", h, jnp.take(w, tokens[:, 1:], axis=0),
-                        preferred_element_type=jnp.float32)
-    return lse - target
+    """Per-position next-token NLL ``[batch, seq-1]`` in float32, straight from the params
+    (see :meth:`CausalLM.token_nll` for why it is faster than the logits route)."""
+    return bind(params, cfg).token_nll(tokens, remat=remat)
 
 
 def weighted_nll_sum(params: dict, tokens: jax.Array, weights: jax.Array, cfg: ModelConfig,

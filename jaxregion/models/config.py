@@ -12,8 +12,6 @@ import numpy as np
 from jaxregion.errors import UserError
 from jaxregion.safety import excerpt
 
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "gemma", "gpt2")
-
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -44,13 +42,29 @@ class ModelConfig:
     scale_embeddings: bool = False  # gemma: x * sqrt(hidden)
     sliding_windows: tuple[int | None, ...] = ()  # per layer; None = full causal attention
     attn_scale_by_layer: bool = False  # gpt2's scale_attn_by_inverse_layer_idx
+    # Family-specific switches as ((key, value), ...): a new family adds its own here
+    # without a new field (read them with :meth:`opt`).
+    extra: tuple[tuple[str, Any], ...] = ()
     bos_token_id: int | None = None
     eos_token_id: int | None = None
     hf_config: dict = field(default_factory=dict, compare=False, hash=False, repr=False)
+    # --- gemma2 / gemma3 / olmo2 ---
+    logit_softcap: float | None = None  # final logits -> cap * tanh(logits / cap)
+    attn_softcap: float | None = None  # attention scores, the same way (gemma2)
+    query_pre_attn_scalar: float | None = None  # attention scale scalar**-0.5 (else head_dim)
+    rope_local_theta: float | None = None  # gemma3: RoPE base of the sliding-window layers
+    rope_local_scaling: tuple[tuple[str, Any], ...] | None = None  # ... and their scaling
 
     @property
     def family(self) -> str:
-        return "gpt2" if self.model_type == "gpt2" else "llama"
+        """The family (table file) this config belongs to."""
+        from jaxregion.models.registry import family_name
+
+        return family_name(self.model_type)
+
+    def opt(self, key: str, default: Any = None) -> Any:
+        """A family-specific switch from :attr:`extra`."""
+        return dict(self.extra).get(key, default)
 
     @property
     def q_dim(self) -> int:
@@ -90,16 +104,16 @@ class ModelConfig:
         )
 
 
-def _get(d: dict, *keys: str, default: Any = None) -> Any:
+def get_key(d: dict, *keys: str, default: Any = None) -> Any:
     for k in keys:
         if d.get(k) is not None:
             return d[k]
     return default
 
 
-def _rope(d: dict) -> tuple[float, tuple | None]:
+def rope_from_hf(d: dict) -> tuple[float, tuple | None]:
     params = d.get("rope_parameters") or {}
-    theta = float(_get(params, "rope_theta", default=_get(d, "rope_theta", default=10000.0)))
+    theta = float(get_key(params, "rope_theta", default=get_key(d, "rope_theta", default=10000.0)))
     scaling = d.get("rope_scaling") or {k: v for k, v in params.items() if k != "rope_theta"}
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if not scaling or kind == "default":
@@ -107,7 +121,7 @@ def _rope(d: dict) -> tuple[float, tuple | None]:
     return theta, tuple(sorted(scaling.items()))
 
 
-def _act(name: str, source: str) -> str:
+def activation_name(name: str, source: str) -> str:
     table = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
              "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
     if name not in table:
@@ -116,132 +130,108 @@ def _act(name: str, source: str) -> str:
 
 
 MAX_PARAMS = 10**13  # far above any real checkpoint; refuses absurd configs before allocation
+# config.json keys that are counts or sizes, in any supported family
+_COUNT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim",
+               "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_positions", "n_inner",
+               "sliding_window")
+# ... and those that must be positive, finite numbers
+_POSITIVE_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "rope_theta",
+                  "rope_local_base_freq")
 
 
-def _count(d: dict, key: str, source: str, default: Any = None, zero: bool = False) -> int:
-    """``d[key]`` as a positive int (``zero``: non-negative); a bool, float with a fraction,
-    string or out-of-range value is a UserError naming the file and key."""
-    v = d[key] if default is None else (d[key] if d.get(key) is not None else default)
-    if isinstance(v, float) and v.is_integer() and math.isfinite(v):
+def _count(d: dict, key: str, source: str) -> int:
+    """``d[key]`` as a positive int; a bool, fractional float, string or out-of-range value is
+    a UserError naming the file and key."""
+    v = d[key]
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
         v = int(v)
-    if not isinstance(v, int) or isinstance(v, bool) or v < (0 if zero else 1) or v >= 2**31:
-        raise UserError(f"{source}: {key} = {excerpt(v)} must be a "
-                        f"{'non-negative' if zero else 'positive'} integer below 2**31")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2**31:
+        raise UserError(f"{source}: {key} = {excerpt(v)} must be a positive integer below 2**31")
     return v
 
 
-def _positive(d: dict, key: str, source: str, default: float) -> float:
-    v = d.get(key)
-    v = default if v is None else v
+def _positive(d: dict, key: str, source: str) -> float:
+    v = d[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise UserError(f"{source}: {key} = {excerpt(v)} must be a positive, finite number")
     return float(v)
 
 
-def _check_size(source: str, vocab: int, hidden: int, inter: int, layers: int) -> None:
-    """Refuse a config whose parameter count is implausible, before anything per layer."""
-    est = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
-    if est > MAX_PARAMS:
-        raise UserError(f"{source}: the config describes ~{est:.3g} parameters (vocab_size "
-                        f"{vocab}, hidden {hidden}, intermediate {inter}, {layers} layers), beyond "
-                        f"the {MAX_PARAMS:.0e} this tool accepts; check config.json")
+def check_hf_dict(d: Any, source: str) -> None:
+    """Check a config.json dict before any family code reads it: an object, counts positive
+    integers, epsilons and RoPE bases positive and finite, heads dividing the width, and a
+    plausible total size, so nothing is ever allocated per layer for an absurd config."""
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    counts = {k: _count(d, k, source) for k in _COUNT_KEYS if d.get(k) is not None}
+    for k in _POSITIVE_KEYS:
+        if d.get(k) is not None:
+            _positive(d, k, source)
+    rp = d.get("rope_parameters")
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
+        _positive(rp, "rope_theta", f"{source}: rope_parameters")
+    hidden = counts.get("hidden_size") or counts.get("n_embd")
+    heads = counts.get("num_attention_heads") or counts.get("n_head")
+    layers = counts.get("num_hidden_layers") or counts.get("n_layer")
+    vocab = counts.get("vocab_size")
+    if hidden and heads:
+        kv = counts.get("num_key_value_heads") or heads
+        if "head_dim" not in counts and hidden % heads:
+            raise UserError(f"{source}: hidden size {hidden} is not a multiple of "
+                            f"num_attention_heads {heads}; fix config.json (or give head_dim)")
+        if heads % kv:
+            raise UserError(f"{source}: num_attention_heads {heads} is not a multiple of "
+                            f"num_key_value_heads {kv}; fix config.json")
+    if hidden and layers and vocab:
+        inter = counts.get("intermediate_size") or counts.get("n_inner") or 4 * hidden
+        est = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
+        if est > MAX_PARAMS:
+            raise UserError(f"{source}: the config describes ~{est:.3g} parameters (vocab_size "
+                            f"{vocab}, hidden {hidden}, intermediate {inter}, {layers} layers), "
+                            f"beyond the {MAX_PARAMS:.0e} this tool accepts; check config.json")
+    types = d.get("layer_types")
+    if types is not None and layers and (not isinstance(types, list) or len(types) != layers):
+        raise UserError(f"{source}: layer_types must list one type per layer ({layers})")
 
 
-def _check_heads(source: str, hidden: int, heads: int, kv: int, head_dim_given: bool) -> None:
-    if not head_dim_given and hidden % heads:
-        raise UserError(f"{source}: hidden size {hidden} is not a multiple of "
-                        f"num_attention_heads {heads}; fix config.json (or give head_dim)")
-    if heads % kv:
-        raise UserError(f"{source}: num_attention_heads {heads} is not a multiple of "
-                        f"num_key_value_heads {kv}; fix config.json")
+def check_config(cfg: ModelConfig, source: str) -> ModelConfig:
+    """The normalised config, whatever family filled it in: sizes positive, epsilon and RoPE
+    base positive and finite, heads grouped evenly."""
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_position_embeddings"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise UserError(f"{source}: {name} = {excerpt(v)} must be a positive integer")
+    for name in ("norm_eps", "rope_theta", "logit_softcap", "attn_softcap",
+                 "query_pre_attn_scalar", "rope_local_theta"):
+        v = getattr(cfg, name)
+        if v is not None and (not math.isfinite(v) or v <= 0):
+            raise UserError(f"{source}: {name} = {v} must be a positive, finite number")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise UserError(f"{source}: {cfg.num_heads} attention heads are not a multiple of "
+                        f"{cfg.num_kv_heads} key/value heads; fix config.json")
+    return cfg
 
 
 def from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
     """A :class:`ModelConfig` from a config.json dict; ``source`` names the file in errors.
 
-    Every number is checked (positive, finite, plausible size) before anything per layer."""
+    Each family reads its own keys (``config_from_hf`` in its table file)."""
+    from jaxregion.models.registry import by_model_type, supported
+
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}")
     mt = d.get("model_type")
-    if not isinstance(mt, str) or mt not in SUPPORTED:
-        raise UserError(
-            f"{source}: model_type {excerpt(mt)} is not supported; "
-            f"supported: {', '.join(SUPPORTED)}"
-        )
+    fam = by_model_type().get(mt) if isinstance(mt, str) else None
+    if fam is None:
+        raise UserError(f"{source}: model_type {excerpt(mt)} is not supported; supported: "
+                        f"{', '.join(supported())}")
+    check_hf_dict(d, source)
     try:
-        if mt == "gpt2":
-            hidden = _count(d, "n_embd", source)
-            heads = _count(d, "n_head", source)
-            vocab, layers = _count(d, "vocab_size", source), _count(d, "n_layer", source)
-            inter = _count(d, "n_inner", source) if d.get("n_inner") is not None else 4 * hidden
-            _check_heads(source, hidden, heads, heads, False)
-            _check_size(source, vocab, hidden, inter, layers)
-            return ModelConfig(
-                model_type=mt, vocab_size=vocab, hidden_size=hidden,
-                intermediate_size=inter,
-                num_layers=layers, num_heads=heads, num_kv_heads=heads,
-                head_dim=hidden // heads, max_position_embeddings=_count(d, "n_positions", source),
-                norm_eps=_positive(d, "layer_norm_epsilon", source, 1e-5),
-                activation=_act(d.get("activation_function", "gelu_new"), source),
-                tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-                qkv_bias=True, o_bias=True, mlp_bias=True,
-                attn_scale_by_layer=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
-                sliding_windows=(None,) * layers,
-                bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-                hf_config=dict(d),
-            )
-        hidden = _count(d, "hidden_size", source)
-        heads = _count(d, "num_attention_heads", source)
-        layers = _count(d, "num_hidden_layers", source)
-        vocab, inter = _count(d, "vocab_size", source), _count(d, "intermediate_size", source)
-        kv = _count(d, "num_key_value_heads", source) if d.get("num_key_value_heads") else heads
-        head_dim = _count(d, "head_dim", source) if d.get("head_dim") else hidden // heads
-        _check_heads(source, hidden, heads, kv, bool(d.get("head_dim")))
-        _check_size(source, vocab, hidden, inter, layers)
-        norm_eps = _positive(d, "rms_norm_eps", source, 1e-6)
-        max_pos = _count(d, "max_position_embeddings", source, default=2048)
-        theta, scaling = _rope(d)
-        if not math.isfinite(theta) or theta <= 0:
-            raise UserError(f"{source}: rope_theta = {theta} must be a positive, finite number")
-        window = d.get("sliding_window")
-        if window is not None and (isinstance(window, bool) or not isinstance(window, int)
-                                   or window <= 0):
-            raise UserError(f"{source}: sliding_window = {excerpt(window)} must be a positive "
-                            "integer or null")
-        if mt == "mistral":
-            windows = tuple(window for _ in range(layers))
-        elif mt in ("qwen2", "qwen3") and d.get("use_sliding_window") and window:
-            types = d.get("layer_types") or [
-                "sliding_attention" if i >= d.get("max_window_layers", layers) else "full_attention"
-                for i in range(layers)
-            ]
-            if not isinstance(types, list) or len(types) != layers:
-                raise UserError(f"{source}: layer_types must list one type per layer "
-                                f"({layers})")
-            windows = tuple(window if t == "sliding_attention" else None for t in types)
-        else:
-            windows = (None,) * layers
-        default_tie = mt == "gemma"
-        act_name = _get(d, "hidden_activation", "hidden_act", default="silu")
-        if mt == "gemma":
-            act_name = d.get("hidden_activation") or "gelu_pytorch_tanh"
-        return ModelConfig(
-            model_type=mt, vocab_size=vocab, hidden_size=hidden,
-            intermediate_size=inter, num_layers=layers, num_heads=heads,
-            num_kv_heads=kv, head_dim=head_dim, max_position_embeddings=max_pos,
-            norm_eps=norm_eps,
-            activation=_act(act_name, source),
-            tie_embeddings=bool(d.get("tie_word_embeddings", default_tie)),
-            rope_theta=theta, rope_scaling=scaling,
-            qkv_bias=mt == "qwen2" or (mt != "mistral" and bool(d.get("attention_bias"))),
-            o_bias=mt not in ("qwen2", "mistral") and bool(d.get("attention_bias")),
-            mlp_bias=mt == "llama" and bool(d.get("mlp_bias")),
-            qk_norm=mt == "qwen3", norm_plus_one=mt == "gemma", scale_embeddings=mt == "gemma",
-            sliding_windows=windows,
-            bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-            hf_config=dict(d),
-        )
+        cfg = fam.config_from_hf(d, source)
     except KeyError as e:
         raise UserError(f"{source}: required key {e.args[0]!r} is missing") from None
-    except (TypeError, ValueError, AttributeError) as e:
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
         raise UserError(f"{source}: bad value: {str(e)[:200]}") from None
+    return check_config(cfg, source)

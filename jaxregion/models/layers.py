@@ -63,11 +63,11 @@ def activation(name: str, x: Array) -> Array:
     return jax.nn.gelu(x, approximate=False)
 
 
-def rope_tables(cfg: ModelConfig, seq_len: int, dtype: jnp.dtype) -> tuple[Array, Array]:
-    """cos, sin of shape ``[seq, head_dim]`` in HF's half-split layout."""
+def rope_tables(cfg: ModelConfig, positions: Array, dtype: jnp.dtype) -> tuple[Array, Array]:
+    """cos, sin of shape ``[seq, head_dim]`` for int ``positions`` ``[seq]``, in HF's
+    half-split layout. Explicit positions (not ``arange``) so a KV cache can pass offsets."""
     inv = jnp.asarray(cfg.inv_freq())
-    pos = jnp.arange(seq_len, dtype=jnp.float32)
-    freqs = pos[:, None] * inv[None, :]
+    freqs = positions.astype(jnp.float32)[:, None] * inv[None, :]
     emb = jnp.concatenate([freqs, freqs], axis=-1)
     return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
 
@@ -79,32 +79,51 @@ def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
     return x * cos[None, :, None, :] + rot * sin[None, :, None, :]
 
 
-def attention_mask(seq_len: int, window: int | None) -> Array:
-    """``[q, k]`` bool: causal, and within ``window`` tokens when sliding."""
-    q = jnp.arange(seq_len)[:, None]
-    k = jnp.arange(seq_len)[None, :]
+def attention_mask(q_pos: Array, k_pos: Array, window: int | None) -> Array:
+    """``[q, k]`` bool from query and key positions: causal, and within ``window`` tokens
+    when sliding (keys from a cache simply come with their own positions)."""
+    q = q_pos[:, None]
+    k = k_pos[None, :]
     mask = k <= q
     if window is not None:
         mask &= k > q - window
     return mask
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array, scale: float) -> Array:
-    """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, s, kv, d]`` -> ``[b, s, h, d]``.
+def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
+              softcap: float | None = None) -> Array:
+    """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, t, kv, d]``, mask ``[s, t]``
+    -> ``[b, s, h, d]`` (``t`` may exceed ``s`` when keys come from a cache).
 
     Written as batched 3-D matmuls over ``(batch x kv-head)``, the query heads of a group
     stacked along the rows: the shape XLA:CPU runs fastest. Softmax runs in float32.
+    ``softcap``: scores -> ``softcap * tanh(scores / softcap)`` before masking (gemma2).
     """
     b, s, h, d = q.shape
-    kv = k.shape[2]
+    t, kv = k.shape[1], k.shape[2]
     g = h // kv
     qt = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * s, d)
-    kt = k.transpose(0, 2, 1, 3).reshape(b * kv, s, d)
-    vt = v.transpose(0, 2, 1, 3).reshape(b * kv, s, d)
+    kt = k.transpose(0, 2, 1, 3).reshape(b * kv, t, d)
+    vt = v.transpose(0, 2, 1, 3).reshape(b * kv, t, d)
     logits = jax.lax.dot_general(qt, kt, (((2,), (2,)), ((0,), (0,))),
                                  preferred_element_type=jnp.float32) * scale
-    logits = jnp.where(mask[None, None], logits.reshape(b * kv, g, s, s),
+    logits = soft_cap(logits, softcap)
+    logits = jnp.where(mask[None, None], logits.reshape(b * kv, g, s, t),
                        jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv, g * s, s)
+    probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv, g * s, t)
     out = jax.lax.dot_general(probs, vt, (((2,), (1,)), ((0,), (0,))))
     return out.reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
+
+
+# --- gemma2 / gemma3 / olmo2 ---
+def soft_cap(x: Array, cap: float | None) -> Array:
+    """``cap * tanh(x / cap)`` (gemma's soft-capping of scores and logits); ``x`` if no cap."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
+def rms_norm_f32_weight(x: Array, w: Array, eps: float) -> Array:
+    """RMSNorm that multiplies by the weight in float32 and then casts (OLMo 2's order;
+    llama casts first). Equal to :func:`rms_norm` in float32."""
+    x32 = x.astype(jnp.float32)
+    y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return (w.astype(jnp.float32) * y).astype(x.dtype)

@@ -1,47 +1,196 @@
-"""The models as a Flax NNX module, for code that prefers objects to pytrees.
+"""The models as Flax NNX modules whose ``nnx.Param`` state IS the HF-named params pytree.
 
-The functional core stays the source of truth: :class:`CausalLM` holds the HF-named params
-as ``nnx.Param`` leaves (same structure, same names) and calls :func:`jaxregion.models.apply`.
-``nnx.split`` / ``nnx.state`` paths read ``params/model/layers/3/mlp/down_proj/weight``, and
-:meth:`CausalLM.pytree` gives the plain params back for importance, regions and freezing.
+A family's model is a tree of ``nnx.Module``\\ s whose attribute paths are the HF names:
+``model.model.layers[3].self_attn.q_proj.weight`` holds ``model.layers.3.self_attn.q_proj
+.weight`` in HF's ``[out, in]`` layout. So ``nnx.state(model, nnx.Param)`` flattens to the
+same names as :func:`jaxregion.tree.flatten` of the params, and the two views convert
+without copies: :func:`params_of` (module -> pytree) and :func:`bind` (pytree -> module,
+by merging a graphdef cached per config). The functional API of :mod:`jaxregion.models`
+is :func:`bind` plus a method call: there is one forward pass.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
-from jaxregion.models import ModelConfig, apply, token_nll
+from jaxregion.models.config import ModelConfig
+from jaxregion.models.layers import matmul, soft_cap
 
-
-def _is_var(x: Any) -> bool:
-    return isinstance(x, nnx.Variable)
+Array = jax.Array
+LayerFn = Callable[[nnx.Module, Array], tuple[Array, dict[str, Array]]]
 
 
 class CausalLM(nnx.Module):
-    """A causal LM of any supported family; ``model(tokens) -> logits``."""
+    """A causal LM of any family: ``model(tokens) -> logits``.
 
-    def __init__(self, config: ModelConfig, params: dict):
-        self.config = config
-        self.params = nnx.data(jax.tree.map(nnx.Param, params))
+    Subclasses (one per family) build their submodules from the family table and implement
+    :meth:`forward` and :meth:`unembedding`; everything else is shared."""
 
-    @classmethod
-    def from_pretrained(cls, model: str, dtype: str = "float32") -> CausalLM:
-        """Load a local HF directory or hub id (lazily, tensor by tensor)."""
-        from jaxregion import hf
+    config: ModelConfig
 
-        cfg, params = hf.load(model, dtype)
-        return cls(cfg, params)
+    # --- what a family implements -------------------------------------------------------
+    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
+                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+        """``(final normed hidden states [batch, seq, hidden], intermediates)``.
+
+        ``intermediates`` is empty unless ``collect``: then ``{name: array}`` holding each
+        layer's linear-map inputs (wanda's taps) and residual stream after the layer, named
+        by the family table (``model.layers.3.mlp.down_proj``, ``model.layers.3.output``).
+        ``positions`` ``[seq]`` defaults to ``0..seq-1`` (a KV cache would pass offsets)."""
+        raise NotImplementedError
+
+    def unembedding(self) -> Array:
+        """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
+        raise NotImplementedError
+
+    # --- shared --------------------------------------------------------------------------
+    def features(self, tokens: Array, positions: Array | None = None, remat: bool = False
+                 ) -> Array:
+        return self.forward(tokens, positions, remat)[0]
+
+    def __call__(self, tokens: Array, positions: Array | None = None, remat: bool = False
+                 ) -> Array:
+        """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
+        logits = matmul(self.features(tokens, positions, remat), self.unembedding())
+        return soft_cap(logits, self.config.logit_softcap)
+
+    def token_nll(self, tokens: Array, remat: bool = False) -> Array:
+        """Per-position next-token NLL ``[batch, seq-1]`` in float32.
+
+        Equal to the NLL of ``self(tokens)`` but about twice as fast to differentiate: the
+        head runs only on the predicted positions, the target logit is ``h · W[target]`` (a
+        gather of ``[batch, seq, hidden]`` instead of a scatter into ``[batch, seq, vocab]``),
+        and the log-sum-exp is written out so its gradient is one softmax. The config's
+        ``logit_softcap`` caps every logit, the target's included, as :meth:`__call__` does."""
+        cap = self.config.logit_softcap
+        h = self.features(tokens, remat=remat)[:, :-1]
+        w = self.unembedding().astype(h.dtype)
+        logits = soft_cap(matmul(h, w, out_dtype=jnp.float32), cap)
+        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
+        lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1)) + m[..., 0]
+        target = soft_cap(jnp.einsum("bsi,bsi->bs", h, jnp.take(w, tokens[:, 1:], axis=0),
+                                     preferred_element_type=jnp.float32), cap)
+        return lse - target
+
+    def nll(self, tokens: Array) -> Array:
+        """Per-position next-token NLL ``[batch, seq-1]`` (float32)."""
+        return self.token_nll(tokens)
 
     def pytree(self) -> dict:
         """The plain HF-named params pytree (the arrays themselves, not copies)."""
-        return jax.tree.map(lambda v: v[...], self.params, is_leaf=_is_var)
+        return params_of(self)
 
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        return apply(self.pytree(), tokens, self.config)
+    @classmethod
+    def from_pretrained(cls, model: str, dtype: str = "float32", sharding: Any = None
+                        ) -> CausalLM:
+        """Load a local HF directory or hub id (lazily, tensor by tensor; sharded slices
+        with ``sharding``, see :func:`jaxregion.hf.load_model`)."""
+        from jaxregion import hf
 
-    def nll(self, tokens: jax.Array) -> jax.Array:
-        """Per-position next-token NLL ``[batch, seq-1]`` (float32)."""
-        return token_nll(self.pytree(), tokens, self.config)
+        return hf.load_model(model, dtype, sharding)
+
+
+def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool = False,
+               collect: bool = False) -> tuple[Array, dict[str, Array]]:
+    """``x`` through every layer, ``fn(layer, x) -> (x, layer-local intermediates)``.
+
+    With ``remat`` the layers run as one ``lax.scan`` over their stacked weights, each layer
+    rematerialised: a scan bounds live memory to one step's (gathered) weights and
+    activations, where an unrolled loop lets XLA hoist every layer's FSDP all-gather and keep
+    them all alive. Layers whose structures (graphdefs) repeat with period ``p`` (gemma2's
+    alternating sliding and global layers: 2) scan ``p`` layers a step; layers past the last
+    whole period run unrolled. Intermediates come out of the scan stacked and are named
+    ``{prefix}.{i}.{local name}`` either way, in layer order."""
+    n = len(layers)
+    out: dict[str, Array] = {}
+    gdefs = [nnx.graphdef(layer) for layer in layers] if remat else []
+    p = _period(gdefs) if remat and n else n
+    steps = n // p if p else 0
+    start = 0
+    if remat and n and (p == 1 or steps >= 2):
+        states = [nnx.state(layer) for layer in layers]
+        stacked = tuple(jax.tree.map(lambda *a: jnp.stack(a), *states[r:steps * p:p])
+                        for r in range(p))
+
+        def body(h: Array, sts: tuple) -> tuple[Array, list[dict[str, Array]]]:
+            ys = []
+            for r in range(p):
+                h, aux = jax.checkpoint(partial(_merged_step, fn, gdefs[r]))(sts[r], h)
+                ys.append(aux)
+            return h, ys
+
+        x, ys = jax.lax.scan(body, x, stacked)
+        if collect:
+            out = {f"{prefix}.{j * p + r}.{k}": v[j] for j in range(steps) for r in range(p)
+                   for k, v in ys[r].items()}
+        start = steps * p
+    for i in range(start, n):
+        if remat:
+            x, aux = jax.checkpoint(partial(_merged_step, fn, gdefs[i]))(nnx.state(layers[i]), x)
+        else:
+            x, aux = fn(layers[i], x)
+        out.update({f"{prefix}.{i}.{k}": v for k, v in aux.items()} if collect else {})
+    return x, out
+
+
+def _merged_step(fn: LayerFn, gdef: nnx.GraphDef, st: Any, h: Array
+                 ) -> tuple[Array, dict[str, Array]]:
+    return fn(nnx.merge(gdef, st), h)
+
+
+def _period(gdefs: list[nnx.GraphDef]) -> int:
+    """The smallest ``p`` with ``gdefs[i] == gdefs[i % p]`` for every layer ``i``."""
+    n = len(gdefs)
+    return next(p for p in range(1, n + 1) if all(gdefs[i] == gdefs[i % p] for i in range(n)))
+
+
+# --- module <-> params pytree ------------------------------------------------------------
+def _to_lists(node: Any) -> Any:
+    """nnx pure dicts index lists by int keys; the params pytree uses lists."""
+    if isinstance(node, dict):
+        if node and all(isinstance(k, int) for k in node):
+            return [_to_lists(node[i]) for i in range(len(node))]
+        return {k: _to_lists(v) for k, v in node.items()}
+    return node
+
+
+def _to_int_keys(node: Any) -> Any:
+    if isinstance(node, list):
+        return {i: _to_int_keys(v) for i, v in enumerate(node)}
+    if isinstance(node, dict):
+        return {k: _to_int_keys(v) for k, v in node.items()}
+    return node
+
+
+def params_of(model: nnx.Module) -> dict:
+    """The pure-dict form of ``model``'s ``nnx.Param`` state: the HF-named params pytree."""
+    return _to_lists(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+
+
+def build(cfg: ModelConfig, rngs: nnx.Rngs | None = None) -> CausalLM:
+    """A concrete model of ``cfg`` (zeros, or random with ``rngs``); see also :func:`abstract`."""
+    from jaxregion.models.registry import family
+
+    return family(cfg.model_type).Model(cfg, rngs)
+
+
+def abstract(cfg: ModelConfig) -> CausalLM:
+    """The model with ``ShapeDtypeStruct`` values: no memory allocated."""
+    return nnx.eval_shape(lambda: build(cfg))
+
+
+@lru_cache(maxsize=32)
+def graphdef(cfg: ModelConfig) -> nnx.GraphDef:
+    """The static structure of ``cfg``'s model, cached: merged with params by :func:`bind`."""
+    return nnx.graphdef(abstract(cfg))
+
+
+def bind(params: dict, cfg: ModelConfig) -> CausalLM:
+    """The module whose state is ``params`` (the arrays themselves: nothing is copied)."""
+    return nnx.merge(graphdef(cfg), _to_int_keys(params))

@@ -25,14 +25,24 @@ from jaxregion.errors import UserError
 
 PyTree = Any
 
-#: Transformer blocks only (norms included), for Llama-style and GPT-2-style names.
-DEFAULT_INCLUDE = r"^(model\.layers|transformer\.h)\.\d+\."
+#: The default include scope: every parameter the family table puts in a transformer layer
+#: (norms included). Not a regex; any other ``include`` string is one.
+LAYERS = ":layers"
+DEFAULT_INCLUDE = LAYERS
 
-#: How the layer index is found in an HF name (first match wins).
-LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|blocks)\.(\d+)\.")
 
-#: Leaves whose name matches this are normalisation weights/biases.
-NORM_RE = re.compile(r"(norm|(?:^|\.)ln_)")
+def roles_for(names: Sequence[str], roles: Mapping[str, Any] | None = None
+              ) -> Mapping[str, Any]:
+    """``{name: Role or None}``: ``roles`` when the caller has them (``models.roles(cfg)``),
+    else read off the family tables by name (score and region files carry no config).
+
+    Roles are data here (``.layer``, ``.module``, ``.kind``, ``.residual_axis``): this
+    package imports no model family, and the lookup below happens only on demand."""
+    if roles is not None:
+        return roles
+    from jaxregion.models.table import infer_roles
+
+    return infer_roles(names)
 
 
 @jax.tree_util.register_pytree_node_class
@@ -133,24 +143,28 @@ def universe_of(region_or_mask: Region | PyTree) -> list[str]:
     return list(T.flatten(mask_of(region_or_mask)))
 
 
-def layer_index(name: str) -> int | None:
-    """Transformer layer of an HF name (``model.layers.3.…`` → 3), ``None`` outside layers."""
-    m = LAYER_RE.search(name)
-    return int(m.group(1)) if m else None
+def _role(name: str, roles: Mapping[str, Any] | None) -> Any:
+    return roles_for([name], roles).get(name)
 
 
-def module_type(name: str) -> str:
-    """Name with the layer prefix and ``.weight`` removed: ``self_attn.q_proj``,
-    ``mlp.down_proj``, ``input_layernorm``, ``self_attn.q_proj.bias``; non-layer leaves keep
-    their full name (minus ``.weight``). Groups the same matrix across layers."""
-    m = LAYER_RE.search(name)
-    rest = name[m.end():] if m else name
-    return rest[: -len(".weight")] if rest.endswith(".weight") else rest
+def layer_index(name: str, roles: Mapping[str, Any] | None = None) -> int | None:
+    """Transformer layer of a parameter (``model.layers.3.…`` → 3), ``None`` outside layers."""
+    r = _role(name, roles)
+    return None if r is None else r.layer
 
 
-def is_norm(name: str) -> bool:
-    """Normalisation parameters (``…layernorm…``, ``…norm…``, GPT-2 ``ln_1``/``ln_f``)."""
-    return bool(NORM_RE.search(name))
+def module_type(name: str, roles: Mapping[str, Any] | None = None) -> str:
+    """The tensor's name within its layer, minus ``.weight``: ``self_attn.q_proj``,
+    ``mlp.down_proj``, ``input_layernorm``, ``self_attn.q_proj.bias``; non-layer tensors
+    keep their name (minus ``.weight``). Groups the same matrix across layers."""
+    r = _role(name, roles)
+    return name if r is None else r.module
+
+
+def is_norm(name: str, roles: Mapping[str, Any] | None = None) -> bool:
+    """Normalisation parameters (weights and biases), per the family table."""
+    r = _role(name, roles)
+    return r is not None and r.kind == "norm"
 
 
 def k_for(ratio: float, n: int) -> int:
@@ -188,17 +202,27 @@ def compile_regex(pattern: str | None, what: str) -> re.Pattern | None:
 
 
 def scope_names(all_names: Sequence[str], include: str | None = DEFAULT_INCLUDE,
-                exclude: str | None = None) -> list[str]:
-    """Names kept by ``include`` (re.search; None = all) and not matched by ``exclude``.
+                exclude: str | None = None, roles: Mapping[str, Any] | None = None
+                ) -> list[str]:
+    """Names kept by ``include`` (:data:`LAYERS`: the transformer layers' parameters; else
+    a regex, re.search; None = all) and not matched by ``exclude`` (a regex).
 
-    Raises UserError when nothing is left, naming the regex and a few real names."""
-    inc = compile_regex(include, "include")
-    exc = compile_regex(exclude, "exclude")
-    kept = [n for n in all_names if inc is None or inc.search(n)]
+    Raises UserError when nothing is left, naming the scope and a few real names."""
     examples = ", ".join(list(all_names)[:4]) + (" ..." if len(all_names) > 4 else "")
-    if not kept:
-        raise UserError(f"include regex {include!r} selects no parameter; names look like: "
-                        f"{examples}")
+    if include == LAYERS:
+        r = roles_for(all_names, roles)
+        kept = [n for n in all_names if r.get(n) is not None and r[n].layer is not None]
+        if not kept:
+            raise UserError(f"include {LAYERS!r} (the default) selects no parameter: none is in "
+                            f"a transformer layer of a known family; names look like: "
+                            f"{examples}. Pass --include REGEX")
+    else:
+        inc = compile_regex(include, "include")
+        kept = [n for n in all_names if inc is None or inc.search(n)]
+        if not kept:
+            raise UserError(f"include regex {include!r} selects no parameter; names look "
+                            f"like: {examples}")
+    exc = compile_regex(exclude, "exclude")
     if exc is not None:
         kept = [n for n in kept if not exc.search(n)]
         if not kept:

@@ -27,7 +27,7 @@ from jaxregion.regions.base import (
     check_ratio,
     fingerprint,
     full_mask,
-    layer_index,
+    roles_for,
     scope_names,
     shape_of,
 )
@@ -128,20 +128,23 @@ def top_k_unit(keys: Sequence[jax.Array], k: int) -> list[jax.Array]:
 
 
 # --- units -----------------------------------------------------------------------------
-def units_for(names: Sequence[str], scope: str) -> list[list[str]]:
-    """Groups of HF names within which exactly k are chosen."""
+def units_for(names: Sequence[str], scope: str, roles: Mapping[str, Any] | None = None
+              ) -> list[list[str]]:
+    """Groups of HF names within which exactly k are chosen (layers from ``roles``, default
+    the family tables by name)."""
     if scope == "per-tensor":
         return [[n] for n in names]
     if scope == "global":
         return [list(names)]
     if scope == "per-layer":
         groups: dict[int, list[str]] = {}
+        rl = roles_for(names, roles)
         for n in names:
-            li = layer_index(n)
+            li = rl[n].layer if rl.get(n) is not None else None
             if li is None:
                 raise UserError(f"scope per-layer: parameter {n!r} is in no transformer layer "
-                                "(no 'layers.N.' / 'h.N.' in its name); narrow --include or use "
-                                "scope per-tensor/global")
+                                "(its family table gives it no layer index); narrow --include "
+                                "or use scope per-tensor/global")
             groups.setdefault(li, []).append(n)
         return [groups[i] for i in sorted(groups)]
     raise UserError(f"scope {scope!r} is unknown; use one of {', '.join(SCOPES)}")

@@ -9,8 +9,7 @@ dependence" finding (the core concentrates on a few hidden dims) is read off
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import jax.numpy as jnp
@@ -18,17 +17,7 @@ import numpy as np
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
-from jaxregion.regions.base import is_norm, layer_index, mask_of, module_type, universe_of
-
-#: (regex on the HF name, axis of the tensor that indexes the residual-stream/hidden dim).
-#: Llama-style nn.Linear is [out, in]: readers' columns (axis 1), writers' rows (axis 0).
-#: GPT-2 Conv1D stores [in, out], so its readers use axis 0 and writers axis 1.
-RESIDUAL_ROLES: tuple[tuple[str, int], ...] = (
-    (r"(q_proj|k_proj|v_proj|gate_proj|up_proj)\.weight$", 1),
-    (r"(o_proj|down_proj)\.weight$", 0),
-    (r"(attn\.c_attn|mlp\.c_fc)\.weight$", 0),
-    (r"(attn\.c_proj|mlp\.c_proj)\.weight$", 1),
-)
+from jaxregion.regions.base import mask_of, roles_for, universe_of
 
 
 def _np(x: Any) -> np.ndarray:
@@ -65,7 +54,8 @@ def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
 
-def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any]:
+def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
+          roles: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """JSON-able summary of a region.
 
     Keys: ``total``/``numel``/``density``; ``by_module`` and ``by_layer`` (str layer index,
@@ -73,8 +63,17 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any
     the ``top_n`` rows and columns by count and ``rows_top_frac``/``cols_top_frac`` = share
     of the tensor's selection lying in its top ``top_frac`` of rows/columns; ``module_dims``:
     the same, with row/column counts summed over layers per module type (same shapes only).
+    Layers and module types come from ``roles`` (default: the family tables, by name).
     """
     flat = T.flatten(mask_of(region))
+    rl = roles_for(universe_of(region), roles)
+
+    def module(n: str) -> str:
+        return rl[n].module if rl.get(n) is not None else n
+
+    def layer(n: str) -> str:
+        return str(rl[n].layer) if rl.get(n) is not None and rl[n].layer is not None else "-"
+
     by_module: dict[str, list[int]] = {}
     by_layer: dict[str, list[int]] = {}
     total = numel = 0
@@ -84,8 +83,7 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any
         size = int(np.prod(np.shape(x)))
         total += sel
         numel += size
-        for table, key in ((by_module, module_type(n)), (by_layer, str(layer_index(n))
-                                                          if layer_index(n) is not None else "-")):
+        for table, key in ((by_module, module(n)), (by_layer, layer(n))):
             acc = table.setdefault(key, [0, 0])
             acc[0] += sel
             acc[1] += size
@@ -97,7 +95,7 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any
             "top_rows": _top(rows, top_n), "top_cols": _top(cols, top_n),
             "rows_top_frac": _top_frac(rows, top_frac), "cols_top_frac": _top_frac(cols, top_frac),
         }
-        mt = module_type(n)
+        mt = module(n)
         if mt in summed and summed[mt][0].shape == rows.shape and summed[mt][1].shape == cols.shape:
             summed[mt][0] = summed[mt][0] + rows
             summed[mt][1] = summed[mt][1] + cols
@@ -116,37 +114,35 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01) -> dict[str, Any
     }
 
 
-def hidden_dim_profile(region: Any, hidden_size: int,
-                       roles: Sequence[tuple[str, int]] = RESIDUAL_ROLES,
+def hidden_dim_profile(region: Any, hidden_size: int, roles: Mapping[str, Any] | None = None,
                        by_module: bool = False) -> np.ndarray | dict[str, np.ndarray]:
-    """Selected count per hidden (residual-stream) dimension, over every tensor that reads
-    from or writes to the residual stream: readers' input columns, writers' output rows,
-    and 1-D norm weights/biases of length ``hidden_size``.
+    """Selected count per hidden (residual-stream) dimension, over every linear map that
+    reads from or writes to the residual stream (its residual axis: readers' input columns,
+    writers' output rows) and every norm parameter on it (head-sized q/k norms are not).
 
-    ``by_module=True`` returns ``{module_type: counts}`` instead of the sum. A matched tensor
-    whose hidden axis is not ``hidden_size`` raises UserError (wrong hidden size given).
+    ``roles``: ``{name: Role}`` (default: the family tables, by name). ``by_module=True``
+    returns ``{module_type: counts}`` instead of the sum. A counted tensor whose residual
+    axis is not ``hidden_size`` raises UserError (wrong hidden size given).
     """
-    compiled = [(re.compile(r), ax) for r, ax in roles]
     flat = T.flatten(mask_of(region))
+    names = universe_of(region)
+    rl = roles_for(names, roles)
     out: dict[str, np.ndarray] = {}
-    for n in universe_of(region):
+    for n in names:
+        r = rl.get(n)
         x = flat[n]
         shape = np.shape(x)
-        axis = None
-        if len(shape) == 2:
-            axis = next((ax for r, ax in compiled if r.search(n)), None)
-        elif len(shape) == 1 and is_norm(n):
-            axis = 0
-        if axis is None:
+        if r is None or r.kind not in ("linear", "norm") or r.residual_axis is None \
+                or len(shape) != len(r.axes):
             continue
+        axis = r.residual_axis
         if shape[axis] != hidden_size:
             raise UserError(f"tensor {n!r} has {shape[axis]} entries on its hidden axis {axis}, "
                             f"not hidden_size={hidden_size}; pass the model's hidden size")
         m = jnp.asarray(x, bool)
         counts = m if len(shape) == 1 else jnp.sum(m, axis=1 - axis, dtype=jnp.int32)
         counts = np.asarray(counts).astype(np.int64)
-        mt = module_type(n)
-        out[mt] = out[mt] + counts if mt in out else counts
+        out[r.module] = out[r.module] + counts if r.module in out else counts
     if by_module:
         return out
     total = np.zeros(hidden_size, np.int64)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxregion import sharding
+from jaxregion import models, sharding
 from jaxregion.errors import UserError
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
@@ -159,11 +159,14 @@ def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
                    out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
 
 
-def freeze_mask_for(params: Any, region: Any, include_norms: bool) -> Any:
-    """The bool tree to freeze (norms trainable unless ``include_norms``), or None."""
+def freeze_mask_for(params: Any, region: Any, include_norms: bool,
+                    model_cfg: ModelConfig | None = None) -> Any:
+    """The bool tree to freeze (norms trainable unless ``include_norms``; norms per the
+    family table of ``model_cfg``, or read off the tables by name), or None."""
     if region is None:
         return None
-    return make_freeze_mask(mask_of(region), include_norms=include_norms)
+    roles = models.roles(model_cfg) if model_cfg is not None else None
+    return make_freeze_mask(mask_of(region), include_norms=include_norms, roles=roles)
 
 
 @dataclass
@@ -258,7 +261,7 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                         f"a multiple of the {mult} devices on the batch axes")
     evals = evals or {}
     sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
-    mask = freeze_mask_for(params, region, cfg.freeze_norms)
+    mask = freeze_mask_for(params, region, cfg.freeze_norms, model_cfg)
     tx = make_optimizer(cfg, mask)
     psh, osh = state_shardings(model_cfg, cfg, mesh, mask is not None)
     # a copy: the step donates its inputs, and the caller's params must survive

@@ -18,12 +18,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxregion import hf
+from jaxregion import hf, models
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.io import write_json
 from jaxregion.models import ModelConfig, abstract_params, from_hf_dict
-from jaxregion.regions.base import fingerprint, is_norm
+from jaxregion.regions.base import fingerprint
 
 BASE = "base"
 RUN_JSON = "run.json"
@@ -153,13 +153,15 @@ def init_params(cfg: ModelConfig, seed: int = 0, std: float = 0.02) -> dict:
     """HF-style init: weights ~ normal(0, std), biases 0, norm weights 1 (0 for (1+w) norms)."""
     key = jax.random.PRNGKey(seed)
     flat = T.flatten(abstract_params(cfg))
+    roles = models.roles(cfg)
     out = {}
     for i, (name, sds) in enumerate(flat.items()):
-        if is_norm(name):
+        r = roles[name]
+        if r.kind == "norm":
             fill = 0.0 if cfg.norm_plus_one else 1.0
-            out[name] = jnp.full(sds.shape, fill, jnp.float32) if name.endswith("weight") else \
+            out[name] = jnp.full(sds.shape, fill, jnp.float32) if r.attr == "weight" else \
                 jnp.zeros(sds.shape, jnp.float32)
-        elif name.endswith("bias"):
+        elif r.kind == "bias":
             out[name] = jnp.zeros(sds.shape, jnp.float32)
         else:
             out[name] = std * jax.random.normal(jax.random.fold_in(key, i), sds.shape, jnp.float32)

@@ -1,0 +1,222 @@
+"""Gemma 2: sandwich norms, soft-capped attention scores and logits, alternating sliding and
+global layers, ``query_pre_attn_scalar`` attention scale, ``(1 + w)`` RMSNorm, scaled
+embeddings. The table below is the single source of every parameter's name, axes and role.
+
+Gemma 3's text model is this decoder plus q/k norms and a second RoPE base for its sliding
+layers: ``families/gemma3_text.py`` reuses the modules here with its own table.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxregion.errors import UserError
+from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
+from jaxregion.models.layers import activation, apply_rope, attention, attention_mask, rope_tables
+from jaxregion.models.module import CausalLM, run_layers
+from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
+from jaxregion.models.table import Spec, bias, linear, norm
+
+Array = jax.Array
+MODEL_TYPES = ("gemma2",)
+
+_L = "model.layers.{i}."
+RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
+_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
+                        _L + "mlp.down_proj")
+
+
+def table(cfg: ModelConfig | None) -> dict[str, Spec]:
+    """``{HF name template: Spec}`` for ``cfg`` (``None``: every optional entry).
+
+    The post-norms (``post_attention_layernorm``, ``post_feedforward_layernorm``) scale the
+    sublayer outputs just before they join the residual stream: residual-axis norms."""
+    t = {
+        "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
+        _L + "input_layernorm.weight": norm(tag="attn_norm"),
+        _L + "self_attn.q_proj.weight": linear("q", "embed", tap=_QKV),
+        _L + "self_attn.k_proj.weight": linear("kv", "embed", tap=_QKV),
+        _L + "self_attn.v_proj.weight": linear("kv", "embed", tap=_QKV),
+        _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
+        _L + "post_attention_layernorm.weight": norm(),
+        _L + "pre_feedforward_layernorm.weight": norm(),
+        _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
+        _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
+        _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
+        _L + "post_feedforward_layernorm.weight": norm(),
+        "model.norm.weight": norm(),
+    }
+    if cfg is None or cfg.qkv_bias:  # attention_bias: q, k, v and o alike
+        t[_L + "self_attn.q_proj.bias"] = bias("q")
+        t[_L + "self_attn.k_proj.bias"] = bias("kv")
+        t[_L + "self_attn.v_proj.bias"] = bias("kv")
+        t[_L + "self_attn.o_proj.bias"] = bias("embed")
+    if cfg is None or not cfg.tie_embeddings:
+        t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
+    return t
+
+
+def sliding_windows(d: dict, source: str, default_pattern: int) -> tuple[int | None, ...]:
+    """Per layer, the window of a ``sliding_attention`` layer and None for a global one.
+
+    ``layer_types`` when config.json has it; else every ``default_pattern``-th layer is
+    global (gemma2: 2, gemma3: ``sliding_window_pattern``, default 6), as transformers does."""
+    layers = int(d["num_hidden_layers"])
+    pattern = int(d.get("sliding_window_pattern") or default_pattern)
+    types = d.get("layer_types") or [
+        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+    if len(types) != layers or not set(types) <= {"sliding_attention", "full_attention"}:
+        raise UserError(f"{source}: layer_types must list 'sliding_attention' or "
+                        f"'full_attention' for each of the {layers} layers; got {types!r}")
+    window = d.get("sliding_window")
+    return tuple(int(window) if t == "sliding_attention" and window else None for t in types)
+
+
+def common_config(d: dict, source: str, **kw) -> ModelConfig:
+    """The keys gemma2 and gemma3_text share; ``kw`` sets the rest."""
+    if d.get("use_bidirectional_attention"):
+        raise UserError(f"{source}: use_bidirectional_attention=true (an encoder) is not "
+                        "supported; use a causal Gemma checkpoint")
+    hidden = int(d["hidden_size"])
+    heads = int(d["num_attention_heads"])
+    head_dim = int(d.get("head_dim") or hidden // heads)
+    return ModelConfig(
+        model_type=d["model_type"], vocab_size=int(d["vocab_size"]), hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]), num_layers=int(d["num_hidden_layers"]),
+        num_heads=heads, num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        head_dim=head_dim, max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
+        norm_eps=float(get_key(d, "rms_norm_eps", default=1e-6)),
+        activation=activation_name(
+            get_key(d, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"), source),
+        tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+        qkv_bias=bool(d.get("attention_bias")), o_bias=bool(d.get("attention_bias")),
+        norm_plus_one=True, scale_embeddings=True,
+        query_pre_attn_scalar=float(get_key(d, "query_pre_attn_scalar", default=head_dim)),
+        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        hf_config=dict(d), **kw,
+    )
+
+
+def config_from_hf(d: dict, source: str) -> ModelConfig:
+    theta, scaling = rope_from_hf(d)
+    cap = d.get("final_logit_softcapping", 30.0)
+    attn_cap = d.get("attn_logit_softcapping", 50.0)
+    return common_config(
+        d, source, rope_theta=theta, rope_scaling=scaling,
+        sliding_windows=sliding_windows(d, source, 2),
+        logit_softcap=None if cap is None else float(cap),
+        attn_softcap=None if attn_cap is None else float(attn_cap))
+
+
+# --- modules (attribute paths = HF names) --------------------------------------------------
+class Attention(nnx.Module):
+    """q/k/v/o projections; gemma3 adds head-sized ``(1 + w)`` q/k norms before RoPE."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        a = _L + "self_attn."
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
+        qk = make.has(a + "q_norm.weight")
+        eps = cfg.norm_eps
+        self.q_norm = RMSNorm(make(a + "q_norm.weight"), eps, True) if qk else None
+        self.k_norm = RMSNorm(make(a + "k_norm.weight"), eps, True) if qk else None
+        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
+        self.softcap = cfg.attn_softcap
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array, collect: bool
+                 ) -> tuple[Array, dict[str, Array]]:
+        b, s, _ = x.shape
+        h, kv, d = self.shape
+        q = self.q_proj(x).reshape(b, s, h, d)
+        k = self.k_proj(x).reshape(b, s, kv, d)
+        v = self.v_proj(x).reshape(b, s, kv, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        o = attention(q, k, v, mask, self.scale, self.softcap).reshape(b, s, h * d)
+        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
+        return self.o_proj(o), aux
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        for p in ("gate_proj", "up_proj", "down_proj"):
+            setattr(self, p, Linear(make(_L + "mlp." + p + ".weight")))
+        self.act = cfg.activation
+
+    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
+        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
+        return self.down_proj(h), aux
+
+
+class DecoderLayer(nnx.Module):
+    """Pre- and post-norm around both sublayers: ``x + post(f(pre(x)))``."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None):
+        def rms(name: str) -> RMSNorm:
+            return RMSNorm(make(_L + name + ".weight"), cfg.norm_eps, True)
+
+        self.input_layernorm = rms("input_layernorm")
+        self.self_attn = Attention(cfg, make)
+        self.post_attention_layernorm = rms("post_attention_layernorm")
+        self.pre_feedforward_layernorm = rms("pre_feedforward_layernorm")
+        self.mlp = MLP(cfg, make)
+        self.post_feedforward_layernorm = rms("post_feedforward_layernorm")
+        self.window = window
+
+    def __call__(self, x: Array, ropes: dict[bool, tuple[Array, Array]], positions: Array,
+                 collect: bool) -> tuple[Array, dict[str, Array]]:
+        mask = attention_mask(positions, positions, self.window)
+        a, aux = self.self_attn(self.input_layernorm(x), ropes[self.window is not None], mask,
+                                collect)
+        x = x + self.post_attention_layernorm(a)
+        m, aux_m = self.mlp(self.pre_feedforward_layernorm(x), collect)
+        x = x + self.post_feedforward_layernorm(m)
+        return x, ({**aux, **aux_m, "output": x} if collect else {})
+
+
+class GemmaModel(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        windows = cfg.sliding_windows or (None,) * cfg.num_layers
+        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
+        self.layers = nnx.List([DecoderLayer(cfg, make, w) for w in windows])
+        self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps, True)
+
+
+class Model(CausalLM):
+    """``Gemma2ForCausalLM`` (and, with its table, ``Gemma3ForCausalLM``). The final-logit
+    soft-cap is ``cfg.logit_softcap``, applied by the shared head of :class:`CausalLM`."""
+
+    TABLE: Callable[[ModelConfig | None], dict[str, Spec]] = staticmethod(table)
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, self.TABLE(cfg), rngs)
+        self.config = cfg
+        self.model = GemmaModel(cfg, make)
+        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
+
+    def unembedding(self) -> Array:
+        w = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return w.weight[...]
+
+    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
+                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+        cfg, m = self.config, self.model
+        dtype = m.embed_tokens.weight.dtype
+        x = m.embed_tokens(tokens).astype(dtype) * jnp.asarray(cfg.hidden_size**0.5, dtype)
+        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
+        glob = rope_tables(cfg, pos, dtype)
+        local = glob
+        if cfg.rope_local_theta is not None:  # gemma3: the sliding layers' own RoPE base
+            local = rope_tables(cfg.replace(rope_theta=cfg.rope_local_theta,
+                                            rope_scaling=cfg.rope_local_scaling), pos, dtype)
+        ropes = {False: glob, True: local}
+        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, ropes, pos, collect),
+                            "model.layers", remat, collect)
+        return m.norm(x), aux

@@ -1,0 +1,196 @@
+"""The Llama-style decoder: llama (2/3), mistral, qwen2, qwen3 and gemma.
+
+Family differences are config switches (biases, q/k norm, ``(1 + w)`` norms, embedding scale,
+sliding windows), not subclasses. The table below is the single source of every parameter's
+name, logical axes and role.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
+from jaxregion.models.layers import activation, apply_rope, attention, attention_mask, rope_tables
+from jaxregion.models.module import CausalLM, run_layers
+from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
+from jaxregion.models.table import Spec, bias, linear, norm
+
+Array = jax.Array
+MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
+
+_L = "model.layers.{i}."
+RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
+_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
+                        _L + "mlp.down_proj")
+
+
+def table(cfg: ModelConfig | None) -> dict[str, Spec]:
+    """``{HF name template: Spec}`` for ``cfg`` (``None``: every optional entry)."""
+
+    def on(flag: bool) -> bool:
+        return cfg is None or flag
+
+    t = {
+        "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
+        _L + "input_layernorm.weight": norm(tag="attn_norm"),
+        _L + "self_attn.q_proj.weight": linear("q", "embed", tap=_QKV),
+        _L + "self_attn.k_proj.weight": linear("kv", "embed", tap=_QKV),
+        _L + "self_attn.v_proj.weight": linear("kv", "embed", tap=_QKV),
+        _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
+        _L + "post_attention_layernorm.weight": norm(),
+        _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
+        _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
+        _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
+        "model.norm.weight": norm(),
+    }
+    if on(cfg is not None and cfg.qkv_bias):
+        t[_L + "self_attn.q_proj.bias"] = bias("q")
+        t[_L + "self_attn.k_proj.bias"] = bias("kv")
+        t[_L + "self_attn.v_proj.bias"] = bias("kv")
+    if on(cfg is not None and cfg.o_bias):
+        t[_L + "self_attn.o_proj.bias"] = bias("embed")
+    if on(cfg is not None and cfg.mlp_bias):
+        t[_L + "mlp.gate_proj.bias"] = bias("mlp")
+        t[_L + "mlp.up_proj.bias"] = bias("mlp")
+        t[_L + "mlp.down_proj.bias"] = bias("embed")
+    if on(cfg is not None and cfg.qk_norm):  # head-sized: not on the residual stream
+        t[_L + "self_attn.q_norm.weight"] = norm("head")
+        t[_L + "self_attn.k_norm.weight"] = norm("head")
+    if on(cfg is not None and not cfg.tie_embeddings):
+        t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
+    return t
+
+
+def config_from_hf(d: dict, source: str) -> ModelConfig:
+    mt = d["model_type"]
+    hidden = int(d["hidden_size"])
+    heads = int(d["num_attention_heads"])
+    layers = int(d["num_hidden_layers"])
+    theta, scaling = rope_from_hf(d)
+    window = d.get("sliding_window")
+    if mt == "mistral":
+        windows = tuple(window for _ in range(layers))
+    elif mt in ("qwen2", "qwen3") and d.get("use_sliding_window") and window:
+        types = d.get("layer_types") or [
+            "sliding_attention" if i >= d.get("max_window_layers", layers) else "full_attention"
+            for i in range(layers)
+        ]
+        windows = tuple(window if t == "sliding_attention" else None for t in types)
+    else:
+        windows = (None,) * layers
+    act_name = get_key(d, "hidden_activation", "hidden_act", default="silu")
+    if mt == "gemma":
+        act_name = d.get("hidden_activation") or "gelu_pytorch_tanh"
+    return ModelConfig(
+        model_type=mt, vocab_size=int(d["vocab_size"]), hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        head_dim=int(d.get("head_dim") or hidden // heads),
+        max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
+        norm_eps=float(get_key(d, "rms_norm_eps", default=1e-6)),
+        activation=activation_name(act_name, source),
+        tie_embeddings=bool(d.get("tie_word_embeddings", mt == "gemma")),
+        rope_theta=theta, rope_scaling=scaling,
+        qkv_bias=mt == "qwen2" or (mt != "mistral" and bool(d.get("attention_bias"))),
+        o_bias=mt not in ("qwen2", "mistral") and bool(d.get("attention_bias")),
+        mlp_bias=mt == "llama" and bool(d.get("mlp_bias")),
+        qk_norm=mt == "qwen3", norm_plus_one=mt == "gemma", scale_embeddings=mt == "gemma",
+        sliding_windows=windows,
+        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        hf_config=dict(d),
+    )
+
+
+# --- modules (attribute paths = HF names) --------------------------------------------------
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        a = _L + "self_attn."
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
+        self.q_norm = RMSNorm(make(a + "q_norm.weight"), cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps) if cfg.qk_norm else None
+        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], mask: Array, collect: bool
+                 ) -> tuple[Array, dict[str, Array]]:
+        b, s, _ = x.shape
+        h, kv, d = self.shape
+        q = self.q_proj(x).reshape(b, s, h, d)
+        k = self.k_proj(x).reshape(b, s, kv, d)
+        v = self.v_proj(x).reshape(b, s, kv, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        o = attention(q, k, v, mask, d**-0.5).reshape(b, s, h * d)
+        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
+        return self.o_proj(o), aux
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        for p in ("gate_proj", "up_proj", "down_proj"):
+            w = _L + "mlp." + p
+            setattr(self, p, Linear(make(w + ".weight"), make.optional(w + ".bias")))
+        self.act = cfg.activation
+
+    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
+        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
+        return self.down_proj(h), aux
+
+
+class DecoderLayer(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None):
+        eps, plus = cfg.norm_eps, cfg.norm_plus_one
+        self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), eps, plus)
+        self.self_attn = Attention(cfg, make)
+        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
+                                                eps, plus)
+        self.mlp = MLP(cfg, make)
+        self.window = window
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool
+                 ) -> tuple[Array, dict[str, Array]]:
+        mask = attention_mask(positions, positions, self.window)
+        a, aux = self.self_attn(self.input_layernorm(x), rope, mask, collect)
+        x = x + a
+        m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
+        x = x + m
+        return x, ({**aux, **aux_m, "output": x} if collect else {})
+
+
+class LlamaModel(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        windows = cfg.sliding_windows or (None,) * cfg.num_layers
+        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
+        self.layers = nnx.List([DecoderLayer(cfg, make, w) for w in windows])
+        self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps, cfg.norm_plus_one)
+
+
+class Model(CausalLM):
+    """``LlamaForCausalLM`` and friends: ``model.*`` and an optional untied ``lm_head``."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = LlamaModel(cfg, make)
+        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
+
+    def unembedding(self) -> Array:
+        w = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return w.weight[...]
+
+    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
+                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+        cfg, m = self.config, self.model
+        dtype = m.embed_tokens.weight.dtype
+        x = m.embed_tokens(tokens).astype(dtype)
+        if cfg.scale_embeddings:
+            x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=dtype)
+        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
+        rope = rope_tables(cfg, pos, dtype)
+        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect),
+                            "model.layers", remat, collect)
+        return m.norm(x), aux
