@@ -130,52 +130,94 @@ def activation_name(name: str, source: str) -> str:
 
 
 MAX_PARAMS = 10**13  # far above any real checkpoint; refuses absurd configs before allocation
+# config.json keys that are counts or sizes, in any supported family
+_COUNT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+               "num_attention_heads", "num_key_value_heads", "head_dim",
+               "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_positions", "n_inner",
+               "sliding_window")
+# ... and those that must be positive, finite numbers
+_POSITIVE_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "rope_theta",
+                  "rope_local_base_freq")
 
 
-def _count(d: dict, key: str, source: str, default: Any = None, zero: bool = False) -> int:
-    """``d[key]`` as a positive int (``zero``: non-negative); a bool, float with a fraction,
-    string or out-of-range value is a UserError naming the file and key."""
-    v = d[key] if default is None else (d[key] if d.get(key) is not None else default)
-    if isinstance(v, float) and v.is_integer() and math.isfinite(v):
+def _count(d: dict, key: str, source: str) -> int:
+    """``d[key]`` as a positive int; a bool, fractional float, string or out-of-range value is
+    a UserError naming the file and key."""
+    v = d[key]
+    if isinstance(v, float) and math.isfinite(v) and v.is_integer():
         v = int(v)
-    if not isinstance(v, int) or isinstance(v, bool) or v < (0 if zero else 1) or v >= 2**31:
-        raise UserError(f"{source}: {key} = {excerpt(v)} must be a "
-                        f"{'non-negative' if zero else 'positive'} integer below 2**31")
+    if not isinstance(v, int) or isinstance(v, bool) or not 0 < v < 2**31:
+        raise UserError(f"{source}: {key} = {excerpt(v)} must be a positive integer below 2**31")
     return v
 
 
-def _positive(d: dict, key: str, source: str, default: float) -> float:
-    v = d.get(key)
-    v = default if v is None else v
+def _positive(d: dict, key: str, source: str) -> float:
+    v = d[key]
     if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
         raise UserError(f"{source}: {key} = {excerpt(v)} must be a positive, finite number")
     return float(v)
 
 
-def _check_size(source: str, vocab: int, hidden: int, inter: int, layers: int) -> None:
-    """Refuse a config whose parameter count is implausible, before anything per layer."""
-    est = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
-    if est > MAX_PARAMS:
-        raise UserError(f"{source}: the config describes ~{est:.3g} parameters (vocab_size "
-                        f"{vocab}, hidden {hidden}, intermediate {inter}, {layers} layers), beyond "
-                        f"the {MAX_PARAMS:.0e} this tool accepts; check config.json")
+def check_hf_dict(d: Any, source: str) -> None:
+    """Check a config.json dict before any family code reads it: an object, counts positive
+    integers, epsilons and RoPE bases positive and finite, heads dividing the width, and a
+    plausible total size, so nothing is ever allocated per layer for an absurd config."""
+    if not isinstance(d, dict):
+        raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}")
+    counts = {k: _count(d, k, source) for k in _COUNT_KEYS if d.get(k) is not None}
+    for k in _POSITIVE_KEYS:
+        if d.get(k) is not None:
+            _positive(d, k, source)
+    rp = d.get("rope_parameters")
+    if isinstance(rp, dict) and rp.get("rope_theta") is not None:
+        _positive(rp, "rope_theta", f"{source}: rope_parameters")
+    hidden = counts.get("hidden_size") or counts.get("n_embd")
+    heads = counts.get("num_attention_heads") or counts.get("n_head")
+    layers = counts.get("num_hidden_layers") or counts.get("n_layer")
+    vocab = counts.get("vocab_size")
+    if hidden and heads:
+        kv = counts.get("num_key_value_heads") or heads
+        if "head_dim" not in counts and hidden % heads:
+            raise UserError(f"{source}: hidden size {hidden} is not a multiple of "
+                            f"num_attention_heads {heads}; fix config.json (or give head_dim)")
+        if heads % kv:
+            raise UserError(f"{source}: num_attention_heads {heads} is not a multiple of "
+                            f"num_key_value_heads {kv}; fix config.json")
+    if hidden and layers and vocab:
+        inter = counts.get("intermediate_size") or counts.get("n_inner") or 4 * hidden
+        est = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
+        if est > MAX_PARAMS:
+            raise UserError(f"{source}: the config describes ~{est:.3g} parameters (vocab_size "
+                            f"{vocab}, hidden {hidden}, intermediate {inter}, {layers} layers), "
+                            f"beyond the {MAX_PARAMS:.0e} this tool accepts; check config.json")
+    types = d.get("layer_types")
+    if types is not None and layers and (not isinstance(types, list) or len(types) != layers):
+        raise UserError(f"{source}: layer_types must list one type per layer ({layers})")
 
 
-def _check_heads(source: str, hidden: int, heads: int, kv: int, head_dim_given: bool) -> None:
-    if not head_dim_given and hidden % heads:
-        raise UserError(f"{source}: hidden size {hidden} is not a multiple of "
-                        f"num_attention_heads {heads}; fix config.json (or give head_dim)")
-    if heads % kv:
-        raise UserError(f"{source}: num_attention_heads {heads} is not a multiple of "
-                        f"num_key_value_heads {kv}; fix config.json")
+def check_config(cfg: ModelConfig, source: str) -> ModelConfig:
+    """The normalised config, whatever family filled it in: sizes positive, epsilon and RoPE
+    base positive and finite, heads grouped evenly."""
+    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                 "num_kv_heads", "head_dim", "max_position_embeddings"):
+        v = getattr(cfg, name)
+        if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
+            raise UserError(f"{source}: {name} = {excerpt(v)} must be a positive integer")
+    for f in dataclasses.fields(cfg):  # every float a family read: eps, RoPE bases, caps, scales
+        v = getattr(cfg, f.name)
+        if isinstance(v, float) and not (math.isfinite(v) and v > 0):
+            raise UserError(f"{source}: {f.name} = {excerpt(v)} must be a positive, finite "
+                            "number; fix config.json")
+    if cfg.num_heads % cfg.num_kv_heads:
+        raise UserError(f"{source}: {cfg.num_heads} attention heads are not a multiple of "
+                        f"{cfg.num_kv_heads} key/value heads; fix config.json")
+    return cfg
 
 
 def from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
     """A :class:`ModelConfig` from a config.json dict; ``source`` names the file in errors.
 
-    Each family reads its own keys (``config_from_hf`` in its table file). Every count and
-    epsilon is checked (positive, finite, plausible size) before the family builds anything
-    per layer."""
+    Each family reads its own keys (``config_from_hf`` in its table file)."""
     from jaxregion.models.registry import by_model_type, supported
 
     if not isinstance(d, dict):
@@ -183,51 +225,13 @@ def from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
     mt = d.get("model_type")
     fam = by_model_type().get(mt) if isinstance(mt, str) else None
     if fam is None:
-        raise UserError(f"{source}: model_type {excerpt(mt)} is not supported; "
-                        f"supported: {', '.join(supported())}")
-    _check_numbers(d, source)
+        raise UserError(f"{source}: model_type {excerpt(mt)} is not supported; supported: "
+                        f"{', '.join(supported())}")
+    check_hf_dict(d, source)
     try:
         cfg = fam.config_from_hf(d, source)
     except KeyError as e:
         raise UserError(f"{source}: required key {e.args[0]!r} is missing") from None
-    except (TypeError, ValueError, AttributeError, ZeroDivisionError) as e:
+    except (TypeError, ValueError, ZeroDivisionError, AttributeError) as e:
         raise UserError(f"{source}: bad value: {str(e)[:200]}") from None
-    _check_floats(cfg, source)
-    exact = bool(d.get("head_dim")) or cfg.num_heads * cfg.head_dim == cfg.hidden_size
-    _check_heads(source, cfg.hidden_size, cfg.num_heads, cfg.num_kv_heads, exact)
-    return cfg
-
-
-_COUNT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "head_dim",
-               "max_position_embeddings", "sliding_window", "n_embd", "n_head", "n_layer",
-               "n_positions", "n_inner")
-_POSITIVE_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "rope_theta")
-
-
-def _check_floats(cfg: ModelConfig, source: str) -> None:
-    """Every float a family read (epsilons, RoPE bases, caps, scales; wherever config.json kept
-    it) must be positive and finite: a bad one would make NaN logits, not an error."""
-    for f in dataclasses.fields(cfg):
-        v = getattr(cfg, f.name)
-        if isinstance(v, float) and not (math.isfinite(v) and v > 0):
-            key = {"norm_eps": "rms_norm_eps / layer_norm_eps", "rope_theta": "rope_theta",
-                   "rope_local_theta": "rope_local_base_freq"}.get(f.name, f.name)
-            raise UserError(f"{source}: {key} = {excerpt(v)} must be a positive, finite number; "
-                            "fix config.json")
-
-
-def _check_numbers(d: dict, source: str) -> None:
-    """The config.json numbers every family reads, checked before anything is built."""
-    for k in _COUNT_KEYS:
-        if d.get(k) is not None:
-            _count(d, k, source)
-    for k in _POSITIVE_KEYS:
-        if d.get(k) is not None:
-            _positive(d, k, source, 1.0)
-    hidden = d.get("hidden_size") or d.get("n_embd")
-    layers = d.get("num_hidden_layers") or d.get("n_layer")
-    vocab = d.get("vocab_size")
-    if all(isinstance(v, int) for v in (hidden, layers, vocab)):
-        inter = d.get("intermediate_size") or d.get("n_inner") or 4 * hidden
-        _check_size(source, vocab, hidden, int(inter), layers)
+    return check_config(cfg, source)
