@@ -161,7 +161,7 @@ def convert(value: Any, tp: Any, where: str, meta: Mapping[str, Any] | None = No
         raise UserError(errors[0] if errors else f"{where}: bad value {safety.excerpt(value)}")
     if dataclasses.is_dataclass(tp):
         if isinstance(value, tp):  # built in code: re-check its fields
-            check(value, where)
+            check(value, where, sep=".")
             return value
         return from_dict(tp, value, where, sep=".")
     if origin in (tuple, list, collections.abc.Sequence):
@@ -208,11 +208,12 @@ def build(cls: type[T], values: Mapping[str, Any],
     return obj
 
 
-def check(obj: Any, where: str = "") -> None:
-    """Re-check a config built in code (not parsed) against its fields' metadata."""
+def check(obj: Any, where: str = "", sep: str = ": ") -> None:
+    """Re-check a config built in code (not parsed) against its fields' metadata; errors
+    name ``where`` and the field, joined by ``sep`` (``"."`` in a nested section)."""
     hints = field_types(type(obj))
     for f in dataclasses.fields(obj):
-        convert(getattr(obj, f.name), hints[f.name], f"{where}: {f.name}" if where else f.name,
+        convert(getattr(obj, f.name), hints[f.name], f"{where}{sep}{f.name}" if where else f.name,
                 {**f.metadata, "coerce": None})
 
 

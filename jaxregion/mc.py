@@ -165,6 +165,7 @@ def evaluate_settings(session, settings: dict[str, dict], langs: Sequence[str], 
     """``{setting: {lang: acc_norm}}``: the task run through the ``jaxregion`` lm-eval model
     for each params tree in ``settings`` (e.g. base, core removed, random removed). Needs
     the ``tasks`` extra."""
+    # deferred: lm-evaluation-harness is an optional extra (the tasks extra)
     from jaxregion.lm_eval import JaxRegionLM, check_tasks, evaluate_lm
 
     tasks = write_tasks(work_dir, langs, n, seed)

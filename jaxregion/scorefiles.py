@@ -22,6 +22,7 @@ forgetting run all call, so they share one cache format and one resume mechanism
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -297,8 +298,6 @@ def doubling_points(start: int, n: int) -> tuple[int, ...]:
 
 
 def _json(x: Any) -> str:
-    import json
-
     return json.dumps(x, allow_nan=False)
 
 

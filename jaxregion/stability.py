@@ -41,6 +41,7 @@ import numpy as np
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
+from jaxregion.importance import POWER
 from jaxregion.regions import DEFAULT_INCLUDE, Region, importance_path, jaccard, load_scores
 from jaxregion.regions import select as select_region
 
@@ -198,8 +199,6 @@ def jax_map(fn, *trees: PyTree) -> PyTree:
 def load_halves(directory: str, lang: str) -> tuple[PyTree, PyTree]:
     """``(even, odd)`` scores of ``lang`` in an importance directory; UserError when the file
     has no halves (computed before they existed, or from a single micro-batch)."""
-    from jaxregion.importance import POWER
-
     full, meta = load_scores(importance_path(directory, lang))
     hp = halves_path(directory, lang)
     if not os.path.isfile(hp):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 
 import numpy as np
 import pytest
@@ -91,7 +92,6 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
 
 def test_interrupted_sweep_resumes(model_factory, corpus_dir, tmp_path, monkeypatch):
     """A signal mid-run returns (no exception); the rerun resumes and matches a clean run."""
-    import signal
 
     from jaxregion.forgetting import config_from_dict, run
     from jaxregion.train import Sampler
@@ -179,3 +179,26 @@ def test_pretrain_from_scratch(tokenizer_dir, corpus_dir, tmp_path):
     assert AutoConfig.from_pretrained(out).model_type == "llama"
     assert any(np.asarray(a).tobytes() != np.asarray(b).tobytes() for a, b in
                zip(jax.tree.leaves(init), jax.tree.leaves(params)))
+
+
+def test_cli_exit_code_of_an_interrupted_sweep(tmp_path, monkeypatch, capsys):
+    """``jaxregion forgetting``: a sweep stopped by a signal exits 128 + the signal number
+    and prints no table (the library returns the signal, the handler turns it into a code)."""
+    from jaxregion import forgetting
+    from jaxregion.cli.main import main
+
+    cfg = tmp_path / "f.yaml"
+    cfg.write_text(yaml.safe_dump({"target": "x", "target_train": "a.txt", "model": "m",
+                                   "evals": {"x": "a", "y": "b"},
+                                   "sweep": {"scorers": ["random"]}}))
+    seen = {}
+
+    def fake_run(c, **kw):
+        seen.update(cfg=c, **kw)
+        return forgetting.SweepResult(str(tmp_path / "o"), None, interrupted=True,
+                                      signum=signal.SIGINT)
+
+    monkeypatch.setattr(forgetting, "run", fake_run)
+    assert main(["forgetting", str(cfg), "--out", str(tmp_path / "o")]) == 128 + signal.SIGINT
+    assert seen["cfg"].out_dir == str(tmp_path / "o") and seen["source"] == str(cfg)
+    assert seen["mesh"] is not None and capsys.readouterr().out == ""

@@ -16,17 +16,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from jaxregion.config import from_dict, read_yaml
+from jaxregion.config import check, from_dict, read_yaml
 from jaxregion.configs import (
     FORGETTING_BASELINES,
     FORGETTING_X_AXES,
-    GRANULARITIES,
-    SCOPES,
     ForgettingConfig,
 )
 from jaxregion.errors import UserError
-from jaxregion.regions.base import check_ratio
-from jaxregion.safety import check_name
 
 #: scorer -> (importance estimator, region kind). ``top:LANG`` / ``monolingual:LANG`` take a
 #: language; core-kind scorers sum |score| over the source languages.
@@ -116,21 +112,18 @@ def digest(obj: Any) -> str:
 
 
 def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
-    """Every cross-field check of a sweep config; errors start with ``source``."""
+    """Every check of a sweep config (its fields' checks, names included, then the
+    cross-field rules); errors start with ``source``."""
     def bad(msg: str) -> UserError:
         return UserError(f"{source}: {msg}")
 
-    _check_names(cfg, source)
+    check(cfg, source)
     if cfg.target not in cfg.evals:
         raise bad(f"evals must include the target language {cfg.target!r}")
     if len(cfg.evals) < 2:
         raise bad("evals need at least one language besides the target")
     if cfg.model is None and cfg.pretrain is None:
         raise bad("give a base 'model' directory or a 'pretrain' section")
-    if cfg.scope not in SCOPES:
-        raise bad(f"scope {cfg.scope!r} is unknown; use one of {', '.join(SCOPES)}")
-    if cfg.x_axis not in X_AXES:
-        raise bad(f"x_axis {cfg.x_axis!r} is unknown; use one of {', '.join(X_AXES)}")
     srcs = cfg.source_langs()
     for s in srcs:
         if s not in cfg.evals or s == cfg.target:
@@ -160,25 +153,12 @@ def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
             if est and est != "magnitude":
                 needs.add(sc)
         for gran in g.granularities:
-            if gran not in GRANULARITIES:
-                raise bad(f"{where}: granularity {gran!r} is unknown; use one of "
-                          f"{', '.join(GRANULARITIES)}")
             if gran in ("row", "column") and cfg.scope != "per-tensor":
                 raise bad(f"{where}: granularity {gran} needs scope per-tensor")
-        for r in g.ratios:
-            try:
-                check_ratio(r)
-            except UserError as e:
-                raise bad(f"{where}: {e}") from None
         if not g.seeds:
             raise bad(f"{where}: seeds is empty")
-    for b in baselines:
-        if b not in BASELINES:
-            raise bad(f"baseline {b!r} is unknown; use one of {', '.join(BASELINES)}")
     if "ewc" in baselines:
         needs.add("ewc")
-        if not cfg.baselines.ewc_lambda > 0:
-            raise bad(f"baselines.ewc_lambda {cfg.baselines.ewc_lambda}: must be > 0")
     if "replay" in baselines:
         r = cfg.baselines.replay_ratio
         n = r * cfg.train.batch_size
@@ -196,19 +176,6 @@ def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
         missing = sorted(want - set(cfg.importance.texts))
         if missing:
             raise bad(f"importance.texts lacks {missing}; add their training text")
-
-
-def _check_names(cfg: ForgettingConfig, source: str) -> None:
-    """Language and setting names become paths: each must pass the one name rule."""
-    check_name(cfg.target, f"{source}: target")
-    for key, langs in (("evals", cfg.evals), ("sources", cfg.sources),
-                       ("importance.texts", cfg.importance.texts if cfg.importance else ()),
-                       ("pretrain.texts", cfg.pretrain.texts if cfg.pretrain else ()),
-                       ("baselines.replay_texts", cfg.baselines.replay_texts)):
-        for lang in langs:
-            check_name(lang, f"{source}: {key}")
-    for st in cfg.settings:
-        check_name(st.name, f"{source}: settings", what="setting")
 
 
 def config_from_dict(d: Mapping[str, Any], source: str = "config") -> ForgettingConfig:

@@ -7,6 +7,7 @@ thresholds in :mod:`jaxregion.experiment.results`, and the report states their v
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -28,8 +29,6 @@ from jaxregion.report.tables import fmt, markdown_table
 
 def _d(x: Any) -> Any:
     """A dataclass (or anything) as plain dicts/lists, for uniform access."""
-    import dataclasses
-
     return dataclasses.asdict(x) if dataclasses.is_dataclass(x) else x
 
 

@@ -20,6 +20,7 @@ import jax
 import numpy as np
 
 from jaxregion import tree as T
+from jaxregion.distributed import fetch
 from jaxregion.errors import UserError
 from jaxregion.io import write_json
 
@@ -34,8 +35,6 @@ OPTIMIZER_FIELDS = ("batch_size", "seq_len", "lr", "warmup", "schedule", "weight
 
 def digest_tree(tree: Any) -> str:
     """sha256 of a pytree's names, shapes, dtypes and bytes (fetched leaf by leaf)."""
-    from jaxregion.distributed import fetch
-
     h = hashlib.sha256()
     for name, x in sorted(T.flatten(tree).items()):
         a = np.ascontiguousarray(fetch(x) if isinstance(x, jax.Array) else np.asarray(x))
