@@ -139,7 +139,7 @@ def open_checkpoint(model: str) -> Checkpoint:
 Placement = Callable[[str, tuple[int, ...]], "jax.sharding.Sharding | None"]
 
 
-def load_state(
+def model_from_checkpoint(
     ck: Checkpoint, dtype: jnp.dtype = jnp.float32, sharding: Placement | None = None
 ) -> CausalLM:
     """The model of ``ck``: its abstract module (``nnx.eval_shape``: no memory) with the
@@ -163,8 +163,8 @@ def load_params(
     ck: Checkpoint, dtype: jnp.dtype = jnp.float32, sharding: Placement | None = None
 ) -> dict:
     """The params pytree, read tensor by tensor (and slice by slice when sharded): the
-    pure-dict state of :func:`load_state`'s model."""
-    return models.params_of(load_state(ck, dtype, sharding))
+    pure-dict state of :func:`model_from_checkpoint`'s model."""
+    return models.params_of(model_from_checkpoint(ck, dtype, sharding))
 
 
 def _read_sharded(f: st.SafetensorsFile, key: str, shape: tuple[int, ...],
@@ -194,7 +194,7 @@ def load(model: str, dtype: str | jnp.dtype = "float32",
 def load_model(model: str, dtype: str | jnp.dtype = "float32",
                sharding: Placement | None = None) -> CausalLM:
     """The NNX model of a local directory or hub id (``model.config`` is its config)."""
-    return load_state(open_checkpoint(model), jnp.dtype(dtype), sharding)
+    return model_from_checkpoint(open_checkpoint(model), jnp.dtype(dtype), sharding)
 
 
 def load_tokenizer(model: str):

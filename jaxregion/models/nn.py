@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.layers import conv1d, layer_norm, linear, matmul, rms_norm
+from jaxregion.models.layers import conv1d, layer_norm, linear, rms_norm
 from jaxregion.models.table import Spec, axis_sizes
 
 Array = jax.Array
@@ -106,4 +106,4 @@ class LayerNorm(nnx.Module):
         return layer_norm(x, self.weight[...], self.bias[...], self.eps)
 
 
-__all__ = ["Conv1D", "Embedding", "LayerNorm", "Linear", "ParamMaker", "RMSNorm", "matmul"]
+__all__ = ["Conv1D", "Embedding", "LayerNorm", "Linear", "ParamMaker", "RMSNorm"]
