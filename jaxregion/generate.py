@@ -169,14 +169,19 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     return Generation(token_ids=ids, logits=logits if with_logits else None)
 
 
-def encode_prompts(texts: Sequence[str], tokenizer, names: Sequence[str] | None = None
-                   ) -> list[list[int]]:
-    """Prompt ids as the packing contract spells a document: ``[BOS] + tokens`` (just the
-    tokens when the tokenizer has no BOS); each prompt on its own."""
+def check_texts(texts: Sequence[str], names: Sequence[str] | None = None) -> None:
+    """No prompt may be empty (or only whitespace): there is nothing to continue."""
     for i, t in enumerate(texts):
         if not t.strip():
             raise UserError(f"{names[i] if names else f'prompt {i}'}: empty prompt; "
                             "give some text")
+
+
+def encode_prompts(texts: Sequence[str], tokenizer, names: Sequence[str] | None = None
+                   ) -> list[list[int]]:
+    """Prompt ids as the packing contract spells a document: ``[BOS] + tokens`` (just the
+    tokens when the tokenizer has no BOS); each prompt on its own."""
+    check_texts(texts, names)
     return [next(document_tokens([t], tokenizer)) for t in texts]
 
 

@@ -58,7 +58,13 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
 def run(args: argparse.Namespace) -> int:
     from jaxregion import io, runtime
     from jaxregion.errors import UserError
-    from jaxregion.generate import Sampling, check_prompts, completions, encode_prompts
+    from jaxregion.generate import (
+        Sampling,
+        check_prompts,
+        check_texts,
+        completions,
+        encode_prompts,
+    )
     from jaxregion.report.tables import cell_text, markdown_table
 
     named = read_prompts(args.prompts) if args.prompts else []
@@ -70,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = Sampling(args.temperature, args.top_p, args.seed)
     sampling.check()
     names, texts = [n for n, _ in named], [t for _, t in named]
+    check_texts(texts, names)
     session = runtime.load_session(args.model, args.dtype)
     check_prompts(encode_prompts(texts, session.tokenizer, names), args.max_new_tokens,
                   session.config, names)
