@@ -10,6 +10,7 @@ Prefill and decode run in one jitted function over a key/value cache
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -91,9 +92,9 @@ def _bucket(n: int, cap: int) -> int:
     return min(cap, max(16, 1 << (n - 1).bit_length()))
 
 
-def _run(params: dict, prompts: jax.Array, lengths: jax.Array, cfg: ModelConfig, slots: int,
-         max_new: int, sampling: Sampling, eos: int | None, with_logits: bool
-         ) -> tuple[jax.Array, jax.Array | None]:
+def _run(params: dict, prompts: jax.Array, lengths: jax.Array, key: jax.Array,
+         cfg: ModelConfig, slots: int, max_new: int, sampling: Sampling, eos: int | None,
+         with_logits: bool) -> tuple[jax.Array, jax.Array | None]:
     """Prefill all prompts, then decode ``max_new`` tokens (stopping early once every row
     has produced ``eos``). Returns ids ``[b, max_new]`` and, if asked, each step's logits."""
     b = prompts.shape[0]
@@ -101,7 +102,7 @@ def _run(params: dict, prompts: jax.Array, lengths: jax.Array, cfg: ModelConfig,
     cache = kvcache.init_cache(cfg, b, slots, dtype)
     positions = jnp.broadcast_to(jnp.arange(prompts.shape[1]), prompts.shape)
     logits, cache = kvcache.forward(params, cfg, prompts, positions, cache, last=lengths - 1)
-    key, sub = jax.random.split(jax.random.PRNGKey(sampling.seed))
+    key, sub = jax.random.split(key)
     tok = choose(logits, sub, sampling)
     out = jnp.zeros((b, max_new), jnp.int32).at[:, 0].set(tok)
     seen = (jnp.zeros((b, max_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
@@ -144,6 +145,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     check_prompts(prompts, max_new_tokens, cfg)
     sampling.check()
     b = batch_size or len(prompts)
+    static = dataclasses.replace(sampling, seed=0)  # what the compiled function depends on
     longest = max(map(len, prompts))
     width = _bucket(longest, cfg.max_position_embeddings)
     slots = _round_up(max(width, longest + max_new_tokens))
@@ -156,8 +158,10 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         for r, p in enumerate(chunk):
             buf[r, :len(p)] = p
             lengths[r] = len(p)
-        out, seen = _run_jit(params, jnp.asarray(buf), jnp.asarray(lengths), cfg, slots,
-                             max_new_tokens, sampling, eos_token_id, with_logits)
+        # The seed is data (no recompilation per seed); each batch draws its own stream.
+        key = jax.random.fold_in(jax.random.PRNGKey(sampling.seed), start)
+        out, seen = _run_jit(params, jnp.asarray(buf), jnp.asarray(lengths), key, cfg, slots,
+                             max_new_tokens, static, eos_token_id, with_logits)
         out = np.asarray(out)
         for r in range(len(chunk)):
             row = out[r].tolist()

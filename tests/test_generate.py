@@ -64,6 +64,9 @@ def test_eos_cuts_and_sampling_is_seeded(model_factory, tokenizer):
     assert a == generate(params, cfg, prompts, 8, s, batch_size=2).token_ids
     assert a != generate(params, cfg, prompts, 8, Sampling(1.5, 0.9, seed=8),
                          batch_size=2).token_ids
+    # Each batch draws its own stream: the same prompt in two batches samples differently.
+    rep = generate(params, cfg, [prompts[0]] * 4, 8, s, batch_size=2).token_ids
+    assert rep[0] != rep[2] and rep[1] != rep[3]
     # top_p -> 0 keeps only the most likely token: greedy again.
     assert generate(params, cfg, prompts, 8, Sampling(1.0, 1e-6, 3)).token_ids == greedy
 
