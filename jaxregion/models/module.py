@@ -12,7 +12,7 @@ is :func:`bind` plus a method call: there is one forward pass.
 from __future__ import annotations
 
 from collections.abc import Callable
-from functools import lru_cache
+from functools import lru_cache, partial
 from typing import Any
 
 import jax
@@ -120,35 +120,54 @@ def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool
                collect: bool = False) -> tuple[Array, dict[str, Array]]:
     """``x`` through every layer, ``fn(layer, x) -> (x, layer-local intermediates)``.
 
-    With ``remat`` and layers of one structure (one graphdef), the layers run as one
-    ``lax.scan`` over their stacked weights, each step rematerialised: a scan bounds live
-    memory to one layer's (gathered) weights and activations, where an unrolled loop lets XLA
-    hoist every layer's FSDP all-gather and keep them all alive. Intermediates come out of
-    the scan stacked and are named ``{prefix}.{i}.{local name}`` either way."""
+    With ``remat`` the layers run as one ``lax.scan`` over their stacked weights, each layer
+    rematerialised: a scan bounds live memory to one step's (gathered) weights and
+    activations, where an unrolled loop lets XLA hoist every layer's FSDP all-gather and keep
+    them all alive. Layers whose structures (graphdefs) repeat with period ``p`` (gemma2's
+    alternating sliding and global layers: 2) scan ``p`` layers a step; layers past the last
+    whole period run unrolled. Intermediates come out of the scan stacked and are named
+    ``{prefix}.{i}.{local name}`` either way, in layer order."""
     n = len(layers)
     out: dict[str, Array] = {}
     gdefs = [nnx.graphdef(layer) for layer in layers] if remat else []
-    if remat and n and all(g == gdefs[0] for g in gdefs):
-        stacked = jax.tree.map(lambda *a: jnp.stack(a), *[nnx.state(layer) for layer in layers])
+    p = _period(gdefs) if remat and n else n
+    steps = n // p if p else 0
+    start = 0
+    if remat and n and (p == 1 or steps >= 2):
+        states = [nnx.state(layer) for layer in layers]
+        stacked = tuple(jax.tree.map(lambda *a: jnp.stack(a), *states[r:steps * p:p])
+                        for r in range(p))
 
-        @jax.checkpoint
-        def body(h: Array, st: Any) -> tuple[Array, dict[str, Array]]:
-            return fn(nnx.merge(gdefs[0], st), h)
+        def body(h: Array, sts: tuple) -> tuple[Array, list[dict[str, Array]]]:
+            ys = []
+            for r in range(p):
+                h, aux = jax.checkpoint(partial(_merged_step, fn, gdefs[r]))(sts[r], h)
+                ys.append(aux)
+            return h, ys
 
         x, ys = jax.lax.scan(body, x, stacked)
         if collect:
-            out = {f"{prefix}.{i}.{k}": v[i] for i in range(n) for k, v in ys.items()}
-        return x, out
-    for i, layer in enumerate(layers):
+            out = {f"{prefix}.{j * p + r}.{k}": v[j] for j in range(steps) for r in range(p)
+                   for k, v in ys[r].items()}
+        start = steps * p
+    for i in range(start, n):
         if remat:
-            def step(st: Any, h: Array, g: Any = gdefs[i]) -> tuple[Array, dict[str, Array]]:
-                return fn(nnx.merge(g, st), h)
-
-            x, aux = jax.checkpoint(step)(nnx.state(layer), x)
+            x, aux = jax.checkpoint(partial(_merged_step, fn, gdefs[i]))(nnx.state(layers[i]), x)
         else:
-            x, aux = fn(layer, x)
+            x, aux = fn(layers[i], x)
         out.update({f"{prefix}.{i}.{k}": v for k, v in aux.items()} if collect else {})
     return x, out
+
+
+def _merged_step(fn: LayerFn, gdef: nnx.GraphDef, st: Any, h: Array
+                 ) -> tuple[Array, dict[str, Array]]:
+    return fn(nnx.merge(gdef, st), h)
+
+
+def _period(gdefs: list[nnx.GraphDef]) -> int:
+    """The smallest ``p`` with ``gdefs[i] == gdefs[i % p]`` for every layer ``i``."""
+    n = len(gdefs)
+    return next(p for p in range(1, n + 1) if all(gdefs[i] == gdefs[i % p] for i in range(n)))
 
 
 # --- module <-> params pytree ------------------------------------------------------------
