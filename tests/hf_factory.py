@@ -33,13 +33,15 @@ FAMILIES = {
     "olmo2": ("Olmo2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                   rope_parameters={"rope_type": "default",
                                                    "rope_theta": 5000.0})),
+    # 6 heads: not a power of two, so the ALiBi slopes take their interleaved second series
+    "bloom": ("BloomConfig", dict(hidden_size=48, n_layer=2, n_head=6)),
 }
 
 
 def make_config(family: str, vocab: int = VOCAB, **overrides):
     cls_name, kw = FAMILIES[family]
     cls = getattr(transformers, cls_name)
-    if cls_name == "GPT2Config":
+    if cls_name in ("GPT2Config", "BloomConfig"):
         base = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2)
     else:
         base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,

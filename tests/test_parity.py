@@ -77,6 +77,28 @@ def test_gemma3_legacy_config_keys():
     assert from_hf_dict(new).sliding_windows == (6, None, 6)
 
 
+def test_bloom_alibi_slopes_and_post_norm_residual(model_factory):
+    """ALiBi slopes equal transformers' for 1..256 heads (powers of two and the second
+    series of the rest): bit for bit up to 31 heads, within one float32 ulp beyond (torch's
+    vectorised pow is not correctly rounded); apply_residual_connection_post_layernorm
+    keeps parity."""
+    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+
+    from jaxregion.models.layers import alibi_slopes
+
+    for n in range(1, 257):
+        got, ref = alibi_slopes(n), _get_alibi_slopes(n, torch.device("cpu")).numpy()
+        assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape == (n,)
+        ulps = np.abs(got.view(np.int32).astype(np.int64) - ref.view(np.int32)).max()
+        assert ulps <= (0 if n < 32 else 1), n
+    kw = dict(apply_residual_connection_post_layernorm=True)
+    cfg, params = hf.load(model_factory("bloom", **kw))
+    assert cfg.residual_from_norm
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, SEQ))
+    ref = make_model("bloom", **kw)(torch.tensor(tokens)).logits.detach().numpy()
+    assert np.abs(np.asarray(apply(params, jnp.asarray(tokens), cfg)) - ref).max() < 1e-4
+
+
 def _torch_perplexity(model, windows: np.ndarray) -> float:
     with torch.no_grad():
         logits = model(torch.tensor(windows, dtype=torch.long)).logits.double()
@@ -86,7 +108,7 @@ def _torch_perplexity(model, windows: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                                    "olmo2"])
+                                    "olmo2", "bloom"])
 def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokenizer, tmp_path):
     path = model_factory(family)
     lang = "lat"
