@@ -35,6 +35,14 @@ FAMILIES = {
                                                    "rope_theta": 5000.0})),
     # 6 heads: not a power of two, so the ALiBi slopes take their interleaved second series
     "bloom": ("BloomConfig", dict(hidden_size=48, n_layer=2, n_head=6)),
+    "phi3": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=5)),
+    # longrope on half the head dims; test_parity.SEQ passes original_max_position_embeddings
+    # (16), so the long factors and the attention factor sqrt(1 + ln 8 / ln 16) are in play
+    "phi3_longrope": ("Phi3Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5, "short_factor": [1.0, 1.3, 1.7, 2.1],
+                         "long_factor": [1.5, 3.0, 6.0, 12.0]})),
 }
 
 
