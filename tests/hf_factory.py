@@ -43,6 +43,13 @@ FAMILIES = {
         rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
                          "partial_rotary_factor": 0.5, "short_factor": [1.0, 1.3, 1.7, 2.1],
                          "long_factor": [1.5, 3.0, 6.0, 12.0]})),
+    # logit_scale > 1 so the scale is not hidden by small logits; a second, untied variant
+    # with per-head q/k LayerNorms and attention biases
+    "cohere": ("CohereConfig", dict(num_attention_heads=4, num_key_value_heads=2,
+                                    logit_scale=2.0)),
+    "cohere_qk_norm": ("CohereConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, logit_scale=0.5, use_qk_norm=True,
+        attention_bias=True, tie_word_embeddings=False)),
 }
 
 
@@ -54,7 +61,8 @@ def make_config(family: str, vocab: int = VOCAB, **overrides):
     else:
         base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                    tie_word_embeddings=family in ("gemma", "qwen3", "gemma2", "gemma3_text"))
+                    tie_word_embeddings=family in ("gemma", "qwen3", "gemma2", "gemma3_text",
+                                                   "cohere"))
     base.update(kw)
     base.update(overrides)
     return cls(**base)

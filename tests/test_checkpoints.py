@@ -19,7 +19,8 @@ from jaxregion.tree import flatten
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "gemma", "gpt2", "qwen2", "gemma2",
-                                    "gemma3_text", "olmo2", "bloom", "phi3_longrope"])
+                                    "gemma3_text", "olmo2", "bloom", "phi3_longrope",
+                                    "cohere_qk_norm"])
 def test_export_round_trip_is_bitwise(family, model_factory, tmp_path):
     src = model_factory(family)
     cfg, params = hf.load(src)

@@ -200,7 +200,8 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     assert res["dims"]["super_weights"] and res["dims"]["sweep"]
 
 
-@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3"])
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3",
+                                    "cohere_qk_norm"])
 def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tokenizer):
     """The analyses on each family's tiny model: a core region from Taylor scores, wanda on
     exactly the linear maps, a hidden-dim profile, massive activations, super weights, and a

@@ -138,6 +138,23 @@ def test_phi3_longrope_branches_and_switches(model_factory):
     assert from_hf_dict(old) == from_hf_dict(new)
 
 
+def test_cohere_switches_are_live(model_factory):
+    """logit_scale and the interleaved RoPE layout change the logits (so the parity tests
+    them); the per-head q/k norms are [heads, head_dim] tensors off the residual stream."""
+    from jaxregion.models import roles
+
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 320, (1, SEQ)))
+    cfg, params = hf.load(model_factory("cohere"))
+    assert cfg.logit_scale == 2.0 and cfg.rope_interleaved and not cfg.qk_norm
+    ref = np.asarray(apply(params, tokens, cfg))
+    for off in (dict(logit_scale=None), dict(rope_interleaved=False)):
+        assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
+    cfg, _ = hf.load(model_factory("cohere_qk_norm"))
+    r = roles(cfg)
+    assert r["model.layers.1.self_attn.q_norm.weight"].axes == ("heads", "head")
+    assert r["model.layers.1.self_attn.k_norm.weight"].residual_axis is None
+
+
 def _torch_perplexity(model, windows: np.ndarray) -> float:
     with torch.no_grad():
         logits = model(torch.tensor(windows, dtype=torch.long)).logits.double()
@@ -147,7 +164,8 @@ def _torch_perplexity(model, windows: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                                    "olmo2", "bloom", "phi3", "phi3_longrope"])
+                                    "olmo2", "bloom", "phi3", "phi3_longrope", "cohere",
+                                    "cohere_qk_norm"])
 def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokenizer, tmp_path):
     path = model_factory(family)
     lang = "lat"
