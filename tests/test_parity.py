@@ -186,7 +186,8 @@ def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokeni
     assert lang in stdout
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2"])
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2",
+                                    "bloom", "phi3_longrope", "cohere_qk_norm"])
 def test_remat_scan_equals_unrolled(family, model_factory):
     """remat=True runs the layers as one lax.scan: same loss and gradients as the loop."""
     import jax
