@@ -64,6 +64,9 @@ def canonical_name(key: str) -> str:
 
 
 def config_from_hf(d: dict, source: str) -> ModelConfig:
+    """BLOOM's config.json has no ``max_position_embeddings`` (ALiBi has no position
+    table): the limit the CLI checks ``--seq-len`` against is ``seq_length`` when given,
+    else BLOOM's training length, 2048."""
     hidden = int(get_key(d, "n_embed", "hidden_size"))  # n_embed wins, as in transformers
     heads = int(get_key(d, "n_head", "num_attention_heads"))
     layers = int(get_key(d, "n_layer", "num_hidden_layers"))
