@@ -97,11 +97,16 @@ class ModelConfig:
         if self.rope_kind != "longrope":
             return 1.0
         s = dict(self.rope_scaling or ())
-        old = s["original_max_position_embeddings"]
+        old = self.rope_original_max()
         factor = s.get("factor") or self.max_position_embeddings / old
         if s.get("attention_factor") is not None:
             return float(s["attention_factor"])
         return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(old))
+
+    def rope_original_max(self) -> int:
+        """longrope's pretraining length (transformers' default: ``max_position_embeddings``)."""
+        s = dict(self.rope_scaling or ())
+        return int(s.get("original_max_position_embeddings") or self.max_position_embeddings)
 
     def inv_freq(self, long: bool = False) -> np.ndarray:
         """RoPE inverse frequencies, float32, computed exactly as transformers does.

@@ -80,8 +80,8 @@ def rope_tables(cfg: ModelConfig, positions: Array, dtype: jnp.dtype) -> tuple[A
     cos and sin by its attention factor."""
     inv = jnp.asarray(cfg.inv_freq())
     if cfg.rope_kind == "longrope":
-        old = dict(cfg.rope_scaling or ())["original_max_position_embeddings"]
-        inv = jnp.where(jnp.max(positions) + 1 > old, jnp.asarray(cfg.inv_freq(long=True)), inv)
+        long = jnp.asarray(cfg.inv_freq(long=True))
+        inv = jnp.where(jnp.max(positions) + 1 > cfg.rope_original_max(), long, inv)
     freqs = positions.astype(jnp.float32)[:, None] * inv[None, :]
     if cfg.rope_interleaved:
         emb = jnp.repeat(freqs, 2, axis=-1)
