@@ -65,6 +65,13 @@ def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: Mo
                 f"{name}: {len(p)} prompt tokens + --max-new-tokens {max_new_tokens} exceed "
                 f"the model's context ({cfg.max_position_embeddings}, config.json "
                 "max_position_embeddings); shorten the prompt or generate fewer tokens")
+        orig = cfg.rope_original_max() if cfg.rope_kind == "longrope" else None
+        if orig is not None and len(p) <= orig < len(p) + max_new_tokens - 1:
+            raise UserError(
+                f"{name}: {len(p)} prompt tokens + --max-new-tokens {max_new_tokens} cross "
+                f"longrope's original_max_position_embeddings ({orig}), where transformers "
+                "recomputes the whole cache with the long factors; jaxregion's cache does not "
+                f"yet: keep prompt + new tokens <= {orig + 1}, or start past {orig} tokens")
 
 
 def choose(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
@@ -100,7 +107,10 @@ def _run(params: dict, prompts: jax.Array, lengths: jax.Array, key: jax.Array,
     b = prompts.shape[0]
     dtype = jax.tree.leaves(params)[0].dtype
     cache = kvcache.init_cache(cfg, b, slots, dtype)
-    positions = jnp.broadcast_to(jnp.arange(prompts.shape[1]), prompts.shape)
+    # Padding is position -1: it attends to nothing, writes a slot never read (the last),
+    # and does not count as sequence length (longrope picks its factors per row by length).
+    idx = jnp.arange(prompts.shape[1])[None]
+    positions = jnp.where(idx < lengths[:, None], idx, -1)
     logits, cache = kvcache.forward(params, cfg, prompts, positions, cache, last=lengths - 1)
     key, sub = jax.random.split(key)
     tok = choose(logits, sub, sampling)
