@@ -13,7 +13,7 @@ continuations as Markdown, truncated and escaped. Compute (:func:`run`) then ren
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from jaxregion import fidelity
 from jaxregion.data import synthetic
@@ -21,6 +21,17 @@ from jaxregion.errors import UserError
 from jaxregion.generate import GREEDY, Sampling, completions
 from jaxregion.models import ModelConfig
 from jaxregion.report.tables import cell_text, markdown_table
+
+
+@dataclass(frozen=True)
+class CaseStudyConfig:
+    """The battery's ``case_studies:`` section: prompts per language (ISO 639-1 codes or
+    synthetic language codes), how much to generate, how wide a rendered cell may be."""
+
+    prompts: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    max_new_tokens: int = 32
+    width: int = 60
+    batch_size: int = 8
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,13 @@ def run(cfg: ModelConfig, tokenizer, settings: Mapping[str, dict],
         fid[name] = {lang: fidelity.fidelity(per[lang], lang) for lang in langs}
     return CaseStudies({k: list(v) for k, v in prompts.items()}, list(settings), conts, fid,
                        max_new_tokens)
+
+
+def run_config(cfg: ModelConfig, tokenizer, settings: Mapping[str, dict],
+               config: CaseStudyConfig) -> CaseStudies:
+    """:func:`run` with a battery config section."""
+    return run(cfg, tokenizer, settings, config.prompts, config.max_new_tokens,
+               batch_size=config.batch_size)
 
 
 def render(cs: CaseStudies, width: int = 60) -> str:

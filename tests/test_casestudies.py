@@ -41,3 +41,17 @@ def test_bad_language_named_before_generating():
         casestudies.check_prompts({"zz": ["hello"]})
     with pytest.raises(UserError, match="no prompts"):
         casestudies.check_prompts({"en": []})
+
+
+def test_config_section_loads_strictly(tmp_path):
+    from jaxregion.config import load_yaml
+
+    f = tmp_path / "cs.yaml"
+    f.write_text("prompts:\n  en: ['Fudan University is located in']\n  lat: ['Ana']\n"
+                 "max_new_tokens: 8\n")
+    c = load_yaml(casestudies.CaseStudyConfig, str(f))
+    assert c.prompts == {"en": ("Fudan University is located in",), "lat": ("Ana",)}
+    assert c.max_new_tokens == 8
+    f.write_text("prompt: {}\n")
+    with pytest.raises(UserError, match="prompt"):
+        load_yaml(casestudies.CaseStudyConfig, str(f))
