@@ -53,10 +53,10 @@ class Generation:
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: ModelConfig,
-                  names: Sequence[str] | None = None) -> None:
+                  names: Sequence[str] | None = None, key: str = "--max-new-tokens") -> None:
     """Bad input named before anything runs: empty prompts, no room to generate."""
     if max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
+        raise UserError(f"{key} {max_new_tokens}: must be at least 1")
     if not prompts:
         raise UserError("no prompts given; pass --prompt TEXT or --prompts FILE.jsonl")
     for i, p in enumerate(prompts):
@@ -65,13 +65,13 @@ def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: Mo
             raise UserError(f"{name}: empty prompt; give at least one token of text")
         if len(p) + max_new_tokens > cfg.max_position_embeddings:
             raise UserError(
-                f"{name}: {len(p)} prompt tokens + --max-new-tokens {max_new_tokens} exceed "
+                f"{name}: {len(p)} prompt tokens + {key} {max_new_tokens} exceed "
                 f"the model's context ({cfg.max_position_embeddings}, config.json "
                 "max_position_embeddings); shorten the prompt or generate fewer tokens")
         orig = cfg.rope_original_max() if cfg.rope_kind == "longrope" else None
         if orig is not None and len(p) <= orig < len(p) + max_new_tokens - 1:
             raise UserError(
-                f"{name}: {len(p)} prompt tokens + --max-new-tokens {max_new_tokens} cross "
+                f"{name}: {len(p)} prompt tokens + {key} {max_new_tokens} cross "
                 f"longrope's original_max_position_embeddings ({orig}), where transformers "
                 "recomputes the whole cache with the long factors; jaxregion's cache does not "
                 f"yet: keep prompt + new tokens <= {orig + 1}, or start past {orig} tokens")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-from jaxregion import importance
+from jaxregion import fidelity, importance
 from jaxregion import regions as R
 from jaxregion.config import load_yaml
 from jaxregion.configs import ExperimentConfig
@@ -56,6 +56,11 @@ def validate(cfg: ExperimentConfig, where: str = "config") -> None:
             raise UserError(f"{where}: monolingual[{i}]: language {lang!r} is not in languages")
     if cfg.scope not in R.SCOPES:
         raise UserError(f"{where}: scope: {cfg.scope!r}: use one of {', '.join(R.SCOPES)}")
+    for lang in cfg.case_studies.prompts:
+        try:
+            fidelity.check_language(lang)
+        except UserError as e:
+            raise UserError(f"{where}: case_studies.prompts: {e}") from None
     if cfg.mask_maps.blocks < 1:
         raise UserError(f"{where}: mask_maps.blocks: {cfg.mask_maps.blocks}; give a positive "
                         "number such as 64")
