@@ -12,15 +12,34 @@ continuations as Markdown, truncated and escaped. Compute (:func:`run`) then ren
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 from jaxregion import fidelity
+from jaxregion.configs import CaseStudyConfig
 from jaxregion.data import synthetic
 from jaxregion.errors import UserError
-from jaxregion.generate import GREEDY, Sampling, completions
+from jaxregion.generate import GREEDY, Sampling, completions, encode_prompts
+from jaxregion.generate import check_prompts as check_lengths
 from jaxregion.models import ModelConfig
 from jaxregion.report.tables import cell_text, markdown_table
+
+
+class Edits(Mapping):
+    """``{setting: params}`` whose params are made on access (``{setting: make}``), so a
+    battery of many edits holds one edited copy of a large model at a time."""
+
+    def __init__(self, makers: Mapping[str, Callable[[], dict]]):
+        self._makers = dict(makers)
+
+    def __getitem__(self, name: str) -> dict:
+        return self._makers[name]()
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._makers)
+
+    def __len__(self) -> int:
+        return len(self._makers)
 
 
 @dataclass(frozen=True)
@@ -46,6 +65,15 @@ def check_prompts(prompts: Mapping[str, Sequence[str]]) -> None:
             raise UserError(f"case studies: language {lang!r} has no prompts")
 
 
+def check_fits(cfg: ModelConfig, tokenizer, config: CaseStudyConfig, where: str) -> None:
+    """Every prompt plus its new tokens fits the model's context: checked when the tokenizer
+    is loaded, before hours of battery, not when the case studies finally run."""
+    for lang, ps in config.prompts.items():
+        names = [f"{where}: case_studies.prompts.{lang}[{i}]" for i in range(len(ps))]
+        check_lengths(encode_prompts(ps, tokenizer, names), config.max_new_tokens, cfg, names,
+                      key="case_studies.max_new_tokens")
+
+
 def run(cfg: ModelConfig, tokenizer, settings: Mapping[str, dict],
         prompts: Mapping[str, Sequence[str]], max_new_tokens: int = 32,
         sampling: Sampling = GREEDY, batch_size: int = 8) -> CaseStudies:
@@ -69,19 +97,37 @@ def run(cfg: ModelConfig, tokenizer, settings: Mapping[str, dict],
                        max_new_tokens)
 
 
+def run_config(cfg: ModelConfig, tokenizer, settings: Mapping[str, dict],
+               config: CaseStudyConfig) -> CaseStudies:
+    """:func:`run` with a battery config section."""
+    return run(cfg, tokenizer, settings, config.prompts, config.max_new_tokens,
+               batch_size=config.batch_size)
+
+
 def render(cs: CaseStudies, width: int = 60) -> str:
     """Markdown: a fidelity table (settings x languages), then per language and prompt the
     continuation under each setting."""
+    return "\n".join(["### Language fidelity (share of continuations in the prompt's "
+                      "language)", "", render_fidelity(cs), "", render_continuations(cs, width)])
+
+
+def render_fidelity(cs: CaseStudies) -> str:
+    """The fidelity table (settings x languages) and how each language was identified."""
     langs = list(cs.prompts)
-    parts = ["### Language fidelity (share of continuations in the prompt's language)", "",
-             markdown_table(["setting", *langs],
+    parts = [markdown_table(["setting", *langs],
                             [[s, *(cs.fidelity[s][lang] for lang in langs)]
-                             for s in cs.settings]), ""]
+                             for s in cs.settings])]
     synthetic_note = [lang for lang in langs if lang in synthetic.LANGUAGES]
     if synthetic_note:
-        parts += [f"Synthetic languages ({', '.join(synthetic_note)}) are identified from "
-                  "their ground-truth lexicon and alphabet; real ones by py3langid.", ""]
-    for lang in langs:
+        parts += ["", f"Synthetic languages ({', '.join(synthetic_note)}) are identified from "
+                  "their ground-truth lexicon and alphabet; real ones by py3langid."]
+    return "\n".join(parts)
+
+
+def render_continuations(cs: CaseStudies, width: int = 60) -> str:
+    """Per language and prompt, the continuation under each setting, truncated and escaped."""
+    parts: list[str] = []
+    for lang in cs.prompts:
         for i, prompt in enumerate(cs.prompts[lang]):
             parts += [f"### {lang} · “{cell_text(prompt, width)}”", "",
                       markdown_table(["setting", "continuation"],

@@ -54,6 +54,12 @@ def _fraction(value: float, where: str) -> None:
                         "for 1%")
 
 
+def _prompt_text(value: str, where: str) -> None:
+    """``check`` of a prompt: some text to continue."""
+    if not value.strip():
+        raise UserError(f"{where}: empty prompt; give some text to continue")
+
+
 # --- every command -------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class LaunchConfig:
@@ -485,6 +491,29 @@ class MaskMapConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class CaseStudyConfig:
+    """Case studies of :class:`ExperimentConfig` (YAML ``case_studies:``): prompts per
+    language, continued greedily under the base model and every edit of the battery; the
+    continuations' language fidelity is measured per edit."""
+
+    prompts: Mapping[str, tuple[str, ...]] = option(
+        factory=dict, name="language", check=_prompt_text,
+        help="prompts per language, keyed by ISO 639-1 code (en, zh, ...) or synthetic "
+             "language, e.g. {en: [Fudan University is located in]} (none: no case studies)")
+    max_new_tokens: int = option(32, gt=0, help="tokens generated after each prompt")
+    width: int = option(60, gt=0, help="characters of a continuation shown in the report")
+    batch_size: int = option(8, gt=0, help="prompts per generation batch")
+    dims: bool = option(True, help="also continue under every dims-sweep point")
+
+    def validate(self) -> None:
+        check(self)
+        for lang, prompts in self.prompts.items():
+            if not prompts:
+                raise UserError(f"prompts.{lang}: no prompts; give at least one or drop the "
+                                "language")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ExperimentConfig:
     """``jaxregion experiment``: importance, regions, ablations, dims, agreement -> report."""
 
@@ -516,6 +545,8 @@ class ExperimentConfig:
     dims: DimsConfig = option(factory=DimsConfig, help="the dimension sweep (YAML only)")
     jaccard: JaccardConfig = option(factory=JaccardConfig, help="agreement tables (YAML only)")
     mask_maps: MaskMapConfig = option(factory=MaskMapConfig, help="region maps (YAML only)")
+    case_studies: CaseStudyConfig = option(factory=CaseStudyConfig,
+                                           help="prompts continued under each edit (YAML only)")
 
     def validate(self) -> None:
         check(self)
@@ -722,10 +753,16 @@ class DemoConfig:
     forgetting_ewc_lambda: float = option(1.0, gt=0.0, help="EWC baseline strength")
     forgetting_seeds: tuple[int, ...] = option((0,), sep=",", metavar="S,S",
                                                help="training seeds of the frontier")
+    case_study_tokens: int = option(12, ge=0, help="tokens continued after each case-study "
+                                                   "prompt (one per language; 0: none)")
+    mc_questions: int = option(16, ge=0, help="multiple-choice questions per language, run "
+                                              "through lm-eval (0: no task; needs the tasks "
+                                              "extra)")
 
 
 # Sizes of ``demo --quick`` (applied to fields left at their defaults).
 DEMO_QUICK = {"train_docs": 800, "valid_docs": 100, "vocab_size": 384, "hidden_size": 64,
               "num_layers": 2, "intermediate_size": 128, "pretrain_steps": 30,
               "pretrain_batch": 8, "importance_windows": 16, "eval_windows": 8,
-              "forgetting_steps": 6, "seq_len": 32, "forgetting_ratios": (0.1,)}
+              "forgetting_steps": 6, "seq_len": 32, "forgetting_ratios": (0.1,),
+              "case_study_tokens": 6, "mc_questions": 4}

@@ -6,27 +6,35 @@ Stages (each cached under the output folder, so a re-run reuses finished work):
  3. pretrain: a tiny Llama from scratch on the importance languages
  4-8. the experiment battery: importance on 6 languages, core/bottom/random/monolingual
       regions, the ablation table, the monolingual matrix, the dimension sweep
- 9. forgetting: continued pre-training on a held-out language, the frontier over freeze ratio
+ 9. case studies (inside the battery): what the model writes after one prompt per language
+    under each edit, and the language fidelity of it
+10. multiple choice: the synthetic languages' ground-truth task (:mod:`jaxregion.mc`) run
+    through lm-eval under the base model, core removed and random removed
+11. forgetting: continued pre-training on a held-out language, the frontier over freeze ratio
     x granularity (core vs random regions) plus replay, EWC and SSU-style wanda columns
-10. ``report.md`` with every table and plot, stating the outcome honestly
+12. ``report.md`` with every table and plot, stating the outcome honestly
 """
 
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import importlib.util
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Callable
 
-from jaxregion import experiment, forgetting, io
-from jaxregion.configs import DEMO_QUICK, DemoConfig
+from jaxregion import experiment, fidelity, forgetting, interventions, io, mc, runtime
+from jaxregion import regions as R
+from jaxregion.configs import DEMO_QUICK, CaseStudyConfig, DemoConfig
 from jaxregion.data import synthetic
 from jaxregion.data.sources import sources_from_dir
 from jaxregion.errors import UserError
 from jaxregion.report import battery
+from jaxregion.report.tables import markdown_table
 
 
 def resolve(cfg: DemoConfig) -> DemoConfig:
@@ -40,7 +48,7 @@ def resolve(cfg: DemoConfig) -> DemoConfig:
 
 
 def _stage(log: Callable[[str], None], i: int, name: str) -> float:
-    log(f"\n== stage {i}/10: {name} ==")
+    log(f"\n== stage {i}/12: {name} ==")
     return time.time()
 
 
@@ -108,8 +116,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
         os.symlink(os.path.abspath(model), link)
     timings["pretrain"] = time.time() - t
 
-    t = _stage(log, 4, "importance, regions, ablations, monolingual matrix, dimension sweep "
-                       "(stages 4-8)")
+    t = _stage(log, 4, "importance, regions, ablations, monolingual matrix, dimension sweep, "
+                       "case studies (stages 4-9)")
     exp_cfg = experiment.ExperimentConfig(
         model=model, name="demo", out=os.path.join(cfg.out, "experiment"),
         languages={k: train[k] for k in langs},
@@ -119,7 +127,10 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
         dims=experiment.DimsConfig(layer=1, auto_candidates=2, auto_controls=2,
                                    factors=(4.0, 0.0)),
         jaccard=experiment.JaccardConfig(sample_counts=(cfg.importance_windows // 4,),
-                                         estimators=("fisher", "wanda")))
+                                         estimators=("fisher", "wanda")),
+        case_studies=CaseStudyConfig(prompts=_case_prompts(valid, langs),
+                                     max_new_tokens=max(1, cfg.case_study_tokens), width=48)
+        if cfg.case_study_tokens else CaseStudyConfig())
     exp_json = os.path.join(exp_cfg.out, "results.json")
     if _fresh(exp_json, dataclasses.asdict(exp_cfg)):
         exp = json.load(open(exp_json, encoding="utf-8"))
@@ -130,7 +141,11 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
         exp = res.to_dict()
     timings["experiment"] = time.time() - t
 
-    t = _stage(log, 9, f"forgetting: continued pre-training on {target}")
+    t = _stage(log, 10, "multiple choice (lm-eval): base, core removed, random removed")
+    mcq = multiple_choice(cfg, exp_cfg, langs, log, mesh)
+    timings["multiple_choice"] = time.time() - t
+
+    t = _stage(log, 11, f"forgetting: continued pre-training on {target}")
     f_cfg = forgetting_config(cfg, model, train, valid, target, langs,
                               os.path.join(exp_cfg.out, "importance"))
     started = time.process_time()
@@ -142,11 +157,84 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
     timings["forgetting"] = time.time() - t
     timings["forgetting_cpu"] = time.process_time() - started
 
-    t = _stage(log, 10, "report")
+    t = _stage(log, 12, "report")
     total = time.time() - t_start
-    _report(cfg, exp, forg, timings, total, target, langs, model)
+    _report(cfg, exp, forg, mcq, timings, total, target, langs, model)
     log(f"\nwrote {os.path.join(cfg.out, 'report.md')} ({total:.0f} s this run)")
-    return {"experiment": exp, "forgetting": forg, "timings": timings}
+    return {"experiment": exp, "multiple_choice": mcq, "forgetting": forg, "timings": timings}
+
+
+def _case_prompts(valid: dict[str, str], langs: list[str]) -> dict[str, tuple[str, ...]]:
+    """One prompt per language fidelity can identify: the first sentence of its held-out
+    (validation) text, cut to a few words."""
+    out = {}
+    for lang in langs:
+        try:
+            fidelity.check_language(lang)
+        except UserError:
+            continue  # a corpus language langid does not know: no fidelity to measure
+        with open(valid[lang], encoding="utf-8") as f:
+            line = next((x.strip() for x in f if x.strip()), "")
+        text = re.split(r"(?<=[.?!])\s*", line, maxsplit=1)[0][:40].strip()
+        if text:
+            out[lang] = (text,)
+    return out
+
+
+def multiple_choice(cfg: DemoConfig, exp_cfg: experiment.ExperimentConfig, langs: list[str],
+                    log: Callable[[str], None], mesh=None) -> dict:
+    """The ground-truth multiple-choice task (:mod:`jaxregion.mc`) through lm-eval under the
+    base model, the battery's core region removed and its first random region removed:
+    ``{config, accuracy: {setting: {lang: acc_norm}}, drops, verdict}``, or ``{config,
+    skipped: why}``. Cached in ``OUT/mc/results.json``."""
+    out = os.path.join(cfg.out, "mc")
+    key = {"experiment": dataclasses.asdict(exp_cfg), "n": cfg.mc_questions, "seed": cfg.seed}
+    path = os.path.join(out, "results.json")
+    if _fresh(path, key):
+        log("cached")
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    skipped = (("--mc-questions 0" if not cfg.mc_questions else None)
+               or ("the corpus is not the synthetic one (the task needs its ground truth)"
+                   if cfg.corpus != "synthetic" else None)
+               or ("lm-eval is not installed (pip install -e '.[tasks]')"
+                   if importlib.util.find_spec("lm_eval") is None else None))
+    if skipped:
+        log(f"skipped: {skipped}")
+        return {"config": key, "skipped": skipped}
+    session = runtime.load_session(exp_cfg.model, mesh=mesh)
+    regions_dir = os.path.join(exp_cfg.out, "regions")
+    seed = exp_cfg.random_seeds[0]
+    removed = {name: interventions.zero(session.params, R.load_region(
+        os.path.join(regions_dir, f"{file}.safetensors"), template=session.params))
+        for name, file in (("core", "core"), ("random", f"random-{seed}"))}
+    acc = mc.evaluate_settings(session, {"base": session.params, **removed}, langs,
+                               os.path.join(out, "tasks"), n=cfg.mc_questions, seed=cfg.seed,
+                               batch_size=64)
+    comp = mc.Comparison(acc["base"], acc["core"], acc["random"])
+    res = {"config": key, "accuracy": acc, "random_seed": seed, "drops": list(comp.drops()),
+           "verdict": comp.verdict()}
+    io.write_json(path, res)
+    return res
+
+
+def _mc_markdown(mcq: dict, langs: list[str]) -> list[str]:
+    """The demo report's multiple-choice section: accuracy per setting and the verdict."""
+    md = ["# Part 2. Multiple choice: does the model still know each language?", ""]
+    if "skipped" in mcq:
+        return [*md, f"Not run: {mcq['skipped']}.", ""]
+    acc, n = mcq["accuracy"], mcq["config"]["n"]
+    names = {"base": "base", "core": "core removed",
+             "random": f"random removed (seed {mcq['random_seed']})"}
+    rows = [[names[k], *[acc[k][x] for x in langs],
+             sum(acc[k].values()) / len(acc[k])] for k in ("base", "core", "random")]
+    return [*md, f"Each question gives one sentence of a synthetic language and asks which "
+            "of 4 candidates is its well-formed next sentence; the distractors are the true "
+            "sentence with its words shuffled, with the letters of each word shuffled, and a "
+            f"sentence of another language ({n} questions per language, chance 0.25, scored "
+            "by lm-eval's byte-length-normalised acc_norm through the `jaxregion` model).", "",
+            markdown_table(["setting", *langs, "mean"], rows), "",
+            f"**Outcome.** {mcq['verdict']}", ""]
 
 
 def forgetting_config(cfg: DemoConfig, model: str, train: dict[str, str],
@@ -227,8 +315,8 @@ def _forgetting_verdict(forg: dict) -> list[str]:
     return [*out, ""]
 
 
-def _report(cfg: DemoConfig, exp: dict, forg: dict, timings: dict, total: float, target: str,
-            langs: list[str], model: str) -> None:
+def _report(cfg: DemoConfig, exp: dict, forg: dict, mcq: dict, timings: dict, total: float,
+            target: str, langs: list[str], model: str) -> None:
     exp_md = open(os.path.join(cfg.out, "experiment", "report.md"), encoding="utf-8").read()
     forg_md = open(os.path.join(cfg.out, "forgetting", "report.md"), encoding="utf-8").read()
     # images of the sub-reports live in their folders
@@ -244,6 +332,7 @@ def _report(cfg: DemoConfig, exp: dict, forg: dict, timings: dict, total: float,
           + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f"; total {total:.0f}.", "",
           "Base perplexity per language: "
           + ", ".join(f"{k} {v:.2f}" for k, v in base.items()) + ".", "",
-          "# Part 1. Regions and ablations", exp_md, "", "# Part 2. Forgetting",
+          "# Part 1. Regions and ablations", exp_md, "", *_mc_markdown(mcq, langs),
+          "# Part 3. Forgetting",
           *_forgetting_verdict(forg), forg_md]
     io.write_text(os.path.join(cfg.out, "report.md"), "\n".join(md))

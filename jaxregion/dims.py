@@ -191,6 +191,11 @@ def gmean_ratio(ppl: Mapping[str, float], base: Mapping[str, float],
     return float(np.exp(np.mean([np.log(ppl[k] / base[k]) for k in langs])))
 
 
+def scaled(params: dict, entry_name: str, factor: float) -> dict:
+    """``params`` with one sweep point's entry (:func:`entry`) multiplied by ``factor``."""
+    return apply_perturb(params, f"{entry_name}*{factor!r}")
+
+
 def sweep(params: dict, cfg: ModelConfig,
           evaluate_fn: Callable[[dict], dict[str, float]], base: Mapping[str, float],
           candidates: Sequence[int], controls: Sequence[int], factors: Sequence[float],
@@ -207,7 +212,7 @@ def sweep(params: dict, cfg: ModelConfig,
             for t in targets:
                 e = entry(rs[names[t]], int(d))
                 for f in factors:
-                    ppl = evaluate_fn(apply_perturb(params, f"{e}*{f!r}"))
+                    ppl = evaluate_fn(scaled(params, e, f))
                     points.append(SweepPoint(group, int(d), t, e, float(f), ppl,
                                              gmean_ratio(ppl, base)))
                     if progress:

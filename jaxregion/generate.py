@@ -10,6 +10,7 @@ Prefill and decode run in one jitted function over a key/value cache
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -52,10 +53,10 @@ class Generation:
 
 
 def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: ModelConfig,
-                  names: Sequence[str] | None = None) -> None:
+                  names: Sequence[str] | None = None, key: str = "--max-new-tokens") -> None:
     """Bad input named before anything runs: empty prompts, no room to generate."""
     if max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens {max_new_tokens}: must be at least 1")
+        raise UserError(f"{key} {max_new_tokens}: must be at least 1")
     if not prompts:
         raise UserError("no prompts given; pass --prompt TEXT or --prompts FILE.jsonl")
     for i, p in enumerate(prompts):
@@ -64,9 +65,16 @@ def check_prompts(prompts: Sequence[Sequence[int]], max_new_tokens: int, cfg: Mo
             raise UserError(f"{name}: empty prompt; give at least one token of text")
         if len(p) + max_new_tokens > cfg.max_position_embeddings:
             raise UserError(
-                f"{name}: {len(p)} prompt tokens + --max-new-tokens {max_new_tokens} exceed "
+                f"{name}: {len(p)} prompt tokens + {key} {max_new_tokens} exceed "
                 f"the model's context ({cfg.max_position_embeddings}, config.json "
                 "max_position_embeddings); shorten the prompt or generate fewer tokens")
+        orig = cfg.rope_original_max() if cfg.rope_kind == "longrope" else None
+        if orig is not None and len(p) <= orig < len(p) + max_new_tokens - 1:
+            raise UserError(
+                f"{name}: {len(p)} prompt tokens + {key} {max_new_tokens} cross "
+                f"longrope's original_max_position_embeddings ({orig}), where transformers "
+                "recomputes the whole cache with the long factors; jaxregion's cache does not "
+                f"yet: keep prompt + new tokens <= {orig + 1}, or start past {orig} tokens")
 
 
 def choose(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
@@ -94,17 +102,20 @@ def _bucket(n: int, cap: int) -> int:
     return min(cap, max(16, 1 << (n - 1).bit_length()))
 
 
-def _run(params: dict, prompts: jax.Array, lengths: jax.Array, cfg: ModelConfig, slots: int,
-         max_new: int, sampling: Sampling, eos: int | None, with_logits: bool
-         ) -> tuple[jax.Array, jax.Array | None]:
+def _run(params: dict, prompts: jax.Array, lengths: jax.Array, key: jax.Array,
+         cfg: ModelConfig, slots: int, max_new: int, sampling: Sampling, eos: int | None,
+         with_logits: bool) -> tuple[jax.Array, jax.Array | None]:
     """Prefill all prompts, then decode ``max_new`` tokens (stopping early once every row
     has produced ``eos``). Returns ids ``[b, max_new]`` and, if asked, each step's logits."""
     b = prompts.shape[0]
     dtype = jax.tree.leaves(params)[0].dtype
     cache = kvcache.init_cache(cfg, b, slots, dtype)
-    positions = jnp.broadcast_to(jnp.arange(prompts.shape[1]), prompts.shape)
+    # Padding is position -1: it attends to nothing, writes a slot never read (the last),
+    # and does not count as sequence length (longrope picks its factors per row by length).
+    idx = jnp.arange(prompts.shape[1])[None]
+    positions = jnp.where(idx < lengths[:, None], idx, -1)
     logits, cache = kvcache.forward(params, cfg, prompts, positions, cache, last=lengths - 1)
-    key, sub = jax.random.split(jax.random.PRNGKey(sampling.seed))
+    key, sub = jax.random.split(key)
     tok = choose(logits, sub, sampling)
     out = jnp.zeros((b, max_new), jnp.int32).at[:, 0].set(tok)
     seen = (jnp.zeros((b, max_new, logits.shape[-1]), jnp.float32).at[:, 0].set(logits)
@@ -147,6 +158,7 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     check_prompts(prompts, max_new_tokens, cfg)
     sampling.check()
     b = batch_size or len(prompts)
+    static = dataclasses.replace(sampling, seed=0)  # what the compiled function depends on
     longest = max(map(len, prompts))
     width = _bucket(longest, cfg.max_position_embeddings)
     slots = _round_up(max(width, longest + max_new_tokens))
@@ -159,8 +171,10 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
         for r, p in enumerate(chunk):
             buf[r, :len(p)] = p
             lengths[r] = len(p)
-        out, seen = _run_jit(params, jnp.asarray(buf), jnp.asarray(lengths), cfg, slots,
-                             max_new_tokens, sampling, eos_token_id, with_logits)
+        # The seed is data (no recompilation per seed); each batch draws its own stream.
+        key = jax.random.fold_in(jax.random.PRNGKey(sampling.seed), start)
+        out, seen = _run_jit(params, jnp.asarray(buf), jnp.asarray(lengths), key, cfg, slots,
+                             max_new_tokens, static, eos_token_id, with_logits)
         out = np.asarray(out)
         for r in range(len(chunk)):
             row = out[r].tolist()
@@ -172,14 +186,19 @@ def generate(params: dict, cfg: ModelConfig, prompts: Sequence[Sequence[int]],
     return Generation(token_ids=ids, logits=logits if with_logits else None)
 
 
-def encode_prompts(texts: Sequence[str], tokenizer, names: Sequence[str] | None = None
-                   ) -> list[list[int]]:
-    """Prompt ids as the packing contract spells a document: ``[BOS] + tokens`` (just the
-    tokens when the tokenizer has no BOS); each prompt on its own."""
+def check_texts(texts: Sequence[str], names: Sequence[str] | None = None) -> None:
+    """No prompt may be empty (or only whitespace): there is nothing to continue."""
     for i, t in enumerate(texts):
         if not t.strip():
             raise UserError(f"{names[i] if names else f'prompt {i}'}: empty prompt; "
                             "give some text")
+
+
+def encode_prompts(texts: Sequence[str], tokenizer, names: Sequence[str] | None = None
+                   ) -> list[list[int]]:
+    """Prompt ids as the packing contract spells a document: ``[BOS] + tokens`` (just the
+    tokens when the tokenizer has no BOS); each prompt on its own."""
+    check_texts(texts, names)
     return [next(document_tokens([t], tokenizer)) for t in texts]
 
 
@@ -230,6 +249,7 @@ def run_generate(cfg: GenerateConfig, mesh: jax.sharding.Mesh | None = None) -> 
     sampling = Sampling(cfg.temperature, cfg.top_p, cfg.seed)
     sampling.check()
     names, texts = [n for n, _ in named], [t for _, t in named]
+    check_texts(texts, names)
     session = runtime.load_session(cfg.model, cfg.dtype, mesh)
     check_prompts(encode_prompts(texts, session.tokenizer, names), cfg.max_new_tokens,
                   session.config, names)

@@ -43,7 +43,10 @@ DEFAULT_RULES: dict[str, str | None] = {
     "vocab": "tensor",   # vocab-parallel embedding / lm head
     "q": "tensor",       # heads * head_dim
     "kv": "tensor",      # kv_heads * head_dim (replicated when it does not divide)
-    "qkv": "tensor",     # GPT-2's fused c_attn output
+    "qkv": "tensor",     # fused q/k/v outputs (GPT-2, BLOOM, Phi-3)
+    "gate_up": "tensor",  # Phi-3's fused gate/up output
+    "heads": None,       # head counts (cohere's per-head q/k norms): tiny
+    "kv_heads": None,
     "mlp": "tensor",     # intermediate size
     "head": None,        # head_dim (q/k norms): tiny
     "pos": None,         # learned positions: small, gathered every step

@@ -33,18 +33,36 @@ FAMILIES = {
     "olmo2": ("Olmo2Config", dict(num_attention_heads=4, num_key_value_heads=2,
                                   rope_parameters={"rope_type": "default",
                                                    "rope_theta": 5000.0})),
+    # 6 heads: not a power of two, so the ALiBi slopes take their interleaved second series
+    "bloom": ("BloomConfig", dict(hidden_size=48, n_layer=2, n_head=6)),
+    "phi3": ("Phi3Config", dict(num_attention_heads=4, num_key_value_heads=2, sliding_window=5)),
+    # longrope on half the head dims; test_parity.SEQ passes original_max_position_embeddings
+    # (16), so the long factors and the attention factor sqrt(1 + ln 8 / ln 16) are in play
+    "phi3_longrope": ("Phi3Config", dict(
+        num_attention_heads=4, num_key_value_heads=2, original_max_position_embeddings=16,
+        rope_parameters={"rope_type": "longrope", "rope_theta": 10000.0,
+                         "partial_rotary_factor": 0.5, "short_factor": [1.0, 1.3, 1.7, 2.1],
+                         "long_factor": [1.5, 3.0, 6.0, 12.0]})),
+    # logit_scale > 1 so the scale is not hidden by small logits; a second, untied variant
+    # with per-head q/k LayerNorms and attention biases
+    "cohere": ("CohereConfig", dict(num_attention_heads=4, num_key_value_heads=2,
+                                    logit_scale=2.0)),
+    "cohere_qk_norm": ("CohereConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, logit_scale=0.5, use_qk_norm=True,
+        attention_bias=True, tie_word_embeddings=False)),
 }
 
 
 def make_config(family: str, vocab: int = VOCAB, **overrides):
     cls_name, kw = FAMILIES[family]
     cls = getattr(transformers, cls_name)
-    if cls_name == "GPT2Config":
+    if cls_name in ("GPT2Config", "BloomConfig"):
         base = dict(vocab_size=vocab, bos_token_id=1, eos_token_id=2)
     else:
         base = dict(vocab_size=vocab, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
                     max_position_embeddings=128, bos_token_id=1, eos_token_id=2, pad_token_id=0,
-                    tie_word_embeddings=family in ("gemma", "qwen3", "gemma2", "gemma3_text"))
+                    tie_word_embeddings=family in ("gemma", "qwen3", "gemma2", "gemma3_text",
+                                                   "cohere"))
     base.update(kw)
     base.update(overrides)
     return cls(**base)

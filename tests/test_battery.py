@@ -5,6 +5,7 @@ families, and bad configs."""
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -22,6 +23,8 @@ from jaxregion.tree import flatten
 
 LANGS = ("lat", "rom", "cyr")
 RATIOS = [0.01, 0.05]
+CASE_PROMPTS = {"lat": ["Sami ve ni. 41 lavomop"], "cyr": ["мупи ву важпытя"],
+                "en": ["Fudan University is located in"]}
 
 
 def _config(model: str, corpus_dir: str, out: str, **over) -> dict:
@@ -47,7 +50,8 @@ def battery(model_factory, corpus_dir, tmp_path_factory):
                   dims={"layer": 1, "auto_candidates": 2, "auto_controls": 2,
                         "factors": [4.0, 0.0], "targets": ["input_norm", "down_proj", "q_proj"]},
                   jaccard={"sample_counts": [8], "estimators": ["fisher", "wanda"]},
-                  mask_maps={"matrices": ["model.layers.1.mlp.up_proj.weight"], "blocks": 8})
+                  mask_maps={"matrices": ["model.layers.1.mlp.up_proj.weight"], "blocks": 8},
+                  case_studies={"prompts": CASE_PROMPTS, "max_new_tokens": 5, "width": 30})
     code, _, err = run_cli("experiment", _write(tmp, cfg))
     assert code == 0, err
     return cfg, tmp / "exp"
@@ -100,6 +104,60 @@ def test_battery_runs_and_reports_everything(battery):
         np.asarray(flatten(core.mask)["model.layers.1.mlp.up_proj.weight"]).mean(), rel=1e-12)
     # results.json reads back into the dataclass
     assert Results.load(str(out / "results.json")).perplexity["base"] == res["perplexity"]["base"]
+
+
+def test_battery_bits_per_byte_case_studies_and_fidelity(battery):
+    """Bits per byte beside every perplexity; continuations and fidelity under base, each
+    removal and each dims-sweep point, the base one equal to a plain greedy generation."""
+    from jaxregion.evaluate import bits_per_byte
+    from jaxregion.generate import completions
+
+    cfg, out = battery
+    report = (out / "report.md").read_text()
+    res = json.loads((out / "results.json").read_text())
+    # bpb: one column per language next to its perplexity, for base and every removal
+    table1 = re.sub(r" +", " ", report.split("## Table 1.")[1].split("\n## ")[0])
+    assert "| cyr | cyr bpb | lat | lat bpb | rom | rom bpb |" in table1  # YAML keys sorted
+    assert set(res["bits_per_byte"]) == set(res["perplexity"])
+    s = runtime.load_session(cfg["model"])
+    windows = runtime.load_corpora([f"{k}={v}" for k, v in cfg["languages"].items()], s,
+                                   cfg["seq_len"], cfg["eval_max_seqs"])
+    base = runtime.evaluate_corpora(s, windows, cfg["batch_size"])
+    for lang in LANGS:
+        b = base[lang]
+        assert res["bits_per_byte"]["base"][lang] == b.bits_per_byte
+        assert b.bits_per_byte == pytest.approx(bits_per_byte(b.loss, b.tokens, b.bytes),
+                                                rel=1e-12)
+        assert res["bits_per_byte"]["core"][lang] > 0
+        assert f"{res['bits_per_byte']['core'][lang]:.3f}" in table1
+    assert len(res["random"]["bpb_mean"]) == len(LANGS)
+    # case studies: every setting the issue names, in order, and the dims points
+    cs = res["case_studies"]
+    sweep = res["dims"]["sweep"]
+    points = [f"{p['group']} `{p['entry']}` x{p['factor']:g}" for p in sweep]
+    assert cs["settings"] == ["base", "core removed", "bottom removed", "random removed",
+                              *[f"mono-{x} removed" for x in sorted(LANGS)],
+                              *[f"bmono-{x} removed" for x in sorted(LANGS)], *points]
+    assert len(points) == (len(res["dims"]["candidates"]) + len(res["dims"]["controls"])) * 3 * 2
+    assert cs["prompts"] == CASE_PROMPTS and cs["max_new_tokens"] == 5
+    for setting in cs["settings"]:
+        assert [len(cs["continuations"][setting][x]) for x in CASE_PROMPTS] == [1, 1, 1]
+        assert all(0.0 <= cs["fidelity"][setting][x] <= 1.0 for x in CASE_PROMPTS)
+    texts = [p for x in CASE_PROMPTS for p in CASE_PROMPTS[x]]
+    again = completions(s.params, s.config, s.tokenizer, texts, 5)
+    assert [cs["continuations"]["base"][x][0] for x in CASE_PROMPTS] == [
+        r["completion"] for r in again]
+    # zeroing the core changes what the model writes
+    assert cs["continuations"]["core removed"] != cs["continuations"]["base"]
+    # the report: fidelity table, then per prompt the continuations side by side, escaped
+    section = re.sub(r" +", " ", report.split("## Table 7.")[1].split("\n## ")[0])
+    assert "*Model and data:*" in section
+    assert "| setting | cyr | en | lat |" in section
+    assert "Synthetic languages (cyr, lat)" in section
+    for x in CASE_PROMPTS:
+        assert f"### {x} · “{CASE_PROMPTS[x][0]}”" in section
+    assert f"| {points[0]} |" in section
+    assert list(Results.load(str(out / "results.json")).case_studies.settings) == cs["settings"]
 
 
 def test_overlap_matrix_equals_regions_compare(battery, tmp_path):
@@ -240,6 +298,13 @@ def test_battery_runs_on_other_families(model_factory, corpus_dir, tmp_path, fam
     ("llama_mha", {"ratio": 1.0}, "ratio: 1.0 is outside (0, 1)"),
     ("llama_mha", {"mask_maps": {"matrices": ["model.layers.0.input_layernorm.weight"]}},
      "mask_maps.matrices[0]"),
+    ("llama_mha", {"case_studies": {"prompts": {"zz": ["hello"]}}},
+     "case_studies.prompts: language 'zz'"),
+    ("llama_mha", {"case_studies": {"prompts": {"lat": ["  "]}}},
+     "case_studies.prompts.lat[0]: empty prompt"),
+    ("llama_mha", {"case_studies": {"prompts": {"lat": []}}}, "prompts.lat: no prompts"),
+    ("llama_mha", {"case_studies": {"prompts": {"lat": ["ba " * 400]}}},
+     "prompt tokens + case_studies.max_new_tokens 32 exceed the model's context"),
 ])
 def test_bad_config_one_line_exit_2(model_factory, corpus_dir, tmp_path, capsys, family, over,
                                     key):

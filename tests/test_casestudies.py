@@ -7,6 +7,7 @@ import json
 import pytest
 
 from jaxregion import casestudies, interventions, regions, runtime
+from jaxregion.configs import CaseStudyConfig
 from jaxregion.data import synthetic
 from jaxregion.errors import UserError
 
@@ -41,3 +42,23 @@ def test_bad_language_named_before_generating():
         casestudies.check_prompts({"zz": ["hello"]})
     with pytest.raises(UserError, match="no prompts"):
         casestudies.check_prompts({"en": []})
+
+
+def test_config_section_loads_strictly(tmp_path):
+    from jaxregion.config import load_yaml
+
+    f = tmp_path / "cs.yaml"
+    f.write_text("prompts:\n  en: ['Fudan University is located in']\n  lat: ['Ana']\n"
+                 "max_new_tokens: 8\n")
+    c = load_yaml(CaseStudyConfig, str(f))
+    assert c.prompts == {"en": ("Fudan University is located in",), "lat": ("Ana",)}
+    assert c.max_new_tokens == 8
+    f.write_text("prompt: {}\n")
+    with pytest.raises(UserError, match="prompt"):
+        load_yaml(CaseStudyConfig, str(f))
+    f.write_text("prompts: {en: ['ok', '']}\n")
+    with pytest.raises(UserError, match=r"prompts.en\[1\]: empty prompt"):
+        load_yaml(CaseStudyConfig, str(f))
+    f.write_text("prompts: {'../x': ['ok']}\n")
+    with pytest.raises(UserError, match="prompts"):
+        load_yaml(CaseStudyConfig, str(f))

@@ -19,7 +19,8 @@ from jaxregion.tree import flatten
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "gemma", "gpt2", "qwen2", "gemma2",
-                                    "gemma3_text", "olmo2"])
+                                    "gemma3_text", "olmo2", "bloom", "phi3_longrope",
+                                    "cohere_qk_norm"])
 def test_export_round_trip_is_bitwise(family, model_factory, tmp_path):
     src = model_factory(family)
     cfg, params = hf.load(src)
@@ -31,6 +32,29 @@ def test_export_round_trip_is_bitwise(family, model_factory, tmp_path):
     for k in original:
         assert torch.equal(original[k], back[k]), k
     assert transformers.AutoTokenizer.from_pretrained(out).vocab_size > 0
+
+
+def test_bloom_hub_names_without_prefix_load(model_factory, tmp_path):
+    """bigscience/bloom-* checkpoints store BloomModel's names (``h.0.…``, no
+    ``transformer.``): they load to the same params."""
+    import shutil
+
+    from safetensors.numpy import load_file
+
+    src = model_factory("bloom")
+    out = tmp_path / "bare"
+    shutil.copytree(src, out)
+    arrays = load_file(os.path.join(src, "model.safetensors"))
+    assert all(k.startswith("transformer.") for k in arrays)
+    safetensors_io.save_dict(str(out / "model.safetensors"),
+                             {k.removeprefix("transformer."): v for k, v in arrays.items()},
+                             {"format": "pt"})
+    _, a = hf.load(src)
+    _, b = hf.load(str(out))
+    fa, fb = flatten(a), flatten(b)
+    assert fa.keys() == fb.keys()
+    for k in fa:
+        assert np.asarray(fa[k]).tobytes() == np.asarray(fb[k]).tobytes(), k
 
 
 def test_bfloat16_load_and_export(model_factory, tmp_path):

@@ -58,6 +58,18 @@ def test_quick_demo_end_to_end(tmp_path):
     assert {"none/none", "core/element/0.1/none", "random/column/0.1/none", "none/replay",
             "none/ewc", "wanda/column/0.5/none"} <= labels
     assert "forgetting/frontier.png" in report and "reproduce" in report
+    # case studies inside the battery part; the multiple-choice task and its verdict
+    assert "Table 7. Case studies: language fidelity and continuations" in report
+    assert set(exp["case_studies"]["prompts"]) == {"lat", "rom", "cyr", "grk", "arb", "cjk"}
+    assert "mono-lat removed" in exp["case_studies"]["settings"]
+    mcq = json.loads((out / "mc" / "results.json").read_text())
+    assert set(mcq["accuracy"]) == {"base", "core", "random"}
+    for acc in mcq["accuracy"].values():
+        assert set(acc) == set(exp["case_studies"]["prompts"])
+        assert all(0.0 <= a <= 1.0 for a in acc.values())
+    assert "Part 2. Multiple choice" in report and mcq["verdict"] in report
+    assert "Removing the core region " in mcq["verdict"]
+    assert "accuracy more than removing a random region" in mcq["verdict"]
     for png in ("experiment/ablations.png", "experiment/dims_sweep.png"):
         assert (out / png).stat().st_size > 1000
         assert png in report

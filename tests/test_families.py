@@ -203,7 +203,8 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     assert res["dims"]["super_weights"] and res["dims"]["sweep"]
 
 
-@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2"])
+@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3",
+                                    "cohere_qk_norm"])
 def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tokenizer):
     """The analyses on each family's tiny model: a core region from Taylor scores, wanda on
     exactly the linear maps, a hidden-dim profile, massive activations, super weights, and a
@@ -245,10 +246,11 @@ def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tok
     assert len(points) == 1 and points[0].perplexity["lat"] != base
 
 
-@pytest.mark.parametrize("family", ["gemma2", "olmo2"])
+@pytest.mark.parametrize("family", ["gemma2", "olmo2", "bloom"])
 def test_experiment_completes_on_new_families(family, model_factory, corpus_dir, tmp_path):
     """The whole battery, dims analysis included, on gemma2 (sliding layers, soft-caps,
-    sandwich norms) and olmo2 (post-norm layers: no norm feeds attention)."""
+    sandwich norms), olmo2 (post-norm layers: no norm feeds attention) and bloom (ALiBi,
+    fused head-interleaved qkv, an embedding LayerNorm off the layers)."""
     cfg = {
         "name": f"tiny-{family}", "model": model_factory(family), "out": str(tmp_path / "exp"),
         "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "cyr")},

@@ -20,18 +20,19 @@ from jaxregion.models import apply
 NEW = 32
 
 
-def _prompts(tokenizer) -> list[list[int]]:
-    """Three prompts of different lengths (5, 11 and 17 tokens), BOS first."""
-    docs = list(synthetic.generate("grk", 3, seed=4))
+def _prompts(tokenizer, lengths: tuple[int, ...] = (5, 11, 17)) -> list[list[int]]:
+    """Prompts of different lengths, BOS first."""
+    docs = list(synthetic.generate("grk", len(lengths), seed=4))
     ids = list(document_tokens(docs, tokenizer))
-    return [ids[0][:5], ids[1][:11], ids[2][:17]]
+    return [d[:n] for d, n in zip(ids, lengths)]
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_greedy_equals_transformers_and_cache_is_exact(family, model_factory, tokenizer):
     path = model_factory(family)
     cfg, params = hf.load(path)
-    prompts = _prompts(tokenizer)
+    # longrope: start past original_max_position_embeddings (16), see test_longrope_switch
+    prompts = _prompts(tokenizer, (17, 20, 23) if cfg.rope_kind == "longrope" else (5, 11, 17))
     assert len({len(p) for p in prompts}) == 3
     gen = generate(params, cfg, prompts, NEW, with_logits=True)
 
@@ -64,6 +65,9 @@ def test_eos_cuts_and_sampling_is_seeded(model_factory, tokenizer):
     assert a == generate(params, cfg, prompts, 8, s, batch_size=2).token_ids
     assert a != generate(params, cfg, prompts, 8, Sampling(1.5, 0.9, seed=8),
                          batch_size=2).token_ids
+    # Each batch draws its own stream: the same prompt in two batches samples differently.
+    rep = generate(params, cfg, [prompts[0]] * 4, 8, s, batch_size=2).token_ids
+    assert rep[0] != rep[2] and rep[1] != rep[3]
     # top_p -> 0 keeps only the most likely token: greedy again.
     assert generate(params, cfg, prompts, 8, Sampling(1.0, 1e-6, 3)).token_ids == greedy
 
@@ -86,6 +90,17 @@ def test_generate_cli_with_edit(model_factory, tmp_path):
         assert 1 <= len(r["token_ids"]) <= 6 and isinstance(r["completion"], str)
         assert set(r["edited"]) == {"completion", "token_ids"}
     assert "| prompt" in stdout and "edited" in stdout and "Ana \\|x" in stdout
+
+
+def test_longrope_switch_mid_generation_is_refused(model_factory, tokenizer):
+    """transformers re-prefills when a phi3 longrope sequence crosses its original length;
+    the cache does not (yet), so such a request is bad input rather than a silent mismatch."""
+    from jaxregion.errors import UserError
+
+    cfg, params = hf.load(model_factory("phi3_longrope"))
+    with pytest.raises(UserError, match="original_max_position_embeddings"):
+        generate(params, cfg, _prompts(tokenizer, (5,)), 16)
+    assert len(generate(params, cfg, _prompts(tokenizer, (5,)), 12).token_ids[0]) == 12
 
 
 @pytest.mark.parametrize("args, what", [

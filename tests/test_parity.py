@@ -77,6 +77,84 @@ def test_gemma3_legacy_config_keys():
     assert from_hf_dict(new).sliding_windows == (6, None, 6)
 
 
+def test_bloom_alibi_slopes_and_post_norm_residual(model_factory):
+    """ALiBi slopes equal transformers' for 1..256 heads (powers of two and the second
+    series of the rest): bit for bit up to 31 heads, within one float32 ulp beyond (torch's
+    vectorised pow is not correctly rounded); apply_residual_connection_post_layernorm
+    keeps parity."""
+    from transformers.models.bloom.modeling_bloom import _get_alibi_slopes
+
+    from jaxregion.models.layers import alibi_slopes
+
+    for n in range(1, 257):
+        got, ref = alibi_slopes(n), _get_alibi_slopes(n, torch.device("cpu")).numpy()
+        assert got.dtype == ref.dtype == np.float32 and got.shape == ref.shape == (n,)
+        ulps = np.abs(got.view(np.int32).astype(np.int64) - ref.view(np.int32)).max()
+        assert ulps <= (0 if n < 32 else 1), n
+    kw = dict(apply_residual_connection_post_layernorm=True)
+    cfg, params = hf.load(model_factory("bloom", **kw))
+    assert cfg.residual_from_norm
+    tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, SEQ))
+    ref = make_model("bloom", **kw)(torch.tensor(tokens)).logits.detach().numpy()
+    assert np.abs(np.asarray(apply(params, jnp.asarray(tokens), cfg)) - ref).max() < 1e-4
+
+
+def test_phi3_longrope_branches_and_switches(model_factory):
+    """longrope switches on the sequence length as transformers does: parity on a sequence
+    within original_max_position_embeddings (short factors) and, on the same torch model,
+    past it (long factors). The long factors, the attention factor, partial rotary and the
+    sliding window each change the logits, so the parity tests them."""
+    from hf_factory import make_config
+
+    from jaxregion.models import from_hf_dict
+
+    cfg, params = hf.load(model_factory("phi3_longrope"))
+    assert cfg.rotary_dim == 8 and cfg.rope_attention_scaling() > 1.0
+    ref_model = make_model("phi3_longrope")
+    rng = np.random.default_rng(5)
+    for seq in (12, SEQ, 16):  # short, long, short again (16 = the original length)
+        tokens = rng.integers(0, cfg.vocab_size, (2, seq))
+        ref = ref_model(torch.tensor(tokens)).logits.detach().numpy()
+        assert np.abs(np.asarray(apply(params, jnp.asarray(tokens), cfg)) - ref).max() < 1e-4
+    tokens = jnp.asarray(rng.integers(0, cfg.vocab_size, (1, SEQ)))
+    ref = np.asarray(apply(params, tokens, cfg))
+    scaling = dict(cfg.rope_scaling)
+    short = tuple(sorted({**scaling, "long_factor": scaling["short_factor"]}.items()))
+    for off in (dict(rope_scaling=short), dict(rope_scaling=tuple(
+            sorted({**scaling, "attention_factor": 1.0}.items()))),
+            dict(rope_scaling=None, partial_rotary_factor=1.0)):
+        assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
+    cfg, params = hf.load(model_factory("phi3"))
+    assert cfg.sliding_windows == (5, 5) and cfg.rope_scaling is None
+    ref = np.asarray(apply(params, tokens, cfg))
+    full = cfg.replace(sliding_windows=(None, None))
+    assert np.abs(np.asarray(apply(params, tokens, full)) - ref).max() > 1e-3
+    # a pre-transformers-5 config.json (rope_scaling of type "su", top-level rope keys)
+    new = make_config("phi3_longrope").to_dict()
+    rp = new["rope_parameters"]
+    old = {k: v for k, v in new.items() if k != "rope_parameters"}
+    old.update(rope_theta=rp["rope_theta"], partial_rotary_factor=0.5, rope_scaling={
+        "type": "su", "short_factor": rp["short_factor"], "long_factor": rp["long_factor"]})
+    assert from_hf_dict(old) == from_hf_dict(new)
+
+
+def test_cohere_switches_are_live(model_factory):
+    """logit_scale and the interleaved RoPE layout change the logits (so the parity tests
+    them); the per-head q/k norms are [heads, head_dim] tensors off the residual stream."""
+    from jaxregion.models import roles
+
+    tokens = jnp.asarray(np.random.default_rng(6).integers(0, 320, (1, SEQ)))
+    cfg, params = hf.load(model_factory("cohere"))
+    assert cfg.logit_scale == 2.0 and cfg.rope_interleaved and not cfg.qk_norm
+    ref = np.asarray(apply(params, tokens, cfg))
+    for off in (dict(logit_scale=None), dict(rope_interleaved=False)):
+        assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
+    cfg, _ = hf.load(model_factory("cohere_qk_norm"))
+    r = roles(cfg)
+    assert r["model.layers.1.self_attn.q_norm.weight"].axes == ("heads", "head")
+    assert r["model.layers.1.self_attn.k_norm.weight"].residual_axis is None
+
+
 def _torch_perplexity(model, windows: np.ndarray) -> float:
     with torch.no_grad():
         logits = model(torch.tensor(windows, dtype=torch.long)).logits.double()
@@ -86,7 +164,8 @@ def _torch_perplexity(model, windows: np.ndarray) -> float:
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                                    "olmo2"])
+                                    "olmo2", "bloom", "phi3", "phi3_longrope", "cohere",
+                                    "cohere_qk_norm"])
 def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokenizer, tmp_path):
     path = model_factory(family)
     lang = "lat"
@@ -107,7 +186,8 @@ def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokeni
     assert lang in stdout
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2"])
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2",
+                                    "bloom", "phi3_longrope", "cohere_qk_norm"])
 def test_remat_scan_equals_unrolled(family, model_factory):
     """remat=True runs the layers as one lax.scan: same loss and gradients as the loop."""
     import jax

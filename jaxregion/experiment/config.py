@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 
+from jaxregion import fidelity
 from jaxregion.config import load_yaml
 from jaxregion.configs import ExperimentConfig
 from jaxregion.dims import validate as validate_dims
@@ -27,11 +28,17 @@ def load_config(path: str) -> ExperimentConfig:
 def validate(cfg: ExperimentConfig, where: str = "config") -> None:
     """Checks that need only the config itself: its fields' checks and cross-field rules
     (:meth:`ExperimentConfig.validate`, one definition for parsed and built configs), with
-    ``where`` (the file) in the message."""
+    ``where`` (the file) in the message, and that each case-study language can be identified
+    (:mod:`jaxregion.fidelity`)."""
     try:
         cfg.validate()
     except UserError as e:
         raise UserError(f"{where}: {e}") from None
+    for lang in cfg.case_studies.prompts:
+        try:
+            fidelity.check_language(lang)
+        except UserError as e:
+            raise UserError(f"{where}: case_studies.prompts: {e}") from None
 
 
 def validate_for_model(cfg: ExperimentConfig, model: ModelConfig,

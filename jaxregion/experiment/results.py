@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jaxregion import io
+from jaxregion.casestudies import CaseStudies
 from jaxregion.config import from_dict
 from jaxregion.dims import DimsResult
 
@@ -90,7 +91,9 @@ class Results:
     thresholds: dict[str, float]
     regions: dict[str, RegionInfo]
     perplexity: dict[str, dict[str, float]]  # condition -> lang -> perplexity; "base" included
-    random: dict[str, Any]  # seeds, mean, std
+    # condition -> lang -> bits per byte (None: the tokenizer gives no byte lengths)
+    bits_per_byte: dict[str, dict[str, float | None]]
+    random: dict[str, Any]  # seeds, mean, std (perplexity), bpb_mean, bpb_std
     monolingual_matrix: dict[str, dict[str, float]]
     bottom_monolingual_matrix: dict[str, dict[str, float]]
     overlap: Overlap
@@ -101,6 +104,7 @@ class Results:
     mask_maps: list[MaskMap]
     dims: DimsResult
     jaccard: dict[str, Any]
+    case_studies: CaseStudies | None = None  # None: the config lists no prompts
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 

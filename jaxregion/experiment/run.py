@@ -11,16 +11,27 @@ from __future__ import annotations
 import dataclasses
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import __version__, dims, hf, interventions, models, runtime, scorefiles, stability
+from jaxregion import (
+    __version__,
+    casestudies,
+    dims,
+    hf,
+    interventions,
+    models,
+    runtime,
+    scorefiles,
+    stability,
+)
 from jaxregion import regions as R
 from jaxregion.errors import UserError
-from jaxregion.experiment import languages, maps
+from jaxregion.evaluate import EvalResult
+from jaxregion.experiment import languages, maps, texts
 from jaxregion.experiment.config import ExperimentConfig, validate, validate_for_model
 from jaxregion.experiment.results import (
     THRESHOLDS,
@@ -93,10 +104,13 @@ class _Run:
                        {k: len(v) for k, v in self.eval_windows.items()}, c.ratio, c.scope,
                        c.include)
 
+    def evaluate(self, params: dict) -> dict[str, EvalResult]:
+        """Every evaluation language's perplexity, bits per byte, ... under ``params``."""
+        return runtime.evaluate_corpora(self.s, self.eval_windows, self.cfg.batch_size,
+                                        params=params)
+
     def ppl(self, params: dict) -> dict[str, float]:
-        res = runtime.evaluate_corpora(self.s, self.eval_windows, self.cfg.batch_size,
-                                       params=params)
-        return {k: r.perplexity for k, r in res.items()}
+        return {k: r.perplexity for k, r in self.evaluate(params).items()}
 
     def save(self, name: str, reg: R.Region) -> R.Region:
         R.save_region(os.path.join(self.out, "regions", f"{name}.safetensors"), reg)
@@ -165,6 +179,16 @@ def select_regions(r: _Run, scores: dict) -> tuple[dict[str, R.Region], dict[str
     return regs, tops
 
 
+def _random_bpb(bpb: dict[str, dict[str, float | None]], seeds: Sequence[int]) -> dict:
+    """Mean and std of bits per byte over the random seeds (None where a tokenizer gives no
+    byte lengths)."""
+    per_seed = [bpb[f"random-{s}"] for s in seeds]
+    if any(v is None for p in per_seed for v in p.values()):
+        return {"bpb_mean": None, "bpb_std": None}
+    mean, std = _mean_std(per_seed)
+    return {"bpb_mean": mean, "bpb_std": std}
+
+
 def _ratio_matrix(r: _Run, ppl: dict, prefix: str) -> dict[str, dict[str, float]]:
     """Row: the ``prefix-L`` region removed; column: evaluated language; cell: ppl / base."""
     base = ppl["base"]
@@ -218,46 +242,55 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
     validate_for_model(cfg, ck.config, models.shapes(ck.config), source)
     t0 = time.time()
-    for sub in ("importance", "regions"):
-        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
     r = _Run(cfg, log, mesh)
     s, c = r.s, cfg
+    casestudies.check_fits(s.config, s.tokenizer, c.case_studies, source)
+    for sub in ("importance", "regions"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
 
-    log("[1/8] importance per language")
+    log("[1/9] importance per language")
     scores = {lang: r.scores(lang, c.estimator) for lang in r.langs}
     log("[2/8] regions")
     regs, tops = select_regions(r, scores)
     infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v),
                            region_stability(r, v))
              for k, v in {**regs, **{f"top-{x}": t for x, t in tops.items()}}.items()}
-    log("[3/8] ablations (zero each region, perplexity per language)")
-    base = r.ppl(s.params)
-    ppl = {"base": base} | {k: r.ppl(interventions.zero(s.params, v)) for k, v in regs.items()}
+    log("[3/9] ablations (zero each region, perplexity and bits per byte per language)")
+    evals = {"base": r.evaluate(s.params)} | {
+        k: r.evaluate(interventions.zero(s.params, v)) for k, v in regs.items()}
+    ppl = {k: {x: e.perplexity for x, e in v.items()} for k, v in evals.items()}
+    bpb = {k: {x: e.bits_per_byte for x, e in v.items()} for k, v in evals.items()}
+    base = ppl["base"]
     rnd_mean, rnd_std = _mean_std([ppl[f"random-{seed}"] for seed in c.random_seeds])
-    log("[4/8] overlap of the per-language regions")
+    log("[4/9] overlap of the per-language regions")
     ov = overlap(tops, regs["core"])
-    log(f"[5/8] ratio sweep {list(c.ratios)}")
+    log(f"[5/9] ratio sweep {list(c.ratios)}")
     own = ["core", "bottom", *[f"random-{seed}" for seed in c.random_seeds]]
     sweep_rows = ratio_sweep(r, scores, base,
                              {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {})
-    log("[6/8] region maps")
+    log("[6/9] region maps")
     mp = region_maps(r, scores, regs)
-    log("[7/8] dimension analysis and sweep")
+    log("[7/9] dimension analysis and sweep")
     dres = dims.analyse(s.params, s.config, r.ppl, base, r.eval_windows[r.eval_langs[0]],
                         c.dims, profile=mp["profiles"]["core"])
-    log("[8/8] agreement across sample counts and estimators")
+    log("[8/9] agreement across sample counts and estimators")
     jac = agreement(r, regs["core"])
+    log("[9/9] case studies (continuations under each edit, language fidelity)")
+    cs = texts.run(s.params, s.config, s.tokenizer, c.case_studies, regs, c.random_seeds[0],
+                   r.mono_langs, dres.sweep)
 
     res = Results(
         name=c.name, jaxregion_version=__version__, config=dataclasses.asdict(c),
         setting=r.setting(), thresholds=dict(THRESHOLDS), regions=infos, perplexity=ppl,
-        random={"seeds": list(c.random_seeds), "mean": rnd_mean, "std": rnd_std},
+        random={"seeds": list(c.random_seeds), "mean": rnd_mean, "std": rnd_std,
+                **_random_bpb(bpb, c.random_seeds)},
+        bits_per_byte=bpb,
         monolingual_matrix=_ratio_matrix(r, ppl, "mono"),
         bottom_monolingual_matrix=_ratio_matrix(r, ppl, "bmono"), overlap=ov,
         ratio_sweep=sweep_rows, layer_module_density=mp["layer_module_density"],
         profiles={k: v.tolist() for k, v in mp["profiles"].items()},
         importance_hist=mp["importance_hist"], mask_maps=mp["mask_maps"], dims=dres,
-        jaccard=jac, seconds=round(time.time() - t0, 1))
+        jaccard=jac, case_studies=cs, seconds=round(time.time() - t0, 1))
     res.save(os.path.join(c.out, "results.json"))
     log(f"wrote {os.path.join(c.out, 'results.json')} in {res.seconds} s")
     return res

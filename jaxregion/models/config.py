@@ -30,7 +30,7 @@ class ModelConfig:
     head_dim: int
     max_position_embeddings: int
     norm_eps: float
-    activation: str  # "silu" | "gelu_tanh" | "gelu"
+    activation: str  # "silu" | "gelu_tanh" | "gelu" | "bloom_gelu"
     tie_embeddings: bool
     rope_theta: float = 10000.0
     rope_scaling: tuple[tuple[str, Any], ...] | None = None
@@ -54,6 +54,11 @@ class ModelConfig:
     query_pre_attn_scalar: float | None = None  # attention scale scalar**-0.5 (else head_dim)
     rope_local_theta: float | None = None  # gemma3: RoPE base of the sliding-window layers
     rope_local_scaling: tuple[tuple[str, Any], ...] | None = None  # ... and their scaling
+    # --- bloom / phi3 / cohere ---
+    residual_from_norm: bool = False  # bloom's apply_residual_connection_post_layernorm
+    partial_rotary_factor: float = 1.0  # phi3: RoPE on the first int(head_dim * f) dims only
+    rope_interleaved: bool = False  # cohere: RoPE rotates pairs (2i, 2i+1), not half-split
+    logit_scale: float | None = None  # cohere: logits * scale (before any soft-cap)
 
     @property
     def family(self) -> str:
@@ -77,15 +82,49 @@ class ModelConfig:
     def replace(self, **kw: Any) -> ModelConfig:
         return dataclasses.replace(self, **kw)
 
-    def inv_freq(self) -> np.ndarray:
-        """RoPE inverse frequencies, float32, computed exactly as transformers does."""
-        dim = self.head_dim
-        exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
-        inv = (1.0 / (np.float32(self.rope_theta) ** exponent)).astype(np.float32)
+    @property
+    def rotary_dim(self) -> int:
+        """The leading head dims RoPE rotates (``head_dim`` unless ``partial_rotary_factor``)."""
+        return int(self.head_dim * self.partial_rotary_factor)
+
+    @property
+    def rope_kind(self) -> str:
         scaling = dict(self.rope_scaling or ())
-        kind = scaling.get("rope_type", scaling.get("type", "default"))
-        if kind in ("default", None):
+        return scaling.get("rope_type", scaling.get("type", "default")) or "default"
+
+    def rope_attention_scaling(self) -> float:
+        """The factor transformers multiplies cos and sin by (longrope: from the ratio of
+        ``max_position_embeddings`` to ``original_max_position_embeddings``); else 1."""
+        if self.rope_kind != "longrope":
+            return 1.0
+        s = dict(self.rope_scaling or ())
+        old = self.rope_original_max()
+        factor = s.get("factor") or self.max_position_embeddings / old
+        if s.get("attention_factor") is not None:
+            return float(s["attention_factor"])
+        return 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(old))
+
+    def rope_original_max(self) -> int:
+        """longrope's pretraining length (transformers' default: ``max_position_embeddings``)."""
+        s = dict(self.rope_scaling or ())
+        return int(s.get("original_max_position_embeddings") or self.max_position_embeddings)
+
+    def inv_freq(self, long: bool = False) -> np.ndarray:
+        """RoPE inverse frequencies, float32, computed exactly as transformers does.
+
+        ``long``: longrope's long-context factors (used once a sequence passes
+        ``original_max_position_embeddings``); the short ones otherwise."""
+        dim = self.rotary_dim
+        exponent = np.arange(0, dim, 2, dtype=np.int64).astype(np.float32) / np.float32(dim)
+        base = np.float32(self.rope_theta) ** exponent
+        inv = (1.0 / base).astype(np.float32)
+        scaling = dict(self.rope_scaling or ())
+        kind = self.rope_kind
+        if kind == "default":
             return inv
+        if kind == "longrope":
+            ext = np.asarray(scaling["long_factor" if long else "short_factor"], np.float32)
+            return (1.0 / (ext * base)).astype(np.float32)
         if kind == "linear":
             return (inv / np.float32(scaling["factor"])).astype(np.float32)
         if kind == "llama3":
@@ -100,7 +139,8 @@ class ModelConfig:
             medium = ~(wavelen < high_wl) & ~(wavelen > low_wl)
             return np.where(medium, smoothed, scaled).astype(np.float32)
         raise UserError(
-            f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3)"
+            f"rope scaling type {kind!r} is not supported (supported: default, linear, llama3, "
+            "longrope)"
         )
 
 
@@ -118,7 +158,13 @@ def rope_from_hf(d: dict) -> tuple[float, tuple | None]:
     kind = scaling.get("rope_type", scaling.get("type", "default")) if scaling else "default"
     if not scaling or kind == "default":
         return theta, None
-    return theta, tuple(sorted(scaling.items()))
+    return theta, frozen(scaling)
+
+
+def frozen(d: dict) -> tuple[tuple[str, Any], ...]:
+    """A dict as sorted ``(key, value)`` pairs, lists as tuples: hashable, so a config can be
+    a static argument of ``jax.jit`` (longrope's factors are lists)."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in d.items()))
 
 
 def activation_name(name: str, source: str) -> str:

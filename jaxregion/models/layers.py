@@ -6,10 +6,12 @@ axis. Norm statistics and softmax run in float32 whatever the compute dtype, as 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxregion.models.config import ModelConfig
 
@@ -49,12 +51,14 @@ def rms_norm(x: Array, w: Array, eps: float, plus_one: bool = False) -> Array:
     return w.astype(x.dtype) * y.astype(x.dtype)  # llama: w * x.to(dtype)
 
 
-def layer_norm(x: Array, w: Array, b: Array, eps: float) -> Array:
+def layer_norm(x: Array, w: Array, b: Array | None, eps: float) -> Array:
+    """LayerNorm over the last axis; ``b=None``: no bias (cohere). ``w`` may carry more
+    axes than the last (cohere's per-head q/k norms: ``[heads, head_dim]``)."""
     x32 = x.astype(jnp.float32)
     mean = jnp.mean(x32, axis=-1, keepdims=True)
     var = jnp.mean(jnp.square(x32 - mean), axis=-1, keepdims=True)
-    y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    return (y * w.astype(jnp.float32) + b.astype(jnp.float32)).astype(x.dtype)
+    y = (x32 - mean) * jax.lax.rsqrt(var + eps) * w.astype(jnp.float32)
+    return (y if b is None else y + b.astype(jnp.float32)).astype(x.dtype)
 
 
 def activation(name: str, x: Array) -> Array:
@@ -62,25 +66,58 @@ def activation(name: str, x: Array) -> Array:
         return jax.nn.silu(x)
     if name == "gelu_tanh":
         return jax.nn.gelu(x, approximate=True)
+    if name == "bloom_gelu":  # bloom's own tanh approximation, its constants as written
+        return x * 0.5 * (1.0 + jnp.tanh(0.79788456 * x * (1 + 0.044715 * x * x)))
     return jax.nn.gelu(x, approximate=False)
 
 
 def rope_tables(cfg: ModelConfig, positions: Array, dtype: jnp.dtype) -> tuple[Array, Array]:
-    """cos, sin of shape ``[seq, head_dim]`` for int ``positions`` ``[seq]`` (or per row,
-    ``[batch, seq, head_dim]`` for ``[batch, seq]``), in HF's half-split layout. Explicit
-    positions (not ``arange``) so a KV cache can pass each row's own offsets."""
+    """cos, sin of shape ``[seq, rotary_dim]`` for int ``positions`` ``[seq]``, in HF's
+    half-split layout (cohere's pairwise layout with ``cfg.rope_interleaved``). Explicit
+    positions (not ``arange``) so a KV cache can pass each row's own offsets: per-row
+    ``[batch, seq]`` positions give ``[batch, seq, rotary_dim]`` tables.
+
+    longrope (phi3) switches to its long factors once ``max(positions) + 1`` passes
+    ``original_max_position_embeddings``, as transformers does per forward pass (per row for
+    ``[batch, seq]`` positions, where padding marked -1 does not count), and scales cos and
+    sin by its attention factor."""
     inv = jnp.asarray(cfg.inv_freq())
+    if cfg.rope_kind == "longrope":
+        long = jnp.asarray(cfg.inv_freq(long=True))
+        extent = jnp.max(positions, axis=-1, keepdims=True)[..., None] + 1
+        inv = jnp.where(extent > cfg.rope_original_max(), long, inv)
     freqs = positions.astype(jnp.float32)[..., None] * inv
-    emb = jnp.concatenate([freqs, freqs], axis=-1)
-    return jnp.cos(emb).astype(dtype), jnp.sin(emb).astype(dtype)
+    if cfg.rope_interleaved:
+        emb = jnp.repeat(freqs, 2, axis=-1)
+    else:
+        emb = jnp.concatenate([freqs, freqs], axis=-1)
+    scale = cfg.rope_attention_scaling()
+    cos, sin = jnp.cos(emb), jnp.sin(emb)
+    if scale != 1.0:
+        cos, sin = cos * scale, sin * scale
+    return cos.astype(dtype), sin.astype(dtype)
 
 
 def apply_rope(x: Array, cos: Array, sin: Array) -> Array:
-    """x: ``[batch, seq, heads, head_dim]``; rotate_half as in transformers."""
-    half = x.shape[-1] // 2
+    """x: ``[batch, seq, heads, head_dim]``; rotate_half as in transformers. With tables
+    narrower than ``head_dim`` (partial rotary), the remaining dims pass unchanged."""
+    r = cos.shape[-1]
+    if r < x.shape[-1]:
+        return jnp.concatenate([apply_rope(x[..., :r], cos, sin), x[..., r:]], axis=-1)
+    half = r // 2
     rot = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
     cos, sin = (t[None, :, None, :] if t.ndim == 2 else t[:, :, None, :] for t in (cos, sin))
     return x * cos + rot * sin
+
+
+def apply_rope_interleaved(x: Array, cos: Array, sin: Array) -> Array:
+    """Cohere's RoPE: pairs ``(x[2i], x[2i+1]) -> (-x[2i+1], x[2i])``, computed in float32
+    and cast back, as in transformers. Tables from ``rope_tables`` with ``rope_interleaved``."""
+    x32 = x.astype(jnp.float32)
+    rot = jnp.stack([-x32[..., 1::2], x32[..., ::2]], axis=-1).reshape(x.shape)
+    c, s = (t.astype(jnp.float32)[None, :, None, :] if t.ndim == 2 else
+            t.astype(jnp.float32)[:, :, None, :] for t in (cos, sin))
+    return (x32 * c + rot * s).astype(x.dtype)
 
 
 def attention_mask(q_pos: Array, k_pos: Array, window: int | None) -> Array:
@@ -118,32 +155,40 @@ class KV:
                   self.v.at[rows, positions].set(v.astype(self.v.dtype)))
 
     def attend(self, q: Array, k: Array, v: Array, positions: Array, window: int | None,
-               scale: float, softcap: float | None = None) -> tuple[Array, KV]:
-        """Store this step's keys/values, then attend ``q`` over every cached slot."""
+               scale: float, softcap: float | None = None, bias: Array | None = None
+               ) -> tuple[Array, KV]:
+        """Store this step's keys/values, then attend ``q`` over every cached slot
+        (``bias``, if any, is over the slots: see :meth:`key_positions`)."""
         kv = self.write(k, v, positions)
-        mask = attention_mask(positions, jnp.arange(kv.k.shape[1]), window)
-        return attention(q, kv.k, kv.v, mask, scale, softcap), kv
+        mask = attention_mask(positions, self.key_positions(), window)
+        return attention(q, kv.k, kv.v, mask, scale, softcap, bias), kv
+
+    def key_positions(self) -> Array:
+        """The position each slot holds: ``0..slots-1``."""
+        return jnp.arange(self.k.shape[1])
 
 
 def self_attention(q: Array, k: Array, v: Array, positions: Array, window: int | None,
-                   scale: float, softcap: float | None = None, kv: KV | None = None
-                   ) -> tuple[Array, KV | None]:
+                   scale: float, softcap: float | None = None, kv: KV | None = None,
+                   bias: Array | None = None) -> tuple[Array, KV | None]:
     """A layer's attention: over its own keys (``kv`` None: the plain forward), or, when
-    generating, over a cache that first stores this call's keys and values."""
+    generating, over a cache that first stores this call's keys and values. ``bias``
+    (ALiBi) is over the keys attended: ``positions``, or the cache's slots."""
     if kv is None:
         mask = attention_mask(positions, positions, window)
-        return attention(q, k, v, mask, scale, softcap), None
-    return kv.attend(q, k, v, positions, window, scale, softcap)
+        return attention(q, k, v, mask, scale, softcap, bias), None
+    return kv.attend(q, k, v, positions, window, scale, softcap, bias)
 
 
 def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
-              softcap: float | None = None) -> Array:
+              softcap: float | None = None, bias: Array | None = None) -> Array:
     """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, t, kv, d]``, mask ``[s, t]``
     or ``[b, s, t]`` -> ``[b, s, h, d]`` (``t`` may exceed ``s`` when keys come from a cache).
 
     Written as batched 3-D matmuls over ``(batch x kv-head)``, the query heads of a group
     stacked along the rows: the shape XLA:CPU runs fastest. Softmax runs in float32.
     ``softcap``: scores -> ``softcap * tanh(scores / softcap)`` before masking (gemma2).
+    ``bias``: float32 added to the scores before masking, ``[heads, s or 1, t]`` (ALiBi).
     """
     b, s, h, d = q.shape
     t, kv = k.shape[1], k.shape[2]
@@ -153,9 +198,11 @@ def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
     vt = v.transpose(0, 2, 1, 3).reshape(b * kv, t, d)
     logits = jax.lax.dot_general(qt, kt, (((2,), (2,)), ((0,), (0,))),
                                  preferred_element_type=jnp.float32) * scale
-    logits = soft_cap(logits, softcap)
+    logits = soft_cap(logits, softcap).reshape(b, kv, g, s, t)
+    if bias is not None:
+        logits = logits + bias.astype(jnp.float32).reshape(kv, g, -1, t)[None]
     mask = mask[None, None, None] if mask.ndim == 2 else mask[:, None, None]
-    logits = jnp.where(mask, logits.reshape(b, kv, g, s, t), jnp.finfo(jnp.float32).min)
+    logits = jnp.where(mask, logits, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(logits, axis=-1).astype(v.dtype).reshape(b * kv, g * s, t)
     out = jax.lax.dot_general(probs, vt, (((2,), (1,)), ((0,), (0,))))
     return out.reshape(b, kv, g, s, d).transpose(0, 3, 1, 2, 4).reshape(b, s, h, d)
@@ -173,3 +220,28 @@ def rms_norm_f32_weight(x: Array, w: Array, eps: float) -> Array:
     x32 = x.astype(jnp.float32)
     y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
     return (w.astype(jnp.float32) * y).astype(x.dtype)
+
+
+# --- bloom / phi3 / cohere ---
+def alibi_slopes(num_heads: int) -> np.ndarray:
+    """BLOOM's ALiBi slopes, float32, as transformers defines them: powers of a float32 base
+    (the largest power of two ``<= num_heads`` sets a geometric series; the remaining heads
+    take odd powers of the next one). Each power is rounded once from float64, so it may
+    differ from torch's vectorised float32 ``pow`` by one ulp."""
+    def powers(base: float, exps: np.ndarray) -> np.ndarray:
+        return (np.float64(np.float32(base)) ** exps).astype(np.float32)
+
+    closest = 2 ** math.floor(math.log2(num_heads))
+    slopes = powers(2 ** (-(2 ** -(math.log2(closest) - 3))), np.arange(1, 1 + closest))
+    if closest != num_heads:
+        n = min(closest, num_heads - closest)
+        extra = powers(2 ** (-(2 ** -(math.log2(2 * closest) - 3))), np.arange(1, 1 + 2 * n, 2))
+        slopes = np.concatenate([slopes, extra])
+    return slopes
+
+
+def alibi_bias(num_heads: int, k_pos: Array, dtype: jnp.dtype) -> Array:
+    """``[heads, 1, t]``: slope times key position (softmax ignores the per-query offset
+    of the textbook ``slope * (k - q)``), rounded to the compute dtype as transformers does."""
+    slopes = jnp.asarray(alibi_slopes(num_heads))
+    return (slopes[:, None, None] * k_pos.astype(jnp.float32)[None, None, :]).astype(dtype)

@@ -65,8 +65,7 @@ class CausalLM(nnx.Module):
         h, cache = self.forward_cached(tokens, positions, cache)
         if last is not None:
             h = h[jnp.arange(h.shape[0]), last][:, None]
-        logits = soft_cap(matmul(h, self.unembedding(), out_dtype=jnp.float32),
-                          self.config.logit_softcap)
+        logits = self.head_logits(matmul(h, self.unembedding(), out_dtype=jnp.float32))
         return (logits[:, 0] if last is not None else logits), cache
 
     # --- shared --------------------------------------------------------------------------
@@ -77,7 +76,14 @@ class CausalLM(nnx.Module):
     def __call__(self, tokens: Array, positions: Array | None = None, remat: bool = False
                  ) -> Array:
         """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
-        logits = matmul(self.features(tokens, positions, remat), self.unembedding())
+        return self.head_logits(matmul(self.features(tokens, positions, remat),
+                                       self.unembedding()))
+
+    def head_logits(self, logits: Array) -> Array:
+        """The config's output transforms on raw head logits: cohere's ``logit_scale``
+        multiplies them, then gemma's ``logit_softcap`` caps them."""
+        if self.config.logit_scale is not None:
+            logits = logits * jnp.asarray(self.config.logit_scale, logits.dtype)
         return soft_cap(logits, self.config.logit_softcap)
 
     def token_nll(self, tokens: Array, remat: bool = False) -> Array:
@@ -90,11 +96,12 @@ class CausalLM(nnx.Module):
         than computing ``h · W[target]`` separately) makes the logit gradient
         ``softmax - onehot`` elementwise before the head's matmuls, as in PyTorch: as two
         separate matmul terms it cancels when the model is confident and cost 8x PyTorch's
-        float32 error in importance scores. The config's ``logit_softcap`` caps every logit,
-        the target's included, as :meth:`__call__` does."""
+        float32 error in importance scores. The config's ``logit_scale`` and ``logit_softcap``
+        apply to every logit, the target's included, as :meth:`__call__` does
+        (:meth:`head_logits`)."""
         h = self.features(tokens, remat=remat)[:, :-1]
         w = self.unembedding().astype(h.dtype)
-        logits = soft_cap(matmul(h, w, out_dtype=jnp.float32), self.config.logit_softcap)
+        logits = self.head_logits(matmul(h, w, out_dtype=jnp.float32))
         m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
         lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1)) + m[..., 0]
         hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2) == tokens[:, 1:, None]

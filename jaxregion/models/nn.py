@@ -97,13 +97,15 @@ class RMSNorm(nnx.Module):
 
 
 class LayerNorm(nnx.Module):
-    def __init__(self, weight: nnx.Param, bias: nnx.Param, eps: float):
+    """Mean-centred LayerNorm; ``bias=None`` for cohere's bias-free one."""
+
+    def __init__(self, weight: nnx.Param, bias: nnx.Param | None, eps: float):
         self.weight = weight
         self.bias = bias
         self.eps = eps
 
     def __call__(self, x: Array) -> Array:
-        return layer_norm(x, self.weight[...], self.bias[...], self.eps)
+        return layer_norm(x, self.weight[...], _v(self.bias), self.eps)
 
 
 __all__ = ["Conv1D", "Embedding", "LayerNorm", "Linear", "ParamMaker", "RMSNorm"]

@@ -20,7 +20,9 @@ KINDS = ("linear", "norm", "embedding", "bias", "head", "position")
 
 # Logical axis names. Sharding rules map these to mesh axes.
 #   vocab, embed (the residual stream / hidden size), q (heads*head_dim), kv (kv_heads*head_dim),
-#   head (head_dim), mlp (intermediate), pos (positions), qkv (GPT-2's fused c_attn output)
+#   head (head_dim), mlp (intermediate), pos (positions), qkv (a fused q/k/v output: GPT-2's
+#   c_attn, BLOOM's query_key_value, Phi-3's qkv_proj), gate_up (Phi-3's fused gate and up
+#   projection), heads / kv_heads (head counts: cohere's per-head q/k norm weights)
 RESIDUAL = "embed"
 
 
@@ -132,7 +134,8 @@ def axis_sizes(cfg: ModelConfig) -> dict[str, int]:
     return {
         "vocab": cfg.vocab_size, "embed": cfg.hidden_size, "q": cfg.q_dim, "kv": cfg.kv_dim,
         "head": cfg.head_dim, "mlp": cfg.intermediate_size, "pos": cfg.max_position_embeddings,
-        "qkv": 3 * cfg.hidden_size,
+        "qkv": cfg.q_dim + 2 * cfg.kv_dim, "gate_up": 2 * cfg.intermediate_size,
+        "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads,
     }
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxregion import io
+from jaxregion import casestudies, io
 from jaxregion.dims import gmean_ratio
 from jaxregion.experiment.results import (
     CORE_MIN_RATIO,
@@ -92,26 +92,43 @@ def _regions(doc: _Doc) -> None:
             "importance files without split halves.", "")
 
 
+def _cell(x: float | None) -> Any:
+    return "—" if x is None else x
+
+
 def _ablations(doc: _Doc) -> None:
     res, langs = doc.res, doc.langs
     ppl, base, rnd = res.perplexity, res.perplexity["base"], res.random
+    bpb = res.bits_per_byte
     size = {k: _d(v)["size"] for k, v in res.regions.items()}
-    doc.section("Table 1. Perplexity after removing (zeroing) each region",
+    doc.section("Table 1. Perplexity and bits per byte after removing (zeroing) each region",
                 f"{doc.model}; regions from {doc.imp}; {doc.ev}")
-    rows = [["base", "—", *[base[k] for k in langs]]]
-    rows += [[f"{k} removed", size[k], *[ppl[k][x] for x in langs]] for k in ("core", "bottom")]
+
+    def both(cond: str) -> list[Any]:  # each language's perplexity, then its bits per byte
+        return [v for x in langs for v in (ppl[cond][x], _cell(bpb[cond][x]))]
+
+    def spread(mean: dict | None, std: dict | None, x: str) -> str:
+        return "—" if mean is None else f"{mean[x]:.3f} ± {std[x]:.3f}"
+
+    rows = [["base", "—", *both("base")]]
+    rows += [[f"{k} removed", size[k], *both(k)] for k in ("core", "bottom")]
     rows.append([f"random removed (n={len(rnd['seeds'])}, mean ± std)",
                  size[f"random-{rnd['seeds'][0]}"],
-                 *[f"{rnd['mean'][x]:.3f} ± {rnd['std'][x]:.3f}" for x in langs]])
+                 *[v for x in langs for v in (spread(rnd["mean"], rnd["std"], x),
+                                              spread(rnd["bpb_mean"], rnd["bpb_std"], x))]])
     for k in ppl:
         for prefix, what in (("mono-", "monolingual"), ("bmono-", "bottom-monolingual")):
             if k.startswith(prefix):
-                rows.append([f"{k[len(prefix):]} {what} removed", size[k],
-                             *[ppl[k][x] for x in langs]])
-    doc.add(markdown_table(["condition", "params", *langs], rows), "",
-            f"*Caption.* Random controls use seeds {list(rnd['seeds'])}; per-seed values are "
-            "in results.json.", "", "![ablations](ablations.png)", "",
-            "*Figure 1.* Table 1 on a log scale; error bars: std over random seeds.", "")
+                rows.append([f"{k[len(prefix):]} {what} removed", size[k], *both(k)])
+    doc.add(markdown_table(["condition", "params", *[h for x in langs for h in (x, f"{x} bpb")]],
+                           rows), "",
+            "*Caption.* Each language's perplexity, then its bits per byte (bpb: total NLL in "
+            "bits over the UTF-8 bytes of the predicted tokens, comparable across tokenizers; "
+            "— where the tokenizer gives no byte lengths). Random controls use seeds "
+            f"{list(rnd['seeds'])}; per-seed values are in results.json.", "",
+            "![ablations](ablations.png)", "",
+            "*Figure 1.* Table 1's perplexities on a log scale; error bars: std over random "
+            "seeds.", "")
     core = gmean_ratio(ppl["core"], base, doc.seen)
     controls = {k: gmean_ratio(ppl[k], base, doc.seen) for k in ppl
                 if k == "bottom" or k.startswith("random-")}
@@ -301,8 +318,29 @@ def _agreement(doc: _Doc) -> None:
         doc.add("Not configured (set `jaccard.sample_counts` / `jaccard.estimators`).", "")
 
 
+def _case_studies(doc: _Doc) -> None:
+    cs = doc.res.case_studies
+    if cs is None:
+        return
+    width = doc.res.config["case_studies"]["width"]
+    n = sum(len(v) for v in cs.prompts.values())
+    doc.section("Table 7. Case studies: language fidelity and continuations",
+                f"{doc.model}; greedy continuations ({cs.max_new_tokens} new tokens) of {n} "
+                f"prompt{'s' if n > 1 else ''} in {', '.join(cs.prompts)} under each edit of "
+                "the battery")
+    doc.add(casestudies.render_fidelity(cs), "",
+            "*Caption.* Share of each language's continuations identified as the prompt's "
+            "language, per setting: the base model, each region of Table 1 removed (random: "
+            "the first seed; `mono-L` / `bmono-L`: L's monolingual / bottom-monolingual "
+            "region), then each dims-sweep point of Table 6 (group, the one HF entry scaled, "
+            "the factor).", "",
+            casestudies.render_continuations(cs, width),
+            f"*Caption.* Continuations truncated to {width} characters, Markdown escaped; "
+            "full text in results.json.", "")
+
+
 SECTIONS: Sequence = (_setting, _regions, _ablations, _matrices, _overlap, _ratio_sweep, _maps,
-                      _dims, _agreement)
+                      _dims, _case_studies, _agreement)
 
 
 def render(res: Results, out: str) -> str:

@@ -1,0 +1,188 @@
+"""Cohere (Command R, Aya 23): attention and MLP in parallel from one ``input_layernorm``
+(``x + attn(ln(x)) + mlp(ln(x))``), mean-centred LayerNorms without bias, RoPE rotating
+adjacent pairs (interleaved, not half-split), ``logit_scale`` on the logits (applied by the
+shared head of :class:`~jaxregion.models.module.CausalLM`), optional per-head q/k LayerNorms
+(``[heads, head_dim]`` weights), tied head. The table below is the single source of every
+parameter's name, axes and role.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
+from jaxregion.models.layers import (
+    KV,
+    activation,
+    apply_rope_interleaved,
+    rope_tables,
+    self_attention,
+)
+from jaxregion.models.module import CausalLM, run_layers
+from jaxregion.models.nn import Embedding, LayerNorm, Linear, ParamMaker
+from jaxregion.models.table import Spec, bias, linear, norm
+
+Array = jax.Array
+MODEL_TYPES = ("cohere",)
+
+_L = "model.layers.{i}."
+RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
+_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
+                        _L + "mlp.down_proj")
+
+
+def table(cfg: ModelConfig | None) -> dict[str, Spec]:
+    """``{HF name template: Spec}`` for ``cfg`` (``None``: every optional entry).
+
+    ``input_layernorm`` feeds attention and the MLP alike (``attn_norm``); the per-head q/k
+    norms span ``heads x head_dim``, not the residual stream."""
+    t = {
+        "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
+        _L + "input_layernorm.weight": norm(tag="attn_norm"),
+        _L + "self_attn.q_proj.weight": linear("q", "embed", tap=_QKV),
+        _L + "self_attn.k_proj.weight": linear("kv", "embed", tap=_QKV),
+        _L + "self_attn.v_proj.weight": linear("kv", "embed", tap=_QKV),
+        _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
+        _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
+        _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
+        _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
+        "model.norm.weight": norm(),
+    }
+    if cfg is None or cfg.qk_norm:
+        t[_L + "self_attn.q_norm.weight"] = Spec(("heads", "head"), "norm")
+        t[_L + "self_attn.k_norm.weight"] = Spec(("kv_heads", "head"), "norm")
+    if cfg is None or cfg.qkv_bias:  # attention_bias: q, k, v and o alike
+        t[_L + "self_attn.q_proj.bias"] = bias("q")
+        t[_L + "self_attn.k_proj.bias"] = bias("kv")
+        t[_L + "self_attn.v_proj.bias"] = bias("kv")
+        t[_L + "self_attn.o_proj.bias"] = bias("embed")
+    if cfg is None or not cfg.tie_embeddings:
+        t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
+    return t
+
+
+def config_from_hf(d: dict, source: str) -> ModelConfig:
+    hidden = int(d["hidden_size"])
+    heads = int(d["num_attention_heads"])
+    layers = int(d["num_hidden_layers"])
+    theta, scaling = rope_from_hf(d)
+    scale = d.get("logit_scale", 0.0625)
+    return ModelConfig(
+        model_type="cohere", vocab_size=int(d["vocab_size"]), hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        head_dim=int(d.get("head_dim") or hidden // heads),
+        max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
+        norm_eps=float(get_key(d, "layer_norm_eps", default=1e-5)),
+        activation=activation_name(get_key(d, "hidden_act", default="silu"), source),
+        tie_embeddings=bool(d.get("tie_word_embeddings", True)),
+        rope_theta=theta, rope_scaling=scaling, rope_interleaved=True,
+        qkv_bias=bool(d.get("attention_bias")), o_bias=bool(d.get("attention_bias")),
+        qk_norm=bool(d.get("use_qk_norm")), sliding_windows=(None,) * layers,
+        logit_scale=None if scale is None else float(scale),
+        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        hf_config=dict(d),
+    )
+
+
+# --- modules (attribute paths = HF names) --------------------------------------------------
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        a = _L + "self_attn."
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
+        eps = cfg.norm_eps
+        self.q_norm = LayerNorm(make(a + "q_norm.weight"), None, eps) if cfg.qk_norm else None
+        self.k_norm = LayerNorm(make(a + "k_norm.weight"), None, eps) if cfg.qk_norm else None
+        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
+                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+        b, s, _ = x.shape
+        h, n_kv, d = self.shape
+        q = self.q_proj(x).reshape(b, s, h, d)
+        k = self.k_proj(x).reshape(b, s, n_kv, d)
+        v = self.v_proj(x).reshape(b, s, n_kv, d)
+        if self.q_norm is not None:  # per head, over head_dim, weights [heads, head_dim]
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope_interleaved(q, *rope), apply_rope_interleaved(k, *rope)
+        o, kv = self_attention(q, k, v, positions, None, d**-0.5, kv=kv)
+        o = o.reshape(b, s, h * d)
+        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
+        return self.o_proj(o), aux, kv
+
+
+class MLP(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        for p in ("gate_proj", "up_proj", "down_proj"):
+            setattr(self, p, Linear(make(_L + "mlp." + p + ".weight")))
+        self.act = cfg.activation
+
+    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
+        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
+        return self.down_proj(h), aux
+
+
+class DecoderLayer(nnx.Module):
+    """One norm, then attention and the MLP side by side: ``x + attn(h) + mlp(h)``."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        self.input_layernorm = LayerNorm(make(_L + "input_layernorm.weight"), None,
+                                         cfg.norm_eps)
+        self.self_attn = Attention(cfg, make)
+        self.mlp = MLP(cfg, make)
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
+                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+        h = self.input_layernorm(x)
+        a, aux, kv = self.self_attn(h, rope, positions, collect, kv)
+        m, aux_m = self.mlp(h, collect)
+        x = x + a + m
+        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
+
+
+class CohereModel(nnx.Module):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
+        self.layers = nnx.List([DecoderLayer(cfg, make) for _ in range(cfg.num_layers)])
+        self.norm = LayerNorm(make("model.norm.weight"), None, cfg.norm_eps)
+
+
+class Model(CausalLM):
+    """``CohereForCausalLM``: ``model.*``, the head tied unless ``tie_word_embeddings`` is
+    false; ``cfg.logit_scale`` scales the logits in the shared head."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = CohereModel(cfg, make)
+        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
+
+    def unembedding(self) -> Array:
+        w = self.model.embed_tokens if self.lm_head is None else self.lm_head
+        return w.weight[...]
+
+    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
+                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+        m = self.model
+        dtype = m.embed_tokens.weight.dtype
+        x = m.embed_tokens(tokens).astype(dtype)
+        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
+        rope = rope_tables(self.config, pos, dtype)
+        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect)[:2],
+                            "model.layers", remat, collect)
+        return m.norm(x), aux
+
+    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
+                       ) -> tuple[Array, list[KV]]:
+        m = self.model
+        x = m.embed_tokens(tokens).astype(m.embed_tokens.weight.dtype)
+        rope = rope_tables(self.config, positions, x.dtype)
+        out = []
+        for layer, kv in zip(m.layers, cache):
+            x, _, kv = layer(x, rope, positions, False, kv)
+            out.append(kv)
+        return m.norm(x), out
