@@ -9,12 +9,11 @@ head, that head's query, key and value rows in turn (not all queries, then all k
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, get_key
+from jaxregion.models.decoder import DecoderLM
 from jaxregion.models.layers import KV, activation, alibi_bias, self_attention
-from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, LayerNorm, Linear, ParamMaker
 from jaxregion.models.table import Spec, bias, linear, norm
 
@@ -154,38 +153,18 @@ class BloomModel(nnx.Module):
         self.ln_f = _ln(make, "transformer.ln_f", cfg.norm_eps)
 
 
-class Model(CausalLM):
+class Model(DecoderLM):
     """``BloomForCausalLM``: ``transformer.*`` and an ``lm_head`` only when untied."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
-        make = ParamMaker(cfg, table(cfg), rngs)
-        self.config = cfg
-        self.transformer = BloomModel(cfg, make)
-        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
+    TABLE = staticmethod(table)
+    BODY = BloomModel
+    PREFIX, EMBED, LAYERS, FINAL_NORM = "transformer", "word_embeddings", "h", "ln_f"
 
-    def unembedding(self) -> Array:
-        w = self.transformer.word_embeddings if self.lm_head is None else self.lm_head
-        return w.weight[...]
+    def embed(self, tokens: Array, positions: Array) -> Array:
+        """The token embeddings through bloom's embedding LayerNorm."""
+        return self.transformer.word_embeddings_layernorm(super().embed(tokens, positions))
 
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
-        t = self.transformer
-        dtype = t.word_embeddings.weight.dtype
-        x = t.word_embeddings_layernorm(t.word_embeddings(tokens).astype(dtype))
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        alibi = alibi_bias(self.config.num_heads, pos, dtype)
-        x, aux = run_layers(t.h, x, lambda layer, h: layer(h, alibi, pos, collect)[:2],
-                            "transformer.h", remat, collect)
-        return t.ln_f(x), aux
-
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
-        t = self.transformer
-        dtype = t.word_embeddings.weight.dtype
-        x = t.word_embeddings_layernorm(t.word_embeddings(tokens).astype(dtype))
-        alibi = alibi_bias(self.config.num_heads, cache[0].key_positions(), dtype)
-        out = []
-        for layer, kv in zip(t.h, cache):
-            x, _, kv = layer(x, alibi, positions, False, kv)
-            out.append(kv)
-        return t.ln_f(x), out
+    def position_inputs(self, positions: Array, cache: list[KV] | None) -> tuple[Array]:
+        """The ALiBi bias over the keys' positions (the cache's, past ones included)."""
+        keys = positions if cache is None else cache[0].key_positions()
+        return (alibi_bias(self.config.num_heads, keys, self._dtype()),)

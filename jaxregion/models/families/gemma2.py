@@ -11,13 +11,12 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
+from jaxregion.models.decoder import DecoderLM
 from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
-from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
 
@@ -191,53 +190,21 @@ class GemmaModel(nnx.Module):
         self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps, True)
 
 
-class Model(CausalLM):
+class Model(DecoderLM):
     """``Gemma2ForCausalLM`` (and, with its table, ``Gemma3ForCausalLM``). The final-logit
     soft-cap is ``cfg.logit_softcap``, applied by the shared head of :class:`CausalLM`."""
 
     TABLE: Callable[[ModelConfig | None], dict[str, Spec]] = staticmethod(table)
+    BODY = GemmaModel
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
-        make = ParamMaker(cfg, self.TABLE(cfg), rngs)
-        self.config = cfg
-        self.model = GemmaModel(cfg, make)
-        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
-
-    def unembedding(self) -> Array:
-        w = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return w.weight[...]
-
-    def _embed(self, tokens: Array) -> Array:
-        cfg, m = self.config, self.model
-        dtype = m.embed_tokens.weight.dtype
-        return m.embed_tokens(tokens).astype(dtype) * jnp.asarray(cfg.hidden_size**0.5, dtype)
-
-    def _ropes(self, pos: Array, dtype: jnp.dtype) -> dict[bool, tuple[Array, Array]]:
+    def position_inputs(self, positions: Array, cache: list[KV] | None
+                        ) -> tuple[dict[bool, tuple[Array, Array]]]:
         """``{sliding?: (cos, sin)}``: gemma3's sliding layers have their own RoPE base."""
-        cfg = self.config
-        glob = rope_tables(cfg, pos, dtype)
+        cfg, dtype = self.config, self._dtype()
+        glob = rope_tables(cfg, positions, dtype)
         local = glob
         if cfg.rope_local_theta is not None:
             local = rope_tables(cfg.replace(rope_theta=cfg.rope_local_theta,
-                                            rope_scaling=cfg.rope_local_scaling), pos, dtype)
-        return {False: glob, True: local}
-
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
-        x = self._embed(tokens)
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        ropes = self._ropes(pos, x.dtype)
-        x, aux = run_layers(self.model.layers, x,
-                            lambda layer, h: layer(h, ropes, pos, collect)[:2],
-                            "model.layers", remat, collect)
-        return self.model.norm(x), aux
-
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
-        x = self._embed(tokens)
-        ropes = self._ropes(positions, x.dtype)
-        out = []
-        for layer, kv in zip(self.model.layers, cache):
-            x, _, kv = layer(x, ropes, positions, False, kv)
-            out.append(kv)
-        return self.model.norm(x), out
+                                            rope_scaling=cfg.rope_local_scaling), positions,
+                                dtype)
+        return ({False: glob, True: local},)

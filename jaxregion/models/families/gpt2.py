@@ -8,9 +8,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name
+from jaxregion.models.decoder import DecoderLM
 from jaxregion.models.layers import KV, activation, self_attention
-from jaxregion.models.module import CausalLM, run_layers
-from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, Linear, ParamMaker
+from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, ParamMaker
 from jaxregion.models.table import Spec, bias, conv1d, norm
 
 Array = jax.Array
@@ -133,35 +133,18 @@ class Transformer(nnx.Module):
                               cfg.norm_eps)
 
 
-class Model(CausalLM):
+class Model(DecoderLM):
     """``GPT2LMHeadModel``: ``transformer.*`` and an ``lm_head`` only when untied."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
-        make = ParamMaker(cfg, table(cfg), rngs)
-        self.config = cfg
-        self.transformer = Transformer(cfg, make)
-        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
+    TABLE = staticmethod(table)
+    BODY = Transformer
+    PREFIX, EMBED, LAYERS, FINAL_NORM = "transformer", "wte", "h", "ln_f"
 
-    def unembedding(self) -> Array:
-        w = self.transformer.wte if self.lm_head is None else self.lm_head
-        return w.weight[...]
-
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+    def embed(self, tokens: Array, positions: Array) -> Array:
+        """Token plus learned position embeddings."""
         t = self.transformer
-        dtype = t.wte.weight.dtype
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        x = (t.wte(tokens) + t.wpe(pos)[None]).astype(dtype)
-        x, aux = run_layers(t.h, x, lambda layer, h: layer(h, pos, collect)[:2],
-                            "transformer.h", remat, collect)
-        return t.ln_f(x), aux
+        return (t.wte(tokens) + t.wpe(positions)).astype(self._dtype())
 
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
-        t = self.transformer
-        x = (t.wte(tokens) + t.wpe(positions)).astype(t.wte.weight.dtype)
-        out = []
-        for layer, kv in zip(t.h, cache):
-            x, _, kv = layer(x, positions, False, kv)
-            out.append(kv)
-        return t.ln_f(x), out
+    def position_inputs(self, positions: Array, cache: list[KV] | None) -> tuple[()]:
+        """Nothing: the positions are in the embeddings."""
+        return ()

@@ -8,12 +8,11 @@ name, logical axes and role.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
-from jaxregion.models.module import CausalLM, run_layers
+from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.layers import KV, activation, apply_rope, self_attention
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
 
@@ -171,43 +170,8 @@ class LlamaModel(nnx.Module):
         self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps, cfg.norm_plus_one)
 
 
-class Model(CausalLM):
+class Model(DecoderLM):
     """``LlamaForCausalLM`` and friends: ``model.*`` and an optional untied ``lm_head``."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
-        make = ParamMaker(cfg, table(cfg), rngs)
-        self.config = cfg
-        self.model = LlamaModel(cfg, make)
-        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
-
-    def unembedding(self) -> Array:
-        w = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return w.weight[...]
-
-    def _embed(self, tokens: Array) -> Array:
-        cfg, m = self.config, self.model
-        dtype = m.embed_tokens.weight.dtype
-        x = m.embed_tokens(tokens).astype(dtype)
-        if cfg.scale_embeddings:
-            x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=dtype)
-        return x
-
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
-        m = self.model
-        x = self._embed(tokens)
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        rope = rope_tables(self.config, pos, x.dtype)
-        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect)[:2],
-                            "model.layers", remat, collect)
-        return m.norm(x), aux
-
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
-        x = self._embed(tokens)
-        rope = rope_tables(self.config, positions, x.dtype)
-        out = []
-        for layer, kv in zip(self.model.layers, cache):
-            x, _, kv = layer(x, rope, positions, False, kv)
-            out.append(kv)
-        return self.model.norm(x), out
+    TABLE = staticmethod(table)
+    BODY = LlamaModel

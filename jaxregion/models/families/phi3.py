@@ -13,8 +13,8 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, frozen, get_key
-from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
-from jaxregion.models.module import CausalLM, run_layers
+from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.layers import KV, activation, apply_rope, self_attention
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, linear, norm
 
@@ -163,37 +163,8 @@ class Phi3Model(nnx.Module):
         self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps)
 
 
-class Model(CausalLM):
+class Model(DecoderLM):
     """``Phi3ForCausalLM``: ``model.*`` and an ``lm_head`` (untied in the Phi-3 releases)."""
 
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
-        make = ParamMaker(cfg, table(cfg), rngs)
-        self.config = cfg
-        self.model = Phi3Model(cfg, make)
-        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
-
-    def unembedding(self) -> Array:
-        w = self.model.embed_tokens if self.lm_head is None else self.lm_head
-        return w.weight[...]
-
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
-        m = self.model
-        dtype = m.embed_tokens.weight.dtype
-        x = m.embed_tokens(tokens).astype(dtype)
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        rope = rope_tables(self.config, pos, dtype)
-        x, aux = run_layers(m.layers, x, lambda layer, h: layer(h, rope, pos, collect)[:2],
-                            "model.layers", remat, collect)
-        return m.norm(x), aux
-
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
-        m = self.model
-        x = m.embed_tokens(tokens).astype(m.embed_tokens.weight.dtype)
-        rope = rope_tables(self.config, positions, x.dtype)
-        out = []
-        for layer, kv in zip(m.layers, cache):
-            x, _, kv = layer(x, rope, positions, False, kv)
-            out.append(kv)
-        return m.norm(x), out
+    TABLE = staticmethod(table)
+    BODY = Phi3Model
