@@ -1,4 +1,4 @@
-"""The one decoder-only causal LM every family parametrises.
+"""The one decoder-only causal LM every family parametrises, and the sublayers they share.
 
 Each family's ``Model`` is a :class:`DecoderLM` naming its body module and that body's
 attributes (the HF names: ``model.embed_tokens``/``layers``/``norm`` or
@@ -20,12 +20,72 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.layers import KV, rope_tables
+from jaxregion.models.layers import (
+    KV,
+    activation,
+    apply_rope,
+    apply_rope_interleaved,
+    rope_tables,
+    self_attention,
+)
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Linear, ParamMaker
 from jaxregion.models.table import Spec
 
 Array = jax.Array
+_L = "model.layers.{i}."  # the HF names of a ``model.layers`` body's layer
+
+
+class Attention(nnx.Module):
+    """Separate ``q/k/v/o_proj`` (biases where the table has them), optional per-head q/k
+    norms built by ``qk_norm`` (qwen3's RMSNorm, gemma3's ``(1 + w)``, cohere's LayerNorm),
+    RoPE (cohere's interleaved when ``cfg.rope_interleaved``), the scale
+    ``query_pre_attn_scalar**-0.5`` (default ``head_dim``) and gemma2's score soft-cap."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker,
+                 qk_norm: Callable[[nnx.Param], nnx.Module] | None = None):
+        a = _L + "self_attn."
+        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
+            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
+        self.q_norm = qk_norm(make(a + "q_norm.weight")) if qk_norm else None
+        self.k_norm = qk_norm(make(a + "k_norm.weight")) if qk_norm else None
+        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
+        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
+        self.softcap = cfg.attn_softcap
+        self.interleaved = cfg.rope_interleaved
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
+                 window: int | None, collect: bool, kv: KV | None = None
+                 ) -> tuple[Array, dict[str, Array], KV | None]:
+        b, s, _ = x.shape
+        h, n_kv, d = self.shape
+        q = self.q_proj(x).reshape(b, s, h, d)
+        k = self.k_proj(x).reshape(b, s, n_kv, d)
+        v = self.v_proj(x).reshape(b, s, n_kv, d)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        rot = apply_rope_interleaved if self.interleaved else apply_rope
+        q, k = rot(q, *rope), rot(k, *rope)
+        o, kv = self_attention(q, k, v, positions, window, self.scale, self.softcap, kv)
+        o = o.reshape(b, s, h * d)
+        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
+        return self.o_proj(o), aux, kv
+
+
+class GatedMLP(nnx.Module):
+    """``down(act(gate(x)) * up(x))`` with ``mlp.gate_proj/up_proj/down_proj`` (biases
+    where the table has them)."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        for p in ("gate_proj", "up_proj", "down_proj"):
+            w = _L + "mlp." + p
+            setattr(self, p, Linear(make(w + ".weight"), make.optional(w + ".bias")))
+        self.act = cfg.activation
+
+    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
+        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
+        return self.down_proj(h), aux
 
 
 class DecoderLM(CausalLM):

@@ -12,14 +12,11 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.decoder import Attention, DecoderLM, GatedMLP
 from jaxregion.models.layers import (
     KV,
-    activation,
-    apply_rope_interleaved,
-    self_attention,
 )
-from jaxregion.models.nn import Embedding, LayerNorm, Linear, ParamMaker
+from jaxregion.models.nn import Embedding, LayerNorm, ParamMaker
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -86,42 +83,6 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 
 
 # --- modules (attribute paths = HF names) --------------------------------------------------
-class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        a = _L + "self_attn."
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
-        eps = cfg.norm_eps
-        self.q_norm = LayerNorm(make(a + "q_norm.weight"), None, eps) if cfg.qk_norm else None
-        self.k_norm = LayerNorm(make(a + "k_norm.weight"), None, eps) if cfg.qk_norm else None
-        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
-        b, s, _ = x.shape
-        h, n_kv, d = self.shape
-        q = self.q_proj(x).reshape(b, s, h, d)
-        k = self.k_proj(x).reshape(b, s, n_kv, d)
-        v = self.v_proj(x).reshape(b, s, n_kv, d)
-        if self.q_norm is not None:  # per head, over head_dim, weights [heads, head_dim]
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope_interleaved(q, *rope), apply_rope_interleaved(k, *rope)
-        o, kv = self_attention(q, k, v, positions, None, d**-0.5, kv=kv)
-        o = o.reshape(b, s, h * d)
-        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux, kv
-
-
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            setattr(self, p, Linear(make(_L + "mlp." + p + ".weight")))
-        self.act = cfg.activation
-
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
-        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
-        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
-        return self.down_proj(h), aux
 
 
 class DecoderLayer(nnx.Module):
@@ -130,13 +91,14 @@ class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
         self.input_layernorm = LayerNorm(make(_L + "input_layernorm.weight"), None,
                                          cfg.norm_eps)
-        self.self_attn = Attention(cfg, make)
-        self.mlp = MLP(cfg, make)
+        qk = (lambda w: LayerNorm(w, None, cfg.norm_eps)) if cfg.qk_norm else None
+        self.self_attn = Attention(cfg, make, qk)  # q/k norms per head, weights [heads, dim]
+        self.mlp = GatedMLP(cfg, make)
 
     def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
                  kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
         h = self.input_layernorm(x)
-        a, aux, kv = self.self_attn(h, rope, positions, collect, kv)
+        a, aux, kv = self.self_attn(h, rope, positions, None, collect, kv)
         m, aux_m = self.mlp(h, collect)
         x = x + a + m
         return x, ({**aux, **aux_m, "output": x} if collect else {}), kv

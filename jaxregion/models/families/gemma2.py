@@ -15,9 +15,9 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import DecoderLM
-from jaxregion.models.layers import KV, activation, apply_rope, rope_tables, self_attention
-from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
+from jaxregion.models.decoder import Attention, DecoderLM, GatedMLP
+from jaxregion.models.layers import KV, rope_tables
+from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -112,48 +112,6 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 
 
 # --- modules (attribute paths = HF names) --------------------------------------------------
-class Attention(nnx.Module):
-    """q/k/v/o projections; gemma3 adds head-sized ``(1 + w)`` q/k norms before RoPE."""
-
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        a = _L + "self_attn."
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
-        qk = make.has(a + "q_norm.weight")
-        eps = cfg.norm_eps
-        self.q_norm = RMSNorm(make(a + "q_norm.weight"), eps, True) if qk else None
-        self.k_norm = RMSNorm(make(a + "k_norm.weight"), eps, True) if qk else None
-        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-        self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
-        self.softcap = cfg.attn_softcap
-
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
-                 window: int | None, collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
-        b, s, _ = x.shape
-        h, n_kv, d = self.shape
-        q = self.q_proj(x).reshape(b, s, h, d)
-        k = self.k_proj(x).reshape(b, s, n_kv, d)
-        v = self.v_proj(x).reshape(b, s, n_kv, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o, kv = self_attention(q, k, v, positions, window, self.scale, self.softcap, kv)
-        o = o.reshape(b, s, h * d)
-        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux, kv
-
-
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            setattr(self, p, Linear(make(_L + "mlp." + p + ".weight")))
-        self.act = cfg.activation
-
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
-        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
-        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
-        return self.down_proj(h), aux
 
 
 class DecoderLayer(nnx.Module):
@@ -164,10 +122,12 @@ class DecoderLayer(nnx.Module):
             return RMSNorm(make(_L + name + ".weight"), cfg.norm_eps, True)
 
         self.input_layernorm = rms("input_layernorm")
-        self.self_attn = Attention(cfg, make)
+        qk = make.has(_L + "self_attn.q_norm.weight")  # gemma3: head-sized (1 + w) norms
+        self.self_attn = Attention(cfg, make, (lambda w: RMSNorm(w, cfg.norm_eps, True)) if qk
+                                   else None)
         self.post_attention_layernorm = rms("post_attention_layernorm")
         self.pre_feedforward_layernorm = rms("pre_feedforward_layernorm")
-        self.mlp = MLP(cfg, make)
+        self.mlp = GatedMLP(cfg, make)
         self.post_feedforward_layernorm = rms("post_feedforward_layernorm")
         self.window = window
 

@@ -11,9 +11,9 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import DecoderLM
-from jaxregion.models.layers import KV, activation, apply_rope, self_attention
-from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
+from jaxregion.models.decoder import Attention, DecoderLM, GatedMLP
+from jaxregion.models.layers import KV
+from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -103,53 +103,17 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 
 
 # --- modules (attribute paths = HF names) --------------------------------------------------
-class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        a = _L + "self_attn."
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
-        self.q_norm = RMSNorm(make(a + "q_norm.weight"), cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps) if cfg.qk_norm else None
-        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
-                 window: int | None, collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
-        b, s, _ = x.shape
-        h, n_kv, d = self.shape
-        q = self.q_proj(x).reshape(b, s, h, d)
-        k = self.k_proj(x).reshape(b, s, n_kv, d)
-        v = self.v_proj(x).reshape(b, s, n_kv, d)
-        if self.q_norm is not None:
-            q, k = self.q_norm(q), self.k_norm(k)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o, kv = self_attention(q, k, v, positions, window, d**-0.5, kv=kv)
-        o = o.reshape(b, s, h * d)
-        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux, kv
-
-
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            w = _L + "mlp." + p
-            setattr(self, p, Linear(make(w + ".weight"), make.optional(w + ".bias")))
-        self.act = cfg.activation
-
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
-        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
-        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
-        return self.down_proj(h), aux
 
 
 class DecoderLayer(nnx.Module):
     def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None):
         eps, plus = cfg.norm_eps, cfg.norm_plus_one
         self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), eps, plus)
-        self.self_attn = Attention(cfg, make)
+        qk = (lambda w: RMSNorm(w, cfg.norm_eps)) if cfg.qk_norm else None
+        self.self_attn = Attention(cfg, make, qk)
         self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
                                                 eps, plus)
-        self.mlp = MLP(cfg, make)
+        self.mlp = GatedMLP(cfg, make)
         self.window = window
 
     def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,

@@ -9,10 +9,9 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.decoder import DecoderLM, GatedMLP
 from jaxregion.models.layers import (
     KV,
-    activation,
     apply_rope,
     rms_norm_f32_weight,
     self_attention,
@@ -118,18 +117,6 @@ class Attention(nnx.Module):
         return self.o_proj(o), aux, kv
 
 
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            setattr(self, p, Linear(make(_L + "mlp." + p + ".weight")))
-        self.act = cfg.activation
-
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
-        h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
-        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
-        return self.down_proj(h), aux
-
-
 class DecoderLayer(nnx.Module):
     """``x + post_norm(sublayer(x))`` for attention, then the MLP."""
 
@@ -137,7 +124,7 @@ class DecoderLayer(nnx.Module):
         self.self_attn = Attention(cfg, make)
         self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
                                                 cfg.norm_eps)
-        self.mlp = MLP(cfg, make)
+        self.mlp = GatedMLP(cfg, make)
         self.post_feedforward_layernorm = RMSNorm(make(_L + "post_feedforward_layernorm.weight"),
                                                   cfg.norm_eps)
 
