@@ -29,7 +29,7 @@ from jaxregion.models.layers import (
     self_attention,
 )
 from jaxregion.models.module import CausalLM, run_layers
-from jaxregion.models.nn import Linear, ParamMaker
+from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec
 
 Array = jax.Array
@@ -88,6 +88,44 @@ class GatedMLP(nnx.Module):
         return self.down_proj(h), aux
 
 
+class PreNormLayer(nnx.Module):
+    """``x + attn(norm(x))``, then ``x + mlp(norm(x))`` (llama, phi3): ``attn`` and ``mlp``
+    build the family's sublayers from ``(cfg, make)``."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None,
+                 attn: Callable[[ModelConfig, ParamMaker], nnx.Module],
+                 mlp: Callable[[ModelConfig, ParamMaker], nnx.Module]):
+        eps, plus = cfg.norm_eps, cfg.norm_plus_one
+        self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), eps, plus)
+        self.self_attn = attn(cfg, make)
+        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
+                                                eps, plus)
+        self.mlp = mlp(cfg, make)
+        self.window = window
+
+    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
+                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window,
+                                    collect, kv)
+        x = x + a
+        m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
+        x = x + m
+        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
+
+
+class Body(nnx.Module):
+    """``model.embed_tokens``, ``model.layers`` (``layer(window)`` per entry of
+    ``cfg.sliding_windows``) and the final ``model.norm`` (``norm(weight)``)."""
+
+    def __init__(self, cfg: ModelConfig, make: ParamMaker,
+                 layer: Callable[[int | None], nnx.Module],
+                 norm: Callable[[nnx.Param], nnx.Module]):
+        windows = cfg.sliding_windows or (None,) * cfg.num_layers
+        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
+        self.layers = nnx.List([layer(w) for w in windows])
+        self.norm = norm(make("model.norm.weight"))
+
+
 class DecoderLM(CausalLM):
     """``{PREFIX}.*`` (the body) and an ``lm_head`` only when the embeddings are untied.
 
@@ -95,7 +133,7 @@ class DecoderLM(CausalLM):
     ``(x, intermediates, kv)``."""
 
     TABLE: ClassVar[Callable[[ModelConfig | None], dict[str, Spec]]]
-    BODY: ClassVar[type[nnx.Module]]  # built as ``BODY(cfg, make)``
+    BODY: ClassVar[Callable[[ModelConfig, ParamMaker], nnx.Module]]  # ``BODY(cfg, make)``
     PREFIX: ClassVar[str] = "model"  # the body's attribute (and HF name prefix)
     EMBED: ClassVar[str] = "embed_tokens"
     LAYERS: ClassVar[str] = "layers"

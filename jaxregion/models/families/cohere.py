@@ -12,11 +12,11 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import Attention, DecoderLM, GatedMLP
+from jaxregion.models.decoder import Attention, Body, DecoderLM, GatedMLP
 from jaxregion.models.layers import (
     KV,
 )
-from jaxregion.models.nn import Embedding, LayerNorm, ParamMaker
+from jaxregion.models.nn import LayerNorm, ParamMaker
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -104,11 +104,9 @@ class DecoderLayer(nnx.Module):
         return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
-class CohereModel(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
-        self.layers = nnx.List([DecoderLayer(cfg, make) for _ in range(cfg.num_layers)])
-        self.norm = LayerNorm(make("model.norm.weight"), None, cfg.norm_eps)
+def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
+    return Body(cfg, make, lambda _: DecoderLayer(cfg, make),
+                lambda w: LayerNorm(w, None, cfg.norm_eps))
 
 
 class Model(DecoderLM):
@@ -116,4 +114,4 @@ class Model(DecoderLM):
     false; ``cfg.logit_scale`` scales the logits in the shared head."""
 
     TABLE = staticmethod(table)
-    BODY = CohereModel
+    BODY = staticmethod(_body)

@@ -15,9 +15,9 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import Attention, DecoderLM, GatedMLP
+from jaxregion.models.decoder import Attention, Body, DecoderLM, GatedMLP
 from jaxregion.models.layers import KV, rope_tables
-from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
+from jaxregion.models.nn import ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -142,12 +142,9 @@ class DecoderLayer(nnx.Module):
         return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
-class GemmaModel(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        windows = cfg.sliding_windows or (None,) * cfg.num_layers
-        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
-        self.layers = nnx.List([DecoderLayer(cfg, make, w) for w in windows])
-        self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps, True)
+def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
+    return Body(cfg, make, lambda w: DecoderLayer(cfg, make, w),
+                lambda w: RMSNorm(w, cfg.norm_eps, True))
 
 
 class Model(DecoderLM):
@@ -155,7 +152,7 @@ class Model(DecoderLM):
     soft-cap is ``cfg.logit_softcap``, applied by the shared head of :class:`CausalLM`."""
 
     TABLE: Callable[[ModelConfig | None], dict[str, Spec]] = staticmethod(table)
-    BODY = GemmaModel
+    BODY = staticmethod(_body)
 
     def position_inputs(self, positions: Array, cache: list[KV] | None
                         ) -> tuple[dict[bool, tuple[Array, Array]]]:

@@ -7,13 +7,13 @@ name, logical axes and role.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
-from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import Attention, DecoderLM, GatedMLP
-from jaxregion.models.layers import KV
-from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
+from jaxregion.models.decoder import Attention, Body, DecoderLM, GatedMLP, PreNormLayer
+from jaxregion.models.nn import ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -105,37 +105,15 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 # --- modules (attribute paths = HF names) --------------------------------------------------
 
 
-class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None):
-        eps, plus = cfg.norm_eps, cfg.norm_plus_one
-        self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), eps, plus)
-        qk = (lambda w: RMSNorm(w, cfg.norm_eps)) if cfg.qk_norm else None
-        self.self_attn = Attention(cfg, make, qk)
-        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
-                                                eps, plus)
-        self.mlp = GatedMLP(cfg, make)
-        self.window = window
-
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window,
-                                    collect, kv)
-        x = x + a
-        m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
-        x = x + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
-
-
-class LlamaModel(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        windows = cfg.sliding_windows or (None,) * cfg.num_layers
-        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
-        self.layers = nnx.List([DecoderLayer(cfg, make, w) for w in windows])
-        self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps, cfg.norm_plus_one)
+def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
+    qk = (lambda w: RMSNorm(w, cfg.norm_eps)) if cfg.qk_norm else None
+    return Body(cfg, make,
+                lambda w: PreNormLayer(cfg, make, w, partial(Attention, qk_norm=qk), GatedMLP),
+                lambda w: RMSNorm(w, cfg.norm_eps, cfg.norm_plus_one))
 
 
 class Model(DecoderLM):
     """``LlamaForCausalLM`` and friends: ``model.*`` and an optional untied ``lm_head``."""
 
     TABLE = staticmethod(table)
-    BODY = LlamaModel
+    BODY = staticmethod(_body)

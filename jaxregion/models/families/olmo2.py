@@ -9,14 +9,14 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import DecoderLM, GatedMLP
+from jaxregion.models.decoder import Body, DecoderLM, GatedMLP
 from jaxregion.models.layers import (
     KV,
     apply_rope,
     rms_norm_f32_weight,
     self_attention,
 )
-from jaxregion.models.nn import Embedding, Linear, ParamMaker
+from jaxregion.models.nn import Linear, ParamMaker
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -137,15 +137,13 @@ class DecoderLayer(nnx.Module):
         return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
 
 
-class Olmo2Model(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
-        self.layers = nnx.List([DecoderLayer(cfg, make) for _ in range(cfg.num_layers)])
-        self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps)
+def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
+    return Body(cfg, make, lambda _: DecoderLayer(cfg, make),
+                lambda w: RMSNorm(w, cfg.norm_eps))
 
 
 class Model(DecoderLM):
     """``Olmo2ForCausalLM``: ``model.*`` and an ``lm_head`` (untied in the OLMo 2 releases)."""
 
     TABLE = staticmethod(table)
-    BODY = Olmo2Model
+    BODY = staticmethod(_body)

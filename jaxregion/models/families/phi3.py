@@ -13,9 +13,9 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, frozen, get_key
-from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.decoder import Body, DecoderLM, PreNormLayer
 from jaxregion.models.layers import KV, activation, apply_rope, self_attention
-from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
+from jaxregion.models.nn import Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, linear, norm
 
 Array = jax.Array
@@ -136,35 +136,13 @@ class MLP(nnx.Module):
         return self.down_proj(h), aux
 
 
-class DecoderLayer(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None):
-        self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), cfg.norm_eps)
-        self.self_attn = Attention(cfg, make)
-        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
-                                                cfg.norm_eps)
-        self.mlp = MLP(cfg, make)
-        self.window = window
-
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window,
-                                    collect, kv)
-        x = x + a
-        m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
-        x = x + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
-
-
-class Phi3Model(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        windows = cfg.sliding_windows or (None,) * cfg.num_layers
-        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
-        self.layers = nnx.List([DecoderLayer(cfg, make, w) for w in windows])
-        self.norm = RMSNorm(make("model.norm.weight"), cfg.norm_eps)
+def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
+    return Body(cfg, make, lambda w: PreNormLayer(cfg, make, w, Attention, MLP),
+                lambda w: RMSNorm(w, cfg.norm_eps))
 
 
 class Model(DecoderLM):
     """``Phi3ForCausalLM``: ``model.*`` and an ``lm_head`` (untied in the Phi-3 releases)."""
 
     TABLE = staticmethod(table)
-    BODY = Phi3Model
+    BODY = staticmethod(_body)
