@@ -30,20 +30,53 @@ from jaxregion.models.layers import (
 )
 from jaxregion.models.module import CausalLM, run_layers
 from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
-from jaxregion.models.table import Spec
+from jaxregion.models.table import Spec, bias, linear
 
 Array = jax.Array
 _L = "model.layers.{i}."  # the HF names of a ``model.layers`` body's layer
+_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
+                        _L + "mlp.down_proj")
+
+
+def attention_specs() -> dict[str, Spec]:
+    """The table entries of :class:`Attention`'s ``q/k/v/o_proj`` weights (wanda taps: the
+    attention input and ``o_proj``'s input)."""
+    a = _L + "self_attn."
+    return {a + "q_proj.weight": linear("q", "embed", tap=_QKV),
+            a + "k_proj.weight": linear("kv", "embed", tap=_QKV),
+            a + "v_proj.weight": linear("kv", "embed", tap=_QKV),
+            a + "o_proj.weight": linear("embed", "q", tap=_O)}
+
+
+def attention_biases(qkv: bool, o: bool) -> dict[str, Spec]:
+    """The table entries of the ``q/k/v`` biases (with ``qkv``) and ``o_proj``'s (with ``o``)."""
+    a = _L + "self_attn."
+    t = {a + "q_proj.bias": bias("q"), a + "k_proj.bias": bias("kv"),
+         a + "v_proj.bias": bias("kv")} if qkv else {}
+    return {**t, a + "o_proj.bias": bias("embed")} if o else t
+
+
+def gated_mlp_specs(biases: bool = False) -> dict[str, Spec]:
+    """The table entries of :class:`GatedMLP`'s weights, or with ``biases`` its biases."""
+    m = _L + "mlp."
+    if biases:
+        return {m + "gate_proj.bias": bias("mlp"), m + "up_proj.bias": bias("mlp"),
+                m + "down_proj.bias": bias("embed")}
+    return {m + "gate_proj.weight": linear("mlp", "embed", tap=_GU),
+            m + "up_proj.weight": linear("mlp", "embed", tap=_GU),
+            m + "down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out")}
 
 
 class Attention(nnx.Module):
     """Separate ``q/k/v/o_proj`` (biases where the table has them), optional per-head q/k
-    norms built by ``qk_norm`` (qwen3's RMSNorm, gemma3's ``(1 + w)``, cohere's LayerNorm),
+    norms built by ``qk_norm`` (qwen3's RMSNorm, gemma3's ``(1 + w)``, cohere's LayerNorm;
+    olmo2's over all heads at once before the split: ``qk_norm_across_heads``),
     RoPE (cohere's interleaved when ``cfg.rope_interleaved``), the scale
     ``query_pre_attn_scalar**-0.5`` (default ``head_dim``) and gemma2's score soft-cap."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker,
-                 qk_norm: Callable[[nnx.Param], nnx.Module] | None = None):
+                 qk_norm: Callable[[nnx.Param], nnx.Module] | None = None,
+                 qk_norm_across_heads: bool = False):
         a = _L + "self_attn."
         for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
             setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
@@ -53,16 +86,19 @@ class Attention(nnx.Module):
         self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
         self.softcap = cfg.attn_softcap
         self.interleaved = cfg.rope_interleaved
+        self.across_heads = qk_norm_across_heads
 
     def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
                  window: int | None, collect: bool, kv: KV | None = None
                  ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
         h, n_kv, d = self.shape
-        q = self.q_proj(x).reshape(b, s, h, d)
-        k = self.k_proj(x).reshape(b, s, n_kv, d)
+        q, k = self.q_proj(x), self.k_proj(x)
+        if self.q_norm is not None and self.across_heads:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = q.reshape(b, s, h, d), k.reshape(b, s, n_kv, d)
         v = self.v_proj(x).reshape(b, s, n_kv, d)
-        if self.q_norm is not None:
+        if self.q_norm is not None and not self.across_heads:
             q, k = self.q_norm(q), self.k_norm(k)
         rot = apply_rope_interleaved if self.interleaved else apply_rope
         q, k = rot(q, *rope), rot(k, *rope)

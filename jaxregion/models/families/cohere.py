@@ -12,20 +12,26 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import Attention, Body, DecoderLM, GatedMLP
+from jaxregion.models.decoder import (
+    Attention,
+    Body,
+    DecoderLM,
+    GatedMLP,
+    attention_biases,
+    attention_specs,
+    gated_mlp_specs,
+)
 from jaxregion.models.layers import (
     KV,
 )
 from jaxregion.models.nn import LayerNorm, ParamMaker
-from jaxregion.models.table import Spec, bias, linear, norm
+from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
 MODEL_TYPES = ("cohere",)
 
 _L = "model.layers.{i}."
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
-_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
-                        _L + "mlp.down_proj")
 
 
 def table(cfg: ModelConfig | None) -> dict[str, Spec]:
@@ -36,23 +42,15 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     t = {
         "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
         _L + "input_layernorm.weight": norm(tag="attn_norm"),
-        _L + "self_attn.q_proj.weight": linear("q", "embed", tap=_QKV),
-        _L + "self_attn.k_proj.weight": linear("kv", "embed", tap=_QKV),
-        _L + "self_attn.v_proj.weight": linear("kv", "embed", tap=_QKV),
-        _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
-        _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
-        _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
-        _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
+        **attention_specs(),
+        **gated_mlp_specs(),
         "model.norm.weight": norm(),
     }
     if cfg is None or cfg.qk_norm:
         t[_L + "self_attn.q_norm.weight"] = Spec(("heads", "head"), "norm")
         t[_L + "self_attn.k_norm.weight"] = Spec(("kv_heads", "head"), "norm")
     if cfg is None or cfg.qkv_bias:  # attention_bias: q, k, v and o alike
-        t[_L + "self_attn.q_proj.bias"] = bias("q")
-        t[_L + "self_attn.k_proj.bias"] = bias("kv")
-        t[_L + "self_attn.v_proj.bias"] = bias("kv")
-        t[_L + "self_attn.o_proj.bias"] = bias("embed")
+        t.update(attention_biases(True, True))
     if cfg is None or not cfg.tie_embeddings:
         t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
     return t

@@ -12,17 +12,24 @@ from functools import partial
 import jax
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import Attention, Body, DecoderLM, GatedMLP, PreNormLayer
+from jaxregion.models.decoder import (
+    Attention,
+    Body,
+    DecoderLM,
+    GatedMLP,
+    PreNormLayer,
+    attention_biases,
+    attention_specs,
+    gated_mlp_specs,
+)
 from jaxregion.models.nn import ParamMaker, RMSNorm
-from jaxregion.models.table import Spec, bias, linear, norm
+from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
 MODEL_TYPES = ("llama", "mistral", "qwen2", "qwen3", "gemma")
 
 _L = "model.layers.{i}."
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
-_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
-                        _L + "mlp.down_proj")
 
 
 def table(cfg: ModelConfig | None) -> dict[str, Spec]:
@@ -34,26 +41,17 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     t = {
         "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
         _L + "input_layernorm.weight": norm(tag="attn_norm"),
-        _L + "self_attn.q_proj.weight": linear("q", "embed", tap=_QKV),
-        _L + "self_attn.k_proj.weight": linear("kv", "embed", tap=_QKV),
-        _L + "self_attn.v_proj.weight": linear("kv", "embed", tap=_QKV),
-        _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
+        **attention_specs(),
         _L + "post_attention_layernorm.weight": norm(),
-        _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
-        _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
-        _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
+        **gated_mlp_specs(),
         "model.norm.weight": norm(),
     }
     if on(cfg is not None and cfg.qkv_bias):
-        t[_L + "self_attn.q_proj.bias"] = bias("q")
-        t[_L + "self_attn.k_proj.bias"] = bias("kv")
-        t[_L + "self_attn.v_proj.bias"] = bias("kv")
+        t.update(attention_biases(True, False))
     if on(cfg is not None and cfg.o_bias):
-        t[_L + "self_attn.o_proj.bias"] = bias("embed")
+        t.update(attention_biases(False, True))
     if on(cfg is not None and cfg.mlp_bias):
-        t[_L + "mlp.gate_proj.bias"] = bias("mlp")
-        t[_L + "mlp.up_proj.bias"] = bias("mlp")
-        t[_L + "mlp.down_proj.bias"] = bias("embed")
+        t.update(gated_mlp_specs(biases=True))
     if on(cfg is not None and cfg.qk_norm):  # head-sized: not on the residual stream
         t[_L + "self_attn.q_norm.weight"] = norm("head")
         t[_L + "self_attn.k_norm.weight"] = norm("head")

@@ -9,23 +9,27 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import Body, DecoderLM, GatedMLP
+from jaxregion.models.decoder import (
+    Attention,
+    Body,
+    DecoderLM,
+    GatedMLP,
+    attention_biases,
+    attention_specs,
+    gated_mlp_specs,
+)
 from jaxregion.models.layers import (
     KV,
-    apply_rope,
     rms_norm_f32_weight,
-    self_attention,
 )
-from jaxregion.models.nn import Linear, ParamMaker
-from jaxregion.models.table import Spec, bias, linear, norm
+from jaxregion.models.nn import ParamMaker
+from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
 MODEL_TYPES = ("olmo2",)
 
 _L = "model.layers.{i}."
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
-_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
-                        _L + "mlp.down_proj")
 
 
 def table(cfg: ModelConfig | None) -> dict[str, Spec]:
@@ -37,24 +41,16 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     q/k norms span the projections (``q``/``kv`` axes), not the residual stream."""
     t = {
         "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
-        _L + "self_attn.q_proj.weight": linear("q", "embed", tap=_QKV),
-        _L + "self_attn.k_proj.weight": linear("kv", "embed", tap=_QKV),
-        _L + "self_attn.v_proj.weight": linear("kv", "embed", tap=_QKV),
-        _L + "self_attn.o_proj.weight": linear("embed", "q", tap=_O),
+        **attention_specs(),
         _L + "self_attn.q_norm.weight": norm("q"),
         _L + "self_attn.k_norm.weight": norm("kv"),
         _L + "post_attention_layernorm.weight": norm(tag="attn_out_norm"),
-        _L + "mlp.gate_proj.weight": linear("mlp", "embed", tap=_GU),
-        _L + "mlp.up_proj.weight": linear("mlp", "embed", tap=_GU),
-        _L + "mlp.down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out"),
+        **gated_mlp_specs(),
         _L + "post_feedforward_layernorm.weight": norm(),
         "model.norm.weight": norm(),
     }
     if cfg is None or cfg.qkv_bias:  # attention_bias: q, k, v and o alike
-        t[_L + "self_attn.q_proj.bias"] = bias("q")
-        t[_L + "self_attn.k_proj.bias"] = bias("kv")
-        t[_L + "self_attn.v_proj.bias"] = bias("kv")
-        t[_L + "self_attn.o_proj.bias"] = bias("embed")
+        t.update(attention_biases(True, True))
     if cfg is None or not cfg.tie_embeddings:
         t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
     return t
@@ -94,34 +90,12 @@ class RMSNorm(nnx.Module):
         return rms_norm_f32_weight(x, self.weight[...], self.eps)
 
 
-class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        a = _L + "self_attn."
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
-        self.q_norm = RMSNorm(make(a + "q_norm.weight"), cfg.norm_eps)
-        self.k_norm = RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps)
-        self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
-
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
-        b, s, _ = x.shape
-        h, n_kv, d = self.shape
-        q = self.q_norm(self.q_proj(x)).reshape(b, s, h, d)  # normed over all heads at once
-        k = self.k_norm(self.k_proj(x)).reshape(b, s, n_kv, d)
-        v = self.v_proj(x).reshape(b, s, n_kv, d)
-        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
-        o, kv = self_attention(q, k, v, positions, None, d**-0.5, kv=kv)
-        o = o.reshape(b, s, h * d)
-        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux, kv
-
-
 class DecoderLayer(nnx.Module):
     """``x + post_norm(sublayer(x))`` for attention, then the MLP."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        self.self_attn = Attention(cfg, make)
+        self.self_attn = Attention(cfg, make, lambda w: RMSNorm(w, cfg.norm_eps),
+                                   qk_norm_across_heads=True)
         self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
                                                 cfg.norm_eps)
         self.mlp = GatedMLP(cfg, make)
@@ -130,7 +104,7 @@ class DecoderLayer(nnx.Module):
 
     def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
                  kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(x, rope, positions, collect, kv)
+        a, aux, kv = self.self_attn(x, rope, positions, None, collect, kv)
         x = x + self.post_attention_layernorm(a)
         m, aux_m = self.mlp(x, collect)
         x = x + self.post_feedforward_layernorm(m)
