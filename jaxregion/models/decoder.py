@@ -33,7 +33,8 @@ from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, bias, linear
 
 Array = jax.Array
-_L = "model.layers.{i}."  # the HF names of a ``model.layers`` body's layer
+LAYER = "model.layers.{i}."  # the HF names of a ``model.layers`` body's layer
+_L = LAYER
 _QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
                         _L + "mlp.down_proj")
 

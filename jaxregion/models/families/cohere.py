@@ -13,6 +13,7 @@ from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
 from jaxregion.models.decoder import (
+    LAYER,
     Attention,
     Body,
     DecoderLM,
@@ -21,16 +22,14 @@ from jaxregion.models.decoder import (
     attention_specs,
     gated_mlp_specs,
 )
-from jaxregion.models.layers import (
-    KV,
-)
+from jaxregion.models.layers import KV
 from jaxregion.models.nn import LayerNorm, ParamMaker
 from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
 MODEL_TYPES = ("cohere",)
 
-_L = "model.layers.{i}."
+_L = LAYER
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
 
 

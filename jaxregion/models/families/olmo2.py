@@ -10,6 +10,7 @@ from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
 from jaxregion.models.decoder import (
+    LAYER,
     Attention,
     Body,
     DecoderLM,
@@ -28,7 +29,7 @@ from jaxregion.models.table import Spec, norm
 Array = jax.Array
 MODEL_TYPES = ("olmo2",)
 
-_L = "model.layers.{i}."
+_L = LAYER
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
 
 

@@ -13,7 +13,7 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, frozen, get_key
-from jaxregion.models.decoder import Body, DecoderLM, PreNormLayer
+from jaxregion.models.decoder import LAYER, Body, DecoderLM, PreNormLayer
 from jaxregion.models.layers import KV, activation, apply_rope, self_attention
 from jaxregion.models.nn import Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, linear, norm
@@ -21,7 +21,7 @@ from jaxregion.models.table import Spec, linear, norm
 Array = jax.Array
 MODEL_TYPES = ("phi3",)
 
-_L = "model.layers.{i}."
+_L = LAYER
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
 _QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv_proj", _L + "self_attn.o_proj",
                         _L + "mlp.gate_up_proj", _L + "mlp.down_proj")
