@@ -250,7 +250,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
 
     log("[1/9] importance per language")
     scores = {lang: r.scores(lang, c.estimator) for lang in r.langs}
-    log("[2/8] regions")
+    log("[2/9] regions")
     regs, tops = select_regions(r, scores)
     infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v),
                            region_stability(r, v))
