@@ -62,18 +62,24 @@ def resolve(model: str) -> str:
         ) from None
 
 
+def _read_json(path: str, bad: str) -> object:
+    """A checkpoint's JSON file; undecodable or absurdly nested content is one line saying
+    ``bad``, never a traceback."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: {bad} ({str(e)[:200]})") from None
+    except RecursionError:
+        raise UserError(f"{path}: {bad} (nested too deeply)") from None
+
+
 def load_config(path: str) -> ModelConfig:
     """The model config of a checkpoint directory (or of its config.json file); no weights."""
     cfg_path = path if os.path.isfile(path) else os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise UserError(f"{cfg_path}: missing; an HF checkpoint directory needs config.json")
-    try:
-        with open(cfg_path, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{cfg_path}: not valid JSON ({str(e)[:200]})") from None
-    except RecursionError:
-        raise UserError(f"{cfg_path}: not valid JSON (nested too deeply)") from None
+    d = _read_json(cfg_path, "not valid JSON")
     safety.reading(cfg_path)
     return from_hf_dict(d, cfg_path)
 
@@ -114,13 +120,7 @@ def weight_files(path: str) -> dict[str, st.SafetensorsFile]:
 def _read_index(index: str) -> dict[str, str]:
     """The ``weight_map`` of an index file: strings naming shard files inside its directory
     (a shard elsewhere is refused before it is opened, so no byte of it is ever shown)."""
-    try:
-        with open(index, encoding="utf-8") as f:
-            d = json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise UserError(f"{index}: corrupt index ({str(e)[:200]})") from None
-    except RecursionError:
-        raise UserError(f"{index}: corrupt index (nested too deeply)") from None
+    d = _read_json(index, "corrupt index")
     wm = d.get("weight_map") if isinstance(d, dict) else None
     if not isinstance(wm, dict) or not wm:
         raise UserError(f"{index}: corrupt index (no 'weight_map' object of tensor -> file)")
