@@ -185,11 +185,11 @@ def test_example_nnx_script(model_factory, tmp_path):
     assert "restored equal: True" in p.stdout
 
 
-def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
-    """qwen3's head-sized q/k norms are no residual tensors: the battery and its dims
-    analysis run through (they crashed when roles came from name patterns)."""
+def _small_battery(family: str, model_factory, corpus_dir, tmp_path) -> None:
+    """``jaxregion experiment`` on a family's tiny model, dims analysis included: it must
+    complete and find super weights and a sweep."""
     cfg = {
-        "name": "tiny-qwen3", "model": model_factory("qwen3"), "out": str(tmp_path / "exp"),
+        "name": f"tiny-{family}", "model": model_factory(family), "out": str(tmp_path / "exp"),
         "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "cyr")},
         "seq_len": 16, "max_seqs": 4, "eval_max_seqs": 2, "batch_size": 4,
         "random_seeds": [0], "dims": {"layer": 1, "auto_candidates": 1, "auto_controls": 1,
@@ -201,6 +201,12 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     assert code == 0, err
     res = json.loads((tmp_path / "exp" / "results.json").read_text())
     assert res["dims"]["super_weights"] and res["dims"]["sweep"]
+
+
+def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
+    """qwen3's head-sized q/k norms are no residual tensors: the battery and its dims
+    analysis run through (they crashed when roles came from name patterns)."""
+    _small_battery("qwen3", model_factory, corpus_dir, tmp_path)
 
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3",
@@ -251,16 +257,4 @@ def test_experiment_completes_on_new_families(family, model_factory, corpus_dir,
     """The whole battery, dims analysis included, on gemma2 (sliding layers, soft-caps,
     sandwich norms), olmo2 (post-norm layers: no norm feeds attention) and bloom (ALiBi,
     fused head-interleaved qkv, an embedding LayerNorm off the layers)."""
-    cfg = {
-        "name": f"tiny-{family}", "model": model_factory(family), "out": str(tmp_path / "exp"),
-        "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "cyr")},
-        "seq_len": 16, "max_seqs": 4, "eval_max_seqs": 2, "batch_size": 4,
-        "random_seeds": [0], "dims": {"layer": 1, "auto_candidates": 1, "auto_controls": 1,
-                                      "factors": [4.0]},
-    }
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    code, _, err = run_cli("experiment", str(path))
-    assert code == 0, err
-    res = json.loads((tmp_path / "exp" / "results.json").read_text())
-    assert res["dims"]["super_weights"] and res["dims"]["sweep"]
+    _small_battery(family, model_factory, corpus_dir, tmp_path)
