@@ -448,7 +448,7 @@ class PlanConfig:
     model: str | None = option(None, metavar="DIR",
                                help="HF checkpoint directory (only config.json is read)")
     preset: str | None = option(None, help="llama2-7b, llama2-13b, llama2-70b, llama3-8b, "
-                                           "mistral-7b")
+                                           "mistral-7b, olmoe-1b-7b, mixtral-8x7b")
     mesh: str = option("data=1,fsdp=-1,tensor=1", metavar="SPEC",
                        help="the mesh to plan for (all sizes explicit, no -1, unless --devices "
                             "is given)")

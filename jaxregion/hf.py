@@ -31,6 +31,7 @@ from jaxregion.io import write_json
 from jaxregion.models import spec
 from jaxregion.models.config import ModelConfig, from_hf_dict
 from jaxregion.models.module import CausalLM
+from jaxregion.models.registry import family
 from jaxregion.tree import flatten
 
 TOKENIZER_FILES = (
@@ -143,7 +144,7 @@ class Checkpoint:
 
     path: str
     config: ModelConfig
-    files: dict[str, st.SafetensorsFile]  # canonical HF name -> file
+    files: dict[str, st.SafetensorsFile | Stacked]  # canonical HF name -> file
     keys: dict[str, str]  # canonical HF name -> key in the file
 
     @property
@@ -151,12 +152,53 @@ class Checkpoint:
         return {n: self.files[n].tensors[self.keys[n]].shape for n in self.files}
 
 
+class Stacked:
+    """A fused tensor read from the per-expert tensors it stacks (``parts[e]``: the keys of
+    expert ``e``, concatenated on their first axis), with a file's reading interface."""
+
+    def __init__(self, name: str, parts: list[list[str]], raw: dict[str, st.SafetensorsFile]):
+        self.path = f"{raw[parts[0][0]].path} ({name} from {len(parts)} per-expert tensors)"
+        self.parts = [[(raw[k], k) for k in keys] for keys in parts]
+        first = [f.tensors[k].shape for f, k in self.parts[0]]
+        shape = (len(parts), sum(s[0] for s in first), *first[0][1:])
+        self.tensors = {name: st.TensorInfo(np.dtype(np.float32), shape, 0, 0)}
+
+    def _expert(self, e: int) -> np.ndarray:
+        return np.concatenate([f.read(k) for f, k in self.parts[e]], axis=0)
+
+    def read(self, key: str) -> np.ndarray:
+        return np.stack([self._expert(e) for e in range(len(self.parts))])
+
+    def read_slice(self, key: str, index: tuple[slice, ...]) -> np.ndarray:
+        experts = range(*index[0].indices(len(self.parts)))
+        return np.stack([self._expert(e)[tuple(index[1:])] for e in experts])
+
+
+def _stack_experts(cfg: ModelConfig, raw: dict[str, st.SafetensorsFile]) -> dict[str, Stacked]:
+    """The fused expert tensors of a per-expert checkpoint (the family's ``fused_parts``),
+    and those keys removed from ``raw``; a partial set of parts is left for the shape check
+    to report."""
+    fn = getattr(family(cfg.model_type), "fused_parts", None)
+    out = {}
+    for name, parts in (fn(cfg) if fn else {}).items():
+        keys = [k for e in parts for k in e]
+        if name not in raw and all(k in raw for k in keys):
+            out[name] = Stacked(name, parts, raw)
+            for k in keys:
+                del raw[k]
+    return out
+
+
 def open_checkpoint(model: str) -> Checkpoint:
-    """Resolve, read config.json and the safetensors headers, check every shape at once."""
+    """Resolve, read config.json and the safetensors headers, check every shape at once.
+    Per-expert tensors are stacked into the fused ones the model holds."""
     path = resolve(model)
     cfg = load_config(path)
     raw = weight_files(path)
-    files, keys = {}, {}
+    files: dict = {}
+    keys = {}
+    for name, f in _stack_experts(cfg, raw).items():
+        files[name], keys[name] = f, name
     for key, f in raw.items():
         name = spec.canonical_name(cfg, key)
         if name is not None:

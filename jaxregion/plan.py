@@ -46,8 +46,39 @@ PRESETS: dict[str, dict] = {
     "mistral-7b": dict(model_type="mistral", vocab_size=32000, hidden_size=4096,
                        intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                        num_key_value_heads=8, max_position_embeddings=32768),
+    # mixtures of experts (top-k of the routed experts run per token)
+    "olmoe-1b-7b": dict(model_type="olmoe", vocab_size=50304, hidden_size=2048,
+                        intermediate_size=1024, num_hidden_layers=16, num_attention_heads=16,
+                        num_key_value_heads=16, max_position_embeddings=4096, num_experts=64,
+                        num_experts_per_tok=8),
+    "mixtral-8x7b": dict(model_type="mixtral", vocab_size=32000, hidden_size=4096,
+                         intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
+                         num_key_value_heads=8, max_position_embeddings=32768,
+                         num_local_experts=8, num_experts_per_tok=2),
 }
 _DT = {"float32": 4, "bfloat16": 2}
+
+
+def forward_flops_per_token(cfg: ModelConfig, seq_len: int) -> dict[str, float]:
+    """Matmul FLOPs (2 per multiply-add) of one token's forward pass at ``seq_len``
+    (attention over the whole window, as the masked kernel computes it): ``dense`` counts
+    every parameter's matmul, ``active`` only the top-k routed experts (what an MoE runs per
+    token), ``dispatch`` the bound of :func:`jaxregion.models.moe.dispatch` (its padded
+    blocks: at most twice the top-k rows)."""
+    h, q, kv, L = cfg.hidden_size, cfg.q_dim, cfg.kv_dim, cfg.num_layers
+    attn = 2 * (2 * h * q + 2 * h * kv) + 2 * 2 * seq_len * q
+    head = 2 * h * cfg.vocab_size
+    if not cfg.is_moe:
+        mlp = 2 * 3 * h * cfg.intermediate_size
+        total = L * (attn + mlp) + head
+        return {"dense": total, "active": total, "dispatch": total}
+    expert = 2 * 3 * h * cfg.expert_intermediate_size
+    si = cfg.shared_expert_intermediate_size
+    shared = 2 * 3 * h * si + 2 * h if si else 0  # the shared expert and its gate
+    base = L * (attn + 2 * h * cfg.num_experts + shared) + head
+    k = cfg.experts_per_token
+    return {"dense": base + L * cfg.num_experts * expert, "active": base + L * k * expert,
+            "dispatch": base + L * 2 * k * expert}
 
 
 def preset_config(name: str) -> ModelConfig:

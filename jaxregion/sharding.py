@@ -50,6 +50,11 @@ DEFAULT_RULES: dict[str, str | None] = {
     "mlp": "tensor",     # intermediate size
     "head": None,        # head_dim (q/k norms): tiny
     "pos": None,         # learned positions: small, gathered every step
+    "expert": "tensor",  # routed experts: expert parallelism over the tensor axis
+    "expert_mlp": "tensor",  # an expert's hidden size (used when experts do not divide)
+    "expert_gate_up": "tensor",
+    "shared_mlp": "tensor",  # qwen2_moe's shared expert
+    "one": None,         # the shared expert's single gate output
 }
 # Per-family overrides of DEFAULT_RULES live in the family tables (``SHARDING_RULES``).
 

@@ -50,7 +50,23 @@ FAMILIES = {
     "cohere_qk_norm": ("CohereConfig", dict(
         num_attention_heads=4, num_key_value_heads=2, logit_scale=0.5, use_qk_norm=True,
         attention_bias=True, tie_word_embeddings=False)),
+    # mixtures of experts: 8 experts, top-2 (qwen3_moe renormalises the top-k weights, as
+    # mixtral always does); olmoe_clip clamps q/k/v low enough to bite
+    "qwen2_moe": ("Qwen2MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, num_experts=8, num_experts_per_tok=2,
+        moe_intermediate_size=32, shared_expert_intermediate_size=48)),
+    "qwen3_moe": ("Qwen3MoeConfig", dict(
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_experts=8,
+        num_experts_per_tok=2, moe_intermediate_size=32, norm_topk_prob=True)),
+    "mixtral": ("MixtralConfig", dict(num_attention_heads=4, num_key_value_heads=2,
+                                      num_local_experts=8, num_experts_per_tok=2)),
+    "olmoe": ("OlmoeConfig", dict(num_attention_heads=4, num_key_value_heads=2, num_experts=8,
+                                  num_experts_per_tok=2)),
+    "olmoe_clip": ("OlmoeConfig", dict(num_attention_heads=4, num_key_value_heads=4,
+                                       num_experts=8, num_experts_per_tok=3, clip_qkv=1.0,
+                                       attention_bias=True)),
 }
+MOE = ("qwen2_moe", "qwen3_moe", "mixtral", "olmoe", "olmoe_clip")
 
 
 def make_config(family: str, vocab: int = VOCAB, **overrides):

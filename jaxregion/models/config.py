@@ -59,6 +59,14 @@ class ModelConfig:
     partial_rotary_factor: float = 1.0  # phi3: RoPE on the first int(head_dim * f) dims only
     rope_interleaved: bool = False  # cohere: RoPE rotates pairs (2i, 2i+1), not half-split
     logit_scale: float | None = None  # cohere: logits * scale (before any soft-cap)
+    # --- mixture of experts (qwen2_moe / qwen3_moe / mixtral / olmoe; models/moe.py) ---
+    num_experts: int = 0  # routed experts per layer (0: a dense model)
+    experts_per_token: int = 0  # top-k
+    expert_intermediate_size: int = 0  # each routed expert's hidden size
+    shared_expert_intermediate_size: int = 0  # qwen2_moe's sigmoid-gated shared expert (0: none)
+    norm_topk_prob: bool = False  # renormalise the top-k probabilities to sum to one
+    # (layer, expert) pairs removed from their router (softmax over the rest): drop-expert
+    dropped_experts: tuple[tuple[int, int], ...] = ()
 
     @property
     def family(self) -> str:
@@ -70,6 +78,10 @@ class ModelConfig:
     def opt(self, key: str, default: Any = None) -> Any:
         """A family-specific switch from :attr:`extra`."""
         return dict(self.extra).get(key, default)
+
+    @property
+    def is_moe(self) -> bool:
+        return self.num_experts > 0
 
     @property
     def q_dim(self) -> int:
@@ -180,7 +192,8 @@ MAX_PARAMS = 10**13  # far above any real checkpoint; refuses absurd configs bef
 _COUNT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                "num_attention_heads", "num_key_value_heads", "head_dim",
                "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_positions", "n_inner",
-               "sliding_window")
+               "sliding_window", "num_experts", "num_local_experts", "num_experts_per_tok",
+               "moe_intermediate_size", "shared_expert_intermediate_size")
 # ... and those that must be positive, finite numbers
 _POSITIVE_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "rope_theta",
                   "rope_local_base_freq")
@@ -210,7 +223,9 @@ def check_hf_dict(d: Any, source: str) -> None:
     plausible total size, so nothing is ever allocated per layer for an absurd config."""
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}")
-    counts = {k: _count(d, k, source) for k in _COUNT_KEYS if d.get(k) is not None}
+    # sliding_window 0 means none (qwen2_moe writes it when use_sliding_window is off)
+    counts = {k: _count(d, k, source) for k in _COUNT_KEYS
+              if d.get(k) is not None and not (k == "sliding_window" and d[k] == 0)}
     for k in _POSITIVE_KEYS:
         if d.get(k) is not None:
             _positive(d, k, source)

@@ -57,15 +57,18 @@ def attention_biases(qkv: bool, o: bool) -> dict[str, Spec]:
     return {**t, a + "o_proj.bias": bias("embed")} if o else t
 
 
-def gated_mlp_specs(biases: bool = False) -> dict[str, Spec]:
-    """The table entries of :class:`GatedMLP`'s weights, or with ``biases`` its biases."""
-    m = _L + "mlp."
+def gated_mlp_specs(biases: bool = False, prefix: str = "mlp.", hidden: str = "mlp"
+                    ) -> dict[str, Spec]:
+    """The table entries of :class:`GatedMLP`'s weights, or with ``biases`` its biases
+    (``prefix``/``hidden``: another gated MLP in the layer, as qwen2_moe's shared expert)."""
+    m = _L + prefix
     if biases:
-        return {m + "gate_proj.bias": bias("mlp"), m + "up_proj.bias": bias("mlp"),
+        return {m + "gate_proj.bias": bias(hidden), m + "up_proj.bias": bias(hidden),
                 m + "down_proj.bias": bias("embed")}
-    return {m + "gate_proj.weight": linear("mlp", "embed", tap=_GU),
-            m + "up_proj.weight": linear("mlp", "embed", tap=_GU),
-            m + "down_proj.weight": linear("embed", "mlp", tap=_DOWN, tag="mlp_out")}
+    return {m + "gate_proj.weight": linear(hidden, "embed", tap=m + "gate_up"),
+            m + "up_proj.weight": linear(hidden, "embed", tap=m + "gate_up"),
+            m + "down_proj.weight": linear("embed", hidden, tap=m + "down_proj",
+                                           tag="mlp_out" if prefix == "mlp." else None)}
 
 
 class Attention(nnx.Module):
@@ -88,6 +91,7 @@ class Attention(nnx.Module):
         self.softcap = cfg.attn_softcap
         self.interleaved = cfg.rope_interleaved
         self.across_heads = qk_norm_across_heads
+        self.clip = cfg.opt("clip_qkv")  # olmoe: q, k, v clamped to [-clip, clip]
 
     def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
                  window: int | None, collect: bool, kv: KV | None = None
@@ -98,7 +102,10 @@ class Attention(nnx.Module):
         if self.q_norm is not None and self.across_heads:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = q.reshape(b, s, h, d), k.reshape(b, s, n_kv, d)
-        v = self.v_proj(x).reshape(b, s, n_kv, d)
+        v = self.v_proj(x)
+        if self.clip is not None:
+            q, k, v = (jnp.clip(t, -self.clip, self.clip) for t in (q, k, v))
+        v = v.reshape(b, s, n_kv, d)
         if self.q_norm is not None and not self.across_heads:
             q, k = self.q_norm(q), self.k_norm(k)
         rot = apply_rope_interleaved if self.interleaved else apply_rope
@@ -111,17 +118,19 @@ class Attention(nnx.Module):
 
 class GatedMLP(nnx.Module):
     """``down(act(gate(x)) * up(x))`` with ``mlp.gate_proj/up_proj/down_proj`` (biases
-    where the table has them)."""
+    where the table has them; ``prefix``: another gated MLP of the layer)."""
 
-    def __init__(self, cfg: ModelConfig, make: ParamMaker):
+    def __init__(self, cfg: ModelConfig, make: ParamMaker, prefix: str = "mlp."):
         for p in ("gate_proj", "up_proj", "down_proj"):
-            w = _L + "mlp." + p
+            w = _L + prefix + p
             setattr(self, p, Linear(make(w + ".weight"), make.optional(w + ".bias")))
         self.act = cfg.activation
+        self.prefix = prefix
 
     def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
         h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
-        aux = {"mlp.gate_up": x, "mlp.down_proj": h} if collect else {}
+        p = self.prefix
+        aux = {p + "gate_up": x, p + "down_proj": h} if collect else {}
         return self.down_proj(h), aux
 
 

@@ -22,8 +22,12 @@ KINDS = ("linear", "norm", "embedding", "bias", "head", "position")
 #   vocab, embed (the residual stream / hidden size), q (heads*head_dim), kv (kv_heads*head_dim),
 #   head (head_dim), mlp (intermediate), pos (positions), qkv (a fused q/k/v output: GPT-2's
 #   c_attn, BLOOM's query_key_value, Phi-3's qkv_proj), gate_up (Phi-3's fused gate and up
-#   projection), heads / kv_heads (head counts: cohere's per-head q/k norm weights)
+#   projection), heads / kv_heads (head counts: cohere's per-head q/k norm weights), expert
+#   (the routed experts: a fused expert tensor's index axis, a router's output), expert_mlp /
+#   expert_gate_up (a routed expert's hidden size, and twice it), shared_mlp (qwen2_moe's
+#   shared expert), one (a single output: the shared expert's gate)
 RESIDUAL = "embed"
+EXPERT = "expert"
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,10 @@ class Spec:
     for (``mlp_out``: the matrix writing the MLP output into the residual stream;
     ``attn_norm``: the norm feeding attention; ``attn_out_norm``: in post-norm layers, where
     attention reads the raw residual stream (OLMo 2), the norm of attention's output, which
-    stands in for ``attn_norm`` as the dims sweep's target). ``residual_axis`` defaults to
-    the axis named ``embed``, when there is one.
+    stands in for ``attn_norm`` as the dims sweep's target; ``router``: a mixture of
+    experts' router, whose rows are the experts; ``shared_gate``: the sigmoid gate of a
+    shared expert). ``residual_axis`` defaults to the axis named ``embed``, when there is
+    one; ``expert_axis`` (derived) is the axis named ``expert``: the routed experts.
     """
 
     axes: tuple[str, ...]
@@ -54,6 +60,10 @@ class Spec:
         if self.residual_axis == -1:
             object.__setattr__(self, "residual_axis",
                                self.axes.index(RESIDUAL) if RESIDUAL in self.axes else None)
+
+    @property
+    def expert_axis(self) -> int | None:
+        return self.axes.index(EXPERT) if EXPERT in self.axes else None
 
 
 def linear(out: str, inp: str, tap: str | None = None, tag: str | None = None) -> Spec:
@@ -80,7 +90,8 @@ class Role:
 
     ``module`` groups the same tensor across layers (``self_attn.q_proj``,
     ``mlp.down_proj.bias``; non-layer tensors keep their name, minus ``.weight``). ``attr``
-    is the tensor's attribute in its module (``weight`` or ``bias``).
+    is the tensor's attribute in its module (``weight`` or ``bias``). ``expert_axis`` indexes
+    the routed experts (fused expert tensors and routers; None elsewhere).
     """
 
     name: str
@@ -94,10 +105,15 @@ class Role:
     tap: str | None
     tag: str | None
     attr: str
+    expert_axis: int | None = None
 
     @property
     def is_norm(self) -> bool:
         return self.kind == "norm"
+
+    @property
+    def is_router(self) -> bool:
+        return self.tag == "router"
 
 
 def _module_of(template: str) -> str:
@@ -110,7 +126,7 @@ def _role(template: str, spec: Spec, layer: int | None) -> Role:
     fmt = (lambda s: s.format(i=layer)) if layer is not None else (lambda s: s)
     return Role(fmt(template), template, _module_of(template), layer, spec.kind, spec.axes,
                 spec.residual_axis, spec.input_axis, fmt(spec.tap) if spec.tap else None,
-                spec.tag, template.rsplit(".", 1)[-1])
+                spec.tag, template.rsplit(".", 1)[-1], spec.expert_axis)
 
 
 def expand(table: Mapping[str, Spec], num_layers: int) -> dict[str, Role]:
@@ -136,6 +152,9 @@ def axis_sizes(cfg: ModelConfig) -> dict[str, int]:
         "head": cfg.head_dim, "mlp": cfg.intermediate_size, "pos": cfg.max_position_embeddings,
         "qkv": cfg.q_dim + 2 * cfg.kv_dim, "gate_up": 2 * cfg.intermediate_size,
         "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads,
+        "expert": cfg.num_experts, "expert_mlp": cfg.expert_intermediate_size,
+        "expert_gate_up": 2 * cfg.expert_intermediate_size,
+        "shared_mlp": cfg.shared_expert_intermediate_size, "one": 1,
     }
 
 

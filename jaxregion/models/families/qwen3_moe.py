@@ -1,0 +1,68 @@
+"""Qwen3-MoE: qwen3's attention (per-head q/k RMSNorms) and a mixture of experts without a
+shared expert. The table below is the single source of every parameter's name, axes and
+role."""
+
+from __future__ import annotations
+
+from functools import partial
+
+from jaxregion.models import moe
+from jaxregion.models.config import ModelConfig
+from jaxregion.models.decoder import LAYER, Attention, DecoderLM, attention_biases, attention_specs
+from jaxregion.models.nn import ParamMaker, RMSNorm
+from jaxregion.models.table import Spec, norm
+
+MODEL_TYPES = ("qwen3_moe",)
+_L = LAYER
+RESIDUAL_TAP = _L + "output"
+
+
+def table(cfg: ModelConfig | None) -> dict[str, Spec]:
+    """``{HF name template: Spec}`` for ``cfg`` (``None``: every optional entry)."""
+    t = {
+        "model.embed_tokens.weight": Spec(("vocab", "embed"), "embedding"),
+        _L + "input_layernorm.weight": norm(tag="attn_norm"),
+        **attention_specs(),
+        _L + "self_attn.q_norm.weight": norm("head"),
+        _L + "self_attn.k_norm.weight": norm("head"),
+        _L + "post_attention_layernorm.weight": norm(),
+        **moe.moe_specs(),
+        "model.norm.weight": norm(),
+    }
+    if cfg is None or cfg.qkv_bias:  # attention_bias: q, k, v and o alike
+        t.update(attention_biases(True, True))
+    if cfg is None or not cfg.tie_embeddings:
+        t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
+    return t
+
+
+def fused_parts(cfg: ModelConfig) -> dict[str, list[list[str]]]:
+    """The per-expert checkpoint keys of each fused expert tensor."""
+    out = {}
+    for i in range(cfg.num_layers):
+        out.update(moe.fused_parts(cfg, i, "gate_proj", "up_proj", "down_proj"))
+    return out
+
+
+def config_from_hf(d: dict, source: str) -> ModelConfig:
+    moe.check_all_sparse(d, source)
+    layers = int(d["num_hidden_layers"])
+    window = d.get("sliding_window") if d.get("use_sliding_window") else None
+    bias = bool(d.get("attention_bias", False))
+    return moe.config_from_hf(
+        d, source, num_experts=moe.num_experts(d),
+        expert_intermediate=int(d["moe_intermediate_size"]),
+        norm_topk=bool(d.get("norm_topk_prob", False)), windows=(window or None,) * layers,
+        qkv_bias=bias, o_bias=bias, qk_norm=True)
+
+
+def _body(cfg: ModelConfig, make: ParamMaker):
+    qk = partial(RMSNorm, eps=cfg.norm_eps)
+    return moe.body(cfg, make, partial(Attention, qk_norm=lambda w: qk(w)))
+
+
+class Model(DecoderLM):
+    """``Qwen3MoeForCausalLM``: ``model.*`` and an optional untied ``lm_head``."""
+
+    TABLE = staticmethod(table)
+    BODY = staticmethod(_body)
