@@ -112,6 +112,16 @@ class EvalConfig(CorpusConfig):
 
 
 @dataclass(frozen=True, kw_only=True)
+class ExpertsConfig(CorpusConfig):
+    """``jaxregion experts``: which experts each language's tokens are routed to."""
+
+    out: str = option("experts_out", metavar="DIR",
+                      help="output folder: experts.json, experts.md, routing_LANG.png")
+    top: int = option(20, gt=0, metavar="N",
+                      help="rows of the most-language-specific-experts table")
+
+
+@dataclass(frozen=True, kw_only=True)
 class ImportanceConfig(CorpusConfig):
     """``jaxregion importance``: one score file per language, resumable."""
 

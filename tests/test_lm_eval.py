@@ -73,7 +73,7 @@ def _flat(resps) -> list[float]:
     return vals
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2"])
+@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "mixtral"])
 def test_loglikelihoods_match_hf(family, model_factory, task_dir, tmp_path):
     from lm_eval.models.huggingface import HFLM
 

@@ -21,6 +21,7 @@ from jaxregion.cli import (
     demo_cmd,
     eval_cmd,
     experiment_cmd,
+    experts_cmd,
     generate_cmd,
     importance_cmd,
     options,
@@ -34,7 +35,7 @@ from jaxregion.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [eval_cmd, generate_cmd, tasks_cmd, train_cmd, importance_cmd, regions_cmd,
-                   experiment_cmd, demo_cmd, plan_cmd]
+                   experiment_cmd, experts_cmd, demo_cmd, plan_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -68,6 +68,18 @@ def fused_parts(cfg: ModelConfig, layer: int, gate: str, up: str, down: str,
             DOWN.format(i=layer): [[f"{p}{j}.{down}.weight"] for j in e]}
 
 
+ROUTER_PROBS = _M + "router_probs"  # the intermediate holding a layer's routing probabilities
+
+
+def top_k(probs: Array, k: int, norm_topk: bool) -> tuple[Array, Array]:
+    """``(weights [..., k], experts [..., k])``: the ``k`` most probable experts, their
+    probabilities renormalised to sum to one with ``norm_topk``."""
+    w, idx = jax.lax.top_k(probs, k)
+    if norm_topk:
+        w = w / jnp.sum(w, axis=-1, keepdims=True)
+    return w, idx
+
+
 def route(logits: Array, k: int, norm_topk: bool, dropped: tuple[int, ...] = ()
           ) -> tuple[Array, Array, Array]:
     """``(probs [T, E] float32, top-k weights [T, k] float32, top-k experts [T, k])``."""
@@ -76,10 +88,7 @@ def route(logits: Array, k: int, norm_topk: bool, dropped: tuple[int, ...] = ()
         keep = jnp.ones(logits.shape[-1], bool).at[jnp.asarray(dropped)].set(False)
         logits = jnp.where(keep, logits, -jnp.inf)
     probs = jax.nn.softmax(logits, axis=-1)
-    w, idx = jax.lax.top_k(probs, k)
-    if norm_topk:
-        w = w / jnp.sum(w, axis=-1, keepdims=True)
-    return probs, w, idx
+    return (probs, *top_k(probs, k, norm_topk))
 
 
 def block_size(assignments: int, experts: int) -> int:
@@ -151,7 +160,8 @@ class SparseMoE(nnx.Module):
             y = y + jax.nn.sigmoid(self.shared_expert_gate(x2)) * s
             aux = {k: v.reshape(*shape[:-1], v.shape[-1]) for k, v in aux.items()}
         if collect:
-            aux.update({"mlp.gate": x, "mlp.router_probs": probs.reshape(*shape[:-1], -1)})
+            aux.update({"mlp.gate": x,
+                        ROUTER_PROBS.removeprefix(LAYER): probs.reshape(*shape[:-1], -1)})
         return y.reshape(shape), aux
 
 
