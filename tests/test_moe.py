@@ -153,3 +153,90 @@ def test_training_shards_experts_over_the_mesh(model_factory, tmp_path):
     assert four["shape"] == [8, 64, 64] and four["shard"] == [4, 64, 32], four["spec"]
     for k, ref in out["one"]["params"].items():
         assert np.max(np.abs(np.asarray(four["params"][k]) - np.asarray(ref))) <= 1e-5, k
+
+
+def _without_expert(cfg, params, layer_drop: dict[int, int]):
+    """A config with one expert fewer and params with, per layer, that expert's router row
+    and expert slices removed (``layer_drop``: layer -> expert; every layer must be listed)."""
+    from jaxregion.tree import flatten, unflatten
+
+    flat = dict(flatten(params))
+    for i, e in layer_drop.items():
+        for n in ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+            k = f"model.layers.{i}.{n}"
+            flat[k] = jnp.delete(flat[k], e, axis=0)
+    return cfg.replace(num_experts=cfg.num_experts - 1), unflatten(flat)
+
+
+@pytest.mark.parametrize("family", ["qwen2_moe", "mixtral", "olmoe"])
+def test_drop_expert_equals_a_router_without_its_row(family, model_factory):
+    """Dropping expert e renormalises the router over the rest: the logits equal those of a
+    model whose router has row e (and whose experts have expert e) removed."""
+    from jaxregion.models.moe import drop_experts
+
+    cfg, params = hf.load(model_factory(family))
+    tokens = jnp.asarray(np.random.default_rng(5).integers(0, cfg.vocab_size, (2, SEQ)))
+    drop = {0: 3, 1: 5}
+    small_cfg, small = _without_expert(cfg, params, drop)
+    dropped = drop_experts(cfg, drop.items())
+    got = np.asarray(apply(params, tokens, dropped))
+    want = np.asarray(apply(small, tokens, small_cfg))
+    assert np.abs(got - want).max() < 1e-5
+    assert np.abs(got - np.asarray(apply(params, tokens, cfg))).max() > 1e-3
+
+
+def test_drop_expert_bad_input(model_factory):
+    from jaxregion.errors import UserError
+    from jaxregion.models.moe import drop_experts
+
+    cfg = hf.load_config(model_factory("mixtral"))
+    dense = hf.load_config(model_factory("llama_mha"))
+    for c, pairs, what in ((dense, [(0, 0)], "dense"), (cfg, [(0, 8)], "out of range"),
+                           (cfg, [(2, 0)], "out of range"),
+                           (cfg, [(1, e) for e in range(7)], "fewer than its top-2")):
+        with pytest.raises(UserError, match=what) as e:
+            drop_experts(c, pairs)
+        assert "\n" not in str(e.value)
+
+
+def test_frozen_experts_stay_bitwise_through_adamw(model_factory):
+    """Freezing whole experts (their slices of the fused tensors and their router rows, as
+    an element mask) keeps them bitwise fixed through AdamW with weight decay, while the
+    other experts train."""
+    import optax
+
+    from jaxregion import freeze
+    from jaxregion.models import loss_fn
+    from jaxregion.tree import flatten, map_named
+
+    cfg, params = hf.load(model_factory("qwen3_moe"))
+    frozen = {0: [1, 6], 1: [2]}
+
+    def mask_of(name, x):
+        m = np.zeros(x.shape, bool)
+        for i, es in frozen.items():
+            for n in ("mlp.gate.weight", "mlp.experts.gate_up_proj", "mlp.experts.down_proj"):
+                if name == f"model.layers.{i}.{n}":
+                    m[es] = True
+        return jnp.asarray(m)
+
+    mask = map_named(mask_of, params)
+    tx = freeze.adamw_with_freeze(1e-2, weight_decay=0.1, clip=1.0, mask=mask)
+    state = tx.init(params)
+    rng = np.random.default_rng(0)
+
+    @jax.jit
+    def step(p, s, tokens):
+        g = jax.grad(loss_fn)(p, tokens, cfg)
+        u, s = tx.update(g, s, p)
+        return optax.apply_updates(p, u), s
+
+    new = params
+    for _ in range(5):
+        new, state = step(new, state, jnp.asarray(rng.integers(0, cfg.vocab_size, (4, 16))))
+    for n, p0 in flatten(params).items():
+        m, p1 = np.asarray(flatten(mask)[n]), np.asarray(flatten(new)[n])
+        p0 = np.asarray(p0)
+        np.testing.assert_array_equal(p1.view(np.uint32)[m], p0.view(np.uint32)[m], err_msg=n)
+        if m.any():
+            assert (p1[~m] != p0[~m]).mean() > 0.99, n  # the other experts move

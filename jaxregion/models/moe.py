@@ -23,7 +23,7 @@ but XLA:CPU lowers it to a dense product over every expert.)
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import jax
@@ -221,3 +221,25 @@ def body(cfg: ModelConfig, make: ParamMaker,
         return PreNormLayer(cfg, make, window, attn, lambda c, m: SparseMoE(c, m, i))
 
     return Body(cfg, make, layer, lambda w: RMSNorm(w, cfg.norm_eps))
+
+
+def drop_experts(cfg: ModelConfig, pairs: Iterable[tuple[int, int]]) -> ModelConfig:
+    """``cfg`` with the experts ``(layer, expert)`` removed from their routers: each router
+    renormalises over the experts it keeps, as expert-pruning papers do (the parameters are
+    unchanged). One-line errors for a dense model, an index out of range, or a layer left
+    with fewer experts than its top-k."""
+    if not cfg.is_moe:
+        raise UserError(f"drop-expert needs a mixture-of-experts model; {cfg.model_type} is "
+                        "dense")
+    out = set(cfg.dropped_experts)
+    for layer, e in pairs:
+        if not (0 <= layer < cfg.num_layers and 0 <= e < cfg.num_experts):
+            raise UserError(f"drop-expert: expert {e} of layer {layer} is out of range "
+                            f"({cfg.num_layers} layers of {cfg.num_experts} experts)")
+        out.add((int(layer), int(e)))
+    for layer in {li for li, _ in out}:
+        left = cfg.num_experts - sum(li == layer for li, _ in out)
+        if left < cfg.experts_per_token:
+            raise UserError(f"drop-expert: layer {layer} would keep {left} experts, fewer "
+                            f"than its top-{cfg.experts_per_token}")
+    return cfg.replace(dropped_experts=tuple(sorted(out)))
