@@ -23,7 +23,8 @@ from jaxregion.errors import UserError
 # --- registries (one definition each) ------------------------------------------------------
 REGION_KINDS = ("core", "bottom", "random", "monolingual", "bottom-monolingual", "top")
 LANG_KINDS = ("monolingual", "bottom-monolingual", "top")  # the kinds made for one language
-GRANULARITIES = ("element", "row", "column", "tensor", "layer")
+GRANULARITIES = ("element", "row", "column", "tensor", "layer", "expert")
+EXPERT_RANKS = ("importance", "routing")  # how --granularity expert ranks whole experts
 SCOPES = ("per-tensor", "per-layer", "global")
 ESTIMATORS = ("taylor", "taylor-abs", "fisher", "wanda", "magnitude")
 DATA_FREE = ("magnitude",)  # estimators that read no text
@@ -173,7 +174,15 @@ class SelectConfig:
     granularity: str = option("element", choices=GRANULARITIES,
                               help="unit of selection: element, row / column (exactly ratio of "
                                    "each tensor's output / input features; --model gives the "
-                                   "family's axes), tensor, layer")
+                                   "family's axes), tensor, layer, expert (whole routed experts "
+                                   "of an MoE with their router rows; --scope per-layer or "
+                                   "global)")
+    expert_rank: str = option("importance", choices=EXPERT_RANKS,
+                              help="rank whole experts by summed |score| (importance) or by "
+                                   "the languages' top-k routing share in --routing (routing)")
+    routing: str | None = option(None, metavar="FILE",
+                                 help="experts.json of `jaxregion experts` (--expert-rank "
+                                      "routing)")
     include: str | None = option(DEFAULT_INCLUDE, metavar="REGEX",
                                  help="regex of HF names to select from (default :layers: the "
                                       "transformer layers' parameters, per the family table)")
@@ -198,7 +207,13 @@ class SelectConfig:
         if self.granularity in ("row", "column") and self.scope != "per-tensor":
             raise UserError(f"--granularity {self.granularity} takes k {self.granularity}s in "
                             "each tensor; use --scope per-tensor")
-        if self.kind != "random" and self.importance is None:
+        if self.expert_rank == "routing":
+            if self.granularity != "expert" or self.routing is None or self.model is None:
+                raise UserError("--expert-rank routing needs --granularity expert, --routing "
+                                "FILE (experts.json) and --model DIR")
+        elif self.routing is not None:
+            raise UserError("--routing is read only with --expert-rank routing")
+        if self.kind != "random" and self.importance is None and self.expert_rank != "routing":
             raise UserError(f"a {self.kind} region needs --importance DIR")
         if self.importance is None and self.model is None:
             raise UserError("regions random needs --importance DIR or --model DIR for the shapes")

@@ -8,11 +8,14 @@ written; results are plain data, rendered by :mod:`jaxregion.report.regions`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
 
-from jaxregion import hf, safetensors_io, stability
+import numpy as np
+
+from jaxregion import hf, safetensors_io, safety, stability
 from jaxregion import regions as R
 from jaxregion.configs import CompareConfig, SelectConfig, StatsConfig
 from jaxregion.errors import UserError
@@ -61,6 +64,21 @@ def _in_axes(model: str | None) -> dict[str, int] | None:
     return None if model is None else input_axes(hf.open_checkpoint(model).config)
 
 
+def _routing_shares(path: str) -> dict[str, np.ndarray]:
+    """``{lang: top-k share [layers, experts]}`` of an experts.json (``jaxregion experts``)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+        shares = {k: np.asarray(v, np.float64) for k, v in data["topk_share"].items()}
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"--routing {path}: not an experts.json of `jaxregion experts` "
+                        f"({type(e).__name__})") from None
+    if not shares or any(v.ndim != 2 for v in shares.values()):
+        raise UserError(f"--routing {path}: topk_share holds no [layer][expert] table")
+    safety.reading(path)
+    return shares
+
+
 def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     """The region ``cfg`` asks for, written to ``cfg.out`` (nothing is written on error), and
     the line on its split-half stability (None for random regions; "unknown" when the
@@ -69,6 +87,12 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     if cfg.lang is not None:
         check_name(cfg.lang, "--lang")
     template, model_fp = model_template(cfg.model)
+    if cfg.expert_rank == "routing":
+        region = R.experts_by_routing(cfg.kind, template, _routing_shares(cfg.routing),
+                                      cfg.ratio, cfg.scope, cfg.lang, cfg.include or None,
+                                      cfg.exclude or None, cfg.seed)
+        R.save_region(cfg.out, region)
+        return region, None
     scores = paths = None
     if cfg.importance is not None:
         scores, paths = load_scores_dir(cfg.importance, cfg.langs)

@@ -48,6 +48,7 @@ from jaxregion.regions.select import (
     bottom,
     bottom_monolingual,
     core,
+    experts_by_routing,
     layers,
     monolingual,
     random,
@@ -60,7 +61,8 @@ from jaxregion.regions.stats import counts_by, hidden_dim_profile, row_col_count
 __all__ = [
     "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "LAYERS", "SCOPES", "Region", "bottom",
     "bottom_monolingual", "complement", "core", "counts_by", "density", "difference",
-    "fingerprint", "full_mask", "hidden_dim_profile", "importance_path", "intersection",
+    "experts_by_routing", "fingerprint", "full_mask", "hidden_dim_profile", "importance_path",
+    "intersection",
     "is_norm", "jaccard", "k_for", "layer_index", "layers", "line_counts", "load_importance_dir",
     "load_region", "load_scores", "mask_of", "module_type", "monolingual", "numel",
     "overlap_matrix", "random", "roles_for", "row_col_counts", "save_region", "save_scores",

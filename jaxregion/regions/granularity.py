@@ -14,6 +14,12 @@ it unchanged); only its metadata says ``granularity``. The rules:
     Exactly ``max(1, floor(ratio * n_units))`` whole tensors (or transformer layers) of the
     region's universe, ranked by mean element value (a mean, so that big matrices do not win
     by size alone).
+``expert``
+    Whole routed experts of a mixture of experts (each its slices of the fused expert
+    tensors and its router row, found by the roles' ``expert_axis``), ranked by summed
+    element value or by routing share, ``max(1, floor(ratio * experts))`` per layer
+    (``per-layer`` scope) or of all layers' experts (``global``); every other tensor of the
+    universe is left out.
 
 Ranking uses the same exact radix select as element regions (ties: lower index first);
 random regions draw uint32 keys per line / unit from ``(seed, crc32(name))`` or ``seed``.
@@ -23,6 +29,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from functools import partial
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -30,7 +37,7 @@ import numpy as np
 
 from jaxregion.configs import GRANULARITIES
 from jaxregion.errors import UserError
-from jaxregion.regions.base import k_for, layer_index
+from jaxregion.regions.base import k_for, layer_index, roles_for
 from jaxregion.regions.topk import name_key, order_key, top_k_unit
 
 ValueFn = Callable[[str], jax.Array]
@@ -134,16 +141,83 @@ def select_units(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ra
             for i, g in enumerate(groups) for n in g}
 
 
+def expert_tensors(names: Sequence[str], roles: Mapping[str, Any] | None = None
+                   ) -> dict[int, list[tuple[str, int]]]:
+    """``{layer: [(name, expert axis), ...]}``: the tensors of ``names`` the family tables
+    index by expert (fused expert tensors and routers), read as data from the roles."""
+    rs = roles_for(list(names), roles)
+    out: dict[int, list[tuple[str, int]]] = {}
+    for n in names:
+        r = rs.get(n)
+        if r is not None and r.expert_axis is not None and r.layer is not None:
+            out.setdefault(r.layer, []).append((n, r.expert_axis))
+    if not out:
+        raise UserError("granularity expert: no parameter in scope is indexed by expert (a "
+                        "dense model, or --include leaves out the experts and routers)")
+    return out
+
+
+def _expert_sums(values: ValueFn, group: list[tuple[str, int]]) -> jax.Array:
+    total = None
+    for n, ax in group:
+        v = jnp.asarray(values(n)).astype(jnp.float32)
+        s = jnp.sum(jnp.moveaxis(v, ax, 0).reshape(v.shape[ax], -1), axis=1)
+        total = s if total is None else total + s
+    return total
+
+
+def select_experts(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
+                   scope: str, values: ValueFn | None = None, largest: bool = True,
+                   seed: int = 0, unit_values: np.ndarray | None = None,
+                   roles: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+    """``{name: bool mask}`` taking exactly k whole experts: an expert is its slices of the
+    layer's fused expert tensors and its router row. Ranked by the sum of ``values`` over
+    those elements, or by ``unit_values[layer, expert]`` (routing shares); uniformly random
+    from ``seed`` when neither is given. ``scope`` ``per-layer``: k = max(1, floor(ratio *
+    experts)) in every layer; ``global``: k = max(1, floor(ratio * layers * experts))."""
+    groups = expert_tensors(names, roles)
+    layers = sorted(groups)
+    n_exp = {li: shapes[g[0][0]][g[0][1]] for li, g in groups.items()}
+    if unit_values is not None:
+        if any(li >= len(unit_values) or len(unit_values[li]) != n_exp[li] for li in layers):
+            raise UserError(f"granularity expert: the routing table is "
+                            f"{len(unit_values)} layers x {len(unit_values[0])} experts; the "
+                            f"model has {len(layers)} MoE layers of {n_exp[layers[0]]} experts")
+        keys = [_keys(jnp.asarray(unit_values[li], jnp.float32), largest) for li in layers]
+    elif values is not None:
+        keys = [_keys(_expert_sums(values, groups[li]), largest) for li in layers]
+    else:
+        bits = jax.random.bits(jax.random.PRNGKey(int(seed)), (sum(n_exp.values()),), jnp.uint32)
+        cut = np.cumsum([0] + [n_exp[li] for li in layers])
+        keys = [bits[cut[i]:cut[i + 1]] for i in range(len(layers))]
+    if scope == "per-layer":
+        picks = [_pick(k, ratio) for k in keys]
+    else:
+        flat = jnp.concatenate(keys)
+        sel = _pick(flat, ratio)
+        cut = np.cumsum([0] + [len(k) for k in keys])
+        picks = [sel[cut[i]:cut[i + 1]] for i in range(len(layers))]
+    out = {n: jnp.zeros(tuple(shapes[n]), bool) for n in names}
+    for li, pick in zip(layers, picks):
+        for n, ax in groups[li]:
+            shape = tuple(shapes[n])
+            out[n] = jnp.broadcast_to(pick.reshape([-1 if d == ax else 1
+                                                    for d in range(len(shape))]), shape)
+    return out
+
+
 def select_coarse(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
                   granularity: str, values: ValueFn | None = None, largest: bool = True,
-                  seed: int = 0, in_axes: Mapping[str, int] | None = None
-                  ) -> dict[str, jax.Array]:
-    """Row, column, tensor or layer selection (see the module doc)."""
+                  seed: int = 0, in_axes: Mapping[str, int] | None = None,
+                  scope: str = "global") -> dict[str, jax.Array]:
+    """Row, column, tensor, layer or expert selection (see the module doc)."""
     check_granularity(granularity)
     if granularity in ("row", "column"):
         return select_lines(names, shapes, ratio, granularity, values, largest, seed, in_axes)
     if granularity in ("tensor", "layer"):
         return select_units(names, shapes, ratio, granularity, values, largest, seed)
+    if granularity == "expert":
+        return select_experts(names, shapes, ratio, scope, values, largest, seed)
     raise UserError("select_coarse: element granularity is handled by regions.select")
 
 

@@ -30,7 +30,7 @@ from jaxregion.regions.base import (
     roles_for,
     scope_names,
 )
-from jaxregion.regions.granularity import check_granularity, select_coarse
+from jaxregion.regions.granularity import check_granularity, select_coarse, select_experts
 from jaxregion.regions.region import Region, check_same_tree, fingerprint, full_mask, shape_of
 from jaxregion.regions.topk import name_key, order_key, random_keys, top_k_unit
 
@@ -116,6 +116,9 @@ def _check_coarse_scope(granularity: str, scope: str) -> None:
     if granularity in ("row", "column") and scope != "per-tensor":
         raise UserError(f"granularity {granularity} takes k {granularity}s in each tensor; "
                         f"scope {scope!r} does not apply (use scope per-tensor)")
+    if granularity == "expert" and scope == "per-tensor":
+        raise UserError("granularity expert takes whole experts per layer or over all layers; "
+                        "use scope per-layer or global")
 
 
 def _summed_selector(scores_by_lang: Mapping[str, PyTree], langs: Sequence[str], ratio: float,
@@ -146,7 +149,7 @@ def _summed_selector(scores_by_lang: Mapping[str, PyTree], langs: Sequence[str],
     if granularity != "element":
         shapes = {n: shape_of(ref[n]) for n in names}
         return names, lambda: iter([select_coarse(names, shapes, ratio, granularity, values,
-                                                  largest, in_axes=in_axes)])
+                                                  largest, in_axes=in_axes, scope=scope)])
     return names, lambda: _iter_select(names, scope, ratio, key_fn)
 
 
@@ -155,7 +158,7 @@ def _meta(kind: str, ratio: float, langs: Sequence[str], scope: str, include: st
           ) -> dict[str, Any]:
     unit = "numel_of_unit" if granularity == "element" else {
         "row": "rows_of_tensor", "column": "columns_of_tensor", "tensor": "tensors",
-        "layer": "layers"}[granularity]
+        "layer": "layers", "expert": "experts"}[granularity]
     return {"kind": kind, "ratio": ratio, "langs": list(langs), "scope": scope,
             "granularity": granularity, "seed": extra.pop("seed", None), "include": include,
             "exclude": exclude, "k_rule": K_RULE.replace("numel_of_unit", unit), "model": model,
@@ -293,7 +296,7 @@ def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "p
             flat.update(part)
     else:
         flat = select_coarse(names, {n: shape_of(flat_t[n]) for n in names}, ratio,
-                             granularity, None, seed=int(seed), in_axes=in_axes)
+                             granularity, None, seed=int(seed), in_axes=in_axes, scope=scope)
     meta = _meta("random", ratio, [], scope, include, exclude, fingerprint(template),
                  granularity, seed=int(seed))
     return _finish(template, names, flat, meta)
@@ -313,6 +316,44 @@ def layers(template: PyTree, which: Sequence[int], include: str | None = DEFAULT
     flat = {n: jnp.full(shape_of(flat_t[n]), layer_index(n) in want, bool) for n in names}
     meta = _meta("layers", 1.0, [], "per-tensor", include, exclude, fingerprint(template),
                  "layer", layers=sorted(want))
+    return _finish(template, names, flat, meta)
+
+
+def experts_by_routing(kind: str, template: PyTree, shares: Mapping[str, np.ndarray],
+                       ratio: float = 0.01, scope: str = "per-layer", lang: str | None = None,
+                       include: str | None = DEFAULT_INCLUDE, exclude: str | None = None,
+                       seed: int = 0) -> Region:
+    """Whole experts ranked by routing share (``shares``: ``{lang: [layers, experts]}`` top-k
+    shares, as ``jaxregion experts`` writes them): core = the most routed-to over all
+    languages, bottom = the least, top = ``lang``'s most, monolingual / bottom-monolingual =
+    ``lang``'s top / bottom minus the other languages'; random ignores the shares."""
+    ratio = check_ratio(ratio)
+    _check_coarse_scope("expert", scope)
+    flat_t = T.flatten(template)
+    names = scope_names(list(flat_t), include, exclude)
+    shapes = {n: shape_of(flat_t[n]) for n in names}
+    if kind in ("top", "monolingual", "bottom-monolingual") and lang not in shares:
+        raise UserError(f"--lang {lang!r} is not in the routing file (have "
+                        f"{', '.join(shares)})")
+
+    def pick(values: np.ndarray | None, largest: bool = True) -> dict[str, jax.Array]:
+        return select_experts(names, shapes, ratio, scope, largest=largest, seed=seed,
+                              unit_values=values)
+
+    if kind in ("core", "bottom"):
+        flat = pick(sum(np.asarray(v, np.float64) for v in shares.values()), kind == "core")
+    elif kind == "random":
+        flat = pick(None)
+    else:
+        largest = kind != "bottom-monolingual"
+        flat = pick(np.asarray(shares[lang]), largest)
+        if kind != "top":
+            for o in (o for o in shares if o != lang):
+                other = pick(np.asarray(shares[o]), largest)
+                flat = {n: flat[n] & ~other[n] for n in flat}
+    meta = _meta(kind, ratio, sorted(shares), scope, include, exclude, fingerprint(template),
+                 "expert", seed=int(seed), expert_rank="routing",
+                 **({"lang": lang} if lang is not None else {}))
     return _finish(template, names, flat, meta)
 
 

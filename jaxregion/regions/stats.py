@@ -68,6 +68,26 @@ def counts_by(region: Any, key: Callable[[str], Hashable | None]) -> dict[Any, t
     return out
 
 
+def expert_counts(region: Any, roles: Mapping[str, Any] | None = None
+                  ) -> dict[str, tuple[int, int]]:
+    """``{"LAYER.EXPERT": (selected, numel)}`` over the tensors the family tables index by
+    expert (a routed expert's slices of the fused tensors and its router row); empty for a
+    dense model."""
+    flat = T.flatten(mask_of(region))
+    rl = roles_for(universe_of(region), roles)
+    out: dict[str, tuple[int, int]] = {}
+    for n in universe_of(region):
+        r = rl.get(n)
+        if r is None or r.expert_axis is None or r.layer is None:
+            continue
+        m = jnp.moveaxis(jnp.asarray(flat[n], bool), r.expert_axis, 0)
+        sel = np.asarray(jnp.sum(m.reshape(m.shape[0], -1), axis=1, dtype=jnp.int32))
+        for e, c in enumerate(sel):
+            s0, n0 = out.get(f"{r.layer}.{e}", (0, 0))
+            out[f"{r.layer}.{e}"] = (s0 + int(c), n0 + int(m[0].size))
+    return out
+
+
 def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
@@ -82,6 +102,7 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
     of the tensor's selection lying in its top ``top_frac`` of rows/columns; ``module_dims``:
     the same, with row/column counts summed over layers per module type (same shapes only).
     Layers and module types come from ``roles`` (default: the family tables, by name).
+    Mixtures of experts add ``by_expert`` (:func:`expert_counts`).
     """
     rl = roles_for(universe_of(region), roles)
 
@@ -114,12 +135,16 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
              "rows_top_frac": _top_frac(r, top_frac), "cols_top_frac": _top_frac(c, top_frac)}
         for mt, (r, c) in summed.items()
     }
-    return {
+    out = {
         "total": total, "numel": numel, "density": total / numel if numel else 0.0,
         "by_module": {k: _cell(*v) for k, v in by_module.items()},
         "by_layer": {k: _cell(*v) for k, v in by_layer.items()},
         "matrices": matrices, "module_dims": module_dims,
     }
+    experts = expert_counts(region, rl)
+    if experts:  # mixtures of experts: per layer and expert ("LAYER.EXPERT")
+        out["by_expert"] = {k: _cell(*v) for k, v in experts.items()}
+    return out
 
 
 def hidden_dim_profile(region: Any, hidden_size: int, roles: Mapping[str, Any] | None = None,
@@ -148,7 +173,8 @@ def hidden_dim_profile(region: Any, hidden_size: int, roles: Mapping[str, Any] |
             raise UserError(f"tensor {n!r} has {shape[axis]} entries on its hidden axis {axis}, "
                             f"not hidden_size={hidden_size}; pass the model's hidden size")
         m = jnp.asarray(x, bool)
-        counts = m if len(shape) == 1 else jnp.sum(m, axis=1 - axis, dtype=jnp.int32)
+        others = tuple(a for a in range(len(shape)) if a != axis)  # 3-D: fused experts
+        counts = m if len(shape) == 1 else jnp.sum(m, axis=others, dtype=jnp.int32)
         counts = np.asarray(counts).astype(np.int64)
         out[r.module] = out[r.module] + counts if r.module in out else counts
     if by_module:

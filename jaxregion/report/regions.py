@@ -45,6 +45,11 @@ def stats_markdown(region: Any, st: dict, top: int = 10) -> str:
         out += [f"## {title}", "",
                 markdown_table([col, "selected", "numel", "density"], _density_rows(st[key]),
                                digits=6), ""]
+    if st.get("by_expert"):
+        hit = {k: v for k, v in st["by_expert"].items() if v["selected"]}
+        out += ["## Per expert (layer.expert; experts with a selected element)", "",
+                markdown_table(["expert", "selected", "numel", "density"], _density_rows(hit),
+                               digits=6), ""]
     hidden = _hidden_size(region)
     if hidden is not None:
         try:
