@@ -102,7 +102,9 @@ class EvalConfig(CorpusConfig):
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
     region_op: str = option("zero", help="what to do to the region: zero, scale:F, noise:S "
-                                         "(relative std), set:V")
+                                         "(relative std), set:V, or drop-expert (MoE: remove "
+                                         "the region's whole experts from their routers; "
+                                         "drop-expert:L.E,... names them)")
     perturb: tuple[str, ...] = option((), metavar="SPEC",
                                       help="edit single entries, e.g. "
                                            "'model.layers.1.mlp.down_proj.weight[:,2100]*4' "
@@ -372,7 +374,9 @@ class EditConfig:
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
     region_op: str = option("zero", help="what to do to the region: zero, scale:F, noise:S "
-                                         "(relative std), set:V")
+                                         "(relative std), set:V, or drop-expert (MoE: remove "
+                                         "the region's whole experts from their routers; "
+                                         "drop-expert:L.E,... names them)")
     perturb: tuple[str, ...] = option((), metavar="SPEC",
                                       help="edit single entries (as in eval); repeatable")
     seed: int = option(0, help="seed for noise:S (and generate's sampling)")

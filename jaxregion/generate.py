@@ -253,14 +253,15 @@ def run_generate(cfg: GenerateConfig, mesh: jax.sharding.Mesh | None = None) -> 
     session = runtime.load_session(cfg.model, cfg.dtype, mesh)
     check_prompts(encode_prompts(texts, session.tokenizer, names), cfg.max_new_tokens,
                   session.config, names)
-    params = runtime.edit_params(session, cfg.region, cfg.region_op, cfg.perturb, cfg.seed)
+    edited_cfg, params = runtime.edit_model(session, cfg.region, cfg.region_op, cfg.perturb,
+                                            cfg.seed)
 
-    def write(p: dict) -> list[dict]:
-        return completions(p, session.config, session.tokenizer, texts, cfg.max_new_tokens,
-                           sampling, cfg.batch_size, names)
+    def write(p: dict, c: ModelConfig) -> list[dict]:
+        return completions(p, c, session.tokenizer, texts, cfg.max_new_tokens, sampling,
+                           cfg.batch_size, names)
 
-    rows = write(session.params)
-    if cfg.region or cfg.perturb:
-        for row, e in zip(rows, write(params), strict=True):
+    rows = write(session.params, session.config)
+    if cfg.region or cfg.perturb or edited_cfg != session.config:
+        for row, e in zip(rows, write(params, edited_cfg), strict=True):
             row["edited"] = {"completion": e["completion"], "token_ids": e["token_ids"]}
     return rows

@@ -93,9 +93,8 @@ class JaxRegionLM(TemplateLM):
         if isinstance(perturb, str):
             perturb = [p for p in perturb.split(";") if p.strip()]
         self.session = runtime.load_session(str(pretrained), str(dtype), mesh)
-        self.params = runtime.edit_params(self.session, region, str(region_op),
-                                          list(perturb or ()), int(seed))
-        self.cfg = self.session.config
+        self.cfg, self.params = runtime.edit_model(self.session, region, str(region_op),
+                                                   list(perturb or ()), int(seed))
         self.tokenizer = self.session.tokenizer
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
             batch_size = 8

@@ -21,8 +21,9 @@ from jaxregion.data.sources import open_source, parse_lang_spec
 from jaxregion.data.tokenizer import token_byte_lengths
 from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult, evaluate
-from jaxregion.models import ModelConfig
-from jaxregion.regions import load_region
+from jaxregion.models import ModelConfig, roles
+from jaxregion.models.moe import drop_experts
+from jaxregion.regions import load_region, whole_experts
 
 
 @dataclass
@@ -94,29 +95,71 @@ def load_corpora(specs: Sequence[str] | Mapping[str, str], session: Session, seq
     return out
 
 
-def edit_params(session: Session, region: str | None = None, region_op: str = "zero",
-                perturbs: Sequence[str] = (), seed: int = 0) -> dict:
-    """Params with a region file's op and single-entry perturbations applied (all validated)."""
-    params = session.params
-    if region:
+DROP_EXPERT = "drop-expert"
+
+
+def _drop_pairs(op: str) -> list[tuple[int, int]] | None:
+    """``drop-expert`` -> []; ``drop-expert:L.E,L.E`` -> those pairs; None for other ops."""
+    kind, sep, arg = op.strip().partition(":")
+    if kind != DROP_EXPERT:
+        return None
+    pairs = []
+    for item in (arg.split(",") if sep else []):
+        layer, dot, e = item.strip().partition(".")
+        if not (dot and layer.isdigit() and e.isdigit()):
+            raise UserError(f"region op {op!r}: {item!r} is not LAYER.EXPERT (e.g. "
+                            "drop-expert:0.3,1.5)")
+        pairs.append((int(layer), int(e)))
+    return pairs
+
+
+def edit_model(session: Session, region: str | None = None, region_op: str = "zero",
+               perturbs: Sequence[str] = (), seed: int = 0) -> tuple[ModelConfig, dict]:
+    """The config and params with a region file's op and single-entry perturbations applied
+    (all validated). ``drop-expert`` (the region's whole experts, or ``drop-expert:L.E,...``)
+    changes only the config: the routers renormalise over the experts they keep."""
+    cfg, params = session.config, session.params
+    pairs = _drop_pairs(region_op)
+    if pairs is not None:
+        if region:
+            pairs += whole_experts(load_region(region, template=params), roles(cfg))
+        if cfg.is_moe and not pairs:
+            raise UserError("--region-op drop-expert: no expert to drop; give --region FILE "
+                            "holding whole experts (--granularity expert) or "
+                            "drop-expert:LAYER.EXPERT,...")
+        cfg = drop_experts(cfg, pairs)
+    elif region:
         interventions.parse_region_op(region_op)
         reg = load_region(region, template=params)
         params = interventions.region_op(params, reg, region_op, seed=seed)
     for spec in perturbs:
         params = interventions.apply_perturb(params, spec)
+    return cfg, params
+
+
+def edit_params(session: Session, region: str | None = None, region_op: str = "zero",
+                perturbs: Sequence[str] = (), seed: int = 0) -> dict:
+    """Params with a region file's op and single-entry perturbations applied (all validated);
+    :func:`edit_model` for the ops that change the config too."""
+    cfg, params = edit_model(session, region, region_op, perturbs, seed)
+    if cfg != session.config:
+        raise UserError(f"--region-op {region_op} changes the routing; this command edits "
+                        "params only")
     return params
 
 
 def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_size: int,
-                     params: dict | None = None, desc: str = "eval") -> dict[str, EvalResult]:
+                     params: dict | None = None, desc: str = "eval",
+                     config: ModelConfig | None = None) -> dict[str, EvalResult]:
     params = session.params if params is None else params
+    config = session.config if config is None else config
     token_bytes = session.token_bytes()
     total = sum(len(w) for w in corpora.values())
     results = {}
     with tqdm(total=total, desc=desc, unit="win", disable=None, leave=False) as bar:
         for lang, windows in corpora.items():
             bar.set_postfix_str(lang)
-            results[lang] = evaluate(params, session.config, windows, batch_size, session.mesh,
+            results[lang] = evaluate(params, config, windows, batch_size, session.mesh,
                                      progress=bar.update, token_bytes=token_bytes)
     return results
 
@@ -125,9 +168,10 @@ def run_eval(cfg: EvalConfig, mesh: jax.sharding.Mesh) -> dict:
     """``jaxregion eval``: perplexity, loss, tokens and bits per byte per language, as
     strict-JSON data."""
     session = load_session(cfg.model, cfg.dtype, mesh)
-    params = edit_params(session, cfg.region, cfg.region_op, cfg.perturb, cfg.seed)
+    model_cfg, params = edit_model(session, cfg.region, cfg.region_op, cfg.perturb, cfg.seed)
     corpora = load_corpora(cfg.text, session, cfg.seq_len, cfg.max_seqs)
-    results = evaluate_corpora(session, corpora, cfg.batch_size, params=params)
+    results = evaluate_corpora(session, corpora, cfg.batch_size, params=params,
+                               config=model_cfg)
     return {
         "model": cfg.model, "seq_len": cfg.seq_len, "dtype": cfg.dtype,
         "region": cfg.region, "region_op": cfg.region_op if cfg.region else None,

@@ -240,3 +240,43 @@ def test_frozen_experts_stay_bitwise_through_adamw(model_factory):
         np.testing.assert_array_equal(p1.view(np.uint32)[m], p0.view(np.uint32)[m], err_msg=n)
         if m.any():
             assert (p1[~m] != p0[~m]).mean() > 0.99, n  # the other experts move
+
+
+def test_eval_drop_expert_cli(model_factory, corpus_dir, tmp_path):
+    """``eval --region-op drop-expert`` with an expert region equals drop-expert:L.E naming
+    the same experts, and differs from the unedited model; bad input is one line, exit 2."""
+    from jaxregion import regions as R
+
+    path = model_factory("olmoe")
+    cfg = hf.load_config(path)
+    shares = np.full((2, 8), 0.1)
+    shares[0, 2] = shares[1, 7] = 1.0
+    region = R.experts_by_routing("core", abstract_params(cfg), {"aa": shares}, 1 / 8,
+                                  "per-layer")
+    rfile = str(tmp_path / "experts.safetensors")
+    R.save_region(rfile, region)
+    text = f"lat={corpus_dir}/lat.txt"
+    base = ["eval", "--model", path, "--text", text, "--seq-len", "32", "--max-seqs", "4"]
+
+    def ppl(*args: str) -> float:
+        out = tmp_path / f"e{len(list(tmp_path.iterdir()))}.json"
+        code, _, err = run_cli(*base, *args, "--json", str(out))
+        assert code == 0, err
+        return json.loads(out.read_text())["perplexity"]["lat"]
+
+    plain = ppl()
+    by_region = ppl("--region", rfile, "--region-op", "drop-expert")
+    by_name = ppl("--region-op", "drop-expert:0.2,1.7")
+    assert by_region == by_name and abs(by_region - plain) > 1e-4 * plain
+    dense = model_factory("llama_mha")
+    partial = str(tmp_path / "partial.safetensors")
+    R.save_region(partial, R.random(abstract_params(cfg), ratio=0.3, seed=0))
+    for args, what in ((["--region-op", "drop-expert:0.8"], "out of range"),
+                       (["--region-op", "drop-expert:x"], "LAYER.EXPERT"),
+                       (["--region-op", "drop-expert"], "no expert to drop"),
+                       (["--region", partial, "--region-op", "drop-expert"], "whole experts")):
+        code, _, err = run_cli(*base, *args)
+        assert code == 2 and len(err.strip().splitlines()) == 1 and what in err, err
+    code, _, err = run_cli("eval", "--model", dense, "--text", text, "--seq-len", "32",
+                           "--max-seqs", "4", "--region-op", "drop-expert:0.1")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "dense" in err, err

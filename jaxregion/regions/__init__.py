@@ -56,7 +56,14 @@ from jaxregion.regions.select import (
     top,
     validate_scores,
 )
-from jaxregion.regions.stats import counts_by, hidden_dim_profile, row_col_counts, stats
+from jaxregion.regions.stats import (
+    counts_by,
+    expert_counts,
+    hidden_dim_profile,
+    row_col_counts,
+    stats,
+    whole_experts,
+)
 
 __all__ = [
     "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "LAYERS", "SCOPES", "Region", "bottom",
@@ -67,5 +74,5 @@ __all__ = [
     "load_region", "load_scores", "mask_of", "module_type", "monolingual", "numel",
     "overlap_matrix", "random", "roles_for", "row_col_counts", "save_region", "save_scores",
     "scope_names", "select", "select_coarse", "shape_of", "size", "stats", "top", "union",
-    "universe_of", "validate_scores",
+    "universe_of", "validate_scores", "expert_counts", "whole_experts",
 ]

@@ -88,6 +88,22 @@ def expert_counts(region: Any, roles: Mapping[str, Any] | None = None
     return out
 
 
+def whole_experts(region: Any, roles: Mapping[str, Any] | None = None
+                  ) -> list[tuple[int, int]]:
+    """The ``(layer, expert)`` pairs the region holds whole; UserError when it holds part of
+    an expert (drop-expert removes whole experts only)."""
+    out = []
+    for k, (sel, numel) in expert_counts(region, roles).items():
+        if 0 < sel < numel:
+            raise UserError(f"the region holds {sel} of the {numel} elements of expert {k} "
+                            "(layer.expert); drop-expert removes whole experts: select them "
+                            "with --granularity expert")
+        if sel:
+            layer, e = k.split(".")
+            out.append((int(layer), int(e)))
+    return out
+
+
 def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
