@@ -82,15 +82,17 @@ def super_weight_candidates(params: dict, cfg: ModelConfig, top: int = 1) -> lis
     out = []
     for layer in range(cfg.num_layers):
         role = tagged(cfg, "mlp_out", layer)
-        name, hid_axis = role.name, role.residual_axis
+        name = role.name
         w = np.abs(np.asarray(T.get(params, name), np.float32))
         flat = np.argsort(-w, axis=None)[:top]
         for f in flat:
-            r, c = np.unravel_index(f, w.shape)
-            hidden, inner = (r, c) if hid_axis == 0 else (c, r)
-            out.append({"layer": layer, "name": name, "hidden_dim": int(hidden),
-                        "channel": int(inner), "abs_value": float(w[r, c]),
-                        "ratio_to_mean": float(w[r, c] / max(w.mean(), 1e-12))})
+            idx = np.unravel_index(f, w.shape)
+            row = {"layer": layer, "name": name, "hidden_dim": int(idx[role.residual_axis]),
+                   "channel": int(idx[role.input_axis]), "abs_value": float(w[idx]),
+                   "ratio_to_mean": float(w[idx] / max(w.mean(), 1e-12))}
+            if role.expert_axis is not None:  # a mixture of experts: which expert holds it
+                row["expert"] = int(idx[role.expert_axis])
+            out.append(row)
     return out
 
 

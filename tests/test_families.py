@@ -81,7 +81,7 @@ def test_every_parameter_has_a_role(family):
         [(1, 4, cfg.hidden_size)] * cfg.num_layers
     # post-norm layers (olmo2) have no norm feeding attention: attn_out_norm stands in
     attn = "attn_norm" if any(r.tag == "attn_norm" for r in roles.values()) else "attn_out_norm"
-    for tag in ("mlp_out", attn) if not cfg.is_moe else (attn,):  # MoE: no single MLP output
+    for tag in ("mlp_out", attn):
         assert sorted(r.layer for r in roles.values() if r.tag == tag) == \
             list(range(cfg.num_layers))
 

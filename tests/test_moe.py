@@ -280,3 +280,25 @@ def test_eval_drop_expert_cli(model_factory, corpus_dir, tmp_path):
     code, _, err = run_cli("eval", "--model", dense, "--text", text, "--seq-len", "32",
                            "--max-seqs", "4", "--region-op", "drop-expert:0.1")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "dense" in err, err
+
+
+def test_battery_on_moe(model_factory, corpus_dir, tmp_path):
+    """``jaxregion experiment`` on an MoE adds its section: routing heatmaps, the most
+    language-specific experts, top-expert vs random-expert ablations, the core's parts."""
+    from test_families import _small_battery
+
+    _small_battery("qwen2_moe", model_factory, corpus_dir, tmp_path)
+    out = tmp_path / "exp"
+    m = json.loads((out / "results.json").read_text())["moe"]
+    assert m["per_layer"] == 1 and set(m["perplexity"]) == {"base", "top-lat", "random-lat",
+                                                             "top-cyr", "random-cyr"}
+    for lang in ("lat", "cyr"):
+        share = np.asarray(m["routing"]["topk_share"][lang])
+        assert [[i, int(np.argmax(row))] for i, row in enumerate(share)] == \
+            m["dropped"][f"top-{lang}"]
+        assert m["perplexity"][f"top-{lang}"] != m["perplexity"]["base"]
+        assert (out / f"routing_{lang}.png").stat().st_size > 1000
+    assert set(m["core_share"]) == {"experts", "routers", "attention and dense MLPs", "norms"}
+    assert abs(sum(m["core_share"].values()) - 1.0) < 1e-9 and m["core_share"]["experts"] > 0
+    report = (out / "report.md").read_text()
+    assert "Mixture of experts" in report and "routing_lat.png" in report

@@ -12,6 +12,7 @@ from jaxregion import io
 from jaxregion.casestudies import CaseStudies
 from jaxregion.config import from_dict
 from jaxregion.dims import DimsResult
+from jaxregion.experiment.moe import MoEResult
 
 #: The Outcome sentences' thresholds; the report states them.
 #: Core separates when its perplexity ratio minus 1 exceeds this many times the worst
@@ -105,6 +106,7 @@ class Results:
     dims: DimsResult
     jaccard: dict[str, Any]
     case_studies: CaseStudies | None = None  # None: the config lists no prompts
+    moe: MoEResult | None = None  # mixtures of experts only
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
 

@@ -31,7 +31,7 @@ from jaxregion import (
 from jaxregion import regions as R
 from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult
-from jaxregion.experiment import languages, maps, texts
+from jaxregion.experiment import languages, maps, moe, texts
 from jaxregion.experiment.config import ExperimentConfig, validate, validate_for_model
 from jaxregion.experiment.results import (
     THRESHOLDS,
@@ -41,6 +41,7 @@ from jaxregion.experiment.results import (
     Results,
     Setting,
 )
+from jaxregion.models import ModelConfig
 
 
 def _specs(d: dict[str, str]) -> list[str]:
@@ -111,6 +112,11 @@ class _Run:
 
     def ppl(self, params: dict) -> dict[str, float]:
         return {k: r.perplexity for k, r in self.evaluate(params).items()}
+
+    def ppl_routed(self, config: ModelConfig) -> dict[str, float]:
+        """Perplexity under another routing of the same params (drop-expert)."""
+        return {k: r.perplexity for k, r in runtime.evaluate_corpora(
+            self.s, self.eval_windows, self.cfg.batch_size, config=config).items()}
 
     def save(self, name: str, reg: R.Region) -> R.Region:
         R.save_region(os.path.join(self.out, "regions", f"{name}.safetensors"), reg)
@@ -279,6 +285,12 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
     cs = texts.run(s.params, s.config, s.tokenizer, c.case_studies, regs, c.random_seeds[0],
                    r.mono_langs, dres.sweep)
 
+    moe_res = None
+    if s.config.is_moe:
+        log("[moe] routing per language, top-expert ablations, where the core region lies")
+        moe_res = moe.run(s.params, s.config, r.imp_windows, c.batch_size, r.ppl_routed,
+                          regs["core"], c.random_seeds[0])
+
     res = Results(
         name=c.name, jaxregion_version=__version__, config=dataclasses.asdict(c),
         setting=r.setting(), thresholds=dict(THRESHOLDS), regions=infos, perplexity=ppl,
@@ -290,7 +302,7 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         ratio_sweep=sweep_rows, layer_module_density=mp["layer_module_density"],
         profiles={k: v.tolist() for k, v in mp["profiles"].items()},
         importance_hist=mp["importance_hist"], mask_maps=mp["mask_maps"], dims=dres,
-        jaccard=jac, case_studies=cs, seconds=round(time.time() - t0, 1))
+        jaccard=jac, case_studies=cs, moe=moe_res, seconds=round(time.time() - t0, 1))
     res.save(os.path.join(c.out, "results.json"))
     log(f"wrote {os.path.join(c.out, 'results.json')} in {res.seconds} s")
     return res

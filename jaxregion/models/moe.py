@@ -47,10 +47,11 @@ DOWN = _M + "experts.down_proj"
 def moe_specs(shared: bool = False) -> dict[str, Spec]:
     """The table entries of :class:`SparseMoE` (with ``shared``: qwen2_moe's shared expert).
 
-    Fused expert tensors have no wanda tap (their inputs differ per expert)."""
+    Fused expert tensors have no wanda tap (their inputs differ per expert); the experts'
+    ``down_proj`` writes the MoE output into the residual stream (``mlp_out``)."""
     t = {ROUTER: linear("expert", "embed", tap=_M + "gate", tag="router"),
          GATE_UP: Spec(("expert", "expert_gate_up", "embed"), "linear", input_axis=2),
-         DOWN: Spec(("expert", "embed", "expert_mlp"), "linear", input_axis=2)}
+         DOWN: Spec(("expert", "embed", "expert_mlp"), "linear", input_axis=2, tag="mlp_out")}
     if shared:
         t.update(gated_mlp_specs(prefix="mlp.shared_expert.", hidden="shared_mlp"))
         t[_M + "shared_expert_gate.weight"] = linear("one", "embed", tap=_M + "gate",

@@ -339,8 +339,47 @@ def _case_studies(doc: _Doc) -> None:
             "full text in results.json.", "")
 
 
+def _moe(doc: _Doc) -> None:
+    m = doc.res.moe
+    if m is None:
+        return
+    rt = m.routing
+    langs = rt["languages"]
+    doc.section("Mixture of experts: routing, top experts, where the core region lies",
+                f"{doc.model}; top-{rt['top_k']} routing of every token of the importance "
+                f"windows ({', '.join(langs)}); {doc.ev}")
+    doc.add("### Routing per language", "")
+    for lang in langs:
+        name = f"routing_{lang}.png"
+        share = np.asarray(rt["topk_share"][lang])
+        plots.heatmap(doc.png(name), share, [f"L{i}" for i in range(share.shape[0])],
+                      [str(e) for e in range(share.shape[1])],
+                      f"{lang}: share of tokens routed to each expert (top-{rt['top_k']})",
+                      "top-k share")
+        doc.add(f"![routing {lang}]({name})", "")
+    rows = [[r["layer"], r["expert"], r["entropy"], r["language"],
+             *(r["shares"][x] for x in langs)] for r in rt["most_specific"][:10]]
+    doc.add("### The most language-specific experts", "",
+            markdown_table(["layer", "expert", "entropy (nats)", "language",
+                            *(f"top-k share {x}" for x in langs)], rows), "",
+            "*Caption.* Entropy of an expert's top-k share normalised over the languages "
+            "(0: one language alone reaches it); lowest first.", "")
+    base = m.perplexity["base"]
+    rows = [[cond, *(m.perplexity[cond][x] / base[x] for x in doc.langs)]
+            for cond in m.perplexity if cond != "base"]
+    doc.add(f"### Removing each language's top {m.per_layer} expert(s) per layer", "",
+            markdown_table(["removed from the routers", *(f"ppl ratio {x}" for x in doc.langs)],
+                           rows), "",
+            f"*Caption.* Perplexity over the base model's when `top-L` (L's {m.per_layer} most "
+            "routed-to experts in every layer) or `random-L` (as many random experts per "
+            "layer) leave the routers, which renormalise over the rest (drop-expert).", "")
+    doc.add("### Where the core region lies", "",
+            markdown_table(["part", "share of the core region"], list(m.core_share.items())),
+            "")
+
+
 SECTIONS: Sequence = (_setting, _regions, _ablations, _matrices, _overlap, _ratio_sweep, _maps,
-                      _dims, _case_studies, _agreement)
+                      _dims, _case_studies, _agreement, _moe)
 
 
 def render(res: Results, out: str) -> str:
