@@ -4,9 +4,11 @@ writes its JSON, Markdown and heatmaps, and refuses a dense model."""
 from __future__ import annotations
 
 import json
+import os
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import run_cli
 
 from jaxregion import hf
@@ -82,3 +84,39 @@ def test_experts_command_refuses_dense_model(model_factory, corpus_dir, tmp_path
     code, _, stderr = run_cli("experts", "--model", model_factory("llama_mha"), "--text",
                               f"lat={corpus_dir}/lat.txt", "--out", str(tmp_path / "x"))
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "dense" in stderr
+
+
+@pytest.mark.slow
+def test_experts_specialise_by_language_in_a_tiny_trained_moe(tokenizer, tmp_path):
+    """A tiny Mixtral (8 experts, top-2) trained from random init on two synthetic languages
+    of different scripts: routing on held-out text becomes more language-specific than at
+    init (measured: mean expert entropy 0.662 -> 0.619 nats, ln 2 = 0.693 being no
+    preference), and some experts serve mostly one language (lowest entropy 0.605 -> 0.350):
+    a modest specialisation, strongest in the last layer."""
+    from flax import nnx
+    from hf_factory import make_config
+
+    from jaxregion.configs import TrainConfig
+    from jaxregion.data import synthetic
+    from jaxregion.data.packing import load_windows
+    from jaxregion.models import build, from_hf_dict, params_of
+    from jaxregion.train import train
+
+    langs = ("lat", "cyr")
+    texts = {x: list(synthetic.generate(x, 600, 0)) for x in langs}
+    wins = {x: load_windows(iter(texts[x][:500]), tokenizer, 32, 400) for x in langs}
+    held = {x: load_windows(iter(texts[x][500:]), tokenizer, 32, 40) for x in langs}
+    cfg = from_hf_dict(make_config("mixtral").to_dict())
+    params = params_of(build(cfg, nnx.Rngs(0)))
+    before = routing_stats(params, cfg, held, 8)
+    res = train(params, cfg, wins, TrainConfig(steps=300, batch_size=16, seq_len=32, lr=3e-3,
+                                                warmup=20, save_every=10000),
+                str(tmp_path / "ck"), progress=False)
+    after = routing_stats(res.params, cfg, held, 8)
+    ent0, ent1 = before.specificity()[0], after.specificity()[0]
+    assert np.nanmean(ent1) < np.nanmean(ent0) - 0.03
+    assert np.nanmin(ent1) < 0.45 < np.nanmin(ent0)
+    from jaxregion.report.experts import routing_heatmaps
+
+    for p in routing_heatmaps(after, str(tmp_path), "trained"):  # docs/figures/moe_*.png
+        assert os.path.getsize(p) > 1000
