@@ -35,8 +35,7 @@ from jaxregion.models.table import Spec, bias, linear
 Array = jax.Array
 LAYER = "model.layers.{i}."  # the HF names of a ``model.layers`` body's layer
 _L = LAYER
-_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv", _L + "self_attn.o_proj", _L + "mlp.gate_up",
-                        _L + "mlp.down_proj")
+_QKV, _O = _L + "self_attn.qkv", _L + "self_attn.o_proj"
 
 
 def attention_specs() -> dict[str, Spec]:
