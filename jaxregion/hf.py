@@ -159,9 +159,9 @@ class Stacked:
     def __init__(self, name: str, parts: list[list[str]], raw: dict[str, st.SafetensorsFile]):
         self.path = f"{raw[parts[0][0]].path} ({name} from {len(parts)} per-expert tensors)"
         self.parts = [[(raw[k], k) for k in keys] for keys in parts]
-        first = [f.tensors[k].shape for f, k in self.parts[0]]
-        shape = (len(parts), sum(s[0] for s in first), *first[0][1:])
-        self.tensors = {name: st.TensorInfo(np.dtype(np.float32), shape, 0, 0)}
+        first = [f.tensors[k] for f, k in self.parts[0]]
+        shape = (len(parts), sum(t.shape[0] for t in first), *first[0].shape[1:])
+        self.tensors = {name: st.TensorInfo(first[0].dtype, shape, 0, 0)}
 
     def _expert(self, e: int) -> np.ndarray:
         return np.concatenate([f.read(k) for f, k in self.parts[e]], axis=0)
