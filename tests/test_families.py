@@ -177,6 +177,7 @@ def test_regions_freeze_interventions_import_no_model():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_example_nnx_script(model_factory, tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "example_nnx.py"),
                         model_factory("llama_mha"), str(tmp_path / "ckpt")],
@@ -203,6 +204,7 @@ def _small_battery(family: str, model_factory, corpus_dir, tmp_path) -> None:
     assert res["dims"]["super_weights"] and res["dims"]["sweep"]
 
 
+@pytest.mark.slow
 def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     """qwen3's head-sized q/k norms are no residual tensors: the battery and its dims
     analysis run through (they crashed when roles came from name patterns)."""
@@ -211,6 +213,7 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3",
                                     "cohere_qk_norm"])
+@pytest.mark.slow
 def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tokenizer):
     """The analyses on each family's tiny model: a core region from Taylor scores, wanda on
     exactly the linear maps, a hidden-dim profile, massive activations, super weights, and a
@@ -253,6 +256,7 @@ def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tok
 
 
 @pytest.mark.parametrize("family", ["gemma2", "olmo2", "bloom"])
+@pytest.mark.slow
 def test_experiment_completes_on_new_families(family, model_factory, corpus_dir, tmp_path):
     """The whole battery, dims analysis included, on gemma2 (sliding layers, soft-caps,
     sandwich norms), olmo2 (post-norm layers: no norm feeds attention) and bloom (ALiBi,

@@ -34,6 +34,7 @@ def _config(model, corpus_dir, out, core_path):
     }
 
 
+@pytest.mark.slow
 def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion import hf
     from jaxregion.cli.main import main
@@ -152,6 +153,7 @@ def test_forgetting_config_errors(tmp_path, capsys):
         assert msg in err and len(err.splitlines()) == 1, (msg, err)
 
 
+@pytest.mark.slow
 def test_pretrain_from_scratch(tokenizer_dir, corpus_dir, tmp_path):
     import jax
 

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli_subprocess
 from hf_factory import make_model
 
 from jaxregion import hf, importance, regions, scorefiles, sharding
@@ -291,8 +291,8 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
 def test_cli_subprocess_errors_are_one_line(model_factory, corpus_dir, tmp_path):
     path = model_factory(FAMILY)
     out = tmp_path / "o"
-    code, _, err = run_cli(*_args(path, corpus_dir, out, "--max-seqs", "100000"))
+    code, _, err = run_cli_subprocess(*_args(path, corpus_dir, out, "--max-seqs", "100000"))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "--max-seqs" in err and not out.exists()
-    code, _, err = run_cli(*_args(path, corpus_dir, out, "--save-every", "0"))
+    code, _, err = run_cli_subprocess(*_args(path, corpus_dir, out, "--save-every", "0"))
     assert code == 2 and "--save-every" in err and not out.exists()

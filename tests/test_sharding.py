@@ -245,6 +245,7 @@ print(json.dumps({"shard": list(w.addressable_shards[0].data.shape), "shape": li
 """
 
 
+@pytest.mark.slow
 def test_training_shards_params_over_fsdp_and_tensor(model_factory, tmp_path):
     """Training on fsdp=2 x tensor=2 keeps params split (no full copy per device) and gives the
     same params as one device within 1e-5."""

@@ -102,6 +102,7 @@ def _wait_for_step(ckpt, proc, min_step, timeout=120):
     pytest.fail("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_resume_bitwise_after_sigkill_and_sigterm(model_factory, corpus_dir, tmp_path, capsys):
     model = model_factory("llama_mha")
     from jaxregion.cli.main import main
@@ -160,6 +161,7 @@ def _env(n):
     return env
 
 
+@pytest.mark.slow
 def test_checkpoint_across_device_counts(model_factory, corpus_dir, tmp_path):
     """Saved on 4 devices (subprocess) -> restored here on 1; saved here -> restored on 4."""
     from jaxregion.cli.main import main
