@@ -79,6 +79,7 @@ def test_every_parameter_has_a_role(family):
             list(range(cfg.num_layers))
 
 
+@pytest.mark.slow
 def test_intermediates_through_the_layer_scan(model_factory):
     """Collecting intermediates keeps the remat scan: same values as the loop."""
     cfg, params = hf.load(model_factory("llama_gqa_llama3"))
@@ -91,6 +92,7 @@ def test_intermediates_through_the_layer_scan(model_factory):
         np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_periodic_layers_scan_in_groups(model_factory):
     """gemma2's alternating sliding/global layers scan two layers a step (the fifth layer
     runs after the scan): loss, gradients and intermediates equal the unrolled loop's."""

@@ -91,6 +91,7 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     assert mtimes == {p: os.path.getmtime(os.path.join(out, "points", p)) for p in mtimes}
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes(model_factory, corpus_dir, tmp_path, monkeypatch):
     """A signal mid-run returns (no exception); the rerun resumes and matches a clean run."""
 

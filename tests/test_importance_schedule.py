@@ -121,6 +121,7 @@ def _flat(path):
     return T.flatten(scores), meta
 
 
+@pytest.mark.slow
 def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, capsys):
     path = llama[0]
     a = tmp_path / "a"

@@ -37,6 +37,7 @@ def _same_mask(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(fa[n]), np.asarray(fb[n]), err_msg=n)
 
 
+@pytest.mark.slow
 def test_core_monolingual_top_match_library(imp_dir, tmp_path):
     _, d = imp_dir
     scores = regions.load_importance_dir(d, list(LANGS))

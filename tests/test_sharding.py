@@ -8,7 +8,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_subprocess
 from jax.sharding import PartitionSpec as P
 
 from jaxregion import distributed, plan, regions, sharding
@@ -221,8 +221,9 @@ def test_plan_cli(tmp_path, model_factory):
     assert "mesh data=2,fsdp=4,tensor=1" in stdout
     code, _, stderr = run_cli("plan", "--preset", "gpt5", "--mesh", "fsdp=2,data=1")
     assert code == 2 and "unknown" in stderr
-    code, _, stderr = run_cli("eval", "--model", "x", "--text", "a=b",
-                              "--coordinator", "localhost:1")
+    # multi-host start-up is once per process: a fresh one
+    code, _, stderr = run_cli_subprocess("eval", "--model", "x", "--text", "a=b",
+                                         "--coordinator", "localhost:1")
     assert code == 2 and "--num-processes" in stderr
 
 
