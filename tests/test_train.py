@@ -56,6 +56,7 @@ def _tree_hash(d):
 
 
 # --- frozen stays frozen -------------------------------------------------------------------
+@pytest.mark.slow
 def test_frozen_elements_bitwise_fixed(model_factory, tmp_path):
     from jaxregion import hf, sharding
     from jaxregion.regions import random as random_region
@@ -186,6 +187,7 @@ def test_checkpoint_across_device_counts(model_factory, corpus_dir, tmp_path):
 
 
 # --- export ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_export_matches_transformers(model_factory, corpus_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -212,6 +214,7 @@ def test_export_matches_transformers(model_factory, corpus_dir, tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_input_exits_2_and_keeps_checkpoint(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion.cli.main import main
     from jaxregion.regions import random as random_region
@@ -262,6 +265,7 @@ def test_unwritable_ckpt_dir_is_a_file(model_factory, corpus_dir, tmp_path, caps
     assert code == 2 and "cannot write" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion.cli.main import main
     from jaxregion.train import step_dirs
