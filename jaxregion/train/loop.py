@@ -330,17 +330,22 @@ class _Log:
         self.n += 1
         self.bar.update(1)
 
-    def record(self, step: int, lr: float, eval_ppl: Any = None) -> None:
-        """The mean loss since the last record (one host sync); a non-finite loss is an error
-        before anything is saved."""
+    def check(self) -> float:
+        """The loss summed since the last record (one host sync); a non-finite loss is an
+        error before anything is evaluated or saved."""
         total, bad, bad_loss = (x.item() for x in jax.device_get(self.acc))
+        self.dt = time.perf_counter() - self.t_last  # the steps' time, without evaluation
         if bad >= 0:
             raise UserError(f"the training loss is {bad_loss} at step {bad}: the run "
                             "diverged (lower --lr, check the data and config.json); the "
                             f"last checkpoint in {self.ckpt_dir} is kept")
-        dt = time.perf_counter() - self.t_last
+        return total
+
+    def record(self, step: int, lr: float, eval_ppl: Any = None) -> None:
+        """A metrics line: the mean loss since the last record, after :meth:`check`."""
+        total = self.check()
         rec = {"step": step, "loss": total / self.n, "lr": lr,
-               "tokens_per_s": self.tokens_per_step * self.n / max(dt, 1e-9)}
+               "tokens_per_s": self.tokens_per_step * self.n / max(self.dt, 1e-9)}
         if eval_ppl is not None:
             rec["eval_ppl"] = eval_ppl
         self.write(rec)
@@ -397,9 +402,10 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
                 last, stopping = step == cfg.steps, stop.signum is not None
                 if cfg.eval_now(step) or step % cfg.save_every == 0 or stopping or \
                         (cfg.log_every and step % cfg.log_every == 0):
-                    log.record(step, float(sched(step - 1)),
-                               _eval(run.params, model_cfg, evals, cfg, mesh)
-                               if evals and cfg.eval_now(step) else None)
+                    log.check()  # before anything is evaluated or saved
+                    ppl = _eval(run.params, model_cfg, evals, cfg, mesh) \
+                        if evals and cfg.eval_now(step) else None
+                    log.record(step, float(sched(step - 1)), ppl)
                 if step % cfg.save_every == 0 or last or stopping:
                     ckpt.save(step, run.params, run.opt_state, meta_for(step))
                 if stopping and not last:
