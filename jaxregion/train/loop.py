@@ -330,21 +330,19 @@ class _Log:
         self.n += 1
         self.bar.update(1)
 
-    def check(self) -> float:
-        """The loss summed since the last record (one host sync); a non-finite loss is an
-        error before anything is evaluated or saved."""
+    def check(self) -> None:
+        """Read the loss summed since the last record (one host sync) and the steps' time; a
+        non-finite loss is an error, raised before anything is evaluated or saved."""
         total, bad, bad_loss = (x.item() for x in jax.device_get(self.acc))
-        self.dt = time.perf_counter() - self.t_last  # the steps' time, without evaluation
+        self.total, self.dt = total, time.perf_counter() - self.t_last
         if bad >= 0:
             raise UserError(f"the training loss is {bad_loss} at step {bad}: the run "
                             "diverged (lower --lr, check the data and config.json); the "
                             f"last checkpoint in {self.ckpt_dir} is kept")
-        return total
 
     def record(self, step: int, lr: float, eval_ppl: Any = None) -> None:
-        """A metrics line: the mean loss since the last record, after :meth:`check`."""
-        total = self.check()
-        rec = {"step": step, "loss": total / self.n, "lr": lr,
+        """A metrics line: the mean loss since the last record, read by :meth:`check`."""
+        rec = {"step": step, "loss": self.total / self.n, "lr": lr,
                "tokens_per_s": self.tokens_per_step * self.n / max(self.dt, 1e-9)}
         if eval_ppl is not None:
             rec["eval_ppl"] = eval_ppl
