@@ -317,7 +317,7 @@ class _Log:
     def _reset(self) -> None:
         self.acc = (jnp.zeros((), jnp.float32), jnp.full((), -1, jnp.int32),
                     jnp.zeros((), jnp.float32))
-        self.n, self.t_last = 0, time.perf_counter()
+        self.n, self.t_last, self.total, self.dt = 0, time.perf_counter(), 0.0, 0.0
 
     def write(self, rec: dict) -> None:
         self.records.append(rec)
