@@ -260,11 +260,17 @@ class TrainConfig:
     weight_decay: float = option(0.1, ge=0.0, group="training", help="AdamW decay")
     clip: float = option(1.0, ge=0.0, group="training", help="global-norm clip, 0 = none")
     grad_accum: int = option(1, gt=0, group="training", help="micro-batches per step")
+    remat: bool = option(False, group="training",
+                         help="recompute each layer's activations in the backward pass (less "
+                              "memory, about a third more compute)")
     dtype: str = option("float32", choices=COMPUTE_DTYPES, group="training",
                         help="compute dtype; master weights stay float32")
     b1: float = option(0.9, ge=0.0, lt=1.0, group="training", help="Adam beta1")
     b2: float = option(0.95, ge=0.0, lt=1.0, group="training", help="Adam beta2")
     save_every: int = option(100, gt=0, group="checkpoints", help="checkpoint period")
+    log_every: int = option(0, ge=0, group="checkpoints",
+                            help="also log the loss every N steps (0: at evaluations and "
+                                 "checkpoints); the host reads the loss only then")
     keep: int = option(3, gt=0, group="checkpoints", help="checkpoints kept")
     eval_every: int = option(0, ge=0, group="checkpoints", help="eval period in steps (0 = end)")
     eval_batch_size: int = option(8, gt=0, group="checkpoints", help="eval windows per step")

@@ -183,7 +183,7 @@ def _case_prompts(valid: dict[str, str], langs: list[str]) -> dict[str, tuple[st
 
 def multiple_choice(cfg: DemoConfig, exp_cfg: experiment.ExperimentConfig, langs: list[str],
                     log: Callable[[str], None], mesh=None) -> dict:
-    """The ground-truth multiple-choice task (:mod:`jaxregion.mc`) through lm-eval under the
+    """The ground-truth multiple-choice task (``mc``) through lm-eval under the
     base model, the battery's core region removed and its first random region removed:
     ``{config, accuracy: {setting: {lang: acc_norm}}, drops, verdict}``, or ``{config,
     skipped: why}``. Cached in ``OUT/mc/results.json``."""

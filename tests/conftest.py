@@ -71,6 +71,33 @@ def model_factory(tmp_path_factory, tokenizer):
 
 
 def run_cli(*argv: str) -> tuple[int, str, str]:
+    """Run ``jaxregion`` in this process: exit code, stdout, stderr.
+
+    ``jaxregion.cli.main.main(argv)`` with stdout and stderr captured, and Python's default
+    warning filters (as in a fresh interpreter), so a warning lands in stderr as it would in
+    a subprocess. No cold jax + transformers import per call. Tests of a real process
+    boundary (signals, tracebacks, environment, devices) use :func:`run_cli_subprocess`."""
+    import contextlib
+    import io
+    import warnings
+
+    from jaxregion.cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(err):
+        warnings.resetwarnings()
+        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
+                         ResourceWarning):
+            warnings.simplefilter("ignore", category)
+        try:
+            code = main(list(argv))
+        except SystemExit as e:  # argparse's --help / --version
+            code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return code, out.getvalue(), err.getvalue()
+
+
+def run_cli_subprocess(*argv: str) -> tuple[int, str, str]:
     """Run ``jaxregion`` in a subprocess: exit code, stdout, stderr."""
     import subprocess
 

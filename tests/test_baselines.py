@@ -47,8 +47,9 @@ def test_ewc_penalty_gradient_finite_differences():
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         shapes = {"model.layers.0.a.weight": (3, 4), "model.layers.0.b.weight": (5,)}
-        mk = lambda: T.unflatten({n: jnp.asarray(rng.standard_normal(s)) for n, s in  # noqa: E731
-                                  shapes.items()})
+        def mk():
+            return T.unflatten({n: jnp.asarray(rng.standard_normal(s)) for n, s in shapes.items()})
+
         params, anchor = mk(), mk()
         fisher = jax.tree.map(jnp.abs, mk())
         ewc = EWC(anchor, fisher)

@@ -57,6 +57,7 @@ def battery(model_factory, corpus_dir, tmp_path_factory):
     return cfg, tmp / "exp"
 
 
+@pytest.mark.slow
 def test_battery_runs_and_reports_everything(battery):
     cfg, out = battery
     report = (out / "report.md").read_text()
@@ -106,6 +107,7 @@ def test_battery_runs_and_reports_everything(battery):
     assert Results.load(str(out / "results.json")).perplexity["base"] == res["perplexity"]["base"]
 
 
+@pytest.mark.slow
 def test_battery_bits_per_byte_case_studies_and_fidelity(battery):
     """Bits per byte beside every perplexity; continuations and fidelity under base, each
     removal and each dims-sweep point, the base one equal to a plain greedy generation."""
@@ -160,6 +162,7 @@ def test_battery_bits_per_byte_case_studies_and_fidelity(battery):
     assert list(Results.load(str(out / "results.json")).case_studies.settings) == cs["settings"]
 
 
+@pytest.mark.slow
 def test_overlap_matrix_equals_regions_compare(battery, tmp_path):
     _, out = battery
     ov = json.loads((out / "results.json").read_text())["overlap"]
@@ -179,6 +182,7 @@ def test_overlap_matrix_equals_regions_compare(battery, tmp_path):
         assert got == want, (a, b)
 
 
+@pytest.mark.slow
 def test_ratio_sweep_rows_equal_separate_runs(battery):
     cfg, out = battery
     res = json.loads((out / "results.json").read_text())
@@ -206,6 +210,7 @@ def test_ratio_sweep_rows_equal_separate_runs(battery):
         assert rows[(0.05, "random")]["perplexity"][lang] == mean
 
 
+@pytest.mark.slow
 def test_battery_bottom_monolingual_disjoint(battery):
     _, out = battery
     scores = regions.load_importance_dir(str(out / "importance/taylor"), list(LANGS))
@@ -252,6 +257,7 @@ def _planted_llama(path: str, tokenizer, corpus_dir: str) -> str:
     return save_model(model, path, tokenizer)
 
 
+@pytest.mark.slow
 def test_planted_dimension_is_found(tokenizer, corpus_dir, tmp_path):
     model = _planted_llama(str(tmp_path / "planted"), tokenizer, corpus_dir)
     cfg = _config(model, corpus_dir, str(tmp_path / "exp"), random_seeds=[0],
@@ -274,6 +280,7 @@ def test_planted_dimension_is_found(tokenizer, corpus_dir, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["qwen3", "gemma"])
+@pytest.mark.slow
 def test_battery_runs_on_other_families(model_factory, corpus_dir, tmp_path, family):
     cfg = _config(model_factory(family), corpus_dir, str(tmp_path / "exp"), random_seeds=[0],
                   languages={k: f"{corpus_dir}/{k}.txt" for k in LANGS[:2]},

@@ -144,6 +144,7 @@ print(json.dumps({"base": base, "peak": rss_mb()}))
 """
 
 
+@pytest.mark.slow
 def test_lazy_loading_memory(tmp_path):
     """A ~400 MB checkpoint loads with peak RSS growth below 1.5x its size."""
     cfg = transformers.LlamaConfig(vocab_size=16000, hidden_size=1024, intermediate_size=2816,

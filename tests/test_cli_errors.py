@@ -7,7 +7,7 @@ import os
 import shutil
 
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_subprocess
 
 
 def _copy(src: str, dst) -> str:
@@ -128,6 +128,6 @@ def test_more_max_seqs_than_text(good, tmp_path):
 
 
 def test_debug_shows_traceback(good, tmp_path):
-    code, _, err = run_cli("eval", "--model", str(tmp_path / "nope"), "--text", good[1],
+    code, _, err = run_cli_subprocess("eval", "--model", str(tmp_path / "nope"), "--text", good[1],
                            "--debug")
     assert code != 0 and "Traceback" in err

@@ -41,6 +41,7 @@ def test_experiment_config_errors_name_the_key(tmp_path):
         load_config(str(p))
 
 
+@pytest.mark.slow
 def test_quick_demo_end_to_end(tmp_path):
     out = tmp_path / "demo"
     code, _, err = run_cli("demo", "--quick", "--out", str(out))

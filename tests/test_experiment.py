@@ -89,6 +89,7 @@ def test_perturb_changes_perplexity_exactly_where_asked(model_factory, corpus_di
     assert outs["x0"] != outs["base"]
 
 
+@pytest.mark.slow
 def test_example_functional_script(model_factory, corpus_dir):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "example_functional.py"),
                         model_factory("llama_mha"), f"lat={corpus_dir}/lat.txt",

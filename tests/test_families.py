@@ -86,6 +86,7 @@ def test_every_parameter_has_a_role(family):
             list(range(cfg.num_layers))
 
 
+@pytest.mark.slow
 def test_intermediates_through_the_layer_scan(model_factory):
     """Collecting intermediates keeps the remat scan: same values as the loop."""
     cfg, params = hf.load(model_factory("llama_gqa_llama3"))
@@ -98,6 +99,7 @@ def test_intermediates_through_the_layer_scan(model_factory):
         np.testing.assert_allclose(np.asarray(a[k]), np.asarray(b[k]), rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_periodic_layers_scan_in_groups(model_factory):
     """gemma2's alternating sliding/global layers scan two layers a step (the fifth layer
     runs after the scan): loss, gradients and intermediates equal the unrolled loop's."""
@@ -184,6 +186,7 @@ def test_regions_freeze_interventions_import_no_model():
     assert out.stdout.strip() == "[]"
 
 
+@pytest.mark.slow
 def test_example_nnx_script(model_factory, tmp_path):
     p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "example_nnx.py"),
                         model_factory("llama_mha"), str(tmp_path / "ckpt")],
@@ -210,6 +213,7 @@ def _small_battery(family: str, model_factory, corpus_dir, tmp_path) -> None:
     assert res["dims"]["super_weights"] and res["dims"]["sweep"]
 
 
+@pytest.mark.slow
 def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     """qwen3's head-sized q/k norms are no residual tensors: the battery and its dims
     analysis run through (they crashed when roles came from name patterns)."""
@@ -218,6 +222,7 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
 
 @pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3",
                                     "cohere_qk_norm"])
+@pytest.mark.slow
 def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tokenizer):
     """The analyses on each family's tiny model: a core region from Taylor scores, wanda on
     exactly the linear maps, a hidden-dim profile, massive activations, super weights, and a
@@ -260,6 +265,7 @@ def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tok
 
 
 @pytest.mark.parametrize("family", ["gemma2", "olmo2", "bloom"])
+@pytest.mark.slow
 def test_experiment_completes_on_new_families(family, model_factory, corpus_dir, tmp_path):
     """The whole battery, dims analysis included, on gemma2 (sliding layers, soft-caps,
     sandwich norms), olmo2 (post-norm layers: no norm feeds attention) and bloom (ALiBi,

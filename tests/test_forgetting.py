@@ -34,6 +34,7 @@ def _config(model, corpus_dir, out, core_path):
     }
 
 
+@pytest.mark.slow
 def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion import hf
     from jaxregion.cli.main import main
@@ -90,6 +91,7 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     assert mtimes == {p: os.path.getmtime(os.path.join(out, "points", p)) for p in mtimes}
 
 
+@pytest.mark.slow
 def test_interrupted_sweep_resumes(model_factory, corpus_dir, tmp_path, monkeypatch):
     """A signal mid-run returns (no exception); the rerun resumes and matches a clean run."""
 
@@ -152,6 +154,7 @@ def test_forgetting_config_errors(tmp_path, capsys):
         assert msg in err and len(err.splitlines()) == 1, (msg, err)
 
 
+@pytest.mark.slow
 def test_pretrain_from_scratch(tokenizer_dir, corpus_dir, tmp_path):
     import jax
 

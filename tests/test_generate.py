@@ -28,6 +28,7 @@ def _prompts(tokenizer, lengths: tuple[int, ...] = (5, 11, 17)) -> list[list[int
 
 
 @pytest.mark.parametrize("family", sorted(FAMILIES))
+@pytest.mark.slow
 def test_greedy_equals_transformers_and_cache_is_exact(family, model_factory, tokenizer):
     path = model_factory(family)
     cfg, params = hf.load(path)
@@ -51,6 +52,7 @@ def test_greedy_equals_transformers_and_cache_is_exact(family, model_factory, to
         assert np.max(np.abs(logits - want)) < 1e-4, family
 
 
+@pytest.mark.slow
 def test_eos_cuts_and_sampling_is_seeded(model_factory, tokenizer):
     cfg, params = hf.load(model_factory("llama_mha"))
     prompts = _prompts(tokenizer)

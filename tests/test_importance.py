@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from conftest import run_cli
+from conftest import run_cli_subprocess
 from hf_factory import make_model
 
 from jaxregion import hf, importance, regions, scorefiles, sharding
@@ -67,6 +67,7 @@ def torch_taylor(windows: np.ndarray) -> dict[str, np.ndarray]:
     return {n: (p.grad * p).detach().numpy() for n, p in model.named_parameters()}
 
 
+@pytest.mark.slow
 def test_taylor_matches_pytorch(llama, corpora):
     _, cfg, params = llama
     ours, ref = {}, {}
@@ -120,6 +121,7 @@ np.savez(sys.argv[3], **{k: np.asarray(v) for k, v in T.flatten(res.scores).item
 """
 
 
+@pytest.mark.slow
 def test_taylor_invariant_to_device_count(llama, corpora, tmp_path):
     path, cfg, params = llama
     w = np.concatenate(list(corpora.values()))[:14]  # 14 windows: last batch padded
@@ -138,6 +140,7 @@ def test_taylor_invariant_to_device_count(llama, corpora, tmp_path):
 
 
 # --- estimators --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_estimators_shapes_and_properties(llama, corpora):
     _, cfg, params = llama
     w = corpora["lat"]
@@ -288,11 +291,12 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
     assert "estimator='taylor'" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_cli_subprocess_errors_are_one_line(model_factory, corpus_dir, tmp_path):
     path = model_factory(FAMILY)
     out = tmp_path / "o"
-    code, _, err = run_cli(*_args(path, corpus_dir, out, "--max-seqs", "100000"))
+    code, _, err = run_cli_subprocess(*_args(path, corpus_dir, out, "--max-seqs", "100000"))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "--max-seqs" in err and not out.exists()
-    code, _, err = run_cli(*_args(path, corpus_dir, out, "--save-every", "0"))
+    code, _, err = run_cli_subprocess(*_args(path, corpus_dir, out, "--save-every", "0"))
     assert code == 2 and "--save-every" in err and not out.exists()

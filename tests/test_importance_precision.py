@@ -71,6 +71,7 @@ def worst_error(scores: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> fl
                      / np.abs(ref[n]).max()) for n in ref)
 
 
+@pytest.mark.slow
 def test_taylor_float32_error_within_2x_of_pytorch(trained):
     path, windows = trained
     ref = torch_taylor(path, windows, torch.float64)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli_subprocess
 from test_importance import FAMILY, SEQ, rel_err
 
 from jaxregion import hf, importance, regions, runtime, scorefiles, sharding, stability
@@ -121,6 +121,7 @@ def _flat(path):
     return T.flatten(scores), meta
 
 
+@pytest.mark.slow
 def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, capsys):
     path = llama[0]
     a = tmp_path / "a"
@@ -233,7 +234,8 @@ def test_bad_schedule_is_one_line_exit_2(llama, corpus_dir, tmp_path, capsys, ex
 
 def test_bad_schedule_subprocess_no_traceback(model_factory, corpus_dir, tmp_path):
     out = tmp_path / "o"
-    code, _, err = run_cli(*_args(model_factory(FAMILY), corpus_dir, out, "--until-stable", "2"))
+    code, _, err = run_cli_subprocess(*_args(model_factory(FAMILY), corpus_dir, out,
+                                             "--until-stable", "2"))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 

@@ -74,6 +74,7 @@ def _flat(resps) -> list[float]:
 
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "mixtral"])
+@pytest.mark.slow
 def test_loglikelihoods_match_hf(family, model_factory, task_dir, tmp_path):
     from lm_eval.models.huggingface import HFLM
 
@@ -112,6 +113,7 @@ def test_model_args_keep_commas_inside_brackets():
                    "region_op": "scale:0.5"}
 
 
+@pytest.mark.slow
 def test_tasks_cli_writes_json_and_markdown(model_factory, task_dir, tmp_path):
     out = tmp_path / "res.json"
     code, stdout, err = run_cli("tasks", "--model", model_factory("llama_mha"), "--tasks",
@@ -124,6 +126,7 @@ def test_tasks_cli_writes_json_and_markdown(model_factory, task_dir, tmp_path):
     assert (tmp_path / "res.md").read_text().strip() == stdout.strip()
 
 
+@pytest.mark.slow
 def test_tasks_cli_unknown_task(model_factory, task_dir, tmp_path):
     out = tmp_path / "res.json"
     code, stdout, err = run_cli("tasks", "--model", model_factory("llama_mha"), "--tasks",

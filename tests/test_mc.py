@@ -34,6 +34,7 @@ def test_items_follow_the_ground_truth(lang):
         mc.items("xx", 3)
 
 
+@pytest.mark.slow
 def test_task_runs_through_lm_eval(model_factory, tmp_path):
     pytest.importorskip("lm_eval")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")

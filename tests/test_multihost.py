@@ -20,6 +20,8 @@ import time
 import numpy as np
 import pytest
 
+pytestmark = pytest.mark.slow  # every case starts subprocesses
+
 WORKER = os.path.join(os.path.dirname(__file__), "multihost_worker.py")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from flax import nnx
 
 from jaxregion import hf, importance
@@ -25,6 +26,7 @@ def test_module_matches_functional_and_names_state(model_factory):
     assert "model.layers.1.self_attn.q_proj.bias" in names
 
 
+@pytest.mark.slow
 def test_nnx_grad_is_the_taylor_gradient(model_factory):
     path = model_factory("llama_mha")
     model = hf.load_model(path)

@@ -33,6 +33,7 @@ def test_logits_match_transformers(family, model_factory):
     assert np.abs(out - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_family_switches_are_live(model_factory):
     """The sliding window and llama3 scaling change the logits, so the parity above tests them."""
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 320, (1, SEQ)))
@@ -77,6 +78,7 @@ def test_gemma3_legacy_config_keys():
     assert from_hf_dict(new).sliding_windows == (6, None, 6)
 
 
+@pytest.mark.slow
 def test_bloom_alibi_slopes_and_post_norm_residual(model_factory):
     """ALiBi slopes equal transformers' for 1..256 heads (powers of two and the second
     series of the rest): bit for bit up to 31 heads, within one float32 ulp beyond (torch's
@@ -99,6 +101,7 @@ def test_bloom_alibi_slopes_and_post_norm_residual(model_factory):
     assert np.abs(np.asarray(apply(params, jnp.asarray(tokens), cfg)) - ref).max() < 1e-4
 
 
+@pytest.mark.slow
 def test_phi3_longrope_branches_and_switches(model_factory):
     """longrope switches on the sequence length as transformers does: parity on a sequence
     within original_max_position_embeddings (short factors) and, on the same torch model,
@@ -188,6 +191,7 @@ def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokeni
 
 @pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2",
                                     "bloom", "phi3_longrope", "cohere_qk_norm"])
+@pytest.mark.slow
 def test_remat_scan_equals_unrolled(family, model_factory):
     """remat=True runs the layers as one lax.scan: same loss and gradients as the loop."""
     import jax

@@ -8,7 +8,7 @@ import shutil
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli_subprocess
 
 from jaxregion import regions
 from jaxregion import tree as T
@@ -37,6 +37,7 @@ def _same_mask(a, b) -> None:
         np.testing.assert_array_equal(np.asarray(fa[n]), np.asarray(fb[n]), err_msg=n)
 
 
+@pytest.mark.slow
 def test_core_monolingual_top_match_library(imp_dir, tmp_path):
     _, d = imp_dir
     scores = regions.load_importance_dir(d, list(LANGS))
@@ -181,8 +182,8 @@ def test_bad_input_one_line_nothing_written(imp_dir, model_factory, tmp_path, ca
 def test_subprocess_error_has_no_traceback(imp_dir, tmp_path):
     _, d = imp_dir
     out = tmp_path / "r.safetensors"
-    code, stdout, err = run_cli("regions", "monolingual", "--importance", d, "--lang", "xx",
-                                "--out", str(out))
+    code, stdout, err = run_cli_subprocess("regions", "monolingual", "--importance", d,
+                                           "--lang", "xx", "--out", str(out))
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert "'xx'" in err and not out.exists()
 

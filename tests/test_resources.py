@@ -16,6 +16,8 @@ import zlib
 
 import pytest
 
+pytestmark = pytest.mark.slow  # every case starts subprocesses
+
 LIMIT_S = 10.0
 LIMIT_MB = 500.0
 

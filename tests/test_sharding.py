@@ -8,7 +8,7 @@ import types
 import jax
 import numpy as np
 import pytest
-from conftest import run_cli
+from conftest import run_cli, run_cli_subprocess
 from jax.sharding import PartitionSpec as P
 
 from jaxregion import distributed, plan, regions, sharding
@@ -221,8 +221,9 @@ def test_plan_cli(tmp_path, model_factory):
     assert "mesh data=2,fsdp=4,tensor=1" in stdout
     code, _, stderr = run_cli("plan", "--preset", "gpt5", "--mesh", "fsdp=2,data=1")
     assert code == 2 and "unknown" in stderr
-    code, _, stderr = run_cli("eval", "--model", "x", "--text", "a=b",
-                              "--coordinator", "localhost:1")
+    # multi-host start-up is once per process: a fresh one
+    code, _, stderr = run_cli_subprocess("eval", "--model", "x", "--text", "a=b",
+                                         "--coordinator", "localhost:1")
     assert code == 2 and "--num-processes" in stderr
 
 
@@ -245,6 +246,7 @@ print(json.dumps({"shard": list(w.addressable_shards[0].data.shape), "shape": li
 """
 
 
+@pytest.mark.slow
 def test_training_shards_params_over_fsdp_and_tensor(model_factory, tmp_path):
     """Training on fsdp=2 x tensor=2 keeps params split (no full copy per device) and gives the
     same params as one device within 1e-5."""

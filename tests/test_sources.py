@@ -264,8 +264,10 @@ _MEASURE = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow
 def test_first_windows_of_a_big_file_stream(tmp_path, tokenizer_dir):
-    """50 MB of text: the first 100 windows come fast and peak memory barely moves."""
+    """50 MB of text: the first 100 windows come and peak memory barely moves (their speed
+    target, < 5 s, is in scripts/bench_targets.py)."""
     block = "".join(d + "\n" for lang in ("lat", "cjk") for d in S.generate(lang, 3000, 1))
     path = tmp_path / "big.txt"
     with open(path, "w", encoding="utf-8") as f:
@@ -276,5 +278,4 @@ def test_first_windows_of_a_big_file_stream(tmp_path, tokenizer_dir):
                          capture_output=True, text=True, timeout=120, check=True)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["n"] == 100
-    assert r["s"] < 5, r
     assert r["growth"] < 30_000_000, r  # a whole-file read would add >= 50 MB

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 from collections import Counter
 
 import pytest
@@ -98,18 +97,17 @@ def test_languages_separable_by_naive_bayes():
     assert right / total >= 0.99
 
 
-def test_throughput_over_one_megabyte_per_second():
+def test_streams_two_megabytes():
+    """The generator streams without end (its speed target: scripts/bench_targets.py)."""
     per_lang = 2_000_000 // len(S.LANGUAGES)
-    t0, nbytes = time.perf_counter(), 0
+    nbytes = 0
     for lang in S.LANGUAGES:
         start = nbytes
         for doc in S.generate(lang, None, 7):
             nbytes += len(doc.encode()) + 1
             if nbytes - start >= per_lang:
                 break
-    elapsed = time.perf_counter() - t0
     assert nbytes >= 2_000_000 - len(S.LANGUAGES)
-    assert nbytes / elapsed > 1e6, f"{nbytes / elapsed / 1e6:.2f} MB/s"
 
 
 def test_write_corpus_roundtrips_through_sources_from_dir(tmp_path):

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import time
 
 import pytest
 
@@ -20,16 +19,15 @@ def _docs(n: int = 400) -> dict[str, list[str]]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     out = str(tmp_path_factory.mktemp("bpe"))
-    t0 = time.perf_counter()
     hf = train_bpe(_docs(), 1024, out)
-    return out, hf, time.perf_counter() - t0
+    return out, hf
 
 
-def test_trains_fast_and_loads_offline_with_specials(trained):
+def test_trains_and_loads_offline_with_specials(trained):
+    """(Its speed target, < 20 s, is in scripts/bench_targets.py.)"""
     from transformers import AutoTokenizer
 
-    out, hf, seconds = trained
-    assert seconds < 20
+    out, hf = trained
     assert os.path.isfile(os.path.join(out, "tokenizer.json"))
     for tok in (hf, AutoTokenizer.from_pretrained(out, local_files_only=True), load_tokenizer(out)):
         assert len(tok) == 1024
@@ -41,7 +39,7 @@ def test_trains_fast_and_loads_offline_with_specials(trained):
 
 
 def test_roundtrips_every_language_without_unk(trained):
-    out, _, _ = trained
+    out, _ = trained
     tok = load_tokenizer(out)
     for lang in S.LANGUAGES:
         for doc in S.generate(lang, 20, seed=123):  # held-out documents
@@ -58,7 +56,7 @@ def test_roundtrips_every_language_without_unk(trained):
 
 
 def test_deterministic(tmp_path, trained):
-    out, _, _ = trained
+    out, _ = trained
     train_bpe(_docs(), 1024, str(tmp_path))
     with open(os.path.join(out, "tokenizer.json")) as a, \
             open(tmp_path / "tokenizer.json") as b:

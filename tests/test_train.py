@@ -56,6 +56,7 @@ def _tree_hash(d):
 
 
 # --- frozen stays frozen -------------------------------------------------------------------
+@pytest.mark.slow
 def test_frozen_elements_bitwise_fixed(model_factory, tmp_path):
     from jaxregion import hf, sharding
     from jaxregion.regions import random as random_region
@@ -102,6 +103,7 @@ def _wait_for_step(ckpt, proc, min_step, timeout=120):
     pytest.fail("no checkpoint appeared")
 
 
+@pytest.mark.slow
 def test_resume_bitwise_after_sigkill_and_sigterm(model_factory, corpus_dir, tmp_path, capsys):
     model = model_factory("llama_mha")
     from jaxregion.cli.main import main
@@ -160,6 +162,7 @@ def _env(n):
     return env
 
 
+@pytest.mark.slow
 def test_checkpoint_across_device_counts(model_factory, corpus_dir, tmp_path):
     """Saved on 4 devices (subprocess) -> restored here on 1; saved here -> restored on 4."""
     from jaxregion.cli.main import main
@@ -184,6 +187,7 @@ def test_checkpoint_across_device_counts(model_factory, corpus_dir, tmp_path):
 
 
 # --- export ----------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_export_matches_transformers(model_factory, corpus_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
@@ -210,6 +214,7 @@ def test_export_matches_transformers(model_factory, corpus_dir, tmp_path):
 
 
 # --- bad input -------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_bad_input_exits_2_and_keeps_checkpoint(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion.cli.main import main
     from jaxregion.regions import random as random_region
@@ -260,6 +265,7 @@ def test_unwritable_ckpt_dir_is_a_file(model_factory, corpus_dir, tmp_path, caps
     assert code == 2 and "cannot write" in err and len(err.splitlines()) == 1
 
 
+@pytest.mark.slow
 def test_corrupt_latest_checkpoint_falls_back(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion.cli.main import main
     from jaxregion.train import step_dirs

@@ -13,6 +13,7 @@ The command modules import the library (and so jax, ~0.8 s) inside their handler
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import sys
 
@@ -58,6 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     # stderr carries one line per error: no advice from transformers (e.g. "PyTorch was not
     # found", printed on every tokenizer load in an install without torch)
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    _log_to_stderr()
     parser = build_parser()
     try:
         ns = parser.parse_args(argv)
@@ -94,6 +96,25 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxregion: interrupted", file=sys.stderr)
         return 130
+
+
+class _Stderr(logging.Handler):
+    """The library's diagnostics (logger ``jaxregion``) as bare lines on the current stderr:
+    the library logs, the command line decides what the user sees."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            print(self.format(record), file=sys.stderr, flush=True)
+        except Exception:  # noqa: BLE001 - logging's own contract
+            self.handleError(record)
+
+
+def _log_to_stderr() -> None:
+    log = logging.getLogger("jaxregion")
+    if not any(isinstance(h, _Stderr) for h in log.handlers):
+        log.addHandler(_Stderr())
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
 
 def _start(launch: LaunchConfig) -> None:

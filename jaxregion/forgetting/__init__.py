@@ -1,10 +1,10 @@
 """The forgetting frontier: continued pre-training on a target language while protecting the
 others, swept over freeze ratio × granularity × scorer × baseline × seed.
 
-- :mod:`~jaxregion.forgetting.config`: the YAML schema (frozen dataclasses) and the points;
-- :mod:`~jaxregion.forgetting.protect`: scorers -> regions, replay data, EWC terms (cached);
-- :mod:`~jaxregion.forgetting.sweep`: the resumable driver (``jaxregion forgetting CONFIG``);
-- :mod:`~jaxregion.forgetting.results`: metrics, seed aggregates, Pareto set, Outcome lines,
+- ``config``: the YAML schema (frozen dataclasses) and the points;
+- ``protect``: scorers -> regions, replay data, EWC terms (cached);
+- ``sweep``: the resumable driver (``jaxregion forgetting CONFIG``);
+- ``results``: metrics, seed aggregates, Pareto set, Outcome lines,
   rendering through :mod:`jaxregion.report`.
 """
 

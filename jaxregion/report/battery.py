@@ -88,7 +88,7 @@ def _regions(doc: _Doc) -> None:
             "`mono-L`: top-k(L) minus the other languages' top-k; `bmono-L`: bottom-k(L) minus "
             "the other languages' bottom-k; `top-L`: top-k(L). Stability: Jaccard of the region "
             "rebuilt from the even and from the odd half of every language's windows, "
-            "projected to the full sample (README, *Stability*); — for random regions and "
+            "projected to the full sample (docs/reference/stability.md); — for random regions and "
             "importance files without split halves.", "")
 
 

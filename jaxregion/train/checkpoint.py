@@ -16,9 +16,9 @@ so a checkpoint written on N devices restores on M.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +29,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from jaxregion.errors import UserError
+
+logger = logging.getLogger(__name__)
 
 STEPS = "steps"
 
@@ -150,7 +152,7 @@ def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None
                 msg += f"; moved it to {dest}"
             others = [x for x in steps if x < s]
             msg += (f"; falling back to step {others[-1]}" if others else "")
-            print(f"jaxregion: warning: {msg}", file=sys.stderr)
+            logger.warning("jaxregion: warning: %s", msg)
         finally:
             ck.manager.close()
     raise UserError(f"{ckpt_dir}: no readable checkpoint (steps {failed} all failed to "

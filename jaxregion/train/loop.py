@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
-import math
+import logging
 import os
 import signal
 import sys
@@ -35,6 +35,8 @@ from jaxregion.train import identity
 from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
 from jaxregion.train.penalties import EWC, ewc_penalty
 from jaxregion.train.sampler import ReplaySampler, Sampler
+
+logger = logging.getLogger(__name__)
 
 
 def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
@@ -93,7 +95,7 @@ def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
 
     def grads_of(params, batch):
         def lf(p, toks):
-            return loss_fn(_cast(p, cfg.dtype), toks, model_cfg)
+            return loss_fn(_cast(p, cfg.dtype), toks, model_cfg, remat=cfg.remat)
 
         if k == 1:
             return jax.value_and_grad(lf)(params, batch)
@@ -128,7 +130,7 @@ def step_key(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the fields the compiled step does not depend on reset, so runs that differ
     only in data order, evaluation or checkpointing share one compilation."""
     return replace(cfg, seed=0, save_every=1, keep=1, eval_every=0, eval_at=(),
-                   eval_start=True, replay_ratio=0.0, eval_batch_size=1)
+                   eval_start=True, replay_ratio=0.0, eval_batch_size=1, log_every=0)
 
 
 @functools.lru_cache(maxsize=8)
@@ -214,6 +216,141 @@ def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
             for lang, w in evals.items()}
 
 
+@dataclass
+class _Setup:
+    """What setup and resume hand the loop: device state, data order and the step."""
+
+    params: Any
+    opt_state: Any
+    sampler: Sampler | ReplaySampler
+    mask: Any  # the freeze mask on the devices, or None
+    ewc: EWC | None  # anchor and Fisher on the devices, or None
+    step_fn: Any
+    start: int
+    resumed: int | None
+
+
+def _setup(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarray],
+           cfg: TrainConfig, ckpt_dir: str, mesh: jax.sharding.Mesh, region: Any,
+           model_id: str | None, restart: bool, replay: dict[str, np.ndarray] | None,
+           ewc: EWC | None) -> _Setup:
+    """Check the settings, place params and optimizer state on the mesh, check the run's
+    identity against ``ckpt_dir`` and resume from its latest checkpoint."""
+    cfg.validate()
+    mult = sharding.batch_multiple(mesh)
+    if (cfg.batch_size // cfg.grad_accum) % mult:
+        raise UserError(f"--batch-size {cfg.batch_size} / --grad-accum {cfg.grad_accum} must be "
+                        f"a multiple of the {mult} devices on the batch axes")
+    if cfg.ewc_lambda > 0 and ewc is None:
+        raise UserError(f"--ewc-lambda {cfg.ewc_lambda} needs a Fisher diagonal (fisher "
+                        "importance files of the languages to protect)")
+    use_ewc = ewc is not None and cfg.ewc_lambda > 0
+    if cfg.replay_ratio > 0:
+        sampler: Sampler | ReplaySampler = ReplaySampler(
+            train_windows, replay or {}, cfg.batch_size, cfg.replay_ratio, cfg.seed)
+    else:
+        sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
+    mask = freeze_mask_for(params, region, cfg.freeze_norms, model_cfg)
+    tx = make_optimizer(cfg, mask)
+    psh, osh = state_shardings(model_cfg, cfg, mesh, mask is not None)
+    # a copy: the step donates its inputs, and the caller's params must survive
+    params = jax.jit(lambda p: jax.tree.map(lambda x: jnp.array(x, jnp.float32), p),
+                     out_shardings=psh)(params)
+    opt_state = jax.jit(tx.init, out_shardings=osh)(params)
+    mask_dev = jax.device_put(mask, psh) if mask is not None else None
+    ewc_dev = jax.device_put(EWC(*ewc), EWC(psh, psh)) if use_ewc and ewc else None
+
+    freeze_id = None if mask is None else identity.digest_tree(
+        jax.tree.map(lambda m: jnp.packbits(jnp.asarray(m, bool).reshape(-1)), mask))
+    ident = identity.run_identity(cfg, train_windows, model_id or identity.digest_tree(params),
+                                  freeze_id)
+    identity.check(ckpt_dir, ident, step_dirs(ckpt_dir), restart=restart)
+    step_fn = _cached_step(model_cfg, step_key(cfg), mesh, mask is not None, use_ewc)
+    run = _Setup(params, opt_state, sampler, mask_dev, ewc_dev, step_fn, 0, None)
+    _resume(run, ckpt_dir, cfg, psh, osh)
+    return run
+
+
+def _resume(run: _Setup, ckpt_dir: str, cfg: TrainConfig, psh: Any, osh: Any) -> None:
+    """Restore the latest checkpoint of ``ckpt_dir`` into ``run`` (if any), after checking
+    that it was made with this run's data order."""
+    got = restore_latest(ckpt_dir, sharding.abstract_with(run.params, psh),
+                         sharding.abstract_with(run.opt_state, osh), keep=cfg.keep)
+    if got is None:
+        return
+    want, have = run.sampler.state(got.step), got.meta.get("data", {})
+    for key in ("seed", "batch_size", "langs", "windows", "replay"):
+        if have.get(key) != want.get(key) and (key in have or key == "replay"):
+            raise UserError(f"{ckpt_dir}: its checkpoint was made with data {key}="
+                            f"{have[key]!r}, this run has {want[key]!r}; use the same "
+                            "settings to resume, or a new --ckpt-dir")
+    run.params, run.opt_state, run.start, run.resumed = got.params, got.opt_state, got.step, \
+        got.step
+    logger.info("jaxregion: resuming from step %d in %s", got.step, ckpt_dir)
+
+
+@jax.jit
+def _accumulate(acc: tuple[jax.Array, jax.Array, jax.Array], loss: jax.Array, step: jax.Array
+                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """(loss sum, first non-finite step or -1, its loss) after one more step, on the device."""
+    total, bad, bad_loss = acc
+    first = (bad < 0) & ~jnp.isfinite(loss)
+    return total + loss, jnp.where(first, step, bad), jnp.where(first, loss, bad_loss)
+
+
+class _Log:
+    """metrics.jsonl (written by process 0), the progress bar, and the loss accumulated on
+    the devices since the last record: the host reads it only when it writes a record, so
+    the steps in between run without a sync."""
+
+    def __init__(self, ckpt_dir: str, run: _Setup, cfg: TrainConfig, progress: bool) -> None:
+        self.path = os.path.join(ckpt_dir, "metrics.jsonl")
+        self.ckpt_dir = ckpt_dir
+        self.records = _read_metrics(self.path, run.start)
+        if run.resumed is not None or self.records:
+            _write_metrics(self.path, self.records)
+        self.tokens_per_step = cfg.batch_size * (run.sampler.windows[0].shape[1] - 1)
+        self.bar = tqdm(total=cfg.steps, initial=run.start, desc="train", unit="step",
+                        disable=not progress or None, dynamic_ncols=True)
+        self._reset()
+
+    def _reset(self) -> None:
+        self.acc = (jnp.zeros((), jnp.float32), jnp.full((), -1, jnp.int32),
+                    jnp.zeros((), jnp.float32))
+        self.n, self.t_last, self.total, self.dt = 0, time.perf_counter(), 0.0, 0.0
+
+    def write(self, rec: dict) -> None:
+        self.records.append(rec)
+        if jax.process_index() == 0:  # multi-host: one writer
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(rec, allow_nan=False) + "\n")
+
+    def step(self, step: int, loss: jax.Array) -> None:
+        self.acc = _accumulate(self.acc, loss, jnp.asarray(step, jnp.int32))
+        self.n += 1
+        self.bar.update(1)
+
+    def check(self) -> None:
+        """Read the loss summed since the last record (one host sync) and the steps' time; a
+        non-finite loss is an error, raised before anything is evaluated or saved."""
+        total, bad, bad_loss = (x.item() for x in jax.device_get(self.acc))
+        self.total, self.dt = total, time.perf_counter() - self.t_last
+        if bad >= 0:
+            raise UserError(f"the training loss is {bad_loss} at step {bad}: the run "
+                            "diverged (lower --lr, check the data and config.json); the "
+                            f"last checkpoint in {self.ckpt_dir} is kept")
+
+    def record(self, step: int, lr: float, eval_ppl: Any = None) -> None:
+        """A metrics line: the mean loss since the last record, read by :meth:`check`."""
+        rec = {"step": step, "loss": self.total / self.n, "lr": lr,
+               "tokens_per_s": self.tokens_per_step * self.n / max(self.dt, 1e-9)}
+        if eval_ppl is not None:
+            rec["eval_ppl"] = eval_ppl
+        self.write(rec)
+        self.bar.set_postfix(loss=f"{rec['loss']:.3f}", tok_s=f"{rec['tokens_per_s']:.0f}")
+        self._reset()
+
+
 def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarray],
           cfg: TrainConfig, ckpt_dir: str, *, region: Any = None,
           evals: dict[str, np.ndarray] | None = None, mesh: jax.sharding.Mesh | None = None,
@@ -232,119 +369,51 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
     The run's identity (``model_id``, default a digest of ``params``; data; region; optimizer
     settings; steps) must match the one recorded in ``ckpt_dir`` to resume (see
     :mod:`jaxregion.train.identity`); ``restart`` sets a different old run aside first."""
-    cfg.validate()
     mesh = mesh or sharding.make_mesh()
-    mult = sharding.batch_multiple(mesh)
-    if (cfg.batch_size // cfg.grad_accum) % mult:
-        raise UserError(f"--batch-size {cfg.batch_size} / --grad-accum {cfg.grad_accum} must be "
-                        f"a multiple of the {mult} devices on the batch axes")
     evals = evals or {}
-    if cfg.ewc_lambda > 0 and ewc is None:
-        raise UserError(f"--ewc-lambda {cfg.ewc_lambda} needs a Fisher diagonal (fisher "
-                        "importance files of the languages to protect)")
-    use_ewc = ewc is not None and cfg.ewc_lambda > 0
-    if cfg.replay_ratio > 0:
-        sampler: Sampler | ReplaySampler = ReplaySampler(
-            train_windows, replay or {}, cfg.batch_size, cfg.replay_ratio, cfg.seed)
-    else:
-        sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
-    mask = freeze_mask_for(params, region, cfg.freeze_norms, model_cfg)
-    tx = make_optimizer(cfg, mask)
-    psh, osh = state_shardings(model_cfg, cfg, mesh, mask is not None)
-    # a copy: the step donates its inputs, and the caller's params must survive
-    params = jax.jit(lambda p: jax.tree.map(lambda x: jnp.array(x, jnp.float32), p),
-                     out_shardings=psh)(params)
-    opt_state = jax.jit(tx.init, out_shardings=osh)(params)
-    mask_dev = jax.device_put(mask, psh) if mask is not None else None
-    ewc_dev = jax.device_put(EWC(*ewc), EWC(psh, psh)) if use_ewc else None
-
-    # --- identity, then resume -------------------------------------------------------
-    freeze_id = None if mask is None else identity.digest_tree(
-        jax.tree.map(lambda m: jnp.packbits(jnp.asarray(m, bool).reshape(-1)), mask))
-    ident = identity.run_identity(cfg, train_windows, model_id or identity.digest_tree(params),
-                                  freeze_id)
-    identity.check(ckpt_dir, ident, step_dirs(ckpt_dir), restart=restart)
-    start, resumed = 0, None
-    got = restore_latest(ckpt_dir, sharding.abstract_with(params, psh),
-                         sharding.abstract_with(opt_state, osh), keep=cfg.keep)
-    if got is not None:
-        params, opt_state, start, resumed = got.params, got.opt_state, got.step, got.step
-        want = sampler.state(start)
-        have = got.meta.get("data", {})
-        for key in ("seed", "batch_size", "langs", "windows", "replay"):
-            if have.get(key) != want.get(key) and (key in have or key == "replay"):
-                raise UserError(f"{ckpt_dir}: its checkpoint was made with data {key}="
-                                f"{have[key]!r}, this run has {want[key]!r}; use the same "
-                                "settings to resume, or a new --ckpt-dir")
-        print(f"jaxregion: resuming from step {start} in {ckpt_dir}", file=sys.stderr)
-    metrics_path = os.path.join(ckpt_dir, "metrics.jsonl")
-    records = _read_metrics(metrics_path, start)
-    if resumed is not None or records:
-        _write_metrics(metrics_path, records)
+    run = _setup(params, model_cfg, train_windows, cfg, ckpt_dir, mesh, region, model_id,
+                 restart, replay, ewc)
     rng = jax.random.PRNGKey(cfg.seed)
-
-    step_fn = _cached_step(model_cfg, step_key(cfg), mesh, mask is not None, use_ewc)
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep)
     sched = lr_schedule(cfg)
-    tokens_per_step = cfg.batch_size * (sampler.windows[0].shape[1] - 1)
+    log = _Log(ckpt_dir, run, cfg, progress)
 
     def meta_for(step: int) -> dict:
-        return {"step": step, "data": sampler.state(step),
+        return {"step": step, "data": run.sampler.state(step),
                 "rng": np.asarray(jax.random.key_data(jax.random.fold_in(rng, step))).tolist(),
                 "config": asdict(cfg), "run": run_info or {}}
 
-    def log(rec: dict) -> None:
-        records.append(rec)
-        if jax.process_index() == 0:  # multi-host: one writer
-            with open(metrics_path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(rec, allow_nan=False) + "\n")
-
-    if start == 0 and evals and not records and cfg.eval_start:
-        log({"step": 0, "loss": None, "lr": float(sched(0)),
-             "eval_ppl": _eval(params, model_cfg, evals, cfg, mesh), "tokens_per_s": None})
-
-    interrupted, signum = False, None
-    step = start
-    t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step",
-               disable=not progress or None, dynamic_ncols=True)
+    if run.start == 0 and evals and not log.records and cfg.eval_start:
+        log.write({"step": 0, "loss": None, "lr": float(sched(0)),
+                   "eval_ppl": _eval(run.params, model_cfg, evals, cfg, mesh),
+                   "tokens_per_s": None})
+    interrupted, signum, step = False, None, run.start
     try:
         with _Stop() as stop:
             while step < cfg.steps:
-                batch = sharding.put_batch(sampler.batch(step), mesh)
-                extra = (ewc_dev,) if use_ewc else ()
-                params, opt_state, loss = step_fn(params, opt_state, batch, mask_dev, *extra)
+                batch = sharding.put_batch(run.sampler.batch(step), mesh)
+                extra = (run.ewc,) if run.ewc is not None else ()
+                run.params, run.opt_state, loss = run.step_fn(run.params, run.opt_state, batch,
+                                                              run.mask, *extra)
                 step += 1
-                if not math.isfinite(float(loss)):
-                    raise UserError(f"the training loss is {float(loss)} at step {step}: the run "
-                                    "diverged (lower --lr, check the data and config.json); the "
-                                    f"last checkpoint in {ckpt_dir} is kept")
-                loss_acc += float(loss)
-                n_acc += 1
-                bar.update(1)
-                last = step == cfg.steps
-                log_now = cfg.eval_now(step) or step % cfg.save_every == 0 or \
-                    stop.signum is not None
-                if log_now:
-                    dt = time.perf_counter() - t_last
-                    rec = {"step": step, "loss": loss_acc / n_acc, "lr": float(sched(step - 1)),
-                           "tokens_per_s": tokens_per_step * n_acc / max(dt, 1e-9)}
-                    if evals and cfg.eval_now(step):
-                        rec["eval_ppl"] = _eval(params, model_cfg, evals, cfg, mesh)
-                    log(rec)
-                    bar.set_postfix(loss=f"{rec['loss']:.3f}",
-                                    tok_s=f"{rec['tokens_per_s']:.0f}")
-                    t_last, loss_acc, n_acc = time.perf_counter(), 0.0, 0
-                if step % cfg.save_every == 0 or last or stop.signum is not None:
-                    ckpt.save(step, params, opt_state, meta_for(step))
-                if stop.signum is not None and not last:
+                log.step(step, loss)
+                last, stopping = step == cfg.steps, stop.signum is not None
+                if cfg.eval_now(step) or step % cfg.save_every == 0 or stopping or \
+                        (cfg.log_every and step % cfg.log_every == 0):
+                    log.check()  # before anything is evaluated or saved
+                    ppl = _eval(run.params, model_cfg, evals, cfg, mesh) \
+                        if evals and cfg.eval_now(step) else None
+                    log.record(step, float(sched(step - 1)), ppl)
+                if step % cfg.save_every == 0 or last or stopping:
+                    ckpt.save(step, run.params, run.opt_state, meta_for(step))
+                if stopping and not last:
                     interrupted, signum = True, stop.signum
                     ckpt.wait()
-                    print(f"jaxregion: stopped at step {step} by "
-                          f"{signal.Signals(stop.signum).name}; checkpoint saved in {ckpt_dir}; "
-                          "run the same command again to resume", file=sys.stderr)
+                    logger.warning("jaxregion: stopped at step %d by %s; checkpoint saved in "
+                                   "%s; run the same command again to resume", step,
+                                   signal.Signals(signum).name, ckpt_dir)
                     break
     finally:
-        bar.close()
+        log.bar.close()
         ckpt.close()
-    return TrainResult(params, step, interrupted, resumed, records, signum)
+    return TrainResult(run.params, step, interrupted, run.resumed, log.records, signum)

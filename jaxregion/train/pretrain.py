@@ -8,8 +8,8 @@ seeded random init (once, in ``ckpt_dir/init``), trains it with :func:`~jaxregio
 
 from __future__ import annotations
 
+import logging
 import os
-import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from itertools import islice
@@ -23,6 +23,8 @@ from jaxregion.data.sources import open_source
 from jaxregion.data.tokenizer import train_bpe
 from jaxregion.train.loop import TrainResult, train
 from jaxregion.train.run import check_writable, make_scratch_model, prepare_ckpt_dir
+
+logger = logging.getLogger(__name__)
 
 INIT = "init"
 
@@ -45,8 +47,8 @@ def ensure_tokenizer(texts: Mapping[str, str], out_dir: str, vocab_size: int,
     """A BPE tokenizer trained on the first ``docs_per_lang`` documents of each source
     (``{lang: source spec}``), made once in ``out_dir``."""
     if not os.path.isfile(os.path.join(out_dir, "tokenizer.json")):
-        print(f"jaxregion: training a BPE tokenizer (vocab {vocab_size}) on {sorted(texts)}",
-              file=sys.stderr, flush=True)
+        logger.info("jaxregion: training a BPE tokenizer (vocab %d) on %s", vocab_size,
+                    sorted(texts))
         docs = {lang: list(islice(open_source(src).documents(), docs_per_lang))
                 for lang, src in texts.items()}
         train_bpe(docs, vocab_size, out_dir)

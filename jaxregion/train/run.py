@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
-import sys
 import tempfile
 from typing import Any
 
@@ -31,6 +31,8 @@ from jaxregion.regions.region import fingerprint
 from jaxregion.train import identity
 from jaxregion.train.checkpoint import abstract_like, restore_latest
 from jaxregion.train.loop import TrainResult, train
+
+logger = logging.getLogger(__name__)
 
 BASE = "base"
 RUN_JSON = "run.json"
@@ -73,8 +75,8 @@ def prepare_ckpt_dir(ckpt_dir: str, model_path: str, cfg: ModelConfig, run_info:
     if restart and os.path.isdir(ckpt_dir) and any(
             os.path.lexists(os.path.join(ckpt_dir, n)) for n in identity.RUN_STATE):
         check_writable(ckpt_dir)
-        print(f"jaxregion: --restart: moved the previous run to "
-              f"{identity.set_aside(ckpt_dir)}", file=sys.stderr)
+        logger.info("jaxregion: --restart: moved the previous run to %s",
+                    identity.set_aside(ckpt_dir))
     fp = fingerprint({k: list(v.shape) for k, v in T.flatten(abstract_params(cfg)).items()})
     run_path = os.path.join(ckpt_dir, RUN_JSON)
     if os.path.isfile(run_path):
