@@ -14,6 +14,7 @@ PyTorch tokens/s, eval >= 1.5x, peak RSS <= PyTorch's.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import resource
@@ -49,7 +50,9 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
     import numpy as np
 
     from jaxregion import importance, runtime, sharding
+    from jaxregion.configs import DEFAULT_INCLUDE
     from jaxregion.evaluate import _nll_sum
+    from jaxregion.scorefiles import scoped
 
     s = runtime.load_session(model, with_tokenizer=False)
     cfg, params, mesh = s.config, s.params, s.mesh
@@ -61,7 +64,8 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
         float(_nll_sum(params, toks[0], w, cfg))  # compile
         dt = _timed(lambda t: float(_nll_sum(params, t, w, cfg)), toks[1:])
         return {"params": n, "seconds": dt, "tokens": steps * batch * seq, "rss_mb": _rss_mb()}
-    state = importance.init_state(params, cfg, "taylor", batch, mesh)
+    scope = scoped(params, cfg, DEFAULT_INCLUDE, None)  # what `jaxregion importance` scores
+    state = importance.init_state(params, cfg, "taylor", batch, mesh, scope)
     step = importance.step_function("taylor", cfg, state.acc[0])
     acc = jax.block_until_ready(step(state.acc[0], params, toks[0], w))  # compile + warm-up
     cost = step.lower(state.acc[0], params, toks[0], w).compile().cost_analysis()
@@ -70,8 +74,8 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
     for t in toks[1:]:
         acc = step(acc, params, t, w)
     zero = jax.tree.map(np.zeros_like, acc)
-    final = importance.finalize(importance.ImportanceState("taylor", batch, (acc, zero),
-                                                           (batch * steps, 0)), params, cfg, seq)
+    done = dataclasses.replace(state, acc=(acc, zero), counts=(batch * steps, 0))
+    final = importance.finalize(done, params, cfg, seq)
     jax.block_until_ready(final)
     return {"params": n, "seconds": time.perf_counter() - t0, "tokens": steps * batch * seq,
             "rss_mb": _rss_mb(), "xla_flops_per_step": float((cost or {}).get("flops", 0.0))}
