@@ -78,7 +78,10 @@ def test_chunked_head_matches_unchunked_to_float32_rounding():
 
     budget = 3 * 4 * n * 700  # 7 full chunks and a last one that overlaps the 7th
     assert head.chunk_size(n, vocab, budget) == 640
-    chunked = (lambda hh, ww: head.nll(hh, ww, t, None, cap, budget))
+
+    def chunked(hh, ww):
+        return head.nll(hh, ww, t, None, cap, budget)
+
     for f in (unchunked, chunked):
         nll = np.asarray(f(h, w), np.float64)
         gh, gw = jax.grad(lambda a, b, f=f: jnp.sum(f(a, b)), (0, 1))(h, w)
