@@ -8,12 +8,14 @@ written; results are plain data, rendered by :mod:`jaxregion.report.regions`.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from typing import Any
 
 from jaxregion import hf, safetensors_io, stability
 from jaxregion import regions as R
+from jaxregion import tree as T
 from jaxregion.configs import CompareConfig, SelectConfig, StatsConfig
 from jaxregion.errors import UserError
 from jaxregion.models import abstract_params, input_axes
@@ -49,6 +51,24 @@ def load_scores_dir(directory: str, langs: tuple[str, ...] | None = None
     return scores, paths
 
 
+def check_scored(paths: dict[str, str], scores: dict[str, Any], include: str | None,
+                 exclude: str | None) -> None:
+    """UserError when ``include``/``exclude`` reach tensors an importance file did not
+    score (its ``unscored`` metadata: outside the scope ``jaxregion importance`` was given)."""
+    unscored: set[str] = set()
+    for p in paths.values():
+        unscored |= set(json.loads((safetensors_io.read_metadata(p) or {}).get("unscored",
+                                                                              "[]")))
+    if not unscored:
+        return
+    names = R.scope_names(list(T.flatten(next(iter(scores.values())))), include, exclude)
+    bad = sorted(unscored & set(names))
+    if bad:
+        raise UserError(f"the scope selects {len(bad)} tensors the importance files did not "
+                        f"score (e.g. {bad[0]}); narrow --include/--exclude or recompute "
+                        "the importance with a scope that covers them (importance --include)")
+
+
 def _check_out(path: str) -> None:
     if os.path.isdir(path):
         raise UserError(f"--out {path}: is a directory; give a .safetensors file path")
@@ -77,6 +97,7 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
         if model_fp is not None and R.fingerprint(first.shapes) != model_fp:
             raise UserError(f"importance files in {cfg.importance} are for another model than "
                             f"--model {cfg.model} (names/shapes differ)")
+        check_scored(paths, scores, cfg.include or None, cfg.exclude or None)
         if cfg.lang is not None and cfg.lang not in scores:
             raise UserError(f"--lang {cfg.lang!r} is not among the loaded languages "
                             f"({', '.join(scores)}); add it to --langs")

@@ -11,6 +11,8 @@
 
 from __future__ import annotations
 
+import json
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -78,7 +80,10 @@ def test_chunked_head_matches_unchunked_to_float32_rounding():
 
     budget = 3 * 4 * n * 700  # 7 full chunks and a last one that overlaps the 7th
     assert head.chunk_size(n, vocab, budget) == 640
-    chunked = (lambda hh, ww: head.nll(hh, ww, t, None, cap, budget))
+
+    def chunked(hh, ww):
+        return head.nll(hh, ww, t, None, cap, budget)
+
     for f in (unchunked, chunked):
         nll = np.asarray(f(h, w), np.float64)
         gh, gw = jax.grad(lambda a, b, f=f: jnp.sum(f(a, b)), (0, 1))(h, w)
@@ -160,3 +165,35 @@ def test_scope_only_gradients_are_smaller_and_exact(tiny):
         else:
             assert not np.asarray(p[n]).any(), n
     assert np.asarray(f["model.embed_tokens.weight"]).any()  # scored when in scope
+
+
+def test_cli_scope_metadata_and_regions_check(model_factory, corpus_dir, tmp_path):
+    """``importance`` scores :layers by default (the rest 0, named in ``unscored``); a
+    region whose scope reaches an unscored tensor is a one-line error; ``--include``
+    widens the scored scope (the embedding then scores)."""
+    from conftest import run_cli
+
+    from jaxregion.regions import load_scores
+
+    path = model_factory("llama_mha")
+    common = ["importance", "--model", path, "--text", f"lat={corpus_dir}/lat.txt",
+              "--seq-len", "16", "--max-seqs", "4", "--batch-size", "2"]
+    code, _, err = run_cli(*common, "--out", str(tmp_path / "a"))
+    assert code == 0, err
+    scores, meta = load_scores(str(tmp_path / "a" / "lat.safetensors"))
+    flat = T.flatten(scores)
+    unscored = json.loads(meta["unscored"])
+    assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} == set(unscored)
+    assert all(not flat[n].any() for n in unscored)
+    assert flat["model.layers.0.mlp.down_proj.weight"].any()
+    code, _, err = run_cli("regions", "core", "--importance", str(tmp_path / "a"), "--include",
+                           "embed", "--out", str(tmp_path / "r.safetensors"))
+    assert code == 2 and "did not score" in err and len(err.strip().splitlines()) == 1
+    code, _, err = run_cli("regions", "core", "--importance", str(tmp_path / "a"), "--out",
+                           str(tmp_path / "r.safetensors"))
+    assert code == 0, err
+    code, _, err = run_cli(*common, "--include", ".", "--out", str(tmp_path / "b"))
+    assert code == 0, err
+    scores, meta = load_scores(str(tmp_path / "b" / "lat.safetensors"))
+    assert json.loads(meta["unscored"]) == [] and json.loads(meta["scope"])["include"] == "."
+    assert T.flatten(scores)["model.embed_tokens.weight"].any()
