@@ -15,7 +15,6 @@ from typing import Any
 
 from jaxregion import hf, safetensors_io, stability
 from jaxregion import regions as R
-from jaxregion import tree as T
 from jaxregion.configs import CompareConfig, SelectConfig, StatsConfig
 from jaxregion.errors import UserError
 from jaxregion.models import abstract_params, input_axes
@@ -61,7 +60,7 @@ def check_scored(paths: dict[str, str], scores: dict[str, Any], include: str | N
                                                                               "[]")))
     if not unscored:
         return
-    names = R.scope_names(list(T.flatten(next(iter(scores.values())))), include, exclude)
+    names = R.scope_names(list(next(iter(scores.values())).shapes), include, exclude)
     bad = sorted(unscored & set(names))
     if bad:
         raise UserError(f"the scope selects {len(bad)} tensors the importance files did not "
