@@ -9,8 +9,9 @@
 #   env          GPU, python, JAX devices; the Python packages jaxregion needs
 #   parity-f32   tests/test_parity.py on the GPU, float32 matmuls at full precision
 #                (JAX_DEFAULT_MATMUL_PRECISION=highest: the GPU's default would be TF32)
-#   parity-bf16  every non-slow test whose name says bf16/bfloat16 in the parity and
-#                precision test files (none on a branch without bf16 tests: reported so)
+#   parity-bf16  every non-slow test whose name says bf16/bfloat16 in the parity, precision,
+#                head and checkpoint test files (today: the bf16 load/export round trip;
+#                bf16 parity tests added later are picked up by name)
 #   importance-7b  taylor importance on a Llama-2-7B-shaped random model in bf16
 #                (scripts/bench_importance.py --device-7b): tokens/s and MFU against the
 #                datasheet dense bf16 peak (989 TFLOP/s) and against a bf16 matmul measured
@@ -147,7 +148,7 @@ step parity-f32 120 "" env JAX_DEFAULT_MATMUL_PRECISION=highest \
 bf16_tests() {
   local files=()
   for f in tests/test_parity.py tests/test_importance_precision.py tests/test_importance.py \
-           tests/test_importance_bf16.py; do
+           tests/test_head.py tests/test_checkpoints.py tests/test_importance_bf16.py; do
     [ -f "$f" ] && files+=("$f")
   done
   local rc=0
