@@ -4,13 +4,16 @@ Parameter-shaped state is counted exactly, tensor by tensor, with the same shard
 as the real run (:func:`jaxregion.sharding.spec_for`, divisibility fallback included), so a
 replicated tensor counts in full on every device. Activations are an estimate (Korthikanti
 et al. 2022, "Reducing Activation Recomputation in Large Transformer Models", for a
-tensor-parallel layer without sequence parallelism) plus the float32 logits.
+tensor-parallel layer without sequence parallelism) plus the output head's float32
+temporaries, which the vocabulary-chunked head (:mod:`jaxregion.models.head`) bounds by
+its byte budget.
 
 Bytes per parameter:
 
 * eval:        params (2 for bf16, 4 for f32)
 * importance:  params + two float32 accumulators, the split halves (8) + gradients
-               (param dtype)
+               (param dtype), the last two only for the scored tensors (the default
+               ``:layers`` scope: no embedding or head)
 * train:       float32 master (4) + Adam m, v (8) + float32 gradients (4) + bf16 compute
                copy (2) [+ bool freeze mask (1) with a region frozen] = 18 (19)
 """
@@ -27,6 +30,8 @@ from jaxregion.configs import PlanConfig
 from jaxregion.errors import UserError
 from jaxregion.models import spec as mspec
 from jaxregion.models.config import ModelConfig, from_hf_dict
+from jaxregion.models.head import HEAD_BUDGET, chunk_size
+from jaxregion.models.table import roles
 
 GiB = 1024**3
 
@@ -129,14 +134,19 @@ class Plan:
                 "replicated_tensors": len(self.replicated)}
 
 
-def sharded_elements(cfg: ModelConfig, mesh: dict[str, int]) -> tuple[int, int, list[str]]:
-    """(total params, elements per device under the sharding rules, names not split)."""
+def sharded_elements(cfg: ModelConfig, mesh: dict[str, int], layers_only: bool = False
+                     ) -> tuple[int, int, list[str]]:
+    """(total params, elements per device under the sharding rules, names not split); with
+    ``layers_only`` only the transformer layers' tensors (importance's default scope)."""
     fake = SimpleNamespace(shape=mesh)
     rules = sharding.rules_for(cfg)
     shapes = mspec.shapes(cfg)
     total = per_dev = 0
     replicated = []
+    r = roles(cfg) if layers_only else {}
     for name, axes in mspec.logical_axes(cfg).items():
+        if layers_only and (r.get(name) is None or r[name].layer is None):
+            continue
         shape = shapes[name]
         spec = sharding.spec_for(axes, shape, fake, rules)
         n = math.prod(shape)
@@ -158,7 +168,8 @@ def activation_bytes(cfg: ModelConfig, mesh: dict[str, int], seq_len: int, batch
     scale = act_bytes / 2  # the formula counts 16-bit activations
     per_layer = s * b * h * (10 + 24 * mlp_ratio / t + 5 * a * s / (h * t)) * scale
     v_split = t if V % t == 0 else 1
-    logits = b * s * V / v_split * 4 * (2 if task != "eval" else 1)  # f32 logits (+ grad)
+    n = max(int(b * (s - 1)), 1)  # predicted positions per device
+    logits = 3 * n * chunk_size(n, V // v_split, HEAD_BUDGET) * 4  # chunked head, float32
     if task == "eval":  # forward only: about one layer live, plus the logits
         one = per_layer + logits
         return one, one
@@ -181,13 +192,14 @@ def make_plan(cfg: ModelConfig, mesh: dict[str, int], task: str = "importance",
     if batch_size <= 0:
         raise UserError(f"--batch-size {batch_size}: must be positive")
     total, per_dev, replicated = sharded_elements(cfg, mesh)
+    scored = sharded_elements(cfg, mesh, layers_only=True)[1] if task == "importance" else 0
     p = _DT[dtype]
     lines: list[tuple[str, float]]
     if task == "eval":
         lines = [(f"params ({dtype})", p)]
     elif task == "importance":
-        lines = [(f"params ({dtype})", p), ("accumulators, even + odd halves (float32)", 8),
-                 (f"gradients ({dtype})", p)]
+        lines = [(f"params ({dtype})", p), ("accumulators, 2 halves (f32, :layers)", 8),
+                 (f"gradients ({dtype}, :layers)", p)]
     else:
         lines = [("master params (float32)", 4), ("Adam m, v (float32)", 8),
                  ("gradients (float32)", 4)]
@@ -196,7 +208,8 @@ def make_plan(cfg: ModelConfig, mesh: dict[str, int], task: str = "importance",
         if freeze:
             lines.append(("freeze mask (bool)", 1))
     plan = Plan(model, task, mesh, total, seq_len, batch_size, dtype,
-                [(n, bpp, bpp * per_dev) for n, bpp in lines], replicated=replicated)
+                [(n, bpp, bpp * (scored if i and task == "importance" else per_dev))
+                 for i, (n, bpp) in enumerate(lines)], replicated=replicated)
     plan.activations, plan.activations_remat = activation_bytes(
         cfg, mesh, seq_len, batch_size, task, p)
     return plan

@@ -34,8 +34,9 @@ def model_template(model: str | None) -> tuple[Any, str | None]:
 def load_scores_dir(directory: str, langs: tuple[str, ...] | None = None
                     ) -> tuple[dict[str, Any], dict[str, str]]:
     """``({lang: scores}, {lang: path})`` of a directory of importance files, checked to come
-    from one estimator (and to share names and shapes)."""
-    scores = R.load_importance_dir(directory, list(langs) if langs is not None else None)
+    from one estimator (and to share names and shapes); the scores are read tensor by
+    tensor when a selection asks (:class:`jaxregion.regions.LazyScores`)."""
+    scores = R.open_importance_dir(directory, list(langs) if langs is not None else None)
     paths = {lang: R.importance_path(directory, lang) for lang in scores}
     headers = {lang: safetensors_io.read_metadata(p) or {} for lang, p in paths.items()}
     ests = {lang: h["estimator"] for lang, h in headers.items() if h.get("estimator")}
@@ -49,6 +50,24 @@ def load_scores_dir(directory: str, langs: tuple[str, ...] | None = None
               f"({', '.join(sorted(models))}); shapes agree, so they are used together",
               file=sys.stderr)
     return scores, paths
+
+
+def check_scored(paths: dict[str, str], scores: dict[str, Any], include: str | None,
+                 exclude: str | None) -> None:
+    """UserError when ``include``/``exclude`` reach tensors an importance file did not
+    score (its ``unscored`` metadata: outside the scope ``jaxregion importance`` was given)."""
+    unscored: set[str] = set()
+    for p in paths.values():
+        unscored |= set(json.loads((safetensors_io.read_metadata(p) or {}).get("unscored",
+                                                                              "[]")))
+    if not unscored:
+        return
+    names = R.scope_names(list(next(iter(scores.values())).shapes), include, exclude)
+    bad = sorted(unscored & set(names))
+    if bad:
+        raise UserError(f"the scope selects {len(bad)} tensors the importance files did not "
+                        f"score (e.g. {bad[0]}); narrow --include/--exclude or recompute "
+                        "the importance with a scope that covers them (importance --include)")
 
 
 def _check_out(path: str) -> None:
@@ -96,9 +115,11 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     scores = paths = None
     if cfg.importance is not None:
         scores, paths = load_scores_dir(cfg.importance, cfg.langs)
-        if model_fp is not None and R.fingerprint(scores[next(iter(scores))]) != model_fp:
+        first = scores[next(iter(scores))]
+        if model_fp is not None and R.fingerprint(first.shapes) != model_fp:
             raise UserError(f"importance files in {cfg.importance} are for another model than "
                             f"--model {cfg.model} (names/shapes differ)")
+        check_scored(paths, scores, cfg.include or None, cfg.exclude or None)
         if cfg.lang is not None and cfg.lang not in scores:
             raise UserError(f"--lang {cfg.lang!r} is not among the loaded languages "
                             f"({', '.join(scores)}); add it to --langs")

@@ -7,6 +7,7 @@ every entry is still held to the tensor's scale). Tolerances are never relaxed.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -254,7 +255,11 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
         assert int(meta["seq_len"]) == SEQ and meta["model_path"] == path
         assert meta["model"] == meta["model_fingerprint"] == regions.fingerprint(params)
         assert meta["jaxregion_version"]
-        ref = T.flatten(importance.compute_importance(params, cfg, windows, "taylor", 2).scores)
+        # the default scope, :layers, is the only part differentiated; the rest scores 0
+        layers = scorefiles.scoped(params, cfg, ":layers", None)
+        assert "model.embed_tokens.weight" in json.loads(meta["unscored"])
+        ref = T.flatten(importance.compute_importance(params, cfg, windows, "taylor", 2,
+                                                      scope=layers).scores)
         got = T.flatten(scores)
         assert got.keys() == ref.keys()
         for n in ref:
