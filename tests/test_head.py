@@ -197,3 +197,23 @@ def test_cli_scope_metadata_and_regions_check(model_factory, corpus_dir, tmp_pat
     scores, meta = load_scores(str(tmp_path / "b" / "lat.safetensors"))
     assert json.loads(meta["unscored"]) == [] and json.loads(meta["scope"])["include"] == "."
     assert T.flatten(scores)["model.embed_tokens.weight"].any()
+
+
+def test_bfloat16_scores_are_float32_and_close_to_float32():
+    """``--dtype bfloat16``: bf16 params and compute (the chunked head included), float32
+    accumulators and scores, within a few bf16 roundings (2**-8) of the float32 scores."""
+    cfg = models.from_hf_dict(dict(
+        model_type="gemma3_text", vocab_size=4096, hidden_size=32, intermediate_size=64,
+        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+        max_position_embeddings=64, sliding_window=8, final_logit_softcapping=30.0,
+        tie_word_embeddings=True))
+    params = models.params_of(models.build(cfg, nnx.Rngs(0)))
+    tokens = np.random.default_rng(0).integers(0, 4096, (8, 64)).astype(np.int32)
+    p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)
+    a = T.flatten(importance.compute_importance(params, cfg, tokens, "taylor", 4).scores)
+    b = T.flatten(importance.compute_importance(p16, cfg, tokens, "taylor", 4).scores)
+    for n, x in a.items():
+        x, y = np.asarray(x), np.asarray(b[n])
+        assert y.dtype == np.float32 and np.isfinite(y).all(), n
+        if x.any():
+            assert np.abs(x - y).max() <= 16 * 2.0**-8 * np.abs(x).max(), n
