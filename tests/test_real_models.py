@@ -47,7 +47,7 @@ PROMPTS = {
     "ru": "Столица России —",
     "ar": "عاصمة مصر هي",
 }
-SEQ = 48
+SEQ = 32
 
 
 def _gemma(cache: Path) -> Path:

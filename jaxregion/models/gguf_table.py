@@ -62,8 +62,10 @@ EDGE_NAMES = {
 }
 
 
-def decoder_names(biases: bool = False, qk_norm: bool = False) -> dict[str, str]:
-    """HF -> GGUF names of a Llama-style pre-norm layer (attention + gated MLP)."""
+def decoder_names(biases: bool = False, qk_norm: bool = False, head: bool = True
+                  ) -> dict[str, str]:
+    """HF -> GGUF names of a Llama-style decoder (``head``: an untied output matrix may be
+    stored; gemma and gemma2 GGUF files always tie it)."""
     parts = {
         "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
         "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
@@ -76,12 +78,13 @@ def decoder_names(biases: bool = False, qk_norm: bool = False) -> dict[str, str]
     if qk_norm:
         out[LAYER + "self_attn.q_norm.weight"] = _B + "attn_q_norm.weight"
         out[LAYER + "self_attn.k_norm.weight"] = _B + "attn_k_norm.weight"
-    return {**EDGE_NAMES, **out}
+    edges = {k: v for k, v in EDGE_NAMES.items() if head or k != "lm_head.weight"}
+    return {**edges, **out}
 
 
-def sandwich_names(qk_norm: bool = False) -> dict[str, str]:
+def sandwich_names(qk_norm: bool = False, head: bool = True) -> dict[str, str]:
     """Gemma 2/3: the decoder's names with the pre- and post-sublayer norms."""
-    out = decoder_names(qk_norm=qk_norm)
+    out = decoder_names(qk_norm=qk_norm, head=head)
     out[LAYER + "post_attention_layernorm.weight"] = _B + "post_attention_norm.weight"
     out[LAYER + "pre_feedforward_layernorm.weight"] = _B + "ffn_norm.weight"
     out[LAYER + "post_feedforward_layernorm.weight"] = _B + "post_ffw_norm.weight"

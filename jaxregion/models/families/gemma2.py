@@ -61,7 +61,7 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
 
 GGUF_CONFIG = {**DECODER_CONFIG, "head_dim": "attention.key_length",
                "sliding_window": "attention.sliding_window"}
-_NAMES = sandwich_names()
+_NAMES = sandwich_names(head=False)
 GGUF = (GgufArch("gemma2", "gemma2", "Gemma2ForCausalLM", _NAMES,
                  {**GGUF_CONFIG, "attn_logit_softcapping": "attn_logit_softcapping",
                   "final_logit_softcapping": "final_logit_softcapping"},

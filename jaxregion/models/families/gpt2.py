@@ -60,7 +60,7 @@ _GGUF_NAMES = {
 }
 GGUF = (GgufArch(
     "gpt2", "gpt2", "GPT2LMHeadModel", _GGUF_NAMES,
-    {"n_layer": "block_count", "n_positions": "context_length", "n_ctx": "context_length",
+    {"n_layer": "block_count", "n_positions": "context_length",
      "n_embd": "embedding_length", "n_inner": "feed_forward_length",
      "n_head": "attention.head_count", "layer_norm_epsilon": "attention.layer_norm_epsilon",
      "vocab_size": "vocab_size"},

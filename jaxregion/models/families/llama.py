@@ -62,7 +62,7 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     return t
 
 
-_GEMMA_NAMES = decoder_names()
+_GEMMA_NAMES = decoder_names(head=False)
 GGUF = (
     GgufArch("llama", "llama", "LlamaForCausalLM", decoder_names(biases=True),
              {**DECODER_CONFIG, "head_dim": "rope.dimension_count"},
