@@ -249,6 +249,19 @@ def load_tokenizer(model: str):
     return _load(resolve(model))
 
 
+def copy_tokenizer(model: str, out_dir: str) -> None:
+    """The tokenizer files of ``model`` into ``out_dir`` (a GGUF file's: written from its
+    metadata)."""
+    if gguf_import.is_gguf(model):
+        gguf_import.save_tokenizer(load_tokenizer(model), out_dir)
+        return
+    src = resolve(model)
+    for n in TOKENIZER_FILES:
+        p = os.path.join(src, n)
+        if os.path.isfile(p) and os.path.abspath(p) != os.path.abspath(os.path.join(out_dir, n)):
+            shutil.copyfile(p, os.path.join(out_dir, n))
+
+
 def export(
     params: dict,
     cfg: ModelConfig,
@@ -276,15 +289,8 @@ def export(
         config["torch_dtype"] = out_dtype
         config["dtype"] = out_dtype
         write_json(os.path.join(out_dir, "config.json"), config)
-        if tokenizer_from and gguf_import.is_gguf(tokenizer_from):
-            gguf_import.save_tokenizer(load_tokenizer(tokenizer_from), out_dir)
-        elif tokenizer_from:
-            src = resolve(tokenizer_from)
-            for n in TOKENIZER_FILES:
-                p = os.path.join(src, n)
-                if os.path.isfile(p) and os.path.abspath(p) != os.path.abspath(
-                        os.path.join(out_dir, n)):
-                    shutil.copyfile(p, os.path.join(out_dir, n))
+        if tokenizer_from:
+            copy_tokenizer(tokenizer_from, out_dir)
         stale = os.path.join(out_dir, "model.safetensors.index.json")
         if os.path.exists(stale):  # it would name shards of another model
             safety.check_output(stale)

@@ -269,3 +269,90 @@ def test_convert_refuses_an_existing_output(bad_files, tmp_path, capsys):
     assert "already exists" in capsys.readouterr().err
     assert os.listdir(out) == ["keep.txt"]
     assert main(["convert", bad_files["good"], "--out", bad_files["good"]]) == 2
+
+
+# --- every command takes a .gguf: end to end on a tiny file with a working tokenizer -------
+def _with_tokenizer(path: str, tokenizer_dir: str) -> None:
+    """A tiny llama GGUF whose metadata carries the test session's byte-level BPE."""
+    import json
+
+    tj = json.load(open(os.path.join(tokenizer_dir, "tokenizer.json"), encoding="utf-8"))
+    vocab = tj["model"]["vocab"]
+    tokens = sorted(vocab, key=vocab.get)
+    special = {t["content"] for t in tj["added_tokens"] if t["special"]}
+    d = dict(tiny_config("llama"), vocab_size=len(tokens))
+    entry = gguf_import.archs()["llama"]
+    from jaxregion.models.config import from_hf_dict
+    from jaxregion.models.spec import shapes
+
+    rng = np.random.default_rng(0)
+    w = gguf.GGUFWriter(path, "llama")
+    for hf_key, g_key in entry.config.items():
+        v = d.get(hf_key)
+        if isinstance(v, float):
+            w.add_float32(f"llama.{g_key}", v)
+        elif isinstance(v, int):
+            w.add_uint32(f"llama.{g_key}", v)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("default")
+    w.add_token_list(tokens)
+    w.add_token_types([3 if t in special else 1 for t in tokens])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m
+                        for m in tj["model"]["merges"]])
+    w.add_bos_token_id(vocab["<s>"])
+    w.add_eos_token_id(vocab["</s>"])
+    w.add_pad_token_id(vocab["<pad>"])
+    w.add_add_bos_token(True)
+    names = {h.format(i=i): g.format(i=i) for h, g in entry.names.items()
+             for i in (range(d["num_hidden_layers"]) if "{i}" in h else (None,))}
+    for name, shape in shapes(from_hf_dict(d)).items():
+        w.add_tensor(names[name], (rng.standard_normal(shape) * 0.1).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+
+
+@pytest.mark.slow
+def test_commands_take_a_gguf_model(tmp_path, tokenizer_dir, corpus_dir):
+    """eval on the .gguf equals eval on its converted HF directory; train starts from a
+    .gguf and exports an HF directory that loads; convert writes bfloat16 on request."""
+    import json
+
+    from conftest import run_cli
+
+    from jaxregion import hf
+
+    model = str(tmp_path / "tiny.gguf")
+    _with_tokenizer(model, tokenizer_dir)
+    text = f"lat={os.path.join(corpus_dir, 'lat.txt')}"
+    out = str(tmp_path / "hf")
+    code, _, err = run_cli("convert", model, "--out", out)
+    assert code == 0, err
+    results = []
+    for m in (model, out):
+        js = str(tmp_path / f"eval{len(results)}.json")
+        code, _, err = run_cli("eval", "--model", m, "--text", text, "--seq-len", "16",
+                               "--max-seqs", "4", "--batch-size", "4", "--json", js)
+        assert code == 0, err
+        results.append(json.load(open(js)))
+    assert results[0]["perplexity"] == results[1]["perplexity"]
+    assert results[0]["bits_per_byte"] == results[1]["bits_per_byte"]
+    export = str(tmp_path / "trained")
+    code, _, err = run_cli("train", "--model", model, "--text", text, "--seq-len", "16",
+                           "--batch-size", "2", "--steps", "1", "--ckpt-dir",
+                           str(tmp_path / "ck"), "--export", export)
+    assert code == 0, err
+    hf.load_tokenizer(export)
+    assert hf.open_checkpoint(export).config == hf.open_checkpoint(out).config
+    code, _, err = run_cli("convert", model, "--out", str(tmp_path / "bf16"), "--dtype",
+                           "bfloat16")
+    assert code == 0, err
+    _, a = hf.load(str(tmp_path / "bf16"))
+    _, b = hf.load(model)
+    import jax
+    import jax.numpy as jnp
+
+    same = jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y.astype(jnp.bfloat16)
+                                                          .astype(jnp.float32))), a, b)
+    assert all(jax.tree.leaves(same))
