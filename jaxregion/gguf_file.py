@@ -95,7 +95,7 @@ class _Cursor:
 def read_gguf(path: str) -> GgufFile:
     """The parsed file: header, metadata and tensor table checked; tensor data mapped."""
     if not os.path.isfile(path):
-        raise UserError(f"--model {path}: no such GGUF file")
+        raise UserError(f"{path}: no such GGUF file")
     buf = np.memmap(path, mode="r", dtype=np.uint8) if os.path.getsize(path) else np.zeros(0,
                                                                                         np.uint8)
     c = _Cursor(path, buf)

@@ -21,10 +21,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(cfg: ConvertConfig, ctx: Context) -> int:
     from jaxregion import gguf_import  # deferred: numpy, gguf, transformers (see cli.main)
 
-    if not cfg.gguf:
-        from jaxregion.errors import UserError
-
-        raise UserError("give the GGUF file to convert: jaxregion convert FILE.gguf --out DIR")
     info = gguf_import.convert(cfg.gguf, cfg.out, cfg.dtype)
     print(f"wrote {cfg.out} ({info['model_type']} from GGUF {info['architecture']}, "
           f"{info['tensors']} tensors, {info['dtype']})", file=sys.stderr)
