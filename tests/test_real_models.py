@@ -3,7 +3,8 @@ their GGUF files with no torch in the product path, against transformers' own GG
 
 - every dequantized tensor equals transformers' (``load_gguf_checkpoint``) bit for bit;
 - the config and the tokenizer equal transformers' GGUF ones;
-- float32 logits within 1e-4 and perplexity within 1e-5 relative (test_parity.py's bounds);
+- float32 logits as close to a float64 reference as transformers' float32 ones (within 2x),
+  perplexity within 1e-5 relative (test_parity.py's bound);
 - greedy generation of 32 tokens, token for token, in four languages and scripts;
 - one importance batch; the round trip GGUF -> HF safetensors -> load, bit for bit.
 
@@ -174,9 +175,9 @@ def _perplexity(logits: np.ndarray, windows: np.ndarray) -> float:
 
 def test_logits_and_perplexity_match_transformers(real):
     """Perplexity within 1e-5 relative of transformers' (test_parity.py's bound). Logits: the
-    1e-4 absolute bound of the tiny parity models is beyond float32 on 18-30 real layers
-    (transformers' own float32 logits miss its float64 ones by more), so the bound is the
-    float64 reference: our float32 error at most twice transformers' float32 error."""
+    1e-4 absolute bound of the tiny parity models is beyond float32 on real models
+    (on SmolLM2 transformers' own float32 logits miss its float64 ones by 2.4e-4), so the
+    bound is the float64 reference: our float32 error at most twice transformers'."""
     from jaxregion.evaluate import evaluate
     from jaxregion.models import apply
 
