@@ -87,7 +87,7 @@ class LaunchConfig:
 class CorpusConfig:
     """A model and token windows of one or more languages (the packing contract)."""
 
-    model: str = option(help="local HF checkpoint directory, or a hub id org/name")
+    model: str = option(help="local HF checkpoint directory, a GGUF file, or a hub id org/name")
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     text: Mapping[str, str] = _texts()
     seq_len: int = option(512, gt=0, help="window length in tokens")
@@ -342,7 +342,7 @@ class TrainRunConfig(TrainConfig):
 class FinetuneConfig(TrainRunConfig):
     """``jaxregion train``: continued pre-training, optionally with a frozen region."""
 
-    model: str = option(metavar="DIR", help="HF checkpoint directory to start from")
+    model: str = option(metavar="DIR", help="HF checkpoint directory (or GGUF file) to start from")
     freeze: str | None = option(None, metavar="REGION.safetensors",
                                 help="region file whose elements stay frozen")
 
@@ -375,12 +375,21 @@ class ExportConfig:
                                    help="dtype of the written weights (default: as trained)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """``jaxregion convert``: a GGUF file as an ordinary HF directory."""
+
+    gguf: str = option(positional=True, help="a GGUF file (llama.cpp's format)")
+    out: str = option(metavar="DIR", help="the HF directory to write (must not exist)")
+    dtype: str = option("float32", choices=COMPUTE_DTYPES, help="dtype of the written weights")
+
+
 # --- generation and tasks ------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class EditConfig:
     """A model and an optional edit of it (the same edits as ``eval``)."""
 
-    model: str = option(help="local HF checkpoint directory, or a hub id org/name")
+    model: str = option(help="local HF checkpoint directory, a GGUF file, or a hub id org/name")
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
@@ -557,7 +566,7 @@ class CaseStudyConfig:
 class ExperimentConfig:
     """``jaxregion experiment``: importance, regions, ablations, dims, agreement -> report."""
 
-    model: str = option(metavar="DIR", help="HF checkpoint directory")
+    model: str = option(metavar="DIR", help="HF checkpoint directory or GGUF file")
     languages: Mapping[str, str] = _texts("an importance language and its corpus; repeatable")
     eval_languages: Mapping[str, str] = option(factory=dict, metavar="LANG=SOURCE",
                                                coerce=lang_specs, name="language",

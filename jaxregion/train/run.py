@@ -12,14 +12,13 @@ import hashlib
 import json
 import logging
 import os
-import shutil
 import tempfile
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 
-from jaxregion import hf, models, runtime, sharding
+from jaxregion import gguf_import, hf, models, runtime, sharding
 from jaxregion import tree as T
 from jaxregion.config import replace_fields
 from jaxregion.configs import FinetuneConfig, TrainConfig, TrainRunConfig
@@ -55,11 +54,12 @@ def weights_digest(model_path: str, sample: int = 1 << 20) -> str:
     three ``sample``-byte blocks (start, middle, end). Other weights of the same shapes give
     another digest; reading stays a few MiB however large the model."""
     h = hashlib.sha256()
-    for f in sorted({id(f): f for f in hf.weight_files(model_path).values()}.values(),
-                    key=lambda f: f.path):
-        size = os.path.getsize(f.path)
-        h.update(f"{os.path.basename(f.path)}:{size};".encode())
-        with open(f.path, "rb") as fh:
+    paths = [model_path] if gguf_import.is_gguf(model_path) else sorted(
+        {f.path for f in hf.weight_files(model_path).values()})
+    for path in paths:
+        size = os.path.getsize(path)
+        h.update(f"{os.path.basename(path)}:{size};".encode())
+        with open(path, "rb") as fh:
             for off in (0, max(0, size // 2 - sample // 2), max(0, size - sample)):
                 fh.seek(off)
                 h.update(fh.read(sample))
@@ -94,10 +94,7 @@ def prepare_ckpt_dir(ckpt_dir: str, model_path: str, cfg: ModelConfig, run_info:
     base = os.path.join(ckpt_dir, BASE)
     os.makedirs(base, exist_ok=True)
     write_json(os.path.join(base, "config.json"), dict(cfg.hf_config))
-    for n in hf.TOKENIZER_FILES:
-        p = os.path.join(model_path, n)
-        if os.path.isfile(p):
-            shutil.copyfile(p, os.path.join(base, n))
+    hf.copy_tokenizer(model_path, base)
     write_json(run_path, {**run_info, "model": os.path.abspath(model_path),
                           "model_fingerprint": fp})
 
