@@ -218,7 +218,7 @@ def multiple_choice(cfg: DemoConfig, exp_cfg: experiment.ExperimentConfig, langs
     skipped = (("--mc-questions 0" if not cfg.mc_questions else None)
                or ("the corpus is not the synthetic one (the task needs its ground truth)"
                    if cfg.corpus != "synthetic" else None)
-               or ("lm-eval is not installed (pip install -e '.[tasks]')"
+               or ("lm-eval is not installed (it is a dependency: pip install -e .)"
                    if importlib.util.find_spec("lm_eval") is None else None))
     if skipped:
         log(f"skipped: {skipped}")
