@@ -337,6 +337,15 @@ class ExportConfig:
                                    help="dtype of the written weights (default: as trained)")
 
 
+@dataclass(frozen=True, kw_only=True)
+class ConvertConfig:
+    """``jaxregion convert``: a GGUF file as an ordinary HF directory."""
+
+    gguf: str = option(positional=True, help="a GGUF file (llama.cpp's format)")
+    out: str = option(metavar="DIR", help="the HF directory to write (must not exist)")
+    dtype: str = option("float32", choices=COMPUTE_DTYPES, help="dtype of the written weights")
+
+
 # --- generation and tasks ------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
 class EditConfig:

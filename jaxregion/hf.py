@@ -22,7 +22,7 @@ import numpy as np
 from flax import nnx
 from huggingface_hub import snapshot_download
 
-from jaxregion import models, safety
+from jaxregion import gguf_import, models, safety
 from jaxregion import safetensors_io as st
 from jaxregion.data.tokenizer import load_tokenizer as _load
 from jaxregion.distributed import barrier, fetch
@@ -75,7 +75,10 @@ def _read_json(path: str, bad: str) -> object:
 
 
 def load_config(path: str) -> ModelConfig:
-    """The model config of a checkpoint directory (or of its config.json file); no weights."""
+    """The model config of a checkpoint directory (or of its config.json file, or of a GGUF
+    file); no weights."""
+    if gguf_import.is_gguf(path):
+        return from_hf_dict(gguf_import.open_gguf(path).config, path)
     cfg_path = path if os.path.isfile(path) else os.path.join(path, "config.json")
     if not os.path.isfile(cfg_path):
         raise UserError(f"{cfg_path}: missing; an HF checkpoint directory needs config.json")
@@ -143,7 +146,7 @@ class Checkpoint:
 
     path: str
     config: ModelConfig
-    files: dict[str, st.SafetensorsFile]  # canonical HF name -> file
+    files: dict[str, st.SafetensorsFile]  # canonical HF name -> file (or GGUF tensors)
     keys: dict[str, str]  # canonical HF name -> key in the file
 
     @property
@@ -152,10 +155,16 @@ class Checkpoint:
 
 
 def open_checkpoint(model: str) -> Checkpoint:
-    """Resolve, read config.json and the safetensors headers, check every shape at once."""
-    path = resolve(model)
-    cfg = load_config(path)
-    raw = weight_files(path)
+    """Resolve, read config.json and the safetensors headers (or a GGUF file's metadata and
+    tensor table), check every shape at once."""
+    if gguf_import.is_gguf(model):
+        g = gguf_import.open_gguf(model)
+        path, cfg = model, from_hf_dict(g.config, model)
+        raw = {k: g.tensors for k in g.tensors.keys()}
+    else:
+        path = resolve(model)
+        cfg = load_config(path)
+        raw = weight_files(path)
     files, keys = {}, {}
     for key, f in raw.items():
         name = spec.canonical_name(cfg, key)
@@ -166,7 +175,8 @@ def open_checkpoint(model: str) -> Checkpoint:
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if
                                            len(problems) > 20 else "")
-        raise UserError(f"{path}: checkpoint does not match config.json: {shown}")
+        what = "its GGUF metadata" if gguf_import.is_gguf(path) else "config.json"
+        raise UserError(f"{path}: checkpoint does not match {what}: {shown}")
     return ck
 
 
@@ -232,7 +242,10 @@ def load_model(model: str, dtype: str | jnp.dtype = "float32",
 
 
 def load_tokenizer(model: str):
-    """The checkpoint's tokenizer, or a UserError naming the directory and what is missing."""
+    """The checkpoint's tokenizer (a GGUF file's: built from its metadata), or a UserError
+    naming the directory and what is missing."""
+    if gguf_import.is_gguf(model):
+        return gguf_import.load_tokenizer(model)
     return _load(resolve(model))
 
 
@@ -263,7 +276,9 @@ def export(
         config["torch_dtype"] = out_dtype
         config["dtype"] = out_dtype
         write_json(os.path.join(out_dir, "config.json"), config)
-        if tokenizer_from:
+        if tokenizer_from and gguf_import.is_gguf(tokenizer_from):
+            gguf_import.save_tokenizer(load_tokenizer(tokenizer_from), out_dir)
+        elif tokenizer_from:
             src = resolve(tokenizer_from)
             for n in TOKENIZER_FILES:
                 p = os.path.join(src, n)

@@ -18,6 +18,7 @@ import sys
 
 from jaxregion import __version__, safety
 from jaxregion.cli import (
+    convert_cmd,
     demo_cmd,
     eval_cmd,
     experiment_cmd,
@@ -34,7 +35,7 @@ from jaxregion.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
 COMMAND_MODULES = [eval_cmd, generate_cmd, tasks_cmd, train_cmd, importance_cmd, regions_cmd,
-                   experiment_cmd, demo_cmd, plan_cmd]
+                   experiment_cmd, demo_cmd, plan_cmd, convert_cmd]
 
 
 def build_parser() -> argparse.ArgumentParser:

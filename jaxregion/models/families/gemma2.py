@@ -25,6 +25,7 @@ from jaxregion.models.decoder import (
     attention_specs,
     gated_mlp_specs,
 )
+from jaxregion.models.gguf_table import DECODER_CONFIG, GgufArch, norms_minus_one, sandwich_names
 from jaxregion.models.layers import KV, rope_tables
 from jaxregion.models.nn import ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, norm
@@ -56,6 +57,15 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     if cfg is None or not cfg.tie_embeddings:
         t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
     return t
+
+
+GGUF_CONFIG = {**DECODER_CONFIG, "head_dim": "attention.key_length",
+               "sliding_window": "attention.sliding_window"}
+_NAMES = sandwich_names()
+GGUF = (GgufArch("gemma2", "gemma2", "Gemma2ForCausalLM", _NAMES,
+                 {**GGUF_CONFIG, "attn_logit_softcapping": "attn_logit_softcapping",
+                  "final_logit_softcapping": "final_logit_softcapping"},
+                 transforms=norms_minus_one(_NAMES)),)
 
 
 def sliding_windows(d: dict, source: str, default_pattern: int) -> tuple[int | None, ...]:

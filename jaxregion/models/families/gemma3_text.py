@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from jaxregion.models.config import ModelConfig, rope_from_hf
 from jaxregion.models.families import gemma2
+from jaxregion.models.gguf_table import GgufArch, norms_minus_one, sandwich_names
 from jaxregion.models.table import Spec, norm
 
 MODEL_TYPES = ("gemma3_text",)
@@ -24,6 +25,11 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     t[_A + "q_norm.weight"] = norm("head")
     t[_A + "k_norm.weight"] = norm("head")
     return t
+
+
+_NAMES = sandwich_names(qk_norm=True)
+GGUF = (GgufArch("gemma3", "gemma3_text", "Gemma3ForCausalLM", _NAMES, gemma2.GGUF_CONFIG,
+                 transforms=norms_minus_one(_NAMES)),)
 
 
 def _ropes(d: dict) -> tuple[tuple[float, tuple | None], tuple[float, tuple | None]]:

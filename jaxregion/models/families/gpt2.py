@@ -9,6 +9,7 @@ from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name
 from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.gguf_table import GgufArch
 from jaxregion.models.layers import KV, activation, self_attention
 from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, ParamMaker
 from jaxregion.models.table import Spec, bias, conv1d, norm
@@ -46,6 +47,25 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     if cfg is None or not cfg.tie_embeddings:
         t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
     return t
+
+
+_GGUF_NAMES = {
+    "transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
+    **{_H + hf + "." + p: "blk.{i}." + g + "." + p for hf, g in (
+        ("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
+        ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down"))
+       for p in ("weight", "bias")},
+    "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+    "lm_head.weight": "output.weight",
+}
+GGUF = (GgufArch(
+    "gpt2", "gpt2", "GPT2LMHeadModel", _GGUF_NAMES,
+    {"n_layer": "block_count", "n_positions": "context_length", "n_ctx": "context_length",
+     "n_embd": "embedding_length", "n_inner": "feed_forward_length",
+     "n_head": "attention.head_count", "layer_norm_epsilon": "attention.layer_norm_epsilon",
+     "vocab_size": "vocab_size"},
+    transforms={"blk.{i}." + g + ".weight": "transpose"
+                for g in ("attn_qkv", "attn_output", "ffn_up", "ffn_down")}),)
 
 
 def canonical_name(key: str) -> str | None:

@@ -23,6 +23,7 @@ from jaxregion.models.decoder import (
     attention_specs,
     gated_mlp_specs,
 )
+from jaxregion.models.gguf_table import DECODER_CONFIG, GgufArch, decoder_names, norms_minus_one
 from jaxregion.models.nn import ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, norm
 
@@ -59,6 +60,21 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     if on(cfg is not None and not cfg.tie_embeddings):
         t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
     return t
+
+
+_GEMMA_NAMES = decoder_names()
+GGUF = (
+    GgufArch("llama", "llama", "LlamaForCausalLM", decoder_names(biases=True),
+             {**DECODER_CONFIG, "head_dim": "rope.dimension_count"},
+             transforms={"blk.{i}.attn_q.weight": "rope_q", "blk.{i}.attn_k.weight": "rope_k",
+                         "blk.{i}.attn_q.bias": "rope_q", "blk.{i}.attn_k.bias": "rope_k"}),
+    GgufArch("qwen2", "qwen2", "Qwen2ForCausalLM", decoder_names(biases=True), DECODER_CONFIG),
+    GgufArch("qwen3", "qwen3", "Qwen3ForCausalLM", decoder_names(qk_norm=True),
+             {**DECODER_CONFIG, "head_dim": "attention.key_length"}),
+    GgufArch("gemma", "gemma", "GemmaForCausalLM", _GEMMA_NAMES,
+             {**DECODER_CONFIG, "head_dim": "attention.key_length"},
+             transforms=norms_minus_one(_GEMMA_NAMES)),
+)
 
 
 def config_from_hf(d: dict, source: str) -> ModelConfig:

@@ -14,6 +14,7 @@ from flax import nnx
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, frozen, get_key
 from jaxregion.models.decoder import LAYER, Body, DecoderLM, PreNormLayer
+from jaxregion.models.gguf_table import DECODER_CONFIG, EDGE_NAMES, GgufArch
 from jaxregion.models.layers import KV, activation, apply_rope, self_attention
 from jaxregion.models.nn import Linear, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, linear, norm
@@ -46,6 +47,15 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     if cfg is None or not cfg.tie_embeddings:
         t["lm_head.weight"] = Spec(("vocab", "embed"), "head")
     return t
+
+
+GGUF = (GgufArch(
+    "phi3", "phi3", "Phi3ForCausalLM",
+    {**EDGE_NAMES, **{_L + hf + ".weight": "blk.{i}." + g + ".weight" for hf, g in (
+        ("input_layernorm", "attn_norm"), ("self_attn.qkv_proj", "attn_qkv"),
+        ("self_attn.o_proj", "attn_output"), ("post_attention_layernorm", "ffn_norm"),
+        ("mlp.gate_up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"))}},
+    {**DECODER_CONFIG, "sliding_window": "attention.sliding_window"}),)
 
 
 def _rope(d: dict, source: str) -> tuple[float, tuple | None, float]:
