@@ -54,7 +54,7 @@ def _stage(log: Callable[[str], None], i: int, name: str) -> float:
 
 def _corpus(cfg: DemoConfig, log) -> tuple[dict[str, str], dict[str, str], str, list[str]]:
     """``(train sources, valid sources, target, importance langs)`` as source specs."""
-    if cfg.corpus == "synthetic":
+    if cfg.corpus == "synthetic" and not cfg.text:
         d = os.path.join(cfg.out, "corpus")
         langs = [*cfg.langs, cfg.target]
         marker = os.path.join(d, "done.json")
@@ -217,7 +217,7 @@ def multiple_choice(cfg: DemoConfig, exp_cfg: experiment.ExperimentConfig, langs
             return json.load(f)
     skipped = (("--mc-questions 0" if not cfg.mc_questions else None)
                or ("the corpus is not the synthetic one (the task needs its ground truth)"
-                   if cfg.corpus != "synthetic" else None)
+                   if cfg.corpus != "synthetic" or cfg.text else None)
                or ("lm-eval is not installed (it is a dependency: pip install -e .)"
                    if importlib.util.find_spec("lm_eval") is None else None))
     if skipped:
