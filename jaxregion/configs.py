@@ -131,6 +131,11 @@ class ImportanceConfig(CorpusConfig):
                                         help="double the windows (from one batch, up to "
                                              "--max-seqs) until the top-1% regions at n and 2n "
                                              "windows agree with Jaccard >= J, in (0, 1]")
+    include: str | None = option(DEFAULT_INCLUDE, metavar="REGEX",
+                                 help="regex of HF names to score (default :layers: the "
+                                      "transformer layers' parameters); only these are "
+                                      "differentiated, the rest are stored as 0")
+    exclude: str | None = option(None, metavar="REGEX", help="regex of HF names not to score")
 
     def validate(self) -> None:
         check(self)

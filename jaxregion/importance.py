@@ -54,7 +54,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -72,7 +72,7 @@ from jaxregion.evaluate import padded_batches
 from jaxregion.models import ModelConfig, intermediates, roles, weighted_nll_sum
 
 PyTree = Any
-STATE_FORMAT = "jaxregion.importance-state.v2"
+STATE_FORMAT = "jaxregion.importance-state.v3"  # v3: acc is {name: array}, scoped
 
 
 @dataclass
@@ -92,6 +92,7 @@ class ImportanceState:
     acc: tuple[PyTree, PyTree]
     counts: tuple[int, int] = (0, 0)
     batches: int = 0
+    scope: tuple[str, ...] | None = None  # the scored names (None: all); others score 0
 
     @property
     def position(self) -> int:
@@ -137,6 +138,34 @@ def _zeros_like_sharded(params: PyTree) -> PyTree:
     return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32, device=p.sharding), params)
 
 
+# --- scope: what is scored (and differentiated) ----------------------------------------------
+def scored_names(params: PyTree, scope: Collection[str] | None) -> list[str]:
+    """The params' names in ``scope`` (None: every name), in tree order; UserError for a
+    scope name the params lack."""
+    names = list(T.flatten(params))
+    if scope is None:
+        return names
+    missing = sorted(set(scope) - set(names))
+    if missing:
+        raise UserError(f"scope names {missing[:3]} are not parameters of the model")
+    keep = set(scope)
+    return [n for n in names if n in keep]
+
+
+def _split(params: PyTree, live: Collection[str]) -> tuple[dict, dict]:
+    """``({name: leaf} in ``live``, {name: leaf} of the rest)``."""
+    flat = T.flatten(params)
+    return ({n: flat[n] for n in live}, {n: v for n, v in flat.items() if n not in live})
+
+
+def _grad_live(loss: Callable[[PyTree], jax.Array], params: PyTree, live: Collection[str]
+               ) -> dict[str, jax.Array]:
+    """``∇ loss`` with respect to the ``live`` leaves only (``{name: grad}``): the others
+    are constants, so no gradient (an untied embedding's, a tied head's) is ever formed."""
+    lv, frozen = _split(params, live)
+    return jax.grad(lambda x: loss(T.unflatten({**frozen, **x})))(lv)
+
+
 # --- wanda taps ----------------------------------------------------------------------------
 def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
     """(intermediate feeding the weight, axis of the weight indexing its input features) for
@@ -151,22 +180,26 @@ def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
 def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
     f32 = jnp.float32
 
+    # gradient estimators: ``acc`` is ``{name: float32}`` over the scored names only
     if estimator == "taylor":
         def step(acc, params, tokens, weights):
-            g = jax.grad(weighted_nll_sum)(params, tokens, weights, cfg, remat)
-            return jax.tree.map(lambda a, x: a + x.astype(f32), acc, g)
+            g = _grad_live(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params,
+                           acc)
+            return {k: a + g[k].astype(f32) for k, a in acc.items()}
     elif estimator in ("taylor-abs", "fisher"):
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
             denom = n * (tokens.shape[1] - 1)
-            g = jax.grad(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom)(params)
+            g = _grad_live(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom,
+                           params, acc)
+            flat = T.flatten(params)
 
             def add(a, p, x):
                 s = p.astype(f32) * x.astype(f32)
                 s = jnp.abs(s) if estimator == "taylor-abs" else s * s
                 return a + n * s
 
-            return jax.tree.map(add, acc, params, g)
+            return {k: add(a, flat[k], g[k]) for k, a in acc.items()}
     elif estimator == "wanda":
         def step(acc, params, tokens, weights):
             taps = intermediates(params, tokens, cfg, remat=remat)[1]
@@ -200,16 +233,20 @@ def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = F
 
 # --- state -------------------------------------------------------------------------------
 def init_state(params: PyTree, cfg: ModelConfig, estimator: str, batch_size: int,
-               mesh: jax.sharding.Mesh) -> ImportanceState:
-    """A zero accumulator placed like ``params`` (which must already be on ``mesh``)."""
+               mesh: jax.sharding.Mesh, scope: Collection[str] | None = None
+               ) -> ImportanceState:
+    """A zero accumulator placed like ``params`` (which must already be on ``mesh``); for
+    the gradient estimators ``{name: float32}`` over the ``scope`` names only (None: all)."""
     check_estimator(estimator)
     b = effective_batch_size(batch_size, mesh)
-    return ImportanceState(estimator, b, (_zero_acc(params, cfg, estimator, mesh),
-                                          _zero_acc(params, cfg, estimator, mesh)))
+    names = None if scope is None else tuple(scored_names(params, scope))
+    return ImportanceState(estimator, b, (_zero_acc(params, cfg, estimator, mesh, names),
+                                          _zero_acc(params, cfg, estimator, mesh, names)),
+                           scope=names)
 
 
-def _zero_acc(params: PyTree, cfg: ModelConfig, estimator: str, mesh: jax.sharding.Mesh
-              ) -> PyTree:
+def _zero_acc(params: PyTree, cfg: ModelConfig, estimator: str, mesh: jax.sharding.Mesh,
+              scope: Collection[str] | None = None) -> PyTree:
     if estimator == "wanda":
         acc = {}
         flat = T.flatten(params)
@@ -223,7 +260,8 @@ def _zero_acc(params: PyTree, cfg: ModelConfig, estimator: str, mesh: jax.shardi
     elif estimator in DATA_FREE:
         acc = {}
     else:
-        acc = _zeros_like_sharded(params)
+        flat = T.flatten(params)
+        acc = _zeros_like_sharded({n: flat[n] for n in scored_names(params, scope)})
     return acc
 
 
@@ -242,11 +280,14 @@ def finalize(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: 
              ) -> PyTree:
     """Scores from an accumulation over ``state.position`` windows of ``seq_len`` tokens."""
     if state.estimator == "magnitude":
-        return jax.tree.map(lambda p: jnp.abs(p.astype(jnp.float32)), params)
+        flat = T.flatten(params)
+        got = {n: jnp.abs(flat[n].astype(jnp.float32)) for n in scored_names(params, state.scope)}
+        return _full(got, params)
     if state.position <= 0:
         raise UserError("importance over zero windows is undefined; give at least one window")
     acc = jax.tree.map(jnp.add, *state.acc)
-    return _finish(state.estimator, acc, state.position, state.position, params, cfg, seq_len)
+    return _finish(state.estimator, acc, state.position, state.position, params, cfg, seq_len,
+                   state.scope)
 
 
 def finalize_halves(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
@@ -257,21 +298,28 @@ def finalize_halves(state: ImportanceState, params: PyTree, cfg: ModelConfig, se
     ``q = POWER[estimator]`` and ``c`` the halves' window counts, up to float32 rounding."""
     if state.estimator in DATA_FREE or min(state.counts) <= 0:
         return None
-    return tuple(_finish(state.estimator, a, c, state.position, params, cfg, seq_len)
-                 for a, c in zip(state.acc, state.counts, strict=True))
+    return tuple(_finish(state.estimator, a, c, state.position, params, cfg, seq_len,
+                         state.scope) for a, c in zip(state.acc, state.counts, strict=True))
+
+
+def _full(got: Mapping[str, jax.Array], params: PyTree) -> PyTree:
+    """A params-shaped float32 tree: ``got``'s scores, zeros for every other name."""
+    return T.map_named(lambda n, p: got[n] if n in got else
+                       jnp.zeros(p.shape, jnp.float32, device=p.sharding), params)
 
 
 def _finish(est: str, acc: PyTree, count: int, total: int, params: PyTree, cfg: ModelConfig,
-            seq_len: int) -> PyTree:
+            seq_len: int, scope: Collection[str] | None = None) -> PyTree:
     """Scores from an accumulator over ``count`` windows, scaled to a ``total``-window sample
-    (only wanda's sum of squares depends on the sample size)."""
+    (only wanda's sum of squares depends on the sample size); zero outside ``scope``."""
     f32 = jnp.float32
+    flat = T.flatten(params)
     if est == "taylor":
         tokens = f32(count * (seq_len - 1))
-        return jax.tree.map(lambda a, p: (a / tokens) * p.astype(f32), acc, params)
+        return _full({k: (a / tokens) * flat[k].astype(f32) for k, a in acc.items()}, params)
     if est in ("taylor-abs", "fisher"):
         n = f32(count)
-        return jax.tree.map(lambda a: a / n, acc)
+        return _full({k: a / n for k, a in acc.items()}, params)
     # wanda
     scale = f32(total / count)
     norms = {k: jnp.sqrt(v * scale) for k, v in acc.items()}
@@ -288,7 +336,8 @@ def _finish(est: str, acc: PyTree, count: int, total: int, params: PyTree, cfg: 
         w = jnp.abs(p.astype(f32))
         return w * (nrm[None, :] if axis == 1 else nrm[:, None])
 
-    return T.map_named(score, params)
+    keep = set(scored_names(params, scope))
+    return _full({n: score(n, p) for n, p in flat.items() if n in keep}, params)
 
 
 # --- the loop ----------------------------------------------------------------------------
@@ -307,6 +356,7 @@ def compute_importance(
     checkpoint_every: int | None = None,
     stops: Sequence[int] = (),
     at_stop: Callable[[ImportanceState], bool] | None = None,
+    scope: Collection[str] | None = None,
 ) -> ImportanceResult:
     """Importance scores of one language's windows (``[n, seq_len]`` int).
 
@@ -317,7 +367,8 @@ def compute_importance(
     :func:`save_partial`) and returns True to stop the run there: the result then has
     ``scores=None`` and ``stopped_at`` set. ``at_stop(state)`` is called when the position
     reaches each of ``stops`` (window counts in ``(0, n]``; a micro-batch never straddles
-    one); returning True ends the run there with the scores so far.
+    one); returning True ends the run there with the scores so far. ``scope``: the names
+    to score (None: all); only they are differentiated, every other tensor scores 0.
     """
     check_estimator(estimator)
     windows = np.asarray(windows)
@@ -327,14 +378,17 @@ def compute_importance(
     mesh = mesh or shd.make_mesh()
     params = place_params(params, mesh)
     if estimator in DATA_FREE:
-        scores = finalize(ImportanceState(estimator, 1, ({}, {})), params, cfg, seq_len)
+        scores = finalize(ImportanceState(estimator, 1, ({}, {}), scope=scope), params, cfg,
+                          seq_len)
         return ImportanceResult(scores, 0, 0, estimator)
     if n == 0:
         raise UserError("no windows given; importance needs at least one")
     if state is None:
-        state = init_state(params, cfg, estimator, batch_size, mesh)
+        state = init_state(params, cfg, estimator, batch_size, mesh, scope)
     else:
         check_resumable(state, estimator, effective_batch_size(batch_size, mesh), n)
+        if scope is not None and state.scope != tuple(scored_names(params, scope)):
+            raise UserError("saved state was accumulated over another scope of parameters")
     bounds = sorted({int(s) for s in stops})
     if bounds and not 0 < bounds[0] <= bounds[-1] <= n:
         raise UserError(f"stops {bounds} must lie in (0, {n}] (the windows given)")
@@ -352,7 +406,7 @@ def compute_importance(
             counts[half] += real
             prev = state.position
             state = ImportanceState(estimator, b, (acc[0], acc[1]), (counts[0], counts[1]),
-                                    state.batches + 1)
+                                    state.batches + 1, state.scope)
             pos = state.position
             if progress:
                 progress(real)
@@ -444,7 +498,7 @@ def load_partial(directory: str, like: ImportanceState, meta: Mapping[str, Any]
     if sum(counts) != step:
         return None
     return ImportanceState(like.estimator, like.batch_size, (acc[0], acc[1]),
-                           (counts[0], counts[1]), int(saved["batches"]))
+                           (counts[0], counts[1]), int(saved["batches"]), like.scope)
 
 
 def clear_partial(directory: str) -> None:

@@ -31,8 +31,9 @@ def model_template(model: str | None) -> tuple[Any, str | None]:
 def load_scores_dir(directory: str, langs: tuple[str, ...] | None = None
                     ) -> tuple[dict[str, Any], dict[str, str]]:
     """``({lang: scores}, {lang: path})`` of a directory of importance files, checked to come
-    from one estimator (and to share names and shapes)."""
-    scores = R.load_importance_dir(directory, list(langs) if langs is not None else None)
+    from one estimator (and to share names and shapes); the scores are read tensor by
+    tensor when a selection asks (:class:`jaxregion.regions.LazyScores`)."""
+    scores = R.open_importance_dir(directory, list(langs) if langs is not None else None)
     paths = {lang: R.importance_path(directory, lang) for lang in scores}
     headers = {lang: safetensors_io.read_metadata(p) or {} for lang, p in paths.items()}
     ests = {lang: h["estimator"] for lang, h in headers.items() if h.get("estimator")}
@@ -72,7 +73,8 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     scores = paths = None
     if cfg.importance is not None:
         scores, paths = load_scores_dir(cfg.importance, cfg.langs)
-        if model_fp is not None and R.fingerprint(scores[next(iter(scores))]) != model_fp:
+        first = scores[next(iter(scores))]
+        if model_fp is not None and R.fingerprint(first.shapes) != model_fp:
             raise UserError(f"importance files in {cfg.importance} are for another model than "
                             f"--model {cfg.model} (names/shapes differ)")
         if cfg.lang is not None and cfg.lang not in scores:

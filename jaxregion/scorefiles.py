@@ -37,8 +37,10 @@ from tqdm.auto import tqdm
 from jaxregion import __version__, runtime, safety
 from jaxregion import importance as I
 from jaxregion import stability as S
+from jaxregion import tree as T
 from jaxregion.configs import ImportanceConfig
 from jaxregion.errors import UserError
+from jaxregion.models import roles
 from jaxregion.regions import (
     DEFAULT_INCLUDE,
     fingerprint,
@@ -48,6 +50,7 @@ from jaxregion.regions import (
     load_scores,
     save_region,
     save_scores,
+    scope_names,
     top,
 )
 from jaxregion.safetensors_io import read_metadata
@@ -65,13 +68,14 @@ class Scored:
 
 
 def identity(lang: str, estimator: str, params_fp: str, seq_len: int, dtype: str,
-             windows: np.ndarray | None, until_stable: float | None = None
-             ) -> dict[str, str]:
+             windows: np.ndarray | None, until_stable: float | None = None,
+             scope: str = "all") -> dict[str, str]:
     """What a score file must have been computed from to be reused. With ``until_stable`` the
-    windows *given* identify the run (the count used is a result, in ``windows``)."""
+    windows *given* identify the run (the count used is a result, in ``windows``).
+    ``scope``: which tensors are scored (:func:`scope_label`)."""
     data_free = windows is None
     out = {"language": lang, "estimator": estimator, "model": params_fp,
-           "seq_len": str(seq_len), "dtype": dtype}
+           "seq_len": str(seq_len), "dtype": dtype, "scope": scope}
     n, digest = ("0", "") if data_free else (str(len(windows)), I.windows_digest(windows))
     if until_stable is None:
         return {**out, "windows": n, "windows_digest": digest}
@@ -81,15 +85,30 @@ def identity(lang: str, estimator: str, params_fp: str, seq_len: int, dtype: str
 
 def is_complete(out_dir: str, lang: str, estimator: str, params_fp: str, seq_len: int,
                 dtype: str, windows: np.ndarray | None, snapshots: Any = (),
-                until_stable: float | None = None) -> bool:
+                until_stable: float | None = None, scope: str = "all") -> bool:
     """Whether ``lang``'s file (and every snapshot's) in ``out_dir`` is finished for this
     input; raises UserError naming the field when one was made from other input."""
-    want = identity(lang, estimator, params_fp, seq_len, dtype, windows, until_stable)
+    want = identity(lang, estimator, params_fp, seq_len, dtype, windows, until_stable, scope)
     done = check_existing(importance_path(out_dir, lang), want)
     for n in check_schedule(snapshots, until_stable):
-        w = identity(lang, estimator, params_fp, seq_len, dtype, windows[:n])
+        w = identity(lang, estimator, params_fp, seq_len, dtype, windows[:n], scope=scope)
         done = check_existing(importance_path(snapshot_dir(out_dir, n), lang), w) and done
     return done
+
+
+def scope_label(include: str | None, exclude: str | None) -> str:
+    """The ``scope`` field of a score file: ``all``, or the include/exclude it was made with."""
+    if include is None and exclude is None:
+        return "all"
+    return json.dumps({"include": include, "exclude": exclude}, sort_keys=True)
+
+
+def scoped(params: Any, cfg: Any, include: str | None, exclude: str | None
+           ) -> list[str] | None:
+    """The names ``include``/``exclude`` score (None: all), with the family's roles."""
+    if include is None and exclude is None:
+        return None
+    return scope_names(list(T.flatten(params)), include, exclude, roles(cfg))
 
 
 def snapshot_dir(out_dir: str, n: int) -> str:
@@ -184,6 +203,8 @@ def score_language(
     stable_ratio: float = 0.01,
     ratios: Any = (0.01,),
     load: bool = True,
+    include: str | None = None,
+    exclude: str | None = None,
 ) -> Scored:
     """Scores of one language (``windows`` ``[n, seq_len]``; None for data-free estimators),
     read from ``out_dir`` when already computed from the same input, else computed (resuming a
@@ -192,6 +213,9 @@ def score_language(
     ``snapshots``, ``until_stable`` and ``stable_ratio``: see the module docstring;
     ``ratios``: top-ratios whose split-half Jaccard goes in the metadata (0.01 always).
     ``load=False``: a reused file is not read (scores None).
+    ``include``/``exclude``: the scope scored (see :func:`jaxregion.regions.scope_names`;
+    both None: every tensor). Only in-scope tensors are differentiated; the others are
+    stored as zeros and listed in the metadata's ``unscored``.
     ``stop_after``: stop at the first checkpoint at or past that many windows and return
     status ``"stopped"`` (the partial state stays on disk; resuming tests use it)."""
     I.check_estimator(estimator)
@@ -207,11 +231,14 @@ def score_language(
     ratios = tuple(sorted({0.01, *map(float, ratios)}))
     path = safety.inside(out_dir, importance_path(out_dir, lang))
     fp = fingerprint(session.params)
-    want = identity(lang, estimator, fp, seq_len, dtype, windows, until_stable)
-    snap_want = {n: identity(lang, estimator, fp, seq_len, dtype, windows[:n]) for n in snaps}
+    scope = scoped(session.params, session.config, include, exclude)
+    label = scope_label(include, exclude)
+    want = identity(lang, estimator, fp, seq_len, dtype, windows, until_stable, label)
+    snap_want = {n: identity(lang, estimator, fp, seq_len, dtype, windows[:n], scope=label)
+                 for n in snaps}
     try:
         if is_complete(out_dir, lang, estimator, fp, seq_len, dtype, windows, snaps,
-                       until_stable):
+                       until_stable, label):
             if not load:  # the caller only needs the file
                 return Scored(None, read_metadata(path) or {}, "reused", path)
             scores, meta = load_scores(path)
@@ -235,7 +262,8 @@ def score_language(
     params = I.place_params(session.params, session.mesh)
     if not data_free:
         check_partial_owner(partial_dir, owner)
-        like = I.init_state(params, session.config, estimator, batch_size, session.mesh)
+        like = I.init_state(params, session.config, estimator, batch_size, session.mesh,
+                            scope)
         state = I.load_partial(partial_dir, like, run_id)
         if state is not None:
             status = "resumed"
@@ -254,7 +282,9 @@ def score_language(
 
     base = {"model_path": session.path, "model_fingerprint": fp,
             "jaxregion_version": __version__, "batch_size": str(b), "source": source,
-            "score": "signed" if estimator == "taylor" else "non-negative"}
+            "score": "signed" if estimator == "taylor" else "non-negative",
+            "unscored": _json([] if scope is None else
+                              sorted(set(T.flatten(params)) - set(scope)))}
     history: list[list[float]] = []
 
     def at_stop(st: I.ImportanceState) -> bool:
@@ -270,7 +300,7 @@ def score_language(
     res = I.compute_importance(params, session.config, arr, estimator, batch_size,
                                session.mesh, progress=progress, state=state, remat=remat,
                                checkpoint=checkpoint, checkpoint_every=save_every,
-                               stops=stops, at_stop=at_stop)
+                               stops=stops, at_stop=at_stop, scope=scope)
     if res.stopped_at is not None:
         return Scored(None, want, "stopped", partial_dir, res.stopped_at)
     meta = {**want, "tokens": str(res.tokens), **base}
@@ -378,7 +408,8 @@ def score_all(cfg: ImportanceConfig, mesh: jax.sharding.Mesh, *, progress: bool 
                 batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype,
                 source=texts[lang], save_every=cfg.save_every, remat=cfg.remat,
                 progress=lambda n: bar.update(n * per_window), stop_after=stop_after,
-                log=log, load=False, snapshots=snapshots, until_stable=cfg.until_stable)
+                log=log, load=False, snapshots=snapshots, until_stable=cfg.until_stable,
+                include=cfg.include, exclude=cfg.exclude)
             done[lang] = got
             if got.status == "stopped":
                 log(f"{lang}: stopped after {got.position} windows; state saved in {got.path}")

@@ -42,8 +42,10 @@ import numpy as np
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.importance import POWER
-from jaxregion.regions import DEFAULT_INCLUDE, Region, importance_path, jaccard, load_scores
+from jaxregion.regions import DEFAULT_INCLUDE, Region, importance_path, jaccard
 from jaxregion.regions import select as select_region
+from jaxregion.regions.files import open_scores
+from jaxregion.regions.lazy import LazyScores
 
 PyTree = Any
 METHOD = "Spearman-Brown through a bivariate-normal (Gaussian-copula) link"
@@ -176,42 +178,44 @@ def halves_path(directory: str, lang: str) -> str:
     return os.path.join(directory, HALVES, f"{lang}.safetensors")
 
 
-def reconstruct_odd(full: PyTree, even: PyTree, counts: tuple[int, int], power: int) -> PyTree:
-    """The odd half from the full scores and the even half: ``score**power`` is linear in the
-    accumulator, so ``odd**q = (n·full**q - n_e·even**q) / n_o`` (a sign is kept for q=1)."""
+def odd_tensor(full: Any, even: Any, counts: tuple[int, int], power: int) -> np.ndarray:
+    """One tensor of the odd half from the full scores and the even half: ``score**power``
+    is linear in the accumulator, so ``odd**q = (n·full**q - n_e·even**q) / n_o`` (a sign is
+    kept for q=1)."""
     ne, no = counts
     n = ne + no
-
-    def odd(f: np.ndarray, e: np.ndarray) -> np.ndarray:
-        f, e = np.asarray(f, np.float64), np.asarray(e, np.float64)
-        if power == 1:
-            return ((n * f - ne * e) / no).astype(np.float32)
-        return np.sqrt(np.maximum(n * f ** power - ne * e ** power, 0.0) / no).astype(np.float32)
-
-    return jax_map(odd, full, even)
+    f, e = np.asarray(full, np.float64), np.asarray(even, np.float64)
+    if power == 1:
+        return ((n * f - ne * e) / no).astype(np.float32)
+    return np.sqrt(np.maximum(n * f ** power - ne * e ** power, 0.0) / no).astype(np.float32)
 
 
-def jax_map(fn, *trees: PyTree) -> PyTree:
-    flats = [T.flatten(t) for t in trees]
-    return T.unflatten({k: fn(*(f[k] for f in flats)) for k in flats[0]})
+def reconstruct_odd(full: PyTree, even: PyTree, counts: tuple[int, int], power: int) -> PyTree:
+    """The odd half of a score tree (:func:`odd_tensor`, tensor by tensor)."""
+    ff, fe = T.flatten(full), T.flatten(even)
+    return T.unflatten({k: odd_tensor(ff[k], fe[k], counts, power) for k in ff})
 
 
-def load_halves(directory: str, lang: str) -> tuple[PyTree, PyTree]:
-    """``(even, odd)`` scores of ``lang`` in an importance directory; UserError when the file
-    has no halves (computed before they existed, or from a single micro-batch)."""
-    full, meta = load_scores(importance_path(directory, lang))
+def load_halves(directory: str, lang: str) -> tuple[LazyScores, LazyScores]:
+    """``(even, odd)`` scores of ``lang`` in an importance directory, read tensor by tensor
+    (the odd tensor made from the full and the even one when asked); UserError when the
+    file has no halves (computed before they existed, or from a single micro-batch)."""
+    full, meta = open_scores(importance_path(directory, lang))
     hp = halves_path(directory, lang)
     if not os.path.isfile(hp):
         raise UserError(f"{importance_path(directory, lang)} has no split halves ({hp} is "
                         "missing); recompute it with this version and more than one batch")
-    even, hmeta = load_scores(hp)
+    even, hmeta = open_scores(hp)
     if hmeta.get("windows_digest") != meta.get("windows_digest") or \
             hmeta.get("windows") != meta.get("windows"):
         raise UserError(f"{hp} does not belong to {importance_path(directory, lang)} (other "
                         "windows); recompute the language")
+    if dict(even.shapes) != dict(full.shapes):
+        raise UserError(f"{hp} does not belong to {importance_path(directory, lang)} (other "
+                        "tensors or shapes); recompute the language")
     counts = (int(hmeta["windows_even"]), int(hmeta["windows_odd"]))
     power = POWER.get(meta.get("estimator", "taylor"), 1)
-    return even, reconstruct_odd(full, even, counts, power)
+    return even, full.map(lambda f, e: odd_tensor(f, e, counts, power), even)
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,9 @@ processed), the ratios, FLOP/s from XLA's cost_analysis of the compiled step (an
 the machine's measured f32 matmul peak, and peak memory (process max RSS; for JAX also XLA's
 temp buffer size).
 
+``--real``: Gemma 3 270M and SmolLM2 135M against PyTorch at batch 2 and 8 (see
+``scripts/bench_real.py``).
+
 ``--device-7b``: a randomly initialised Llama-2-7B-shaped model in bf16 on the accelerator
 (params made on device by jax.random inside a jit with the param shardings; no torch),
 f32 accumulator, ``--remat`` on by default; prints tokens/s and MFU against
@@ -382,7 +385,16 @@ def main() -> int:
     ap.add_argument("--hidden", type=int, default=256, help=argparse.SUPPRESS)
     ap.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the results here")
+    ap.add_argument("--real", action="store_true",
+                    help="Gemma 3 270M and SmolLM2 135M vs PyTorch (scripts/bench_real.py)")
+    ap.add_argument("--real-models", default=None, help="with --real: a subset, e.g. smollm2-135m")
+    ap.add_argument("--real-batches", default="2,8", help="with --real: batch sizes (2,8)")
     args = ap.parse_args()
+    if args.real:
+        import bench_real
+
+        return bench_real.main([], args.json, args.real_batches, args.seq or 128,
+                               args.real_models)
     args.batch = args.batch or (8 if args.device_7b else 16)
     args.seq = args.seq or (2048 if args.device_7b else 128)
 

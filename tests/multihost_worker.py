@@ -93,11 +93,12 @@ def mode_compile7b(out: str, compile_too: str = "1") -> None:
     import jax.numpy as jnp
 
     from jaxregion import importance, plan, sharding
+    from jaxregion import tree as T
 
     cfg = plan.preset_config("llama2-7b")
     mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
     params = sharding.abstract_sharded(cfg, mesh, jnp.bfloat16)
-    acc = sharding.abstract_sharded(cfg, mesh, jnp.float32)
+    acc = T.flatten(sharding.abstract_sharded(cfg, mesh, jnp.float32))  # {name: f32}
     batch, seq = 4, 512
     bsh = sharding.batch_sharding(mesh)
     tokens = jax.ShapeDtypeStruct((batch, seq), jnp.int32, sharding=bsh)

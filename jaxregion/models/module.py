@@ -19,8 +19,9 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxregion.models import head
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.layers import KV, matmul, soft_cap
+from jaxregion.models.layers import KV, matmul
 
 Array = jax.Array
 LayerFn = Callable[[nnx.Module, Array], tuple[Array, dict[str, Array]]]
@@ -80,33 +81,22 @@ class CausalLM(nnx.Module):
                                        self.unembedding()))
 
     def head_logits(self, logits: Array) -> Array:
-        """The config's output transforms on raw head logits: cohere's ``logit_scale``
-        multiplies them, then gemma's ``logit_softcap`` caps them."""
-        if self.config.logit_scale is not None:
-            logits = logits * jnp.asarray(self.config.logit_scale, logits.dtype)
-        return soft_cap(logits, self.config.logit_softcap)
+        """The config's output transforms on raw head logits (:func:`head.transform`:
+        cohere's ``logit_scale``, then gemma's ``logit_softcap``)."""
+        return head.transform(logits, self.config.logit_scale, self.config.logit_softcap)
 
     def token_nll(self, tokens: Array, remat: bool = False) -> Array:
         """Per-position next-token NLL ``[batch, seq-1]`` in float32.
 
-        Equal to the NLL of ``self(tokens)`` but about twice as fast to differentiate: the
-        head runs only on the predicted positions, the target logit is picked by a fused
-        compare-select (no gather/scatter over ``[batch, seq, vocab]``), and the log-sum-exp is
-        written out so its gradient is one softmax. Picking the target from the logits (rather
-        than computing ``h · W[target]`` separately) makes the logit gradient
-        ``softmax - onehot`` elementwise before the head's matmuls, as in PyTorch: as two
-        separate matmul terms it cancels when the model is confident and cost 8x PyTorch's
-        float32 error in importance scores. The config's ``logit_scale`` and ``logit_softcap``
-        apply to every logit, the target's included, as :meth:`__call__` does
-        (:meth:`head_logits`)."""
+        Equal to the NLL of ``self(tokens)`` (the same :meth:`head_logits`), but the head
+        runs only on the predicted positions and over vocabulary chunks (:func:`head.nll`):
+        ``[batch, seq, vocab]`` logits are never formed, and the logit gradient is
+        ``softmax - onehot`` elementwise before the head's matmuls, as in PyTorch."""
         h = self.features(tokens, remat=remat)[:, :-1]
-        w = self.unembedding().astype(h.dtype)
-        logits = self.head_logits(matmul(h, w, out_dtype=jnp.float32))
-        m = jax.lax.stop_gradient(jnp.max(logits, axis=-1, keepdims=True))
-        lse = jnp.log(jnp.sum(jnp.exp(logits - m), axis=-1)) + m[..., 0]
-        hit = jax.lax.broadcasted_iota(jnp.int32, logits.shape, 2) == tokens[:, 1:, None]
-        target = jnp.sum(jnp.where(hit, logits, 0.0), axis=-1)
-        return lse - target
+        b, s, d = h.shape
+        out = head.nll(h.reshape(b * s, d), self.unembedding(), tokens[:, 1:].reshape(-1),
+                       self.config.logit_scale, self.config.logit_softcap)
+        return out.reshape(b, s)
 
     def nll(self, tokens: Array) -> Array:
         """Per-position next-token NLL ``[batch, seq-1]`` (float32)."""

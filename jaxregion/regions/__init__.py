@@ -21,10 +21,13 @@ from jaxregion.regions.files import (
     load_importance_dir,
     load_region,
     load_scores,
+    open_importance_dir,
+    open_scores,
     save_region,
     save_scores,
 )
 from jaxregion.regions.granularity import GRANULARITIES, line_counts, select_coarse
+from jaxregion.regions.lazy import LazyScores, as_lazy
 from jaxregion.regions.region import (
     Region,
     complement,
@@ -58,7 +61,8 @@ from jaxregion.regions.select import (
 from jaxregion.regions.stats import counts_by, hidden_dim_profile, row_col_counts, stats
 
 __all__ = [
-    "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "LAYERS", "SCOPES", "Region", "bottom",
+    "DEFAULT_INCLUDE", "GRANULARITIES", "KINDS", "LAYERS", "LazyScores", "SCOPES", "Region",
+    "as_lazy", "bottom", "open_importance_dir", "open_scores",
     "bottom_monolingual", "complement", "core", "counts_by", "density", "difference",
     "fingerprint", "full_mask", "hidden_dim_profile", "importance_path", "intersection",
     "is_norm", "jaccard", "k_for", "layer_index", "layers", "line_counts", "load_importance_dir",

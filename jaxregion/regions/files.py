@@ -26,6 +26,7 @@ from jaxregion import tree as T
 from jaxregion.distributed import write_on_main
 from jaxregion.errors import UserError
 from jaxregion.io import atomic_path
+from jaxregion.regions.lazy import LazyScores, tree_order
 from jaxregion.regions.region import Region, fingerprint, full_mask, shape_of, universe_of
 from jaxregion.regions.select import validate_scores
 from jaxregion.safetensors_io import SafetensorsFile
@@ -238,10 +239,9 @@ def importance_path(directory: str, lang: str) -> str:
     return os.path.join(directory, f"{lang}.safetensors")
 
 
-def load_importance_dir(directory: str, langs: Sequence[str] | None = None) -> dict[str, PyTree]:
-    """``{lang: score tree}`` from ``DIR/LANG.safetensors``, cross-checked for one model.
-
-    ``langs=None`` loads every ``*.safetensors`` in the directory (sorted)."""
+def _dir_langs(directory: str, langs: Sequence[str] | None) -> dict[str, str]:
+    """``{lang: DIR/LANG.safetensors}``, every file checked to exist (``langs=None``: every
+    ``*.safetensors`` in the directory, sorted)."""
     if not os.path.isdir(directory):
         raise UserError(f"importance directory {directory} not found")
     if langs is None:
@@ -249,18 +249,55 @@ def load_importance_dir(directory: str, langs: Sequence[str] | None = None) -> d
                        if f.endswith(".safetensors") and not f.startswith("."))
         if not langs:
             raise UserError(f"importance directory {directory} has no LANG.safetensors files")
-    out: dict[str, PyTree] = {}
-    sources: dict[str, str] = {}
-    metas: dict[str, dict[str, str]] = {}
-    for lang in langs:
-        p = importance_path(directory, lang)
+    paths = {lang: importance_path(directory, lang) for lang in langs}
+    for lang, p in paths.items():
         if not os.path.isfile(p):
             raise UserError(f"language {lang!r} has no importance file: expected {p}; compute "
                             "its importance first or drop the language")
+    return paths
+
+
+def load_importance_dir(directory: str, langs: Sequence[str] | None = None) -> dict[str, PyTree]:
+    """``{lang: score tree}`` from ``DIR/LANG.safetensors``, cross-checked for one model.
+
+    ``langs=None`` loads every ``*.safetensors`` in the directory (sorted)."""
+    paths = _dir_langs(directory, langs)
+    out: dict[str, PyTree] = {}
+    metas: dict[str, dict[str, str]] = {}
+    for lang, p in paths.items():
         out[lang], metas[p] = load_scores(p)
-        sources[lang] = p
     check_same_inputs(metas)
-    validate_scores(out, sources)
+    validate_scores(out, paths)
+    return out
+
+
+def open_scores(path: str, *, record: bool = True) -> tuple[LazyScores, dict[str, str]]:
+    """(the scores of ``path`` read tensor by tensor, metadata): only the header is read
+    now. ``record``: an input of the command (protected from its writes)."""
+    if not os.path.isfile(path):
+        raise UserError(f"importance file {path} not found")
+    f = SafetensorsFile(path)
+    if record:
+        reading(path)
+    for n, info in f.tensors.items():
+        if info.dtype != np.float32:
+            raise UserError(f"importance file {path}: tensor {n!r} is {info.dtype}, expected "
+                            "float32; recompute the scores")
+    shapes = {n: f.tensors[n].shape for n in tree_order(f.tensors)}
+    return LazyScores(shapes, f.read), dict(f.metadata)
+
+
+def open_importance_dir(directory: str, langs: Sequence[str] | None = None
+                        ) -> dict[str, LazyScores]:
+    """:func:`load_importance_dir` without loading: ``{lang: LazyScores}``, headers checked
+    (one model, one estimator/seq_len/dtype), tensors read when a selection asks."""
+    paths = _dir_langs(directory, langs)
+    out: dict[str, LazyScores] = {}
+    metas: dict[str, dict[str, str]] = {}
+    for lang, p in paths.items():
+        out[lang], metas[p] = open_scores(p)
+    check_same_inputs(metas)
+    validate_scores(out, paths)
     return out
 
 

@@ -262,10 +262,16 @@ def density(a: Any) -> float:
 def jaccard(a: Any, b: Any) -> float:
     """|A ∩ B| / |A ∪ B| in [0, 1]; 1.0 when both are empty (identical sets)."""
     _check_same(a, b)
-    ma, mb = mask_of(a), mask_of(b)
-    inter = size(jax.tree.map(lambda x, y: jnp.asarray(x, bool) & jnp.asarray(y, bool), ma, mb))
-    uni = size(jax.tree.map(lambda x, y: jnp.asarray(x, bool) | jnp.asarray(y, bool), ma, mb))
+    inter = uni = 0
+    for x, y in zip(jax.tree.leaves(mask_of(a)), jax.tree.leaves(mask_of(b)), strict=True):
+        i, u = _inter_union(jnp.asarray(x, bool), jnp.asarray(y, bool))  # one leaf at a time
+        inter, uni = inter + int(i), uni + int(u)
     return 1.0 if uni == 0 else inter / uni
+
+
+@jax.jit
+def _inter_union(x: jax.Array, y: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return jnp.sum(x & y, dtype=jnp.int32), jnp.sum(x | y, dtype=jnp.int32)
 
 
 def overlap_matrix(regions: dict[str, Any]) -> dict[str, dict[str, float]]:

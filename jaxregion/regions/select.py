@@ -6,17 +6,21 @@ ties at it are taken. That gives exactly k per unit with deterministic tie-break
 flat index first, then tree order across tensors), needs no sort or concatenation (so
 ``global`` scope over a 7B model costs no extra copy), and is plain elementwise/reduction
 work that runs and shards on any device.
+
+Scores are read one tensor of one language at a time (:mod:`jaxregion.regions.lazy`): a
+per-tensor or per-layer unit holds that unit's keys, the global unit only histograms of
+them (:func:`top_k_stream`), so score files need never be loaded whole.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from jaxregion import tree as T
 from jaxregion.configs import REGION_KINDS as KINDS
@@ -31,8 +35,9 @@ from jaxregion.regions.base import (
     scope_names,
 )
 from jaxregion.regions.granularity import check_granularity, select_coarse
+from jaxregion.regions.lazy import LazyScores, as_lazy, template_of
 from jaxregion.regions.region import Region, check_same_tree, fingerprint, full_mask, shape_of
-from jaxregion.regions.topk import name_key, order_key, random_keys, top_k_unit
+from jaxregion.regions.topk import name_key, order_key, random_keys, top_k_stream, top_k_unit
 
 PyTree = Any
 K_RULE = "max(1, floor(ratio * numel_of_unit))"
@@ -40,21 +45,36 @@ K_RULE = "max(1, floor(ratio * numel_of_unit))"
 
 
 # --- keys ------------------------------------------------------------------------------
+@jax.jit
+def _abs32(x: jax.Array) -> jax.Array:
+    return jnp.abs(x.astype(jnp.float32))
+
+
+@partial(jax.jit, donate_argnums=0)
+def _add_abs(total: jax.Array, x: jax.Array) -> jax.Array:
+    return total + jnp.abs(x.astype(jnp.float32))
+
+
 @partial(jax.jit, static_argnames=("largest",))
-def _sum_abs_keys(xs: tuple[jax.Array, ...], largest: bool) -> tuple[jax.Array, jax.Array]:
-    total = jnp.abs(xs[0].astype(jnp.float32))
-    for x in xs[1:]:
-        total = total + jnp.abs(x.astype(jnp.float32))
+def _keys_of(total: jax.Array, largest: bool) -> tuple[jax.Array, jax.Array]:
     key = order_key(total)
     return (key if largest else ~key), jnp.any(jnp.isnan(total))
 
 
 @jax.jit
-def _sum_abs(xs: tuple[jax.Array, ...]) -> tuple[jax.Array, jax.Array]:
-    total = jnp.abs(xs[0].astype(jnp.float32))
-    for x in xs[1:]:
-        total = total + jnp.abs(x.astype(jnp.float32))
-    return total, jnp.any(jnp.isnan(total))
+def _has_nan(total: jax.Array) -> jax.Array:
+    return jnp.any(jnp.isnan(total))
+
+
+def _sum_abs(lazies: Mapping[str, LazyScores], langs: Sequence[str], name: str) -> jax.Array:
+    """Σ_lang |score| of one tensor in float32, languages added in the given order, one
+    language's tensor read at a time."""
+    total = None
+    for lang in langs:
+        x = lazies[lang].read(name)
+        total = _abs32(x) if total is None else _add_abs(total, x)
+        del x
+    return total
 
 
 # --- units -----------------------------------------------------------------------------
@@ -80,28 +100,36 @@ def units_for(names: Sequence[str], scope: str, roles: Mapping[str, Any] | None 
     raise UserError(f"scope {scope!r} is unknown; use one of {', '.join(SCOPES)}")
 
 
-def _iter_select(names: Sequence[str], scope: str, ratio: float,
-                 key_fn: Callable[[str], jax.Array]) -> Iterator[dict[str, jax.Array]]:
+def _iter_select(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], scope: str,
+                 ratio: float, key_fn: Callable[[str], jax.Array]
+                 ) -> Iterator[dict[str, jax.Array]]:
+    """Masks unit by unit. A per-tensor or per-layer unit's keys are held together; the
+    global unit's keys never are (:func:`top_k_stream` makes them again per pass)."""
     for unit in units_for(names, scope):
-        keys = [key_fn(n) for n in unit]
-        k = k_for(ratio, sum(int(np.prod(kk.shape)) for kk in keys))
-        yield dict(zip(unit, top_k_unit(keys, k)))
+        k = k_for(ratio, sum(math.prod(shapes[n]) for n in unit))
+        if scope == "global":
+            yield dict(zip(unit, top_k_stream([partial(key_fn, n) for n in unit], k)))
+        else:
+            yield dict(zip(unit, top_k_unit([key_fn(n) for n in unit], k)))
 
 
 # --- validation --------------------------------------------------------------------------
-def validate_scores(scores_by_lang: Mapping[str, PyTree],
-                    sources: Mapping[str, str] | None = None) -> dict[str, dict[str, Any]]:
-    """Flattened score trees, checked to share names and shapes across languages.
+def validate_scores(scores_by_lang: Mapping[str, PyTree | LazyScores],
+                    sources: Mapping[str, str] | None = None) -> dict[str, LazyScores]:
+    """Score trees (in memory or :class:`LazyScores`), checked to share names and shapes
+    across languages; returned as :class:`LazyScores` (nothing is read).
 
     Raises UserError naming the first differing key (and the files, if ``sources`` maps
     language → path)."""
     if not scores_by_lang:
         raise UserError("no importance scores given; pass at least one language")
-    flats = {lang: T.flatten(t) for lang, t in scores_by_lang.items()}
+    lazies = {lang: as_lazy(t) for lang, t in scores_by_lang.items()}
     labels = {lang: f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
-              for lang in flats}
-    check_same_tree({labels[lang]: f for lang, f in flats.items()}, "importance scores")
-    return flats
+              for lang in lazies}
+    check_same_tree({labels[lang]: {n: jax.ShapeDtypeStruct(s, jnp.float32)
+                                    for n, s in lz.shapes.items()}
+                     for lang, lz in lazies.items()}, "importance scores")
+    return lazies
 
 
 def _check_lang(scores_by_lang: Mapping[str, Any], lang: str) -> None:
@@ -123,31 +151,30 @@ def _summed_selector(scores_by_lang: Mapping[str, PyTree], langs: Sequence[str],
                      sources: Mapping[str, str] | None, granularity: str = "element",
                      in_axes: Mapping[str, int] | None = None,
                      ) -> tuple[list[str], Callable[[], Iterator[dict[str, jax.Array]]]]:
-    flats = validate_scores(scores_by_lang, sources)
-    ref = flats[next(iter(flats))]
-    names = scope_names(list(ref), include, exclude)
+    lazies = validate_scores(scores_by_lang, sources)
+    shapes = lazies[next(iter(lazies))].shapes
+    names = scope_names(list(shapes), include, exclude)
 
     def nan_error(n: str) -> UserError:
         return UserError(f"importance scores for {n!r} contain NaN (languages "
                          f"{', '.join(langs)}); recompute them")
 
     def key_fn(n: str) -> jax.Array:
-        key, bad = _sum_abs_keys(tuple(jnp.asarray(flats[lang][n]) for lang in langs), largest)
+        key, bad = _keys_of(_sum_abs(lazies, langs, n), largest)
         if bool(bad):
             raise nan_error(n)
         return key
 
     def values(n: str) -> jax.Array:
-        total, bad = _sum_abs(tuple(jnp.asarray(flats[lang][n]) for lang in langs))
-        if bool(bad):
+        total = _sum_abs(lazies, langs, n)
+        if bool(_has_nan(total)):
             raise nan_error(n)
         return total
 
     if granularity != "element":
-        shapes = {n: shape_of(ref[n]) for n in names}
         return names, lambda: iter([select_coarse(names, shapes, ratio, granularity, values,
                                                   largest, in_axes=in_axes)])
-    return names, lambda: _iter_select(names, scope, ratio, key_fn)
+    return names, lambda: _iter_select(names, shapes, scope, ratio, key_fn)
 
 
 def _meta(kind: str, ratio: float, langs: Sequence[str], scope: str, include: str | None,
@@ -179,7 +206,7 @@ def _summed(kind: str, scores_by_lang: Mapping[str, PyTree], ratio: float, scope
     flat: dict[str, jax.Array] = {}
     for part in run():
         flat.update(part)
-    template = scores_by_lang[next(iter(scores_by_lang))]
+    template = template_of(scores_by_lang[next(iter(scores_by_lang))])
     meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
                  fingerprint(template), granularity, **extra)
     return _finish(template, names, flat, meta)
@@ -263,7 +290,7 @@ def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], l
             for n in acc:
                 acc[n] = acc[n] & ~other[n]
         flat.update(acc)
-    template = scores_by_lang[next(iter(scores_by_lang))]
+    template = template_of(scores_by_lang[next(iter(scores_by_lang))])
     meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
                  fingerprint(template), granularity, lang=lang)
     return _finish(template, names, flat, meta)
@@ -281,19 +308,20 @@ def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "p
     scores or ``jax.ShapeDtypeStruct`` leaves."""
     ratio = check_ratio(ratio)
     _check_coarse_scope(granularity, scope)
-    flat_t = T.flatten(template)
-    names = scope_names(list(flat_t), include, exclude)
+    shapes = as_lazy(template).shapes
+    names = scope_names(list(shapes), include, exclude)
 
     def key_fn(n: str) -> jax.Array:
-        return random_keys(name_key(seed, n), shape_of(flat_t[n]))
+        return random_keys(name_key(seed, n), shapes[n])
 
     flat: dict[str, jax.Array] = {}
     if granularity == "element":
-        for part in _iter_select(names, scope, ratio, key_fn):
+        for part in _iter_select(names, shapes, scope, ratio, key_fn):
             flat.update(part)
     else:
-        flat = select_coarse(names, {n: shape_of(flat_t[n]) for n in names}, ratio,
-                             granularity, None, seed=int(seed), in_axes=in_axes)
+        flat = select_coarse(names, {n: shapes[n] for n in names}, ratio, granularity, None,
+                             seed=int(seed), in_axes=in_axes)
+    template = template_of(template)
     meta = _meta("random", ratio, [], scope, include, exclude, fingerprint(template),
                  granularity, seed=int(seed))
     return _finish(template, names, flat, meta)

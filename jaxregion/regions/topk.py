@@ -12,7 +12,7 @@ other tensors are in scope.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 
 import jax
@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 _INT32_MAX = 2**31 - 1
+_BINS = 1 << 16
 
 
 def name_key(seed: int, name: str) -> jax.Array:
@@ -59,10 +60,8 @@ def _counts_ge(keys: tuple[jax.Array, ...], t: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _gt_eq(keys: tuple[jax.Array, ...], t: jax.Array) -> tuple[jax.Array, jax.Array]:
-    gt = jnp.stack([jnp.sum(kk > t, dtype=jnp.int32) for kk in keys])
-    eq = jnp.stack([jnp.sum(kk == t, dtype=jnp.int32) for kk in keys])
-    return gt, eq
+def _counts_gt(keys: tuple[jax.Array, ...], t: jax.Array) -> jax.Array:
+    return jnp.stack([jnp.sum(kk > t, dtype=jnp.int32) for kk in keys])
 
 
 @partial(jax.jit, static_argnames=("mode",))
@@ -88,20 +87,67 @@ def _threshold(keys: tuple[jax.Array, ...], k: int) -> jax.Array:
     return jnp.uint32(t)
 
 
+def _take(keys_of: Iterable[jax.Array], t: jax.Array, remaining: int) -> Iterator[jax.Array]:
+    """The pick of each array in turn: keys above ``t``, plus its lowest-index ties at ``t``
+    while ``remaining`` ties are still to take (earlier arrays first)."""
+    for kk in keys_of:
+        e = int(np.asarray(_count_eq(kk, t)))
+        need = max(0, min(remaining, e))
+        mode = 0 if need == 0 else 1 if need == e else 2
+        yield _pick(kk, t, jnp.int32(min(need, _INT32_MAX)), mode)
+        remaining -= need
+
+
 def top_k_unit(keys: Sequence[jax.Array], k: int) -> list[jax.Array]:
     """Bool masks selecting exactly the k largest keys over all arrays of one unit.
 
     Ties at the threshold go to the lowest flat index, earlier arrays first."""
     keys = tuple(keys)
     t = _threshold(keys, k)
-    gt, eq = (np.asarray(a).astype(np.int64) for a in _gt_eq(keys, t))
-    remaining = k - int(gt.sum())
-    out = []
-    for kk, e in zip(keys, eq):
-        need = max(0, min(remaining, int(e)))
-        mode = 0 if need == 0 else 1 if need == e else 2
-        out.append(_pick(kk, t, jnp.int32(min(need, _INT32_MAX)), mode))
-        remaining -= need
-    return out
+    gt = np.asarray(_counts_gt(keys, t)).astype(np.int64)
+    return list(_take(keys, t, k - int(gt.sum())))
 
 
+# --- the same pick over keys made on demand -----------------------------------------------
+@jax.jit
+def _count_eq(key: jax.Array, t: jax.Array) -> jax.Array:
+    return jnp.sum(key == t, dtype=jnp.int32)
+
+
+@jax.jit
+def _hist_high(key: jax.Array) -> jax.Array:
+    return jnp.bincount((key >> 16).astype(jnp.int32).ravel(), length=_BINS)
+
+
+@jax.jit
+def _hist_low(key: jax.Array, high: jax.Array) -> jax.Array:
+    """Histogram of the low 16 bits of the keys whose high 16 bits are ``high``."""
+    inside = (key >> 16) == high
+    idx = jnp.where(inside, (key & 0xFFFF).astype(jnp.int32), _BINS).ravel()
+    return jnp.bincount(idx, length=_BINS + 1)[:_BINS]
+
+
+def _last_reaching(hist: np.ndarray, k: int) -> tuple[int, int]:
+    """(largest bin b with count(bins >= b) >= k, count(bins > b))."""
+    at_or_above = np.cumsum(hist[::-1])[::-1]
+    b = int(np.nonzero(at_or_above >= k)[0][-1])
+    return b, int(at_or_above[b] - hist[b])
+
+
+def top_k_stream(key_fns: Sequence[Callable[[], jax.Array]], k: int) -> Iterator[jax.Array]:
+    """:func:`top_k_unit`'s masks (bitwise the same), for a unit too big to hold: each
+    array's keys are made three times by its ``key_fns`` entry and dropped after use.
+
+    Pass 1 histograms the keys' high 16 bits and finds the bin of the k-th largest key;
+    pass 2 histograms the low 16 bits inside that bin, which gives that key exactly; pass 3
+    picks, array by array (counts summed on the host in int64, so no overflow)."""
+    high = np.zeros(_BINS, np.int64)
+    for f in key_fns:
+        high += np.asarray(_hist_high(f()))
+    b, above_b = _last_reaching(high, k)
+    low = np.zeros(_BINS, np.int64)
+    for f in key_fns:
+        low += np.asarray(_hist_low(f(), jnp.uint32(b)))
+    lo, above_t = _last_reaching(low, k - above_b)
+    t = jnp.uint32((b << 16) | lo)
+    return _take((f() for f in key_fns), t, k - above_b - above_t)
