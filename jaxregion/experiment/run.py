@@ -49,23 +49,24 @@ def _specs(d: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in d.items()]
 
 
-def scoped(tree: dict, include: str | None, exclude: str | None) -> dict:
-    """``tree`` with every leaf outside the include/exclude scope replaced by a zero-memory
-    broadcast zero of its shape: the battery never reads them (regions are selected inside
-    the scope), and a real model's embedding alone is most of its parameters."""
-    flat = T.flatten(tree)
-    keep = set(R.scope_names(list(flat), include, exclude))
-    return T.unflatten({n: x if n in keep else np.broadcast_to(np.zeros((), np.float32),
-                                                                 np.shape(x))
-                        for n, x in flat.items()})
+def scoped(scores: dict | R.LazyScores, include: str | None, exclude: str | None) -> dict:
+    """The in-scope tensors of ``scores`` (a tree or a score file read lazily) in memory,
+    every other leaf a zero-memory broadcast zero of its shape: the battery never reads them
+    (regions are selected inside the scope), and a real model's embedding alone is most of
+    its parameters."""
+    lazy = R.as_lazy(scores)
+    keep = set(R.scope_names(list(lazy.shapes), include, exclude))
+    return T.unflatten({n: np.asarray(lazy.read(n)) if n in keep
+                        else np.broadcast_to(np.zeros((), np.float32), shape)
+                        for n, shape in lazy.shapes.items()})
 
 
 def region_stabilities(r: _Run, regions: dict[str, R.Region]) -> dict[str, float | None]:
     """Split-half stability of each region, shown beside it in every table: the same region
     rebuilt from every language's even-batch half and from its odd half (Jaccard), projected
-    to the full sample (:mod:`jaxregion.stability`). The halves are read once, scoped, for
-    all regions. None for regions not made from scores (random) and when the importance
-    files have no halves (a single micro-batch)."""
+    to the full sample (:mod:`jaxregion.stability`). The halves' in-scope tensors are read
+    once for all regions. None for regions not made from scores (random) and when the
+    importance files have no halves (a single micro-batch)."""
     kinds = ("core", "bottom", "top", "monolingual", "bottom-monolingual")
     out: dict[str, float | None] = {k: None for k in regions}
     directory = os.path.join(r.out, "importance", r.cfg.estimator)
@@ -110,8 +111,9 @@ class _Run:
             got = scorefiles.score_language(
                 self.s, lang, windows, os.path.join(self.out, "importance", tag),
                 estimator=estimator, batch_size=self.cfg.batch_size, dtype=self.cfg.dtype,
-                source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute")
-        return scoped(got.scores, self.cfg.include, self.cfg.exclude)
+                source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute",
+                load=False)
+        return scoped(R.open_scores(got.path)[0], self.cfg.include, self.cfg.exclude)
 
     def setting(self) -> Setting:
         """Which model and data, as the config gives them."""
