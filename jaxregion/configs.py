@@ -460,6 +460,10 @@ class DimsConfig:
                                   help="candidate dims to auto-pick")
     auto_controls: int = option(3, ge=0, flag="--controls", metavar="N",
                                 help="random control dims to draw")
+    auto_source: str = option("both", choices=("both", "region", "activations"),
+                              flag="--candidates-from",
+                              help="where auto-picked candidates come from: the region's "
+                                   "most-selected dims, the largest activations, or both")
     seed: int = option(0, help="seed of the control dims")
     activation_windows: int = option(8, gt=0, help="windows read for massive activations")
 
@@ -770,6 +774,16 @@ class DemoConfig:
     out: str = option("demo_out", metavar="DIR", help="output folder")
     corpus: str = option("synthetic", help="'synthetic' or a directory of LANG.train.txt / "
                                            "LANG.valid.txt")
+    model: str | None = option(None, metavar="FILE.gguf|DIR",
+                               help="a pretrained model (GGUF file, HF directory or hub id): "
+                                    "the tokenizer and pretraining stages are skipped and "
+                                    "every other stage runs on it; needs real text (--corpus "
+                                    "DIR or --text)")
+    text: Mapping[str, str] = _texts("instead of --corpus DIR: a language and its text "
+                                     "(importance, training); repeatable", factory=dict)
+    valid_text: Mapping[str, str] = _texts("held-out text of a --text language, for "
+                                           "evaluation (default: its --text, and the report "
+                                           "says so); repeatable", factory=dict)
     quick: bool = option(False, help="a much smaller run (for smoke tests): every size left at "
                                      "its default takes its quick value")
     langs: tuple[str, ...] = option(("lat", "rom", "cyr", "grk", "arb", "cjk"), sep=",",
@@ -805,8 +819,19 @@ class DemoConfig:
     case_study_tokens: int = option(12, ge=0, help="tokens continued after each case-study "
                                                    "prompt (one per language; 0: none)")
     mc_questions: int = option(16, ge=0, help="multiple-choice questions per language, run "
-                                              "through lm-eval (0: no task; needs the tasks "
-                                              "extra)")
+                                              "through lm-eval (0: no task; the synthetic "
+                                              "corpus only)")
+
+    def validate(self) -> None:
+        check(self)
+        if self.text and self.corpus != "synthetic":
+            raise UserError("give --corpus DIR or --text LANG=SOURCE, not both")
+        for lang in self.valid_text:
+            if lang not in self.text:
+                raise UserError(f"--valid-text {lang}: no --text {lang}=SOURCE to hold out from")
+        if self.model and self.corpus == "synthetic" and not self.text:
+            raise UserError("--model needs real text: --corpus DIR (LANG.train.txt and "
+                            "LANG.valid.txt) or --text LANG=SOURCE for at least 3 languages")
 
 
 # Sizes of ``demo --quick`` (applied to fields left at their defaults).

@@ -31,7 +31,7 @@ from jaxregion import experiment, fidelity, forgetting, interventions, io, mc, r
 from jaxregion import regions as R
 from jaxregion.configs import DEMO_QUICK, CaseStudyConfig, DemoConfig
 from jaxregion.data import synthetic
-from jaxregion.data.sources import sources_from_dir
+from jaxregion.data.sources import open_source, sources_from_dir
 from jaxregion.errors import UserError
 from jaxregion.report import battery
 from jaxregion.report.tables import markdown_table
@@ -54,7 +54,7 @@ def _stage(log: Callable[[str], None], i: int, name: str) -> float:
 
 def _corpus(cfg: DemoConfig, log) -> tuple[dict[str, str], dict[str, str], str, list[str]]:
     """``(train sources, valid sources, target, importance langs)`` as source specs."""
-    if cfg.corpus == "synthetic":
+    if cfg.corpus == "synthetic" and not cfg.text:
         d = os.path.join(cfg.out, "corpus")
         langs = [*cfg.langs, cfg.target]
         marker = os.path.join(d, "done.json")
@@ -66,21 +66,30 @@ def _corpus(cfg: DemoConfig, log) -> tuple[dict[str, str], dict[str, str], str, 
         valid = {lang: os.path.join(d, f"{lang}.valid.txt") for lang in langs}
         log(f"synthetic corpus in {d}: {', '.join(langs)} (ground truth: ground_truth.json)")
         return train, valid, cfg.target, list(cfg.langs)
-    if not os.path.isdir(cfg.corpus):
-        raise UserError(f"--corpus {cfg.corpus}: not 'synthetic' nor a directory of LANG.txt")
-    train_src = sources_from_dir(cfg.corpus, "train")
-    valid_src = sources_from_dir(cfg.corpus, "valid")
-    langs = sorted(set(train_src) & set(valid_src))
+    if cfg.text:
+        train = dict(cfg.text)
+        valid = {k: cfg.valid_text.get(k, v) for k, v in train.items()}
+        where = "--text"
+    else:
+        if not os.path.isdir(cfg.corpus):
+            raise UserError(f"--corpus {cfg.corpus}: not 'synthetic' nor a directory of "
+                            "LANG.txt")
+        train_src = sources_from_dir(cfg.corpus, "train")
+        valid_src = sources_from_dir(cfg.corpus, "valid")
+        both = set(train_src) & set(valid_src)
+        train = {k: train_src[k].name for k in sorted(both)}
+        valid = {k: valid_src[k].name for k in sorted(both)}
+        where = f"--corpus {cfg.corpus}"
+    langs = sorted(train)
     if len(langs) < 3:
-        raise UserError(f"--corpus {cfg.corpus}: needs LANG.train.txt and LANG.valid.txt for at "
-                        f"least 3 languages, found {langs}")
+        raise UserError(f"{where}: needs text (LANG.train.txt and LANG.valid.txt) for at least "
+                        f"3 languages, found {langs}")
     target = cfg.target if cfg.target in langs else langs[-1]
     imp = [lang for lang in (cfg.langs if set(cfg.langs) <= set(langs) else langs)
            if lang != target][:6]
     used = [*imp, target]
-    log(f"corpus {cfg.corpus}: importance on {imp}, new language {target}")
-    return ({k: train_src[k].name for k in used}, {k: valid_src[k].name for k in used}, target,
-            imp)
+    log(f"corpus {where}: importance on {imp}, new language {target}")
+    return {k: train[k] for k in used}, {k: valid[k] for k in used}, target, imp
 
 
 def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) -> dict:
@@ -95,25 +104,13 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
     train, valid, target, langs = _corpus(cfg, log)
     timings["corpus"] = time.time() - t
 
-    t = _stage(log, 2, "tokenizer + 3: pretrain a tiny Llama")
-    pre_train = forgetting.TrainSpec(
-        steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch, seq_len=cfg.seq_len,
-        lr=cfg.pretrain_lr, warmup=max(1, cfg.pretrain_steps // 20), eval_every=0,
-        save_every=max(50, cfg.pretrain_steps // 4), seed=cfg.seed)
-    pre = forgetting.PretrainSpec(
-        texts={k: train[k] for k in langs}, vocab_size=cfg.vocab_size,
-        tokenizer_docs=min(cfg.train_docs, 3000), hidden_size=cfg.hidden_size,
-        num_layers=cfg.num_layers, num_heads=cfg.num_heads,
-        intermediate_size=cfg.intermediate_size, max_positions=max(256, cfg.seq_len),
-        init_seed=cfg.seed, train=pre_train)
-    # keyed by the pretraining settings, so a changed setting never reuses a stale model
-    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)),
-                                       mesh=mesh)
-    link = os.path.join(cfg.out, "model")
-    if os.path.islink(link) and os.readlink(link) != os.path.abspath(model):
-        os.unlink(link)
-    if not os.path.exists(link):
-        os.symlink(os.path.abspath(model), link)
+    if cfg.model:
+        t = _stage(log, 2, "tokenizer + 3: pretraining: skipped, the model is given")
+        model = cfg.model
+        log(f"model {model} (its own tokenizer)")
+    else:
+        t = _stage(log, 2, "tokenizer + 3: pretrain a tiny Llama")
+        model = _pretrain(cfg, train, langs, mesh)
     timings["pretrain"] = time.time() - t
 
     t = _stage(log, 4, "importance, regions, ablations, monolingual matrix, dimension sweep, "
@@ -164,6 +161,30 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
     return {"experiment": exp, "multiple_choice": mcq, "forgetting": forg, "timings": timings}
 
 
+def _pretrain(cfg: DemoConfig, train: dict[str, str], langs: list[str], mesh) -> str:
+    """Stages 2-3: the BPE tokenizer and the tiny Llama, pretrained on the importance
+    languages (cached under ``OUT/pretrain/KEY``; ``OUT/model`` links to it)."""
+    pre_train = forgetting.TrainSpec(
+        steps=cfg.pretrain_steps, batch_size=cfg.pretrain_batch, seq_len=cfg.seq_len,
+        lr=cfg.pretrain_lr, warmup=max(1, cfg.pretrain_steps // 20), eval_every=0,
+        save_every=max(50, cfg.pretrain_steps // 4), seed=cfg.seed)
+    pre = forgetting.PretrainSpec(
+        texts={k: train[k] for k in langs}, vocab_size=cfg.vocab_size,
+        tokenizer_docs=min(cfg.train_docs, 3000), hidden_size=cfg.hidden_size,
+        num_layers=cfg.num_layers, num_heads=cfg.num_heads,
+        intermediate_size=cfg.intermediate_size, max_positions=max(256, cfg.seq_len),
+        init_seed=cfg.seed, train=pre_train)
+    # keyed by the pretraining settings, so a changed setting never reuses a stale model
+    model = forgetting.bootstrap_model(pre, os.path.join(cfg.out, "pretrain", _key(pre)),
+                                       mesh=mesh)
+    link = os.path.join(cfg.out, "model")
+    if os.path.islink(link) and os.readlink(link) != os.path.abspath(model):
+        os.unlink(link)
+    if not os.path.exists(link):
+        os.symlink(os.path.abspath(model), link)
+    return model
+
+
 def _case_prompts(valid: dict[str, str], langs: list[str]) -> dict[str, tuple[str, ...]]:
     """One prompt per language fidelity can identify: the first sentence of its held-out
     (validation) text, cut to a few words."""
@@ -173,8 +194,8 @@ def _case_prompts(valid: dict[str, str], langs: list[str]) -> dict[str, tuple[st
             fidelity.check_language(lang)
         except UserError:
             continue  # a corpus language langid does not know: no fidelity to measure
-        with open(valid[lang], encoding="utf-8") as f:
-            line = next((x.strip() for x in f if x.strip()), "")
+        line = next((x.strip() for x in open_source(valid[lang]).documents() if x.strip()), "")
+        line = line.split("\n", 1)[0]
         text = re.split(r"(?<=[.?!])\s*", line, maxsplit=1)[0][:40].strip()
         if text:
             out[lang] = (text,)
@@ -196,8 +217,8 @@ def multiple_choice(cfg: DemoConfig, exp_cfg: experiment.ExperimentConfig, langs
             return json.load(f)
     skipped = (("--mc-questions 0" if not cfg.mc_questions else None)
                or ("the corpus is not the synthetic one (the task needs its ground truth)"
-                   if cfg.corpus != "synthetic" else None)
-               or ("lm-eval is not installed (pip install -e '.[tasks]')"
+                   if cfg.corpus != "synthetic" or cfg.text else None)
+               or ("lm-eval is not installed (it is a dependency: pip install -e .)"
                    if importlib.util.find_spec("lm_eval") is None else None))
     if skipped:
         log(f"skipped: {skipped}")
@@ -315,6 +336,24 @@ def _forgetting_verdict(forg: dict) -> list[str]:
     return [*out, ""]
 
 
+def _intro(cfg: DemoConfig, exp: dict, langs: list[str], target: str) -> str:
+    """Which model on which text: the demo's own tiny Llama, or the given model."""
+    corpus = ("the built-in synthetic languages" if cfg.corpus == "synthetic" and not cfg.text
+              else cfg.corpus if not cfg.text else "the --text sources")
+    if not cfg.model:
+        return (f"A tiny Llama ({cfg.hidden_size} hidden, {cfg.num_layers} layers, vocab "
+                f"{cfg.vocab_size}) pretrained from scratch for {cfg.pretrain_steps} steps on "
+                f"{', '.join(langs)} ({corpus}); `{target}` is held out for the forgetting "
+                "run.")
+    st = exp["setting"]
+    same = [k for k in cfg.text if k not in cfg.valid_text]
+    return (f"The pretrained model `{cfg.model}` ({st['model_type']}, {st['num_layers']} "
+            f"layers, hidden {st['hidden_size']}; its own tokenizer, no pretraining here) on "
+            f"{', '.join(langs)} ({corpus}); `{target}` is the new language of the forgetting "
+            "run." + (f" No held-out text was given for {', '.join(same)}: those languages "
+                      "are evaluated on their importance text." if same else ""))
+
+
 def _report(cfg: DemoConfig, exp: dict, forg: dict, mcq: dict, timings: dict, total: float,
             target: str, langs: list[str], model: str) -> None:
     exp_md = open(os.path.join(cfg.out, "experiment", "report.md"), encoding="utf-8").read()
@@ -323,13 +362,10 @@ def _report(cfg: DemoConfig, exp: dict, forg: dict, mcq: dict, timings: dict, to
     exp_md = exp_md.replace("](", "](experiment/").split("\n", 1)[1]
     forg_md = forg_md.replace("](", "](forgetting/").split("\n", 1)[1]
     base = exp["perplexity"]["base"]
-    corpus = "the built-in synthetic languages" if cfg.corpus == "synthetic" else cfg.corpus
     md = ["# jaxregion demo report", "",
-          f"A tiny Llama ({cfg.hidden_size} hidden, {cfg.num_layers} layers, vocab "
-          f"{cfg.vocab_size}) pretrained from scratch for {cfg.pretrain_steps} steps on "
-          f"{', '.join(langs)} ({corpus}); `{target}` is held out for the forgetting "
-          f"run. Stage timings (s, this run; cached stages are near 0): "
-          + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()) + f"; total {total:.0f}.", "",
+          _intro(cfg, exp, langs, target) + " Stage timings (s, this run; cached stages are "
+          "near 0): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items())
+          + f"; total {total:.0f}.", "",
           "Base perplexity per language: "
           + ", ".join(f"{k} {v:.2f}" for k, v in base.items()) + ".", "",
           "# Part 1. Regions and ablations", exp_md, "", *_mc_markdown(mcq, langs),

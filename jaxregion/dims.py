@@ -47,16 +47,31 @@ def _layer_absmax(params: dict, tokens: jax.Array, cfg: ModelConfig) -> tuple[ja
     return absmax, med
 
 
-def massive_activations(params: dict, cfg: ModelConfig, windows: np.ndarray, top: int = 5,
-                        batch_size: int = 8) -> list[dict]:
-    """Per layer, the ``top`` hidden dims with the largest |activation| over the windows."""
+def activation_absmax(params: dict, cfg: ModelConfig, windows: np.ndarray,
+                      batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """``(absmax [layers, hidden], median [layers])``: per layer, max |hidden state| of each
+    dimension over the windows, and the (largest batch's) median |hidden state|."""
     absmax = None
     med = None
     for s in range(0, len(windows), batch_size):
         a, m = _layer_absmax(params, jnp.asarray(windows[s:s + batch_size]), cfg)
         absmax = a if absmax is None else jnp.maximum(absmax, a)
         med = m if med is None else jnp.maximum(med, m)
-    absmax, med = np.asarray(absmax), np.asarray(med)
+    return np.asarray(absmax), np.asarray(med)
+
+
+def peak_ratio(absmax: np.ndarray, med: np.ndarray, dim: int) -> float:
+    """How massive ``dim`` is: its largest |activation| over layers, relative to that
+    layer's median |activation|."""
+    return float(np.max(absmax[:, dim] / np.maximum(med, 1e-12)))
+
+
+def massive_activations(params: dict, cfg: ModelConfig, windows: np.ndarray, top: int = 5,
+                        batch_size: int = 8,
+                        absmax_med: tuple[np.ndarray, np.ndarray] | None = None) -> list[dict]:
+    """Per layer, the ``top`` hidden dims with the largest |activation| over the windows
+    (``absmax_med``: :func:`activation_absmax` already computed over them)."""
+    absmax, med = absmax_med or activation_absmax(params, cfg, windows, batch_size)
     out = []
     for layer, row in enumerate(absmax):
         idx = np.argsort(-row)[:top]
@@ -165,12 +180,16 @@ def entry(role: Role, dim: int) -> str:
     return f"{role.name}[{','.join(idx)}]"
 
 
-def auto_candidates(profile: np.ndarray | None, massive: Sequence[dict], n: int) -> list[int]:
+def auto_candidates(profile: np.ndarray | None, massive: Sequence[dict], n: int,
+                    source: str = "both") -> list[int]:
     """The region's ``n`` most-selected dims, then up to ``n`` massive-activation dims (each
-    layer's largest), without repeats."""
+    layer's largest, the most massive first), without repeats; ``source`` ``region`` or
+    ``activations`` keeps one of the two."""
     from_region = ([int(d) for d in np.argsort(-profile, kind="stable")[:n]]
-                   if profile is not None else [])
-    from_acts = list(dict.fromkeys(int(m["dims"][0]) for m in massive))[:n]
+                   if profile is not None and source != "activations" else [])
+    by_size = sorted(massive, key=lambda m: -m["ratio_to_median"])
+    from_acts = (list(dict.fromkeys(int(m["dims"][0]) for m in by_size))[:n]
+                 if source != "region" else [])
     return list(dict.fromkeys(from_region + from_acts))
 
 
@@ -250,6 +269,8 @@ class DimsResult:
     region_top: dict[str, int]  # candidate dim -> entries of the region on it ({} if none)
     base: dict[str, float]
     sweep: list[SweepPoint]
+    # swept dim -> its largest |activation| over layers / that layer's median (peak_ratio)
+    peak_ratio: dict[str, float] = field(default_factory=dict)
 
 
 def analyse(params: dict, cfg: ModelConfig, evaluate_fn: Callable[[dict], dict[str, float]],
@@ -258,26 +279,33 @@ def analyse(params: dict, cfg: ModelConfig, evaluate_fn: Callable[[dict], dict[s
             progress: Callable[[], None] | None = None) -> DimsResult:
     """Candidates (named, or from the region ``profile`` and massive activations), controls
     (named, or seeded random dims away from every candidate and super weight), then the sweep."""
-    massive = massive_activations(params, cfg, act_windows[: d.activation_windows])
+    absmax, med = activation_absmax(params, cfg, act_windows[: d.activation_windows])
+    massive = massive_activations(params, cfg, act_windows, absmax_med=(absmax, med))
     supers = super_weight_candidates(params, cfg)
     if d.dims:
         cands, cands_from = [int(x) for x in d.dims], "config"
     else:
-        cands = auto_candidates(profile, massive, d.auto_candidates)
-        cands_from = ("the core region's most-selected dims, then each layer's largest "
-                      "activation" if profile is not None else "each layer's largest activation")
+        source = d.auto_source if profile is not None else "activations"
+        cands = auto_candidates(profile, massive, d.auto_candidates, source)
+        cands_from = {"both": "the core region's most-selected dims, then the layers' "
+                              "largest activations",
+                      "region": "the core region's most-selected dims",
+                      "activations": "the layers' largest activations (most massive "
+                                     "first)"}[source]
     if d.controls:
         ctrls, ctrls_from = [int(x) for x in d.controls], "config"
-    else:
-        avoid = cands + [m["dims"][0] for m in massive] + [s["hidden_dim"] for s in supers]
+    else:  # away from every layer's top activations, so a control is never a massive dim
+        avoid = cands + [x for m in massive for x in m["dims"]] + \
+            [s["hidden_dim"] for s in supers]
         ctrls = control_dims(cfg.hidden_size, avoid, d.auto_controls, d.seed)
         ctrls_from = (f"seeded random dims (seed {d.seed}) that are neither candidates, "
-                      "massive activations nor super weights")
+                      "among any layer's 5 largest activations, nor super weights")
     points = sweep(params, cfg, evaluate_fn, base, cands, ctrls, d.factors, d.layer,
                    d.targets, progress)
     top = {str(x): int(profile[x]) for x in cands} if profile is not None else {}
+    peaks = {str(x): peak_ratio(absmax, med, x) for x in dict.fromkeys(cands + ctrls)}
     return DimsResult(d.layer, list(d.targets), cands, cands_from, ctrls, ctrls_from, massive,
-                      supers, top, dict(base), points)
+                      supers, top, dict(base), points, peaks)
 
 
 def run_dims(cfg: DimsRunConfig, mesh: jax.sharding.Mesh | None = None) -> DimsResult:

@@ -8,7 +8,7 @@ forward on an (optionally edited) params tree::
 
 Tokenization follows lm-eval's ``hf`` model exactly (``TemplateLM`` splits context and
 continuation; the same BOS rule, truncation and rolling windows), so the loglikelihoods of
-the unedited model equal ``hf``'s. Needs the ``tasks`` extra: ``pip install -e '.[tasks]'``.
+the unedited model equal ``hf``'s. lm-eval is a dependency of the main install.
 Several ``perturb`` specs are separated by ``;``; commas inside ``[...]`` are kept.
 """
 

@@ -127,7 +127,8 @@ OVERRIDES = {
     "experiment": {"monolingual": ["aa"], "ratios": [0.5, 0.2]},
     "forgetting": {"target": "aa"},
     "importance": {"until_stable": None, "max_seqs": 8, "estimator": "wanda"},
-    "demo": {"forgetting_ratios": [0.5, 0.2], "forgetting_granularities": ["row", "tensor"]},
+    "demo": {"forgetting_ratios": [0.5, 0.2], "forgetting_granularities": ["row", "tensor"],
+             "corpus": "synthetic", "valid_text": {}},
 }
 YAML_ONLY = {
     "forgetting": {"settings": [{"name": "none"}, {"name": "l0", "layers": [0]}]},

@@ -78,3 +78,42 @@ def test_quick_demo_end_to_end(tmp_path):
     code, _, err = run_cli("demo", "--quick", "--out", str(out))
     assert code == 0, err[-2000:]
     assert "cached" in err
+
+
+@pytest.mark.slow
+def test_demo_on_a_given_model(model_factory, corpus_dir, tmp_path):
+    """``--model`` skips the tokenizer and pretraining stages and runs every other stage on
+    the given checkpoint and ``--text`` sources; the report names the model."""
+    model = model_factory("llama_mha")
+    out = tmp_path / "demo"
+    texts = [f"--text={k}={corpus_dir}/{k}.txt" for k in ("lat", "rom", "cyr")]
+    code, _, err = run_cli("demo", "--quick", "--model", model, *texts, "--target", "cyr",
+                           "--valid-text", f"lat={corpus_dir}/lat.txt",
+                           "--forgetting-steps", "2", "--forgetting-granularities", "element",
+                           "--importance-windows", "8", "--eval-windows", "4",
+                           "--out", str(out))
+    assert code == 0, err[-2000:]
+    assert "pretraining: skipped, the model is given" in err
+    assert not (out / "pretrain").exists() and not (out / "corpus").exists()
+    exp = json.loads((out / "experiment" / "results.json").read_text())
+    assert exp["setting"]["model"] == model
+    assert set(exp["setting"]["importance"]) == {"lat", "rom"}
+    assert set(exp["perplexity"]["base"]) == {"lat", "rom", "cyr"}
+    assert set(exp["case_studies"]["prompts"]) == {"lat", "rom"}
+    forg = json.loads((out / "forgetting" / "results.json").read_text())
+    assert forg["target"] == "cyr" and forg["settings"]
+    report = (out / "report.md").read_text()
+    assert "Not run: the corpus is not the synthetic one" in report
+    assert f"The pretrained model `{model}`" in report
+    assert "No held-out text was given for rom, cyr" in report and "A tiny Llama" not in report
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--model", "m"], "--model needs real text"),
+    (["--text", "a=x.txt", "--corpus", "d"], "not both"),
+    (["--text", "a=x.txt", "--valid-text", "b=y.txt"], "--valid-text b: no --text b=SOURCE"),
+])
+def test_demo_model_and_text_errors(args, msg, tmp_path):
+    code, _, err = run_cli("demo", *args, "--out", str(tmp_path / "o"))
+    assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "o").exists()

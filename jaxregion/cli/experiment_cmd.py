@@ -29,7 +29,7 @@ def run_experiment(cfg: ExperimentConfig, ctx: Context) -> int:
     from jaxregion.report import battery
 
     res = experiment.run(cfg, log=lambda m: print(m, file=sys.stderr), source=ctx.source,
-                         mesh=ctx.mesh)
+                         mesh=ctx.mesh, command=["jaxregion", *sys.argv[1:]])
     battery.render(res, cfg.out)
     print(f"wrote {os.path.join(cfg.out, 'report.md')}", file=sys.stderr)
     return 0

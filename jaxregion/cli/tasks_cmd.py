@@ -24,10 +24,10 @@ def run(cfg: TasksConfig, ctx: Context) -> int:
     from jaxregion import io  # deferred: jax (see cli.main)
 
     try:
-        from jaxregion import lm_eval as jlm  # deferred: lm-eval is an optional extra
+        from jaxregion import lm_eval as jlm  # deferred: lm-eval imports slowly
     except ImportError as e:
-        raise UserError(f"lm-evaluation-harness is not installed ({e}); "
-                        "pip install -e '.[tasks]'") from None
+        raise UserError(f"lm-evaluation-harness is not installed ({e}); it is a dependency: "
+                        "pip install -e .") from None
     results = jlm.run_tasks_config(cfg, ctx.mesh)
     table = jlm.markdown(results)
     print(table)

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import platform
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from jaxregion import io
@@ -27,6 +29,22 @@ DIM_CONTROL_MAX_RATIO = 1.2
 
 THRESHOLDS = {"CORE_OVER_CONTROL": CORE_OVER_CONTROL, "CORE_MIN_RATIO": CORE_MIN_RATIO,
               "DIM_BREAK_RATIO": DIM_BREAK_RATIO, "DIM_CONTROL_MAX_RATIO": DIM_CONTROL_MAX_RATIO}
+
+
+#: The packages whose versions a battery's results record (those that change its numbers).
+VERSIONED = ("jaxregion", "jax", "jaxlib", "flax", "numpy", "optax", "tokenizers",
+             "transformers", "gguf", "py3langid", "lm_eval")
+
+
+def versions() -> dict[str, str]:
+    """Python's and each of :data:`VERSIONED`'s installed version (absent ones left out)."""
+    out = {"python": platform.python_version()}
+    for name in VERSIONED:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
 
 
 @dataclass
@@ -109,6 +127,11 @@ class Results:
     moe: MoEResult | None = None  # mixtures of experts only
     seconds: float = 0.0
     notes: list[str] = field(default_factory=list)
+    # wall seconds per stage, in run order (the stage names the battery logs)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    # how it was run: the command line (None: called as a library) and package versions
+    command: list[str] | None = None
+    versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

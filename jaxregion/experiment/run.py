@@ -29,6 +29,7 @@ from jaxregion import (
     stability,
 )
 from jaxregion import regions as R
+from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult
 from jaxregion.experiment import languages, maps, moe, texts
@@ -40,6 +41,7 @@ from jaxregion.experiment.results import (
     RegionInfo,
     Results,
     Setting,
+    versions,
 )
 from jaxregion.models import ModelConfig
 
@@ -48,22 +50,40 @@ def _specs(d: dict[str, str]) -> list[str]:
     return [f"{k}={v}" for k, v in d.items()]
 
 
-def region_stability(r: _Run, region: R.Region) -> float | None:
-    """Split-half stability of a region, shown beside it in every table: the same region
+def scoped(scores: dict | R.LazyScores, include: str | None, exclude: str | None) -> dict:
+    """The in-scope tensors of ``scores`` (a tree or a score file read lazily) in memory,
+    every other leaf a zero-memory broadcast zero of its shape: the battery never reads them
+    (regions are selected inside the scope), and a real model's embedding alone is most of
+    its parameters."""
+    lazy = R.as_lazy(scores)
+    keep = set(R.scope_names(list(lazy.shapes), include, exclude))
+    return T.unflatten({n: np.asarray(lazy.read(n)) if n in keep
+                        else np.broadcast_to(np.zeros((), np.float32), shape)
+                        for n, shape in lazy.shapes.items()})
+
+
+def region_stabilities(r: _Run, regions: dict[str, R.Region]) -> dict[str, float | None]:
+    """Split-half stability of each region, shown beside it in every table: the same region
     rebuilt from every language's even-batch half and from its odd half (Jaccard), projected
-    to the full sample (:mod:`jaxregion.stability`). None for regions not made from scores
-    (random) and for importance files without halves (a single micro-batch)."""
-    meta = region.meta
-    kind = meta.get("kind")
-    if kind not in ("core", "bottom", "top", "monolingual", "bottom-monolingual"):
-        return None
+    to the full sample (:mod:`jaxregion.stability`). The halves' in-scope tensors are read
+    once for all regions. None for regions not made from scores (random) and when the
+    importance files have no halves (a single micro-batch)."""
+    kinds = ("core", "bottom", "top", "monolingual", "bottom-monolingual")
+    out: dict[str, float | None] = {k: None for k in regions}
     directory = os.path.join(r.out, "importance", r.cfg.estimator)
     try:
-        st = stability.directory_stability(kind, directory, r.langs, lang=meta.get("lang"),
-                                           ratio=float(meta["ratio"]), **r.sel)
+        halves = {lang: tuple(scoped(h, r.cfg.include, r.cfg.exclude)
+                              for h in stability.load_halves(directory, lang))
+                  for lang in r.langs}
     except UserError:
-        return None
-    return st.projected
+        return out
+    for name, region in regions.items():
+        meta = region.meta
+        if meta.get("kind") in kinds:
+            out[name] = stability.region_stability(
+                meta["kind"], halves, lang=meta.get("lang"), ratio=float(meta["ratio"]),
+                **r.sel).projected
+    return out
 
 
 class _Run:
@@ -92,8 +112,9 @@ class _Run:
             got = scorefiles.score_language(
                 self.s, lang, windows, os.path.join(self.out, "importance", tag),
                 estimator=estimator, batch_size=self.cfg.batch_size, dtype=self.cfg.dtype,
-                source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute")
-        return got.scores
+                source=self.cfg.languages[lang], progress=bar.update, on_mismatch="recompute",
+                load=False)
+        return scoped(R.open_scores(got.path)[0], self.cfg.include, self.cfg.exclude)
 
     def setting(self) -> Setting:
         """Which model and data, as the config gives them."""
@@ -239,51 +260,78 @@ def agreement(r: _Run, core: R.Region) -> dict:
             "estimators": R.overlap_matrix(est) if len(est) > 1 else {}}
 
 
+class _Stages:
+    """Logs each stage as it starts and keeps the wall seconds of each (``seconds``)."""
+
+    def __init__(self, log: Callable[[str], None]):
+        self.log, self.seconds = log, {}
+        self._name, self._t = None, time.time()
+
+    def start(self, name: str, line: str | None = None) -> None:
+        self.stop()
+        if line is not None:
+            self.log(line)
+        self._name, self._t = name, time.time()
+
+    def stop(self) -> None:
+        if self._name is not None:
+            self.seconds[self._name] = round(time.time() - self._t, 1)
+        self._name = None
+
+
 def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
-        source: str = "config", mesh: jax.sharding.Mesh | None = None) -> Results:
+        source: str = "config", mesh: jax.sharding.Mesh | None = None,
+        command: Sequence[str] | None = None) -> Results:
     """Run the battery on ``mesh`` (None: every device on ``data``; ``source``: the config
-    file, named in errors); writes results.json into ``cfg.out`` and returns the results
+    file, named in errors; ``command``: the command line, recorded in the results); writes
+    results.json into ``cfg.out`` and returns the results
     (:func:`jaxregion.report.battery.render` then writes report.md and the PNGs)."""
     validate(cfg, source)
     ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
     validate_for_model(cfg, ck.config, models.shapes(ck.config), source)
     t0 = time.time()
+    st = _Stages(log)
+    st.start("load")
     r = _Run(cfg, log, mesh)
     s, c = r.s, cfg
     casestudies.check_fits(s.config, s.tokenizer, c.case_studies, source)
     for sub in ("importance", "regions"):
         os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
 
-    log("[1/9] importance per language")
+    st.start("importance", "[1/9] importance per language")
     scores = {lang: r.scores(lang, c.estimator) for lang in r.langs}
-    log("[2/9] regions")
+    st.start("regions", "[2/9] regions")
     regs, tops = select_regions(r, scores)
-    infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v),
-                           region_stability(r, v))
-             for k, v in {**regs, **{f"top-{x}": t for x, t in tops.items()}}.items()}
-    log("[3/9] ablations (zero each region, perplexity and bits per byte per language)")
+    every = {**regs, **{f"top-{x}": t for x, t in tops.items()}}
+    stab = region_stabilities(r, every)
+    infos = {k: RegionInfo(v.meta["kind"], R.size(v), R.density(v), stab[k])
+             for k, v in every.items()}
+    st.start("ablations", "[3/9] ablations (zero each region, perplexity and bits per byte "
+                          "per language)")
     evals = {"base": r.evaluate(s.params)} | {
         k: r.evaluate(interventions.zero(s.params, v)) for k, v in regs.items()}
     ppl = {k: {x: e.perplexity for x, e in v.items()} for k, v in evals.items()}
     bpb = {k: {x: e.bits_per_byte for x, e in v.items()} for k, v in evals.items()}
     base = ppl["base"]
     rnd_mean, rnd_std = _mean_std([ppl[f"random-{seed}"] for seed in c.random_seeds])
-    log("[4/9] overlap of the per-language regions")
+    st.start("overlap", "[4/9] overlap of the per-language regions")
     ov = overlap(tops, regs["core"])
-    log(f"[5/9] ratio sweep {list(c.ratios)}")
+    st.start("ratio_sweep", f"[5/9] ratio sweep {list(c.ratios)}")
     own = ["core", "bottom", *[f"random-{seed}" for seed in c.random_seeds]]
     sweep_rows = ratio_sweep(r, scores, base,
                              {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {})
-    log("[6/9] region maps")
+    st.start("region_maps", "[6/9] region maps")
     mp = region_maps(r, scores, regs)
-    log("[7/9] dimension analysis and sweep")
+    st.start("dims", "[7/9] dimension analysis and sweep")
     dres = dims.analyse(s.params, s.config, r.ppl, base, r.eval_windows[r.eval_langs[0]],
                         c.dims, profile=mp["profiles"]["core"])
-    log("[8/9] agreement across sample counts and estimators")
+    st.start("agreement", "[8/9] agreement across sample counts and estimators")
     jac = agreement(r, regs["core"])
-    log("[9/9] case studies (continuations under each edit, language fidelity)")
+    st.start("case_studies",
+             "[9/9] case studies (continuations under each edit, language fidelity)")
     cs = texts.run(s.params, s.config, s.tokenizer, c.case_studies, regs, c.random_seeds[0],
                    r.mono_langs, dres.sweep)
+    st.stop()
 
     moe_res = None
     if s.config.is_moe:
@@ -302,7 +350,9 @@ def run(cfg: ExperimentConfig, log: Callable[[str], None] = print,
         ratio_sweep=sweep_rows, layer_module_density=mp["layer_module_density"],
         profiles={k: v.tolist() for k, v in mp["profiles"].items()},
         importance_hist=mp["importance_hist"], mask_maps=mp["mask_maps"], dims=dres,
-        jaccard=jac, case_studies=cs, moe=moe_res, seconds=round(time.time() - t0, 1))
+        jaccard=jac, case_studies=cs, moe=moe_res, seconds=round(time.time() - t0, 1),
+        stage_seconds=st.seconds, command=list(command) if command is not None else None,
+        versions=versions())
     res.save(os.path.join(c.out, "results.json"))
     log(f"wrote {os.path.join(c.out, 'results.json')} in {res.seconds} s")
     return res

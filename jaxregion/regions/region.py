@@ -15,6 +15,7 @@ which regions selected with the same include/exclude always do.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 from collections.abc import Callable, Mapping, Sequence
@@ -136,11 +137,18 @@ def fingerprint(tree_or_shapes: PyTree | Mapping[str, Sequence[int]]) -> str:
     return "sha1:" + hashlib.sha1(blob.encode()).hexdigest()
 
 
+@functools.lru_cache(maxsize=32)
+def _all_false(shape: tuple[int, ...]) -> jax.Array:
+    """One all-False array per shape, shared by every region (jax arrays are immutable): the
+    leaves outside a region's universe, such as a real model's embedding, cost memory once."""
+    return jnp.zeros(shape, dtype=bool)
+
+
 def full_mask(template: PyTree, flat_mask: Mapping[str, Any]) -> PyTree:
     """A bool tree shaped like ``template``: leaves from ``flat_mask``, others all-False."""
     return T.map_named(
         lambda n, x: jnp.asarray(flat_mask[n], dtype=bool) if n in flat_mask
-        else jnp.zeros(shape_of(x), dtype=bool),
+        else _all_false(tuple(shape_of(x))),
         template,
     )
 

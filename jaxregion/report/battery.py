@@ -257,7 +257,10 @@ def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
         ["controls from", d["controls_from"]],
         ["region entries on each candidate (dim:count)", region],
         ["largest activation per layer (layer:dim)", ", ".join(massive)],
-        ["largest MLP-output weight per layer (layer:dim)", ", ".join(supers)]]), ""]
+        ["largest MLP-output weight per layer (layer:dim)", ", ".join(supers)],
+        ["peak activation / layer median, per swept dim",
+         ", ".join(f"{k}: {fmt(v)}" for k, v in d.get("peak_ratio", {}).items()) or "—"]]),
+        ""]
     base = d["base"]
     rows = [["base", "—", "—", "—", *[base[x] for x in langs], 1.0]]
     rows += [[p["group"], p["dim"], f"`{p['entry']}`", f"x{p['factor']:g}",
@@ -389,6 +392,11 @@ def render(res: Results, out: str) -> str:
         section(doc)
     doc.add(f"_jaxregion {res.jaxregion_version}; {res.seconds} s. Full figures: "
             "results.json._", "")
+    if res.stage_seconds:
+        doc.add("_Wall seconds per stage: " + ", ".join(
+            f"{k} {v:g}" for k, v in res.stage_seconds.items()) + "._", "")
+    if res.command:
+        doc.add(f"_Command: `{' '.join(res.command)}`._", "")
     text = "\n".join(doc.md)
     io.write_text(os.path.join(out, "report.md"), text)
     return text
