@@ -79,6 +79,9 @@ class LaunchConfig:
                                          "$JAXREGION_PROCESS_ID)")
     progress: bool = option(True, group="run", help="progress bars on stderr")
     debug: bool = option(False, group="run", help="show tracebacks on errors")
+    force: bool = option(False, group="run",
+                         help="let an export replace the contents of a non-empty directory "
+                              "that jaxregion did not make")
 
 
 # --- model + corpora -----------------------------------------------------------------------

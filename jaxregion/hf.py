@@ -246,9 +246,10 @@ def export(
     """Write an HF directory: model.safetensors, config.json and the tokenizer files.
 
     Tensors are gathered to the host one at a time (collectively when they span processes:
-    every process calls this; process 0 writes). ``dtype`` casts on the way out.
+    every process calls this; process 0 writes). ``dtype`` casts on the way out. A non-empty
+    ``out_dir`` is replaced only when this tool made it (:func:`safety.check_export_dir`).
     """
-    os.makedirs(out_dir, exist_ok=True)
+    safety.check_export_dir(out_dir)
     flat = flatten(params)
     tensors = {}
     for name, arr in flat.items():
@@ -256,6 +257,7 @@ def export(
         tensors[name] = (dt, tuple(arr.shape),
                          lambda a=arr, dt=dt: fetch(a).astype(dt, copy=False))
     if jax.process_index() == 0:
+        safety.claim(out_dir, safety.EXPORT_OWNER)
         st.write(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
         config = dict(cfg.hf_config)
         first = next(iter(flat.values()))

@@ -73,8 +73,11 @@ def main(argv: list[str] | None = None) -> int:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
         _start(launch)
-        # no output of this command may replace one of its inputs (the config file included)
-        with safety.guard(options.outputs(cmd, cfg)):
+        # no output of this command may replace one of its inputs (the config file included);
+        # outputs are checked, and their directories locked, before any work
+        given = [*options.inputs(cmd, cfg), options.config_path(ns) or ""]
+        with safety.guard(options.outputs(cmd, cfg), given, force=launch.force,
+                          lock=_first_process()):
             safety.reading(options.config_path(ns))
             return int(cmd.run(cfg, options.Context(launch, options.config_path(ns))) or 0)
     except UserError as e:
@@ -93,6 +96,13 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxregion: interrupted", file=sys.stderr)
         return 130
+
+
+def _first_process() -> bool:
+    """Process 0 of a multi-process run holds the output locks for all of them."""
+    import jax  # deferred (see module docstring); _start imported it already
+
+    return jax.process_index() == 0
 
 
 def _start(launch: LaunchConfig) -> None:
