@@ -47,6 +47,32 @@ def _texts(help: str = _TEXT_HELP, **kw) -> Mapping[str, str]:  # noqa: A002
     return option(help=help, metavar="LANG=SOURCE", coerce=lang_specs, name="language", **kw)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the compute dtypes' range (float32, bfloat16)
+
+
+def _float32(value: float, where: str) -> None:
+    """``check`` of a number used in float32 arithmetic: it must stay finite there."""
+    if abs(value) > FLOAT32_MAX:
+        raise UserError(f"{where}: {value!r} is inf in float32 (largest finite "
+                        f"{FLOAT32_MAX:.4g}); give a smaller value")
+
+
+def _edit(kind: str) -> Any:
+    """``check`` of a region op or a perturbation spec, parsed as the edit will be (its
+    value in float32 included), so a bad one is refused before the model is loaded."""
+
+    def check_edit(value: str, where: str) -> None:
+        from jaxregion import interventions  # deferred: jax (see cli.main)
+
+        try:
+            (interventions.parse_region_op if kind == "op" else
+             interventions.parse_perturb)(value)
+        except UserError as e:
+            raise UserError(f"{where}: {e}") from None
+
+    return check_edit
+
+
 def _fraction(value: float, where: str) -> None:
     """``check`` of a region size given as a fraction in (0, 1)."""
     if not 0.0 < value < 1.0:
@@ -103,9 +129,10 @@ class EvalConfig(CorpusConfig):
 
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", help="what to do to the region: zero, scale:F, noise:S "
-                                         "(relative std), set:V")
-    perturb: tuple[str, ...] = option((), metavar="SPEC",
+    region_op: str = option("zero", check=_edit("op"),
+                            help="what to do to the region: zero, scale:F, noise:S "
+                                 "(relative std), set:V")
+    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit("perturb"),
                                       help="edit single entries, e.g. "
                                            "'model.layers.1.mlp.down_proj.weight[:,2100]*4' "
                                            "(ops * = +); repeatable")
@@ -349,9 +376,10 @@ class EditConfig:
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", help="what to do to the region: zero, scale:F, noise:S "
-                                         "(relative std), set:V")
-    perturb: tuple[str, ...] = option((), metavar="SPEC",
+    region_op: str = option("zero", check=_edit("op"),
+                            help="what to do to the region: zero, scale:F, noise:S "
+                                 "(relative std), set:V")
+    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit("perturb"),
                                       help="edit single entries (as in eval); repeatable")
     seed: int = option(0, help="seed for noise:S (and generate's sampling)")
     batch_size: int = option(8, gt=0, help="prompts / requests per step")
@@ -408,7 +436,7 @@ class DimsConfig:
     targets: tuple[str, ...] = option(DEFAULT_DIMS_TARGETS, sep=",", metavar="ROLE,ROLE",
                                       help="comma-separated roles, e.g. input_norm,"
                                            "post_attention_layernorm,o_proj,down_proj,q_proj")
-    factors: tuple[float, ...] = option((4.0, 0.0), sep=",", metavar="F,F",
+    factors: tuple[float, ...] = option((4.0, 0.0), sep=",", metavar="F,F", check=_float32,
                                         help="comma-separated scale factors")
     auto_candidates: int = option(3, ge=0, flag="--candidates", metavar="N",
                                   help="candidate dims to auto-pick")

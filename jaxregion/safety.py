@@ -248,7 +248,13 @@ def _makedirs(directory: str) -> list[str]:
 
 
 def reading(*paths: str) -> None:
-    """Record input files (or directories, protected as a whole) of the running command."""
+    """Record input files (or directories, protected as a whole) of the running command.
+
+    A FIFO, socket or device is refused here, before it is opened: reading one may block
+    forever (a pipe without a writer) or never end."""
+    for p in paths:
+        if p:
+            check_regular(p)
     seen = _INPUTS.get()
     if seen is None:
         return
@@ -260,6 +266,39 @@ def reading(*paths: str) -> None:
                 raise UserError(f"{declared[r]}: is also an input of this command ({p}); "
                                 "refusing to overwrite it. Write the output somewhere else")
             seen.add(r)
+
+
+def check_regular(path: str) -> None:
+    """UserError unless ``path`` is a regular file or a directory (or does not exist)."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:
+        return  # the reader reports a missing or unreadable file itself
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
+        what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) \
+            else "a device"
+        raise UserError(f"{path}: is {what}, not a regular file; write the data to a file "
+                        "and pass that")
+
+
+def check_text(text: str, where: str) -> str:
+    """``text`` if it is valid Unicode text; a lone surrogate (from bytes that are not
+    UTF-8 in a command-line argument, or a ``\\ud800`` escape in JSON) is a UserError."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise UserError(f"{where}: not valid UTF-8 text (character {e.start}: "
+                        f"{text[e.start]!r}, a lone surrogate); fix the encoding") from None
+    return text
+
+
+def check_argv(argv: Sequence[str]) -> None:
+    """Every command-line argument is valid text; the error names the argument (and its
+    flag), never echoes the undecodable bytes."""
+    for i, a in enumerate(argv):
+        flag = argv[i - 1] if i and argv[i - 1].startswith("-") and not a.startswith("-") \
+            else None
+        check_text(a, f"{flag} (argument {i + 1})" if flag else f"argument {i + 1}")
 
 
 def check_output(path: str) -> None:

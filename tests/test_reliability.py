@@ -157,15 +157,18 @@ def test_api_refuses_values_that_overflow_the_dtype():
 
     params = {"model": {"w": jnp.ones((2, 2), jnp.float32)}}
     mask = {"model": {"w": jnp.ones((2, 2), bool)}}
-    with pytest.raises(UserError, match="1e\\+39"):
+    with pytest.raises(UserError, match="1e\\+?39"):
         I.apply_perturb(params, "model.w[0,0]*1e39")
-    with pytest.raises(UserError, match="1e\\+39"):
+    with pytest.raises(UserError, match="1e\\+?39"):
         I.set_value(params, mask, 1e39)
-    with pytest.raises(UserError, match="1e\\+39"):
+    with pytest.raises(UserError, match="1e\\+?39"):
         I.scale(params, mask, 1e39)
-    bf = {"model": {"w": jnp.full((2, 2), 3e38, jnp.bfloat16)}}
+    big = {"model": {"w": jnp.full((2, 2), 3e38, jnp.bfloat16)}}
     with pytest.raises(UserError, match="bfloat16"):
-        I.scale(bf, mask, 4.0)
+        I.apply_perturb(big, "model.w[0,0]*4")
+    half = {"model": {"w": jnp.ones((2, 2), jnp.float16)}}
+    with pytest.raises(UserError, match="float16"):
+        I.set_value(half, mask, 1e5)
     from jaxregion.generate import Sampling
 
     with pytest.raises(UserError, match="1e-40"):

@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     parser = build_parser()
     try:
+        safety.check_argv(argv)
+    except UserError as e:
+        options.print_error("jaxregion", str(e))
+        return 2
+    try:
         ns = parser.parse_args(argv)
     except options.ArgumentError as e:
         print(str(e), file=sys.stderr)
