@@ -162,12 +162,28 @@ def open_checkpoint(model: str) -> Checkpoint:
         if name is not None:
             files[name], keys[name] = f, key
     ck = Checkpoint(path, cfg, files, keys)
+    _check_dtypes(ck)
     problems = spec.check_shapes(ck.shapes, cfg, path)
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if
                                            len(problems) > 20 else "")
         raise UserError(f"{path}: checkpoint does not match config.json: {shown}")
     return ck
+
+
+def _check_dtypes(ck: Checkpoint) -> None:
+    """Checkpoints keep their dtypes: a tensor that is not floating point (an int8 tensor in
+    a float32 checkpoint, say) would be silently cast into nonsense weights."""
+    dts = {n: ck.files[n].tensors[ck.keys[n]].dtype for n in ck.files}
+    floats = [d for d in dts.values() if np.issubdtype(d, np.floating) or d.kind == "V"]
+    if not floats:
+        return
+    main = max(set(floats), key=floats.count)
+    for n, d in sorted(dts.items()):
+        if not (np.issubdtype(d, np.floating) or d.kind == "V"):
+            raise UserError(f"{ck.files[n].path}: tensor {ck.keys[n]} is {d}, but the "
+                            f"checkpoint's weights are {main}; a quantized or corrupt tensor "
+                            "cannot be cast to weights (dequantize it first)")
 
 
 Placement = Callable[[str, tuple[int, ...]], "jax.sharding.Sharding | None"]

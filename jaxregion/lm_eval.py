@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -272,6 +273,32 @@ def finite_or_none(obj: Any) -> Any:
     return str(obj)
 
 
+class _TaskYamlLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs for syntax only: their ``!function`` tags are accepted."""
+
+
+_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _check_task_yamls(include_path: str) -> None:
+    """UserError naming the first task YAML under ``include_path`` that is not valid YAML
+    (lm-eval skips it with a warning, and its task then looks unknown)."""
+    for d, _, files in sorted(os.walk(include_path)):
+        for name in sorted(files):
+            if not name.endswith((".yaml", ".yml")):
+                continue
+            p = os.path.join(d, name)
+            try:
+                with open(p, encoding="utf-8") as f:
+                    yaml.load(f, Loader=_TaskYamlLoader)  # noqa: S506 (a SafeLoader subclass)
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                mark = getattr(e, "problem_mark", None)
+                at = f":{mark.line + 1}" if mark is not None else ""
+                why = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise UserError(f"{p}{at}: not valid YAML ({why}); lm-eval cannot read the "
+                                "task it defines") from None
+
+
 def check_tasks(tasks: Sequence[str], include_path: str | None = None):
     """A TaskManager that knows every task in ``tasks``; unknown names are a UserError."""
     from lm_eval.tasks import TaskManager
@@ -281,6 +308,8 @@ def check_tasks(tasks: Sequence[str], include_path: str | None = None):
     manager = TaskManager(include_path=include_path)
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
+    if unknown and include_path is not None:
+        _check_task_yamls(include_path)  # a malformed YAML is why, not an unknown name
     if not tasks or unknown:
         where = f" (nor in {include_path})" if include_path else ""
         raise UserError(f"unknown lm-eval task(s): {', '.join(unknown) or '(none given)'}; "

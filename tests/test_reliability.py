@@ -145,9 +145,9 @@ def test_freeze_mask_matching_no_parameter_raises():
     from jaxregion import freeze as F
 
     mask = {"transformer": {"blocks": {"0": {"wq": jnp.ones((2, 2), bool)}}}}
-    with pytest.raises(UserError, match="no parameter"):
+    with pytest.raises(UserError, match="is a parameter of the model"):
         F.make_freeze_mask(mask, params={"model": {"embed_tokens": {"weight": jnp.ones(2)}}})
-    with pytest.raises(UserError, match="no parameter"):
+    with pytest.raises(UserError, match="is a parameter of the model"):
         F.make_freeze_mask(mask, roles={})
 
 
