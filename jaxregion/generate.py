@@ -25,7 +25,6 @@ from jaxregion.data.packing import document_tokens
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, kvcache
 
-
 MIN_TEMPERATURE = 1e-6  # logits up to ~1e32 stay finite in float32 when divided by it
 
 

@@ -85,7 +85,7 @@ def test_full_disk_is_one_line(model_factory, corpus_dir, tmp_path):
                                "--seq-len", "16", "--max-seqs", "8", "--save-every", "2",
                                "--ckpt-dir", str(mnt / "ck"), "--export", str(mnt / "hf"),
                                "--no-progress")
-        _one_line(code, err, "No space left on device")
+        _one_line(code, err, "space left on device")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
 
@@ -96,8 +96,9 @@ def test_stability_is_that_of_the_region_built(model_factory, corpus_dir, tmp_pa
     """``regions core --granularity row`` prints the split-half Jaccard of row regions."""
     from jaxregion import regions as R
     from jaxregion import stability
-    from jaxregion.models import input_axes
+    from jaxregion.configs import DEFAULT_INCLUDE
     from jaxregion.hf import open_checkpoint
+    from jaxregion.models import input_axes
 
     model = model_factory("llama_mha")
     imp = str(tmp_path / "imp")
@@ -115,7 +116,7 @@ def test_stability_is_that_of_the_region_built(model_factory, corpus_dir, tmp_pa
         assert code == 0, err
         line = next(ln for ln in err.splitlines() if ln.startswith("stability:"))
         got = float(line.split("Jaccard ")[1].split(",")[0])
-        kw = {"ratio": 0.25, "granularity": gran, "in_axes": axes, "include": ":layers:"}
+        kw = {"ratio": 0.25, "granularity": gran, "in_axes": axes, "include": DEFAULT_INCLUDE}
         a = R.select("core", {k: v[0] for k, v in halves.items()}, **kw)
         b = R.select("core", {k: v[1] for k, v in halves.items()}, **kw)
         assert got == pytest.approx(R.jaccard(a, b), abs=5e-5), (gran, line)

@@ -13,7 +13,10 @@ The command modules import the library (and so jax, ~0.8 s) inside their handler
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
+import re
 import sys
 
 from jaxregion import __version__, safety
@@ -74,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = "jaxregion " + " ".join(cmd.words)
     debug = options.debug_requested(ns)
+    if not debug:  # orbax logs its writer threads' failures (with tracebacks) before raising
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
     try:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
@@ -101,6 +106,28 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxregion: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk, however a library words it, is one line
+        full = _disk_full(e)
+        if full is None or debug:
+            raise
+        options.print_error(prog, full)
+        return 2
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """The one-line message of an exception (or its cause) that says the disk is full:
+    ENOSPC, or tensorstore's RESOURCE_EXHAUSTED write errors (orbax raises them as
+    ValueError); None for any other exception."""
+    while e is not None:
+        text = str(e)
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text or \
+                ("RESOURCE_EXHAUSTED" in text and "writing" in text):
+            m = re.search(r'local file "([^"]+)"', text) or re.search(r"'([^']+)'", text)
+            where = m.group(1) if m else "output"
+            return (f"{where}: no space left on device; free disk space or choose another "
+                    "directory")
+        e = e.__cause__ or e.__context__
+    return None
 
 
 def _first_process() -> bool:
