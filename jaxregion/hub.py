@@ -14,6 +14,7 @@ import os
 import shutil
 import socket
 import tempfile
+import threading
 from collections.abc import Iterator
 from urllib.parse import urlparse
 
@@ -27,14 +28,24 @@ def _offline_env() -> bool:
 
 
 def reachable(timeout: float = PROBE_TIMEOUT_S) -> bool:
-    """True when a TCP connection to the hub endpoint opens within ``timeout`` seconds."""
+    """True when a TCP connection to the hub endpoint opens within ``timeout`` seconds, name
+    resolution included (``getaddrinfo`` has no timeout of its own: it runs in a thread)."""
     url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
     port = url.port or (443 if url.scheme == "https" else 80)
-    try:
-        with socket.create_connection((url.hostname or "huggingface.co", port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection((url.hostname or "huggingface.co", port),
+                                          timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True, name="jaxregion-hub-probe")
+    t.start()
+    t.join(timeout)
+    return bool(result and result[0])
 
 
 def go_offline_if_unreachable() -> bool:
