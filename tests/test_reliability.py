@@ -236,3 +236,25 @@ def test_forgetting_recomputes_after_a_corpus_changes_in_place(model_factory, co
     assert {r["key"]: r["final"] for r in again["points"]} == \
         {r["key"]: r["final"] for r in ref["points"]}
     capsys.readouterr()
+
+
+# --- never replace what the tool did not make -----------------------------------------------
+def test_export_needs_its_marker_or_force(model_factory, tmp_path):
+    from jaxregion import hf, safety
+
+    cfg, params = hf.load(model_factory("llama_mha"))
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "config.json").write_text('{"mine": true}\n')
+    before = snapshot(str(user))
+    with pytest.raises(UserError, match="--force"):
+        hf.export(params, cfg, str(user))
+    assert snapshot(str(user)) == before
+    with safety.guard([safety.Output("--export", str(user), "export")], force=True):
+        hf.export(params, cfg, str(user))  # --force: replaced, and marked as ours
+    assert safety.owner_of(str(user)) == safety.EXPORT_OWNER
+    hf.export(params, cfg, str(user))  # ours now: a re-export needs no --force
+    new = tmp_path / "new"
+    hf.export(params, cfg, str(new))
+    assert json.load(open(new / "config.json"))["model_type"] == cfg.hf_config["model_type"]
+    assert not (tmp_path / "user" / safety.LOCK).exists()
