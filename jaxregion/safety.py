@@ -123,8 +123,10 @@ def guard(outputs: Mapping[str, str | None] | Sequence[Output] | None = None,
     token_forced = _FORCED.set(forced)
     try:
         with contextlib.ExitStack() as stack:
+            held: set[str] = set()
             for o in outs:
-                if o.kind != "file" and lock:
+                if o.kind != "file" and lock and os.path.realpath(o.path) not in held:
+                    held.add(os.path.realpath(o.path))
                     stack.enter_context(locked(o.path, o.flag))
             yield _INPUTS.get()  # type: ignore[misc]
     finally:

@@ -258,3 +258,19 @@ def test_export_needs_its_marker_or_force(model_factory, tmp_path):
     hf.export(params, cfg, str(new))
     assert json.load(open(new / "config.json"))["model_type"] == cfg.hf_config["model_type"]
     assert not (tmp_path / "user" / safety.LOCK).exists()
+
+
+def test_lock_names_its_holder_and_leaves_nothing(tmp_path):
+    """The fast half of test_concurrency: a second holder is refused at once, naming the
+    first; the lock file, and the directory the lock made, are gone afterwards."""
+    from jaxregion import safety
+
+    d = str(tmp_path / "new" / "out")
+    with safety.locked(d, "--out"):
+        with pytest.raises(UserError, match=f"pid {os.getpid()}, started "):
+            with safety.locked(d, "--out"):
+                pass
+    assert not os.path.exists(tmp_path / "new")  # made by the lock, left empty: removed
+    outs = [safety.Output("--ckpt-dir", d, "dir"), safety.Output("--export", d, "export")]
+    with safety.guard(outs):  # one directory named twice is locked once
+        assert os.path.isfile(os.path.join(d, safety.LOCK))
