@@ -148,7 +148,7 @@ def check_path(path: str, where: str, want_dir: bool) -> None:
         st = None
     except OSError as e:
         why = "a symlink loop" if e.errno == errno.ELOOP else (e.strerror or str(e))
-        raise UserError(f"{where}: {why}; give another path") from None
+        raise UserError(f"{where}: cannot write there ({why}); give another path") from None
     if st is None and os.path.islink(path):
         raise UserError(f"{where}: a dangling symlink (to {os.readlink(path)}); give another "
                         "path")
@@ -162,7 +162,7 @@ def check_path(path: str, where: str, want_dir: bool) -> None:
     while not os.path.lexists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise UserError(f"{where}: {parent} is not a directory")
+        raise UserError(f"{where}: cannot write there ({parent} is not a directory)")
 
 
 def check_declared(o: Output, inputs: set[str], force: bool = False) -> None:

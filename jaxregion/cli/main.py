@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import sys
+import threading
 
 from jaxregion import __version__, safety
 from jaxregion.cli import (
@@ -77,8 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = "jaxregion " + " ".join(cmd.words)
     debug = options.debug_requested(ns)
-    if not debug:  # orbax logs its writer threads' failures (with tracebacks) before raising
+    if not debug:  # orbax logs its writer threads' failures (with tracebacks) before raising,
+        # and its event-loop threads may die noisily after; the main thread reports the error
         logging.getLogger("absl").setLevel(logging.CRITICAL)
+        threading.excepthook = _quiet_thread_error
+        sys.excepthook = _main_thread_excepthook
     try:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
@@ -112,6 +116,18 @@ def main(argv: list[str] | None = None) -> int:
             raise
         options.print_error(prog, full)
         return 2
+
+
+def _quiet_thread_error(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a library's background thread is not shown (without --debug):
+    what it means reaches the main thread, which prints it as one line."""
+
+
+def _main_thread_excepthook(tp: type, value: BaseException, tb: object) -> None:
+    """Errors printed from a native library's own threads (tensorstore's callbacks run after
+    orbax closed their event loop) are not shown; the main thread's are, as usual."""
+    if threading.current_thread() is threading.main_thread():
+        sys.__excepthook__(tp, value, tb)
 
 
 def _disk_full(e: BaseException) -> str | None:
