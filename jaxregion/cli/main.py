@@ -83,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger("absl").setLevel(logging.CRITICAL)
         threading.excepthook = _quiet_thread_error
         sys.excepthook = _main_thread_excepthook
+        sys.unraisablehook = _main_thread_unraisable
     try:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
@@ -128,6 +129,12 @@ def _main_thread_excepthook(tp: type, value: BaseException, tb: object) -> None:
     orbax closed their event loop) are not shown; the main thread's are, as usual."""
     if threading.current_thread() is threading.main_thread():
         sys.__excepthook__(tp, value, tb)
+
+
+def _main_thread_unraisable(u: object) -> None:
+    """Likewise for "unraisable" errors of callbacks that native threads run."""
+    if threading.current_thread() is threading.main_thread():
+        sys.__unraisablehook__(u)
 
 
 def _disk_full(e: BaseException) -> str | None:
