@@ -13,6 +13,7 @@ Cross-field checks live in each class's ``validate()``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -57,20 +58,20 @@ def _float32(value: float, where: str) -> None:
                         f"{FLOAT32_MAX:.4g}); give a smaller value")
 
 
-def _edit(kind: str) -> Any:
-    """``check`` of a region op or a perturbation spec, parsed as the edit will be (its
-    value in float32 included), so a bad one is refused before the model is loaded."""
+_EDIT_VALUE = re.compile(r"[:*=+]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
 
-    def check_edit(value: str, where: str) -> None:
-        from jaxregion import interventions  # deferred: jax (see cli.main)
 
-        try:
-            (interventions.parse_region_op if kind == "op" else
-             interventions.parse_perturb)(value)
-        except UserError as e:
-            raise UserError(f"{where}: {e}") from None
-
-    return check_edit
+def _edit_value(value: str, where: str) -> None:
+    """``check`` of a region op (``scale:F``, ``set:V``) or a perturbation
+    (``NAME[IDX]*V``): its number must be finite in float32, so it is refused when the flag
+    or key is read (the grammar is checked where the edit is parsed, in interventions)."""
+    m = _EDIT_VALUE.search(value.strip())
+    try:
+        v = float(m.group(1)) if m else math.nan
+    except ValueError:
+        return
+    if math.isfinite(v):
+        _float32(v, where)
 
 
 def _fraction(value: float, where: str) -> None:
@@ -129,10 +130,10 @@ class EvalConfig(CorpusConfig):
 
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", check=_edit("op"),
+    region_op: str = option("zero", check=_edit_value,
                             help="what to do to the region: zero, scale:F, noise:S "
                                  "(relative std), set:V")
-    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit("perturb"),
+    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit_value,
                                       help="edit single entries, e.g. "
                                            "'model.layers.1.mlp.down_proj.weight[:,2100]*4' "
                                            "(ops * = +); repeatable")
@@ -376,10 +377,10 @@ class EditConfig:
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", check=_edit("op"),
+    region_op: str = option("zero", check=_edit_value,
                             help="what to do to the region: zero, scale:F, noise:S "
                                  "(relative std), set:V")
-    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit("perturb"),
+    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit_value,
                                       help="edit single entries (as in eval); repeatable")
     seed: int = option(0, help="seed for noise:S (and generate's sampling)")
     batch_size: int = option(8, gt=0, help="prompts / requests per step")

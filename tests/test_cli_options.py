@@ -93,15 +93,10 @@ def test_help_lists_exactly_the_dataclass_options(name: str) -> None:
 
 
 # --- YAML == flags ----------------------------------------------------------------------------
-EDITS = {"region_op": "scale:0.5", "perturb": ["model.norm.weight[0]*2", "model.norm.weight=0"]}
-
-
 def _sample(f: dataclasses.Field, tp):
     """A valid, non-default value for field ``f`` (type ``tp``)."""
     md = f.metadata
     base = C.strip_optional(tp)[0]
-    if f.name in EDITS:  # parsed when read (issue 23): a valid edit
-        return EDITS[f.name]
     if "choices" in md and base is str:
         return [c for c in md["choices"] if c != f.default][-1]
     if base is bool:
