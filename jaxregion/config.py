@@ -271,6 +271,31 @@ class _BudgetLoader(yaml.SafeLoader):
                                  "(nested aliases?); write the values out")
         return super().construct_document(node)
 
+    def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+        """A key given twice in one mapping is an error, never "the last one wins"."""
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, seen[key], line)
+                    seen[key] = line
+                except TypeError:  # an unhashable key: PyYAML reports it itself
+                    continue
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping of a YAML file gives one key twice (lines are 1-based)."""
+
+    def __init__(self, key: Any, first: int, second: int) -> None:
+        super().__init__(f"key {safety.excerpt(key)} is given twice, on lines {first} and "
+                         f"{second}; keep one")
+
 
 def read_yaml(path: str) -> Any:
     """The parsed YAML at ``path``, or a UserError naming the file."""
@@ -286,6 +311,8 @@ def read_yaml(path: str) -> Any:
         raise UserError(f"{path}: larger than {MAX_YAML_BYTES} bytes; a config file is small")
     try:
         return yaml.load(text, Loader=_BudgetLoader)  # noqa: S506 (a SafeLoader subclass)
+    except DuplicateKeyError as e:
+        raise UserError(f"{path}: {e}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0][:200]})") from None
     except RecursionError:

@@ -13,6 +13,7 @@ Cross-field checks live in each class's ``validate()``.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -48,6 +49,32 @@ def _texts(help: str = _TEXT_HELP, **kw) -> Mapping[str, str]:  # noqa: A002
     return option(help=help, metavar="LANG=SOURCE", coerce=lang_specs, name="language", **kw)
 
 
+FLOAT32_MAX = 3.4028234663852886e38  # the compute dtypes' range (float32, bfloat16)
+
+
+def _float32(value: float, where: str) -> None:
+    """``check`` of a number used in float32 arithmetic: it must stay finite there."""
+    if abs(value) > FLOAT32_MAX:
+        raise UserError(f"{where}: {value!r} is inf in float32 (largest finite "
+                        f"{FLOAT32_MAX:.4g}); give a smaller value")
+
+
+_EDIT_VALUE = re.compile(r"[:*=+]\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)$")
+
+
+def _edit_value(value: str, where: str) -> None:
+    """``check`` of a region op (``scale:F``, ``set:V``) or a perturbation
+    (``NAME[IDX]*V``): its number must be finite in float32, so it is refused when the flag
+    or key is read (the grammar is checked where the edit is parsed, in interventions)."""
+    m = _EDIT_VALUE.search(value.strip())
+    try:
+        v = float(m.group(1)) if m else math.nan
+    except ValueError:
+        return
+    if math.isfinite(v):
+        _float32(v, where)
+
+
 def _fraction(value: float, where: str) -> None:
     """``check`` of a region size given as a fraction in (0, 1)."""
     if not 0.0 < value < 1.0:
@@ -80,6 +107,9 @@ class LaunchConfig:
                                          "$JAXREGION_PROCESS_ID)")
     progress: bool = option(True, group="run", help="progress bars on stderr")
     debug: bool = option(False, group="run", help="show tracebacks on errors")
+    force: bool = option(False, group="run",
+                         help="let an export replace the contents of a non-empty directory "
+                              "that jaxregion did not make")
 
 
 # --- model + corpora -----------------------------------------------------------------------
@@ -101,11 +131,11 @@ class EvalConfig(CorpusConfig):
 
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", help="what to do to the region: zero, scale:F, noise:S "
+    region_op: str = option("zero", check=_edit_value, help="what to do to the region: zero, scale:F, noise:S "
                                          "(relative std), set:V, or drop-expert (MoE: remove "
                                          "the region's whole experts from their routers; "
                                          "drop-expert:L.E,... names them)")
-    perturb: tuple[str, ...] = option((), metavar="SPEC",
+    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit_value,
                                       help="edit single entries, e.g. "
                                            "'model.layers.1.mlp.down_proj.weight[:,2100]*4' "
                                            "(ops * = +); repeatable")
@@ -393,11 +423,11 @@ class EditConfig:
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", help="what to do to the region: zero, scale:F, noise:S "
+    region_op: str = option("zero", check=_edit_value, help="what to do to the region: zero, scale:F, noise:S "
                                          "(relative std), set:V, or drop-expert (MoE: remove "
                                          "the region's whole experts from their routers; "
                                          "drop-expert:L.E,... names them)")
-    perturb: tuple[str, ...] = option((), metavar="SPEC",
+    perturb: tuple[str, ...] = option((), metavar="SPEC", check=_edit_value,
                                       help="edit single entries (as in eval); repeatable")
     seed: int = option(0, help="seed for noise:S (and generate's sampling)")
     batch_size: int = option(8, gt=0, help="prompts / requests per step")
@@ -454,7 +484,7 @@ class DimsConfig:
     targets: tuple[str, ...] = option(DEFAULT_DIMS_TARGETS, sep=",", metavar="ROLE,ROLE",
                                       help="comma-separated roles, e.g. input_norm,"
                                            "post_attention_layernorm,o_proj,down_proj,q_proj")
-    factors: tuple[float, ...] = option((4.0, 0.0), sep=",", metavar="F,F",
+    factors: tuple[float, ...] = option((4.0, 0.0), sep=",", metavar="F,F", check=_float32,
                                         help="comma-separated scale factors")
     auto_candidates: int = option(3, ge=0, flag="--candidates", metavar="N",
                                   help="candidate dims to auto-pick")

@@ -87,13 +87,22 @@ def freeze_leaves(tx: optax.GradientTransformation, frozen_leaves: PyTree
 
 
 def make_freeze_mask(region_mask: Any, include_norms: bool = False,
-                     roles: Mapping[str, Any] | None = None) -> PyTree:
+                     roles: Mapping[str, Any] | None = None, params: PyTree = None) -> PyTree:
     """Bool tree to freeze from a region: norm parameters (kind ``norm`` in ``roles``, by
-    default the family tables read by name) are left trainable unless ``include_norms``."""
+    default the family tables read by name) are left trainable unless ``include_norms``.
+
+    A mask none of whose names is a parameter (of ``params`` when given, else one the roles
+    know) would freeze nothing without a word: UserError."""
     m = mask_of(region_mask)
+    names = list(T.flatten(m))
+    rl = roles_for(names, roles)
+    known = set(T.flatten(params)) if params is not None else \
+        {n for n in names if rl.get(n) is not None}
+    if names and not known.intersection(names):
+        raise UserError(f"freeze mask: none of its {len(names)} names (e.g. {names[0]!r}) is "
+                        "a parameter of the model; is the region for another model?")
     if include_norms:
         return jax.tree.map(lambda x: jnp.asarray(x, bool), m)
-    rl = roles_for(list(T.flatten(m)), roles)
 
     def one(n: str, x: Any) -> jax.Array:
         r = rl.get(n)

@@ -25,6 +25,8 @@ from jaxregion.data.packing import document_tokens
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, kvcache
 
+MIN_TEMPERATURE = 1e-6  # logits up to ~1e32 stay finite in float32 when divided by it
+
 
 @dataclass(frozen=True)
 class Sampling:
@@ -37,6 +39,9 @@ class Sampling:
     def check(self) -> None:
         if not self.temperature >= 0:
             raise UserError(f"--temperature {self.temperature}: must be >= 0 (0 = greedy)")
+        if 0 < self.temperature < MIN_TEMPERATURE:  # float32 logits / t overflow: garbage
+            raise UserError(f"--temperature {self.temperature!r}: below {MIN_TEMPERATURE:g}, "
+                            "float32 logits divided by it overflow; use 0 for greedy decoding")
         if not 0 < self.top_p <= 1:
             raise UserError(f"--top-p {self.top_p}: must be in (0, 1]")
 
@@ -233,7 +238,7 @@ def read_prompts(path: str) -> list[tuple[str, str]]:
             if not isinstance(text, str):
                 raise UserError(f'{path}:{n}: expected a string or an object with a "prompt" '
                                 "string")
-            out.append((f"{path}:{n}", text))
+            out.append((f"{path}:{n}", safety.check_text(text, f"{path}:{n}")))
     return out
 
 

@@ -213,6 +213,7 @@ def open_checkpoint(model: str) -> Checkpoint:
         if name is not None:
             files[name], keys[name] = f, key
     ck = Checkpoint(path, cfg, files, keys)
+    _check_dtypes(ck)
     problems = spec.check_shapes(ck.shapes, cfg, path)
     if problems:
         shown = "; ".join(problems[:20]) + (f"; and {len(problems) - 20} more" if
@@ -220,6 +221,21 @@ def open_checkpoint(model: str) -> Checkpoint:
         what = "its GGUF metadata" if gguf_import.is_gguf(path) else "config.json"
         raise UserError(f"{path}: checkpoint does not match {what}: {shown}")
     return ck
+
+
+def _check_dtypes(ck: Checkpoint) -> None:
+    """Checkpoints keep their dtypes: a tensor that is not floating point (an int8 tensor in
+    a float32 checkpoint, say) would be silently cast into nonsense weights."""
+    dts = {n: ck.files[n].tensors[ck.keys[n]].dtype for n in ck.files}
+    floats = [d for d in dts.values() if np.issubdtype(d, np.floating) or d.kind == "V"]
+    if not floats:
+        return
+    main = max(set(floats), key=floats.count)
+    for n, d in sorted(dts.items()):
+        if not (np.issubdtype(d, np.floating) or d.kind == "V"):
+            raise UserError(f"{ck.files[n].path}: tensor {ck.keys[n]} is {d}, but the "
+                            f"checkpoint's weights are {main}; a quantized or corrupt tensor "
+                            "cannot be cast to weights (dequantize it first)")
 
 
 Placement = Callable[[str, tuple[int, ...]], "jax.sharding.Sharding | None"]
@@ -314,9 +330,10 @@ def export(
     """Write an HF directory: model.safetensors, config.json and the tokenizer files.
 
     Tensors are gathered to the host one at a time (collectively when they span processes:
-    every process calls this; process 0 writes). ``dtype`` casts on the way out.
+    every process calls this; process 0 writes). ``dtype`` casts on the way out. A non-empty
+    ``out_dir`` is replaced only when this tool made it (:func:`safety.check_export_dir`).
     """
-    os.makedirs(out_dir, exist_ok=True)
+    safety.check_export_dir(out_dir)
     flat = flatten(params)
     tensors = {}
     for name, arr in flat.items():
@@ -324,6 +341,7 @@ def export(
         tensors[name] = (dt, tuple(arr.shape),
                          lambda a=arr, dt=dt: fetch(a).astype(dt, copy=False))
     if jax.process_index() == 0:
+        safety.claim(out_dir, safety.EXPORT_OWNER)
         st.write(os.path.join(out_dir, "model.safetensors"), tensors, {"format": "pt"})
         config = dict(cfg.hf_config)
         first = next(iter(flat.values()))

@@ -31,6 +31,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxregion import tree as T
 from jaxregion.errors import UserError
@@ -72,11 +73,16 @@ def _apply_masked(params: PyTree, region_or_mask: Any,
         params)
 
 
-def _finite(value: float, what: str) -> float:
-    """A non-finite value would turn every masked weight into NaN/inf: refuse it."""
+def _finite(value: float, what: str, dtype: Any = jnp.float32) -> float:
+    """A value that is not finite in ``dtype`` (where it is used: float32 arithmetic, or the
+    leaf's own dtype) would turn every masked weight into NaN/inf: refuse it."""
     v = float(value)
     if not math.isfinite(v):
         raise UserError(f"{what} {value!r} is not a finite number")
+    fi = jnp.finfo(dtype)
+    if abs(v) > float(fi.max):
+        raise UserError(f"{what} {v!r} is inf in {np.dtype(dtype).name} (largest finite "
+                        f"{float(fi.max):.4g}); give a smaller value")
     return v
 
 
@@ -89,8 +95,12 @@ def zero(params: PyTree, region_or_mask: Any) -> PyTree:
 def set_value(params: PyTree, region_or_mask: Any, value: float) -> PyTree:
     """Masked elements set to ``value`` (cast to each leaf's dtype)."""
     value = _finite(value, "set value")
-    return _apply_masked(params, region_or_mask,
-                         lambda n, x, m: jnp.where(m, jnp.asarray(value, x.dtype), x))
+
+    def fn(n: str, x: jax.Array, m: jax.Array) -> jax.Array:
+        _finite(value, f"set value (for {n})", x.dtype)
+        return jnp.where(m, jnp.asarray(value, x.dtype), x)
+
+    return _apply_masked(params, region_or_mask, fn)
 
 
 def scale(params: PyTree, region_or_mask: Any, factor: float) -> PyTree:
@@ -131,9 +141,8 @@ def parse_region_op(op: str) -> tuple[str, float | None]:
             v = float(arg)
         except ValueError:
             v = None
-        if v is not None and not math.isfinite(v):
-            raise UserError(f"region op {op!r}: {arg} is not a finite number; give e.g. "
-                            "scale:0.5, noise:0.1, set:0")
+        if v is not None:
+            _finite(v, f"region op {op!r}: value")
         if v is not None and kind == "noise" and v < 0:
             raise UserError(f"region op {op!r}: the noise scale must be >= 0")
         if v is not None:
@@ -197,6 +206,7 @@ def parse_perturb(spec: str) -> Perturb:
     if not math.isfinite(value):
         raise UserError(f"perturbation {spec!r}: value {m.group('val')!r} is not a finite "
                         f"number; grammar: {PERTURB_GRAMMAR}")
+    _finite(value, f"perturbation {spec!r}: value")
     idx_s = m.group("idx")
     index: tuple[int | slice, ...] = ()
     if idx_s is not None:
@@ -260,4 +270,7 @@ def apply_perturb(params: PyTree, spec: str | Perturb | Sequence[str | Perturb])
         new = ref.set((x[idx].astype(jnp.float32) * p.value).astype(x.dtype))
     else:
         new = ref.set((x[idx].astype(jnp.float32) + p.value).astype(x.dtype))
+    if not bool(jnp.isfinite(new[idx]).all()):
+        raise UserError(f"perturbation {p.spec or p.name!r}: the result is not finite in "
+                        f"{np.dtype(x.dtype).name}; give a smaller value")
     return T.replace(params, p.name, new)

@@ -22,6 +22,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+import yaml
 from lm_eval import utils as lm_utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
@@ -32,7 +33,7 @@ from lm_eval.models.utils import (
 )
 from tqdm.auto import tqdm
 
-from jaxregion import generate, runtime
+from jaxregion import generate, runtime, safety
 from jaxregion.configs import TasksConfig
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, apply
@@ -271,12 +272,56 @@ def finite_or_none(obj: Any) -> Any:
     return str(obj)
 
 
+class _TaskYamlLoader(yaml.SafeLoader):
+    """Reads lm-eval task YAMLs for syntax only: their ``!function`` tags are accepted."""
+
+
+_TaskYamlLoader.add_multi_constructor("!", lambda loader, suffix, node: None)
+
+
+def _data_files(node: Any) -> list[str]:
+    """The paths a task YAML's ``dataset_kwargs.data_files`` names (str, list or mapping)."""
+    if isinstance(node, str):
+        return [node]
+    if isinstance(node, dict):
+        return [p for v in node.values() for p in _data_files(v)]
+    if isinstance(node, list):
+        return [p for v in node for p in _data_files(v)]
+    return []
+
+
+def _check_task_yamls(include_path: str) -> None:
+    """UserError naming the first task YAML under ``include_path`` that is not valid YAML
+    (lm-eval skips it with a warning, and its task then looks unknown). The data files the
+    YAMLs name are inputs of the command (:func:`safety.reading`): no output replaces them."""
+    for d, _, files in sorted(os.walk(include_path)):
+        for name in sorted(files):
+            if not name.endswith((".yaml", ".yml")):
+                continue
+            p = os.path.join(d, name)
+            try:
+                with open(p, encoding="utf-8") as f:
+                    doc = yaml.load(f, Loader=_TaskYamlLoader)  # noqa: S506 (SafeLoader)
+            except (yaml.YAMLError, UnicodeDecodeError) as e:
+                mark = getattr(e, "problem_mark", None)
+                at = f":{mark.line + 1}" if mark is not None else ""
+                why = getattr(e, "problem", None) or str(e).splitlines()[0]
+                raise UserError(f"{p}{at}: not valid YAML ({why}); lm-eval cannot read the "
+                                "task it defines") from None
+            kwargs = doc.get("dataset_kwargs") if isinstance(doc, dict) else None
+            if isinstance(kwargs, dict):
+                safety.reading(*(f for f in _data_files(kwargs.get("data_files"))
+                                 if os.path.isfile(f)))
+
+
 def check_tasks(tasks: Sequence[str], include_path: str | None = None):
     """A TaskManager that knows every task in ``tasks``; unknown names are a UserError."""
     from lm_eval.tasks import TaskManager
 
     if include_path is not None and not os.path.isdir(include_path):
         raise UserError(f"--include-path {include_path}: no such directory")
+    if include_path is not None:
+        _check_task_yamls(include_path)
     manager = TaskManager(include_path=include_path)
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]

@@ -136,9 +136,10 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     if scores is None or cfg.kind == "random":
         return region, None
     try:
-        st = stability.directory_stability(
+        st = stability.directory_stability(  # of the region built, at its granularity
             cfg.kind, cfg.importance, list(scores), lang=cfg.lang, ratio=cfg.ratio,
-            scope=cfg.scope, include=cfg.include or None, exclude=cfg.exclude or None)
+            scope=cfg.scope, include=cfg.include or None, exclude=cfg.exclude or None,
+            granularity=cfg.granularity, in_axes=in_axes)
         return region, st.line()
     except UserError as e:
         return region, f"stability: unknown ({e})"

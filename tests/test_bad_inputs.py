@@ -9,7 +9,6 @@ and after). Most cases fail before any model weights are read, so the matrix is 
 from __future__ import annotations
 
 import gzip
-import hashlib
 import json
 import os
 import shutil
@@ -19,30 +18,12 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from treesnap import diff, snapshot
 
 from jaxregion import distributed
 from jaxregion.cli.main import main
 
 W = SimpleNamespace()  # the workspace: paths filled in by the `world` fixture
-
-def _tree_hash(root: str, skip: str) -> dict[str, str]:
-    out = {}
-    for d, dirs, files in os.walk(root):
-        if os.path.realpath(d).startswith(os.path.realpath(skip)):
-            continue
-        dirs[:] = [x for x in dirs if not os.path.realpath(os.path.join(d, x))
-                   .startswith(os.path.realpath(skip))]
-        for f in files:
-            p = os.path.join(d, f)
-            if os.path.islink(p):
-                out[p] = "link:" + os.readlink(p)
-                continue
-            with open(p, "rb") as fh:
-                out[p] = hashlib.sha1(fh.read()).hexdigest()
-        for x in dirs:
-            out[os.path.join(d, x)] = "dir"
-    return out
-
 
 # --- the workspace -------------------------------------------------------------------------
 def _copy_model(src: str, name: str, **config_edits) -> str:
@@ -234,7 +215,74 @@ def world(tmp_path_factory, model_factory, corpus_dir):
                                       "settings: [{name: '../../s'}]\n"),
         "pre_bool": _yaml("pb.yaml", "batch_size: true\n"),
     }
+    _world23(W)
     return W
+
+
+def _world23(w: SimpleNamespace) -> None:
+    """Inputs of issue 23's cases: tasks, halves, user directories, odd files."""
+    import pathlib
+
+    from safetensors.numpy import load_file, save_file
+    from test_lm_eval import write_tasks
+
+    w.tasks = os.path.join(w.root, "tasks")
+    os.makedirs(w.tasks)
+    write_tasks(pathlib.Path(w.tasks))
+    w.tasks_bad = os.path.join(w.root, "tasks_bad")
+    os.makedirs(w.tasks_bad)
+    with open(os.path.join(w.tasks_bad, "jr_bad.yaml"), "w") as f:
+        f.write("task: jr_bad\ndataset_path: json\n  output_type: [unclosed\n")
+    # an importance directory with split halves
+    w.scores_h = os.path.join(w.root, "scores_h")
+    shutil.copytree(w.scores, w.scores_h)
+    os.makedirs(os.path.join(w.scores_h, ".halves"))
+    for lang in ("lat", "rom"):
+        shutil.copy(os.path.join(w.scores, f"{lang}.safetensors"),
+                    os.path.join(w.scores_h, ".halves", f"{lang}.safetensors"))
+    # a user's sharded checkpoint and another user directory (not made by jaxregion)
+    weights = load_file(os.path.join(w.model, "model.safetensors"))
+    w.sharded = _index_model(w.model, "user_sharded", {k: "shard-1.safetensors"
+                                                       for k in weights})
+    w.userdir = os.path.join(w.root, "userdir")
+    os.makedirs(w.userdir)
+    with open(os.path.join(w.userdir, "config.json"), "w") as f:
+        f.write('{"mine": true}\n')
+    w.loop = os.path.join(w.root, "loop")
+    os.symlink(w.loop, w.loop)  # a symlink loop
+    w.afile = os.path.join(w.root, "afile")
+    with open(w.afile, "w") as f:
+        f.write("a file, not a directory\n")
+    w.adir = os.path.join(w.root, "adir")
+    os.makedirs(w.adir)
+    # an int8 tensor inside a float32 checkpoint
+    int8_dir = _copy_model(w.model, "m_int8")
+    wt = load_file(os.path.join(int8_dir, "model.safetensors"))
+    k = next(k for k in wt if "layers.0.mlp.up_proj" in k)
+    wt[k] = np.clip(wt[k] * 100, -127, 127).astype(np.int8)
+    save_file(wt, os.path.join(int8_dir, "model.safetensors"), metadata={"format": "pt"})
+    w.m["int8"] = int8_dir
+    # a region file without a tensor its shapes metadata lists
+    from safetensors import safe_open
+
+    with safe_open(w.region, framework="np") as f:
+        meta = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    w.dropped = sorted(tensors)[0]
+    del tensors[w.dropped]
+    w.r_missing = os.path.join(w.root, "regions", "missing.safetensors")
+    save_file(tensors, w.r_missing, metadata=meta)
+    # prompts: a lone surrogate in a row, and a FIFO without a writer
+    w.prompts_sur = os.path.join(w.root, "data", "sur.jsonl")
+    with open(w.prompts_sur, "w") as f:
+        f.write('{"prompt": "fine"}\n{"prompt": "bad \\ud800 row"}\n')
+    w.fifo = os.path.join(w.root, "data", "fifo.jsonl")
+    os.mkfifo(w.fifo)
+    w.y["dup"] = _yaml("dup.yaml", f"model: {w.model}\nlanguages:\n  lat: {w.lat}\n"
+                                   f"  rom: {w.rom}\n  lat: {w.rom}\nout: {w.out}/e\nseq_len: 16\n")
+    w.y["factors"] = _yaml("factors.yaml", f"model: {w.model}\nlanguages: {{lat: {w.lat}, "
+                                           f"rom: {w.rom}}}\nout: {w.out}/e\nseq_len: 16\n"
+                                           "dims: {factors: [4.0, 1e39]}\n")
 
 
 def _region_meta(path: str) -> dict:
@@ -249,6 +297,8 @@ def _region_meta(path: str) -> dict:
 class Case:
     argv: tuple  # strings, or callables of the workspace
     must: str  # a substring of the one error line (the file, key or value at fault)
+    kind: str = ""  # issue 23's kind of failure (see KINDS); "" for older cases
+    before_work: bool = False  # refused before any checkpoint is opened
 
 
 def _ev(*extra, model=lambda w: w.model, text=lambda w: f"lat={w.lat}"):
@@ -370,7 +420,7 @@ CASES: dict[str, object] = {
                                   lambda w: w.region2, "--json", lambda w: w.region2),
                                  "good2.safetensors"),
     "importance lang=model": Case(_imp(lambda w: f"model={w.lat}", out=lambda w: w.model),
-                                  "model.safetensors"),
+                                  "is an input", before_work=True),
     "eval json symlink to input": Case(_ev("--json", lambda w: f"{w.out}/link.json"),
                                        "link.json"),
     # YAML
@@ -418,6 +468,69 @@ CASES: dict[str, object] = {
 }
 
 
+# --- issue 23: every case that failed when tried as a new user would ------------------------
+KINDS = ("overwrite/delete", "stale/wrong numbers", "tracebacks/hangs", "late/unclear")
+OW, WRONG, TB, LATE = KINDS
+
+
+def _gen(*extra, model=lambda w: w.model):
+    return ("generate", "--model", model, "--max-new-tokens", "2", *extra)
+
+
+def _tasks(*extra, include=lambda w: w.tasks):
+    return ("tasks", "--model", lambda w: w.model, "--tasks", "jr_mc", "--include-path",
+            include, "--limit", "2", *extra)
+
+
+CASES23: dict[str, Case] = {
+    "eval json = tokenizer.json": Case(_ev("--json", lambda w: f"{w.model}/tokenizer.json"),
+                                       "tokenizer.json", OW, True),
+    "generate json = tokenizer_config": Case(
+        _gen("--prompt", "Ana", "--json", lambda w: f"{w.model}/tokenizer_config.json"),
+        "tokenizer_config.json", OW, True),
+    "tasks json = tokenizer.json": Case(_tasks("--json", lambda w: f"{w.model}/tokenizer.json"),
+                                        "tokenizer.json", OW, True),
+    "tasks json = task yaml": Case(_tasks("--json", lambda w: f"{w.tasks}/jr_mc.yaml"),
+                                   "jr_mc.yaml", OW, True),
+    "regions out = split half": Case(
+        ("regions", "core", "--importance", lambda w: w.scores_h, "--ratio", "0.05", "--out",
+         lambda w: f"{w.scores_h}/.halves/lat.safetensors"), ".halves", OW, True),
+    "train export = user's sharded ckpt": Case(_tr("--export", lambda w: w.sharded),
+                                               "--force", OW, True),
+    "train export = user's directory": Case(_tr("--export", lambda w: w.userdir), "--force",
+                                            OW, True),
+    "yaml duplicate key": Case(("experiment", lambda w: w.y["dup"]), "lines 3 and 5", WRONG),
+    "generate temperature 1e-40": Case(_gen("--prompt", "Ana", "--temperature", "1e-40"),
+                                       "--temperature", WRONG, True),
+    "perturb *1e39": Case(_ev("--perturb", f"{PERT}*1e39"), "--perturb", WRONG, True),
+    "region-op set:1e39": Case(_ev("--region", lambda w: w.region, "--region-op", "set:1e39"),
+                               "--region-op", WRONG, True),
+    "dims --factors 1e39": Case(("dims", "--model", lambda w: w.model, "--text",
+                                 lambda w: f"lat={w.lat}", "--factors", "4,1e39"), "--factors",
+                                WRONG, True),
+    "yaml dims.factors 1e39": Case(("experiment", lambda w: w.y["factors"]), "dims.factors",
+                                   WRONG, True),
+    "int8 tensor in float32 ckpt": Case(_m("int8"), "int8", WRONG),
+    "region file lacks a tensor": Case(("regions", "stats", lambda w: w.r_missing),
+                                       "missing.safetensors", WRONG),
+    "prompt lone surrogate": Case(_gen("--prompt", "Ana \udcff"), "--prompt", TB, True),
+    "prompts row lone surrogate": Case(_gen("--prompts", lambda w: w.prompts_sur),
+                                       "sur.jsonl:2", TB, True),
+    "text arg not UTF-8": Case(_ev(text=lambda w: f"lat={w.root}/data/\udcffx.txt"),
+                               "--text", TB, True),
+    "prompts FIFO": Case(_gen("--prompts", lambda w: w.fifo), "fifo.jsonl", TB, True),
+    "train export = model dir": Case(_tr("--export", lambda w: w.model), "--export", LATE,
+                                     True),
+    "train export symlink loop": Case(_tr("--export", lambda w: w.loop), "loop", LATE, True),
+    "eval json onto a directory": Case(_ev("--json", lambda w: w.adir), "adir", LATE, True),
+    "eval json under a file": Case(_ev("--json", lambda w: f"{w.afile}/o.json"), "afile",
+                                   LATE, True),
+    "tasks malformed yaml": Case(("tasks", "--model", lambda w: w.model, "--tasks", "jr_bad",
+                                  "--include-path", lambda w: w.tasks_bad), "jr_bad.yaml",
+                                 LATE),
+}
+CASES.update(CASES23)
+
 PARAMS = [pytest.param(c, id=n) for n, c in CASES.items()]
 
 
@@ -425,19 +538,43 @@ def test_matrix_is_large_enough():
     assert len(CASES) >= 60
 
 
+def _no_work(*_a, **_k):
+    raise AssertionError("a checkpoint was opened before the refusal")
+
+
+class Hang(BaseException):
+    """Raised by SIGALRM in a hanging case (no OSError: the CLI must not catch it)."""
+
+
+def _timeout(*_a):
+    raise Hang("the command still runs after 60 s")
+
+
 @pytest.mark.parametrize("case", PARAMS)
 def test_bad_input(world, case, capsys, monkeypatch):
+    import signal
+
+    from jaxregion import hf
+
     w = world
     if os.path.isdir(w.out):
         shutil.rmtree(w.out)
     os.makedirs(w.out)
     os.symlink(os.path.join(w.model, "config.json"), os.path.join(w.out, "link.json"))
     argv = [a(w) if callable(a) else a for a in case.argv]
-    before = _tree_hash(w.root, w.out)
+    before = snapshot(w.root, w.out)
     distributed.shutdown()  # in-process: let each case join (or refuse) the run afresh
     monkeypatch.setenv("JAXREGION_INIT_TIMEOUT", "2")
+    if case.before_work:
+        monkeypatch.setattr(hf, "open_checkpoint", _no_work)
     capsys.readouterr()
-    code = main(argv)
+    old = signal.signal(signal.SIGALRM, _timeout)
+    signal.alarm(60)
+    try:
+        code = main(argv)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2, err
@@ -445,7 +582,10 @@ def test_bad_input(world, case, capsys, monkeypatch):
     assert "Traceback" not in err and "error:" in lines[0], err
     assert case.must in lines[0], lines[0]
     assert "SECRETBYTES" not in err
-    assert _tree_hash(w.root, w.out) == before, "something outside --out changed"
+    after = snapshot(w.root, w.out)
+    assert after == before, f"changed outside --out: {diff(before, after)[:5]}"
+    if case.before_work:
+        assert sorted(os.listdir(w.out)) == ["link.json"], os.listdir(w.out)
     assert os.readlink(os.path.join(w.out, "link.json")) == os.path.join(w.model, "config.json")
 
 

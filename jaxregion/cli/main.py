@@ -13,9 +13,12 @@ The command modules import the library (and so jax, ~0.8 s) inside their handler
 from __future__ import annotations
 
 import argparse
+import errno
 import logging
 import os
+import re
 import sys
+import threading
 
 from jaxregion import __version__, safety
 from jaxregion.cli import (
@@ -63,6 +66,11 @@ def main(argv: list[str] | None = None) -> int:
     _log_to_stderr()
     parser = build_parser()
     try:
+        safety.check_argv(argv)
+    except UserError as e:
+        options.print_error("jaxregion", str(e))
+        return 2
+    try:
         ns = parser.parse_args(argv)
     except options.ArgumentError as e:
         print(str(e), file=sys.stderr)
@@ -73,12 +81,21 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = "jaxregion " + " ".join(cmd.words)
     debug = options.debug_requested(ns)
+    if not debug:  # orbax logs its writer threads' failures (with tracebacks) before raising,
+        # and its event-loop threads may die noisily after; the main thread reports the error
+        logging.getLogger("absl").setLevel(logging.CRITICAL)
+        threading.excepthook = _quiet_thread_error
+        sys.excepthook = _main_thread_excepthook
+        sys.unraisablehook = _main_thread_unraisable
     try:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
         _start(launch)
-        # no output of this command may replace one of its inputs (the config file included)
-        with safety.guard(options.outputs(cmd, cfg)):
+        # no output of this command may replace one of its inputs (the config file included);
+        # outputs are checked, and their directories locked, before any work
+        given = [*options.inputs(cmd, cfg), options.config_path(ns) or ""]
+        with safety.guard(options.outputs(cmd, cfg), given, force=launch.force,
+                          lock=_first_process()):
             safety.reading(options.config_path(ns))
             return int(cmd.run(cfg, options.Context(launch, options.config_path(ns))) or 0)
     except UserError as e:
@@ -97,6 +114,53 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("jaxregion: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:  # a full disk, however a library words it, is one line
+        full = _disk_full(e)
+        if full is None or debug:
+            raise
+        options.print_error(prog, full)
+        return 2
+
+
+def _quiet_thread_error(args: threading.ExceptHookArgs) -> None:
+    """An exception that ends a library's background thread is not shown (without --debug):
+    what it means reaches the main thread, which prints it as one line."""
+
+
+def _main_thread_excepthook(tp: type, value: BaseException, tb: object) -> None:
+    """Errors printed from a native library's own threads (tensorstore's callbacks run after
+    orbax closed their event loop) are not shown; the main thread's are, as usual."""
+    if threading.current_thread() is threading.main_thread():
+        sys.__excepthook__(tp, value, tb)
+
+
+def _main_thread_unraisable(u: object) -> None:
+    """Likewise for "unraisable" errors of callbacks that native threads run."""
+    if threading.current_thread() is threading.main_thread():
+        sys.__unraisablehook__(u)
+
+
+def _disk_full(e: BaseException) -> str | None:
+    """The one-line message of an exception (or its cause) that says the disk is full:
+    ENOSPC, or tensorstore's RESOURCE_EXHAUSTED write errors (orbax raises them as
+    ValueError); None for any other exception."""
+    while e is not None:
+        text = str(e)
+        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text or \
+                ("RESOURCE_EXHAUSTED" in text and "writing" in text):
+            m = re.search(r'local file "([^"]+)"', text) or re.search(r"'([^']+)'", text)
+            where = m.group(1) if m else "output"
+            return (f"{where}: no space left on device; free disk space or choose another "
+                    "directory")
+        e = e.__cause__ or e.__context__
+    return None
+
+
+def _first_process() -> bool:
+    """Process 0 of a multi-process run holds the output locks for all of them."""
+    import jax  # deferred (see module docstring); _start imported it already
+
+    return jax.process_index() == 0
 
 
 class _Stderr(logging.Handler):

@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import argparse
 import collections.abc
+import contextlib
 import dataclasses
 import functools
+import os
 import sys
 import typing
 from collections.abc import Callable, Mapping
@@ -25,7 +27,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from jaxregion import config as C
-from jaxregion.configs import LaunchConfig
+from jaxregion import safety
+from jaxregion.configs import LaunchConfig, TrainRunConfig
 from jaxregion.errors import UserError
 
 _CONFIG_DEST = "_config"
@@ -262,18 +265,55 @@ def config_path(ns: argparse.Namespace) -> str | None:
 
 
 # Fields that name an output of a command (a file or a directory): the write guard protects
-# every input of the command from them (see jaxregion.safety.guard).
+# every input of the command from them (see jaxregion.safety.guard). A field whose metavar
+# ends in DIR is a directory (locked while the command runs); HF_DIR is an export (its
+# contents are replaced). Training commands also write their --ckpt-dir (locked, never an
+# input); ``dir`` (a forgetting sweep's importance cache) is read and written.
 OUTPUT_FIELDS = ("json_out", "out", "export", "out_dir")
+WORK_FIELDS = ("ckpt_dir", "dir")
 
 
-def outputs(cmd: Command, cfg: Any) -> dict[str, str]:
-    """``{flag: path}`` of the outputs ``cfg`` names."""
-    out = {}
+def _output_kind(f: dataclasses.Field) -> str:
+    metavar = str(f.metadata.get("metavar", ""))
+    return "export" if metavar == "HF_DIR" else "dir" if metavar.endswith("DIR") else "file"
+
+
+def outputs(cmd: Command, cfg: Any) -> list[safety.Output]:
+    """The outputs ``cfg`` names: files and directories (a training run's --ckpt-dir too)."""
+    out = []
     for f, tp in cli_fields(cmd.config, cmd.fixed):
         value = getattr(cfg, f.name, None)
         if f.name in OUTPUT_FIELDS and isinstance(value, str):
-            out[flag_of(f, tp) or f.name] = value
+            out.append(safety.Output(flag_of(f, tp) or f.name, value, _output_kind(f)))
+        elif f.name == "ckpt_dir" and issubclass(cmd.config, TrainRunConfig):
+            out.append(safety.Output(flag_of(f, tp) or f.name, value, "dir"))
     return out
+
+
+def inputs(cmd: Command, cfg: Any) -> list[str]:
+    """Every existing path ``cfg`` names outside its outputs (nested sections included): a
+    ``SOURCE`` such as ``jsonl:PATH`` counts by its path. Directories count as a whole."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if dataclasses.is_dataclass(value):
+            for f in dataclasses.fields(value):
+                if f.name not in OUTPUT_FIELDS and f.name not in WORK_FIELDS:
+                    walk(getattr(value, f.name))
+        elif isinstance(value, Mapping):
+            for v in value.values():
+                walk(v)
+        elif isinstance(value, (list, tuple)):
+            for v in value:
+                walk(v)
+        elif isinstance(value, str) and value and "\0" not in value:
+            for cand in (value, value.partition(":")[2]):
+                with contextlib.suppress(OSError, ValueError):
+                    if cand and os.path.lexists(cand):
+                        found.append(cand)
+
+    walk(cfg)
+    return found
 
 
 def parse(ns: argparse.Namespace) -> tuple[Any, LaunchConfig]:

@@ -21,14 +21,15 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(cfg: TasksConfig, ctx: Context) -> int:
-    from jaxregion import io  # deferred: jax (see cli.main)
+    from jaxregion import hub, io  # deferred: jax (see cli.main)
 
-    try:
-        from jaxregion import lm_eval as jlm  # deferred: lm-eval imports slowly
-    except ImportError as e:
-        raise UserError(f"lm-evaluation-harness is not installed ({e}); it is a dependency: "
-                        "pip install -e .") from None
-    results = jlm.run_tasks_config(cfg, ctx.mesh)
+    with hub.datasets_cache():  # set before lm-eval imports `datasets`
+        try:
+            from jaxregion import lm_eval as jlm  # deferred: lm-eval imports slowly
+        except ImportError as e:
+            raise UserError(f"lm-evaluation-harness is not installed ({e}); it is a "
+                            "dependency: pip install -e .") from None
+        results = jlm.run_tasks_config(cfg, ctx.mesh)
     table = jlm.markdown(results)
     print(table)
     if cfg.json_out:

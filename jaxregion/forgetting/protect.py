@@ -19,6 +19,7 @@ from jaxregion import regions as R
 from jaxregion.errors import UserError
 from jaxregion.forgetting.config import ForgettingConfig, Point, scorer_parts
 from jaxregion.train import EWC, fisher_from_scores, make_ewc
+from jaxregion.train.identity import digest_tree, digest_windows
 
 ALL = "all"  # the language name of data-free (magnitude) scores
 
@@ -104,6 +105,17 @@ class Protector:
                                    key.replace("/", "__").replace(":", "-") + ".safetensors"),
                       reg)
         return reg
+
+    def digest(self, p: Point, region: R.Region | None) -> dict[str, str]:
+        """Digests of the content ``p`` is protected by: its region's mask, its replay
+        windows, the windows its EWC Fisher comes from (a cache key, see sweep.run_point)."""
+        out = {"region": "none" if region is None else digest_tree(R.mask_of(region))}
+        if p.baseline == "replay":
+            out["replay"] = digest_windows(self.replay())
+        if p.baseline == "ewc":
+            out["ewc"] = digest_windows({lang: self._texts(lang)
+                                         for lang in self.cfg.score_langs()})
+        return out
 
     # --- baselines ---------------------------------------------------------------------
     def replay(self) -> dict[str, np.ndarray]:

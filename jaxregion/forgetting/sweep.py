@@ -11,7 +11,9 @@ Layout of the output folder:
 * ``results.json``, ``report.md``, ``frontier.png`` (+ ``curves.png``).
 
 A finished point is reused only when it was made from the same inputs (a digest of the
-point, the training settings, the model and the data); otherwise it is run again.
+point, the training settings, the model, the content of its training and eval windows and
+of what it protects: its region, replay windows, EWC sources); otherwise it is run again.
+The base evaluation is keyed by its windows' content too, as importance files are.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from jaxregion.forgetting.protect import Protector
 from jaxregion.io import write_json, write_text
 from jaxregion.regions import fingerprint
 from jaxregion.train import freeze_mask_for, train
+from jaxregion.train.identity import digest_windows
 from jaxregion.train.loop import _cast
 from jaxregion.train.pretrain import Arch, ensure_tokenizer, pretrain
 from jaxregion.train.run import check_writable, prepare_ckpt_dir, weights_digest
@@ -81,7 +84,8 @@ def base_eval(session: runtime.Session, evals: dict[str, np.ndarray], cfg: Forge
               out: str) -> dict[str, float]:
     """The base model's perplexity per eval language, cached in ``out/base_eval.json``."""
     key = digest({"model": fingerprint(session.params), "path": os.path.abspath(session.path),
-                  "evals": dict(cfg.evals), "seq_len": cfg.train.seq_len,
+                  "evals": dict(cfg.evals), "windows": digest_windows(evals),
+                  "seq_len": cfg.train.seq_len,
                   "max_seqs": cfg.train.eval_max_seqs, "dtype": cfg.train.dtype})
     path = os.path.join(out, "base_eval.json")
     if os.path.isfile(path):
@@ -115,7 +119,9 @@ def run_point(cfg: ForgettingConfig, p: Point, session: runtime.Session,
     """Train one point (or reuse its finished record): ``(record, None)``, or
     ``(None, signal number)`` when a signal interrupted it (its checkpoint is saved)."""
     model_fp = fingerprint(session.params)
-    d = digest(_identity(cfg, p, model_fp))
+    region = protector.region(p)  # what the point freezes is part of what it used
+    d = digest({**_identity(cfg, p, model_fp), "windows": digest_windows(windows),
+                "eval_windows": digest_windows(evals), "protected": protector.digest(p, region)})
     pj = os.path.join(out, "points", p.key + ".json")
     if os.path.isfile(pj):
         with open(pj, encoding="utf-8") as f:
@@ -129,7 +135,6 @@ def run_point(cfg: ForgettingConfig, p: Point, session: runtime.Session,
         if not safety.remove_owned(run_dir, RUN_OWNER):
             raise UserError(f"{run_dir} holds a run of other inputs that jaxregion did not "
                             "mark as its own; move it away or use another output directory")
-    region = protector.region(p)
     mask = freeze_mask_for(session.params, region, cfg.freeze_norms, session.config)
     frozen = 0 if mask is None else sum(int(np.asarray(m).sum()) for m in
                                         T.flatten(mask).values())

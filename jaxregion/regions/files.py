@@ -171,6 +171,11 @@ def load_region(path: str, template: PyTree | None = None, *, state: bool = Fals
     later), not one of its inputs, so the write guard does not protect it."""
     packed, header = _open(path, "region", record=not state)
     shapes = _shapes(path, header)
+    lacking = [n for n in shapes if n not in packed]
+    if lacking:  # its metadata says what the region is: every listed tensor must be there
+        raise UserError(f"region file {path}: 'shapes' lists {lacking[0]!r}"
+                        f"{f' (and {len(lacking) - 1} more)' if len(lacking) > 1 else ''}, "
+                        "which the file does not hold; it is truncated or was edited")
     flat: dict[str, np.ndarray] = {}
     for n, t in packed.items():
         if n not in shapes:

@@ -146,7 +146,8 @@ def freeze_mask_for(params: Any, region: Any, include_norms: bool,
     if region is None:
         return None
     roles = models.roles(model_cfg) if model_cfg is not None else None
-    return make_freeze_mask(mask_of(region), include_norms=include_norms, roles=roles)
+    return make_freeze_mask(mask_of(region), include_norms=include_norms, roles=roles,
+                            params=params)
 
 
 @dataclass

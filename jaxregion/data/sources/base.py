@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Protocol, runtime_checkable
 
 from jaxregion.errors import UserError
+from jaxregion.safety import check_text
 
 SCHEMES = ("tfds", "hf", "synthetic", "file")
 OPTIONS = ("doc_sep", "field", "data_dir")
@@ -72,7 +73,7 @@ def _as_text(name: str, field: str, value, where: str = "") -> str | None:
     if not isinstance(value, str):
         raise UserError(f"{name}: field {field!r}{where} holds {type(value).__name__}, not "
                         "text; pick a text field")
-    return value
+    return check_text(value, f"{name}: field {field!r}{where}")
 
 
 
