@@ -131,7 +131,8 @@ class EvalConfig(CorpusConfig):
 
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", check=_edit_value, help="what to do to the region: zero, scale:F, noise:S "
+    region_op: str = option("zero", check=_edit_value,
+                            help="what to do to the region: zero, scale:F, noise:S "
                                          "(relative std), set:V, or drop-expert (MoE: remove "
                                          "the region's whole experts from their routers; "
                                          "drop-expert:L.E,... names them)")
@@ -423,7 +424,8 @@ class EditConfig:
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
     region: str | None = option(None, metavar="FILE",
                                 help="a region file (.safetensors) to intervene on")
-    region_op: str = option("zero", check=_edit_value, help="what to do to the region: zero, scale:F, noise:S "
+    region_op: str = option("zero", check=_edit_value,
+                            help="what to do to the region: zero, scale:F, noise:S "
                                          "(relative std), set:V, or drop-expert (MoE: remove "
                                          "the region's whole experts from their routers; "
                                          "drop-expert:L.E,... names them)")
