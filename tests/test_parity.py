@@ -208,3 +208,29 @@ def test_remat_scan_equals_unrolled(family, model_factory):
     for k in fa:
         scale = float(np.max(np.abs(np.asarray(fa[k])))) or 1.0
         assert float(np.max(np.abs(np.asarray(fa[k]) - np.asarray(fb[k])))) <= 1e-5 * scale, k
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_bfloat16_logits_as_close_to_float64_as_torch_bfloat16(family, model_factory):
+    """bf16 params and compute: the logits' error against a float64 reference is of the same
+    order as transformers' own bf16 error (each rounds every matmul input to 8 bits of
+    mantissa, so neither can be closer than about 2**-8 relative; a real bug is 10x off)."""
+    path = model_factory(family)
+    cfg, params = hf.load(path, dtype="bfloat16")
+    tokens = np.random.default_rng(3).integers(0, cfg.vocab_size, (2, SEQ))
+    # torch's grouped expert matmul has no float64 kernel: float32 (errors ~1e-6, far below
+    # bf16's ~1e-2) stands in as the reference for the MoE families
+    wide = torch.float32 if cfg.is_moe else torch.float64
+    ref64 = make_model(family).to(wide)(torch.tensor(tokens)).logits.double().detach().numpy()
+    ref16 = make_model(family).to(torch.bfloat16)(torch.tensor(tokens)).logits
+    out = np.asarray(apply(params, jnp.asarray(tokens), cfg).astype(jnp.float32))
+    torch16 = ref16.float().detach().numpy()
+    if cfg.is_moe:
+        # a near-tie in a router may pick another expert in bf16 (on either side) and move one
+        # token's logits a lot: compare the typical token (median of per-token max errors)
+        err_jax = np.median(np.abs(out - ref64).max(-1))
+        err_torch = np.median(np.abs(torch16 - ref64).max(-1))
+    else:
+        err_jax, err_torch = np.abs(out - ref64).max(), np.abs(torch16 - ref64).max()
+        assert err_jax < 0.05 * np.abs(ref64).max(), (err_jax, np.abs(ref64).max())
+    assert err_jax <= 3.0 * err_torch, (family, err_jax, err_torch)
