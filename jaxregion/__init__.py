@@ -2,7 +2,7 @@
 
 The public API is small and functional; everything else is an implementation detail:
 
-- ``jaxregion.hf``: ``load(model) -> (cfg, params)``, ``export(params, cfg, dir)``
+- ``jaxregion.io.hf``: ``load(model) -> (cfg, params)``, ``export(params, cfg, dir)``
 - ``jaxregion.models``: ``apply(params, tokens, cfg) -> logits``, ``token_nll``, ``loss_fn``
 - ``jaxregion.importance``: ``compute_importance(params, cfg, windows, estimator=...)``
 - ``jaxregion.regions``: ``core / bottom / random / top / monolingual``, algebra, stats, files
@@ -24,15 +24,31 @@ from jaxregion.errors import UserError
 
 __version__ = "0.1.0"
 
-_SUBMODULES = (
-    "data", "demo", "dims", "distributed", "evaluate", "experiment", "forgetting", "freeze", "hf",
-    "importance", "interventions", "models", "plan", "regions", "runtime", "sharding", "train",
-    "tree",
-)
+# public name -> module (under jaxregion)
+_SUBMODULES = {
+    "data": "data",
+    "demo": "analysis.demo",
+    "dims": "analysis.dims",
+    "distributed": "parallel.distributed",
+    "evaluate": "evaluate",
+    "experiment": "analysis.experiment",
+    "forgetting": "analysis.forgetting",
+    "freeze": "freeze",
+    "hf": "io.hf",
+    "importance": "importance",
+    "interventions": "interventions",
+    "models": "models",
+    "plan": "parallel.plan",
+    "regions": "regions",
+    "runtime": "runtime",
+    "sharding": "parallel.sharding",
+    "train": "train",
+    "tree": "tree",
+}
 __all__ = [*_SUBMODULES, "UserError", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
     if name in _SUBMODULES:
-        return importlib.import_module(f"jaxregion.{name}")
+        return importlib.import_module(f"jaxregion.{_SUBMODULES[name]}")
     raise AttributeError(f"module 'jaxregion' has no attribute {name!r}")

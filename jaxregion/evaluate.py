@@ -10,9 +10,9 @@ from dataclasses import dataclass
 import jax
 import numpy as np
 
-from jaxregion import sharding
 from jaxregion.errors import UserError
 from jaxregion.models import ModelConfig, weighted_nll_sum
+from jaxregion.parallel import sharding
 
 
 @dataclass(frozen=True)
@@ -46,12 +46,13 @@ def padded_batches(windows: np.ndarray, batch_size: int, multiple: int = 1):
     """Fixed-shape batches (one compilation): the last is zero-padded with weight 0."""
     b = -(-batch_size // multiple) * multiple
     for start in range(0, len(windows), b):
-        chunk = windows[start:start + b]
+        chunk = windows[start : start + b]
         weights = np.zeros(b, np.float32)
         weights[: len(chunk)] = 1.0
         if len(chunk) < b:
-            chunk = np.concatenate([chunk, np.zeros((b - len(chunk), windows.shape[1]),
-                                                    windows.dtype)])
+            chunk = np.concatenate(
+                [chunk, np.zeros((b - len(chunk), windows.shape[1]), windows.dtype)]
+            )
         yield chunk, weights
 
 
@@ -71,8 +72,9 @@ def evaluate(
     mesh = mesh or sharding.make_mesh()
     total = 0.0
     for batch, weights in padded_batches(windows, batch_size, sharding.batch_multiple(mesh)):
-        s = _nll_sum(params, sharding.put_batch(batch, mesh), sharding.put_batch(weights, mesh),
-                     cfg)
+        s = _nll_sum(
+            params, sharding.put_batch(batch, mesh), sharding.put_batch(weights, mesh), cfg
+        )
         total += float(s)
         if progress:
             progress(int(weights.sum()))
@@ -80,10 +82,18 @@ def evaluate(
     loss = total / tokens
     ppl = math.exp(loss) if math.isfinite(loss) and loss < 700 else math.inf
     if not math.isfinite(ppl):
-        raise UserError(f"the loss is {loss} (perplexity {ppl}): the model computes non-finite "
-                        "or overflowing values; check config.json (e.g. rms_norm_eps) and the "
-                        "weights or the intervention applied")
+        raise UserError(
+            f"the loss is {loss} (perplexity {ppl}): the model computes non-finite "
+            "or overflowing values; check config.json (e.g. rms_norm_eps) and the "
+            "weights or the intervention applied"
+        )
     n_bytes = None if token_bytes is None else scored_bytes(windows, token_bytes)
     bpb = bits_per_byte(loss, tokens, n_bytes) if n_bytes else None
-    return EvalResult(loss=loss, perplexity=ppl, tokens=tokens,
-                      windows=int(windows.shape[0]), bytes=n_bytes, bits_per_byte=bpb)
+    return EvalResult(
+        loss=loss,
+        perplexity=ppl,
+        tokens=tokens,
+        windows=int(windows.shape[0]),
+        bytes=n_bytes,
+        bits_per_byte=bpb,
+    )

@@ -51,8 +51,9 @@ def freeze_elements(mask: Any) -> optax.GradientTransformation:
         del params
         return FreezeState()
 
-    def update_fn(updates: PyTree, state: FreezeState, params: PyTree | None = None
-                  ) -> tuple[PyTree, FreezeState]:
+    def update_fn(
+        updates: PyTree, state: FreezeState, params: PyTree | None = None
+    ) -> tuple[PyTree, FreezeState]:
         del params
 
         def one(n: str, u: Any) -> Any:
@@ -60,8 +61,10 @@ def freeze_elements(mask: Any) -> optax.GradientTransformation:
             if u is None or m is None:
                 return u
             if shape_of(m) != shape_of(u):
-                raise UserError(f"freeze mask for {n!r} has shape {list(shape_of(m))}, "
-                                f"updates have {list(shape_of(u))}")
+                raise UserError(
+                    f"freeze mask for {n!r} has shape {list(shape_of(m))}, "
+                    f"updates have {list(shape_of(u))}"
+                )
             return jnp.where(m, jnp.asarray(-0.0, u.dtype), u)
 
         return T.map_named(one, updates), state
@@ -76,8 +79,9 @@ def leaf_frozen(x: Any) -> bool:
     return bool(np.all(np.asarray(x)))
 
 
-def freeze_leaves(tx: optax.GradientTransformation, frozen_leaves: PyTree
-                  ) -> optax.GradientTransformation:
+def freeze_leaves(
+    tx: optax.GradientTransformation, frozen_leaves: PyTree
+) -> optax.GradientTransformation:
     """``tx`` on trainable leaves; frozen leaves get zero updates and no optimizer state.
 
     ``frozen_leaves``: a tree like the params with one bool per leaf (or bool arrays, a leaf
@@ -86,8 +90,12 @@ def freeze_leaves(tx: optax.GradientTransformation, frozen_leaves: PyTree
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
 
 
-def make_freeze_mask(region_mask: Any, include_norms: bool = False,
-                     roles: Mapping[str, Any] | None = None, params: PyTree = None) -> PyTree:
+def make_freeze_mask(
+    region_mask: Any,
+    include_norms: bool = False,
+    roles: Mapping[str, Any] | None = None,
+    params: PyTree = None,
+) -> PyTree:
     """Bool tree to freeze from a region: norm parameters (kind ``norm`` in ``roles``, by
     default the family tables read by name) are left trainable unless ``include_norms``.
 
@@ -96,26 +104,40 @@ def make_freeze_mask(region_mask: Any, include_norms: bool = False,
     m = mask_of(region_mask)
     names = list(T.flatten(m))
     rl = roles_for(names, roles)
-    known = set(T.flatten(params)) if params is not None else \
-        {n for n in names if rl.get(n) is not None}
+    known = (
+        set(T.flatten(params))
+        if params is not None
+        else {n for n in names if rl.get(n) is not None}
+    )
     if names and not known.intersection(names):
-        raise UserError(f"freeze mask: none of its {len(names)} names (e.g. {names[0]!r}) is "
-                        "a parameter of the model; is the region for another model?")
+        raise UserError(
+            f"freeze mask: none of its {len(names)} names (e.g. {names[0]!r}) is "
+            "a parameter of the model; is the region for another model?"
+        )
     if include_norms:
         return jax.tree.map(lambda x: jnp.asarray(x, bool), m)
 
     def one(n: str, x: Any) -> jax.Array:
         r = rl.get(n)
-        return jnp.zeros(shape_of(x), bool) if r is not None and r.kind == "norm" \
+        return (
+            jnp.zeros(shape_of(x), bool)
+            if r is not None and r.kind == "norm"
             else jnp.asarray(x, bool)
+        )
 
     return T.map_named(one, m)
 
 
-def adamw_with_freeze(lr_schedule: float | Callable[[jax.Array], jax.Array],
-                      b1: float = 0.9, b2: float = 0.95, weight_decay: float = 0.1,
-                      clip: float | None = 1.0, mask: Any = None, eps: float = 1e-8,
-                      mask_grads: bool = True) -> optax.GradientTransformation:
+def adamw_with_freeze(
+    lr_schedule: float | Callable[[jax.Array], jax.Array],
+    b1: float = 0.9,
+    b2: float = 0.95,
+    weight_decay: float = 0.1,
+    clip: float | None = 1.0,
+    mask: Any = None,
+    eps: float = 1e-8,
+    mask_grads: bool = True,
+) -> optax.GradientTransformation:
     """``chain(clip_by_global_norm, adamw, freeze_elements(mask))``.
 
     ``mask_grads`` also zeroes frozen gradients first, so they neither count in the

@@ -37,7 +37,7 @@ equal to an uninterrupted one.
 into another, in the same pass (the step is the same; only the accumulator it is handed
 alternates), and the full score is finalized from their sum. :func:`finalize_halves` gives
 each half's scores on the full sample's scale, so two independent estimates of the same
-quantity cost nothing but the second accumulator's memory (see :mod:`jaxregion.stability`).
+quantity cost nothing but the second accumulator's memory (see :mod:`jaxregion.analysis.stability`).
 Each half also sums half as many terms, which halves the accumulation's rounding walk.
 
 **Stops.** ``compute_importance(..., stops=[n1, n2, ...], at_stop=f)`` ends a micro-batch
@@ -64,12 +64,12 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 
-from jaxregion import sharding as shd
 from jaxregion import tree as T
-from jaxregion.configs import DATA_FREE, ESTIMATORS
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
 from jaxregion.models import ModelConfig, intermediates, roles, weighted_nll_sum
+from jaxregion.names import DATA_FREE, ESTIMATORS
+from jaxregion.parallel import sharding as shd
 
 PyTree = Any
 STATE_FORMAT = "jaxregion.importance-state.v3"  # v3: acc is {name: array}, scoped
@@ -126,8 +126,11 @@ def place_params(params: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     rep = shd.replicated(mesh)
 
     def put(x: Any) -> jax.Array:
-        if isinstance(x, jax.Array) and set(x.sharding.device_set) == devs and (
-                len(devs) == 1 or isinstance(x.sharding, jax.sharding.NamedSharding)):
+        if (
+            isinstance(x, jax.Array)
+            and set(x.sharding.device_set) == devs
+            and (len(devs) == 1 or isinstance(x.sharding, jax.sharding.NamedSharding))
+        ):
             return x
         return jax.device_put(x, rep)
 
@@ -158,8 +161,9 @@ def _split(params: PyTree, live: Collection[str]) -> tuple[dict, dict]:
     return ({n: flat[n] for n in live}, {n: v for n, v in flat.items() if n not in live})
 
 
-def _grad_live(loss: Callable[[PyTree], jax.Array], params: PyTree, live: Collection[str]
-               ) -> dict[str, jax.Array]:
+def _grad_live(
+    loss: Callable[[PyTree], jax.Array], params: PyTree, live: Collection[str]
+) -> dict[str, jax.Array]:
     """``∇ loss`` with respect to the ``live`` leaves only (``{name: grad}``): the others
     are constants, so no gradient (an untied embedding's, a tied head's) is ever formed."""
     lv, frozen = _split(params, live)
@@ -182,16 +186,18 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
 
     # gradient estimators: ``acc`` is ``{name: float32}`` over the scored names only
     if estimator == "taylor":
+
         def step(acc, params, tokens, weights):
-            g = _grad_live(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params,
-                           acc)
+            g = _grad_live(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, acc)
             return {k: a + g[k].astype(f32) for k, a in acc.items()}
     elif estimator in ("taylor-abs", "fisher"):
+
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
             denom = n * (tokens.shape[1] - 1)
-            g = _grad_live(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom,
-                           params, acc)
+            g = _grad_live(
+                lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, acc
+            )
             flat = T.flatten(params)
 
             def add(a, p, x):
@@ -201,6 +207,7 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
 
             return {k: add(a, flat[k], g[k]) for k, a in acc.items()}
     elif estimator == "wanda":
+
         def step(acc, params, tokens, weights):
             taps = intermediates(params, tokens, cfg, remat=remat)[1]
             out = {}
@@ -224,29 +231,44 @@ def _shardings_key(acc: PyTree) -> tuple:
     return treedef, tuple(x.sharding for x in leaves)
 
 
-def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = False
-                  ) -> Callable:
+def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = False) -> Callable:
     """The jitted ``(acc, params, tokens, weights) -> acc`` step (acc donated, output
     sharded like ``acc``). Exposed for benchmarks."""
     return _compiled_step(estimator, cfg, remat, _shardings_key(acc))
 
 
 # --- state -------------------------------------------------------------------------------
-def init_state(params: PyTree, cfg: ModelConfig, estimator: str, batch_size: int,
-               mesh: jax.sharding.Mesh, scope: Collection[str] | None = None
-               ) -> ImportanceState:
+def init_state(
+    params: PyTree,
+    cfg: ModelConfig,
+    estimator: str,
+    batch_size: int,
+    mesh: jax.sharding.Mesh,
+    scope: Collection[str] | None = None,
+) -> ImportanceState:
     """A zero accumulator placed like ``params`` (which must already be on ``mesh``); for
     the gradient estimators ``{name: float32}`` over the ``scope`` names only (None: all)."""
     check_estimator(estimator)
     b = effective_batch_size(batch_size, mesh)
     names = None if scope is None else tuple(scored_names(params, scope))
-    return ImportanceState(estimator, b, (_zero_acc(params, cfg, estimator, mesh, names),
-                                          _zero_acc(params, cfg, estimator, mesh, names)),
-                           scope=names)
+    return ImportanceState(
+        estimator,
+        b,
+        (
+            _zero_acc(params, cfg, estimator, mesh, names),
+            _zero_acc(params, cfg, estimator, mesh, names),
+        ),
+        scope=names,
+    )
 
 
-def _zero_acc(params: PyTree, cfg: ModelConfig, estimator: str, mesh: jax.sharding.Mesh,
-              scope: Collection[str] | None = None) -> PyTree:
+def _zero_acc(
+    params: PyTree,
+    cfg: ModelConfig,
+    estimator: str,
+    mesh: jax.sharding.Mesh,
+    scope: Collection[str] | None = None,
+) -> PyTree:
     if estimator == "wanda":
         acc = {}
         flat = T.flatten(params)
@@ -276,8 +298,7 @@ def effective_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
 POWER = {"taylor": 1, "taylor-abs": 1, "fisher": 1, "wanda": 2, "magnitude": 1}
 
 
-def finalize(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
-             ) -> PyTree:
+def finalize(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int) -> PyTree:
     """Scores from an accumulation over ``state.position`` windows of ``seq_len`` tokens."""
     if state.estimator == "magnitude":
         flat = T.flatten(params)
@@ -286,30 +307,44 @@ def finalize(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: 
     if state.position <= 0:
         raise UserError("importance over zero windows is undefined; give at least one window")
     acc = jax.tree.map(jnp.add, *state.acc)
-    return _finish(state.estimator, acc, state.position, state.position, params, cfg, seq_len,
-                   state.scope)
+    return _finish(
+        state.estimator, acc, state.position, state.position, params, cfg, seq_len, state.scope
+    )
 
 
-def finalize_halves(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
-                    ) -> tuple[PyTree, PyTree] | None:
+def finalize_halves(
+    state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
+) -> tuple[PyTree, PyTree] | None:
     """``(even, odd)`` scores, each from its own half of the micro-batches and on the full
     sample's scale (an estimate of the same quantity as :func:`finalize` from fewer windows);
     None while a half is empty. ``(c_e·even**q + c_o·odd**q) / (c_e + c_o) = full**q`` with
     ``q = POWER[estimator]`` and ``c`` the halves' window counts, up to float32 rounding."""
     if state.estimator in DATA_FREE or min(state.counts) <= 0:
         return None
-    return tuple(_finish(state.estimator, a, c, state.position, params, cfg, seq_len,
-                         state.scope) for a, c in zip(state.acc, state.counts, strict=True))
+    return tuple(
+        _finish(state.estimator, a, c, state.position, params, cfg, seq_len, state.scope)
+        for a, c in zip(state.acc, state.counts, strict=True)
+    )
 
 
 def _full(got: Mapping[str, jax.Array], params: PyTree) -> PyTree:
     """A params-shaped float32 tree: ``got``'s scores, zeros for every other name."""
-    return T.map_named(lambda n, p: got[n] if n in got else
-                       jnp.zeros(p.shape, jnp.float32, device=p.sharding), params)
+    return T.map_named(
+        lambda n, p: got[n] if n in got else jnp.zeros(p.shape, jnp.float32, device=p.sharding),
+        params,
+    )
 
 
-def _finish(est: str, acc: PyTree, count: int, total: int, params: PyTree, cfg: ModelConfig,
-            seq_len: int, scope: Collection[str] | None = None) -> PyTree:
+def _finish(
+    est: str,
+    acc: PyTree,
+    count: int,
+    total: int,
+    params: PyTree,
+    cfg: ModelConfig,
+    seq_len: int,
+    scope: Collection[str] | None = None,
+) -> PyTree:
     """Scores from an accumulator over ``count`` windows, scaled to a ``total``-window sample
     (only wanda's sum of squares depends on the sample size); zero outside ``scope``."""
     f32 = jnp.float32
@@ -331,8 +366,10 @@ def _finish(est: str, acc: PyTree, count: int, total: int, params: PyTree, cfg: 
         key, axis = tap
         nrm = norms[key]
         if nrm.shape[0] != p.shape[axis]:
-            raise UserError(f"wanda: tap {key!r} has {nrm.shape[0]} features but {name!r} has "
-                            f"{p.shape[axis]} on axis {axis}")
+            raise UserError(
+                f"wanda: tap {key!r} has {nrm.shape[0]} features but {name!r} has "
+                f"{p.shape[axis]} on axis {axis}"
+            )
         w = jnp.abs(p.astype(f32))
         return w * (nrm[None, :] if axis == 1 else nrm[:, None])
 
@@ -378,8 +415,12 @@ def compute_importance(
     mesh = mesh or shd.make_mesh()
     params = place_params(params, mesh)
     if estimator in DATA_FREE:
-        scores = finalize(ImportanceState(estimator, 1, ({}, {}), scope=scope), params, cfg,
-                          seq_len)
+        scores = finalize(
+            ImportanceState(estimator, 1, ({}, {}), scope=None if scope is None else tuple(scope)),
+            params,
+            cfg,
+            seq_len,
+        )
         return ImportanceResult(scores, 0, 0, estimator)
     if n == 0:
         raise UserError("no windows given; importance needs at least one")
@@ -399,14 +440,21 @@ def compute_importance(
         for batch, weights in padded_batches(windows[lo:hi], b):
             half = state.batches % 2
             acc = list(state.acc)
-            acc[half] = step(acc[half], params, shd.put_batch(batch, mesh),
-                             shd.put_batch(weights, mesh))
+            acc[half] = step(
+                acc[half], params, shd.put_batch(batch, mesh), shd.put_batch(weights, mesh)
+            )
             real = int(weights.sum())
             counts = list(state.counts)
             counts[half] += real
             prev = state.position
-            state = ImportanceState(estimator, b, (acc[0], acc[1]), (counts[0], counts[1]),
-                                    state.batches + 1, state.scope)
+            state = ImportanceState(
+                estimator,
+                b,
+                (acc[0], acc[1]),
+                (counts[0], counts[1]),
+                state.batches + 1,
+                state.scope,
+            )
             pos = state.position
             if progress:
                 progress(real)
@@ -414,23 +462,40 @@ def compute_importance(
             # so a run resumed from that checkpoint never skips it
             if at_stop and pos == hi and hi in bounds:
                 done = bool(at_stop(state))
-            if checkpoint and checkpoint_every and pos < n and not done and \
-                    pos // checkpoint_every > prev // checkpoint_every:
+            if (
+                checkpoint
+                and checkpoint_every
+                and pos < n
+                and not done
+                and pos // checkpoint_every > prev // checkpoint_every
+            ):
                 if checkpoint(state):
-                    return ImportanceResult(None, pos, pos * (seq_len - 1), estimator,
-                                            counts=state.counts, stopped_at=pos)
+                    return ImportanceResult(
+                        None,
+                        pos,
+                        pos * (seq_len - 1),
+                        estimator,
+                        counts=state.counts,
+                        stopped_at=pos,
+                    )
         if done:
             break
     return result_of(state, params, cfg, seq_len)
 
 
-def result_of(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
-              ) -> ImportanceResult:
+def result_of(
+    state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
+) -> ImportanceResult:
     """The finished result (full scores and both halves) of an accumulation."""
     n = state.position
-    return ImportanceResult(finalize(state, params, cfg, seq_len), n, n * (seq_len - 1),
-                            state.estimator, halves=finalize_halves(state, params, cfg, seq_len),
-                            counts=state.counts)
+    return ImportanceResult(
+        finalize(state, params, cfg, seq_len),
+        n,
+        n * (seq_len - 1),
+        state.estimator,
+        halves=finalize_halves(state, params, cfg, seq_len),
+        counts=state.counts,
+    )
 
 
 def _segments(start: int, n: int, bounds: Sequence[int]) -> list[tuple[int, int]]:
@@ -443,9 +508,11 @@ def check_resumable(state: ImportanceState, estimator: str, batch_size: int, n: 
     if state.estimator != estimator:
         raise UserError(f"saved state is for estimator {state.estimator!r}, not {estimator!r}")
     if state.batch_size != batch_size:
-        raise UserError(f"saved state was accumulated with batch size {state.batch_size}, not "
-                        f"{batch_size}; resume with --batch-size {state.batch_size} (on the same "
-                        "number of devices) or delete the partial state")
+        raise UserError(
+            f"saved state was accumulated with batch size {state.batch_size}, not "
+            f"{batch_size}; resume with --batch-size {state.batch_size} (on the same "
+            "number of devices) or delete the partial state"
+        )
     if not 0 <= state.position <= n:
         raise UserError(f"saved state is at window {state.position}, beyond the {n} windows")
 
@@ -457,26 +524,40 @@ def windows_digest(windows: np.ndarray) -> str:
 
 
 def _manager(directory: str):
-    opts = ocp.CheckpointManagerOptions(max_to_keep=1, enable_async_checkpointing=False,
-                                        create=True)
-    return ocp.CheckpointManager(os.path.abspath(directory), options=opts,
-                                 item_names=("acc", "meta"))
+    opts = ocp.CheckpointManagerOptions(
+        max_to_keep=1, enable_async_checkpointing=False, create=True
+    )
+    return ocp.CheckpointManager(
+        os.path.abspath(directory), options=opts, item_names=("acc", "meta")
+    )
 
 
 def save_partial(directory: str, state: ImportanceState, meta: Mapping[str, Any]) -> None:
     """Save ``state`` (orbax, step = window position) with JSON ``meta`` identifying the run
     (windows digest, model, estimator, ...); earlier steps are removed."""
-    full = {"format": STATE_FORMAT, **meta, "estimator": state.estimator,
-            "batch_size": state.batch_size, "position": state.position,
-            "counts": list(state.counts), "batches": state.batches}
+    full = {
+        "format": STATE_FORMAT,
+        **meta,
+        "estimator": state.estimator,
+        "batch_size": state.batch_size,
+        "position": state.position,
+        "counts": list(state.counts),
+        "batches": state.batches,
+    }
     with _manager(directory) as mngr:
-        mngr.save(state.position, args=ocp.args.Composite(
-            acc=ocp.args.StandardSave(state.acc), meta=ocp.args.JsonSave(full)), force=True)
+        mngr.save(
+            state.position,
+            args=ocp.args.Composite(
+                acc=ocp.args.StandardSave(state.acc), meta=ocp.args.JsonSave(full)
+            ),
+            force=True,
+        )
         mngr.wait_until_finished()
 
 
-def load_partial(directory: str, like: ImportanceState, meta: Mapping[str, Any]
-                 ) -> ImportanceState | None:
+def load_partial(
+    directory: str, like: ImportanceState, meta: Mapping[str, Any]
+) -> ImportanceState | None:
     """The latest saved state if its meta matches ``meta`` (and ``like``'s estimator and
     batch size), restored with ``like.acc``'s shapes and shardings; else None."""
     if not os.path.isdir(directory):
@@ -486,19 +567,31 @@ def load_partial(directory: str, like: ImportanceState, meta: Mapping[str, Any]
         if step is None:
             return None
         saved = mngr.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-        want = {"format": STATE_FORMAT, **json.loads(json.dumps(dict(meta))),
-                "estimator": like.estimator, "batch_size": like.batch_size}
+        want = {
+            "format": STATE_FORMAT,
+            **json.loads(json.dumps(dict(meta))),
+            "estimator": like.estimator,
+            "batch_size": like.batch_size,
+        }
         if any(saved.get(k) != v for k, v in want.items()) or saved.get("position") != step:
             return None
         abstract = jax.tree.map(
-            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like.acc)
-        acc = mngr.restore(step, args=ocp.args.Composite(
-            acc=ocp.args.StandardRestore(abstract)))["acc"]
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like.acc
+        )
+        acc = mngr.restore(step, args=ocp.args.Composite(acc=ocp.args.StandardRestore(abstract)))[
+            "acc"
+        ]
     counts = tuple(int(c) for c in saved["counts"])
     if sum(counts) != step:
         return None
-    return ImportanceState(like.estimator, like.batch_size, (acc[0], acc[1]),
-                           (counts[0], counts[1]), int(saved["batches"]), like.scope)
+    return ImportanceState(
+        like.estimator,
+        like.batch_size,
+        (acc[0], acc[1]),
+        (counts[0], counts[1]),
+        int(saved["batches"]),
+        like.scope,
+    )
 
 
 def clear_partial(directory: str) -> None:

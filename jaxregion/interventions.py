@@ -4,7 +4,7 @@ Everything is addressed by HF name and HF index order (``[out, in]`` for linear 
 in PyTorch: ``model.layers.1.mlp.down_proj.weight[2100,:]`` is the row that writes residual
 dimension 2100, while ``down_proj.weight[:,2100]`` is a whole column on the 11008-wide MLP axis,
 not a residual dimension. ``model.layers.1.input_layernorm.weight[2100]`` is that dimension's
-norm entry (see :mod:`jaxregion.dims` for every single-entry target on a dimension).
+norm entry (see :mod:`jaxregion.analysis.dims` for every single-entry target on a dimension).
 Edits use ``jnp.where`` / ``.at[]``: dtypes and shardings are kept, untouched leaves are
 returned as the same objects.
 
@@ -39,9 +39,11 @@ from jaxregion.regions.region import Region, mask_of, shape_of, universe_of
 
 PyTree = Any
 
-PERTURB_GRAMMAR = ("NAME[IDX]OP VALUE, IDX = comma-separated ints, ':' or 'a:b'; "
-                   "OP = '*' scale, '=' set, '+' add; e.g. "
-                   "model.layers.1.mlp.down_proj.weight[2100,:]*4")
+PERTURB_GRAMMAR = (
+    "NAME[IDX]OP VALUE, IDX = comma-separated ints, ':' or 'a:b'; "
+    "OP = '*' scale, '=' set, '+' add; e.g. "
+    "model.layers.1.mlp.down_proj.weight[2100,:]*4"
+)
 REGION_OPS = ("zero", "scale:F", "noise:S", "set:V")
 
 
@@ -50,8 +52,9 @@ def _close(name: str, names: Sequence[str]) -> str:
     return f"; close matches: {', '.join(close)}" if close else ""
 
 
-def _apply_masked(params: PyTree, region_or_mask: Any,
-                  fn: Callable[[str, jax.Array, jax.Array], jax.Array]) -> PyTree:
+def _apply_masked(
+    params: PyTree, region_or_mask: Any, fn: Callable[[str, jax.Array, jax.Array], jax.Array]
+) -> PyTree:
     """Apply ``fn(name, x, mask)`` to every leaf the mask covers (missing leaves: untouched).
 
     For a Region only its universe is visited (other leaves are all-False by construction),
@@ -63,14 +66,19 @@ def _apply_masked(params: PyTree, region_or_mask: Any,
     flat_p = T.flatten(params)
     for n, m in flat_m.items():
         if n not in flat_p:
-            raise UserError(f"mask has parameter {n!r} that the model lacks"
-                            f"{_close(n, flat_p)}; is the region for another model?")
+            raise UserError(
+                f"mask has parameter {n!r} that the model lacks"
+                f"{_close(n, flat_p)}; is the region for another model?"
+            )
         if shape_of(m) != shape_of(flat_p[n]):
-            raise UserError(f"mask for {n!r} has shape {list(shape_of(m))}, model has "
-                            f"{list(shape_of(flat_p[n]))}; is the region for another model?")
+            raise UserError(
+                f"mask for {n!r} has shape {list(shape_of(m))}, model has "
+                f"{list(shape_of(flat_p[n]))}; is the region for another model?"
+            )
     return T.map_named(
         lambda n, x: fn(n, jnp.asarray(x), jnp.asarray(flat_m[n], bool)) if n in flat_m else x,
-        params)
+        params,
+    )
 
 
 def _finite(value: float, what: str, dtype: Any = jnp.float32) -> float:
@@ -81,15 +89,18 @@ def _finite(value: float, what: str, dtype: Any = jnp.float32) -> float:
         raise UserError(f"{what} {value!r} is not a finite number")
     fi = jnp.finfo(dtype)
     if abs(v) > float(fi.max):
-        raise UserError(f"{what} {v!r} is inf in {np.dtype(dtype).name} (largest finite "
-                        f"{float(fi.max):.4g}); give a smaller value")
+        raise UserError(
+            f"{what} {v!r} is inf in {np.dtype(dtype).name} (largest finite "
+            f"{float(fi.max):.4g}); give a smaller value"
+        )
     return v
 
 
 def zero(params: PyTree, region_or_mask: Any) -> PyTree:
     """Masked elements set to 0 (the paper's "remove the region")."""
-    return _apply_masked(params, region_or_mask,
-                         lambda n, x, m: jnp.where(m, jnp.zeros((), x.dtype), x))
+    return _apply_masked(
+        params, region_or_mask, lambda n, x, m: jnp.where(m, jnp.zeros((), x.dtype), x)
+    )
 
 
 def set_value(params: PyTree, region_or_mask: Any, value: float) -> PyTree:
@@ -107,8 +118,10 @@ def scale(params: PyTree, region_or_mask: Any, factor: float) -> PyTree:
     """Masked elements multiplied by ``factor`` (in float32, then cast back)."""
     factor = _finite(factor, "scale factor")
     return _apply_masked(
-        params, region_or_mask,
-        lambda n, x, m: jnp.where(m, (x.astype(jnp.float32) * factor).astype(x.dtype), x))
+        params,
+        region_or_mask,
+        lambda n, x, m: jnp.where(m, (x.astype(jnp.float32) * factor).astype(x.dtype), x),
+    )
 
 
 def _leaf_key(seed: int, name: str) -> jax.Array:
@@ -123,6 +136,7 @@ def add_noise(params: PyTree, region_or_mask: Any, rel_std: float, seed: int = 0
     rel_std = _finite(rel_std, "noise scale")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise UserError(f"--seed {seed!r}: must be an integer in [0, 2**32)")
+
     def fn(n: str, x: jax.Array, m: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         noise = jax.random.normal(_leaf_key(seed, n), x.shape, jnp.float32)
@@ -147,8 +161,10 @@ def parse_region_op(op: str) -> tuple[str, float | None]:
             raise UserError(f"region op {op!r}: the noise scale must be >= 0")
         if v is not None:
             return kind, v
-    raise UserError(f"region op {op!r} is malformed; use one of {', '.join(REGION_OPS)} "
-                    "(e.g. zero, scale:0.5, noise:0.1, set:0)")
+    raise UserError(
+        f"region op {op!r} is malformed; use one of {', '.join(REGION_OPS)} "
+        "(e.g. zero, scale:0.5, noise:0.1, set:0)"
+    )
 
 
 def region_op(params: PyTree, region_or_mask: Any, op: str, seed: int = 0) -> PyTree:
@@ -175,8 +191,10 @@ class Perturb:
     spec: str = ""
 
 
-_SPEC_RE = re.compile(r"^\s*(?P<name>[A-Za-z_][\w.\-]*?)\s*(?:\[(?P<idx>[^\]]*)\])?\s*"
-                      r"(?P<op>[*=+])\s*(?P<val>\S+)\s*$")
+_SPEC_RE = re.compile(
+    r"^\s*(?P<name>[A-Za-z_][\w.\-]*?)\s*(?:\[(?P<idx>[^\]]*)\])?\s*"
+    r"(?P<op>[*=+])\s*(?P<val>\S+)\s*$"
+)
 _INT = r"[+-]?\d+"
 
 
@@ -189,8 +207,10 @@ def _parse_idx(part: str, spec: str) -> int | slice:
     m = re.fullmatch(rf"({_INT})\s*:\s*({_INT})", part)
     if m:
         return slice(int(m.group(1)), int(m.group(2)))
-    raise UserError(f"perturbation {spec!r}: index {part!r} is not an int, ':' or 'a:b'; "
-                    f"grammar: {PERTURB_GRAMMAR}")
+    raise UserError(
+        f"perturbation {spec!r}: index {part!r} is not an int, ':' or 'a:b'; "
+        f"grammar: {PERTURB_GRAMMAR}"
+    )
 
 
 def parse_perturb(spec: str) -> Perturb:
@@ -201,18 +221,21 @@ def parse_perturb(spec: str) -> Perturb:
     try:
         value = float(m.group("val"))
     except ValueError:
-        raise UserError(f"perturbation {spec!r}: value {m.group('val')!r} is not a number; "
-                        f"grammar: {PERTURB_GRAMMAR}") from None
+        raise UserError(
+            f"perturbation {spec!r}: value {m.group('val')!r} is not a number; "
+            f"grammar: {PERTURB_GRAMMAR}"
+        ) from None
     if not math.isfinite(value):
-        raise UserError(f"perturbation {spec!r}: value {m.group('val')!r} is not a finite "
-                        f"number; grammar: {PERTURB_GRAMMAR}")
+        raise UserError(
+            f"perturbation {spec!r}: value {m.group('val')!r} is not a finite "
+            f"number; grammar: {PERTURB_GRAMMAR}"
+        )
     _finite(value, f"perturbation {spec!r}: value")
     idx_s = m.group("idx")
     index: tuple[int | slice, ...] = ()
     if idx_s is not None:
         if not idx_s.strip():
-            raise UserError(f"perturbation {spec!r} has an empty index; grammar: "
-                            f"{PERTURB_GRAMMAR}")
+            raise UserError(f"perturbation {spec!r} has an empty index; grammar: {PERTURB_GRAMMAR}")
         index = tuple(_parse_idx(p, spec) for p in idx_s.split(","))
     return Perturb(m.group("name"), index, m.group("op"), value, spec.strip())
 
@@ -228,8 +251,10 @@ def _fmt_index(index: tuple[int | slice, ...]) -> str:
 
 def _check_index(p: Perturb, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
     def bad(why: str) -> UserError:
-        return UserError(f"perturbation {p.spec or p.name!r}: index {_fmt_index(p.index)} "
-                         f"{why} for {p.name} of shape {list(shape)}")
+        return UserError(
+            f"perturbation {p.spec or p.name!r}: index {_fmt_index(p.index)} "
+            f"{why} for {p.name} of shape {list(shape)}"
+        )
 
     if len(p.index) > len(shape):
         raise bad(f"has {len(p.index)} entries, more than the {len(shape)} dims")
@@ -242,8 +267,10 @@ def _check_index(p: Perturb, shape: tuple[int, ...]) -> tuple[int | slice, ...]:
         elif i.start is None:
             out.append(i)
         else:
-            a, b = (i.start % dim if -dim <= i.start < dim else None,
-                    i.stop % dim if -dim <= i.stop < dim else (dim if i.stop == dim else None))
+            a, b = (
+                i.start % dim if -dim <= i.start < dim else None,
+                i.stop % dim if -dim <= i.stop < dim else (dim if i.stop == dim else None),
+            )
             if a is None or b is None or a >= b:
                 raise bad(f"has an empty or out-of-range slice {i.start}:{i.stop}")
             out.append(slice(a, b))
@@ -259,8 +286,9 @@ def apply_perturb(params: PyTree, spec: str | Perturb | Sequence[str | Perturb])
     p = spec if isinstance(spec, Perturb) else parse_perturb(spec)
     flat = T.flatten(params)
     if p.name not in flat:
-        raise UserError(f"perturbation {p.spec or p.name!r}: no parameter {p.name!r}"
-                        f"{_close(p.name, flat)}")
+        raise UserError(
+            f"perturbation {p.spec or p.name!r}: no parameter {p.name!r}{_close(p.name, flat)}"
+        )
     x = jnp.asarray(flat[p.name])
     idx = _check_index(p, shape_of(x))
     ref = x.at[idx]
@@ -271,6 +299,8 @@ def apply_perturb(params: PyTree, spec: str | Perturb | Sequence[str | Perturb])
     else:
         new = ref.set((x[idx].astype(jnp.float32) + p.value).astype(x.dtype))
     if not bool(jnp.isfinite(new[idx]).all()):
-        raise UserError(f"perturbation {p.spec or p.name!r}: the result is not finite in "
-                        f"{np.dtype(x.dtype).name}; give a smaller value")
+        raise UserError(
+            f"perturbation {p.spec or p.name!r}: the result is not finite in "
+            f"{np.dtype(x.dtype).name}; give a smaller value"
+        )
     return T.replace(params, p.name, new)

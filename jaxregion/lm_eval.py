@@ -65,8 +65,9 @@ def split_model_args(arg_string: str) -> dict[str, str]:
     return out
 
 
-def _scores(params: dict, tokens: jax.Array, targets: jax.Array, mask: jax.Array,
-            cfg: ModelConfig) -> tuple[jax.Array, jax.Array]:
+def _scores(
+    params: dict, tokens: jax.Array, targets: jax.Array, mask: jax.Array, cfg: ModelConfig
+) -> tuple[jax.Array, jax.Array]:
     """Per row: summed log p(target) over ``mask`` and whether every masked target is argmax."""
     logits = apply(params, tokens, cfg).astype(jnp.float32)
     logp = jax.nn.log_softmax(logits, axis=-1)
@@ -82,20 +83,30 @@ _scores_jit = jax.jit(_scores, static_argnames=("cfg",))
 class JaxRegionLM(TemplateLM):
     """lm-eval's ``LM`` over a jaxregion params tree (optionally with a region edit)."""
 
-    def __init__(self, pretrained: str, region: str | None = None, region_op: str = "zero",
-                 perturb: str | Sequence[str] | None = None, seed: int | str = 0,
-                 dtype: str = "float32", batch_size: int | str | None = 8,
-                 max_length: int | str | None = None, add_bos_token: bool | None = None,
-                 max_gen_toks: int | str = 256, device: str | None = None,
-                 max_batch_size: int | None = None, mesh: jax.sharding.Mesh | None = None
-                 ) -> None:
+    def __init__(
+        self,
+        pretrained: str,
+        region: str | None = None,
+        region_op: str = "zero",
+        perturb: str | Sequence[str] | None = None,
+        seed: int | str = 0,
+        dtype: str = "float32",
+        batch_size: int | str | None = 8,
+        max_length: int | str | None = None,
+        add_bos_token: bool | None = None,
+        max_gen_toks: int | str = 256,
+        device: str | None = None,
+        max_batch_size: int | None = None,
+        mesh: jax.sharding.Mesh | None = None,
+    ) -> None:
         super().__init__()
         del device, max_batch_size  # JAX places arrays itself; batches have a fixed size
         if isinstance(perturb, str):
             perturb = [p for p in perturb.split(";") if p.strip()]
         self.session = runtime.load_session(str(pretrained), str(dtype), mesh)
-        self.cfg, self.params = runtime.edit_model(self.session, region, str(region_op),
-                                                   list(perturb or ()), int(seed))
+        self.cfg, self.params = runtime.edit_model(
+            self.session, region, str(region_op), list(perturb or ()), int(seed)
+        )
         self.tokenizer = self.session.tokenizer
         if batch_size in (None, "auto") or str(batch_size).startswith("auto"):
             batch_size = 8
@@ -105,8 +116,9 @@ class JaxRegionLM(TemplateLM):
         self._max_gen_toks = int(max_gen_toks)
 
     @classmethod
-    def from_session(cls, session: runtime.Session, params: dict, batch_size: int = 8,
-                     **kw: Any) -> JaxRegionLM:
+    def from_session(
+        cls, session: runtime.Session, params: dict, batch_size: int = 8, **kw: Any
+    ) -> JaxRegionLM:
         """An LM over an already loaded model and (edited) params: no reload per edit."""
         lm = cls.__new__(cls)
         TemplateLM.__init__(lm)
@@ -119,10 +131,12 @@ class JaxRegionLM(TemplateLM):
         return lm
 
     @classmethod
-    def create_from_arg_string(cls, arg_string: str, additional_config: dict | None = None
-                               ) -> JaxRegionLM:
-        args: dict[str, Any] = {k: lm_utils.handle_arg_string(v)
-                                for k, v in split_model_args(arg_string or "").items()}
+    def create_from_arg_string(
+        cls, arg_string: str, additional_config: dict | None = None
+    ) -> JaxRegionLM:
+        args: dict[str, Any] = {
+            k: lm_utils.handle_arg_string(v) for k, v in split_model_args(arg_string or "").items()
+        }
         if "perturb" in args:
             args["perturb"] = str(args["perturb"])
         extra = {k: v for k, v in (additional_config or {}).items() if v is not None}
@@ -154,15 +168,21 @@ class JaxRegionLM(TemplateLM):
     def tokenizer_name(self) -> str:
         return self.tokenizer.name_or_path.replace("/", "__")
 
-    def tok_encode(self, string: str, add_special_tokens: bool | None = None,
-                   left_truncate_len: int | None = None, **kwargs: Any) -> list[int]:
+    def tok_encode(
+        self,
+        string: str,
+        add_special_tokens: bool | None = None,
+        left_truncate_len: int | None = None,
+        **kwargs: Any,
+    ) -> list[int]:
         kw: dict[str, bool] = {}
         if add_special_tokens is not None:
             kw["add_special_tokens"] = add_special_tokens
         elif self.add_bos_token is not None:
             kw["add_special_tokens"] = self.add_bos_token
         if add_special_tokens is None and string.startswith(
-                self.tokenizer.decode(self.prefix_token_id)):
+            self.tokenizer.decode(self.prefix_token_id)
+        ):
             kw["add_special_tokens"] = False
         ids = self.tokenizer.encode(string, **kw)
         return ids[-left_truncate_len:] if left_truncate_len else ids
@@ -171,20 +191,25 @@ class JaxRegionLM(TemplateLM):
         return self.tokenizer.decode(list(tokens), skip_special_tokens=skip_special_tokens)
 
     # -- scoring ---------------------------------------------------------------------------
-    def _loglikelihood_tokens(self, requests: list, disable_tqdm: bool = False,
-                              override_bs: int | None = None) -> list[tuple[float, bool]]:
+    def _loglikelihood_tokens(
+        self, requests: list, disable_tqdm: bool = False, override_bs: int | None = None
+    ) -> list[tuple[float, bool]]:
         """``(logprob, is_greedy)`` of each continuation, batched by padded length."""
         rows = []
         for _, ctx, cont in requests:
-            full = (list(ctx) + list(cont))[-(self.max_length + 1):]
+            full = (list(ctx) + list(cont))[-(self.max_length + 1) :]
             n_cont = min(len(cont), len(full) - 1)
             rows.append((full, n_cont))
         order = sorted(range(len(rows)), key=lambda i: -len(rows[i][0]))
         out: list[tuple[float, bool]] = [(0.0, False)] * len(rows)
         b = override_bs or self.batch_size
-        for start in tqdm(range(0, len(order), b), disable=disable_tqdm or None,
-                          desc="jaxregion loglikelihood", leave=False):
-            idx = order[start:start + b]
+        for start in tqdm(
+            range(0, len(order), b),
+            disable=disable_tqdm or None,
+            desc="jaxregion loglikelihood",
+            leave=False,
+        ):
+            idx = order[start : start + b]
             width = _bucket(max(len(rows[i][0]) - 1 for i in idx), self.max_length)
             tokens = np.zeros((b, width), np.int32)
             targets = np.zeros((b, width), np.int32)
@@ -194,9 +219,10 @@ class JaxRegionLM(TemplateLM):
                 n = len(full) - 1
                 tokens[r, :n] = full[:-1]
                 targets[r, :n] = full[1:]
-                mask[r, n - n_cont:n] = True
-            logp, greedy = _scores_jit(self.params, jnp.asarray(tokens), jnp.asarray(targets),
-                                       jnp.asarray(mask), self.cfg)
+                mask[r, n - n_cont : n] = True
+            logp, greedy = _scores_jit(
+                self.params, jnp.asarray(tokens), jnp.asarray(targets), jnp.asarray(mask), self.cfg
+            )
             logp, greedy = np.asarray(logp), np.asarray(greedy)
             for r, i in enumerate(idx):
                 out[i] = (float(logp[r]), bool(greedy[r]))
@@ -209,9 +235,15 @@ class JaxRegionLM(TemplateLM):
         """Total log-likelihood of each whole string, in lm-eval's disjoint rolling windows."""
         windows, owner = [], []
         for j, (string,) in enumerate(req.args for req in requests):
-            for ctx, cont in map(lm_utils.make_disjoint_window, lm_utils.get_rolling_token_windows(
-                    token_list=self.tok_encode(string), prefix_token=self.prefix_token_id,
-                    max_seq_len=self.max_length, context_len=1)):
+            for ctx, cont in map(
+                lm_utils.make_disjoint_window,
+                lm_utils.get_rolling_token_windows(
+                    token_list=self.tok_encode(string),
+                    prefix_token=self.prefix_token_id,
+                    max_seq_len=self.max_length,
+                    context_len=1,
+                ),
+            ):
                 windows.append((None, ctx, cont))
                 owner.append(j)
         scores = self._loglikelihood_tokens(windows, disable_tqdm=disable_tqdm)
@@ -236,23 +268,34 @@ class JaxRegionLM(TemplateLM):
             until = handle_stop_sequences(kw.pop("until", None), eos=eos)
             max_new = int(kw.pop("max_gen_toks"))
             if max_new >= self.max_length:
-                raise UserError(f"max_gen_toks {max_new} must be below the model's context "
-                                f"({self.max_length})")
+                raise UserError(
+                    f"max_gen_toks {max_new} must be below the model's context ({self.max_length})"
+                )
             ids = self.tok_encode(context, left_truncate_len=self.max_length - max_new)
             sampling = generate.Sampling(
                 temperature=float(kw.get("temperature") or 0.0) if kw.get("do_sample") else 0.0,
-                top_p=float(kw.get("top_p") or 1.0), seed=int(kw.get("seed") or 0))
+                top_p=float(kw.get("top_p") or 1.0),
+                seed=int(kw.get("seed") or 0),
+            )
             prepared.append((ids, until))
             jobs.setdefault((max_new, sampling), []).append(j)
         out = [""] * len(requests)
-        for (max_new, sampling), idx in tqdm(jobs.items(), disable=disable_tqdm or None,
-                                             desc="jaxregion generate", leave=False):
-            res = generate.generate(self.params, self.cfg, [prepared[j][0] for j in idx],
-                                    max_new, sampling, eos_token_id=self.eot_token_id,
-                                    batch_size=self.batch_size)
+        for (max_new, sampling), idx in tqdm(
+            jobs.items(), disable=disable_tqdm or None, desc="jaxregion generate", leave=False
+        ):
+            res = generate.generate(
+                self.params,
+                self.cfg,
+                [prepared[j][0] for j in idx],
+                max_new,
+                sampling,
+                eos_token_id=self.eot_token_id,
+                batch_size=self.batch_size,
+            )
             for j, ids in zip(idx, res.token_ids):
-                out[j] = postprocess_generated_text(generation=self.tok_decode(ids),
-                                                    stop=prepared[j][1], think_end_token=None)
+                out[j] = postprocess_generated_text(
+                    generation=self.tok_decode(ids), stop=prepared[j][1], think_end_token=None
+                )
                 self.cache_hook.add_partial("generate_until", requests[j].args, out[j])
         return out
 
@@ -306,12 +349,14 @@ def _check_task_yamls(include_path: str) -> None:
                 mark = getattr(e, "problem_mark", None)
                 at = f":{mark.line + 1}" if mark is not None else ""
                 why = getattr(e, "problem", None) or str(e).splitlines()[0]
-                raise UserError(f"{p}{at}: not valid YAML ({why}); lm-eval cannot read the "
-                                "task it defines") from None
+                raise UserError(
+                    f"{p}{at}: not valid YAML ({why}); lm-eval cannot read the task it defines"
+                ) from None
             kwargs = doc.get("dataset_kwargs") if isinstance(doc, dict) else None
             if isinstance(kwargs, dict):
-                safety.reading(*(f for f in _data_files(kwargs.get("data_files"))
-                                 if os.path.isfile(f)))
+                safety.reading(
+                    *(f for f in _data_files(kwargs.get("data_files")) if os.path.isfile(f))
+                )
 
 
 def check_tasks(tasks: Sequence[str], include_path: str | None = None):
@@ -327,38 +372,69 @@ def check_tasks(tasks: Sequence[str], include_path: str | None = None):
     unknown = [t for t in tasks if t not in known]
     if not tasks or unknown:
         where = f" (nor in {include_path})" if include_path else ""
-        raise UserError(f"unknown lm-eval task(s): {', '.join(unknown) or '(none given)'}; "
-                        f"not among lm-eval's tasks{where}; list them with `lm_eval ls tasks`")
+        raise UserError(
+            f"unknown lm-eval task(s): {', '.join(unknown) or '(none given)'}; "
+            f"not among lm-eval's tasks{where}; list them with `lm_eval ls tasks`"
+        )
     return manager
 
 
-def evaluate_lm(lm: JaxRegionLM, tasks: Sequence[str], include_path: str | None = None,
-                limit: int | None = None, num_fewshot: int | None = None,
-                bootstrap_iters: int = 0, manager: Any = None) -> dict:
+def evaluate_lm(
+    lm: JaxRegionLM,
+    tasks: Sequence[str],
+    include_path: str | None = None,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    bootstrap_iters: int = 0,
+    manager: Any = None,
+) -> dict:
     """lm-eval's results dict (strict-JSON-safe, without per-sample logs) for ``tasks``;
     ``bootstrap_iters`` > 0 adds standard errors."""
     import lm_eval
 
     manager = manager or check_tasks(tasks, include_path)
-    out = lm_eval.simple_evaluate(model=lm, tasks=list(tasks), task_manager=manager,
-                                  limit=limit, num_fewshot=num_fewshot, log_samples=False,
-                                  bootstrap_iters=bootstrap_iters)
+    out = lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(tasks),
+        task_manager=manager,
+        limit=limit,
+        num_fewshot=num_fewshot,
+        log_samples=False,
+        bootstrap_iters=bootstrap_iters,
+    )
     return finite_or_none({k: v for k, v in out.items() if k != "samples"})
 
 
-def run_tasks(model: str, tasks: Sequence[str], include_path: str | None = None,
-              region: str | None = None, region_op: str = "zero", perturb: Sequence[str] = (),
-              seed: int = 0, dtype: str = "float32", batch_size: int = 8,
-              limit: int | None = None, num_fewshot: int | None = None,
-              mesh: jax.sharding.Mesh | None = None) -> dict:
+def run_tasks(
+    model: str,
+    tasks: Sequence[str],
+    include_path: str | None = None,
+    region: str | None = None,
+    region_op: str = "zero",
+    perturb: Sequence[str] = (),
+    seed: int = 0,
+    dtype: str = "float32",
+    batch_size: int = 8,
+    limit: int | None = None,
+    num_fewshot: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+) -> dict:
     """:func:`evaluate_lm` on a model directory with an optional edit (on ``mesh``; None:
     every device on ``data``); task names are checked before the model is loaded."""
     manager = check_tasks(tasks, include_path)
-    lm = JaxRegionLM(pretrained=model, region=region, region_op=region_op,
-                     perturb=list(perturb), seed=seed, dtype=dtype, batch_size=batch_size,
-                     mesh=mesh)
-    return evaluate_lm(lm, tasks, include_path, limit, num_fewshot, bootstrap_iters=1000,
-                       manager=manager)
+    lm = JaxRegionLM(
+        pretrained=model,
+        region=region,
+        region_op=region_op,
+        perturb=list(perturb),
+        seed=seed,
+        dtype=dtype,
+        batch_size=batch_size,
+        mesh=mesh,
+    )
+    return evaluate_lm(
+        lm, tasks, include_path, limit, num_fewshot, bootstrap_iters=1000, manager=manager
+    )
 
 
 def markdown(results: dict) -> str:
@@ -371,6 +447,17 @@ def markdown(results: dict) -> str:
 
 def run_tasks_config(cfg: TasksConfig, mesh: jax.sharding.Mesh | None = None) -> dict:
     """``jaxregion tasks``: :func:`run_tasks` from its config."""
-    return run_tasks(cfg.model, list(cfg.tasks), cfg.include_path, cfg.region, cfg.region_op,
-                     cfg.perturb, cfg.seed, cfg.dtype, cfg.batch_size, cfg.limit,
-                     cfg.num_fewshot, mesh=mesh)
+    return run_tasks(
+        cfg.model,
+        list(cfg.tasks),
+        cfg.include_path,
+        cfg.region,
+        cfg.region_op,
+        cfg.perturb,
+        cfg.seed,
+        cfg.dtype,
+        cfg.batch_size,
+        cfg.limit,
+        cfg.num_fewshot,
+        mesh=mesh,
+    )

@@ -14,15 +14,17 @@ import jax.numpy as jnp
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxregion import hf, interventions, sharding
+from jaxregion import interventions
 from jaxregion.configs import EvalConfig
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source, parse_lang_spec
 from jaxregion.data.tokenizer import token_byte_lengths
 from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult, evaluate
+from jaxregion.io import hf
 from jaxregion.models import ModelConfig, roles
 from jaxregion.models.moe import drop_experts
+from jaxregion.parallel import sharding
 from jaxregion.regions import load_region, whole_experts
 
 
@@ -41,14 +43,21 @@ class Session:
     def token_bytes(self) -> np.ndarray | None:
         """UTF-8 bytes per token id (for bits per byte); None without a known tokenizer."""
         if not self._token_bytes:
-            table = None if self.tokenizer is None else token_byte_lengths(
-                self.tokenizer, self.config.vocab_size)
+            table = (
+                None
+                if self.tokenizer is None
+                else token_byte_lengths(self.tokenizer, self.config.vocab_size)
+            )
             self._token_bytes = (table,)
         return self._token_bytes[0]
 
 
-def load_session(model: str, dtype: str = "float32", mesh: jax.sharding.Mesh | None = None,
-                 with_tokenizer: bool = True) -> Session:
+def load_session(
+    model: str,
+    dtype: str = "float32",
+    mesh: jax.sharding.Mesh | None = None,
+    with_tokenizer: bool = True,
+) -> Session:
     """The model at ``model`` in ``dtype``, placed on ``mesh`` by the sharding rules
     (None: a mesh with every device on ``data``)."""
     mesh = mesh if mesh is not None else sharding.make_mesh()
@@ -79,19 +88,23 @@ def check_seq_len(cfg: ModelConfig, seq_len: int) -> None:
         )
 
 
-def load_corpora(specs: Sequence[str] | Mapping[str, str], session: Session, seq_len: int,
-                 max_seqs: int | None) -> dict[str, np.ndarray]:
+def load_corpora(
+    specs: Sequence[str] | Mapping[str, str], session: Session, seq_len: int, max_seqs: int | None
+) -> dict[str, np.ndarray]:
     """``{lang: windows [n, seq_len]}`` for ``LANG=SOURCE`` specs, all checked up front."""
     texts = parse_texts(specs)
     check_seq_len(session.config, seq_len)
     out = {}
     for lang, spec in texts.items():
         src = open_source(spec)
-        out[lang] = load_windows(src.documents(), session.tokenizer, seq_len, max_seqs,
-                                 source=src.name)
+        out[lang] = load_windows(
+            src.documents(), session.tokenizer, seq_len, max_seqs, source=src.name
+        )
         if int(out[lang].max()) >= session.config.vocab_size:
-            raise UserError(f"{src.name}: token id {int(out[lang].max())} is beyond the model's "
-                            f"vocab_size {session.config.vocab_size}; wrong tokenizer?")
+            raise UserError(
+                f"{src.name}: token id {int(out[lang].max())} is beyond the model's "
+                f"vocab_size {session.config.vocab_size}; wrong tokenizer?"
+            )
     return out
 
 
@@ -104,17 +117,23 @@ def _drop_pairs(op: str) -> list[tuple[int, int]] | None:
     if kind != DROP_EXPERT:
         return None
     pairs = []
-    for item in (arg.split(",") if sep else []):
+    for item in arg.split(",") if sep else []:
         layer, dot, e = item.strip().partition(".")
         if not (dot and layer.isdigit() and e.isdigit()):
-            raise UserError(f"region op {op!r}: {item!r} is not LAYER.EXPERT (e.g. "
-                            "drop-expert:0.3,1.5)")
+            raise UserError(
+                f"region op {op!r}: {item!r} is not LAYER.EXPERT (e.g. drop-expert:0.3,1.5)"
+            )
         pairs.append((int(layer), int(e)))
     return pairs
 
 
-def edit_model(session: Session, region: str | None = None, region_op: str = "zero",
-               perturbs: Sequence[str] = (), seed: int = 0) -> tuple[ModelConfig, dict]:
+def edit_model(
+    session: Session,
+    region: str | None = None,
+    region_op: str = "zero",
+    perturbs: Sequence[str] = (),
+    seed: int = 0,
+) -> tuple[ModelConfig, dict]:
     """The config and params with a region file's op and single-entry perturbations applied
     (all validated). ``drop-expert`` (the region's whole experts, or ``drop-expert:L.E,...``)
     changes only the config: the routers renormalise over the experts they keep."""
@@ -124,9 +143,11 @@ def edit_model(session: Session, region: str | None = None, region_op: str = "ze
         if region:
             pairs += whole_experts(load_region(region, template=params), roles(cfg))
         if cfg.is_moe and not pairs:
-            raise UserError("--region-op drop-expert: no expert to drop; give --region FILE "
-                            "holding whole experts (--granularity expert) or "
-                            "drop-expert:LAYER.EXPERT,...")
+            raise UserError(
+                "--region-op drop-expert: no expert to drop; give --region FILE "
+                "holding whole experts (--granularity expert) or "
+                "drop-expert:LAYER.EXPERT,..."
+            )
         cfg = drop_experts(cfg, pairs)
     elif region:
         interventions.parse_region_op(region_op)
@@ -137,20 +158,31 @@ def edit_model(session: Session, region: str | None = None, region_op: str = "ze
     return cfg, params
 
 
-def edit_params(session: Session, region: str | None = None, region_op: str = "zero",
-                perturbs: Sequence[str] = (), seed: int = 0) -> dict:
+def edit_params(
+    session: Session,
+    region: str | None = None,
+    region_op: str = "zero",
+    perturbs: Sequence[str] = (),
+    seed: int = 0,
+) -> dict:
     """Params with a region file's op and single-entry perturbations applied (all validated);
     :func:`edit_model` for the ops that change the config too."""
     cfg, params = edit_model(session, region, region_op, perturbs, seed)
     if cfg != session.config:
-        raise UserError(f"--region-op {region_op} changes the routing; this command edits "
-                        "params only")
+        raise UserError(
+            f"--region-op {region_op} changes the routing; this command edits params only"
+        )
     return params
 
 
-def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_size: int,
-                     params: dict | None = None, desc: str = "eval",
-                     config: ModelConfig | None = None) -> dict[str, EvalResult]:
+def evaluate_corpora(
+    session: Session,
+    corpora: dict[str, np.ndarray],
+    batch_size: int,
+    params: dict | None = None,
+    desc: str = "eval",
+    config: ModelConfig | None = None,
+) -> dict[str, EvalResult]:
     params = session.params if params is None else params
     config = session.config if config is None else config
     token_bytes = session.token_bytes()
@@ -159,8 +191,15 @@ def evaluate_corpora(session: Session, corpora: dict[str, np.ndarray], batch_siz
     with tqdm(total=total, desc=desc, unit="win", disable=None, leave=False) as bar:
         for lang, windows in corpora.items():
             bar.set_postfix_str(lang)
-            results[lang] = evaluate(params, config, windows, batch_size, session.mesh,
-                                     progress=bar.update, token_bytes=token_bytes)
+            results[lang] = evaluate(
+                params,
+                config,
+                windows,
+                batch_size,
+                session.mesh,
+                progress=bar.update,
+                token_bytes=token_bytes,
+            )
     return results
 
 
@@ -170,11 +209,13 @@ def run_eval(cfg: EvalConfig, mesh: jax.sharding.Mesh) -> dict:
     session = load_session(cfg.model, cfg.dtype, mesh)
     model_cfg, params = edit_model(session, cfg.region, cfg.region_op, cfg.perturb, cfg.seed)
     corpora = load_corpora(cfg.text, session, cfg.seq_len, cfg.max_seqs)
-    results = evaluate_corpora(session, corpora, cfg.batch_size, params=params,
-                               config=model_cfg)
+    results = evaluate_corpora(session, corpora, cfg.batch_size, params=params, config=model_cfg)
     return {
-        "model": cfg.model, "seq_len": cfg.seq_len, "dtype": cfg.dtype,
-        "region": cfg.region, "region_op": cfg.region_op if cfg.region else None,
+        "model": cfg.model,
+        "seq_len": cfg.seq_len,
+        "dtype": cfg.dtype,
+        "region": cfg.region,
+        "region_op": cfg.region_op if cfg.region else None,
         "perturb": list(cfg.perturb),
         "perplexity": {k: r.perplexity for k, r in results.items()},
         "loss": {k: r.loss for k, r in results.items()},

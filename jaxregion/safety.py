@@ -66,8 +66,10 @@ def check_name(name: object, where: str, what: str = "language") -> str:
 
     Names become file names (``OUT/LANG.safetensors``), so a name is data, never a path."""
     if not isinstance(name, str) or not _NAME.fullmatch(name):
-        raise UserError(f"{where}: {what} name {excerpt(name)} is not allowed; use letters, "
-                        "digits, '_' and '-' (e.g. en, zh-Hans, pt_BR), at most 64 characters")
+        raise UserError(
+            f"{where}: {what} name {excerpt(name)} is not allowed; use letters, "
+            "digits, '_' and '-' (e.g. en, zh-Hans, pt_BR), at most 64 characters"
+        )
     return name
 
 
@@ -76,15 +78,17 @@ def inside(root: str, path: str) -> str:
     r = os.path.realpath(root)
     p = os.path.realpath(path)
     if p != r and not p.startswith(r.rstrip(os.sep) + os.sep):
-        raise UserError(f"{path}: resolves to {p}, outside the output directory {root}; "
-                        "refusing to write there")
+        raise UserError(
+            f"{path}: resolves to {p}, outside the output directory {root}; refusing to write there"
+        )
     return path
 
 
 # --- outputs never replace inputs ----------------------------------------------------------
 _INPUTS: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("inputs", default=None)
-_OUTPUTS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar("outputs",
-                                                                                 default=None)
+_OUTPUTS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar(
+    "outputs", default=None
+)
 
 
 @dataclass(frozen=True)
@@ -97,14 +101,18 @@ class Output:
     kind: str = "file"
 
 
-_FORCED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar("forced",
-                                                                         default=frozenset())
+_FORCED: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
+    "forced", default=frozenset()
+)
 
 
 @contextlib.contextmanager
-def guard(outputs: Mapping[str, str | None] | Sequence[Output] | None = None,
-          inputs: Sequence[str] = (), force: bool = False, lock: bool = True
-          ) -> Iterator[set[str]]:
+def guard(
+    outputs: Mapping[str, str | None] | Sequence[Output] | None = None,
+    inputs: Sequence[str] = (),
+    force: bool = False,
+    lock: bool = True,
+) -> Iterator[set[str]]:
     """Within this block, every path passed to :func:`reading` is protected from writes.
 
     ``outputs`` (declared up front; a ``{flag: path}`` mapping means files) are checked at
@@ -112,8 +120,11 @@ def guard(outputs: Mapping[str, str | None] | Sequence[Output] | None = None,
     and a read of an input that is also a declared output fails at once. Output directories
     are locked (``lock``) for the block. ``force``: an export may replace a directory the
     tool did not make."""
-    outs = [Output(f, p) for f, p in outputs.items() if p] if isinstance(outputs, Mapping) \
+    outs = (
+        [Output(f, p) for f, p in outputs.items() if p]
+        if isinstance(outputs, Mapping)
         else list(outputs or ())
+    )
     given = {os.path.realpath(p) for p in inputs if p and os.path.lexists(p)}
     for o in outs:
         check_declared(o, given, force)
@@ -150,8 +161,7 @@ def check_path(path: str, where: str, want_dir: bool) -> None:
         why = "a symlink loop" if e.errno == errno.ELOOP else (e.strerror or str(e))
         raise UserError(f"{where}: cannot write there ({why}); give another path") from None
     if st is None and os.path.islink(path):
-        raise UserError(f"{where}: a dangling symlink (to {os.readlink(path)}); give another "
-                        "path")
+        raise UserError(f"{where}: a dangling symlink (to {os.readlink(path)}); give another path")
     if st is not None:
         if want_dir and not stat.S_ISDIR(st.st_mode):
             raise UserError(f"{where}: exists and is not a directory")
@@ -171,10 +181,15 @@ def check_declared(o: Output, inputs: set[str], force: bool = False) -> None:
     check_path(o.path, where, o.kind != "file")
     p = os.path.realpath(o.path)
     for q in sorted(inputs):
-        if p == q or (o.kind == "file" and os.path.lexists(p) and _within(p, q)) or \
-                (o.kind == "export" and _within(q, p)):
-            raise UserError(f"{where}: is an input of this command ({q}); refusing to "
-                            "overwrite it. Write the output somewhere else")
+        if (
+            p == q
+            or (o.kind == "file" and os.path.lexists(p) and _within(p, q))
+            or (o.kind == "export" and _within(q, p))
+        ):
+            raise UserError(
+                f"{where}: is an input of this command ({q}); refusing to "
+                "overwrite it. Write the output somewhere else"
+            )
     if o.kind == "export" and not force:
         check_export_dir(o.path, where)
 
@@ -187,9 +202,11 @@ def check_export_dir(directory: str, where: str | None = None) -> None:
     there = sorted(set(os.listdir(directory)) - {LOCK})
     if not there or owner_of(directory) == EXPORT_OWNER:
         return
-    raise UserError(f"{where or directory}: holds files jaxregion did not make ({there[0]}"
-                    f"{', ...' if len(there) > 1 else ''}); an export replaces them. Give an "
-                    "empty or new directory, or --force to replace its contents")
+    raise UserError(
+        f"{where or directory}: holds files jaxregion did not make ({there[0]}"
+        f"{', ...' if len(there) > 1 else ''}); an export replaces them. Give an "
+        "empty or new directory, or --force to replace its contents"
+    )
 
 
 # --- one writer per directory --------------------------------------------------------------
@@ -214,9 +231,11 @@ def locked(directory: str, flag: str = "") -> Iterator[None]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise UserError(f"{flag + ' ' if flag else ''}{directory}: in use by another "
-                            f"jaxregion run ({_holder(path)}); wait for it to end or use "
-                            "another directory") from None
+            raise UserError(
+                f"{flag + ' ' if flag else ''}{directory}: in use by another "
+                f"jaxregion run ({_holder(path)}); wait for it to end or use "
+                "another directory"
+            ) from None
         try:  # the file may have been removed by a holder that just ended: lock the new one
             same = os.stat(path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:
@@ -225,8 +244,11 @@ def locked(directory: str, flag: str = "") -> Iterator[None]:
             break
         os.close(fd)
     try:
-        info = {"pid": os.getpid(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-                "argv": sys.argv[1:8]}
+        info = {
+            "pid": os.getpid(),
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "argv": sys.argv[1:8],
+        }
         os.ftruncate(fd, 0)
         os.write(fd, json.dumps(info).encode())
         yield
@@ -265,8 +287,10 @@ def reading(*paths: str) -> None:
             r = os.path.realpath(p)
             declared = _OUTPUTS.get() or {}
             if r in declared:
-                raise UserError(f"{declared[r]}: is also an input of this command ({p}); "
-                                "refusing to overwrite it. Write the output somewhere else")
+                raise UserError(
+                    f"{declared[r]}: is also an input of this command ({p}); "
+                    "refusing to overwrite it. Write the output somewhere else"
+                )
             seen.add(r)
 
 
@@ -277,10 +301,12 @@ def check_regular(path: str) -> None:
     except OSError:
         return  # the reader reports a missing or unreadable file itself
     if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode)):
-        what = "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) \
-            else "a device"
-        raise UserError(f"{path}: is {what}, not a regular file; write the data to a file "
-                        "and pass that")
+        what = (
+            "a FIFO" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        )
+        raise UserError(
+            f"{path}: is {what}, not a regular file; write the data to a file and pass that"
+        )
 
 
 def check_text(text: str, where: str) -> str:
@@ -289,8 +315,10 @@ def check_text(text: str, where: str) -> str:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as e:
-        raise UserError(f"{where}: not valid UTF-8 text (character {e.start}: "
-                        f"{text[e.start]!r}, a lone surrogate); fix the encoding") from None
+        raise UserError(
+            f"{where}: not valid UTF-8 text (character {e.start}: "
+            f"{text[e.start]!r}, a lone surrogate); fix the encoding"
+        ) from None
     return text
 
 
@@ -298,8 +326,7 @@ def check_argv(argv: Sequence[str]) -> None:
     """Every command-line argument is valid text; the error names the argument (and its
     flag), never echoes the undecodable bytes."""
     for i, a in enumerate(argv):
-        flag = argv[i - 1] if i and argv[i - 1].startswith("-") and not a.startswith("-") \
-            else None
+        flag = argv[i - 1] if i and argv[i - 1].startswith("-") and not a.startswith("-") else None
         check_text(a, f"{flag} (argument {i + 1})" if flag else f"argument {i + 1}")
 
 
@@ -311,17 +338,20 @@ def check_output(path: str) -> None:
         return
     p = os.path.realpath(path)
     for q in seen:
-        if p == q or (os.path.isdir(q) and p.startswith(q.rstrip(os.sep) + os.sep)
-                      and os.path.exists(p)):
-            raise UserError(f"{path}: is an input of this command ({q}); refusing to overwrite "
-                            "it. Write the output somewhere else")
+        if p == q or (
+            os.path.isdir(q) and p.startswith(q.rstrip(os.sep) + os.sep) and os.path.exists(p)
+        ):
+            raise UserError(
+                f"{path}: is an input of this command ({q}); refusing to overwrite "
+                "it. Write the output somewhere else"
+            )
 
 
 # --- ownership of partial state ------------------------------------------------------------
 def claim(directory: str, owner: dict[str, str]) -> None:
     """Create ``directory`` (if needed) and mark it as made by ``owner``."""
     os.makedirs(directory, exist_ok=True)
-    # written here, not through jaxregion.io (which imports this module): temp file + rename
+    # written here, not through jaxregion.io.atomic (which imports this module): temp file + rename
     fd, tmp = tempfile.mkstemp(prefix=".marker-", dir=directory)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:

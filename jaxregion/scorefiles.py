@@ -10,7 +10,7 @@ forgetting run all call, so they share one cache format and one resume mechanism
 - ``DIR/.partial/LANG/`` holds the orbax-checkpointed accumulator and window position every
   ``save_every`` windows, so an interrupted run resumes and ends bitwise equal.
 - ``DIR/.halves/LANG.safetensors`` holds the even split half (the odd one is recovered from
-  it and the full scores, see :mod:`jaxregion.stability`); the full file's metadata records
+  it and the full scores, see :mod:`jaxregion.analysis.stability`); the full file's metadata records
   the split-half Jaccard of the top-1% (and of any ``ratios`` asked) and its projection.
 - ``snapshots=(n1, n2, ...)`` also writes ``DIR/snapshots/N/LANG.safetensors`` (with its own
   ``.halves``): the scores of the first ``N`` windows, equal to a separate run over them, from
@@ -36,10 +36,11 @@ from tqdm.auto import tqdm
 
 from jaxregion import __version__, runtime, safety
 from jaxregion import importance as I
-from jaxregion import stability as S
 from jaxregion import tree as T
+from jaxregion.analysis import stability as S
 from jaxregion.configs import ImportanceConfig
 from jaxregion.errors import UserError
+from jaxregion.io.safetensors_io import read_metadata
 from jaxregion.models import roles
 from jaxregion.regions import (
     DEFAULT_INCLUDE,
@@ -53,7 +54,6 @@ from jaxregion.regions import (
     scope_names,
     top,
 )
-from jaxregion.safetensors_io import read_metadata
 
 PARTIAL = ".partial"
 
@@ -67,25 +67,51 @@ class Scored:
     position: int | None = None  # windows done when stopped
 
 
-def identity(lang: str, estimator: str, params_fp: str, seq_len: int, dtype: str,
-             windows: np.ndarray | None, until_stable: float | None = None,
-             scope: str = "all") -> dict[str, str]:
+def identity(
+    lang: str,
+    estimator: str,
+    params_fp: str,
+    seq_len: int,
+    dtype: str,
+    windows: np.ndarray | None,
+    until_stable: float | None = None,
+    scope: str = "all",
+) -> dict[str, str]:
     """What a score file must have been computed from to be reused. With ``until_stable`` the
     windows *given* identify the run (the count used is a result, in ``windows``).
     ``scope``: which tensors are scored (:func:`scope_label`)."""
     data_free = windows is None
-    out = {"language": lang, "estimator": estimator, "model": params_fp,
-           "seq_len": str(seq_len), "dtype": dtype, "scope": scope}
+    out = {
+        "language": lang,
+        "estimator": estimator,
+        "model": params_fp,
+        "seq_len": str(seq_len),
+        "dtype": dtype,
+        "scope": scope,
+    }
     n, digest = ("0", "") if data_free else (str(len(windows)), I.windows_digest(windows))
     if until_stable is None:
         return {**out, "windows": n, "windows_digest": digest}
-    return {**out, "until_stable": repr(float(until_stable)), "windows_available": n,
-            "windows_available_digest": digest}
+    return {
+        **out,
+        "until_stable": repr(float(until_stable)),
+        "windows_available": n,
+        "windows_available_digest": digest,
+    }
 
 
-def is_complete(out_dir: str, lang: str, estimator: str, params_fp: str, seq_len: int,
-                dtype: str, windows: np.ndarray | None, snapshots: Any = (),
-                until_stable: float | None = None, scope: str = "all") -> bool:
+def is_complete(
+    out_dir: str,
+    lang: str,
+    estimator: str,
+    params_fp: str,
+    seq_len: int,
+    dtype: str,
+    windows: np.ndarray | None,
+    snapshots: Any = (),
+    until_stable: float | None = None,
+    scope: str = "all",
+) -> bool:
     """Whether ``lang``'s file (and every snapshot's) in ``out_dir`` is finished for this
     input; raises UserError naming the field when one was made from other input."""
     want = identity(lang, estimator, params_fp, seq_len, dtype, windows, until_stable, scope)
@@ -103,8 +129,7 @@ def scope_label(include: str | None, exclude: str | None) -> str:
     return json.dumps({"include": include, "exclude": exclude}, sort_keys=True)
 
 
-def scoped(params: Any, cfg: Any, include: str | None, exclude: str | None
-           ) -> list[str] | None:
+def scoped(params: Any, cfg: Any, include: str | None, exclude: str | None) -> list[str] | None:
     """The names ``include``/``exclude`` score (None: all), with the family's roles."""
     if include is None and exclude is None:
         return None
@@ -125,13 +150,19 @@ def parse_snapshots(text: str | None) -> tuple[int, ...]:
         try:
             out.append(int(item.strip()))
         except ValueError:
-            raise UserError(f"--snapshots {text!r}: {item.strip()!r} is not a window count; "
-                            "give comma-separated integers like 1000,10000") from None
+            raise UserError(
+                f"--snapshots {text!r}: {item.strip()!r} is not a window count; "
+                "give comma-separated integers like 1000,10000"
+            ) from None
     return check_schedule(out)
 
 
-def check_schedule(snapshots: Any = (), until_stable: float | None = None,
-                   windows: int | None = None, what: str | None = None) -> tuple[int, ...]:
+def check_schedule(
+    snapshots: Any = (),
+    until_stable: float | None = None,
+    windows: int | None = None,
+    what: str | None = None,
+) -> tuple[int, ...]:
     """Validate snapshot counts and the stop-when-stable threshold; sorted unique counts.
 
     ``windows`` is how many windows there are (None: unknown yet)."""
@@ -144,8 +175,10 @@ def check_schedule(snapshots: Any = (), until_stable: float | None = None,
     if snaps and snaps[0] <= 0:
         raise UserError(f"--snapshots {','.join(map(str, snaps))}: counts must be positive")
     if snaps and windows is not None and snaps[-1] > windows:
-        raise UserError(f"--snapshots {snaps[-1]} is beyond {what or f'--max-seqs {windows}'}"
-                        f"; give counts up to {windows}")
+        raise UserError(
+            f"--snapshots {snaps[-1]} is beyond {what or f'--max-seqs {windows}'}"
+            f"; give counts up to {windows}"
+        )
     return snaps
 
 
@@ -156,29 +189,33 @@ def check_existing(path: str, want: dict[str, str]) -> bool:
         return False
     h = read_metadata(path)
     if h is None:
-        raise UserError(f"{path} exists but is not a readable safetensors file; delete it to "
-                        "recompute")
+        raise UserError(
+            f"{path} exists but is not a readable safetensors file; delete it to recompute"
+        )
     bad = [k for k, v in want.items() if h.get(k) != v]
     if bad:
         k = bad[0]
-        raise UserError(f"{path} exists but was computed with {k}={h.get(k)!r}, not "
-                        f"{want[k]!r}; use another output directory or delete the file")
+        raise UserError(
+            f"{path} exists but was computed with {k}={h.get(k)!r}, not "
+            f"{want[k]!r}; use another output directory or delete the file"
+        )
     return True
 
 
 def partial_owner(out_dir: str, lang: str) -> dict[str, str]:
     """The marker of the partial state this tool makes for ``lang`` in ``out_dir``."""
-    return {"made_by": "jaxregion importance", "language": lang,
-            "out": os.path.realpath(out_dir)}
+    return {"made_by": "jaxregion importance", "language": lang, "out": os.path.realpath(out_dir)}
 
 
 def check_partial_owner(partial_dir: str, owner: dict[str, str]) -> None:
     """UserError when ``partial_dir`` exists but was not made by this tool for this
     language and output directory: it is never resumed into, nor removed."""
     if os.path.lexists(partial_dir) and safety.owner_of(partial_dir) != owner:
-        raise UserError(f"{partial_dir} exists but was not made by jaxregion importance for "
-                        "this language and output directory (no matching "
-                        f"{safety.MARKER}); move it away or use another output directory")
+        raise UserError(
+            f"{partial_dir} exists but was not made by jaxregion importance for "
+            "this language and output directory (no matching "
+            f"{safety.MARKER}); move it away or use another output directory"
+        )
 
 
 def score_language(
@@ -225,8 +262,12 @@ def score_language(
         raise UserError(f"{lang}: estimator {estimator!r} needs windows of text")
     if data_free:
         windows, snapshots, until_stable = None, (), None
-    snaps = check_schedule(snapshots, until_stable, None if windows is None else len(windows),
-                           f"the {0 if windows is None else len(windows)} windows given")
+    snaps = check_schedule(
+        snapshots,
+        until_stable,
+        None if windows is None else len(windows),
+        f"the {0 if windows is None else len(windows)} windows given",
+    )
     seq_len = int(seq_len if seq_len is not None else windows.shape[1])
     ratios = tuple(sorted({0.01, *map(float, ratios)}))
     path = safety.inside(out_dir, importance_path(out_dir, lang))
@@ -234,11 +275,13 @@ def score_language(
     scope = scoped(session.params, session.config, include, exclude)
     label = scope_label(include, exclude)
     want = identity(lang, estimator, fp, seq_len, dtype, windows, until_stable, label)
-    snap_want = {n: identity(lang, estimator, fp, seq_len, dtype, windows[:n], scope=label)
-                 for n in snaps}
+    snap_want = {
+        n: identity(lang, estimator, fp, seq_len, dtype, windows[:n], scope=label) for n in snaps
+    }
     try:
-        if is_complete(out_dir, lang, estimator, fp, seq_len, dtype, windows, snaps,
-                       until_stable, label):
+        if is_complete(
+            out_dir, lang, estimator, fp, seq_len, dtype, windows, snaps, until_stable, label
+        ):
             if not load:  # the caller only needs the file
                 return Scored(None, read_metadata(path) or {}, "reused", path)
             scores, meta = load_scores(path)
@@ -262,8 +305,7 @@ def score_language(
     params = I.place_params(session.params, session.mesh)
     if not data_free:
         check_partial_owner(partial_dir, owner)
-        like = I.init_state(params, session.config, estimator, batch_size, session.mesh,
-                            scope)
+        like = I.init_state(params, session.config, estimator, batch_size, session.mesh, scope)
         state = I.load_partial(partial_dir, like, run_id)
         if state is not None:
             status = "resumed"
@@ -280,11 +322,15 @@ def score_language(
         I.save_partial(partial_dir, st, run_id)
         return stop_after is not None and st.position >= stop_after
 
-    base = {"model_path": session.path, "model_fingerprint": fp,
-            "jaxregion_version": __version__, "batch_size": str(b), "source": source,
-            "score": "signed" if estimator == "taylor" else "non-negative",
-            "unscored": _json([] if scope is None else
-                              sorted(set(T.flatten(params)) - set(scope)))}
+    base = {
+        "model_path": session.path,
+        "model_fingerprint": fp,
+        "jaxregion_version": __version__,
+        "batch_size": str(b),
+        "source": source,
+        "score": "signed" if estimator == "taylor" else "non-negative",
+        "unscored": _json([] if scope is None else sorted(set(T.flatten(params)) - set(scope))),
+    }
     history: list[list[float]] = []
 
     def at_stop(st: I.ImportanceState) -> bool:
@@ -294,20 +340,37 @@ def score_language(
             _write(snapshot_dir(out_dir, n), lang, res, {**snap_want[n], **base}, ratios)
             log(f"{lang}: snapshot at {n} windows -> {snapshot_dir(out_dir, n)}")
             return False
-        return _stable_step(res, st.position, stable_file, stable_ratio, until_stable, history,
-                            run_id, log, lang)
+        return _stable_step(
+            res, st.position, stable_file, stable_ratio, until_stable, history, run_id, log, lang
+        )
 
-    res = I.compute_importance(params, session.config, arr, estimator, batch_size,
-                               session.mesh, progress=progress, state=state, remat=remat,
-                               checkpoint=checkpoint, checkpoint_every=save_every,
-                               stops=stops, at_stop=at_stop, scope=scope)
+    res = I.compute_importance(
+        params,
+        session.config,
+        arr,
+        estimator,
+        batch_size,
+        session.mesh,
+        progress=progress,
+        state=state,
+        remat=remat,
+        checkpoint=checkpoint,
+        checkpoint_every=save_every,
+        stops=stops,
+        at_stop=at_stop,
+        scope=scope,
+    )
     if res.stopped_at is not None:
         return Scored(None, want, "stopped", partial_dir, res.stopped_at)
     meta = {**want, "tokens": str(res.tokens), **base}
     if until_stable is not None:
-        used = windows[:res.windows]
-        meta.update(windows=str(res.windows), windows_digest=I.windows_digest(used),
-                    stable_ratio=repr(stable_ratio), doubling_jaccard=_json(history))
+        used = windows[: res.windows]
+        meta.update(
+            windows=str(res.windows),
+            windows_digest=I.windows_digest(used),
+            stable_ratio=repr(stable_ratio),
+            doubling_jaccard=_json(history),
+        )
         if os.path.exists(stable_file):
             os.unlink(stable_file)
     meta = _write(out_dir, lang, res, meta, ratios)
@@ -331,28 +394,51 @@ def _json(x: Any) -> str:
     return json.dumps(x, allow_nan=False)
 
 
-def _write(directory: str, lang: str, res: I.ImportanceResult, meta: dict[str, str],
-           ratios: tuple[float, ...]) -> dict[str, str]:
+def _write(
+    directory: str,
+    lang: str,
+    res: I.ImportanceResult,
+    meta: dict[str, str],
+    ratios: tuple[float, ...],
+) -> dict[str, str]:
     """The scores file (and its even half first, so the full file marks completion)."""
     meta = dict(meta)
     if res.halves is not None:
         sh = S.split_half(res.halves, ratios)
-        meta.update(windows_even=str(res.counts[0]), windows_odd=str(res.counts[1]),
-                    split_half_jaccard=repr(sh["jaccard"]["0.01"]),
-                    split_half_jaccard_projected=repr(sh["projected"]["0.01"]),
-                    split_half=_json(sh))
-        save_scores(S.halves_path(directory, lang), res.halves[0],
-                    {"half": "even", "windows": meta["windows"],
-                     "windows_digest": meta["windows_digest"],
-                     "windows_even": str(res.counts[0]), "windows_odd": str(res.counts[1]),
-                     "estimator": res.estimator})
+        meta.update(
+            windows_even=str(res.counts[0]),
+            windows_odd=str(res.counts[1]),
+            split_half_jaccard=repr(sh["jaccard"]["0.01"]),
+            split_half_jaccard_projected=repr(sh["projected"]["0.01"]),
+            split_half=_json(sh),
+        )
+        save_scores(
+            S.halves_path(directory, lang),
+            res.halves[0],
+            {
+                "half": "even",
+                "windows": meta["windows"],
+                "windows_digest": meta["windows_digest"],
+                "windows_even": str(res.counts[0]),
+                "windows_odd": str(res.counts[1]),
+                "estimator": res.estimator,
+            },
+        )
     save_scores(importance_path(directory, lang), res.scores, meta)
     return meta
 
 
-def _stable_step(res: I.ImportanceResult, n: int, stable_file: str, ratio: float,
-                 target: float, history: list[list[float]], run_id: dict[str, str],
-                 log: Callable[[str], None], lang: str) -> bool:
+def _stable_step(
+    res: I.ImportanceResult,
+    n: int,
+    stable_file: str,
+    ratio: float,
+    target: float,
+    history: list[list[float]],
+    run_id: dict[str, str],
+    log: Callable[[str], None],
+    lang: str,
+) -> bool:
     """Compare the top-``ratio`` region at ``n`` windows with the one at the previous
     doubling point (kept in ``stable_file`` so a resumed run still has it); True = stable."""
     region = top({lang: res.scores}, lang, ratio, "per-tensor", DEFAULT_INCLUDE)
@@ -366,17 +452,24 @@ def _stable_step(res: I.ImportanceResult, n: int, stable_file: str, ratio: float
     if prev is not None:
         j = jaccard(prev, region)
         history.append([n, j])
-        log(f"{lang}: top-{ratio:g} region at {prev.meta['windows']} vs {n} windows: "
-            f"Jaccard {j:.4f} (target {target})")
+        log(
+            f"{lang}: top-{ratio:g} region at {prev.meta['windows']} vs {n} windows: "
+            f"Jaccard {j:.4f} (target {target})"
+        )
         stop = j >= target
     region.meta.update(windows=n, run=run_id, history=list(history))
     save_region(stable_file, region)
     return stop
 
 
-def score_all(cfg: ImportanceConfig, mesh: jax.sharding.Mesh, *, progress: bool = True,
-              log: Callable[[str], None] | None = None,
-              stop_after: int | None = None) -> dict[str, Scored]:
+def score_all(
+    cfg: ImportanceConfig,
+    mesh: jax.sharding.Mesh,
+    *,
+    progress: bool = True,
+    log: Callable[[str], None] | None = None,
+    stop_after: int | None = None,
+) -> dict[str, Scored]:
     """``jaxregion importance``: every language of ``cfg`` scored into ``cfg.out``.
 
     Languages already complete for the same input are skipped, others computed (or resumed).
@@ -398,18 +491,39 @@ def score_all(cfg: ImportanceConfig, mesh: jax.sharding.Mesh, *, progress: bool 
     per_window = cfg.seq_len - 1
     total = sum(0 if w is None else len(w) for w in corpora.values())
     done: dict[str, Scored] = {}
-    with tqdm(total=total * per_window, desc="importance", unit="tok", unit_scale=True,
-              disable=None if progress else True, file=sys.stderr, leave=False) as bar:
+    with tqdm(
+        total=total * per_window,
+        desc="importance",
+        unit="tok",
+        unit_scale=True,
+        disable=None if progress else True,
+        file=sys.stderr,
+        leave=False,
+    ) as bar:
         for lang, windows in corpora.items():
             bar.set_postfix_str(lang)
             t0 = time.perf_counter()
             got = score_language(
-                session, lang, windows, cfg.out, estimator=cfg.estimator,
-                batch_size=cfg.batch_size, seq_len=cfg.seq_len, dtype=cfg.dtype,
-                source=texts[lang], save_every=cfg.save_every, remat=cfg.remat,
-                progress=lambda n: bar.update(n * per_window), stop_after=stop_after,
-                log=log, load=False, snapshots=snapshots, until_stable=cfg.until_stable,
-                include=cfg.include, exclude=cfg.exclude)
+                session,
+                lang,
+                windows,
+                cfg.out,
+                estimator=cfg.estimator,
+                batch_size=cfg.batch_size,
+                seq_len=cfg.seq_len,
+                dtype=cfg.dtype,
+                source=texts[lang],
+                save_every=cfg.save_every,
+                remat=cfg.remat,
+                progress=lambda n: bar.update(n * per_window),
+                stop_after=stop_after,
+                log=log,
+                load=False,
+                snapshots=snapshots,
+                until_stable=cfg.until_stable,
+                include=cfg.include,
+                exclude=cfg.exclude,
+            )
             done[lang] = got
             if got.status == "stopped":
                 log(f"{lang}: stopped after {got.position} windows; state saved in {got.path}")

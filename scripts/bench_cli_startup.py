@@ -22,8 +22,11 @@ def best_of(argv: list[str], runs: int) -> float:
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "jaxregion.cli.main", *argv], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [sys.executable, "-m", "jaxregion.cli.main", *argv],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
         times.append(time.perf_counter() - t0)
     return min(times)
 

@@ -50,8 +50,12 @@ def _measure(path: str, tok_dir: str, seq_len: int, max_seqs: int | None) -> dic
     for w in pack_windows(open_source(path).documents(), tok, seq_len, max_seqs):
         n += 1
         n_tokens += len(w)
-    return {"windows": n, "tokens": n_tokens, "seconds": time.perf_counter() - t0,
-            "peak_rss": _peak_rss()}
+    return {
+        "windows": n,
+        "tokens": n_tokens,
+        "seconds": time.perf_counter() - t0,
+        "peak_rss": _peak_rss(),
+    }
 
 
 def _run_child(path: str, tok_dir: str, seq_len: int, max_seqs: int | None) -> dict:
@@ -65,7 +69,7 @@ def _run_child(path: str, tok_dir: str, seq_len: int, max_seqs: int | None) -> d
 def _make_file(path: str, size: int) -> None:
     """A synthetic text file of at least ``size`` bytes; reused when already there."""
     from jaxregion.data import synthetic
-    from jaxregion.io import atomic_path
+    from jaxregion.io.atomic import atomic_path
 
     if os.path.isfile(path) and os.path.getsize(path) >= size:
         return
@@ -80,8 +84,11 @@ def _make_file(path: str, size: int) -> None:
             f.write(block)
             written += len(block)
     dt = time.perf_counter() - t0
-    print(f"wrote {path}: {os.path.getsize(path) / MB:.0f} MiB in {dt:.1f} s "
-          f"({os.path.getsize(path) / MB / dt:.0f} MiB/s)", flush=True)
+    print(
+        f"wrote {path}: {os.path.getsize(path) / MB:.0f} MiB in {dt:.1f} s "
+        f"({os.path.getsize(path) / MB / dt:.0f} MiB/s)",
+        flush=True,
+    )
 
 
 def _tokenizer(cache: str, vocab: int) -> str:
@@ -91,8 +98,9 @@ def _tokenizer(cache: str, vocab: int) -> str:
     out = os.path.join(cache, f"bpe-{vocab}")
     if not os.path.isfile(os.path.join(out, "tokenizer.json")):
         t0 = time.perf_counter()
-        train_bpe({lang: synthetic.generate(lang, 3000, 0) for lang in synthetic.LANGUAGES},
-                  vocab, out)
+        train_bpe(
+            {lang: synthetic.generate(lang, 3000, 0) for lang in synthetic.LANGUAGES}, vocab, out
+        )
         print(f"trained BPE vocab {vocab} in {time.perf_counter() - t0:.1f} s", flush=True)
     return out
 
@@ -124,9 +132,12 @@ def main() -> int:
     r = _run_child(big, tok_dir, 512, 1000)
     a_ok = r["windows"] == 1000 and r["seconds"] < 10 and r["peak_rss"] < GB
     ok &= a_ok
-    print(f"(a) first 1000 windows x 512 of {os.path.getsize(big) / GB:.2f} GB: "
-          f"{r['seconds']:.2f} s (target < 10 s), peak RSS {r['peak_rss'] / MB:.0f} MiB "
-          f"(target < 1024 MiB) -> {_verdict(a_ok)}", flush=True)
+    print(
+        f"(a) first 1000 windows x 512 of {os.path.getsize(big) / GB:.2f} GB: "
+        f"{r['seconds']:.2f} s (target < 10 s), peak RSS {r['peak_rss'] / MB:.0f} MiB "
+        f"(target < 1024 MiB) -> {_verdict(a_ok)}",
+        flush=True,
+    )
 
     if not args.skip_all:
         mid = os.path.join(args.cache_dir, f"all-{args.all_mb:g}m.txt")
@@ -135,11 +146,14 @@ def main() -> int:
         b_ok = r["windows"] > 0 and r["peak_rss"] < GB
         ok &= b_ok
         size = os.path.getsize(mid)
-        print(f"(b) all windows of {size / MB:.0f} MiB: {r['windows']} windows "
-              f"({r['tokens'] / 1e6:.1f} M tokens) in {r['seconds']:.1f} s "
-              f"({size / MB / r['seconds']:.1f} MiB/s, {r['tokens'] / r['seconds'] / 1e3:.0f} "
-              f"k tok/s), peak RSS {r['peak_rss'] / MB:.0f} MiB (target < 1024 MiB) "
-              f"-> {_verdict(b_ok)}", flush=True)
+        print(
+            f"(b) all windows of {size / MB:.0f} MiB: {r['windows']} windows "
+            f"({r['tokens'] / 1e6:.1f} M tokens) in {r['seconds']:.1f} s "
+            f"({size / MB / r['seconds']:.1f} MiB/s, {r['tokens'] / r['seconds'] / 1e3:.0f} "
+            f"k tok/s), peak RSS {r['peak_rss'] / MB:.0f} MiB (target < 1024 MiB) "
+            f"-> {_verdict(b_ok)}",
+            flush=True,
+        )
     print("PASS" if ok else "FAIL")
     return 0 if ok else 1
 

@@ -28,23 +28,36 @@ def _threads() -> int:
 
 
 if _threads() == 1:
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
-                               " --xla_cpu_multi_thread_eigen=false"
-                               " intra_op_parallelism_threads=1").strip()
+    os.environ["XLA_FLAGS"] = (
+        os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false"
+        " intra_op_parallelism_threads=1"
+    ).strip()
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from jaxregion import hf  # noqa: E402
 from jaxregion.generate import generate  # noqa: E402
+from jaxregion.io import hf  # noqa: E402
 
 SIZES = {
-    "tiny": dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-                 num_attention_heads=4, num_key_value_heads=4),
-    "small": dict(vocab_size=32000, hidden_size=512, intermediate_size=1376,
-                  num_hidden_layers=8, num_attention_heads=8, num_key_value_heads=8),
+    "tiny": dict(
+        vocab_size=8192,
+        hidden_size=256,
+        intermediate_size=688,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+    ),
+    "small": dict(
+        vocab_size=32000,
+        hidden_size=512,
+        intermediate_size=1376,
+        num_hidden_layers=8,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+    ),
 }
 
 
@@ -69,9 +82,15 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     torch.manual_seed(0)
-    cfg_t = transformers.LlamaConfig(**SIZES[args.size], max_position_embeddings=512,
-                                     rms_norm_eps=1e-5, tie_word_embeddings=False,
-                                     bos_token_id=1, eos_token_id=2, pad_token_id=0)
+    cfg_t = transformers.LlamaConfig(
+        **SIZES[args.size],
+        max_position_embeddings=512,
+        rms_norm_eps=1e-5,
+        tie_word_embeddings=False,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
     model = transformers.LlamaForCausalLM(cfg_t).eval()
     model.generation_config.eos_token_id = None
     n_params = sum(p.numel() for p in model.parameters())
@@ -79,10 +98,12 @@ def main() -> None:
         model.save_pretrained(d, safe_serialization=True)
         cfg, params = hf.load(d)
 
-    print(f"model: llama {args.size}, {n_params / 1e6:.1f}M params, float32; prompt "
-          f"{args.prompt_len} tokens, {args.new} new; jax {jax.__version__} "
-          f"({jax.devices()[0].platform}), torch {torch.__version__} "
-          f"({torch.get_num_threads()} threads), transformers {transformers.__version__}")
+    print(
+        f"model: llama {args.size}, {n_params / 1e6:.1f}M params, float32; prompt "
+        f"{args.prompt_len} tokens, {args.new} new; jax {jax.__version__} "
+        f"({jax.devices()[0].platform}), torch {torch.__version__} "
+        f"({torch.get_num_threads()} threads), transformers {transformers.__version__}"
+    )
     print("| batch | jaxregion tok/s | transformers tok/s | ratio |")
     print("|---|---|---|---|")
     rng = np.random.default_rng(0)
@@ -95,8 +116,13 @@ def main() -> None:
 
         def theirs(n: int, x: torch.Tensor = x) -> None:
             with torch.no_grad():
-                model.generate(x, attention_mask=torch.ones_like(x), max_new_tokens=n,
-                               do_sample=False, pad_token_id=0)
+                model.generate(
+                    x,
+                    attention_mask=torch.ones_like(x),
+                    max_new_tokens=n,
+                    do_sample=False,
+                    pad_token_id=0,
+                )
 
         rates = []
         for fn in (ours, theirs):
@@ -104,8 +130,7 @@ def main() -> None:
             t1 = _best(lambda fn=fn: fn(1), args.repeats)
             tn = _best(lambda fn=fn: fn(args.new), args.repeats)
             rates.append(b * (args.new - 1) / (tn - t1))
-        print(f"| {b} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[0] / rates[1]:.2f}x |",
-              flush=True)
+        print(f"| {b} | {rates[0]:.1f} | {rates[1]:.1f} | {rates[0] / rates[1]:.2f}x |", flush=True)
 
 
 if __name__ == "__main__":

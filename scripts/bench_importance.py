@@ -35,18 +35,32 @@ import subprocess
 import sys
 import time
 
-SMALL = dict(vocab_size=8192, hidden_size=256, intermediate_size=688, num_hidden_layers=4,
-             num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
-             rms_norm_eps=1e-5, hidden_act="silu", tie_word_embeddings=False,
-             rope_theta=10000.0)
+SMALL = dict(
+    vocab_size=8192,
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    hidden_act="silu",
+    tie_word_embeddings=False,
+    rope_theta=10000.0,
+)
 
 
 def small_shape(hidden: int = 256, layers: int = 4) -> dict:
     """The CPU bench Llama at ``hidden`` x ``layers`` (256x4 is ``SMALL``)."""
     heads = max(1, hidden // 64)
-    return {**SMALL, "hidden_size": hidden, "num_hidden_layers": layers,
-            "intermediate_size": int(round(hidden * 2.6875)), "num_attention_heads": heads,
-            "num_key_value_heads": heads}
+    return {
+        **SMALL,
+        "hidden_size": hidden,
+        "num_hidden_layers": layers,
+        "intermediate_size": int(round(hidden * 2.6875)),
+        "num_attention_heads": heads,
+        "num_key_value_heads": heads,
+    }
 
 
 def _peak_rss_mb() -> float:
@@ -65,9 +79,9 @@ def init_params(cfg, mesh, dtype, seed: int = 0):
     import jax
     import jax.numpy as jnp
 
-    from jaxregion import sharding
     from jaxregion import tree as T
     from jaxregion.models import spec
+    from jaxregion.parallel import sharding
 
     shapes = spec.shapes(cfg)
     shardings = sharding.param_shardings(cfg, mesh)
@@ -78,8 +92,9 @@ def init_params(cfg, mesh, dtype, seed: int = 0):
             if len(s) == 1:
                 out[n] = jnp.ones(s, dtype)
             else:
-                out[n] = (0.02 * jax.random.normal(jax.random.fold_in(key, i), s,
-                                                   jnp.float32)).astype(dtype)
+                out[n] = (
+                    0.02 * jax.random.normal(jax.random.fold_in(key, i), s, jnp.float32)
+                ).astype(dtype)
         return T.unflatten(out)
 
     return jax.jit(make, out_shardings=shardings)(jax.random.PRNGKey(seed))
@@ -107,15 +122,19 @@ def run_jax(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxregion import importance, sharding
+    from jaxregion import importance
     from jaxregion import tree as T
     from jaxregion.models import from_hf_dict
+    from jaxregion.parallel import sharding
 
     big = args.device_7b
-    from jaxregion.plan import PRESETS
+    from jaxregion.parallel.plan import PRESETS
 
-    shape = dict(PRESETS["llama2-7b"] if big else
-                 {"model_type": "llama", **small_shape(args.hidden, args.layers or 4)})
+    shape = dict(
+        PRESETS["llama2-7b"]
+        if big
+        else {"model_type": "llama", **small_shape(args.hidden, args.layers or 4)}
+    )
     if args.layers:
         shape["num_hidden_layers"] = args.layers
     cfg = from_hf_dict(shape)
@@ -147,20 +166,25 @@ def run_jax(args) -> dict:
         temp_mb = float("nan")
     acc = state.acc[0]
     for i in range(args.warmup):
-        acc = step(acc, params, sharding.put_batch(windows[i * b:(i + 1) * b], mesh), w)
+        acc = step(acc, params, sharding.put_batch(windows[i * b : (i + 1) * b], mesh), w)
     jax.block_until_ready(acc)
     zero = jax.tree.map(jnp.zeros_like, acc)
-    batches = [sharding.put_batch(windows[(args.warmup + i) * b:(args.warmup + i + 1) * b], mesh)
-               for i in range(args.steps)]
+    batches = [
+        sharding.put_batch(windows[(args.warmup + i) * b : (args.warmup + i + 1) * b], mesh)
+        for i in range(args.steps)
+    ]
     jax.block_until_ready(batches)
     t0 = time.perf_counter()
     for tok in batches:
         acc = step(acc, params, tok, w)
     jax.block_until_ready(acc)
     t_steps = time.perf_counter() - t0
-    final = importance.finalize(importance.ImportanceState("taylor", b, (acc, zero),
-                                                           (b * args.steps, 0)),
-                                params, cfg, args.seq)
+    final = importance.finalize(
+        importance.ImportanceState("taylor", b, (acc, zero), (b * args.steps, 0)),
+        params,
+        cfg,
+        args.seq,
+    )
     jax.block_until_ready(final)
     t_total = time.perf_counter() - t0
     tokens = args.steps * b * args.seq
@@ -172,13 +196,24 @@ def run_jax(args) -> dict:
     except Exception:
         pass
     out = {
-        "framework": "jax", "device": str(dev.device_kind), "devices": len(jax.devices()),
-        "params": n_params, "batch": b, "seq": args.seq, "steps": args.steps, "remat": remat,
-        "dtype": str(jnp.dtype(dtype)), "init_s": t_init, "compile_s": t_compile,
-        "step_s": t_steps / args.steps, "tokens_per_s": tokens / t_total,
+        "framework": "jax",
+        "device": str(dev.device_kind),
+        "devices": len(jax.devices()),
+        "params": n_params,
+        "batch": b,
+        "seq": args.seq,
+        "steps": args.steps,
+        "remat": remat,
+        "dtype": str(jnp.dtype(dtype)),
+        "init_s": t_init,
+        "compile_s": t_compile,
+        "step_s": t_steps / args.steps,
+        "tokens_per_s": tokens / t_total,
         "tokens_per_s_steps_only": tokens / t_steps,
-        "flops_per_step_xla": flops_step, "flops_per_step_6N": 6.0 * n_params * b * args.seq,
-        "xla_temp_mb": temp_mb, "peak_rss_mb": _peak_rss_mb(),
+        "flops_per_step_xla": flops_step,
+        "flops_per_step_6N": 6.0 * n_params * b * args.seq,
+        "xla_temp_mb": temp_mb,
+        "peak_rss_mb": _peak_rss_mb(),
         "device_peak_mb": stats.get("peak_bytes_in_use", 0) / 2**20 if stats else None,
         "checksum": float(jnp.sum(jnp.abs(leaf))),
     }
@@ -225,37 +260,47 @@ def run_torch(args) -> dict:
     model.train()  # no dropout in Llama; train() only enables autograd bookkeeping paths
     n_params = sum(p.numel() for p in model.parameters())
     b = args.batch
-    windows = torch.tensor(_windows(b * (args.steps + args.warmup), args.seq, cfg.vocab_size,
-                                    seed=0), dtype=torch.long)
+    windows = torch.tensor(
+        _windows(b * (args.steps + args.warmup), args.seq, cfg.vocab_size, seed=0), dtype=torch.long
+    )
 
     def step(ids):
         logits = model(input_ids=ids).logits
         nll = torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
-            reduction="sum")
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            ids[:, 1:].reshape(-1),
+            reduction="sum",
+        )
         nll.backward()  # grads accumulate in .grad across micro-batches (= our sum)
 
     for i in range(args.warmup):
-        step(windows[i * b:(i + 1) * b])
+        step(windows[i * b : (i + 1) * b])
     model.zero_grad(set_to_none=True)
     t0 = time.perf_counter()
     for i in range(args.steps):
         j = args.warmup + i
-        step(windows[j * b:(j + 1) * b])
+        step(windows[j * b : (j + 1) * b])
     t_steps = time.perf_counter() - t0
     total = b * args.steps * (args.seq - 1)
     with torch.no_grad():
         scores = {n: p.grad / total * p for n, p in model.named_parameters()}
     t_total = time.perf_counter() - t0
     tokens = args.steps * b * args.seq
-    timed = [windows[(args.warmup + i) * b:(args.warmup + i + 1) * b] for i in range(args.steps)]
+    timed = [windows[(args.warmup + i) * b : (args.warmup + i + 1) * b] for i in range(args.steps)]
     ev = _torch_eval(model, timed)
     return {
         "eval": ev,
-        "framework": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "params": n_params, "batch": b, "seq": args.seq, "steps": args.steps,
-        "step_s": t_steps / args.steps, "tokens_per_s": tokens / t_total,
-        "tokens_per_s_steps_only": tokens / t_steps, "peak_rss_mb": _peak_rss_mb(),
+        "framework": "torch",
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "params": n_params,
+        "batch": b,
+        "seq": args.seq,
+        "steps": args.steps,
+        "step_s": t_steps / args.steps,
+        "tokens_per_s": tokens / t_total,
+        "tokens_per_s_steps_only": tokens / t_steps,
+        "peak_rss_mb": _peak_rss_mb(),
         "achieved_flops_6N": 6.0 * n_params * tokens / t_total,
         "checksum": float(scores["model.layers.0.mlp.down_proj.weight"].abs().sum()),
         "matmul_peak_f32": _torch_matmul_peak(),
@@ -270,9 +315,13 @@ def _torch_eval(model, batches) -> dict:
 
     def nll(ids):
         logits = model(input_ids=ids).logits
-        return float(torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
-            reduction="sum"))
+        return float(
+            torch.nn.functional.cross_entropy(
+                logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+                ids[:, 1:].reshape(-1),
+                reduction="sum",
+            )
+        )
 
     with torch.inference_mode():
         nll(batches[0])
@@ -298,9 +347,20 @@ def _torch_matmul_peak(n: int = 2048, reps: int = 10) -> float:
 
 # --- driver ------------------------------------------------------------------------------
 def _child(which: str, args) -> dict:
-    argv = [sys.executable, os.path.abspath(__file__), "--only", which, "--steps",
-            str(args.steps), "--warmup", str(args.warmup), "--batch", str(args.batch),
-            "--seq", str(args.seq)]
+    argv = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--only",
+        which,
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+    ]
     if args.threads:
         argv += ["--threads", str(args.threads)]
     if args.layers:
@@ -330,71 +390,123 @@ def _cpu_size(args) -> dict:
     te = max(r["eval"]["tokens_per_s"] for r in runs["torch"])
     peak = max(r["matmul_peak_f32"] for r in runs["jax"])
     tpeak = max(r["matmul_peak_f32"] for r in runs["torch"])
-    print(f"\n== Llama hidden {args.hidden} x {args.layers} layers: {j['params'] / 1e6:.2f}M "
-          f"params, f32, batch {j['batch']} x seq {j['seq']}, {j['steps']} timed steps "
-          f"(+{args.warmup} warm-up), {os.cpu_count()} CPU cores, best of {args.repeats} "
-          "interleaved ==")
-    print("runs taylor (tokens/s): jax " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in
-                                                    runs["jax"]) +
-          "; torch " + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs["torch"]))
-    print("runs eval   (tokens/s): jax " + ", ".join(f"{r['eval']['tokens_per_s']:,.0f}" for r in
-                                                    runs["jax"]) +
-          "; torch " + ", ".join(f"{r['eval']['tokens_per_s']:,.0f}" for r in runs["torch"]))
-    print(f"taylor  jaxregion {j['tokens_per_s']:,.0f} tok/s ({j['step_s'] * 1e3:.0f} ms/step, "
-          f"compile {j['compile_s']:.1f} s) | pytorch {t['tokens_per_s']:,.0f} tok/s "
-          f"({t['step_s'] * 1e3:.0f} ms/step, {t['threads']} threads) | ratio "
-          f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 1.0x)")
-    print(f"eval    jaxregion {je:,.0f} tok/s | pytorch {te:,.0f} tok/s | ratio {je / te:.2f}x "
-          "(target >= 1.2x)")
-    print(f"FLOP/s taylor: jax {_fmt_flops(j['achieved_flops_xla'])} XLA-counted "
-          f"({j['flops_per_step_xla'] / 1e9:.2f} GFLOP/step), "
-          f"{_fmt_flops(j['achieved_flops_6N'])} by 6·N·tokens; torch "
-          f"{_fmt_flops(t['achieved_flops_6N'])} by 6·N·tokens")
-    print(f"measured f32 matmul peak (2048²): jax {_fmt_flops(peak)}, torch {_fmt_flops(tpeak)}; "
-          f"jax taylor at {100 * j['achieved_flops_xla'] / peak:.0f}% (XLA-counted) / "
-          f"{100 * j['achieved_flops_6N'] / peak:.0f}% (6N) of it")
-    print(f"peak RSS: jax {j['peak_rss_mb']:,.0f} MiB (XLA temp buffers "
-          f"{j['xla_temp_mb']:,.0f} MiB), torch {t['peak_rss_mb']:,.0f} MiB")
-    return {"jax": j, "torch": t, "runs": runs, "eval_ratio": je / te,
-            "taylor_ratio": j["tokens_per_s"] / t["tokens_per_s"]}
+    print(
+        f"\n== Llama hidden {args.hidden} x {args.layers} layers: {j['params'] / 1e6:.2f}M "
+        f"params, f32, batch {j['batch']} x seq {j['seq']}, {j['steps']} timed steps "
+        f"(+{args.warmup} warm-up), {os.cpu_count()} CPU cores, best of {args.repeats} "
+        "interleaved =="
+    )
+    print(
+        "runs taylor (tokens/s): jax "
+        + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs["jax"])
+        + "; torch "
+        + ", ".join(f"{r['tokens_per_s']:,.0f}" for r in runs["torch"])
+    )
+    print(
+        "runs eval   (tokens/s): jax "
+        + ", ".join(f"{r['eval']['tokens_per_s']:,.0f}" for r in runs["jax"])
+        + "; torch "
+        + ", ".join(f"{r['eval']['tokens_per_s']:,.0f}" for r in runs["torch"])
+    )
+    print(
+        f"taylor  jaxregion {j['tokens_per_s']:,.0f} tok/s ({j['step_s'] * 1e3:.0f} ms/step, "
+        f"compile {j['compile_s']:.1f} s) | pytorch {t['tokens_per_s']:,.0f} tok/s "
+        f"({t['step_s'] * 1e3:.0f} ms/step, {t['threads']} threads) | ratio "
+        f"{j['tokens_per_s'] / t['tokens_per_s']:.2f}x (target >= 1.0x)"
+    )
+    print(
+        f"eval    jaxregion {je:,.0f} tok/s | pytorch {te:,.0f} tok/s | ratio {je / te:.2f}x "
+        "(target >= 1.2x)"
+    )
+    print(
+        f"FLOP/s taylor: jax {_fmt_flops(j['achieved_flops_xla'])} XLA-counted "
+        f"({j['flops_per_step_xla'] / 1e9:.2f} GFLOP/step), "
+        f"{_fmt_flops(j['achieved_flops_6N'])} by 6·N·tokens; torch "
+        f"{_fmt_flops(t['achieved_flops_6N'])} by 6·N·tokens"
+    )
+    print(
+        f"measured f32 matmul peak (2048²): jax {_fmt_flops(peak)}, torch {_fmt_flops(tpeak)}; "
+        f"jax taylor at {100 * j['achieved_flops_xla'] / peak:.0f}% (XLA-counted) / "
+        f"{100 * j['achieved_flops_6N'] / peak:.0f}% (6N) of it"
+    )
+    print(
+        f"peak RSS: jax {j['peak_rss_mb']:,.0f} MiB (XLA temp buffers "
+        f"{j['xla_temp_mb']:,.0f} MiB), torch {t['peak_rss_mb']:,.0f} MiB"
+    )
+    return {
+        "jax": j,
+        "torch": t,
+        "runs": runs,
+        "eval_ratio": je / te,
+        "taylor_ratio": j["tokens_per_s"] / t["tokens_per_s"],
+    }
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=8, help="timed micro-batches (8)")
-    ap.add_argument("--warmup", type=int, default=1, help="untimed micro-batches after "
-                    "compiling (1)")
+    ap.add_argument(
+        "--warmup", type=int, default=1, help="untimed micro-batches after compiling (1)"
+    )
     ap.add_argument("--batch", type=int, default=None, help="windows per step (16; 7B: 8)")
     ap.add_argument("--seq", type=int, default=None, help="window length (128; 7B: 2048)")
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch intra-op threads (default: torch's own, = cores)")
-    ap.add_argument("--remat", dest="remat", action="store_true", default=None,
-                    help="recompute layer activations in backward (default: off on CPU, "
-                         "on for --device-7b)")
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch intra-op threads (default: torch's own, = cores)",
+    )
+    ap.add_argument(
+        "--remat",
+        dest="remat",
+        action="store_true",
+        default=None,
+        help="recompute layer activations in backward (default: off on CPU, on for --device-7b)",
+    )
     ap.add_argument("--no-remat", dest="remat", action="store_false")
-    ap.add_argument("--device-7b", action="store_true",
-                    help="Llama-2-7B shape, bf16, on the accelerator (JAX only)")
-    ap.add_argument("--peak-tflops", type=float, default=989.0,
-                    help="dense bf16 peak for MFU in --device-7b (989: H100/H200)")
-    ap.add_argument("--repeats", type=int, default=3,
-                    help="interleaved runs per framework on CPU; the best is reported (3)")
-    ap.add_argument("--layers", type=int, default=None,
-                    help="override the layer count (e.g. --device-7b --layers 1 as a smoke test)")
-    ap.add_argument("--sizes", default="256x4,512x8",
-                    help="CPU model sizes HIDDENxLAYERS, comma-separated (256x4,512x8)")
+    ap.add_argument(
+        "--device-7b",
+        action="store_true",
+        help="Llama-2-7B shape, bf16, on the accelerator (JAX only)",
+    )
+    ap.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=989.0,
+        help="dense bf16 peak for MFU in --device-7b (989: H100/H200)",
+    )
+    ap.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="interleaved runs per framework on CPU; the best is reported (3)",
+    )
+    ap.add_argument(
+        "--layers",
+        type=int,
+        default=None,
+        help="override the layer count (e.g. --device-7b --layers 1 as a smoke test)",
+    )
+    ap.add_argument(
+        "--sizes",
+        default="256x4,512x8",
+        help="CPU model sizes HIDDENxLAYERS, comma-separated (256x4,512x8)",
+    )
     ap.add_argument("--hidden", type=int, default=256, help=argparse.SUPPRESS)
     ap.add_argument("--only", choices=["jax", "torch"], help=argparse.SUPPRESS)
     ap.add_argument("--json", default=None, help="also write the results here")
-    ap.add_argument("--real", action="store_true",
-                    help="Gemma 3 270M and SmolLM2 135M vs PyTorch (scripts/bench_real.py)")
+    ap.add_argument(
+        "--real",
+        action="store_true",
+        help="Gemma 3 270M and SmolLM2 135M vs PyTorch (scripts/bench_real.py)",
+    )
     ap.add_argument("--real-models", default=None, help="with --real: a subset, e.g. smollm2-135m")
     ap.add_argument("--real-batches", default="2,8", help="with --real: batch sizes (2,8)")
     args = ap.parse_args()
     if args.real:
         import bench_real
 
-        return bench_real.main([], args.json, args.real_batches, args.seq or 128,
-                               args.real_models)
+        return bench_real.main([], args.json, args.real_batches, args.seq or 128, args.real_models)
     args.batch = args.batch or (8 if args.device_7b else 16)
     args.seq = args.seq or (2048 if args.device_7b else 128)
 
@@ -403,14 +515,20 @@ def main() -> int:
         return 0
     if args.device_7b:
         r = run_jax(args)
-        print(f"device: {r['device']} x{r['devices']}; Llama-2-7B shape, {r['params'] / 1e9:.2f}B "
-              f"params, bf16, batch {r['batch']} x seq {r['seq']}, remat={r['remat']}")
+        print(
+            f"device: {r['device']} x{r['devices']}; Llama-2-7B shape, {r['params'] / 1e9:.2f}B "
+            f"params, bf16, batch {r['batch']} x seq {r['seq']}, remat={r['remat']}"
+        )
         print(f"init on device: {r['init_s']:.1f} s; compile: {r['compile_s']:.1f} s")
-        print(f"taylor importance: {r['tokens_per_s']:,.0f} tokens/s "
-              f"({r['step_s'] * 1e3:.0f} ms/step)")
-        print(f"MFU (6·N·tokens): {100 * r['mfu_6N']:.1f}% of {args.peak_tflops:g} TFLOP/s; "
-              f"XLA-counted: {_fmt_flops(r['achieved_flops_xla'])} "
-              f"({100 * r['mfu_xla']:.1f}%, includes remat recompute)")
+        print(
+            f"taylor importance: {r['tokens_per_s']:,.0f} tokens/s "
+            f"({r['step_s'] * 1e3:.0f} ms/step)"
+        )
+        print(
+            f"MFU (6·N·tokens): {100 * r['mfu_6N']:.1f}% of {args.peak_tflops:g} TFLOP/s; "
+            f"XLA-counted: {_fmt_flops(r['achieved_flops_xla'])} "
+            f"({100 * r['mfu_xla']:.1f}%, includes remat recompute)"
+        )
         print(f"measured bf16 matmul peak: {_fmt_flops(r['matmul_peak_bf16'])}")
         if r.get("device_peak_mb"):
             print(f"device peak memory: {r['device_peak_mb'] / 1024:.1f} GiB")

@@ -44,40 +44,51 @@ def _torch_scores(model: str, windows: np.ndarray, counts: list[int], batch: int
     import torch
     import transformers
 
-    m = transformers.AutoModelForCausalLM.from_pretrained(
-        model, attn_implementation="eager").to(dtype)
+    m = transformers.AutoModelForCausalLM.from_pretrained(model, attn_implementation="eager").to(
+        dtype
+    )
     m.model.embed_tokens.padding_idx = None
     ids = torch.tensor(windows, dtype=torch.long)
     out, seq = {}, windows.shape[1]
     for i in range(0, max(counts), batch):
-        x = ids[i:i + batch]
+        x = ids[i : i + batch]
         logits = m(input_ids=x).logits
-        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
-                                          x[:, 1:].reshape(-1), reduction="sum").backward()
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+        ).backward()
         done = min(i + batch, max(counts))
         if done in counts:
             t = done * (seq - 1)
-            out[done] = {n: (p.grad.double() / t * p.double()).detach().numpy()
-                         for n, p in m.named_parameters()}
+            out[done] = {
+                n: (p.grad.double() / t * p.double()).detach().numpy()
+                for n, p in m.named_parameters()
+            }
     return out
 
 
 def _jax_scores(model: str, windows: np.ndarray, counts: list[int], batch: int, dtype: str):
-    from jaxregion import hf, importance
+    from jaxregion import importance
     from jaxregion import tree as T
+    from jaxregion.io import hf
 
     cfg, params = hf.load(model, dtype)
     out = {}
 
     def at_stop(state):
-        res = importance.result_of(state, importance.place_params(
-            params, importance.shd.make_mesh()), cfg, windows.shape[1])
-        out[state.position] = {n: np.asarray(v, np.float64)
-                               for n, v in T.flatten(res.scores).items()}
+        res = importance.result_of(
+            state,
+            importance.place_params(params, importance.shd.make_mesh()),
+            cfg,
+            windows.shape[1],
+        )
+        out[state.position] = {
+            n: np.asarray(v, np.float64) for n, v in T.flatten(res.scores).items()
+        }
         return False
 
-    importance.compute_importance(params, cfg, windows[:max(counts)], batch_size=batch,
-                                  stops=counts, at_stop=at_stop)
+    importance.compute_importance(
+        params, cfg, windows[: max(counts)], batch_size=batch, stops=counts, at_stop=at_stop
+    )
     return out
 
 
@@ -90,27 +101,33 @@ def _worst(scores: dict, ref: dict) -> tuple[float, str]:
 def precision(args) -> dict:
     counts = sorted(int(x) for x in args.windows.split(","))
     if args.text[0].endswith(".npy"):  # pre-tokenized windows [n, seq] (e.g. a Markov chain)
-        w = np.load(args.text[0])[:max(counts), :args.seq_len]
+        w = np.load(args.text[0])[: max(counts), : args.seq_len]
     else:
         _, _, w = _windows(args.model, args.text[0], args.seq_len, max(counts))
     import torch
 
     t0 = time.perf_counter()
     ref = _torch_scores(args.model, w, counts, args.batch_size, torch.float64)
-    runs = {"jax f32": _jax_scores(args.model, w, counts, args.batch_size, "float32"),
-            "torch f32": _torch_scores(args.model, w, counts, args.batch_size, torch.float32),
-            "jax bf16": _jax_scores(args.model, w, counts, args.batch_size, "bfloat16")}
+    runs = {
+        "jax f32": _jax_scores(args.model, w, counts, args.batch_size, "float32"),
+        "torch f32": _torch_scores(args.model, w, counts, args.batch_size, torch.float32),
+        "jax bf16": _jax_scores(args.model, w, counts, args.batch_size, "bfloat16"),
+    }
     table = {}
-    print(f"taylor precision vs float64 (PyTorch), {args.model}, {args.text[0]}, seq "
-          f"{args.seq_len}, batch {args.batch_size} ({time.perf_counter() - t0:.0f} s)")
+    print(
+        f"taylor precision vs float64 (PyTorch), {args.model}, {args.text[0]}, seq "
+        f"{args.seq_len}, batch {args.batch_size} ({time.perf_counter() - t0:.0f} s)"
+    )
     print("| windows | jax f32 | torch f32 | jax/torch | jax bf16 | worst tensor (jax f32) |")
     print("|---|---|---|---|---|---|")
     for c in counts:
         row = {k: _worst(v[c], ref[c]) for k, v in runs.items()}
         table[c] = {k: e for k, (e, _) in row.items()}
-        print(f"| {c} | {row['jax f32'][0]:.2e} | {row['torch f32'][0]:.2e} | "
-              f"{row['jax f32'][0] / row['torch f32'][0]:.2f}x | {row['jax bf16'][0]:.2e} | "
-              f"{row['jax f32'][1]} |")
+        print(
+            f"| {c} | {row['jax f32'][0]:.2e} | {row['torch f32'][0]:.2e} | "
+            f"{row['jax f32'][0] / row['torch f32'][0]:.2f}x | {row['jax bf16'][0]:.2e} | "
+            f"{row['jax f32'][1]} |"
+        )
     return {"precision": table}
 
 
@@ -120,7 +137,8 @@ def stable(args) -> dict:
 
 
 def _stable_lang(args, spec: str) -> dict:
-    from jaxregion import importance, regions, scorefiles, stability
+    from jaxregion import importance, regions, scorefiles
+    from jaxregion.analysis import stability
 
     targets = sorted(float(x) for x in args.targets.split(","))
     session, lang, w = _windows(args.model, spec, args.seq_len, args.budget)
@@ -142,20 +160,31 @@ def _stable_lang(args, spec: str) -> dict:
         hist.append(row)
         return False
 
-    importance.compute_importance(params, session.config, w, batch_size=b, mesh=session.mesh,
-                                  stops=scorefiles.doubling_points(b, len(w)), at_stop=at_stop)
+    importance.compute_importance(
+        params,
+        session.config,
+        w,
+        batch_size=b,
+        mesh=session.mesh,
+        stops=scorefiles.doubling_points(b, len(w)),
+        at_stop=at_stop,
+    )
     total = time.perf_counter() - t0
     rate = len(w) / total
     reached = {}
     for t in targets:
         hit = next((r for r in hist if r.get("jaccard", 0.0) >= t), None)
-        reached[str(t)] = None if hit is None else {"windows": hit["windows"],
-                                                    "seconds": hit["seconds"]}
+        reached[str(t)] = (
+            None if hit is None else {"windows": hit["windows"], "seconds": hit["seconds"]}
+        )
     last = hist[-1]
-    proj = stability.project_jaccard(last["split_half"], args.ratio) \
-        if "split_half" in last else None
-    print(f"\n{lang} ({args.model}, seq {args.seq_len}, batch {b}): {len(w)} windows in "
-          f"{total:.1f} s ({rate:,.1f} windows/s, the top-1% checks included)")
+    proj = (
+        stability.project_jaccard(last["split_half"], args.ratio) if "split_half" in last else None
+    )
+    print(
+        f"\n{lang} ({args.model}, seq {args.seq_len}, batch {b}): {len(w)} windows in "
+        f"{total:.1f} s ({rate:,.1f} windows/s, the top-1% checks included)"
+    )
     print("| windows | s | Jaccard(n/2, n) | split-half |")
     print("|---|---|---|---|")
     for r in hist:
@@ -163,24 +192,42 @@ def _stable_lang(args, spec: str) -> dict:
         sh = f"{r['split_half']:.4f}" if "split_half" in r else "-"
         print(f"| {r['windows']} | {r['seconds']:.1f} | {j} | {sh} |")
     for t, hit in reached.items():
-        print(f"doubling Jaccard >= {t}: " + (f"{hit['windows']} windows, {hit['seconds']:.1f} s"
-                                              if hit else
-                                              f"not reached within {len(w)} windows"))
+        print(
+            f"doubling Jaccard >= {t}: "
+            + (
+                f"{hit['windows']} windows, {hit['seconds']:.1f} s"
+                if hit
+                else f"not reached within {len(w)} windows"
+            )
+        )
     predicted = {}
     if proj is not None:
-        print(f"split-half Jaccard at {len(w)} windows {last['split_half']:.4f}, projected to "
-              f"the full sample {proj:.4f}")
+        print(
+            f"split-half Jaccard at {len(w)} windows {last['split_half']:.4f}, projected to "
+            f"the full sample {proj:.4f}"
+        )
         for t in targets:
             n = stability.windows_until_stable(last["split_half"], len(w), args.ratio, t, b)
             predicted[str(t)] = None if n is None else {"windows": n, "seconds": n / rate}
-            print(f"predicted from the split halves: doubling Jaccard >= {t} at "
-                  + (f"{n:,} windows (~{n / rate:,.0f} s at this rate)" if n else "never"))
-    print(f"a fixed {args.reference_budget:,}-window budget at this rate: "
-          f"{args.reference_budget / rate:,.0f} s")
+            print(
+                f"predicted from the split halves: doubling Jaccard >= {t} at "
+                + (f"{n:,} windows (~{n / rate:,.0f} s at this rate)" if n else "never")
+            )
+    print(
+        f"a fixed {args.reference_budget:,}-window budget at this rate: "
+        f"{args.reference_budget / rate:,.0f} s"
+    )
     sys.stdout.flush()
-    return {"history": hist, "reached": reached, "windows": len(w), "seconds": total,
-            "windows_per_s": rate, "reference_seconds": args.reference_budget / rate,
-            "projected": proj, "predicted": predicted}
+    return {
+        "history": hist,
+        "reached": reached,
+        "windows": len(w),
+        "seconds": total,
+        "windows_per_s": rate,
+        "reference_seconds": args.reference_budget / rate,
+        "projected": proj,
+        "predicted": predicted,
+    }
 
 
 def main() -> int:
@@ -199,8 +246,13 @@ def main() -> int:
     s.add_argument("--reference-budget", type=int, default=100_000)
     for q in (p, s):
         q.add_argument("--model", required=True)
-        q.add_argument("--text", action="append", required=True, metavar="LANG=SOURCE",
-                       help="a corpus spec (precision also takes a .npy of token windows)")
+        q.add_argument(
+            "--text",
+            action="append",
+            required=True,
+            metavar="LANG=SOURCE",
+            help="a corpus spec (precision also takes a .npy of token windows)",
+        )
         q.add_argument("--json", default=None)
     args = ap.parse_args()
     res = precision(args) if args.cmd == "precision" else stable(args)

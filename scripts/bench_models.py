@@ -21,10 +21,20 @@ import subprocess
 import sys
 import time
 
-SMALL = dict(model_type="llama", vocab_size=8192, hidden_size=256, intermediate_size=688,
-             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=4,
-             max_position_embeddings=512, rms_norm_eps=1e-5, hidden_act="silu",
-             tie_word_embeddings=False, rope_theta=10000.0)
+SMALL = dict(
+    model_type="llama",
+    vocab_size=8192,
+    hidden_size=256,
+    intermediate_size=688,
+    num_hidden_layers=4,
+    num_attention_heads=4,
+    num_key_value_heads=4,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    hidden_act="silu",
+    tie_word_embeddings=False,
+    rope_theta=10000.0,
+)
 
 
 def measure(args) -> dict:
@@ -32,16 +42,21 @@ def measure(args) -> dict:
     import jax.numpy as jnp
     import numpy as np
 
-    from jaxregion import importance, sharding
+    from jaxregion import importance
     from jaxregion import tree as T
     from jaxregion.evaluate import evaluate
     from jaxregion.models import from_hf_dict, spec
+    from jaxregion.parallel import sharding
 
     cfg = from_hf_dict(dict(SMALL))
     mesh = sharding.make_mesh()
     key = jax.random.PRNGKey(0)
-    params = T.unflatten({n: 0.05 * jax.random.normal(jax.random.fold_in(key, i), s)
-                          for i, (n, s) in enumerate(spec.shapes(cfg).items())})
+    params = T.unflatten(
+        {
+            n: 0.05 * jax.random.normal(jax.random.fold_in(key, i), s)
+            for i, (n, s) in enumerate(spec.shapes(cfg).items())
+        }
+    )
     rng = np.random.default_rng(0)
     b, seq = args.batch, args.seq
     windows = rng.integers(0, cfg.vocab_size, (b * (args.steps + 1), seq)).astype(np.int32)
@@ -52,8 +67,9 @@ def measure(args) -> dict:
         step = importance.step_function(est, cfg, state.acc, False)
         acc = step(state.acc, params, sharding.put_batch(windows[:b], mesh), w)  # compile
         jax.block_until_ready(acc)
-        batches = [sharding.put_batch(windows[(i + 1) * b:(i + 2) * b], mesh)
-                   for i in range(args.steps)]
+        batches = [
+            sharding.put_batch(windows[(i + 1) * b : (i + 2) * b], mesh) for i in range(args.steps)
+        ]
         t0 = time.perf_counter()
         for tok in batches:
             acc = step(acc, params, tok, w)
@@ -70,8 +86,17 @@ def measure(args) -> dict:
 
 def _child(path: str, args) -> dict:
     env = {**os.environ, "PYTHONPATH": os.path.abspath(path)}
-    cmd = [sys.executable, os.path.abspath(__file__), "--only", "--batch", str(args.batch),
-           "--seq", str(args.seq), "--steps", str(args.steps)]
+    cmd = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--only",
+        "--batch",
+        str(args.batch),
+        "--seq",
+        str(args.seq),
+        "--steps",
+        str(args.steps),
+    ]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=os.path.abspath(path))
     if p.returncode:
         raise SystemExit(f"{path}: benchmark child failed:\n{p.stderr[-2000:]}")
@@ -96,8 +121,10 @@ def main() -> int:
     for _ in range(args.repeats):
         for k, path in sides.items():
             runs[k].append(_child(path, args))
-    print(f"Llama ~7M params, f32, batch {args.batch} x seq {args.seq}, {args.steps} timed "
-          f"steps, {os.cpu_count()} CPU cores; tokens/s, best of {args.repeats} (all runs)")
+    print(
+        f"Llama ~7M params, f32, batch {args.batch} x seq {args.seq}, {args.steps} timed "
+        f"steps, {os.cpu_count()} CPU cores; tokens/s, best of {args.repeats} (all runs)"
+    )
     for k, path in sides.items():
         for m in ("taylor", "wanda", "eval"):
             vals = [r[m] for r in runs[k]]
@@ -106,8 +133,10 @@ def main() -> int:
         for m in ("taylor", "wanda", "eval"):
             ratio = max(r[m] for r in runs["B"]) / max(r[m] for r in runs["A"])
             print(f"B/A {m}: {ratio:.3f}x")
-        same = all(abs(a["eval_loss"] - b["eval_loss"]) <= 1e-5 * abs(a["eval_loss"])
-                   for a, b in zip(runs["A"], runs["B"]))
+        same = all(
+            abs(a["eval_loss"] - b["eval_loss"]) <= 1e-5 * abs(a["eval_loss"])
+            for a, b in zip(runs["A"], runs["B"])
+        )
         print(f"same eval loss in A and B: {same}")
     return 0
 

@@ -69,9 +69,13 @@ def case(n_exp: int, k: int, args, dtype) -> dict:
             f(x, idx, w, gate_up, down).block_until_ready()
             times.append(time.perf_counter() - t0)
         ref = y if ref is None else ref
-        out[name] = {"flops": float(cost.get("flops", -1)), "ms": 1e3 * float(np.median(times)),
-                     "max_abs_diff_vs_dense": float(jnp.max(jnp.abs(y.astype(jnp.float32)
-                                                                    - ref.astype(jnp.float32))))}
+        out[name] = {
+            "flops": float(cost.get("flops", -1)),
+            "ms": 1e3 * float(np.median(times)),
+            "max_abs_diff_vs_dense": float(
+                jnp.max(jnp.abs(y.astype(jnp.float32) - ref.astype(jnp.float32)))
+            ),
+        }
     return out
 
 

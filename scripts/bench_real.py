@@ -22,8 +22,10 @@ import subprocess
 import sys
 import time
 
-MODELS = {"smollm2-135m": "/work/models/smollm2-135m-hf",
-          "gemma3-270m": "/work/models/gemma3-270m-hf"}
+MODELS = {
+    "smollm2-135m": "/work/models/smollm2-135m-hf",
+    "gemma3-270m": "/work/models/gemma3-270m-hf",
+}
 GOALS = {"importance": 1.2, "eval": 1.5}
 
 
@@ -49,16 +51,17 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
     import jax
     import numpy as np
 
-    from jaxregion import importance, runtime, sharding
+    from jaxregion import importance, runtime
     from jaxregion.configs import DEFAULT_INCLUDE
     from jaxregion.evaluate import _nll_sum
+    from jaxregion.parallel import sharding
     from jaxregion.scorefiles import scoped
 
     s = runtime.load_session(model, with_tokenizer=False)
     cfg, params, mesh = s.config, s.params, s.mesh
     n = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
     wins = _windows(batch * (steps + 1), seq, cfg.vocab_size)
-    toks = [sharding.put_batch(wins[i * batch:(i + 1) * batch], mesh) for i in range(steps + 1)]
+    toks = [sharding.put_batch(wins[i * batch : (i + 1) * batch], mesh) for i in range(steps + 1)]
     w = sharding.put_batch(np.ones(batch, np.float32), mesh)
     if task == "eval":
         float(_nll_sum(params, toks[0], w, cfg))  # compile
@@ -77,8 +80,13 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
     done = dataclasses.replace(state, acc=(acc, zero), counts=(batch * steps, 0))
     final = importance.finalize(done, params, cfg, seq)
     jax.block_until_ready(final)
-    return {"params": n, "seconds": time.perf_counter() - t0, "tokens": steps * batch * seq,
-            "rss_mb": _rss_mb(), "xla_flops_per_step": float((cost or {}).get("flops", 0.0))}
+    return {
+        "params": n,
+        "seconds": time.perf_counter() - t0,
+        "tokens": steps * batch * seq,
+        "rss_mb": _rss_mb(),
+        "xla_flops_per_step": float((cost or {}).get("flops", 0.0)),
+    }
 
 
 def torch_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
@@ -88,21 +96,28 @@ def torch_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict
     m = transformers.AutoModelForCausalLM.from_pretrained(model, dtype=torch.float32)
     n = sum(p.numel() for p in m.parameters())
     wins = torch.tensor(_windows(batch * (steps + 1), seq, m.config.vocab_size), dtype=torch.long)
-    toks = [wins[i * batch:(i + 1) * batch] for i in range(steps + 1)]
+    toks = [wins[i * batch : (i + 1) * batch] for i in range(steps + 1)]
 
     def nll(ids):
         logits = m(input_ids=ids).logits
         return torch.nn.functional.cross_entropy(
-            logits[:, :-1].reshape(-1, logits.shape[-1]).float(), ids[:, 1:].reshape(-1),
-            reduction="sum")
+            logits[:, :-1].reshape(-1, logits.shape[-1]).float(),
+            ids[:, 1:].reshape(-1),
+            reduction="sum",
+        )
 
     if task == "eval":
         m.eval()
         with torch.inference_mode():
             float(nll(toks[0]))
             dt = _timed(lambda t: float(nll(t)), toks[1:])
-        return {"params": n, "seconds": dt, "tokens": steps * batch * seq, "rss_mb": _rss_mb(),
-                "threads": torch.get_num_threads()}
+        return {
+            "params": n,
+            "seconds": dt,
+            "tokens": steps * batch * seq,
+            "rss_mb": _rss_mb(),
+            "threads": torch.get_num_threads(),
+        }
     m.train()
     nll(toks[0]).backward()  # warm-up
     m.zero_grad(set_to_none=True)
@@ -110,12 +125,20 @@ def torch_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict
     for t in toks[1:]:
         nll(t).backward()  # .grad accumulates across micro-batches
     with torch.no_grad():
-        scores = {k: p.grad / (batch * steps * (seq - 1)) * p for k, p in m.named_parameters()
-                  if p.grad is not None}
+        scores = {
+            k: p.grad / (batch * steps * (seq - 1)) * p
+            for k, p in m.named_parameters()
+            if p.grad is not None
+        }
     dt = time.perf_counter() - t0
     del scores
-    return {"params": n, "seconds": dt, "tokens": steps * batch * seq, "rss_mb": _rss_mb(),
-            "threads": torch.get_num_threads()}
+    return {
+        "params": n,
+        "seconds": dt,
+        "tokens": steps * batch * seq,
+        "rss_mb": _rss_mb(),
+        "threads": torch.get_num_threads(),
+    }
 
 
 def peak_child() -> dict:
@@ -123,15 +146,18 @@ def peak_child() -> dict:
     import torch
     from bench_importance import _torch_matmul_peak, matmul_peak
 
-    return {"jax": max(matmul_peak(2048), matmul_peak(4096, 3)),
-            "torch": max(_torch_matmul_peak(2048), _torch_matmul_peak(4096, 3)),
-            "torch_threads": torch.get_num_threads()}
+    return {
+        "jax": max(matmul_peak(2048), matmul_peak(4096, 3)),
+        "torch": max(_torch_matmul_peak(2048), _torch_matmul_peak(4096, 3)),
+        "torch_threads": torch.get_num_threads(),
+    }
 
 
 # --- driver ---------------------------------------------------------------------------------
 def _child(*argv: str) -> dict:
-    p = subprocess.run([sys.executable, os.path.abspath(__file__), *argv], capture_output=True,
-                       text=True)
+    p = subprocess.run(
+        [sys.executable, os.path.abspath(__file__), *argv], capture_output=True, text=True
+    )
     if p.returncode != 0:
         return {"error": p.stderr[-2000:]}
     return json.loads(p.stdout.strip().splitlines()[-1])
@@ -148,8 +174,10 @@ def run(models: dict[str, str], batches: list[int], seq: int) -> dict:
     for name, path in models.items():
         for b in batches:
             for task in ("importance", "eval"):
-                pair = {fw: _child("--child", fw, path, task, str(b), str(seq),
-                                   str(_steps(b, task))) for fw in ("jax", "torch")}
+                pair = {
+                    fw: _child("--child", fw, path, task, str(b), str(seq), str(_steps(b, task)))
+                    for fw in ("jax", "torch")
+                }
                 rows.append({"model": name, "batch": b, "seq": seq, "task": task, **pair})
                 print(_row_md(rows[-1], peak), flush=True)
     return {"peak_flops": peak, "rows": rows}
@@ -162,36 +190,50 @@ def _tps(r: dict) -> float:
 def _row_md(row: dict, peak: dict) -> str:
     j, t = row["jax"], row["torch"]
     if "error" in j or "error" in t:
-        return (f"| {row['model']} | {row['task']} | {row['batch']} | error: "
-                f"{(j.get('error') or t.get('error'))[-300:]!r} |")
+        return (
+            f"| {row['model']} | {row['task']} | {row['batch']} | error: "
+            f"{(j.get('error') or t.get('error'))[-300:]!r} |"
+        )
     k = 6.0 if row["task"] == "importance" else 2.0
     ratio = _tps(j) / _tps(t)
     fj, ft = k * j["params"] * _tps(j), k * t["params"] * _tps(t)
     ok = ratio >= GOALS[row["task"]] and j["rss_mb"] <= t["rss_mb"]
-    return (f"| {row['model']} | {row['task']} | {row['batch']}x{row['seq']} | {_tps(j):,.0f} | "
-            f"{_tps(t):,.0f} | {ratio:.2f}x (goal {GOALS[row['task']]}x) | "
-            f"{j['rss_mb'] / 1024:.2f} | {t['rss_mb'] / 1024:.2f} | "
-            f"{fj / 1e9:.1f} ({100 * fj / peak['jax']:.0f}%) | "
-            f"{ft / 1e9:.1f} ({100 * ft / peak['torch']:.0f}%) | {'yes' if ok else 'no'} |")
+    return (
+        f"| {row['model']} | {row['task']} | {row['batch']}x{row['seq']} | {_tps(j):,.0f} | "
+        f"{_tps(t):,.0f} | {ratio:.2f}x (goal {GOALS[row['task']]}x) | "
+        f"{j['rss_mb'] / 1024:.2f} | {t['rss_mb'] / 1024:.2f} | "
+        f"{fj / 1e9:.1f} ({100 * fj / peak['jax']:.0f}%) | "
+        f"{ft / 1e9:.1f} ({100 * ft / peak['torch']:.0f}%) | {'yes' if ok else 'no'} |"
+    )
 
 
-HEADER = ("| model | task | batch x seq | jaxregion tok/s | PyTorch tok/s | ratio | "
-          "jaxregion peak RSS GB | PyTorch peak RSS GB | jaxregion GFLOP/s (% of peak) | "
-          "PyTorch GFLOP/s (% of peak) | goals met |\n" + "|---" * 11 + "|")
+HEADER = (
+    "| model | task | batch x seq | jaxregion tok/s | PyTorch tok/s | ratio | "
+    "jaxregion peak RSS GB | PyTorch peak RSS GB | jaxregion GFLOP/s (% of peak) | "
+    "PyTorch GFLOP/s (% of peak) | goals met |\n" + "|---" * 11 + "|"
+)
 
 
 def markdown(res: dict) -> str:
     p = res["peak_flops"]
-    lines = [f"Measured f32 matmul peak: JAX {p['jax'] / 1e9:.1f} GFLOP/s, PyTorch "
-             f"{p['torch'] / 1e9:.1f} GFLOP/s ({p['torch_threads']} threads, "
-             f"{os.cpu_count()} cores). FLOPs: 6·N·tokens (importance), 2·N·tokens (eval).",
-             "", HEADER]
+    lines = [
+        f"Measured f32 matmul peak: JAX {p['jax'] / 1e9:.1f} GFLOP/s, PyTorch "
+        f"{p['torch'] / 1e9:.1f} GFLOP/s ({p['torch_threads']} threads, "
+        f"{os.cpu_count()} cores). FLOPs: 6·N·tokens (importance), 2·N·tokens (eval).",
+        "",
+        HEADER,
+    ]
     lines += [_row_md(r, p) for r in res["rows"]]
     return "\n".join(lines)
 
 
-def main(argv: list[str], json_out: str | None = None, batches: str = "2,8", seq: int = 128,
-         models: str | None = None) -> int:
+def main(
+    argv: list[str],
+    json_out: str | None = None,
+    batches: str = "2,8",
+    seq: int = 128,
+    models: str | None = None,
+) -> int:
     if argv and argv[0] == "--child":
         which = argv[1]
         if which == "peak":
@@ -211,8 +253,9 @@ def main(argv: list[str], json_out: str | None = None, batches: str = "2,8", seq
             json.dump(res, f, indent=1)
         with open(os.path.splitext(json_out)[0] + ".md", "w") as f:
             f.write(md + "\n")
-    return 0 if all("error" not in r["jax"] and "error" not in r["torch"]
-                    for r in res["rows"]) else 1
+    return (
+        0 if all("error" not in r["jax"] and "error" not in r["torch"] for r in res["rows"]) else 1
+    )
 
 
 if __name__ == "__main__":

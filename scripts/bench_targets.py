@@ -65,8 +65,13 @@ def first_windows_seconds(tmp: str, tokenizer_dir: str) -> float:
     with open(path, "w", encoding="utf-8") as f:
         while f.tell() < 50_000_000:
             f.write(block)
-    out = subprocess.run([sys.executable, "-c", _STREAM, path, tokenizer_dir],
-                         capture_output=True, text=True, timeout=300, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _STREAM, path, tokenizer_dir],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["n"] == 100, r
     return r["s"]
@@ -78,10 +83,11 @@ def main() -> int:
     args = ap.parse_args()
     with tempfile.TemporaryDirectory(dir=args.tmp) as tmp:
         tok = os.path.join(tmp, "tok")
-        rows = [("synthetic corpus", synthetic_mb_per_s(), "MB/s", lambda v: v > 1.0),
-                ("BPE 1024 training", bpe_seconds(tok), "s", lambda v: v < 20.0),
-                ("first 100 windows of 50 MB", first_windows_seconds(tmp, tok), "s",
-                 lambda v: v < 5.0)]
+        rows = [
+            ("synthetic corpus", synthetic_mb_per_s(), "MB/s", lambda v: v > 1.0),
+            ("BPE 1024 training", bpe_seconds(tok), "s", lambda v: v < 20.0),
+            ("first 100 windows of 50 MB", first_windows_seconds(tmp, tok), "s", lambda v: v < 5.0),
+        ]
     missed = 0
     for name, value, unit, ok in rows:
         missed += not ok(value)

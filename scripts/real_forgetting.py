@@ -44,7 +44,7 @@ def main() -> int:
     if not os.path.isdir(args.corpora):
         print(f"{args.corpora}: not found; this script needs the shared corpora", file=sys.stderr)
         return 2
-    from jaxregion.forgetting import config_from_dict, run
+    from jaxregion.analysis.forgetting import config_from_dict, run
     from jaxregion.train.pretrain import ensure_tokenizer
 
     t0, c0 = time.time(), time.process_time()
@@ -58,31 +58,66 @@ def main() -> int:
             return 2
     tok = ensure_tokenizer(tr, os.path.join(args.out, "tokenizer"), args.vocab, 4000)
     seeds = [int(s) for s in args.seeds.split(",")]
-    cfg = config_from_dict({
-        "name": f"real text: {'+'.join(base)} -> {args.target}",
-        "out_dir": args.out, "target": args.target, "target_train": tr[args.target],
-        "evals": {lang: va[lang] for lang in [args.target, *base]},
-        "pretrain": {
-            "texts": {lang: tr[lang] for lang in base}, "tokenizer": tok,
-            "hidden_size": 96, "num_layers": 3, "num_heads": 4, "intermediate_size": 256,
-            "max_positions": 256,
-            "train": {"steps": args.pretrain_steps, "batch_size": 16, "seq_len": 64,
-                      "lr": 3e-3, "warmup": 50, "save_every": 250, "keep": 1},
+    cfg = config_from_dict(
+        {
+            "name": f"real text: {'+'.join(base)} -> {args.target}",
+            "out_dir": args.out,
+            "target": args.target,
+            "target_train": tr[args.target],
+            "evals": {lang: va[lang] for lang in [args.target, *base]},
+            "pretrain": {
+                "texts": {lang: tr[lang] for lang in base},
+                "tokenizer": tok,
+                "hidden_size": 96,
+                "num_layers": 3,
+                "num_heads": 4,
+                "intermediate_size": 256,
+                "max_positions": 256,
+                "train": {
+                    "steps": args.pretrain_steps,
+                    "batch_size": 16,
+                    "seq_len": 64,
+                    "lr": 3e-3,
+                    "warmup": 50,
+                    "save_every": 250,
+                    "keep": 1,
+                },
+            },
+            "importance": {
+                "texts": {lang: tr[lang] for lang in base},
+                "max_seqs": 32,
+                "batch_size": 8,
+            },
+            "sweep": [
+                {
+                    "scorers": ["core", "random"],
+                    "ratios": [float(r) for r in args.ratios.split(",")],
+                    "granularities": ["element", "column"],
+                    "seeds": seeds,
+                },
+                {"scorers": ["none"], "baselines": ["replay", "ewc"], "seeds": seeds},
+                {
+                    "scorers": ["wanda"],
+                    "ratios": [0.5],
+                    "granularities": ["column"],
+                    "seeds": seeds,
+                },
+            ],
+            "baselines": {"replay_ratio": 0.25, "ewc_lambda": 1.0, "replay_max_seqs": 256},
+            "train": {
+                "steps": args.steps,
+                "batch_size": 16,
+                "seq_len": 64,
+                "lr": args.lr,
+                "warmup": max(1, args.steps // 10),
+                "seed": 0,
+                "eval_max_seqs": 32,
+                "save_every": 1000,
+                "keep": 1,
+            },
         },
-        "importance": {"texts": {lang: tr[lang] for lang in base}, "max_seqs": 32,
-                       "batch_size": 8},
-        "sweep": [
-            {"scorers": ["core", "random"], "ratios": [float(r) for r in args.ratios.split(",")],
-             "granularities": ["element", "column"], "seeds": seeds},
-            {"scorers": ["none"], "baselines": ["replay", "ewc"], "seeds": seeds},
-            {"scorers": ["wanda"], "ratios": [0.5], "granularities": ["column"],
-             "seeds": seeds},
-        ],
-        "baselines": {"replay_ratio": 0.25, "ewc_lambda": 1.0, "replay_max_seqs": 256},
-        "train": {"steps": args.steps, "batch_size": 16, "seq_len": 64, "lr": args.lr,
-                  "warmup": max(1, args.steps // 10), "seed": 0, "eval_max_seqs": 32,
-                  "save_every": 1000, "keep": 1},
-    }, "real_forgetting")
+        "real_forgetting",
+    )
     res = run(cfg, progress=not args.no_progress)
     if res.interrupted:
         print("interrupted; run again to resume", file=sys.stderr)
@@ -93,8 +128,10 @@ def main() -> int:
     print(r["table"])
     print()
     print("\n".join(f"Outcome: {line}" for line in r["outcome"]))
-    print(f"report: {os.path.join(res.out, 'report.md')}  (wall {time.time() - t0:.0f} s, "
-          f"CPU {time.process_time() - c0:.0f} s)")
+    print(
+        f"report: {os.path.join(res.out, 'report.md')}  (wall {time.time() - t0:.0f} s, "
+        f"CPU {time.process_time() - c0:.0f} s)"
+    )
     return 0
 
 

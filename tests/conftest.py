@@ -84,11 +84,18 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     from jaxregion.cli.main import main
 
     out, err = io.StringIO(), io.StringIO()
-    with warnings.catch_warnings(), contextlib.redirect_stdout(out), \
-            contextlib.redirect_stderr(err):
+    with (
+        warnings.catch_warnings(),
+        contextlib.redirect_stdout(out),
+        contextlib.redirect_stderr(err),
+    ):
         warnings.resetwarnings()
-        for category in (DeprecationWarning, PendingDeprecationWarning, ImportWarning,
-                         ResourceWarning):
+        for category in (
+            DeprecationWarning,
+            PendingDeprecationWarning,
+            ImportWarning,
+            ResourceWarning,
+        ):
             warnings.simplefilter("ignore", category)
         try:
             code = main(list(argv))
@@ -101,6 +108,10 @@ def run_cli_subprocess(*argv: str) -> tuple[int, str, str]:
     """Run ``jaxregion`` in a subprocess: exit code, stdout, stderr."""
     import subprocess
 
-    p = subprocess.run([sys.executable, "-m", "jaxregion.cli.main", *argv], capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, "-m", "jaxregion.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     return p.returncode, p.stdout, p.stderr

@@ -45,9 +45,11 @@ def _expected_shard_shape(shape, spec, mesh) -> tuple[int, ...]:
 def mode_sharded(out: str, model_dir: str) -> None:
     import jax
 
-    from jaxregion import hf, importance, sharding
+    from jaxregion import importance
     from jaxregion.evaluate import evaluate
+    from jaxregion.io import hf
     from jaxregion.models import apply
+    from jaxregion.parallel import sharding
     from jaxregion.tree import flatten
 
     ck = hf.open_checkpoint(model_dir)
@@ -73,15 +75,22 @@ def mode_sharded(out: str, model_dir: str) -> None:
         loss8 = evaluate(p8, cfg, tokens, 4, mesh).loss
         imp8 = importance.compute_importance(p8, cfg, tokens, "taylor", 4, mesh).scores
         a, b = flatten(imp1), flatten(imp8)
-        imp_rel = max(float(np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))
-                            / (np.max(np.abs(np.asarray(a[k]))) + 1e-30)) for k in a)
+        imp_rel = max(
+            float(
+                np.max(np.abs(np.asarray(a[k]) - np.asarray(b[k])))
+                / (np.max(np.abs(np.asarray(a[k]))) + 1e-30)
+            )
+            for k in a
+        )
         acc_same_sharding = all(b[k].sharding.spec == specs[k] for k in b)
         res["meshes"][spec] = {
             "logits_max_abs": float(np.max(np.abs(np.asarray(logits8) - logits1))),
             "logits_scale": float(np.max(np.abs(logits1))),
-            "loss": [loss1, loss8], "importance_max_rel": imp_rel,
+            "loss": [loss1, loss8],
+            "importance_max_rel": imp_rel,
             "importance_sharded_like_params": bool(acc_same_sharding),
-            "shards_ok": bool(shard_ok), "n_sharded": int(n_sharded),
+            "shards_ok": bool(shard_ok),
+            "n_sharded": int(n_sharded),
             "n_params": len(specs),
         }
     _write(out, res)
@@ -92,8 +101,9 @@ def mode_compile7b(out: str, compile_too: str = "1") -> None:
     import jax
     import jax.numpy as jnp
 
-    from jaxregion import importance, plan, sharding
+    from jaxregion import importance
     from jaxregion import tree as T
+    from jaxregion.parallel import plan, sharding
 
     cfg = plan.preset_config("llama2-7b")
     mesh = sharding.make_mesh(data=1, fsdp=4, tensor=2)
@@ -108,12 +118,18 @@ def mode_compile7b(out: str, compile_too: str = "1") -> None:
     t0 = time.perf_counter()
     lowered = step.lower(acc, params, tokens, weights)
     t_lower = time.perf_counter() - t0
-    res = {"n_params": n_params, "lower_s": t_lower, "compiled": False,
-           "step": "importance.step_function('taylor', remat=True)"}
+    res = {
+        "n_params": n_params,
+        "lower_s": t_lower,
+        "compiled": False,
+        "step": "importance.step_function('taylor', remat=True)",
+    }
     out_sh = jax.tree.leaves(lowered.out_info)
     res["out_shardings_match"] = all(
         o.sharding.is_equivalent_to(a.sharding, len(a.shape))
-        for o, a in zip(out_sh, jax.tree.leaves(acc)) if getattr(o, "sharding", None) is not None)
+        for o, a in zip(out_sh, jax.tree.leaves(acc))
+        if getattr(o, "sharding", None) is not None
+    )
     if compile_too == "1":
         t0 = time.perf_counter()
         compiled = lowered.compile()
@@ -128,7 +144,8 @@ def mode_compile7b(out: str, compile_too: str = "1") -> None:
         shards = [s for s in jax.tree.leaves(compiled.output_shardings)]
         res["out_shardings_match"] = all(
             s.is_equivalent_to(a.sharding, len(a.shape))
-            for s, a in zip(shards, jax.tree.leaves(acc)))
+            for s, a in zip(shards, jax.tree.leaves(acc))
+        )
     _write(out, res)
 
 
@@ -137,7 +154,8 @@ def mode_restore(out: str, model_dir: str, ckpt_dir: str) -> None:
     import jax
     import optax
 
-    from jaxregion import hf, sharding
+    from jaxregion.io import hf
+    from jaxregion.parallel import sharding
     from jaxregion.train.checkpoint import Checkpointer
 
     ck = hf.open_checkpoint(model_dir)
@@ -147,8 +165,9 @@ def mode_restore(out: str, model_dir: str, ckpt_dir: str) -> None:
     sh22 = sharding.param_shardings(cfg, m22)
     params = hf.load_params(ck, sharding=sharding.placement(cfg, m22))
     tx = optax.adam(1e-3)
-    opt = jax.jit(tx.init, out_shardings=sharding.shardings_like(
-        jax.eval_shape(tx.init, params), sh22))(params)
+    opt = jax.jit(
+        tx.init, out_shardings=sharding.shardings_like(jax.eval_shape(tx.init, params), sh22)
+    )(params)
     # one update so the moments are not zero
     grads = jax.tree.map(lambda p: p * 0.5 + 0.1, params)
     _, opt = tx.update(grads, opt, params)
@@ -159,37 +178,58 @@ def mode_restore(out: str, model_dir: str, ckpt_dir: str) -> None:
     c.save(1, params, opt, {"mesh": "2x2"})
     c.close()
     res = {"saved_specs_sharded": sum(x.sharding.spec != () for x in jax.tree.leaves(params))}
-    for name, mesh in (("1x4", sharding.make_mesh(data=1, fsdp=4, tensor=1, devices=devs[:4])),
-                       ("1x1", sharding.make_mesh(devices=devs[:1]))):
+    for name, mesh in (
+        ("1x4", sharding.make_mesh(data=1, fsdp=4, tensor=1, devices=devs[:4])),
+        ("1x1", sharding.make_mesh(devices=devs[:1])),
+    ):
         psh = sharding.param_shardings(cfg, mesh)
         tp = sharding.abstract_with(params, psh)
         to = sharding.abstract_with(opt, sharding.shardings_like(opt, psh))
         r = Checkpointer(ckpt_dir, async_save=False)
         got = r.restore(1, tp, to)
         r.close()
-        eq_p = all(np.array_equal(np.asarray(a), b) for a, b in
-                   zip(jax.tree.leaves(got.params), jax.tree.leaves(want_p)))
-        eq_o = all(np.array_equal(np.asarray(a), b) for a, b in
-                   zip(jax.tree.leaves(got.opt_state), jax.tree.leaves(want_o)))
-        on_mesh = all(x.sharding == s for x, s in zip(jax.tree.leaves(got.params),
-                                                      jax.tree.leaves(psh)))
+        eq_p = all(
+            np.array_equal(np.asarray(a), b)
+            for a, b in zip(jax.tree.leaves(got.params), jax.tree.leaves(want_p))
+        )
+        eq_o = all(
+            np.array_equal(np.asarray(a), b)
+            for a, b in zip(jax.tree.leaves(got.opt_state), jax.tree.leaves(want_o))
+        )
+        on_mesh = all(
+            x.sharding == s for x, s in zip(jax.tree.leaves(got.params), jax.tree.leaves(psh))
+        )
         ndev = {len(x.sharding.device_set) for x in jax.tree.leaves(got.params)}
-        res[name] = {"params_equal": eq_p, "opt_equal": eq_o, "shardings_are_targets": on_mesh,
-                     "devices": sorted(ndev), "meta": got.meta}
+        res[name] = {
+            "params_equal": eq_p,
+            "opt_equal": eq_o,
+            "shardings_are_targets": on_mesh,
+            "devices": sorted(ndev),
+            "meta": got.meta,
+        }
     _write(out, res)
 
 
 # --- the end-to-end run, one or several processes -----------------------------------------------
-def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator: str = "",
-             nproc: str = "1", pid: str = "0") -> None:
-    from jaxregion import distributed
+def mode_run(
+    out: str,
+    model_dir: str,
+    out_dir: str,
+    mesh_spec: str,
+    coordinator: str = "",
+    nproc: str = "1",
+    pid: str = "0",
+) -> None:
+    from jaxregion.parallel import distributed
 
     distributed.initialize(coordinator or None, int(nproc), int(pid))
     import jax
 
-    from jaxregion import hf, importance, regions, sharding
-    from jaxregion import safetensors_io as st
+    from jaxregion import importance, regions
     from jaxregion.evaluate import evaluate
+    from jaxregion.io import hf
+    from jaxregion.io import safetensors_io as st
+    from jaxregion.parallel import sharding
     from jaxregion.train.loop import TrainConfig, train
     from jaxregion.tree import flatten, unflatten
 
@@ -213,8 +253,7 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
     mesh = sharding.make_mesh(config=sharding.MeshConfig.parse(mesh_spec))
     params = hf.load_params(ck, sharding=sharding.placement(cfg, mesh))
     st.SafetensorsFile.read_slice, st.SafetensorsFile.read = orig_slice, orig_read
-    model_bytes = sum(f.tensors[k].nbytes for f, k in
-                      ((ck.files[n], ck.keys[n]) for n in ck.files))
+    model_bytes = sum(f.tensors[k].nbytes for f, k in ((ck.files[n], ck.keys[n]) for n in ck.files))
     specs = sharding.param_specs(cfg, mesh)
     full_copies, sharded = [], 0
     for name, x in flatten(params).items():
@@ -225,21 +264,38 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
     windows = _windows(cfg.vocab_size)
     loss = evaluate(params, cfg, windows, 4, mesh).loss
     scores = importance.compute_importance(params, cfg, windows, "taylor", 4, mesh).scores
-    regions.save_scores(os.path.join(out_dir, "taylor.safetensors"), scores,
-                            {"lang": "xx"})
+    regions.save_scores(os.path.join(out_dir, "taylor.safetensors"), scores, {"lang": "xx"})
     # Adam turns reduction-order rounding in near-zero gradients into +-lr steps, so the
     # params' agreement scales with lr; the test holds them within 1e-5 absolute (the issue).
     # a region to freeze: the top 10% of |score| per tensor, computed on the host
     host_scores = distributed.flat_host(scores)
     region = {n: np.abs(s) >= np.quantile(np.abs(s), 0.9) for n, s in host_scores.items()}
-    tcfg = TrainConfig(steps=5, batch_size=4, seq_len=windows.shape[1], lr=1e-3, warmup=0,
-                       schedule="constant", save_every=5, keep=1, seed=0)
-    got = train(params, cfg, {"xx": windows}, tcfg, os.path.join(out_dir, "ckpt"),
-                region=unflatten(region), mesh=mesh, progress=False)
+    tcfg = TrainConfig(
+        steps=5,
+        batch_size=4,
+        seq_len=windows.shape[1],
+        lr=1e-3,
+        warmup=0,
+        schedule="constant",
+        save_every=5,
+        keep=1,
+        seed=0,
+    )
+    got = train(
+        params,
+        cfg,
+        {"xx": windows},
+        tcfg,
+        os.path.join(out_dir, "ckpt"),
+        region=unflatten(region),
+        mesh=mesh,
+        progress=False,
+    )
     final = distributed.flat_host(got.params)
     start = distributed.flat_host(params)
-    frozen_moved = sum(int(np.sum(final[n][m] != start[n][m])) for n, m in region.items()
-                       if "norm" not in n)
+    frozen_moved = sum(
+        int(np.sum(final[n][m] != start[n][m])) for n, m in region.items() if "norm" not in n
+    )
     distributed.barrier("metrics")
     with open(os.path.join(out_dir, "ckpt", "metrics.jsonl")) as f:
         metrics_lines = sum(1 for line in f if line.strip())
@@ -247,14 +303,23 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
     if distributed.is_main():
         np.savez(os.path.join(out_dir, "params.npz"), **final)
         np.savez(os.path.join(out_dir, "scores.npz"), **host_scores)
-    info = {"process_index": jax.process_index(), "process_count": jax.process_count(),
-            "devices": jax.device_count(), "local_devices": jax.local_device_count(),
-            "bytes_read": counted["bytes"], "full_reads": counted["full_reads"],
-            "bytes_read_all": int(reads[0]), "model_bytes": model_bytes,
-            "full_copies": full_copies, "sharded_tensors": sharded, "loss": loss,
-            "frozen_moved": frozen_moved, "steps": got.step,
-            "train_losses": [r.get("loss") for r in got.metrics],
-            "metrics_lines": metrics_lines}
+    info = {
+        "process_index": jax.process_index(),
+        "process_count": jax.process_count(),
+        "devices": jax.device_count(),
+        "local_devices": jax.local_device_count(),
+        "bytes_read": counted["bytes"],
+        "full_reads": counted["full_reads"],
+        "bytes_read_all": int(reads[0]),
+        "model_bytes": model_bytes,
+        "full_copies": full_copies,
+        "sharded_tensors": sharded,
+        "loss": loss,
+        "frozen_moved": frozen_moved,
+        "steps": got.step,
+        "train_losses": [r.get("loss") for r in got.metrics],
+        "metrics_lines": metrics_lines,
+    }
     _write(f"{out}.{jax.process_index()}", info)
     distributed.barrier("done")
     distributed.shutdown()
@@ -262,5 +327,9 @@ def mode_run(out: str, model_dir: str, out_dir: str, mesh_spec: str, coordinator
 
 if __name__ == "__main__":
     mode, out, *rest = sys.argv[1:]
-    {"sharded": mode_sharded, "compile7b": mode_compile7b, "restore": mode_restore,
-     "run": mode_run}[mode](out, *rest)
+    {
+        "sharded": mode_sharded,
+        "compile7b": mode_compile7b,
+        "restore": mode_restore,
+        "run": mode_run,
+    }[mode](out, *rest)

@@ -24,10 +24,10 @@ def vm_peak_bytes() -> int:
 def main(directory: str, out: str, budget_mb: int) -> None:
     import jax.numpy as jnp
 
-    from jaxregion import region_runs
     from jaxregion import regions as R
+    from jaxregion.cli import region_runs
     from jaxregion.configs import SelectConfig
-    from jaxregion.safetensors_io import SafetensorsFile
+    from jaxregion.io.safetensors_io import SafetensorsFile
 
     jnp.zeros(1).block_until_ready()
     start = vm_peak_bytes()
@@ -36,8 +36,12 @@ def main(directory: str, out: str, budget_mb: int) -> None:
     res: dict = {"start_bytes": start, "limit_bytes": limit}
     langs = sorted(R.open_importance_dir(directory))
     for kind in ("core", "bottom", "random", "monolingual"):
-        cfg = SelectConfig(kind=kind, importance=directory, out=f"{out}/{kind}.safetensors",
-                           lang="l0" if kind == "monolingual" else None)
+        cfg = SelectConfig(
+            kind=kind,
+            importance=directory,
+            out=f"{out}/{kind}.safetensors",
+            lang="l0" if kind == "monolingual" else None,
+        )
         region, stability = region_runs.select_region(cfg)
         res[kind] = {"size": region.size, "stability": stability}
         del region

@@ -20,10 +20,11 @@ import numpy as np
 import pytest
 from treesnap import diff, snapshot
 
-from jaxregion import distributed
 from jaxregion.cli.main import main
+from jaxregion.parallel import distributed
 
 W = SimpleNamespace()  # the workspace: paths filled in by the `world` fixture
+
 
 # --- the workspace -------------------------------------------------------------------------
 def _copy_model(src: str, name: str, **config_edits) -> str:
@@ -46,8 +47,9 @@ def _raw_config(src: str, name: str, text: str) -> str:
     return d
 
 
-def _raw_weights(src: str, name: str, header: object | bytes, data: bytes = b"\0" * 64,
-                 n: int | None = None) -> str:
+def _raw_weights(
+    src: str, name: str, header: object | bytes, data: bytes = b"\0" * 64, n: int | None = None
+) -> str:
     d = os.path.join(W.root, name)
     shutil.copytree(src, d)
     blob = header if isinstance(header, bytes) else json.dumps(header).encode()
@@ -88,7 +90,7 @@ def _region_variant(name: str, **meta_edits) -> str:
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory, model_factory, corpus_dir):
-    from jaxregion import hf
+    from jaxregion.io import hf
     from jaxregion.models import abstract_params
     from jaxregion.regions import random as random_region
     from jaxregion.regions import save_region, save_scores
@@ -116,10 +118,16 @@ def world(tmp_path_factory, model_factory, corpus_dir):
         d = os.path.join(W.root, name)
         os.makedirs(d)
         for lang, extra in metas.items():
-            tree = unflatten({n: rng.standard_normal(s).astype(np.float32)
-                              for n, s in shapes.items()})
-            meta = {"language": lang, "estimator": "taylor", "seq_len": "16",
-                    "dtype": "float32", **extra}
+            tree = unflatten(
+                {n: rng.standard_normal(s).astype(np.float32) for n, s in shapes.items()}
+            )
+            meta = {
+                "language": lang,
+                "estimator": "taylor",
+                "seq_len": "16",
+                "dtype": "float32",
+                **extra,
+            }
             save_scores(os.path.join(d, f"{lang}.safetensors"), tree, meta)
         return d
 
@@ -136,21 +144,25 @@ def world(tmp_path_factory, model_factory, corpus_dir):
     W.r_shapes_list = _region_variant("shapes_list.safetensors", shapes="[[1, 2]]")
     shp = json.loads(_region_meta(W.region)["shapes"])
     first = next(iter(shp))
-    W.r_neg_dims = _region_variant("neg.safetensors",
-                                   shapes=json.dumps({**shp, first: [-1, 4]}))
+    W.r_neg_dims = _region_variant("neg.safetensors", shapes=json.dumps({**shp, first: [-1, 4]}))
     W.r_ratio = _region_variant("ratio.safetensors", meta=json.dumps({**meta, "ratio": "abc"}))
     W.r_meta_list = _region_variant("metalist.safetensors", meta="[1, 2]")
     W.r_shapes_bad = _region_variant("shapesbad.safetensors", shapes="{not json")
     # model directories with one thing wrong each
     W.m = {}
     for name, edits in {
-        "eps_neg": {"rms_norm_eps": -1}, "eps_zero": {"rms_norm_eps": 0},
-        "heads0": {"num_attention_heads": 0}, "layers_huge": {"num_hidden_layers": 10**9},
-        "layers_bool": {"num_hidden_layers": True}, "vocab_str": {"vocab_size": "abc"},
+        "eps_neg": {"rms_norm_eps": -1},
+        "eps_zero": {"rms_norm_eps": 0},
+        "heads0": {"num_attention_heads": 0},
+        "layers_huge": {"num_hidden_layers": 10**9},
+        "layers_bool": {"num_hidden_layers": True},
+        "vocab_str": {"vocab_size": "abc"},
         "theta_neg": {"rope_parameters": {"rope_type": "default", "rope_theta": -5.0}},
         "kv3": {"num_key_value_heads": 3},
-        "eps_nan": {"rms_norm_eps": float("nan")}, "maxpos_neg": {"max_position_embeddings": -1},
-        "hidden_odd": {"hidden_size": 66, "head_dim": None}, "mt_list": {"model_type": ["x"]},
+        "eps_nan": {"rms_norm_eps": float("nan")},
+        "maxpos_neg": {"max_position_embeddings": -1},
+        "hidden_odd": {"hidden_size": 66, "head_dim": None},
+        "mt_list": {"model_type": ["x"]},
     }.items():
         W.m[name] = _copy_model(W.model, f"m_{name}", **edits)
     W.m["cfg_list"] = _raw_config(W.model, "m_cfg_list", "[1, 2, 3]")
@@ -162,8 +174,14 @@ def world(tmp_path_factory, model_factory, corpus_dir):
         ("st_dtype", {"w": {**t, "dtype": "F8X"}}, {}),
         ("st_overflow", {"w": {**t, "shape": [2**40, 2**40, 2**40]}}, {}),
         ("st_negoff", {"w": {**t, "data_offsets": [-64, 0]}}, {}),
-        ("st_overlap", {"a": {**t, "shape": [2, 4], "data_offsets": [0, 32]},
-                        "b": {**t, "shape": [2, 4], "data_offsets": [16, 48]}}, {}),
+        (
+            "st_overlap",
+            {
+                "a": {**t, "shape": [2, 4], "data_offsets": [0, 32]},
+                "b": {**t, "shape": [2, 4], "data_offsets": [16, 48]},
+            },
+            {},
+        ),
         ("st_beyond", {"w": {**t, "shape": [40, 40], "data_offsets": [0, 6400]}}, {}),
         ("st_hugelen", {"w": t}, {"n": 2**40}),
         ("st_meta", {"__metadata__": {"a": 1}, "w": t}, {}),
@@ -185,34 +203,54 @@ def world(tmp_path_factory, model_factory, corpus_dir):
         f.write(b"SECRETBYTES-0123456789")
     W.m["idx_nonstr"] = _index_model(W.model, "m_idx_nonstr", {"lm_head.weight": 5})
     W.m["idx_outside"] = _index_model(W.model, "m_idx_outside", {"lm_head.weight": secret})
-    W.m["idx_dotdot"] = _index_model(W.model, "m_idx_dotdot",
-                                     {"lm_head.weight": "../secret.bin"})
+    W.m["idx_dotdot"] = _index_model(W.model, "m_idx_dotdot", {"lm_head.weight": "../secret.bin"})
     W.m["idx_list"] = _index_model(W.model, "m_idx_list", ["a", "b"])
     # YAML configs
     bomb = "a: &a [x,x,x,x,x,x,x,x,x]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi",
-                                                                    strict=True))
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     W.y = {
         "bomb": _yaml("bomb.yaml", bomb),
         "notmap": _yaml("notmap.yaml", "- 1\n- 2\n"),
-        "lang_dotdot": _yaml("ld.yaml", f"model: {W.model}\nlanguages: {{'../../evil': "
-                                        f"{W.lat}, rom: {W.rom}}}\nout: {W.out}/e\n"),
-        "lang_abs": _yaml("la.yaml", f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
-                                     f"{W.rom}}}\neval_languages: {{'/tmp/x': {W.lat}}}\n"
-                                     f"out: {W.out}/e\n"),
-        "seed_bool": _yaml("sb.yaml", f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
-                                      f"{W.rom}}}\nrandom_seeds: [true, 2]\nout: {W.out}/e\n"),
-        "ratio_str": _yaml("rs.yaml", f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
-                                      f"{W.rom}}}\nratio: abc\nout: {W.out}/e\n"),
-        "unknown": _yaml("uk.yaml", f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
-                                    f"{W.rom}}}\nbogus_key: 1\n"),
+        "lang_dotdot": _yaml(
+            "ld.yaml",
+            f"model: {W.model}\nlanguages: {{'../../evil': "
+            f"{W.lat}, rom: {W.rom}}}\nout: {W.out}/e\n",
+        ),
+        "lang_abs": _yaml(
+            "la.yaml",
+            f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
+            f"{W.rom}}}\neval_languages: {{'/tmp/x': {W.lat}}}\n"
+            f"out: {W.out}/e\n",
+        ),
+        "seed_bool": _yaml(
+            "sb.yaml",
+            f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
+            f"{W.rom}}}\nrandom_seeds: [true, 2]\nout: {W.out}/e\n",
+        ),
+        "ratio_str": _yaml(
+            "rs.yaml",
+            f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: "
+            f"{W.rom}}}\nratio: abc\nout: {W.out}/e\n",
+        ),
+        "unknown": _yaml(
+            "uk.yaml",
+            f"model: {W.model}\nlanguages: {{lat: {W.lat}, rom: {W.rom}}}\nbogus_key: 1\n",
+        ),
         "huge": _yaml("huge.yaml", "a: " + "x" * (2 << 20) + "\n"),
-        "f_target": _yaml("ft.yaml", f"model: {W.model}\ntarget: '../t'\ntarget_train: "
-                                     f"{W.lat}\nevals: {{'../t': {W.lat}, rom: {W.rom}}}\n"
-                                     "settings: [{name: none}]\n"),
-        "f_setting": _yaml("fs.yaml", f"model: {W.model}\ntarget: lat\ntarget_train: {W.lat}\n"
-                                      f"evals: {{lat: {W.lat}, rom: {W.rom}}}\n"
-                                      "settings: [{name: '../../s'}]\n"),
+        "f_target": _yaml(
+            "ft.yaml",
+            f"model: {W.model}\ntarget: '../t'\ntarget_train: "
+            f"{W.lat}\nevals: {{'../t': {W.lat}, rom: {W.rom}}}\n"
+            "settings: [{name: none}]\n",
+        ),
+        "f_setting": _yaml(
+            "fs.yaml",
+            f"model: {W.model}\ntarget: lat\ntarget_train: {W.lat}\n"
+            f"evals: {{lat: {W.lat}, rom: {W.rom}}}\n"
+            "settings: [{name: '../../s'}]\n",
+        ),
         "pre_bool": _yaml("pb.yaml", "batch_size: true\n"),
     }
     _world23(W)
@@ -238,12 +276,13 @@ def _world23(w: SimpleNamespace) -> None:
     shutil.copytree(w.scores, w.scores_h)
     os.makedirs(os.path.join(w.scores_h, ".halves"))
     for lang in ("lat", "rom"):
-        shutil.copy(os.path.join(w.scores, f"{lang}.safetensors"),
-                    os.path.join(w.scores_h, ".halves", f"{lang}.safetensors"))
+        shutil.copy(
+            os.path.join(w.scores, f"{lang}.safetensors"),
+            os.path.join(w.scores_h, ".halves", f"{lang}.safetensors"),
+        )
     # a user's sharded checkpoint and another user directory (not made by jaxregion)
     weights = load_file(os.path.join(w.model, "model.safetensors"))
-    w.sharded = _index_model(w.model, "user_sharded", {k: "shard-1.safetensors"
-                                                       for k in weights})
+    w.sharded = _index_model(w.model, "user_sharded", {k: "shard-1.safetensors" for k in weights})
     w.userdir = os.path.join(w.root, "userdir")
     os.makedirs(w.userdir)
     with open(os.path.join(w.userdir, "config.json"), "w") as f:
@@ -278,11 +317,17 @@ def _world23(w: SimpleNamespace) -> None:
         f.write('{"prompt": "fine"}\n{"prompt": "bad \\ud800 row"}\n')
     w.fifo = os.path.join(w.root, "data", "fifo.jsonl")
     os.mkfifo(w.fifo)
-    w.y["dup"] = _yaml("dup.yaml", f"model: {w.model}\nlanguages:\n  lat: {w.lat}\n"
-                                   f"  rom: {w.rom}\n  lat: {w.rom}\nout: {w.out}/e\nseq_len: 16\n")
-    w.y["factors"] = _yaml("factors.yaml", f"model: {w.model}\nlanguages: {{lat: {w.lat}, "
-                                           f"rom: {w.rom}}}\nout: {w.out}/e\nseq_len: 16\n"
-                                           "dims: {factors: [4.0, 1e39]}\n")
+    w.y["dup"] = _yaml(
+        "dup.yaml",
+        f"model: {w.model}\nlanguages:\n  lat: {w.lat}\n"
+        f"  rom: {w.rom}\n  lat: {w.rom}\nout: {w.out}/e\nseq_len: 16\n",
+    )
+    w.y["factors"] = _yaml(
+        "factors.yaml",
+        f"model: {w.model}\nlanguages: {{lat: {w.lat}, "
+        f"rom: {w.rom}}}\nout: {w.out}/e\nseq_len: 16\n"
+        "dims: {factors: [4.0, 1e39]}\n",
+    )
 
 
 def _region_meta(path: str) -> dict:
@@ -302,19 +347,48 @@ class Case:
 
 
 def _ev(*extra, model=lambda w: w.model, text=lambda w: f"lat={w.lat}"):
-    return ("eval", "--model", model, "--text", text, "--seq-len", "16", "--max-seqs", "2",
-            *extra)
+    return ("eval", "--model", model, "--text", text, "--seq-len", "16", "--max-seqs", "2", *extra)
 
 
 def _imp(text, *extra, out=lambda w: f"{w.out}/imp"):
-    return ("importance", "--model", lambda w: w.model, "--text", text, "--seq-len", "16",
-            "--max-seqs", "2", "--estimator", "magnitude", "--out", out, *extra)
+    return (
+        "importance",
+        "--model",
+        lambda w: w.model,
+        "--text",
+        text,
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "2",
+        "--estimator",
+        "magnitude",
+        "--out",
+        out,
+        *extra,
+    )
 
 
 def _tr(*extra, text=lambda w: f"lat={w.lat}"):
-    return ("train", "--model", lambda w: w.model, "--text", text, "--steps", "2",
-            "--batch-size", "2", "--seq-len", "16", "--max-seqs", "4",
-            "--ckpt-dir", lambda w: f"{w.out}/ck", "--no-progress", *extra)
+    return (
+        "train",
+        "--model",
+        lambda w: w.model,
+        "--text",
+        text,
+        "--steps",
+        "2",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "4",
+        "--ckpt-dir",
+        lambda w: f"{w.out}/ck",
+        "--no-progress",
+        *extra,
+    )
 
 
 def _m(name):
@@ -322,8 +396,17 @@ def _m(name):
 
 
 def _rg(kind, *extra):
-    return ("regions", kind, "--importance", lambda w: w.scores, "--ratio", "0.05",
-            "--out", lambda w: f"{w.out}/r.safetensors", *extra)
+    return (
+        "regions",
+        kind,
+        "--importance",
+        lambda w: w.scores,
+        "--ratio",
+        "0.05",
+        "--out",
+        lambda w: f"{w.out}/r.safetensors",
+        *extra,
+    )
 
 
 PERT = "model.layers.0.mlp.down_proj.weight[0,0]"
@@ -344,8 +427,19 @@ CASES: dict[str, object] = {
     "forgetting target": Case(("forgetting", lambda w: w.y["f_target"]), "'../t'"),
     "forgetting setting": Case(("forgetting", lambda w: w.y["f_setting"]), "'../../s'"),
     "regions langs": Case(_rg("core", "--langs", "../lat,rom"), "'../lat'"),
-    "regions lang": Case(("regions", "top", "--importance", lambda w: w.scores, "--lang",
-                          "../x", "--out", lambda w: f"{w.out}/r.safetensors"), "'../x'"),
+    "regions lang": Case(
+        (
+            "regions",
+            "top",
+            "--importance",
+            lambda w: w.scores,
+            "--lang",
+            "../x",
+            "--out",
+            lambda w: f"{w.out}/r.safetensors",
+        ),
+        "'../x'",
+    ),
     # config.json numbers
     "eps negative": Case(_m("eps_neg"), "rms_norm_eps"),
     "eps zero": Case(_m("eps_zero"), "rms_norm_eps"),
@@ -362,11 +456,22 @@ CASES: dict[str, object] = {
     "config.json a list": Case(_m("cfg_list"), "expected a JSON object"),
     "config.json deep": Case(_m("cfg_deep"), "config.json"),
     "NaN weights: eval": Case(_m("nan_weights"), "the loss is nan"),
-    "NaN weights: importance": Case(("importance", "--model", lambda w: w.m["nan_weights"],
-                                     "--text", lambda w: f"lat={w.lat}", "--seq-len", "16",
-                                     "--estimator", "magnitude", "--out",
-                                     lambda w: f"{w.out}/imp"),
-                                    "not finite"),
+    "NaN weights: importance": Case(
+        (
+            "importance",
+            "--model",
+            lambda w: w.m["nan_weights"],
+            "--text",
+            lambda w: f"lat={w.lat}",
+            "--seq-len",
+            "16",
+            "--estimator",
+            "magnitude",
+            "--out",
+            lambda w: f"{w.out}/imp",
+        ),
+        "not finite",
+    ),
     # safetensors headers
     "st header a list": Case(_m("st_list"), "not an object"),
     "st header deep": Case(_m("st_deep"), "nested too deeply"),
@@ -387,20 +492,43 @@ CASES: dict[str, object] = {
     # interventions
     "perturb nan": Case(_ev("--perturb", f"{PERT}*nan"), "not a finite"),
     "perturb inf": Case(_ev("--perturb", f"{PERT}=inf"), "not a finite"),
-    "region-op noise -inf": Case(_ev("--region", lambda w: w.region, "--region-op",
-                                     "noise:-inf"), "noise:-inf"),
-    "region-op scale nan": Case(_ev("--region", lambda w: w.region, "--region-op", "scale:nan"),
-                                "scale:nan"),
-    "region-op noise negative": Case(_ev("--region", lambda w: w.region, "--region-op",
-                                         "noise:-1"), "noise:-1"),
-    "region-op unknown": Case(_ev("--region", lambda w: w.region, "--region-op", "melt"),
-                              "'melt'"),
+    "region-op noise -inf": Case(
+        _ev("--region", lambda w: w.region, "--region-op", "noise:-inf"), "noise:-inf"
+    ),
+    "region-op scale nan": Case(
+        _ev("--region", lambda w: w.region, "--region-op", "scale:nan"), "scale:nan"
+    ),
+    "region-op noise negative": Case(
+        _ev("--region", lambda w: w.region, "--region-op", "noise:-1"), "noise:-1"
+    ),
+    "region-op unknown": Case(_ev("--region", lambda w: w.region, "--region-op", "melt"), "'melt'"),
     # importance files that cannot be combined
-    "mixed seq_len": Case(("regions", "core", "--importance", lambda w: w.mixed_len, "--ratio",
-                           "0.05", "--out", lambda w: f"{w.out}/r.safetensors"), "seq_len"),
-    "mixed dtype": Case(("regions", "core", "--importance", lambda w: w.mixed_dtype,
-                         "--ratio", "0.05", "--out", lambda w: f"{w.out}/r.safetensors"),
-                        "dtype"),
+    "mixed seq_len": Case(
+        (
+            "regions",
+            "core",
+            "--importance",
+            lambda w: w.mixed_len,
+            "--ratio",
+            "0.05",
+            "--out",
+            lambda w: f"{w.out}/r.safetensors",
+        ),
+        "seq_len",
+    ),
+    "mixed dtype": Case(
+        (
+            "regions",
+            "core",
+            "--importance",
+            lambda w: w.mixed_dtype,
+            "--ratio",
+            "0.05",
+            "--out",
+            lambda w: f"{w.out}/r.safetensors",
+        ),
+        "dtype",
+    ),
     # region-file metadata
     "region shapes list": Case(("regions", "stats", lambda w: w.r_shapes_list), "shapes"),
     "region negative dims": Case(("regions", "stats", lambda w: w.r_neg_dims), "shapes["),
@@ -409,20 +537,31 @@ CASES: dict[str, object] = {
     "region shapes not json": Case(("regions", "stats", lambda w: w.r_shapes_bad), "shapes"),
     "eval region ratio abc": Case(_ev("--region", lambda w: w.r_ratio), "ratio"),
     # outputs never replace inputs
-    "regions out = score file": Case(_rg("core")[:-2] + ("--out", lambda w: f"{w.scores}/"
-                                                         "lat.safetensors"), "lat.safetensors"),
-    "eval json = config.json": Case(_ev("--json", lambda w: f"{w.model}/config.json"),
-                                    "config.json"),
+    "regions out = score file": Case(
+        _rg("core")[:-2] + ("--out", lambda w: f"{w.scores}/lat.safetensors"), "lat.safetensors"
+    ),
+    "eval json = config.json": Case(
+        _ev("--json", lambda w: f"{w.model}/config.json"), "config.json"
+    ),
     "eval json = text": Case(_ev("--json", lambda w: w.lat), "lat.txt"),
-    "stats json = region": Case(("regions", "stats", lambda w: w.region, "--json",
-                                 lambda w: w.region), "good.safetensors"),
-    "compare json = input": Case(("regions", "compare", lambda w: w.region,
-                                  lambda w: w.region2, "--json", lambda w: w.region2),
-                                 "good2.safetensors"),
-    "importance lang=model": Case(_imp(lambda w: f"model={w.lat}", out=lambda w: w.model),
-                                  "is an input", before_work=True),
-    "eval json symlink to input": Case(_ev("--json", lambda w: f"{w.out}/link.json"),
-                                       "link.json"),
+    "stats json = region": Case(
+        ("regions", "stats", lambda w: w.region, "--json", lambda w: w.region), "good.safetensors"
+    ),
+    "compare json = input": Case(
+        (
+            "regions",
+            "compare",
+            lambda w: w.region,
+            lambda w: w.region2,
+            "--json",
+            lambda w: w.region2,
+        ),
+        "good2.safetensors",
+    ),
+    "importance lang=model": Case(
+        _imp(lambda w: f"model={w.lat}", out=lambda w: w.model), "is an input", before_work=True
+    ),
+    "eval json symlink to input": Case(_ev("--json", lambda w: f"{w.out}/link.json"), "link.json"),
     # YAML
     "yaml alias bomb": Case(("experiment", lambda w: w.y["bomb"]), "expands to more than"),
     "yaml not a mapping": Case(("experiment", lambda w: w.y["notmap"]), "expected a mapping"),
@@ -431,40 +570,69 @@ CASES: dict[str, object] = {
     "yaml ratio abc": Case(("experiment", lambda w: w.y["ratio_str"]), "ratio"),
     # text
     "text bad utf-8": Case(_ev(text=lambda w: f"lat={w.root}/data/bad-utf8.txt"), "UTF-8"),
-    "text 20 MiB line": Case(_ev(text=lambda w: f"lat={w.root}/data/long.txt.gz"),
-                             "longer than"),
+    "text 20 MiB line": Case(_ev(text=lambda w: f"lat={w.root}/data/long.txt.gz"), "longer than"),
     "text missing": Case(_ev(text=lambda w: f"lat={w.root}/data/nope.txt"), "nope.txt"),
     # other flags
-    "coordinator without port": Case(("regions", "stats", lambda w: w.region, "--coordinator",
-                                      "nohost"), "HOST:PORT"),
-    "mesh malformed on regions": Case(("regions", "stats", lambda w: w.region, "--mesh",
-                                       "data"), "--mesh"),
-    "coordinator unreachable": Case(("regions", "stats", lambda w: w.region, "--coordinator",
-                                     "127.0.0.1:1", "--num-processes", "2", "--process-id",
-                                     "1"), "127.0.0.1:1"),
+    "coordinator without port": Case(
+        ("regions", "stats", lambda w: w.region, "--coordinator", "nohost"), "HOST:PORT"
+    ),
+    "mesh malformed on regions": Case(
+        ("regions", "stats", lambda w: w.region, "--mesh", "data"), "--mesh"
+    ),
+    "coordinator unreachable": Case(
+        (
+            "regions",
+            "stats",
+            lambda w: w.region,
+            "--coordinator",
+            "127.0.0.1:1",
+            "--num-processes",
+            "2",
+            "--process-id",
+            "1",
+        ),
+        "127.0.0.1:1",
+    ),
     "hub model offline": Case(_ev(model="nobody-here/no-such-model"), "nobody-here"),
-    "hub dataset offline": Case(_ev(text="lat=hf:nobody-here/no-such-data:train"),
-                                "nobody-here"),
+    "hub dataset offline": Case(_ev(text="lat=hf:nobody-here/no-such-data:train"), "nobody-here"),
     "model missing dir": Case(_ev(model=lambda w: f"{w.root}/nope"), "nope"),
     "train steps 0": Case(_tr()[:5] + ("--steps", "0") + _tr()[7:], "--steps"),
     "train lr nan": Case(_tr("--lr", "nan"), "--lr"),
     # numeric options (issue 10's validation layer)
     "eval batch-size -3": Case(_ev("--batch-size", "-3"), "batch"),
     "eval batch-size 0": Case(_ev("--batch-size", "0"), "batch"),
-    "train eval-batch-size -1": Case(_tr("--eval", lambda w: f"lat={w.lat}",
-                                         "--eval-batch-size", "-1"), "batch"),
-    "eval seed 2**70": Case(_ev("--region", lambda w: w.region, "--region-op", "noise:0.1",
-                                "--seed", str(2**70)), "--seed"),
-    "importance batch-size 0": Case(_imp(lambda w: f"lat={w.lat}", "--batch-size", "0"),
-                                    "--batch-size"),
+    "train eval-batch-size -1": Case(
+        _tr("--eval", lambda w: f"lat={w.lat}", "--eval-batch-size", "-1"), "batch"
+    ),
+    "eval seed 2**70": Case(
+        _ev("--region", lambda w: w.region, "--region-op", "noise:0.1", "--seed", str(2**70)),
+        "--seed",
+    ),
+    "importance batch-size 0": Case(
+        _imp(lambda w: f"lat={w.lat}", "--batch-size", "0"), "--batch-size"
+    ),
     "eval seq-len 0": Case(_ev("--seq-len", "0"), "--seq-len"),
     "eval max-seqs -1": Case(_ev("--max-seqs", "-1"), "--max-seqs"),
     # numeric checks of the config layer (YAML booleans are not integers)
     "yaml seed true": Case(("experiment", lambda w: w.y["seed_bool"]), "random_seeds"),
     "pretrain yaml batch_size true": Case(
-        ("pretrain", "--config", lambda w: w.y["pre_bool"], "--tokenizer", lambda w: w.model,
-         "--out", lambda w: f"{w.out}/pre", "--ckpt-dir", lambda w: f"{w.out}/pck", "--steps",
-         "1", "--text", lambda w: f"lat={w.lat}"), "batch_size"),
+        (
+            "pretrain",
+            "--config",
+            lambda w: w.y["pre_bool"],
+            "--tokenizer",
+            lambda w: w.model,
+            "--out",
+            lambda w: f"{w.out}/pre",
+            "--ckpt-dir",
+            lambda w: f"{w.out}/pck",
+            "--steps",
+            "1",
+            "--text",
+            lambda w: f"lat={w.lat}",
+        ),
+        "batch_size",
+    ),
 }
 
 
@@ -478,56 +646,113 @@ def _gen(*extra, model=lambda w: w.model):
 
 
 def _tasks(*extra, include=lambda w: w.tasks):
-    return ("tasks", "--model", lambda w: w.model, "--tasks", "jr_mc", "--include-path",
-            include, "--limit", "2", *extra)
+    return (
+        "tasks",
+        "--model",
+        lambda w: w.model,
+        "--tasks",
+        "jr_mc",
+        "--include-path",
+        include,
+        "--limit",
+        "2",
+        *extra,
+    )
 
 
 CASES23: dict[str, Case] = {
-    "eval json = tokenizer.json": Case(_ev("--json", lambda w: f"{w.model}/tokenizer.json"),
-                                       "tokenizer.json", OW, True),
+    "eval json = tokenizer.json": Case(
+        _ev("--json", lambda w: f"{w.model}/tokenizer.json"), "tokenizer.json", OW, True
+    ),
     "generate json = tokenizer_config": Case(
         _gen("--prompt", "Ana", "--json", lambda w: f"{w.model}/tokenizer_config.json"),
-        "tokenizer_config.json", OW, True),
-    "tasks json = tokenizer.json": Case(_tasks("--json", lambda w: f"{w.model}/tokenizer.json"),
-                                        "tokenizer.json", OW, True),
-    "tasks json = task yaml": Case(_tasks("--json", lambda w: f"{w.tasks}/jr_mc.yaml"),
-                                   "jr_mc.yaml", OW, True),
+        "tokenizer_config.json",
+        OW,
+        True,
+    ),
+    "tasks json = tokenizer.json": Case(
+        _tasks("--json", lambda w: f"{w.model}/tokenizer.json"), "tokenizer.json", OW, True
+    ),
+    "tasks json = task yaml": Case(
+        _tasks("--json", lambda w: f"{w.tasks}/jr_mc.yaml"), "jr_mc.yaml", OW, True
+    ),
     "regions out = split half": Case(
-        ("regions", "core", "--importance", lambda w: w.scores_h, "--ratio", "0.05", "--out",
-         lambda w: f"{w.scores_h}/.halves/lat.safetensors"), ".halves", OW, True),
-    "train export = user's sharded ckpt": Case(_tr("--export", lambda w: w.sharded),
-                                               "--force", OW, True),
-    "train export = user's directory": Case(_tr("--export", lambda w: w.userdir), "--force",
-                                            OW, True),
+        (
+            "regions",
+            "core",
+            "--importance",
+            lambda w: w.scores_h,
+            "--ratio",
+            "0.05",
+            "--out",
+            lambda w: f"{w.scores_h}/.halves/lat.safetensors",
+        ),
+        ".halves",
+        OW,
+        True,
+    ),
+    "train export = user's sharded ckpt": Case(
+        _tr("--export", lambda w: w.sharded), "--force", OW, True
+    ),
+    "train export = user's directory": Case(
+        _tr("--export", lambda w: w.userdir), "--force", OW, True
+    ),
     "yaml duplicate key": Case(("experiment", lambda w: w.y["dup"]), "lines 3 and 5", WRONG),
-    "generate temperature 1e-40": Case(_gen("--prompt", "Ana", "--temperature", "1e-40"),
-                                       "--temperature", WRONG, True),
+    "generate temperature 1e-40": Case(
+        _gen("--prompt", "Ana", "--temperature", "1e-40"), "--temperature", WRONG, True
+    ),
     "perturb *1e39": Case(_ev("--perturb", f"{PERT}*1e39"), "--perturb", WRONG, True),
-    "region-op set:1e39": Case(_ev("--region", lambda w: w.region, "--region-op", "set:1e39"),
-                               "--region-op", WRONG, True),
-    "dims --factors 1e39": Case(("dims", "--model", lambda w: w.model, "--text",
-                                 lambda w: f"lat={w.lat}", "--factors", "4,1e39"), "--factors",
-                                WRONG, True),
-    "yaml dims.factors 1e39": Case(("experiment", lambda w: w.y["factors"]), "dims.factors",
-                                   WRONG, True),
+    "region-op set:1e39": Case(
+        _ev("--region", lambda w: w.region, "--region-op", "set:1e39"), "--region-op", WRONG, True
+    ),
+    "dims --factors 1e39": Case(
+        (
+            "dims",
+            "--model",
+            lambda w: w.model,
+            "--text",
+            lambda w: f"lat={w.lat}",
+            "--factors",
+            "4,1e39",
+        ),
+        "--factors",
+        WRONG,
+        True,
+    ),
+    "yaml dims.factors 1e39": Case(
+        ("experiment", lambda w: w.y["factors"]), "dims.factors", WRONG, True
+    ),
     "int8 tensor in float32 ckpt": Case(_m("int8"), "int8", WRONG),
-    "region file lacks a tensor": Case(("regions", "stats", lambda w: w.r_missing),
-                                       "missing.safetensors", WRONG),
+    "region file lacks a tensor": Case(
+        ("regions", "stats", lambda w: w.r_missing), "missing.safetensors", WRONG
+    ),
     "prompt lone surrogate": Case(_gen("--prompt", "Ana \udcff"), "--prompt", TB, True),
-    "prompts row lone surrogate": Case(_gen("--prompts", lambda w: w.prompts_sur),
-                                       "sur.jsonl:2", TB, True),
-    "text arg not UTF-8": Case(_ev(text=lambda w: f"lat={w.root}/data/\udcffx.txt"),
-                               "--text", TB, True),
+    "prompts row lone surrogate": Case(
+        _gen("--prompts", lambda w: w.prompts_sur), "sur.jsonl:2", TB, True
+    ),
+    "text arg not UTF-8": Case(
+        _ev(text=lambda w: f"lat={w.root}/data/\udcffx.txt"), "--text", TB, True
+    ),
     "prompts FIFO": Case(_gen("--prompts", lambda w: w.fifo), "fifo.jsonl", TB, True),
-    "train export = model dir": Case(_tr("--export", lambda w: w.model), "--export", LATE,
-                                     True),
+    "train export = model dir": Case(_tr("--export", lambda w: w.model), "--export", LATE, True),
     "train export symlink loop": Case(_tr("--export", lambda w: w.loop), "loop", LATE, True),
     "eval json onto a directory": Case(_ev("--json", lambda w: w.adir), "adir", LATE, True),
-    "eval json under a file": Case(_ev("--json", lambda w: f"{w.afile}/o.json"), "afile",
-                                   LATE, True),
-    "tasks malformed yaml": Case(("tasks", "--model", lambda w: w.model, "--tasks", "jr_bad",
-                                  "--include-path", lambda w: w.tasks_bad), "jr_bad.yaml",
-                                 LATE),
+    "eval json under a file": Case(
+        _ev("--json", lambda w: f"{w.afile}/o.json"), "afile", LATE, True
+    ),
+    "tasks malformed yaml": Case(
+        (
+            "tasks",
+            "--model",
+            lambda w: w.model,
+            "--tasks",
+            "jr_bad",
+            "--include-path",
+            lambda w: w.tasks_bad,
+        ),
+        "jr_bad.yaml",
+        LATE,
+    ),
 }
 CASES.update(CASES23)
 
@@ -554,7 +779,7 @@ def _timeout(*_a):
 def test_bad_input(world, case, capsys, monkeypatch):
     import signal
 
-    from jaxregion import hf
+    from jaxregion.io import hf
 
     w = world
     if os.path.isdir(w.out):
@@ -604,8 +829,18 @@ def test_disk_full_is_one_line(world, capsys, monkeypatch):
     os.makedirs(w.out)
     distributed.shutdown()
     capsys.readouterr()
-    code = main(["regions", "core", "--importance", w.scores, "--ratio", "0.05", "--out",
-                 f"{w.out}/r.safetensors"])
+    code = main(
+        [
+            "regions",
+            "core",
+            "--importance",
+            w.scores,
+            "--ratio",
+            "0.05",
+            "--out",
+            f"{w.out}/r.safetensors",
+        ]
+    )
     err = capsys.readouterr().err
     lines = [ln for ln in err.splitlines() if ln.strip()]
     assert code == 2 and len(lines) == 1 and "No space left" in lines[0], err

@@ -47,6 +47,7 @@ def test_ewc_penalty_gradient_finite_differences():
     rng = np.random.default_rng(0)
     with jax.enable_x64(True):
         shapes = {"model.layers.0.a.weight": (3, 4), "model.layers.0.b.weight": (5,)}
+
         def mk():
             return T.unflatten({n: jnp.asarray(rng.standard_normal(s)) for n, s in shapes.items()})
 
@@ -56,8 +57,16 @@ def test_ewc_penalty_gradient_finite_differences():
         lam = 0.7
 
         def f(p):  # the penalty written out in float64
-            return 0.5 * lam * sum(jnp.sum(fi * (pi - ai) ** 2) for pi, ai, fi in zip(
-                jax.tree.leaves(p), jax.tree.leaves(anchor), jax.tree.leaves(fisher)))
+            return (
+                0.5
+                * lam
+                * sum(
+                    jnp.sum(fi * (pi - ai) ** 2)
+                    for pi, ai, fi in zip(
+                        jax.tree.leaves(p), jax.tree.leaves(anchor), jax.tree.leaves(fisher)
+                    )
+                )
+            )
 
         assert float(ewc_penalty(params, ewc, lam)) == pytest.approx(float(f(params)), rel=1e-6)
         g = T.flatten(jax.grad(ewc_penalty)(params, ewc, lam))
@@ -88,16 +97,27 @@ def test_replay_ewc_freeze_resume_bitwise(model_factory, corpus_dir, tmp_path, m
     from jaxregion.train import TrainConfig, freeze_mask_for, make_ewc, train
 
     session = runtime.load_session(model_factory("llama_mha"))
-    c = runtime.load_corpora([f"cyr={corpus_dir}/cyr.txt", f"lat={corpus_dir}/lat.txt"],
-                             session, 16, 24)
+    c = runtime.load_corpora(
+        [f"cyr={corpus_dir}/cyr.txt", f"lat={corpus_dir}/lat.txt"], session, 16, 24
+    )
     params = session.params
     region = random_region(params, 0.05, seed=1, granularity="column")
     fisher = jax.tree.map(lambda p: jnp.ones(p.shape, jnp.float32), params)
     ewc = make_ewc(params, fisher)
-    cfg = TrainConfig(steps=6, batch_size=4, seq_len=16, lr=1e-2, warmup=1, weight_decay=0.5,
-                      save_every=2, keep=5, replay_ratio=0.5, ewc_lambda=10.0, eval_start=False)
-    kw = dict(region=region, mesh=session.mesh, progress=False, replay={"lat": c["lat"]},
-              ewc=ewc)
+    cfg = TrainConfig(
+        steps=6,
+        batch_size=4,
+        seq_len=16,
+        lr=1e-2,
+        warmup=1,
+        weight_decay=0.5,
+        save_every=2,
+        keep=5,
+        replay_ratio=0.5,
+        ewc_lambda=10.0,
+        eval_start=False,
+    )
+    kw = dict(region=region, mesh=session.mesh, progress=False, replay={"lat": c["lat"]}, ewc=ewc)
     full = train(params, session.config, {"cyr": c["cyr"]}, cfg, str(tmp_path / "a"), **kw)
     assert not full.interrupted and full.step == 6
 
@@ -121,9 +141,17 @@ def test_replay_ewc_freeze_resume_bitwise(model_factory, corpus_dir, tmp_path, m
         m = np.asarray(mask[n])
         assert np.asarray(v)[m].tobytes() == np.asarray(p0[n])[m].tobytes(), n
     # replay and EWC change the run: without them the params differ
-    plain = train(params, session.config, {"cyr": c["cyr"]},
-                  TrainConfig(**{**cfg.__dict__, "replay_ratio": 0.0, "ewc_lambda": 0.0}),
-                  str(tmp_path / "c"), region=region, mesh=session.mesh, progress=False)
+    plain = train(
+        params,
+        session.config,
+        {"cyr": c["cyr"]},
+        TrainConfig(**{**cfg.__dict__, "replay_ratio": 0.0, "ewc_lambda": 0.0}),
+        str(tmp_path / "c"),
+        region=region,
+        mesh=session.mesh,
+        progress=False,
+    )
     name = "model.layers.0.mlp.up_proj.weight"
-    assert not np.array_equal(np.asarray(T.flatten(plain.params)[name]),
-                              np.asarray(T.flatten(full.params)[name]))
+    assert not np.array_equal(
+        np.asarray(T.flatten(plain.params)[name]), np.asarray(T.flatten(full.params)[name])
+    )

@@ -6,7 +6,8 @@ import json
 
 import pytest
 
-from jaxregion import casestudies, interventions, regions, runtime
+from jaxregion import interventions, regions, runtime
+from jaxregion.analysis import casestudies
 from jaxregion.configs import CaseStudyConfig
 from jaxregion.data import synthetic
 from jaxregion.errors import UserError
@@ -14,13 +15,21 @@ from jaxregion.errors import UserError
 
 def test_case_studies_compute_then_render(model_factory):
     session = runtime.load_session(model_factory("llama_mha"))
-    removed = interventions.region_op(session.params,
-                                      regions.random(session.params, 0.3, seed=2), "zero")
-    prompts = {"lat": [next(synthetic.generate("lat", 1, seed=5))[:24], "Ana | x"],
-               "cyr": [next(synthetic.generate("cyr", 1, seed=5))[:24]]}
-    cs = casestudies.run(session.config, session.tokenizer,
-                         {"base": session.params, "random removed": removed}, prompts,
-                         max_new_tokens=6, batch_size=2)
+    removed = interventions.region_op(
+        session.params, regions.random(session.params, 0.3, seed=2), "zero"
+    )
+    prompts = {
+        "lat": [next(synthetic.generate("lat", 1, seed=5))[:24], "Ana | x"],
+        "cyr": [next(synthetic.generate("cyr", 1, seed=5))[:24]],
+    }
+    cs = casestudies.run(
+        session.config,
+        session.tokenizer,
+        {"base": session.params, "random removed": removed},
+        prompts,
+        max_new_tokens=6,
+        batch_size=2,
+    )
     assert cs.settings == ["base", "random removed"]
     for s in cs.settings:
         assert [len(cs.continuations[s][k]) for k in prompts] == [2, 1]
@@ -45,11 +54,12 @@ def test_bad_language_named_before_generating():
 
 
 def test_config_section_loads_strictly(tmp_path):
-    from jaxregion.config import load_yaml
+    from jaxregion.strict_loader import load_yaml
 
     f = tmp_path / "cs.yaml"
-    f.write_text("prompts:\n  en: ['Fudan University is located in']\n  lat: ['Ana']\n"
-                 "max_new_tokens: 8\n")
+    f.write_text(
+        "prompts:\n  en: ['Fudan University is located in']\n  lat: ['Ana']\nmax_new_tokens: 8\n"
+    )
     c = load_yaml(CaseStudyConfig, str(f))
     assert c.prompts == {"en": ("Fudan University is located in",), "lat": ("Ana",)}
     assert c.max_new_tokens == 8

@@ -13,14 +13,26 @@ import torch
 import transformers
 from hf_factory import make_model
 
-from jaxregion import hf, safetensors_io
 from jaxregion.errors import UserError
+from jaxregion.io import hf, safetensors_io
 from jaxregion.tree import flatten
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gemma", "gpt2", "qwen2", "gemma2",
-                                    "gemma3_text", "olmo2", "bloom", "phi3_longrope",
-                                    "cohere_qk_norm"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llama_gqa_llama3",
+        "gemma",
+        "gpt2",
+        "qwen2",
+        "gemma2",
+        "gemma3_text",
+        "olmo2",
+        "bloom",
+        "phi3_longrope",
+        "cohere_qk_norm",
+    ],
+)
 def test_export_round_trip_is_bitwise(family, model_factory, tmp_path):
     src = model_factory(family)
     cfg, params = hf.load(src)
@@ -46,9 +58,11 @@ def test_bloom_hub_names_without_prefix_load(model_factory, tmp_path):
     shutil.copytree(src, out)
     arrays = load_file(os.path.join(src, "model.safetensors"))
     assert all(k.startswith("transformer.") for k in arrays)
-    safetensors_io.save_dict(str(out / "model.safetensors"),
-                             {k.removeprefix("transformer."): v for k, v in arrays.items()},
-                             {"format": "pt"})
+    safetensors_io.save_dict(
+        str(out / "model.safetensors"),
+        {k.removeprefix("transformer."): v for k, v in arrays.items()},
+        {"format": "pt"},
+    )
     _, a = hf.load(src)
     _, b = hf.load(str(out))
     fa, fb = flatten(a), flatten(b)
@@ -63,8 +77,9 @@ def test_bfloat16_load_and_export(model_factory, tmp_path):
     leaf = params["model"]["layers"][0]["mlp"]["up_proj"]["weight"]
     assert str(leaf.dtype) == "bfloat16"
     hf.export(params, cfg, str(tmp_path / "bf16"), tokenizer_from=src)
-    m = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"),
-                                                          dtype=torch.bfloat16)
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        str(tmp_path / "bf16"), dtype=torch.bfloat16
+    )
     ref = make_model("llama_mha").state_dict()["model.layers.0.mlp.up_proj.weight"]
     got = m.state_dict()["model.layers.0.mlp.up_proj.weight"]
     assert torch.equal(got, ref.to(torch.bfloat16))
@@ -106,8 +121,9 @@ def test_shape_check_reports_every_mismatch(model_factory, tmp_path):
 def test_pickled_weights_refused(tmp_path, model_factory):
     d = tmp_path / "bin"
     d.mkdir()
-    (d / "config.json").write_text(open(os.path.join(model_factory("llama_mha"),
-                                                     "config.json")).read())
+    (d / "config.json").write_text(
+        open(os.path.join(model_factory("llama_mha"), "config.json")).read()
+    )
     (d / "pytorch_model.bin").write_bytes(b"not even read")
     try:
         hf.open_checkpoint(str(d))
@@ -135,7 +151,7 @@ def rss_mb():
             if line.startswith("VmHWM"):
                 return int(line.split()[1]) / 1024
 import jax  # imported before the baseline so its own footprint is not counted
-from jaxregion import hf
+from jaxregion.io import hf
 jax.numpy.zeros(1).block_until_ready()
 base = rss_mb()
 cfg, params = hf.load(d)
@@ -147,9 +163,15 @@ print(json.dumps({"base": base, "peak": rss_mb()}))
 @pytest.mark.slow
 def test_lazy_loading_memory(tmp_path):
     """A ~400 MB checkpoint loads with peak RSS growth below 1.5x its size."""
-    cfg = transformers.LlamaConfig(vocab_size=16000, hidden_size=1024, intermediate_size=2816,
-                                   num_hidden_layers=6, num_attention_heads=8,
-                                   num_key_value_heads=8, max_position_embeddings=512)
+    cfg = transformers.LlamaConfig(
+        vocab_size=16000,
+        hidden_size=1024,
+        intermediate_size=2816,
+        num_hidden_layers=6,
+        num_attention_heads=8,
+        num_key_value_heads=8,
+        max_position_embeddings=512,
+    )
     d = tmp_path / "big"
     d.mkdir()
     (d / "config.json").write_text(json.dumps(cfg.to_dict()))
@@ -157,13 +179,16 @@ def test_lazy_loading_memory(tmp_path):
     from jaxregion.models.spec import shapes
 
     rng = np.random.default_rng(0)
-    tensors = {k: (np.float32, s, lambda s=s: rng.standard_normal(s, dtype=np.float32))
-               for k, s in shapes(from_hf_dict(cfg.to_dict())).items()}
+    tensors = {
+        k: (np.float32, s, lambda s=s: rng.standard_normal(s, dtype=np.float32))
+        for k, s in shapes(from_hf_dict(cfg.to_dict())).items()
+    }
     safetensors_io.write(str(d / "model.safetensors"), tensors, {"format": "pt"})
     size_mb = os.path.getsize(d / "model.safetensors") / 2**20
     assert 350 < size_mb < 500
-    p = subprocess.run([sys.executable, "-c", _MEMORY_SCRIPT, str(d)], capture_output=True,
-                       text=True, check=True)
+    p = subprocess.run(
+        [sys.executable, "-c", _MEMORY_SCRIPT, str(d)], capture_output=True, text=True, check=True
+    )
     m = json.loads(p.stdout.strip().splitlines()[-1])
     growth = m["peak"] - m["base"]
     print(f"checkpoint {size_mb:.0f} MB, peak RSS growth {growth:.0f} MB")

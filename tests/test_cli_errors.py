@@ -30,8 +30,9 @@ def good(model_factory, corpus_dir):
 
 
 def _eval(model: str, text: str, out, *extra: str):
-    return run_cli("eval", "--model", model, "--text", text, "--seq-len", "16",
-                   "--json", str(out), *extra)
+    return run_cli(
+        "eval", "--model", model, "--text", text, "--seq-len", "16", "--json", str(out), *extra
+    )
 
 
 def test_missing_directory(good, tmp_path):
@@ -66,8 +67,12 @@ def test_wrong_shape_and_missing_tensor(good, tmp_path):
     cfg["intermediate_size"] = 100
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
     code, _, err = _eval(d, good[1], tmp_path / "o.json")
-    _assert_clean_error(code, err, "model.layers.0.mlp.gate_proj.weight has shape [96, 64], "
-                                   "expected [100, 64]", tmp_path / "o.json")
+    _assert_clean_error(
+        code,
+        err,
+        "model.layers.0.mlp.gate_proj.weight has shape [96, 64], expected [100, 64]",
+        tmp_path / "o.json",
+    )
     cfg["intermediate_size"] = 96
     cfg["num_hidden_layers"] = 3
     json.dump(cfg, open(os.path.join(d, "config.json"), "w"))
@@ -111,8 +116,17 @@ def test_empty_and_non_utf8_text(good, tmp_path):
 
 
 def test_seq_len_beyond_max_positions(good, tmp_path):
-    code, _, err = run_cli("eval", "--model", good[0], "--text", good[1], "--seq-len", "4096",
-                           "--json", str(tmp_path / "o.json"))
+    code, _, err = run_cli(
+        "eval",
+        "--model",
+        good[0],
+        "--text",
+        good[1],
+        "--seq-len",
+        "4096",
+        "--json",
+        str(tmp_path / "o.json"),
+    )
     _assert_clean_error(code, err, "--seq-len 4096", tmp_path / "o.json")
     assert "128" in err
 
@@ -128,6 +142,7 @@ def test_more_max_seqs_than_text(good, tmp_path):
 
 
 def test_debug_shows_traceback(good, tmp_path):
-    code, _, err = run_cli_subprocess("eval", "--model", str(tmp_path / "nope"), "--text", good[1],
-                           "--debug")
+    code, _, err = run_cli_subprocess(
+        "eval", "--model", str(tmp_path / "nope"), "--text", good[1], "--debug"
+    )
     assert code != 0 and "Traceback" in err

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxregion import config as C
+from jaxregion import strict_loader as C
 from jaxregion.cli import options
 from jaxregion.cli.main import build_parser
 from jaxregion.cli.main import main as cli_main
@@ -26,11 +26,28 @@ COMMANDS = {" ".join(c.words): c for c in options.REGISTRY}
 
 
 def test_every_command_is_declared_once() -> None:
-    assert set(COMMANDS) >= {"eval", "train", "export", "pretrain", "forgetting", "importance",
-                             "regions core", "regions bottom", "regions random",
-                             "regions monolingual", "regions bottom-monolingual", "regions top",
-                             "regions stats", "regions compare", "experiment", "dims", "demo",
-                             "plan", "generate", "tasks"}
+    assert set(COMMANDS) >= {
+        "eval",
+        "train",
+        "export",
+        "pretrain",
+        "forgetting",
+        "importance",
+        "regions core",
+        "regions bottom",
+        "regions random",
+        "regions monolingual",
+        "regions bottom-monolingual",
+        "regions top",
+        "regions stats",
+        "regions compare",
+        "experiment",
+        "dims",
+        "demo",
+        "plan",
+        "generate",
+        "tasks",
+    }
     assert len(COMMANDS) == len(options.REGISTRY)
 
 
@@ -119,16 +136,22 @@ def _sample(f: dataclasses.Field, tp):
 OVERRIDES = {
     "train": {"batch_size": 6, "grad_accum": 3},
     "pretrain": {"batch_size": 6, "grad_accum": 3},
-    "regions core": {"lang": None}, "regions bottom": {"lang": None},
+    "regions core": {"lang": None},
+    "regions bottom": {"lang": None},
     "regions random": {"lang": None},
-    "regions monolingual": {"lang": "aa"}, "regions top": {"lang": "aa"},
+    "regions monolingual": {"lang": "aa"},
+    "regions top": {"lang": "aa"},
     "regions bottom-monolingual": {"lang": "aa"},
     "plan": {"preset": None},
     "experiment": {"monolingual": ["aa"], "ratios": [0.5, 0.2]},
     "forgetting": {"target": "aa"},
     "importance": {"until_stable": None, "max_seqs": 8, "estimator": "wanda"},
-    "demo": {"forgetting_ratios": [0.5, 0.2], "forgetting_granularities": ["row", "tensor"],
-             "corpus": "synthetic", "valid_text": {}},
+    "demo": {
+        "forgetting_ratios": [0.5, 0.2],
+        "forgetting_granularities": ["row", "tensor"],
+        "corpus": "synthetic",
+        "valid_text": {},
+    },
 }
 YAML_ONLY = {
     "forgetting": {"settings": [{"name": "none"}, {"name": "l0", "layers": [0]}]},
@@ -173,16 +196,24 @@ def test_yaml_equals_flags(name: str, tmp_path) -> None:
     for cls, fixed in ((cmd.config, cmd.fixed), (LaunchConfig, {})):
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
-            if f.name in fixed or f.name in values or not _flaggable(hints[f.name]) \
-                    or f.metadata.get("flag") is False or f.name == "debug":
+            if (
+                f.name in fixed
+                or f.name in values
+                or not _flaggable(hints[f.name])
+                or f.metadata.get("flag") is False
+                or f.name == "debug"
+            ):
                 continue
             values[f.name] = _sample(f, hints[f.name])
     values.update(OVERRIDES.get(name, {}))
     if name == "forgetting":
         values["evals"] = {"aa": "x", "bb": "y"}
     full = tmp_path / "full.yaml"
-    full.write_text(yaml.safe_dump({**{k: v for k, v in values.items() if v is not None},
-                                    **YAML_ONLY.get(name, {})}))
+    full.write_text(
+        yaml.safe_dump(
+            {**{k: v for k, v in values.items() if v is not None}, **YAML_ONLY.get(name, {})}
+        )
+    )
     only = tmp_path / "yaml_only.yaml"
     only.write_text(yaml.safe_dump(YAML_ONLY.get(name, {})))
     from_yaml = _parse([*cmd.words, "--config", str(full)])
@@ -210,15 +241,18 @@ def test_flags_override_yaml_and_positional_config(tmp_path) -> None:
 
 
 # --- checked the same way from flags and files --------------------------------------------------
-@pytest.mark.parametrize("yaml_text, words", [
-    ("steps: true\n", ["steps", "expected an integer, got True"]),
-    ("steps: 1180591620717411303424\n", ["steps", "out of range"]),
-    ("steps: 0\n", ["steps", "must be positive"]),
-    ("steps: 3\nlr: .nan\n", ["lr", "not a finite number"]),
-    ("steps: 3\nschedule: wavy\n", ["schedule", "'wavy' is not one of"]),
-    ("stepz: 3\n", ["unknown key 'stepz'"]),
-    ("- 1\n", ["expected a mapping"]),
-])
+@pytest.mark.parametrize(
+    "yaml_text, words",
+    [
+        ("steps: true\n", ["steps", "expected an integer, got True"]),
+        ("steps: 1180591620717411303424\n", ["steps", "out of range"]),
+        ("steps: 0\n", ["steps", "must be positive"]),
+        ("steps: 3\nlr: .nan\n", ["lr", "not a finite number"]),
+        ("steps: 3\nschedule: wavy\n", ["schedule", "'wavy' is not one of"]),
+        ("stepz: 3\n", ["unknown key 'stepz'"]),
+        ("- 1\n", ["expected a mapping"]),
+    ],
+)
 def test_bad_yaml_values_name_file_and_key(yaml_text, words, tmp_path, capsys) -> None:
     p = tmp_path / "bad.yaml"
     p.write_text(yaml_text)
@@ -230,14 +264,17 @@ def test_bad_yaml_values_name_file_and_key(yaml_text, words, tmp_path, capsys) -
         assert w in err, err
 
 
-@pytest.mark.parametrize("argv, words", [
-    (["--steps", "true"], ["--steps", "expected an integer"]),
-    (["--steps", str(2**70)], ["--steps", "out of range"]),
-    (["--lr", "inf", "--steps", "2"], ["--lr", "not a finite number"]),
-    (["--steps", "2", "--b1", "1.5"], ["--b1", "less than 1"]),
-    (["--bogus"], ["unrecognized arguments: --bogus"]),
-    (["--steps", "2"], ["--text is required"]),
-])
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["--steps", "true"], ["--steps", "expected an integer"]),
+        (["--steps", str(2**70)], ["--steps", "out of range"]),
+        (["--lr", "inf", "--steps", "2"], ["--lr", "not a finite number"]),
+        (["--steps", "2", "--b1", "1.5"], ["--b1", "less than 1"]),
+        (["--bogus"], ["unrecognized arguments: --bogus"]),
+        (["--steps", "2"], ["--text is required"]),
+    ],
+)
 def test_bad_flags_one_line(argv, words, capsys) -> None:
     assert cli_main(["train", *argv]) == 2
     err = capsys.readouterr().err.strip()
@@ -260,12 +297,42 @@ def test_eval_yaml_and_flags_same_run(model_factory, corpus_dir, tmp_path) -> No
     model = model_factory("llama_mha")
     text = {"lat": f"{corpus_dir}/lat.txt", "rom": f"{corpus_dir}/rom.txt"}
     cfg = tmp_path / "eval.yaml"
-    cfg.write_text(yaml.safe_dump({"model": model, "text": text, "seq_len": 16, "max_seqs": 4,
-                                   "batch_size": 2, "json_out": str(tmp_path / "a.json")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "model": model,
+                "text": text,
+                "seq_len": 16,
+                "max_seqs": 4,
+                "batch_size": 2,
+                "json_out": str(tmp_path / "a.json"),
+            }
+        )
+    )
     assert cli_main(["eval", "--config", str(cfg), "--no-progress"]) == 0
-    assert cli_main(["eval", "--model", model, "--text", f"lat={text['lat']}", "--text",
-                     f"rom={text['rom']}", "--seq-len", "16", "--max-seqs", "4", "--batch-size",
-                     "2", "--json", str(tmp_path / "b.json"), "--no-progress"]) == 0
+    assert (
+        cli_main(
+            [
+                "eval",
+                "--model",
+                model,
+                "--text",
+                f"lat={text['lat']}",
+                "--text",
+                f"rom={text['rom']}",
+                "--seq-len",
+                "16",
+                "--max-seqs",
+                "4",
+                "--batch-size",
+                "2",
+                "--json",
+                str(tmp_path / "b.json"),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
     a, b = (json.loads((tmp_path / n).read_text()) for n in ("a.json", "b.json"))
     assert a == b and set(a["perplexity"]) == {"lat", "rom"}
 
@@ -276,16 +343,46 @@ def test_regions_yaml_and_flags_same_file(tmp_path) -> None:
     rng = np.random.default_rng(0)
     imp = tmp_path / "imp"
     for lang in ("aa", "bb"):
-        tree = {"model": {"layers": [{"mlp": {"up_proj": {"weight": rng.normal(size=(8, 4))}}}
-                                     for _ in range(2)]}}
+        tree = {
+            "model": {
+                "layers": [
+                    {"mlp": {"up_proj": {"weight": rng.normal(size=(8, 4))}}} for _ in range(2)
+                ]
+            }
+        }
         regions.save_scores(str(imp / f"{lang}.safetensors"), tree, {"estimator": "taylor"})
     cfg = tmp_path / "r.yaml"
-    cfg.write_text(yaml.safe_dump({"importance": str(imp), "lang": "bb", "ratio": 0.25,
-                                   "scope": "global", "out": str(tmp_path / "a.safetensors")}))
+    cfg.write_text(
+        yaml.safe_dump(
+            {
+                "importance": str(imp),
+                "lang": "bb",
+                "ratio": 0.25,
+                "scope": "global",
+                "out": str(tmp_path / "a.safetensors"),
+            }
+        )
+    )
     assert cli_main(["regions", "monolingual", "--config", str(cfg)]) == 0
-    assert cli_main(["regions", "monolingual", "--importance", str(imp), "--lang", "bb",
-                     "--ratio", "0.25", "--scope", "global", "--out",
-                     str(tmp_path / "b.safetensors")]) == 0
+    assert (
+        cli_main(
+            [
+                "regions",
+                "monolingual",
+                "--importance",
+                str(imp),
+                "--lang",
+                "bb",
+                "--ratio",
+                "0.25",
+                "--scope",
+                "global",
+                "--out",
+                str(tmp_path / "b.safetensors"),
+            ]
+        )
+        == 0
+    )
     a, b = (regions.load_region(str(tmp_path / n)) for n in ("a.safetensors", "b.safetensors"))
     assert a.meta == b.meta and a.size > 0
     for n, m in a.flat().items():

@@ -26,8 +26,13 @@ LOCK = ".jaxregion-lock"
 
 def _popen(argv: list[str]) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.getcwd()}
-    return subprocess.Popen([sys.executable, "-m", "jaxregion.cli.main", *argv], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-m", "jaxregion.cli.main", *argv],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _wait_locked(p: subprocess.Popen, d: str, timeout: float = 180.0) -> None:
@@ -53,23 +58,67 @@ def _finish(p: subprocess.Popen) -> str:
 
 
 def _importance(model, corpus, d):
-    return ["importance", "--model", model, "--text", f"lat={corpus}/lat.txt", "--seq-len", "16",
-            "--max-seqs", "16", "--batch-size", "2", "--out", d, "--no-progress"]
+    return [
+        "importance",
+        "--model",
+        model,
+        "--text",
+        f"lat={corpus}/lat.txt",
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "16",
+        "--batch-size",
+        "2",
+        "--out",
+        d,
+        "--no-progress",
+    ]
 
 
 def _train(model, corpus, d):
-    return ["train", "--model", model, "--text", f"lat={corpus}/lat.txt", "--steps", "6",
-            "--batch-size", "2", "--seq-len", "16", "--max-seqs", "12", "--save-every", "2",
-            "--ckpt-dir", d, "--no-progress"]
+    return [
+        "train",
+        "--model",
+        model,
+        "--text",
+        f"lat={corpus}/lat.txt",
+        "--steps",
+        "6",
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "12",
+        "--save-every",
+        "2",
+        "--ckpt-dir",
+        d,
+        "--no-progress",
+    ]
 
 
 def _forgetting(model, corpus, d, tmp):
-    cfg = {"name": "lock", "model": model, "out_dir": d, "target": "cyr",
-           "target_train": f"{corpus}/cyr.txt",
-           "evals": {"cyr": f"{corpus}/cyr.txt", "lat": f"{corpus}/lat.txt"},
-           "train": {"steps": 4, "batch_size": 2, "seq_len": 16, "lr": 3e-3, "warmup": 1,
-                     "eval_samples": [8], "eval_max_seqs": 4, "save_every": 2},
-           "sweep": [{"scorers": ["none"], "seeds": [0, 1]}]}
+    cfg = {
+        "name": "lock",
+        "model": model,
+        "out_dir": d,
+        "target": "cyr",
+        "target_train": f"{corpus}/cyr.txt",
+        "evals": {"cyr": f"{corpus}/cyr.txt", "lat": f"{corpus}/lat.txt"},
+        "train": {
+            "steps": 4,
+            "batch_size": 2,
+            "seq_len": 16,
+            "lr": 3e-3,
+            "warmup": 1,
+            "eval_samples": [8],
+            "eval_max_seqs": 4,
+            "save_every": 2,
+        },
+        "sweep": [{"scorers": ["none"], "seeds": [0, 1]}],
+    }
     p = os.path.join(tmp, os.path.basename(d) + ".yaml")
     with open(p, "w") as f:
         yaml.safe_dump(cfg, f)
@@ -82,8 +131,10 @@ def _result(cmd: str, d: str):
         from jaxregion.regions import load_scores
         from jaxregion.tree import flatten
 
-        return {k: np.asarray(v) for k, v in
-                flatten(load_scores(os.path.join(d, "lat.safetensors"))[0]).items()}
+        return {
+            k: np.asarray(v)
+            for k, v in flatten(load_scores(os.path.join(d, "lat.safetensors"))[0]).items()
+        }
     if cmd == "train":
         rows = [json.loads(x) for x in open(os.path.join(d, "metrics.jsonl"))]
         return [(r["step"], r.get("loss")) for r in rows if r.get("loss") is not None]

@@ -15,11 +15,11 @@ ROOT = os.path.dirname(os.path.dirname(__file__))
 def _loader(path: str):
     name = os.path.basename(path)
     if name.startswith("forgetting"):
-        from jaxregion.forgetting import load_config
+        from jaxregion.analysis.forgetting import load_config
     elif name.startswith("mesh"):
-        from jaxregion.sharding import load_mesh_config as load_config
+        from jaxregion.parallel.sharding import load_mesh_config as load_config
     else:
-        from jaxregion.experiment import load_config
+        from jaxregion.analysis.experiment import load_config
     return load_config
 
 
@@ -29,8 +29,8 @@ def test_shipped_configs_load(path):
 
 
 def test_experiment_config_errors_name_the_key(tmp_path):
+    from jaxregion.analysis.experiment import load_config
     from jaxregion.errors import UserError
-    from jaxregion.experiment import load_config
 
     p = tmp_path / "bad.yaml"
     p.write_text("model: m\nlanguages: {a: x, b: y}\nratoi: 0.01\n")
@@ -56,8 +56,14 @@ def test_quick_demo_end_to_end(tmp_path):
         assert cond in report
     assert "Outcome" in report and "Forgetting" in report
     labels = {r["label"] for r in forg["settings"]}
-    assert {"none/none", "core/element/0.1/none", "random/column/0.1/none", "none/replay",
-            "none/ewc", "wanda/column/0.5/none"} <= labels
+    assert {
+        "none/none",
+        "core/element/0.1/none",
+        "random/column/0.1/none",
+        "none/replay",
+        "none/ewc",
+        "wanda/column/0.5/none",
+    } <= labels
     assert "forgetting/frontier.png" in report and "reproduce" in report
     # case studies inside the battery part; the multiple-choice task and its verdict
     assert "Table 7. Case studies: language fidelity and continuations" in report
@@ -87,11 +93,27 @@ def test_demo_on_a_given_model(model_factory, corpus_dir, tmp_path):
     model = model_factory("llama_mha")
     out = tmp_path / "demo"
     texts = [f"--text={k}={corpus_dir}/{k}.txt" for k in ("lat", "rom", "cyr")]
-    code, _, err = run_cli("demo", "--quick", "--model", model, *texts, "--target", "cyr",
-                           "--valid-text", f"lat={corpus_dir}/lat.txt",
-                           "--forgetting-steps", "2", "--forgetting-granularities", "element",
-                           "--importance-windows", "8", "--eval-windows", "4",
-                           "--out", str(out))
+    code, _, err = run_cli(
+        "demo",
+        "--quick",
+        "--model",
+        model,
+        *texts,
+        "--target",
+        "cyr",
+        "--valid-text",
+        f"lat={corpus_dir}/lat.txt",
+        "--forgetting-steps",
+        "2",
+        "--forgetting-granularities",
+        "element",
+        "--importance-windows",
+        "8",
+        "--eval-windows",
+        "4",
+        "--out",
+        str(out),
+    )
     assert code == 0, err[-2000:]
     assert "pretraining: skipped, the model is given" in err
     assert not (out / "pretrain").exists() and not (out / "corpus").exists()
@@ -108,11 +130,14 @@ def test_demo_on_a_given_model(model_factory, corpus_dir, tmp_path):
     assert "No held-out text was given for rom, cyr" in report and "A tiny Llama" not in report
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["--model", "m"], "--model needs real text"),
-    (["--text", "a=x.txt", "--corpus", "d"], "not both"),
-    (["--text", "a=x.txt", "--valid-text", "b=y.txt"], "--valid-text b: no --text b=SOURCE"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--model", "m"], "--model needs real text"),
+        (["--text", "a=x.txt", "--corpus", "d"], "not both"),
+        (["--text", "a=x.txt", "--valid-text", "b=y.txt"], "--valid-text b: no --text b=SOURCE"),
+    ],
+)
 def test_demo_model_and_text_errors(args, msg, tmp_path):
     code, _, err = run_cli("demo", *args, "--out", str(tmp_path / "o"))
     assert code == 2 and msg in err and len(err.strip().splitlines()) == 1, err

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from jaxregion import hf
 from jaxregion import regions as R
+from jaxregion.io import hf
 from jaxregion.models import abstract_params
 from jaxregion.tree import flatten, unflatten
 
@@ -25,8 +25,9 @@ def _cfg(model_factory):
 def _scores(cfg, planted: dict[int, int], lang_seed: int) -> dict:
     """Random |scores| below 1, and 5.0 on every element of the planted (layer: expert)."""
     rng = np.random.default_rng(lang_seed)
-    flat = {n: rng.random(s.shape).astype(np.float32)
-            for n, s in flatten(abstract_params(cfg)).items()}
+    flat = {
+        n: rng.random(s.shape).astype(np.float32) for n, s in flatten(abstract_params(cfg)).items()
+    }
     for i, e in planted.items():
         for p in PARTS:
             flat[f"model.layers.{i}.{p}"][e] = 5.0
@@ -53,8 +54,9 @@ def test_core_experts_by_importance_per_layer_and_global(model_factory, tmp_path
     glob = R.core(scores, ratio=2 / 16, scope="global", granularity="expert")
     assert _experts_in(glob) == {(0, 4), (1, 2)}
     flat = flatten(per_layer.mask)
-    assert not any(bool(np.asarray(v).any()) for n, v in flat.items()
-                   if not n.endswith(PARTS))  # attention, norms: nothing
+    assert not any(
+        bool(np.asarray(v).any()) for n, v in flat.items() if not n.endswith(PARTS)
+    )  # attention, norms: nothing
     # the file format is unchanged: an element mask, read back bit for bit
     path = str(tmp_path / "r.safetensors")
     R.save_region(path, per_layer)
@@ -95,9 +97,24 @@ def test_regions_cli_expert_granularity(model_factory, tmp_path):
     shares[:, 6] = 0.9
     routing.write_text(json.dumps({"topk_share": {"aa": shares.tolist()}}))
     out = tmp_path / "r.safetensors"
-    code, _, err = run_cli("regions", "core", "--granularity", "expert", "--expert-rank",
-                           "routing", "--routing", str(routing), "--model", moe, "--ratio",
-                           "0.125", "--scope", "per-layer", "--out", str(out))
+    code, _, err = run_cli(
+        "regions",
+        "core",
+        "--granularity",
+        "expert",
+        "--expert-rank",
+        "routing",
+        "--routing",
+        str(routing),
+        "--model",
+        moe,
+        "--ratio",
+        "0.125",
+        "--scope",
+        "per-layer",
+        "--out",
+        str(out),
+    )
     assert code == 0, err
     assert _experts_in(R.load_region(str(out))) == {(0, 6), (1, 6)}
     code, stdout, err = run_cli("regions", "stats", str(out), "--json", str(tmp_path / "s.json"))
@@ -106,12 +123,24 @@ def test_regions_cli_expert_granularity(model_factory, tmp_path):
     assert {k for k, v in st["by_expert"].items() if v["selected"]} == {"0.6", "1.6"}
     bad_shape = tmp_path / "bad.json"
     bad_shape.write_text(json.dumps({"topk_share": {"aa": [[0.5] * 4]}}))
-    for args in (["random", "--model", model_factory("llama_mha"), "--scope", "per-layer"],
-                 ["random", "--model", moe, "--scope", "per-tensor"],
-                 ["core", "--expert-rank", "routing", "--routing", str(bad_shape), "--model",
-                  moe, "--scope", "per-layer"]):
-        code, _, err = run_cli("regions", *args, "--granularity", "expert", "--out",
-                               str(tmp_path / "x.safetensors"))
+    for args in (
+        ["random", "--model", model_factory("llama_mha"), "--scope", "per-layer"],
+        ["random", "--model", moe, "--scope", "per-tensor"],
+        [
+            "core",
+            "--expert-rank",
+            "routing",
+            "--routing",
+            str(bad_shape),
+            "--model",
+            moe,
+            "--scope",
+            "per-layer",
+        ],
+    ):
+        code, _, err = run_cli(
+            "regions", *args, "--granularity", "expert", "--out", str(tmp_path / "x.safetensors")
+        )
         assert code == 2 and len(err.strip().splitlines()) == 1, err
 
 
@@ -121,5 +150,11 @@ def test_dense_model_refuses_expert_granularity(kind, model_factory):
 
     template = abstract_params(hf.load_config(model_factory("llama_mha")))
     with pytest.raises(UserError, match="dense model"):
-        R.select(kind, {"aa": template} if kind == "core" else None, template=template,
-                 ratio=0.5, scope="per-layer", granularity="expert")
+        R.select(
+            kind,
+            {"aa": template} if kind == "core" else None,
+            template=template,
+            ratio=0.5,
+            scope="per-layer",
+            granularity="expert",
+        )

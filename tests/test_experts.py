@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from conftest import run_cli
 
-from jaxregion import hf
-from jaxregion.experts import routing_stats
+from jaxregion.analysis.experts import routing_stats
+from jaxregion.io import hf
 from jaxregion.tree import flatten, unflatten
 
 
@@ -57,16 +57,30 @@ def test_planted_router_is_found(model_factory):
     np.testing.assert_allclose(ent[:, 0], np.log(2), rtol=1e-6)
     assert np.all(np.isnan(ent[:, [1, 2, 4, 6, 7]]))  # no token reaches them
     found = {(r["layer"], r["expert"], r["language"]) for r in stats.most_specific(4)}
-    assert found == {(i, e, lang) for i in range(cfg.num_layers)
-                     for e, lang in ((3, "aa"), (5, "bb"))}
+    assert found == {
+        (i, e, lang) for i in range(cfg.num_layers) for e, lang in ((3, "aa"), (5, "bb"))
+    }
 
 
 def test_experts_command_writes_report(model_factory, corpus_dir, tmp_path):
     out = tmp_path / "exp"
     code, stdout, stderr = run_cli(
-        "experts", "--model", model_factory("qwen2_moe"), "--text", f"lat={corpus_dir}/lat.txt",
-        "--text", f"cyr={corpus_dir}/cyr.txt", "--seq-len", "32", "--max-seqs", "6",
-        "--out", str(out), "--top", "5")
+        "experts",
+        "--model",
+        model_factory("qwen2_moe"),
+        "--text",
+        f"lat={corpus_dir}/lat.txt",
+        "--text",
+        f"cyr={corpus_dir}/cyr.txt",
+        "--seq-len",
+        "32",
+        "--max-seqs",
+        "6",
+        "--out",
+        str(out),
+        "--top",
+        "5",
+    )
     assert code == 0, stderr
     data = json.loads((out / "experts.json").read_text())
     assert data["languages"] == ["lat", "cyr"] and data["top_k"] == 2
@@ -81,8 +95,15 @@ def test_experts_command_writes_report(model_factory, corpus_dir, tmp_path):
 
 
 def test_experts_command_refuses_dense_model(model_factory, corpus_dir, tmp_path):
-    code, _, stderr = run_cli("experts", "--model", model_factory("llama_mha"), "--text",
-                              f"lat={corpus_dir}/lat.txt", "--out", str(tmp_path / "x"))
+    code, _, stderr = run_cli(
+        "experts",
+        "--model",
+        model_factory("llama_mha"),
+        "--text",
+        f"lat={corpus_dir}/lat.txt",
+        "--out",
+        str(tmp_path / "x"),
+    )
     assert code == 2 and len(stderr.strip().splitlines()) == 1 and "dense" in stderr
 
 
@@ -109,9 +130,14 @@ def test_experts_specialise_by_language_in_a_tiny_trained_moe(tokenizer, tmp_pat
     cfg = from_hf_dict(make_config("mixtral").to_dict())
     params = params_of(build(cfg, nnx.Rngs(0)))
     before = routing_stats(params, cfg, held, 8)
-    res = train(params, cfg, wins, TrainConfig(steps=300, batch_size=16, seq_len=32, lr=3e-3,
-                                                warmup=20, save_every=10000),
-                str(tmp_path / "ck"), progress=False)
+    res = train(
+        params,
+        cfg,
+        wins,
+        TrainConfig(steps=300, batch_size=16, seq_len=32, lr=3e-3, warmup=20, save_every=10000),
+        str(tmp_path / "ck"),
+        progress=False,
+    )
     after = routing_stats(res.params, cfg, held, 8)
     ent0, ent1 = before.specificity()[0], after.specificity()[0]
     assert np.nanmean(ent1) < np.nanmean(ent0) - 0.03

@@ -19,7 +19,8 @@ from conftest import run_cli
 from flax import nnx
 from hf_factory import FAMILIES, make_config
 
-from jaxregion import hf, models
+from jaxregion import models
+from jaxregion.io import hf
 from jaxregion.models.table import KINDS
 from jaxregion.tree import flatten
 
@@ -68,8 +69,12 @@ def test_every_parameter_has_a_role(family):
     inferred = models.infer_roles(list(roles))  # names alone give the same roles ...
     if cfg.model_type == "qwen3_moe":  # ... but olmoe has the same names, with q/k norms
         # over all heads: bare names cannot tell the norms' widths
-        inferred = {n: r if r.kind != "norm" or r.residual_axis is not None else
-                    dataclasses.replace(r, axes=roles[n].axes) for n, r in inferred.items()}
+        inferred = {
+            n: r
+            if r.kind != "norm" or r.residual_axis is not None
+            else dataclasses.replace(r, axes=roles[n].axes)
+            for n, r in inferred.items()
+        }
     assert inferred == roles
     # every tap the table names is an intermediate the forward pass produces, sized right
     tokens = jnp.zeros((1, 4), jnp.int32)
@@ -77,13 +82,15 @@ def test_every_parameter_has_a_role(family):
     for n, r in roles.items():
         if r.tap is not None:
             assert inter[r.tap].shape[-1] == shapes[n][r.input_axis], n
-    assert [inter[k].shape for k in models.residual_taps(cfg)] == \
-        [(1, 4, cfg.hidden_size)] * cfg.num_layers
+    assert [inter[k].shape for k in models.residual_taps(cfg)] == [
+        (1, 4, cfg.hidden_size)
+    ] * cfg.num_layers
     # post-norm layers (olmo2) have no norm feeding attention: attn_out_norm stands in
     attn = "attn_norm" if any(r.tag == "attn_norm" for r in roles.values()) else "attn_out_norm"
     for tag in ("mlp_out", attn):
-        assert sorted(r.layer for r in roles.values() if r.tag == tag) == \
-            list(range(cfg.num_layers))
+        assert sorted(r.layer for r in roles.values() if r.tag == tag) == list(
+            range(cfg.num_layers)
+        )
 
 
 @pytest.mark.slow
@@ -108,8 +115,9 @@ def test_periodic_layers_scan_in_groups(model_factory):
     tokens = jnp.asarray(np.random.default_rng(4).integers(0, cfg.vocab_size, (2, 12)))
     jaxpr = str(jax.make_jaxpr(lambda p: models.loss_fn(p, tokens, cfg, remat=True))(params))
     assert "scan" in jaxpr
-    (la, ga), (lb, gb) = (jax.value_and_grad(models.loss_fn)(params, tokens, cfg, remat=r)
-                          for r in (False, True))
+    (la, ga), (lb, gb) = (
+        jax.value_and_grad(models.loss_fn)(params, tokens, cfg, remat=r) for r in (False, True)
+    )
     assert abs(float(la) - float(lb)) <= 1e-6 * abs(float(la))
     fa, fb = flatten(ga), flatten(gb)
     for k in fa:
@@ -125,9 +133,29 @@ def test_periodic_layers_scan_in_groups(model_factory):
 
 # --- no name-based roles outside models/ ----------------------------------------------------
 # Fragments of HF parameter names that only a role decision would look for.
-ROLE_FRAGMENTS = ("_proj", "layernorm", "norm.", "ln_", "layers.", ".h.", "embed_tokens",
-                  "wte", "wpe", "lm_head", "c_attn", "c_fc", "self_attn", "mlp.", "q_norm",
-                  "k_norm", "transformer.", "model.layers", "model.norm", ".weight", ".bias")
+ROLE_FRAGMENTS = (
+    "_proj",
+    "layernorm",
+    "norm.",
+    "ln_",
+    "layers.",
+    ".h.",
+    "embed_tokens",
+    "wte",
+    "wpe",
+    "lm_head",
+    "c_attn",
+    "c_fc",
+    "self_attn",
+    "mlp.",
+    "q_norm",
+    "k_norm",
+    "transformer.",
+    "model.layers",
+    "model.norm",
+    ".weight",
+    ".bias",
+)
 # (file, start of the string): strings that name parameters for people, not for decisions.
 ALLOWED = {
     # an example perturbation spec in the grammar shown to users (and in --help)
@@ -146,11 +174,18 @@ def _strings(tree: ast.AST) -> list[ast.Constant]:
     docs = set()
     for node in ast.walk(tree):
         body = getattr(node, "body", None)
-        if isinstance(body, list) and body and isinstance(body[0], ast.Expr) and \
-                isinstance(body[0].value, ast.Constant):
+        if (
+            isinstance(body, list)
+            and body
+            and isinstance(body[0], ast.Expr)
+            and isinstance(body[0].value, ast.Constant)
+        ):
             docs.add(id(body[0].value))
-    return [n for n in ast.walk(tree) if isinstance(n, ast.Constant) and
-            isinstance(n.value, str) and id(n) not in docs]
+    return [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Constant) and isinstance(n.value, str) and id(n) not in docs
+    ]
 
 
 def test_no_role_decided_by_a_name_outside_models():
@@ -178,19 +213,34 @@ def test_no_role_decided_by_a_name_outside_models():
 
 
 def test_regions_freeze_interventions_import_no_model():
-    code = ("import sys, jaxregion.regions, jaxregion.freeze, jaxregion.interventions; "
-            "print([m for m in sys.modules if m.startswith('jaxregion.models')])")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, timeout=300)
+    code = (
+        "import sys, jaxregion.regions, jaxregion.freeze, jaxregion.interventions; "
+        "print([m for m in sys.modules if m.startswith('jaxregion.models')])"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "JAX_PLATFORMS": "cpu"},
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"
 
 
 @pytest.mark.slow
 def test_example_nnx_script(model_factory, tmp_path):
-    p = subprocess.run([sys.executable, os.path.join(ROOT, "scripts", "example_nnx.py"),
-                        model_factory("llama_mha"), str(tmp_path / "ckpt")],
-                       capture_output=True, text=True, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            os.path.join(ROOT, "scripts", "example_nnx.py"),
+            model_factory("llama_mha"),
+            str(tmp_path / "ckpt"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     assert "restored equal: True" in p.stdout
 
@@ -199,11 +249,16 @@ def _small_battery(family: str, model_factory, corpus_dir, tmp_path) -> None:
     """``jaxregion experiment`` on a family's tiny model, dims analysis included: it must
     complete and find super weights and a sweep."""
     cfg = {
-        "name": f"tiny-{family}", "model": model_factory(family), "out": str(tmp_path / "exp"),
+        "name": f"tiny-{family}",
+        "model": model_factory(family),
+        "out": str(tmp_path / "exp"),
         "languages": {k: f"{corpus_dir}/{k}.txt" for k in ("lat", "cyr")},
-        "seq_len": 16, "max_seqs": 4, "eval_max_seqs": 2, "batch_size": 4,
-        "random_seeds": [0], "dims": {"layer": 1, "auto_candidates": 1, "auto_controls": 1,
-                                      "factors": [4.0]},
+        "seq_len": 16,
+        "max_seqs": 4,
+        "eval_max_seqs": 2,
+        "batch_size": 4,
+        "random_seeds": [0],
+        "dims": {"layer": 1, "auto_candidates": 1, "auto_controls": 1, "factors": [4.0]},
     }
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -220,31 +275,38 @@ def test_experiment_completes_on_qwen3(model_factory, corpus_dir, tmp_path):
     _small_battery("qwen3", model_factory, corpus_dir, tmp_path)
 
 
-@pytest.mark.parametrize("family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3",
-                                    "cohere_qk_norm"])
+@pytest.mark.parametrize(
+    "family", ["gemma2", "gemma3_text", "olmo2", "bloom", "phi3", "cohere_qk_norm"]
+)
 @pytest.mark.slow
 def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tokenizer):
     """The analyses on each family's tiny model: a core region from Taylor scores, wanda on
     exactly the linear maps, a hidden-dim profile, massive activations, super weights, and a
     dims sweep whose target (the table's attn_norm / attn_out_norm) moves the perplexity."""
-    from jaxregion import dims, importance
+    from jaxregion import importance
     from jaxregion import regions as R
+    from jaxregion.analysis import dims
     from jaxregion.data.packing import load_windows
     from jaxregion.data.sources import open_source
 
     cfg, params = hf.load(model_factory(family))
-    wins = {lang: load_windows(open_source(f"{corpus_dir}/{lang}.txt").documents(), tokenizer,
-                               16, 4) for lang in ("lat", "cyr")}
-    scores = {lang: importance.compute_importance(params, cfg, w, batch_size=4).scores
-              for lang, w in wins.items()}
+    wins = {
+        lang: load_windows(open_source(f"{corpus_dir}/{lang}.txt").documents(), tokenizer, 16, 4)
+        for lang in ("lat", "cyr")
+    }
+    scores = {
+        lang: importance.compute_importance(params, cfg, w, batch_size=4).scores
+        for lang, w in wins.items()
+    }
     core = R.core(scores, ratio=0.05)
     roles = models.roles(cfg)
     assert set(core.universe) == {n for n, r in roles.items() if r.layer is not None}
     for n, m in flatten(core.mask).items():
         k = int(np.asarray(m).sum())
         assert k == (max(1, int(0.05 * np.asarray(m).size)) if n in core.universe else 0), n
-    wanda = flatten(importance.compute_importance(params, cfg, wins["lat"], "wanda",
-                                                  batch_size=4).scores)
+    wanda = flatten(
+        importance.compute_importance(params, cfg, wins["lat"], "wanda", batch_size=4).scores
+    )
     for n, s in wanda.items():
         assert (np.count_nonzero(np.asarray(s)) > 0) == (roles[n].kind == "linear"), n
     profile = R.hidden_dim_profile(core, cfg.hidden_size)
@@ -259,8 +321,9 @@ def test_core_region_wanda_and_dims_smoke(family, model_factory, corpus_dir, tok
         return {"lat": float(np.exp(models.loss_fn(p, tokens, cfg)))}
 
     base = ppl(params)["lat"]
-    points = dims.sweep(params, cfg, ppl, {"lat": base}, [supers[0]["hidden_dim"]], [], (0.0,),
-                        layer=1)
+    points = dims.sweep(
+        params, cfg, ppl, {"lat": base}, [supers[0]["hidden_dim"]], [], (0.0,), layer=1
+    )
     assert len(points) == 1 and points[0].perplexity["lat"] != base
 
 

@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import pytest
 
-from jaxregion import fidelity
+from jaxregion.analysis import fidelity
 from jaxregion.data import synthetic
 from jaxregion.errors import UserError
 
 
 def test_real_languages_through_langid():
-    texts = ["The university was established in 1905 and is located in the city centre.",
-             "Die Universität wurde 1905 gegründet und liegt im Stadtzentrum.",
-             "La universidad fue fundada en 1905 y está en el centro de la ciudad.",
-             "Tertian, ancis tet tet at tete tette"]
+    texts = [
+        "The university was established in 1905 and is located in the city centre.",
+        "Die Universität wurde 1905 gegründet und liegt im Stadtzentrum.",
+        "La universidad fue fundada en 1905 y está en el centro de la ciudad.",
+        "Tertian, ancis tet tet at tete tette",
+    ]
     assert fidelity.identify(texts[0]) == "en"
     assert fidelity.fidelity(texts, "en") == 0.25
     assert fidelity.fidelity(texts[1:3], "de_Latn") == 0.5

@@ -16,11 +16,15 @@ from jaxregion import tree as T
 def problem(seed: int = 0):
     """Linear regression y = x W^T + b with HF-like names; returns params, loss, batches."""
     rng = np.random.default_rng(seed)
-    params = T.unflatten({
-        "model.layers.0.mlp.up_proj.weight": jnp.asarray(rng.standard_normal((6, 8)), jnp.float32),
-        "model.layers.0.mlp.up_proj.bias": jnp.asarray(rng.standard_normal(6), jnp.float32),
-        "model.layers.0.post_attention_layernorm.weight": jnp.ones(8, jnp.float32),
-    })
+    params = T.unflatten(
+        {
+            "model.layers.0.mlp.up_proj.weight": jnp.asarray(
+                rng.standard_normal((6, 8)), jnp.float32
+            ),
+            "model.layers.0.mlp.up_proj.bias": jnp.asarray(rng.standard_normal(6), jnp.float32),
+            "model.layers.0.post_attention_layernorm.weight": jnp.ones(8, jnp.float32),
+        }
+    )
     w = T.get(params, "model.layers.0.mlp.up_proj.weight")
     params = T.replace(params, "model.layers.0.mlp.up_proj.weight", w.at[0, 0].set(-0.0))
     true_w = rng.standard_normal((6, 8)).astype(np.float32)
@@ -60,14 +64,21 @@ def test_adamw_frozen_elements_bitwise_unchanged(mask_grads: bool) -> None:
     params, loss, xs, ys = problem()
     rng = np.random.default_rng(1)
     mask = T.map_named(lambda n, x: jnp.asarray(rng.random(x.shape) < 0.3), params)
-    mask = T.replace(mask, "model.layers.0.mlp.up_proj.weight",
-                     T.get(mask, "model.layers.0.mlp.up_proj.weight").at[0, 0].set(True))
+    mask = T.replace(
+        mask,
+        "model.layers.0.mlp.up_proj.weight",
+        T.get(mask, "model.layers.0.mlp.up_proj.weight").at[0, 0].set(True),
+    )
     sched = optax.warmup_cosine_decay_schedule(0.0, 0.05, 5, 50)
     tx = F.adamw_with_freeze(sched, weight_decay=0.1, clip=1.0, mask=mask, mask_grads=mask_grads)
     new, _, first, last = train(params, loss, xs, ys, tx)
     assert last < first * 0.5
-    for n, p0, p1, m in zip(T.flatten(params), T.flatten(params).values(),
-                            T.flatten(new).values(), T.flatten(mask).values()):
+    for n, p0, p1, m in zip(
+        T.flatten(params),
+        T.flatten(params).values(),
+        T.flatten(new).values(),
+        T.flatten(mask).values(),
+    ):
         m = np.asarray(m)
         np.testing.assert_array_equal(bits(p1)[m], bits(p0)[m], err_msg=n)
         assert (bits(p1)[~m] != bits(p0)[~m]).all(), n
@@ -85,10 +96,14 @@ def test_freeze_elements_accepts_region_and_partial_mask() -> None:
     partial = T.unflatten({"model.layers.0.mlp.up_proj.bias": jnp.ones(6, bool)})
     tx = optax.chain(optax.sgd(0.1), F.freeze_elements(partial))
     new, _, _, _ = train(params, loss, xs, ys, tx, steps=5)
-    assert np.array_equal(bits(T.get(new, "model.layers.0.mlp.up_proj.bias")),
-                          bits(T.get(params, "model.layers.0.mlp.up_proj.bias")))
-    assert not np.array_equal(np.asarray(T.get(new, "model.layers.0.mlp.up_proj.weight")),
-                              np.asarray(T.get(params, "model.layers.0.mlp.up_proj.weight")))
+    assert np.array_equal(
+        bits(T.get(new, "model.layers.0.mlp.up_proj.bias")),
+        bits(T.get(params, "model.layers.0.mlp.up_proj.bias")),
+    )
+    assert not np.array_equal(
+        np.asarray(T.get(new, "model.layers.0.mlp.up_proj.weight")),
+        np.asarray(T.get(params, "model.layers.0.mlp.up_proj.weight")),
+    )
 
 
 def test_freeze_leaves_allocates_no_moments() -> None:
@@ -101,12 +116,15 @@ def test_freeze_leaves_allocates_no_moments() -> None:
     assert shapes.count((6,)) == 2 and shapes.count((8,)) == 2  # mu, nu of the others
     w = "model.layers.0.mlp.up_proj.weight"
     assert np.array_equal(bits(T.get(new, w)), bits(T.get(params, w)))
-    assert not np.array_equal(np.asarray(T.get(new, "model.layers.0.mlp.up_proj.bias")),
-                              np.asarray(T.get(params, "model.layers.0.mlp.up_proj.bias")))
+    assert not np.array_equal(
+        np.asarray(T.get(new, "model.layers.0.mlp.up_proj.bias")),
+        np.asarray(T.get(params, "model.layers.0.mlp.up_proj.bias")),
+    )
     # bool arrays work too: a leaf is frozen when all its entries are
     arr = T.map_named(lambda n, x: jnp.full(x.shape, n.endswith("up_proj.weight")), params)
-    shapes2 = [tuple(x.shape) for x in jax.tree.leaves(F.freeze_leaves(optax.adam(0.1), arr)
-                                                        .init(params))]
+    shapes2 = [
+        tuple(x.shape) for x in jax.tree.leaves(F.freeze_leaves(optax.adam(0.1), arr).init(params))
+    ]
     assert (6, 8) not in shapes2
 
 
@@ -133,8 +151,16 @@ def test_make_freeze_mask_norms() -> None:
     assert np.asarray(m["model.layers.0.mlp.up_proj.weight"]).all()
     m = T.flatten(F.make_freeze_mask(R.Region(full, {}), include_norms=True))
     assert np.asarray(m["model.layers.0.post_attention_layernorm.weight"]).all()
-    gpt2 = {"transformer": {"h": [{"ln_1": {"weight": jnp.ones(3, bool)},
-                                   "attn": {"c_attn": {"weight": jnp.ones((3, 9), bool)}}}]}}
+    gpt2 = {
+        "transformer": {
+            "h": [
+                {
+                    "ln_1": {"weight": jnp.ones(3, bool)},
+                    "attn": {"c_attn": {"weight": jnp.ones((3, 9), bool)}},
+                }
+            ]
+        }
+    }
     g = T.flatten(F.make_freeze_mask(gpt2))
     assert not np.asarray(g["transformer.h.0.ln_1.weight"]).any()
     assert np.asarray(g["transformer.h.0.attn.c_attn.weight"]).all()
@@ -166,7 +192,11 @@ def test_mask_as_traced_jit_argument() -> None:
     m1 = jax.tree.map(lambda x: jnp.ones(x.shape, bool), params)
     same, _ = step(params, state, xs[0], ys[0], m1)
     moved, _ = step(params, state, xs[0], ys[0], m0)
-    assert all(np.array_equal(bits(a), bits(b))
-               for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params)))
-    assert not all(np.array_equal(bits(a), bits(b))
-                   for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params)))
+    assert all(
+        np.array_equal(bits(a), bits(b))
+        for a, b in zip(jax.tree.leaves(same), jax.tree.leaves(params))
+    )
+    assert not all(
+        np.array_equal(bits(a), bits(b))
+        for a, b in zip(jax.tree.leaves(moved), jax.tree.leaves(params))
+    )

@@ -13,30 +13,50 @@ import os
 import numpy as np
 import pytest
 
-from jaxregion import gguf_import
 from jaxregion.cli.main import main
+from jaxregion.io import gguf_import
 
 gguf = pytest.importorskip("gguf")
 Q = gguf.GGMLQuantizationType
 
 # config.json of each tiny model (the HF side); the GGUF metadata is written from it with
 # the family table's key map, the tensors with llama.cpp's layout (the inverse transforms)
-BASE = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-            num_key_value_heads=2, max_position_embeddings=64, rms_norm_eps=1e-5,
-            rope_theta=10000.0, vocab_size=128)
+BASE = dict(
+    hidden_size=64,
+    intermediate_size=96,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+    rms_norm_eps=1e-5,
+    rope_theta=10000.0,
+    vocab_size=128,
+)
 TINY = {
     "llama": dict(BASE, head_dim=16),
     "qwen2": BASE,
     # transformers reads no head_dim from a qwen3 GGUF: its default (128), as in every Qwen3
     "qwen3": dict(BASE, head_dim=128),
     "gemma": dict(BASE, head_dim=16),
-    "gemma2": dict(BASE, head_dim=16, sliding_window=4, attn_logit_softcapping=50.0,
-                   final_logit_softcapping=30.0),
+    "gemma2": dict(
+        BASE,
+        head_dim=16,
+        sliding_window=4,
+        attn_logit_softcapping=50.0,
+        final_logit_softcapping=30.0,
+    ),
     "gemma3": dict(BASE, head_dim=16, sliding_window=4),
     "phi3": dict(BASE, intermediate_size=96),
     # transformers reads a gpt2 GGUF's context_length as n_ctx, so n_positions stays 1024
-    "gpt2": dict(n_layer=2, n_positions=1024, n_embd=64, n_inner=256, n_head=4,
-                 layer_norm_epsilon=1e-5, vocab_size=128),
+    "gpt2": dict(
+        n_layer=2,
+        n_positions=1024,
+        n_embd=64,
+        n_inner=256,
+        n_head=4,
+        layer_norm_epsilon=1e-5,
+        vocab_size=128,
+    ),
 }
 NO_TRANSFORMERS = {"gemma"}  # transformers' GGUF loader has no gemma (1) architecture
 
@@ -48,8 +68,9 @@ def _inverse(name: str, w: np.ndarray, d: dict) -> np.ndarray:
     if name == "transpose":
         return np.ascontiguousarray(w.T)
     heads = d["num_attention_heads"] if name == "rope_q" else d["num_key_value_heads"]
-    return w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2) \
-        .reshape(w.shape)
+    return (
+        w.reshape(heads, 2, w.shape[0] // heads // 2, *w.shape[1:]).swapaxes(1, 2).reshape(w.shape)
+    )
 
 
 def tiny_config(arch: str) -> dict:
@@ -58,9 +79,17 @@ def tiny_config(arch: str) -> dict:
     return dict(TINY[arch], model_type=entry.model_type, tie_word_embeddings=True)
 
 
-def write_tiny(path: str, arch: str, qtype=Q.F32, *, d: dict | None = None, seed: int = 0,
-               tensors=None, arch_name: str | None = None,
-               extra_tensors: dict | None = None) -> dict:
+def write_tiny(
+    path: str,
+    arch: str,
+    qtype=Q.F32,
+    *,
+    d: dict | None = None,
+    seed: int = 0,
+    tensors=None,
+    arch_name: str | None = None,
+    extra_tensors: dict | None = None,
+) -> dict:
     """A tiny random model of ``arch`` as a GGUF file; returns ``{hf name: float32 array}``:
     what reading an F32 file must give (``1 + w`` norms come back as ``(1 + w) - 1``)."""
     from jaxregion.models.config import from_hf_dict
@@ -83,9 +112,11 @@ def write_tiny(path: str, arch: str, qtype=Q.F32, *, d: dict | None = None, seed
     w.add_eos_token_id(2)
     w.add_pad_token_id(0)
     layers = cfg.num_layers
-    names = {h.format(i=i): (g.format(i=i), entry.transforms.get(g))
-             for h, g in entry.names.items()
-             for i in (range(layers) if "{i}" in h else (None,))}
+    names = {
+        h.format(i=i): (g.format(i=i), entry.transforms.get(g))
+        for h, g in entry.names.items()
+        for i in (range(layers) if "{i}" in h else (None,))
+    }
     out = {}
     for name, shape in (tensors or shapes(cfg)).items():
         g_name, tr = names[name]
@@ -141,8 +172,9 @@ def test_tensors_equal_transformers_bitwise(tmp_path, arch, qtype):
     ref = load_gguf_checkpoint(path, return_tensors=True, model_to_load=skeleton)["tensors"]
     assert set(ref) == set(written)
     for n, t in ref.items():
-        assert np.array_equal(ours.read(n).view(np.uint32),
-                              t.numpy().astype(np.float32).view(np.uint32)), n
+        assert np.array_equal(
+            ours.read(n).view(np.uint32), t.numpy().astype(np.float32).view(np.uint32)
+        ), n
 
 
 @pytest.mark.parametrize("arch", [a for a in TINY if a not in NO_TRANSFORMERS])
@@ -151,15 +183,16 @@ def test_logits_match_transformers(tmp_path, arch):
     import jax.numpy as jnp
     from transformers import AutoModelForCausalLM
 
-    from jaxregion import hf
+    from jaxregion.io import hf
     from jaxregion.models import apply
 
     path = tmp_path / f"{arch}.gguf"
     write_tiny(str(path), arch)
     cfg, params = hf.load(str(path))
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (2, 12))
-    model = AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file=path.name,
-                                                 dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(
+        str(tmp_path), gguf_file=path.name, dtype=torch.float32
+    ).eval()
     with torch.no_grad():
         ref = model(torch.tensor(tokens)).logits.numpy()
     out = np.asarray(apply(params, jnp.asarray(tokens), cfg))
@@ -187,7 +220,7 @@ def _patched(src: str, dst: str, edit) -> str:
 def _type_offset(data: bytearray, name: bytes) -> int:
     """Where the ggml type id of tensor ``name`` sits in the tensor table."""
     at = data.index(name) + len(name)
-    n_dims = int.from_bytes(data[at: at + 4], "little")
+    n_dims = int.from_bytes(data[at : at + 4], "little")
     return at + 4 + 8 * n_dims
 
 
@@ -206,7 +239,7 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
 
     def unknown_type(b):
         at = _type_offset(b, b"blk.0.attn_q.weight")
-        b[at: at + 4] = (250).to_bytes(4, "little")
+        b[at : at + 4] = (250).to_bytes(4, "little")
         return b
 
     files["unknown type"] = _patched(good, str(root / "qtype.gguf"), unknown_type)
@@ -220,11 +253,13 @@ def bad_files(tmp_path_factory) -> dict[str, str]:
     files["arch"] = str(root / "arch.gguf")
     write_tiny(files["arch"], "llama", arch_name="mamba")
     files["extra tensor"] = str(root / "extra.gguf")
-    write_tiny(files["extra tensor"], "llama",
-               extra_tensors={"rope_freqs.weight": np.ones(8, np.float32)})
+    write_tiny(
+        files["extra tensor"], "llama", extra_tensors={"rope_freqs.weight": np.ones(8, np.float32)}
+    )
     files["int tensor"] = str(root / "int.gguf")
-    write_tiny(files["int tensor"], "llama",
-               extra_tensors={"blk.0.attn_q.bias": np.ones(64, np.int32)})
+    write_tiny(
+        files["int tensor"], "llama", extra_tensors={"blk.0.attn_q.bias": np.ones(64, np.int32)}
+    )
     files["good"] = good
     return files
 
@@ -246,9 +281,19 @@ BAD = {
 @pytest.mark.parametrize("case", list(BAD))
 def test_bad_gguf_is_one_line(bad_files, tmp_path, capsys, case, command):
     out = str(tmp_path / "out")
-    argv = (["convert", bad_files[case], "--out", out] if command == "convert" else
-            ["eval", "--model", bad_files[case], "--text", f"x={bad_files['good']}",
-             "--json", out + ".json"])
+    argv = (
+        ["convert", bad_files[case], "--out", out]
+        if command == "convert"
+        else [
+            "eval",
+            "--model",
+            bad_files[case],
+            "--text",
+            f"x={bad_files['good']}",
+            "--json",
+            out + ".json",
+        ]
+    )
     before = _tree(os.path.dirname(bad_files[case]))
     capsys.readouterr()
     code = main(argv)
@@ -297,14 +342,16 @@ def _with_tokenizer(path: str, tokenizer_dir: str) -> None:
     w.add_tokenizer_pre("default")
     w.add_token_list(tokens)
     w.add_token_types([3 if t in special else 1 for t in tokens])
-    w.add_token_merges([" ".join(m) if isinstance(m, list) else m
-                        for m in tj["model"]["merges"]])
+    w.add_token_merges([" ".join(m) if isinstance(m, list) else m for m in tj["model"]["merges"]])
     w.add_bos_token_id(vocab["<s>"])
     w.add_eos_token_id(vocab["</s>"])
     w.add_pad_token_id(vocab["<pad>"])
     w.add_add_bos_token(True)
-    names = {h.format(i=i): g.format(i=i) for h, g in entry.names.items()
-             for i in (range(d["num_hidden_layers"]) if "{i}" in h else (None,))}
+    names = {
+        h.format(i=i): g.format(i=i)
+        for h, g in entry.names.items()
+        for i in (range(d["num_hidden_layers"]) if "{i}" in h else (None,))
+    }
     for name, shape in shapes(from_hf_dict(d)).items():
         w.add_tensor(names[name], (rng.standard_normal(shape) * 0.1).astype(np.float32))
     w.write_header_to_file()
@@ -321,7 +368,7 @@ def test_commands_take_a_gguf_model(tmp_path, tokenizer_dir, corpus_dir):
 
     from conftest import run_cli
 
-    from jaxregion import hf
+    from jaxregion.io import hf
 
     model = str(tmp_path / "tiny.gguf")
     _with_tokenizer(model, tokenizer_dir)
@@ -332,27 +379,54 @@ def test_commands_take_a_gguf_model(tmp_path, tokenizer_dir, corpus_dir):
     results = []
     for m in (model, out):
         js = str(tmp_path / f"eval{len(results)}.json")
-        code, _, err = run_cli("eval", "--model", m, "--text", text, "--seq-len", "16",
-                               "--max-seqs", "4", "--batch-size", "4", "--json", js)
+        code, _, err = run_cli(
+            "eval",
+            "--model",
+            m,
+            "--text",
+            text,
+            "--seq-len",
+            "16",
+            "--max-seqs",
+            "4",
+            "--batch-size",
+            "4",
+            "--json",
+            js,
+        )
         assert code == 0, err
         results.append(json.load(open(js)))
     assert results[0]["perplexity"] == results[1]["perplexity"]
     assert results[0]["bits_per_byte"] == results[1]["bits_per_byte"]
     export = str(tmp_path / "trained")
-    code, _, err = run_cli("train", "--model", model, "--text", text, "--seq-len", "16",
-                           "--batch-size", "2", "--steps", "1", "--ckpt-dir",
-                           str(tmp_path / "ck"), "--export", export)
+    code, _, err = run_cli(
+        "train",
+        "--model",
+        model,
+        "--text",
+        text,
+        "--seq-len",
+        "16",
+        "--batch-size",
+        "2",
+        "--steps",
+        "1",
+        "--ckpt-dir",
+        str(tmp_path / "ck"),
+        "--export",
+        export,
+    )
     assert code == 0, err
     hf.load_tokenizer(export)
     assert hf.open_checkpoint(export).config == hf.open_checkpoint(out).config
-    code, _, err = run_cli("convert", model, "--out", str(tmp_path / "bf16"), "--dtype",
-                           "bfloat16")
+    code, _, err = run_cli("convert", model, "--out", str(tmp_path / "bf16"), "--dtype", "bfloat16")
     assert code == 0, err
     _, a = hf.load(str(tmp_path / "bf16"))
     _, b = hf.load(model)
     import jax
     import jax.numpy as jnp
 
-    same = jax.tree.map(lambda x, y: bool(jnp.array_equal(x, y.astype(jnp.bfloat16)
-                                                          .astype(jnp.float32))), a, b)
+    same = jax.tree.map(
+        lambda x, y: bool(jnp.array_equal(x, y.astype(jnp.bfloat16).astype(jnp.float32))), a, b
+    )
     assert all(jax.tree.leaves(same))

@@ -26,8 +26,9 @@ SHAPES = {
 
 def _scores(seed: int) -> dict:
     rng = np.random.default_rng(seed)
-    return T.unflatten({n: jnp.asarray(rng.standard_normal(s), jnp.float32)
-                        for n, s in SHAPES.items()})
+    return T.unflatten(
+        {n: jnp.asarray(rng.standard_normal(s), jnp.float32) for n, s in SHAPES.items()}
+    )
 
 
 @pytest.mark.parametrize("granularity,axis", [("row", 0), ("column", 1)])
@@ -116,22 +117,28 @@ def test_bad_granularity_and_scope():
 @pytest.mark.parametrize("granularity,axis", [("row", 0), ("column", 1)])
 def test_frozen_rows_and_columns_bitwise_fixed_through_adamw(granularity, axis):
     rng = np.random.default_rng(0)
-    params = T.unflatten({n: jnp.asarray(rng.standard_normal(s), jnp.float32)
-                          for n, s in SHAPES.items() if len(s) == 2})
+    params = T.unflatten(
+        {
+            n: jnp.asarray(rng.standard_normal(s), jnp.float32)
+            for n, s in SHAPES.items()
+            if len(s) == 2
+        }
+    )
     frac = 0.25
     reg = R.core({"x": params}, frac, granularity=granularity)
     mask = F.make_freeze_mask(reg)
     for n, m in T.flatten(mask).items():  # count per tensor = floor(frac * n), at least 1
         n_lines = SHAPES[n][axis]
         assert R.line_counts(m, granularity) == max(1, math.floor(frac * n_lines))
-    tx = F.adamw_with_freeze(optax.cosine_decay_schedule(1e-2, 40), weight_decay=0.5,
-                             clip=1.0, mask=mask)
-    target = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32),
-                          params)
+    tx = F.adamw_with_freeze(
+        optax.cosine_decay_schedule(1e-2, 40), weight_decay=0.5, clip=1.0, mask=mask
+    )
+    target = jax.tree.map(lambda p: jnp.asarray(rng.standard_normal(p.shape), jnp.float32), params)
 
     def loss(p):
-        return sum(jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p),
-                                                         jax.tree.leaves(target)))
+        return sum(
+            jnp.sum((a - b) ** 2) for a, b in zip(jax.tree.leaves(p), jax.tree.leaves(target))
+        )
 
     @jax.jit
     def step(p, s):

@@ -20,9 +20,9 @@ import pytest
 from flax import nnx
 
 from jaxregion import importance, models
-from jaxregion import sharding as shd
 from jaxregion import tree as T
 from jaxregion.models import head
+from jaxregion.parallel import sharding as shd
 from jaxregion.regions import scope_names
 
 VOCAB, B, SEQ = 262144, 2, 128
@@ -31,15 +31,27 @@ BIG = B * (SEQ - 1) * VOCAB * 4  # bytes of one [b, s-1, V] float32 array
 
 @pytest.fixture(scope="module")
 def tiny():
-    cfg = models.from_hf_dict(dict(
-        model_type="gemma3_text", vocab_size=VOCAB, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        max_position_embeddings=SEQ, sliding_window=8, final_logit_softcapping=30.0,
-        tie_word_embeddings=True))
+    cfg = models.from_hf_dict(
+        dict(
+            model_type="gemma3_text",
+            vocab_size=VOCAB,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=SEQ,
+            sliding_window=8,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=True,
+        )
+    )
     params = models.params_of(models.build(cfg, nnx.Rngs(0)))
     # embeddings large enough that the softmax is peaked on some rows (cancellation matters)
-    params = T.replace(params, "model.embed_tokens.weight",
-                       T.get(params, "model.embed_tokens.weight") * 40.0)
+    params = T.replace(
+        params, "model.embed_tokens.weight", T.get(params, "model.embed_tokens.weight") * 40.0
+    )
     tokens = np.random.default_rng(0).integers(0, VOCAB, (B, SEQ)).astype(np.int32)
     return cfg, params, tokens
 
@@ -88,8 +100,10 @@ def test_chunked_head_matches_unchunked_to_float32_rounding():
         nll = np.asarray(f(h, w), np.float64)
         gh, gw = jax.grad(lambda a, b, f=f: jnp.sum(f(a, b)), (0, 1))(h, w)
         errs = [np.abs(nll - ref[0]).max() / np.abs(ref[0]).max()]
-        errs += [np.abs(np.asarray(g, np.float64) - r).max() / np.abs(r).max()
-                 for g, r in zip((gh, gw), ref[1:], strict=True)]
+        errs += [
+            np.abs(np.asarray(g, np.float64) - r).max() / np.abs(r).max()
+            for g, r in zip((gh, gw), ref[1:], strict=True)
+        ]
         if f is unchunked:
             base = errs
         else:
@@ -117,11 +131,13 @@ def _compiled_step(cfg, params, scope, unchunked=False):
     state = importance.init_state(params, cfg, "taylor", B, mesh, scope)
     acc = state.acc[0]
     if unchunked:  # the same step over the full-logits head, for contrast
+
         def step(acc, params, tokens, weights):
             g = importance._grad_live(
-                lambda p: jnp.sum(jnp.sum(_unchunked_nll(p, tokens, cfg), 1) * weights),
-                params, acc)
+                lambda p: jnp.sum(jnp.sum(_unchunked_nll(p, tokens, cfg), 1) * weights), params, acc
+            )
             return {k: a + g[k] for k, a in acc.items()}
+
         fn = jax.jit(step, donate_argnums=0)
     else:
         fn = importance.step_function("taylor", cfg, acc)
@@ -135,8 +151,10 @@ def test_compiled_step_holds_no_batch_seq_vocab_buffer(tiny):
     layers = scope_names(list(T.flatten(params)), roles=models.roles(cfg))
     chunked = _compiled_step(cfg, params, layers)
     full = _compiled_step(cfg, params, layers, unchunked=True)
-    print(f"temp bytes: chunked {chunked.temp_size_in_bytes:,}, unchunked "
-          f"{full.temp_size_in_bytes:,}; one [b,s,V] f32 = {BIG:,}")
+    print(
+        f"temp bytes: chunked {chunked.temp_size_in_bytes:,}, unchunked "
+        f"{full.temp_size_in_bytes:,}; one [b,s,V] f32 = {BIG:,}"
+    )
     assert full.temp_size_in_bytes >= BIG  # the contrast: the check can fail
     assert chunked.temp_size_in_bytes < BIG / 4
 
@@ -148,8 +166,10 @@ def test_scope_only_gradients_are_smaller_and_exact(tiny):
     everything = _compiled_step(cfg, params, None)
     scoped = _compiled_step(cfg, params, layers)
     emb = VOCAB * 32 * 4
-    print(f"all: temp {everything.temp_size_in_bytes:,} out {everything.output_size_in_bytes:,}"
-          f"; :layers: temp {scoped.temp_size_in_bytes:,} out {scoped.output_size_in_bytes:,}")
+    print(
+        f"all: temp {everything.temp_size_in_bytes:,} out {everything.output_size_in_bytes:,}"
+        f"; :layers: temp {scoped.temp_size_in_bytes:,} out {scoped.output_size_in_bytes:,}"
+    )
     # no accumulator and no gradient for the tied embedding/head
     assert scoped.output_size_in_bytes <= everything.output_size_in_bytes - emb
     assert scoped.temp_size_in_bytes + emb <= everything.temp_size_in_bytes
@@ -159,9 +179,13 @@ def test_scope_only_gradients_are_smaller_and_exact(tiny):
     assert f.keys() == p.keys()
     for n in f:
         if n in layers:
-            np.testing.assert_allclose(np.asarray(p[n]), np.asarray(f[n]), rtol=0,
-                                       atol=4 * np.finfo(np.float32).eps
-                                       * float(np.abs(f[n]).max()), err_msg=n)
+            np.testing.assert_allclose(
+                np.asarray(p[n]),
+                np.asarray(f[n]),
+                rtol=0,
+                atol=4 * np.finfo(np.float32).eps * float(np.abs(f[n]).max()),
+                err_msg=n,
+            )
         else:
             assert not np.asarray(p[n]).any(), n
     assert np.asarray(f["model.embed_tokens.weight"]).any()  # scored when in scope
@@ -176,8 +200,19 @@ def test_cli_scope_metadata_and_regions_check(model_factory, corpus_dir, tmp_pat
     from jaxregion.regions import load_scores
 
     path = model_factory("llama_mha")
-    common = ["importance", "--model", path, "--text", f"lat={corpus_dir}/lat.txt",
-              "--seq-len", "16", "--max-seqs", "4", "--batch-size", "2"]
+    common = [
+        "importance",
+        "--model",
+        path,
+        "--text",
+        f"lat={corpus_dir}/lat.txt",
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "4",
+        "--batch-size",
+        "2",
+    ]
     code, _, err = run_cli(*common, "--out", str(tmp_path / "a"))
     assert code == 0, err
     scores, meta = load_scores(str(tmp_path / "a" / "lat.safetensors"))
@@ -186,11 +221,25 @@ def test_cli_scope_metadata_and_regions_check(model_factory, corpus_dir, tmp_pat
     assert {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"} == set(unscored)
     assert all(not flat[n].any() for n in unscored)
     assert flat["model.layers.0.mlp.down_proj.weight"].any()
-    code, _, err = run_cli("regions", "core", "--importance", str(tmp_path / "a"), "--include",
-                           "embed", "--out", str(tmp_path / "r.safetensors"))
+    code, _, err = run_cli(
+        "regions",
+        "core",
+        "--importance",
+        str(tmp_path / "a"),
+        "--include",
+        "embed",
+        "--out",
+        str(tmp_path / "r.safetensors"),
+    )
     assert code == 2 and "did not score" in err and len(err.strip().splitlines()) == 1
-    code, _, err = run_cli("regions", "core", "--importance", str(tmp_path / "a"), "--out",
-                           str(tmp_path / "r.safetensors"))
+    code, _, err = run_cli(
+        "regions",
+        "core",
+        "--importance",
+        str(tmp_path / "a"),
+        "--out",
+        str(tmp_path / "r.safetensors"),
+    )
     assert code == 0, err
     code, _, err = run_cli(*common, "--include", ".", "--out", str(tmp_path / "b"))
     assert code == 0, err
@@ -202,11 +251,22 @@ def test_cli_scope_metadata_and_regions_check(model_factory, corpus_dir, tmp_pat
 def test_bfloat16_scores_are_float32_and_close_to_float32():
     """``--dtype bfloat16``: bf16 params and compute (the chunked head included), float32
     accumulators and scores, within a few bf16 roundings (2**-8) of the float32 scores."""
-    cfg = models.from_hf_dict(dict(
-        model_type="gemma3_text", vocab_size=4096, hidden_size=32, intermediate_size=64,
-        num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=1, head_dim=16,
-        max_position_embeddings=64, sliding_window=8, final_logit_softcapping=30.0,
-        tie_word_embeddings=True))
+    cfg = models.from_hf_dict(
+        dict(
+            model_type="gemma3_text",
+            vocab_size=4096,
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            num_key_value_heads=1,
+            head_dim=16,
+            max_position_embeddings=64,
+            sliding_window=8,
+            final_logit_softcapping=30.0,
+            tie_word_embeddings=True,
+        )
+    )
     params = models.params_of(models.build(cfg, nnx.Rngs(0)))
     tokens = np.random.default_rng(0).integers(0, 4096, (8, 64)).astype(np.int32)
     p16 = jax.tree.map(lambda x: x.astype(jnp.bfloat16), params)

@@ -19,12 +19,14 @@ import torch
 from conftest import run_cli_subprocess
 from hf_factory import make_model
 
-from jaxregion import hf, importance, regions, scorefiles, sharding
+from jaxregion import importance, regions, scorefiles
 from jaxregion import tree as T
 from jaxregion.cli.main import main as cli_main
 from jaxregion.configs import ImportanceConfig
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source
+from jaxregion.io import hf
+from jaxregion.parallel import sharding
 
 FAMILY = "llama_gqa_llama3"
 SEQ = 32
@@ -90,8 +92,10 @@ def test_taylor_matches_pytorch(llama, corpora):
     a, b = regions.core(ours, 0.01), regions.core(ref, 0.01)
     assert a.size > 0
     assert regions.jaccard(a, b) >= 0.999
-    print(f"taylor vs PyTorch: worst per-tensor max rel err {worst:.2e}, "
-          f"core Jaccard {regions.jaccard(a, b):.6f}")
+    print(
+        f"taylor vs PyTorch: worst per-tensor max rel err {worst:.2e}, "
+        f"core Jaccard {regions.jaccard(a, b):.6f}"
+    )
     fa, fb = a.flat(), b.flat()
     for n in a.names():
         inter = int(np.sum(np.asarray(fa[n]) & np.asarray(fb[n])))
@@ -110,7 +114,9 @@ def test_taylor_invariant_to_batch_size(llama, corpora):
 
 _DEVICES_SCRIPT = """
 import sys, numpy as np, jax
-from jaxregion import hf, importance, sharding, tree as T
+from jaxregion.io import hf
+from jaxregion import importance, tree as T
+from jaxregion.parallel import sharding
 assert len(jax.devices()) == 4, jax.devices()
 cfg, params = hf.load(sys.argv[1])
 w = np.load(sys.argv[2])
@@ -127,11 +133,23 @@ def test_taylor_invariant_to_device_count(llama, corpora, tmp_path):
     path, cfg, params = llama
     w = np.concatenate(list(corpora.values()))[:14]  # 14 windows: last batch padded
     np.save(tmp_path / "w.npy", w)
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    p = subprocess.run([sys.executable, "-c", _DEVICES_SCRIPT, path, str(tmp_path / "w.npy"),
-                        str(tmp_path / "s.npz")], env=env, capture_output=True, text=True,
-                       timeout=300)
+    env = dict(
+        os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4", JAX_PLATFORMS="cpu"
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _DEVICES_SCRIPT,
+            path,
+            str(tmp_path / "w.npy"),
+            str(tmp_path / "s.npz"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     four = np.load(tmp_path / "s.npz")
     one = T.flatten(importance.compute_importance(params, cfg, w, batch_size=4).scores)
@@ -146,8 +164,10 @@ def test_estimators_shapes_and_properties(llama, corpora):
     _, cfg, params = llama
     w = corpora["lat"]
     pflat = T.flatten(params)
-    res = {e: T.flatten(importance.compute_importance(params, cfg, w, e, batch_size=4).scores)
-           for e in importance.ESTIMATORS}
+    res = {
+        e: T.flatten(importance.compute_importance(params, cfg, w, e, batch_size=4).scores)
+        for e in importance.ESTIMATORS
+    }
     for e, flat in res.items():
         assert flat.keys() == pflat.keys(), e
         for n, x in flat.items():
@@ -156,15 +176,16 @@ def test_estimators_shapes_and_properties(llama, corpora):
             if e != "taylor":
                 assert float(jnp.min(x)) >= 0, (e, n)
     for n in pflat:
-        np.testing.assert_array_equal(np.asarray(res["magnitude"][n]),
-                                      np.abs(np.asarray(pflat[n])))
+        np.testing.assert_array_equal(np.asarray(res["magnitude"][n]), np.abs(np.asarray(pflat[n])))
         # taylor-abs = Σ_b |θ g_b| / T >= |θ Σ_b g_b| / T = |taylor| (triangle inequality)
         ta, t = np.asarray(res["taylor-abs"][n]), np.abs(np.asarray(res["taylor"][n]))
         assert (ta >= t - 1e-6 * np.abs(t).max()).all(), n
         assert np.abs(res["fisher"][n]).max() > 0, n
     # one micro-batch holding every window: taylor-abs = |taylor|, fisher = taylor²
-    one = {e: T.flatten(importance.compute_importance(params, cfg, w, e, batch_size=16).scores)
-           for e in ("taylor", "taylor-abs", "fisher")}
+    one = {
+        e: T.flatten(importance.compute_importance(params, cfg, w, e, batch_size=16).scores)
+        for e in ("taylor", "taylor-abs", "fisher")
+    }
     for n in pflat:
         t = np.asarray(one["taylor"][n])
         assert rel_err(one["taylor-abs"][n], np.abs(t)) < 1e-6, n
@@ -224,24 +245,43 @@ def test_python_api_resume_is_bitwise(llama, corpora, tmp_path):
         raise Stop
 
     with pytest.raises(Stop):
-        importance.compute_importance(params, cfg, w, "taylor", 2, checkpoint=ckpt,
-                                      checkpoint_every=5)
+        importance.compute_importance(
+            params, cfg, w, "taylor", 2, checkpoint=ckpt, checkpoint_every=5
+        )
     mesh = importance.shd.make_mesh()
     like = importance.init_state(params, cfg, "taylor", 2, mesh)
     assert importance.load_partial(d, like, {"windows_digest": "other"}) is None
     state = importance.load_partial(d, like, meta)
     assert state is not None and state.position == 6
-    resumed = T.flatten(importance.compute_importance(params, cfg, w, "taylor", 2,
-                                                      state=state).scores)
+    resumed = T.flatten(
+        importance.compute_importance(params, cfg, w, "taylor", 2, state=state).scores
+    )
     for n in full:
         np.testing.assert_array_equal(np.asarray(resumed[n]), np.asarray(full[n]), err_msg=n)
 
 
 # --- CLI ---------------------------------------------------------------------------------
 def _args(path, corpus_dir, out, *extra):
-    return ["importance", "--model", path, "--text", f"lat={corpus_dir}/lat.txt",
-            "--text", f"cyr={corpus_dir}/cyr.txt", "--seq-len", str(SEQ), "--max-seqs", "10",
-            "--batch-size", "2", "--save-every", "4", "--out", str(out), *extra]
+    return [
+        "importance",
+        "--model",
+        path,
+        "--text",
+        f"lat={corpus_dir}/lat.txt",
+        "--text",
+        f"cyr={corpus_dir}/cyr.txt",
+        "--seq-len",
+        str(SEQ),
+        "--max-seqs",
+        "10",
+        "--batch-size",
+        "2",
+        "--save-every",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_path, capsys):
@@ -258,8 +298,9 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
         # the default scope, :layers, is the only part differentiated; the rest scores 0
         layers = scorefiles.scoped(params, cfg, ":layers", None)
         assert "model.embed_tokens.weight" in json.loads(meta["unscored"])
-        ref = T.flatten(importance.compute_importance(params, cfg, windows, "taylor", 2,
-                                                      scope=layers).scores)
+        ref = T.flatten(
+            importance.compute_importance(params, cfg, windows, "taylor", 2, scope=layers).scores
+        )
         got = T.flatten(scores)
         assert got.keys() == ref.keys()
         for n in ref:
@@ -268,9 +309,15 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
 
     # interrupted after the first checkpoint of the first language (the test hook is an
     # argument of the library function, not a flag), then resumed by the command
-    cfg = ImportanceConfig(model=path, text={"lat": f"{corpus_dir}/lat.txt",
-                                             "cyr": f"{corpus_dir}/cyr.txt"},
-                           seq_len=SEQ, max_seqs=10, batch_size=2, save_every=4, out=str(b))
+    cfg = ImportanceConfig(
+        model=path,
+        text={"lat": f"{corpus_dir}/lat.txt", "cyr": f"{corpus_dir}/cyr.txt"},
+        seq_len=SEQ,
+        max_seqs=10,
+        batch_size=2,
+        save_every=4,
+        out=str(b),
+    )
     got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=4)
     assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 4)]
     assert (b / ".partial" / "lat").is_dir() and not (b / "lat.safetensors").exists()

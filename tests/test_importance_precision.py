@@ -14,8 +14,9 @@ import torch
 import transformers
 from hf_factory import make_config
 
-from jaxregion import hf, importance
+from jaxregion import importance
 from jaxregion import tree as T
+from jaxregion.io import hf
 
 VOCAB, SEQ, N, BATCH = 320, 128, 64, 16
 
@@ -51,24 +52,30 @@ def trained(tmp_path_factory):
 
 def torch_taylor(path: str, windows: np.ndarray, dtype: torch.dtype) -> dict[str, np.ndarray]:
     """θ ⊙ (Σ_batches ∇ Σ NLL) / T with PyTorch in ``dtype``, as float64 numpy."""
-    model = transformers.LlamaForCausalLM.from_pretrained(
-        path, attn_implementation="eager").to(dtype)
+    model = transformers.LlamaForCausalLM.from_pretrained(path, attn_implementation="eager").to(
+        dtype
+    )
     ids = torch.tensor(windows, dtype=torch.long)
     for i in range(0, len(ids), BATCH):
-        x = ids[i:i + BATCH]
+        x = ids[i : i + BATCH]
         logits = model(input_ids=x).logits
-        torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, VOCAB),
-                                          x[:, 1:].reshape(-1), reduction="sum").backward()
+        torch.nn.functional.cross_entropy(
+            logits[:, :-1].reshape(-1, VOCAB), x[:, 1:].reshape(-1), reduction="sum"
+        ).backward()
     tokens = windows.shape[0] * (windows.shape[1] - 1)
-    return {n: (p.grad.double() / tokens * p.double()).detach().numpy()
-            for n, p in model.named_parameters()}
+    return {
+        n: (p.grad.double() / tokens * p.double()).detach().numpy()
+        for n, p in model.named_parameters()
+    }
 
 
 def worst_error(scores: dict[str, np.ndarray], ref: dict[str, np.ndarray]) -> float:
     """Worst over tensors of max|a - ref| / max|ref| (the issue's measure)."""
     assert scores.keys() == ref.keys()
-    return max(float(np.abs(np.asarray(scores[n], np.float64) - ref[n]).max()
-                     / np.abs(ref[n]).max()) for n in ref)
+    return max(
+        float(np.abs(np.asarray(scores[n], np.float64) - ref[n]).max() / np.abs(ref[n]).max())
+        for n in ref
+    )
 
 
 @pytest.mark.slow

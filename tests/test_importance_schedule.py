@@ -7,12 +7,15 @@ import pytest
 from conftest import run_cli_subprocess
 from test_importance import FAMILY, SEQ, rel_err
 
-from jaxregion import hf, importance, regions, runtime, scorefiles, sharding, stability
+from jaxregion import importance, regions, runtime, scorefiles
 from jaxregion import tree as T
+from jaxregion.analysis import stability
 from jaxregion.cli.main import main as cli_main
 from jaxregion.configs import ImportanceConfig
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source
+from jaxregion.io import hf
+from jaxregion.parallel import sharding
 
 
 @pytest.fixture(scope="module")
@@ -24,8 +27,10 @@ def llama(model_factory):
 
 @pytest.fixture(scope="module")
 def corpora(corpus_dir, tokenizer):
-    return {lang: load_windows(open_source(f"{corpus_dir}/{lang}.txt").documents(), tokenizer,
-                               SEQ, 10) for lang in ("lat", "cyr")}
+    return {
+        lang: load_windows(open_source(f"{corpus_dir}/{lang}.txt").documents(), tokenizer, SEQ, 10)
+        for lang in ("lat", "cyr")
+    }
 
 
 # --- split halves --------------------------------------------------------------------------
@@ -62,8 +67,12 @@ def test_identical_halves_have_jaccard_one(llama, corpora):
 
 
 def _tree(rng, shapes):
-    return T.unflatten({f"model.layers.{i}.mlp.up_proj.weight": rng.standard_normal(s)
-                        .astype(np.float32) for i, s in enumerate(shapes)})
+    return T.unflatten(
+        {
+            f"model.layers.{i}.mlp.up_proj.weight": rng.standard_normal(s).astype(np.float32)
+            for i, s in enumerate(shapes)
+        }
+    )
 
 
 @pytest.mark.parametrize("ratio", [0.01, 0.1])
@@ -110,10 +119,21 @@ def test_projection_predicts_full_sample_jaccard():
 
 # --- CLI: snapshots, until-stable, metadata, regions stability -----------------------------
 def _args(path, corpus_dir, out, *extra, langs=("lat", "cyr")):
-    return ["importance", "--model", path, *sum((["--text", f"{x}={corpus_dir}/{x}.txt"]
-                                                 for x in langs), []),
-            "--seq-len", str(SEQ), "--batch-size", "2", "--save-every", "4", "--out",
-            str(out), *extra]
+    return [
+        "importance",
+        "--model",
+        path,
+        *sum((["--text", f"{x}={corpus_dir}/{x}.txt"] for x in langs), []),
+        "--seq-len",
+        str(SEQ),
+        "--batch-size",
+        "2",
+        "--save-every",
+        "4",
+        "--out",
+        str(out),
+        *extra,
+    ]
 
 
 def _flat(path):
@@ -125,8 +145,12 @@ def _flat(path):
 def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, capsys):
     path = llama[0]
     a = tmp_path / "a"
-    assert cli_main(_args(path, corpus_dir, a, "--max-seqs", "10", "--snapshots", "3,8",
-                          langs=("lat",))) == 0
+    assert (
+        cli_main(
+            _args(path, corpus_dir, a, "--max-seqs", "10", "--snapshots", "3,8", langs=("lat",))
+        )
+        == 0
+    )
     for n in (3, 8):
         sep = tmp_path / f"sep{n}"
         assert cli_main(_args(path, corpus_dir, sep, "--max-seqs", str(n), langs=("lat",))) == 0
@@ -137,12 +161,27 @@ def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, c
         for k in ref:
             assert rel_err(got[k], ref[k]) <= 1e-6, (n, k)
     # a snapshot at a multiple of the batch size leaves the batches (and halves) as they are
-    assert cli_main(_args(path, corpus_dir, tmp_path / "c", "--max-seqs", "10", "--snapshots",
-                          "4", langs=("lat",))) == 0
-    assert cli_main(_args(path, corpus_dir, tmp_path / "sep4", "--max-seqs", "4",
-                          langs=("lat",))) == 0
-    (got, gm), (ref, rm) = (_flat(tmp_path / d / "lat.safetensors")
-                            for d in ("c/snapshots/4", "sep4"))
+    assert (
+        cli_main(
+            _args(
+                path,
+                corpus_dir,
+                tmp_path / "c",
+                "--max-seqs",
+                "10",
+                "--snapshots",
+                "4",
+                langs=("lat",),
+            )
+        )
+        == 0
+    )
+    assert (
+        cli_main(_args(path, corpus_dir, tmp_path / "sep4", "--max-seqs", "4", langs=("lat",))) == 0
+    )
+    (got, gm), (ref, rm) = (
+        _flat(tmp_path / d / "lat.safetensors") for d in ("c/snapshots/4", "sep4")
+    )
     assert gm["split_half_jaccard"] == rm["split_half_jaccard"]
     for k in ref:
         assert got[k].tobytes() == ref[k].tobytes(), k
@@ -154,15 +193,26 @@ def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, c
     # an argument of the library function, not a flag): the snapshot comes first, so the run
     # resumed by the command never skips it; bitwise equal, snapshots too
     b = tmp_path / "b"
-    cfg = ImportanceConfig(model=path, text={"lat": f"{corpus_dir}/lat.txt"}, seq_len=SEQ,
-                           max_seqs=10, batch_size=2, save_every=4, out=str(b),
-                           snapshots=(3, 8))
+    cfg = ImportanceConfig(
+        model=path,
+        text={"lat": f"{corpus_dir}/lat.txt"},
+        seq_len=SEQ,
+        max_seqs=10,
+        batch_size=2,
+        save_every=4,
+        out=str(b),
+        snapshots=(3, 8),
+    )
     got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=8)
     assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 8)]
     assert (b / "snapshots" / "8" / "lat.safetensors").exists()
     assert not (b / "lat.safetensors").exists()
-    assert cli_main(_args(path, corpus_dir, b, "--max-seqs", "10", "--snapshots", "3,8",
-                          langs=("lat",))) == 0
+    assert (
+        cli_main(
+            _args(path, corpus_dir, b, "--max-seqs", "10", "--snapshots", "3,8", langs=("lat",))
+        )
+        == 0
+    )
     for rel in ("lat.safetensors", "snapshots/3/lat.safetensors", "snapshots/8/lat.safetensors"):
         (fa, ma), (fb, mb) = _flat(a / rel), _flat(b / rel)
         assert ma == mb
@@ -170,8 +220,19 @@ def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, c
             assert fa[k].tobytes() == fb[k].tobytes(), (rel, k)
     capsys.readouterr()
     # a region from a snapshot, with its stability printed
-    assert cli_main(["regions", "core", "--importance", str(a / "snapshots" / "8"), "--out",
-                     str(tmp_path / "core.safetensors")]) == 0
+    assert (
+        cli_main(
+            [
+                "regions",
+                "core",
+                "--importance",
+                str(a / "snapshots" / "8"),
+                "--out",
+                str(tmp_path / "core.safetensors"),
+            ]
+        )
+        == 0
+    )
     assert "stability: split-half Jaccard" in capsys.readouterr().err
 
 
@@ -180,20 +241,42 @@ def test_regions_print_stability_of_every_language(llama, corpus_dir, tmp_path, 
     out = tmp_path / "imp"
     assert cli_main(_args(path, corpus_dir, out, "--max-seqs", "8")) == 0
     capsys.readouterr()
-    assert cli_main(["regions", "monolingual", "--importance", str(out), "--lang", "lat",
-                     "--ratio", "0.05", "--out", str(tmp_path / "m.safetensors")]) == 0
+    assert (
+        cli_main(
+            [
+                "regions",
+                "monolingual",
+                "--importance",
+                str(out),
+                "--lang",
+                "lat",
+                "--ratio",
+                "0.05",
+                "--out",
+                str(tmp_path / "m.safetensors"),
+            ]
+        )
+        == 0
+    )
     line = [x for x in capsys.readouterr().err.splitlines() if x.startswith("stability")]
     assert len(line) == 1 and "halves of cyr, lat" in line[0], line
-    st = stability.directory_stability("monolingual", str(out), ["lat", "cyr"], lang="lat",
-                                       ratio=0.05)
+    st = stability.directory_stability(
+        "monolingual", str(out), ["lat", "cyr"], lang="lat", ratio=0.05
+    )
     assert f"{st.jaccard:.4f}" in line[0]
 
 
 def test_until_stable_tiny_threshold_stops_after_first_doubling(llama, corpus_dir, tmp_path):
     path = llama[0]
     out = tmp_path / "u"
-    assert cli_main(_args(path, corpus_dir, out, "--max-seqs", "10", "--until-stable", "0.001",
-                          langs=("lat",))) == 0
+    assert (
+        cli_main(
+            _args(
+                path, corpus_dir, out, "--max-seqs", "10", "--until-stable", "0.001", langs=("lat",)
+            )
+        )
+        == 0
+    )
     _, meta = _flat(out / "lat.safetensors")
     assert meta["windows"] == "4" and meta["windows_available"] == "10"  # batch 2: 2 vs 4
     assert len(eval(meta["doubling_jaccard"])) == 1
@@ -203,27 +286,37 @@ def test_until_stable_tiny_threshold_stops_after_first_doubling(llama, corpus_di
 def test_until_stable_one_runs_to_max_unless_identical(llama, corpora, corpus_dir, tmp_path):
     path = llama[0]
     out = tmp_path / "u"
-    assert cli_main(_args(path, corpus_dir, out, "--max-seqs", "10", "--until-stable", "1",
-                          langs=("lat",))) == 0
+    assert (
+        cli_main(
+            _args(path, corpus_dir, out, "--max-seqs", "10", "--until-stable", "1", langs=("lat",))
+        )
+        == 0
+    )
     _, meta = _flat(out / "lat.safetensors")
     hist = eval(meta["doubling_jaccard"])
-    assert [h[0] for h in hist] == [4, 8, 10][:len(hist)]
+    assert [h[0] for h in hist] == [4, 8, 10][: len(hist)]
     assert meta["windows"] == "10" or hist[-1][1] == 1.0
     assert all(j < 1.0 for _, j in hist[:-1])
     # a known answer: every window the same, so n and 2n give the same region: stops at 4
     session = runtime.load_session(path, "float32")
     same = np.tile(corpora["lat"][:1], (10, 1))
-    got = scorefiles.score_language(session, "x", same, str(tmp_path / "u2"), batch_size=2,
-                                    until_stable=1.0)
+    got = scorefiles.score_language(
+        session, "x", same, str(tmp_path / "u2"), batch_size=2, until_stable=1.0
+    )
     assert got.meta["windows"] == "4", got.meta["doubling_jaccard"]
     assert got.meta["windows_available"] == "10"
 
 
-@pytest.mark.parametrize("extra,needle", [
-    (("--until-stable", "0"), "--until-stable"), (("--until-stable", "1.5"), "--until-stable"),
-    (("--max-seqs", "10", "--snapshots", "4,20"), "--snapshots 20"),
-    (("--snapshots", "5000"), "--snapshots 5000"),
-    (("--snapshots", "4,x"), "--snapshots")])
+@pytest.mark.parametrize(
+    "extra,needle",
+    [
+        (("--until-stable", "0"), "--until-stable"),
+        (("--until-stable", "1.5"), "--until-stable"),
+        (("--max-seqs", "10", "--snapshots", "4,20"), "--snapshots 20"),
+        (("--snapshots", "5000"), "--snapshots 5000"),
+        (("--snapshots", "4,x"), "--snapshots"),
+    ],
+)
 def test_bad_schedule_is_one_line_exit_2(llama, corpus_dir, tmp_path, capsys, extra, needle):
     out = tmp_path / "o"
     assert cli_main(_args(llama[0], corpus_dir, out, *extra)) == 2
@@ -234,8 +327,9 @@ def test_bad_schedule_is_one_line_exit_2(llama, corpus_dir, tmp_path, capsys, ex
 
 def test_bad_schedule_subprocess_no_traceback(model_factory, corpus_dir, tmp_path):
     out = tmp_path / "o"
-    code, _, err = run_cli_subprocess(*_args(model_factory(FAMILY), corpus_dir, out,
-                                             "--until-stable", "2"))
+    code, _, err = run_cli_subprocess(
+        *_args(model_factory(FAMILY), corpus_dir, out, "--until-stable", "2")
+    )
     assert code == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1, err
     assert not out.exists()
 

@@ -17,13 +17,16 @@ DOWN = "model.layers.1.mlp.down_proj.weight"
 @pytest.fixture
 def params() -> dict:
     rng = np.random.default_rng(0)
-    return T.unflatten({
-        "model.embed_tokens.weight": jnp.asarray(rng.standard_normal((7, 6)), jnp.float32),
-        "model.layers.0.mlp.down_proj.weight": jnp.asarray(rng.standard_normal((6, 9)),
-                                                           jnp.bfloat16),
-        DOWN: jnp.asarray(rng.standard_normal((6, 9)), jnp.float32),
-        "model.layers.1.input_layernorm.weight": jnp.ones((6,), jnp.float32),
-    })
+    return T.unflatten(
+        {
+            "model.embed_tokens.weight": jnp.asarray(rng.standard_normal((7, 6)), jnp.float32),
+            "model.layers.0.mlp.down_proj.weight": jnp.asarray(
+                rng.standard_normal((6, 9)), jnp.bfloat16
+            ),
+            DOWN: jnp.asarray(rng.standard_normal((6, 9)), jnp.float32),
+            "model.layers.1.input_layernorm.weight": jnp.ones((6,), jnp.float32),
+        }
+    )
 
 
 @pytest.fixture
@@ -51,8 +54,7 @@ def test_zero_set_scale_exact(params: dict, mask: dict) -> None:
 
 
 def test_noise_relative_and_seeded(params: dict) -> None:
-    big = {"w": jnp.asarray(np.random.default_rng(2).standard_normal((300, 300)) * 3,
-                            jnp.float32)}
+    big = {"w": jnp.asarray(np.random.default_rng(2).standard_normal((300, 300)) * 3, jnp.float32)}
     m = {"w": jnp.ones((300, 300), bool).at[:, :10].set(False)}
     a = I.add_noise(big, m, 0.5, seed=1)
     b = I.add_noise(big, m, 0.5, seed=1)
@@ -70,7 +72,8 @@ def test_region_and_partial_mask(params: dict) -> None:
     out = I.zero(params, region)
     assert all(
         (y[m] == 0).all() and np.array_equal(y[~m], x[~m])
-        for _, x, y, m in pairs(params, out, region.mask))
+        for _, x, y, m in pairs(params, out, region.mask)
+    )
     assert out["model"]["embed_tokens"]["weight"] is params["model"]["embed_tokens"]["weight"]
     out = I.zero(params, T.unflatten({DOWN: jnp.ones((6, 9), bool)}))
     assert (np.asarray(T.get(out, DOWN)) == 0).all()
@@ -82,8 +85,11 @@ def test_region_and_partial_mask(params: dict) -> None:
 
 
 def test_region_op(params: dict, mask: dict) -> None:
-    for op, expect in (("zero", lambda x: 0 * x), ("scale:-2", lambda x: -2 * x),
-                       ("set:1.5", lambda x: 0 * x + 1.5)):
+    for op, expect in (
+        ("zero", lambda x: 0 * x),
+        ("scale:-2", lambda x: -2 * x),
+        ("set:1.5", lambda x: 0 * x + 1.5),
+    ):
         for n, x, y, m in pairs(params, I.region_op(params, mask, op), mask):
             assert np.array_equal(y[m], expect(x[m]).astype(np.float32)), (op, n)
     noisy = I.region_op(params, mask, "noise:0.1", seed=3)
@@ -125,8 +131,9 @@ def test_apply_perturb_hf_index_order(params: dict) -> None:
     assert float(T.get(both, "model.layers.1.input_layernorm.weight")[3]) == 0
     bf = I.apply_perturb(params, "model.layers.0.mlp.down_proj.weight[1,1]*2")
     assert T.get(bf, "model.layers.0.mlp.down_proj.weight").dtype == jnp.bfloat16
-    assert T.get(params, DOWN) is T.get(I.apply_perturb(params, "model.embed_tokens.weight=0"),
-                                        DOWN)
+    assert T.get(params, DOWN) is T.get(
+        I.apply_perturb(params, "model.embed_tokens.weight=0"), DOWN
+    )
 
 
 def test_apply_perturb_errors(params: dict) -> None:

@@ -7,7 +7,8 @@ import os
 
 import pytest
 
-from jaxregion import fidelity, mc, runtime
+from jaxregion import runtime
+from jaxregion.analysis import fidelity, mc
 from jaxregion.data import synthetic
 from jaxregion.errors import UserError
 
@@ -42,8 +43,10 @@ def test_task_runs_through_lm_eval(model_factory, tmp_path):
 
     session = runtime.load_session(model_factory("llama_mha"))
     core = regions.random(session.params, ratio=0.5, seed=0)
-    settings = {"base": session.params,
-                "removed": interventions.region_op(session.params, core, "zero")}
+    settings = {
+        "base": session.params,
+        "removed": interventions.region_op(session.params, core, "zero"),
+    }
     acc = mc.evaluate_settings(session, settings, ["lat", "cyr"], str(tmp_path), n=6)
     assert set(acc) == {"base", "removed"}
     for per_lang in acc.values():
@@ -54,8 +57,9 @@ def test_task_runs_through_lm_eval(model_factory, tmp_path):
 
 
 def test_comparison_verdict():
-    c = mc.Comparison(base={"a": 0.9, "b": 0.8}, core={"a": 0.3, "b": 0.4},
-                      random={"a": 0.85, "b": 0.8})
+    c = mc.Comparison(
+        base={"a": 0.9, "b": 0.8}, core={"a": 0.3, "b": 0.4}, random={"a": 0.85, "b": 0.8}
+    )
     assert c.drops() == pytest.approx((0.5, 0.025))
     assert "lowers accuracy more than" in c.verdict() and "does not" not in c.verdict()
     flipped = mc.Comparison(base=c.base, core=c.random, random=c.core)

@@ -16,9 +16,9 @@ from hf_factory import MOE, make_config, make_model
 from safetensors.torch import save_file
 from test_parity import SEQ, _torch_perplexity
 
-from jaxregion import hf
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source
+from jaxregion.io import hf
 from jaxregion.models import abstract_params, apply, from_hf_dict
 
 LAYOUTS = ("per_expert", "fused")
@@ -49,8 +49,11 @@ def _checkpoint(family: str, layout: str, model_factory, tmp_path) -> str:
 @pytest.mark.parametrize("family", MOE)
 def test_both_layouts_match_transformers(family, layout, model_factory, tmp_path):
     cfg, params = hf.load(_checkpoint(family, layout, model_factory, tmp_path))
-    assert cfg.is_moe and params["model"]["layers"][0]["mlp"]["experts"]["gate_up_proj"].shape \
-        == (cfg.num_experts, 2 * cfg.expert_intermediate_size, cfg.hidden_size)
+    assert cfg.is_moe and params["model"]["layers"][0]["mlp"]["experts"]["gate_up_proj"].shape == (
+        cfg.num_experts,
+        2 * cfg.expert_intermediate_size,
+        cfg.hidden_size,
+    )
     tokens = np.random.default_rng(1).integers(0, cfg.vocab_size, (3, SEQ))
     ref = make_model(family)(torch.tensor(tokens)).logits.detach().numpy()
     out = np.asarray(apply(params, jnp.asarray(tokens), cfg))
@@ -62,8 +65,21 @@ def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokeni
     path = model_factory(family)
     text = f"{corpus_dir}/lat.txt"
     out = tmp_path / "eval.json"
-    code, _, stderr = run_cli("eval", "--model", path, "--text", f"lat={text}", "--seq-len",
-                              "32", "--max-seqs", "20", "--batch-size", "6", "--json", str(out))
+    code, _, stderr = run_cli(
+        "eval",
+        "--model",
+        path,
+        "--text",
+        f"lat={text}",
+        "--seq-len",
+        "32",
+        "--max-seqs",
+        "20",
+        "--batch-size",
+        "6",
+        "--json",
+        str(out),
+    )
     assert code == 0, stderr
     got = json.loads(out.read_text())["perplexity"]["lat"]
     windows = load_windows(open_source(text).documents(), tokenizer, 32, 20)
@@ -87,9 +103,11 @@ def test_routing_switches_are_live(model_factory):
     """norm_topk_prob, clip_qkv and the shared expert change the logits, so the parity above
     tests them; dropping every expert but top-k changes them too."""
     tokens = jnp.asarray(np.random.default_rng(2).integers(0, 320, (1, SEQ)))
-    for family, off in (("qwen3_moe", dict(norm_topk_prob=False)),
-                        ("olmoe_clip", dict(extra=())),
-                        ("qwen2_moe", dict(dropped_experts=((0, 1), (1, 6))))):
+    for family, off in (
+        ("qwen3_moe", dict(norm_topk_prob=False)),
+        ("olmoe_clip", dict(extra=())),
+        ("qwen2_moe", dict(dropped_experts=((0, 1), (1, 6)))),
+    ):
         cfg, params = hf.load(model_factory(family))
         ref = np.asarray(apply(params, tokens, cfg))
         assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
@@ -99,8 +117,7 @@ def _forward_flops(n_experts: int) -> float:
     d = make_config("mixtral", num_local_experts=n_experts, num_experts_per_tok=2).to_dict()
     cfg = from_hf_dict(d)
     tokens = jax.ShapeDtypeStruct((4, 64), jnp.int32)
-    compiled = jax.jit(apply, static_argnums=2).lower(abstract_params(cfg), tokens,
-                                                       cfg).compile()
+    compiled = jax.jit(apply, static_argnums=2).lower(abstract_params(cfg), tokens, cfg).compile()
     cost = compiled.cost_analysis()
     return float((cost[0] if isinstance(cost, list) else cost)["flops"])
 
@@ -115,7 +132,8 @@ def test_dispatch_cost_follows_top_k_not_experts():
 _SHARDED_TRAIN = r"""
 import json, sys
 import numpy as np
-from jaxregion import hf, sharding
+from jaxregion.io import hf
+from jaxregion.parallel import sharding
 from jaxregion.train import TrainConfig, train
 from jaxregion.tree import flatten
 path, ckpt, fsdp, tensor = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -144,9 +162,21 @@ def test_training_shards_experts_over_the_mesh(model_factory, tmp_path):
     out = {}
     for name, n, fsdp, tensor in (("one", 1, 1, 1), ("four", 4, 2, 2)):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        p = subprocess.run([sys.executable, "-c", _SHARDED_TRAIN, path, str(tmp_path / name),
-                            str(fsdp), str(tensor)], capture_output=True, text=True, env=env,
-                           timeout=600)
+        p = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _SHARDED_TRAIN,
+                path,
+                str(tmp_path / name),
+                str(fsdp),
+                str(tensor),
+            ],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         out[name] = json.loads(p.stdout.strip().splitlines()[-1])
     four = out["four"]
@@ -191,9 +221,12 @@ def test_drop_expert_bad_input(model_factory):
 
     cfg = hf.load_config(model_factory("mixtral"))
     dense = hf.load_config(model_factory("llama_mha"))
-    for c, pairs, what in ((dense, [(0, 0)], "dense"), (cfg, [(0, 8)], "out of range"),
-                           (cfg, [(2, 0)], "out of range"),
-                           (cfg, [(1, e) for e in range(7)], "fewer than its top-2")):
+    for c, pairs, what in (
+        (dense, [(0, 0)], "dense"),
+        (cfg, [(0, 8)], "out of range"),
+        (cfg, [(2, 0)], "out of range"),
+        (cfg, [(1, e) for e in range(7)], "fewer than its top-2"),
+    ):
         with pytest.raises(UserError, match=what) as e:
             drop_experts(c, pairs)
         assert "\n" not in str(e.value)
@@ -251,8 +284,7 @@ def test_eval_drop_expert_cli(model_factory, corpus_dir, tmp_path):
     cfg = hf.load_config(path)
     shares = np.full((2, 8), 0.1)
     shares[0, 2] = shares[1, 7] = 1.0
-    region = R.experts_by_routing("core", abstract_params(cfg), {"aa": shares}, 1 / 8,
-                                  "per-layer")
+    region = R.experts_by_routing("core", abstract_params(cfg), {"aa": shares}, 1 / 8, "per-layer")
     rfile = str(tmp_path / "experts.safetensors")
     R.save_region(rfile, region)
     text = f"lat={corpus_dir}/lat.txt"
@@ -271,14 +303,27 @@ def test_eval_drop_expert_cli(model_factory, corpus_dir, tmp_path):
     dense = model_factory("llama_mha")
     partial = str(tmp_path / "partial.safetensors")
     R.save_region(partial, R.random(abstract_params(cfg), ratio=0.3, seed=0))
-    for args, what in ((["--region-op", "drop-expert:0.8"], "out of range"),
-                       (["--region-op", "drop-expert:x"], "LAYER.EXPERT"),
-                       (["--region-op", "drop-expert"], "no expert to drop"),
-                       (["--region", partial, "--region-op", "drop-expert"], "whole experts")):
+    for args, what in (
+        (["--region-op", "drop-expert:0.8"], "out of range"),
+        (["--region-op", "drop-expert:x"], "LAYER.EXPERT"),
+        (["--region-op", "drop-expert"], "no expert to drop"),
+        (["--region", partial, "--region-op", "drop-expert"], "whole experts"),
+    ):
         code, _, err = run_cli(*base, *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and what in err, err
-    code, _, err = run_cli("eval", "--model", dense, "--text", text, "--seq-len", "32",
-                           "--max-seqs", "4", "--region-op", "drop-expert:0.1")
+    code, _, err = run_cli(
+        "eval",
+        "--model",
+        dense,
+        "--text",
+        text,
+        "--seq-len",
+        "32",
+        "--max-seqs",
+        "4",
+        "--region-op",
+        "drop-expert:0.1",
+    )
     assert code == 2 and len(err.strip().splitlines()) == 1 and "dense" in err, err
 
 
@@ -290,12 +335,18 @@ def test_battery_on_moe(model_factory, corpus_dir, tmp_path):
     _small_battery("qwen2_moe", model_factory, corpus_dir, tmp_path)
     out = tmp_path / "exp"
     m = json.loads((out / "results.json").read_text())["moe"]
-    assert m["per_layer"] == 1 and set(m["perplexity"]) == {"base", "top-lat", "random-lat",
-                                                             "top-cyr", "random-cyr"}
+    assert m["per_layer"] == 1 and set(m["perplexity"]) == {
+        "base",
+        "top-lat",
+        "random-lat",
+        "top-cyr",
+        "random-cyr",
+    }
     for lang in ("lat", "cyr"):
         share = np.asarray(m["routing"]["topk_share"][lang])
-        assert [[i, int(np.argmax(row))] for i, row in enumerate(share)] == \
-            m["dropped"][f"top-{lang}"]
+        assert [[i, int(np.argmax(row))] for i, row in enumerate(share)] == m["dropped"][
+            f"top-{lang}"
+        ]
         assert m["perplexity"][f"top-{lang}"] != m["perplexity"]["base"]
         assert (out / f"routing_{lang}.png").stat().st_size > 1000
     assert set(m["core_share"]) == {"experts", "routers", "attention and dense MLPs", "norms"}

@@ -37,8 +37,13 @@ def _env(devices: int) -> dict:
 
 
 def _worker(devices: int, *args: str, timeout: int = 300) -> None:
-    p = subprocess.run([sys.executable, WORKER, *args], env=_env(devices), capture_output=True,
-                       text=True, timeout=timeout)
+    p = subprocess.run(
+        [sys.executable, WORKER, *args],
+        env=_env(devices),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
     assert p.returncode == 0, p.stderr[-4000:]
 
 
@@ -72,8 +77,10 @@ def test_sharded_logits_equal_single_device(llama_dir, tmp_path):
         assert r["shards_ok"] and r["importance_sharded_like_params"], (spec, r)
     # 2x2x2: every tensor divides; tensor=8: the mlp (100) falls back to replication on that
     # axis, so gate/up/down are not split 8 ways, but the run still works
-    assert res["meshes"]["data=2,fsdp=2,tensor=2"]["n_sharded"] == \
-        res["meshes"]["data=2,fsdp=2,tensor=2"]["n_params"]
+    assert (
+        res["meshes"]["data=2,fsdp=2,tensor=2"]["n_sharded"]
+        == res["meshes"]["data=2,fsdp=2,tensor=2"]["n_params"]
+    )
     r8 = res["meshes"]["data=1,fsdp=1,tensor=8"]
     assert r8["n_sharded"] < r8["n_params"]
 
@@ -84,8 +91,10 @@ def test_llama2_7b_importance_step_compiles_on_4x2(tmp_path):
     t0 = time.perf_counter()
     _worker(8, "compile7b", out, "1", timeout=400)
     res = json.load(open(out))
-    print(f"7B importance step: lower {res['lower_s']:.1f}s, compile {res.get('compile_s')}s, "
-          f"wall {time.perf_counter() - t0:.1f}s")
+    print(
+        f"7B importance step: lower {res['lower_s']:.1f}s, compile {res.get('compile_s')}s, "
+        f"wall {time.perf_counter() - t0:.1f}s"
+    )
     assert res["n_params"] == 6_738_415_616  # Llama-2-7B
     assert res["compiled"]
     assert res["out_shardings_match"]  # the accumulator keeps the params' FSDP x TP layout
@@ -114,10 +123,16 @@ def _run_procs(n: int, devices: int, model: str, out_dir: str, mesh: str) -> lis
         _worker(devices, "run", out, model, out_dir, mesh)
     else:
         coord = f"127.0.0.1:{_free_port()}"
-        procs = [subprocess.Popen([sys.executable, WORKER, "run", out, model, out_dir, mesh,
-                                   coord, str(n), str(i)], env=_env(devices),
-                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-                 for i in range(n)]
+        procs = [
+            subprocess.Popen(
+                [sys.executable, WORKER, "run", out, model, out_dir, mesh, coord, str(n), str(i)],
+                env=_env(devices),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+            for i in range(n)
+        ]
         try:
             logs = [p.communicate(timeout=300)[0] for p in procs]
         finally:

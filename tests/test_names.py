@@ -11,15 +11,43 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from jaxregion import distributed, safety
+from jaxregion import safety
 from jaxregion.cli.main import main
 from jaxregion.errors import UserError
+from jaxregion.parallel import distributed
 
-TRICKY = ["..", ".", "/", "a/b", "../../x", "/abs", "zh-Hans", "pt_BR", "en", "model",
-          "x" * 64, "x" * 65, "-x", "_x", "a\\b", "a\x00b", "ü", "🙂", " en", "en ", "a.b",
-          "CON", "~", "$HOME", "a:b"]
-names = st.one_of(st.sampled_from(TRICKY), st.text(min_size=0, max_size=20),
-                  st.from_regex(safety.NAME_PATTERN, fullmatch=True))
+TRICKY = [
+    "..",
+    ".",
+    "/",
+    "a/b",
+    "../../x",
+    "/abs",
+    "zh-Hans",
+    "pt_BR",
+    "en",
+    "model",
+    "x" * 64,
+    "x" * 65,
+    "-x",
+    "_x",
+    "a\\b",
+    "a\x00b",
+    "ü",
+    "🙂",
+    " en",
+    "en ",
+    "a.b",
+    "CON",
+    "~",
+    "$HOME",
+    "a:b",
+]
+names = st.one_of(
+    st.sampled_from(TRICKY),
+    st.text(min_size=0, max_size=20),
+    st.from_regex(safety.NAME_PATTERN, fullmatch=True),
+)
 
 
 def _listing(root: str) -> set[str]:
@@ -39,8 +67,9 @@ def sandbox(tmp_path_factory, model_factory, corpus_dir):
     return root, model, text
 
 
-@settings(max_examples=40, deadline=None,
-          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(name=names)
 def test_random_language_name_is_refused_or_stays_inside_out(sandbox, name, capsys):
     root, model, text = sandbox
@@ -51,8 +80,21 @@ def test_random_language_name_is_refused_or_stays_inside_out(sandbox, name, caps
     before_root, before_parent = _listing(root), set(os.listdir(parent))
     distributed.shutdown()
     capsys.readouterr()
-    code = main(["importance", "--model", model, "--text", f"{name}={text}", "--seq-len", "16",
-                 "--estimator", "magnitude", "--out", out])
+    code = main(
+        [
+            "importance",
+            "--model",
+            model,
+            "--text",
+            f"{name}={text}",
+            "--seq-len",
+            "16",
+            "--estimator",
+            "magnitude",
+            "--out",
+            out,
+        ]
+    )
     err = capsys.readouterr().err
     if code == 2:
         lines = [ln for ln in err.splitlines() if ln.strip()]
@@ -107,8 +149,21 @@ def test_foreign_partial_dir_is_refused_not_deleted(sandbox, capsys):
         f.write("keep me")
     distributed.shutdown()
     capsys.readouterr()
-    code = main(["importance", "--model", model, "--text", f"lat={text}", "--seq-len", "16",
-                 "--max-seqs", "2", "--out", out])
+    code = main(
+        [
+            "importance",
+            "--model",
+            model,
+            "--text",
+            f"lat={text}",
+            "--seq-len",
+            "16",
+            "--max-seqs",
+            "2",
+            "--out",
+            out,
+        ]
+    )
     err = capsys.readouterr().err.strip()
     assert code == 2 and "not made by jaxregion" in err and len(err.splitlines()) == 1, err
     assert open(os.path.join(victim, "precious.txt")).read() == "keep me"
@@ -120,8 +175,24 @@ def test_outputs_keep_the_umask(sandbox, capsys):
     old = os.umask(0o022)
     try:
         distributed.shutdown()
-        assert main(["importance", "--model", model, "--text", f"lat={text}", "--seq-len", "16",
-                     "--estimator", "magnitude", "--out", out]) == 0
+        assert (
+            main(
+                [
+                    "importance",
+                    "--model",
+                    model,
+                    "--text",
+                    f"lat={text}",
+                    "--seq-len",
+                    "16",
+                    "--estimator",
+                    "magnitude",
+                    "--out",
+                    out,
+                ]
+            )
+            == 0
+        )
     finally:
         os.umask(old)
     mode = os.stat(os.path.join(out, "lat.safetensors")).st_mode & 0o777

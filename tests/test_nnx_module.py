@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxregion import hf, importance
+from jaxregion import importance
+from jaxregion.io import hf
 from jaxregion.models import apply
 from jaxregion.tree import flatten
 
@@ -18,9 +19,10 @@ def test_module_matches_functional_and_names_state(model_factory):
     cfg, params = hf.load(path)
     model = hf.load_model(path)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, cfg.vocab_size, (2, 16)))
-    np.testing.assert_array_equal(np.asarray(nnx.jit(lambda m, t: m(t))(model, tokens)),
-                                  np.asarray(jax.jit(apply, static_argnums=2)(params, tokens,
-                                                                               cfg)))
+    np.testing.assert_array_equal(
+        np.asarray(nnx.jit(lambda m, t: m(t))(model, tokens)),
+        np.asarray(jax.jit(apply, static_argnums=2)(params, tokens, cfg)),
+    )
     names = {".".join(map(str, p)) for p, _ in nnx.to_flat_state(nnx.state(model, nnx.Param))}
     assert names == set(flatten(params))  # no prefix: the state paths ARE the HF names
     assert "model.layers.1.self_attn.q_proj.bias" in names
@@ -33,8 +35,11 @@ def test_nnx_grad_is_the_taylor_gradient(model_factory):
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 320, (4, 16)), jnp.int32)
     grads = nnx.grad(lambda m: jnp.mean(m.nll(tokens)))(model)
     g = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(grads)}
-    taylor = flatten(importance.compute_importance(model.pytree(), model.config,
-                                                   np.asarray(tokens), batch_size=4).scores)
+    taylor = flatten(
+        importance.compute_importance(
+            model.pytree(), model.config, np.asarray(tokens), batch_size=4
+        ).scores
+    )
     theta = flatten(model.pytree())
     for n, s in taylor.items():
         ref = np.asarray(theta[n] * g[n])

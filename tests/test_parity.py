@@ -14,9 +14,9 @@ import torch
 from conftest import run_cli
 from hf_factory import FAMILIES, make_model
 
-from jaxregion import hf
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source
+from jaxregion.io import hf
 from jaxregion.models import apply
 
 SEQ = 24  # longer than the mistral window (5) and the llama3 original context (16)
@@ -54,8 +54,12 @@ def test_gemma_switches_are_live(model_factory):
     cfg, params = hf.load(model_factory("gemma2"))
     ref = np.asarray(apply(params, tokens, cfg))
     n = cfg.num_layers
-    for off in (dict(logit_softcap=None), dict(attn_softcap=None),
-                dict(query_pre_attn_scalar=None), dict(sliding_windows=(None,) * n)):
+    for off in (
+        dict(logit_softcap=None),
+        dict(attn_softcap=None),
+        dict(query_pre_attn_scalar=None),
+        dict(sliding_windows=(None,) * n),
+    ):
         assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
     cfg, params = hf.load(model_factory("gemma3_text"))
     ref = np.asarray(apply(params, tokens, cfg))
@@ -72,8 +76,11 @@ def test_gemma3_legacy_config_keys():
 
     new = make_config("gemma3_text").to_dict()
     old = {k: v for k, v in new.items() if k not in ("rope_parameters", "layer_types")}
-    old.update(rope_theta=5000.0, rope_local_base_freq=100.0,
-               rope_scaling={"rope_type": "linear", "factor": 4.0})
+    old.update(
+        rope_theta=5000.0,
+        rope_local_base_freq=100.0,
+        rope_scaling={"rope_type": "linear", "factor": 4.0},
+    )
     assert from_hf_dict(old) == from_hf_dict(new)
     assert from_hf_dict(new).sliding_windows == (6, None, 6)
 
@@ -123,9 +130,11 @@ def test_phi3_longrope_branches_and_switches(model_factory):
     ref = np.asarray(apply(params, tokens, cfg))
     scaling = dict(cfg.rope_scaling)
     short = tuple(sorted({**scaling, "long_factor": scaling["short_factor"]}.items()))
-    for off in (dict(rope_scaling=short), dict(rope_scaling=tuple(
-            sorted({**scaling, "attention_factor": 1.0}.items()))),
-            dict(rope_scaling=None, partial_rotary_factor=1.0)):
+    for off in (
+        dict(rope_scaling=short),
+        dict(rope_scaling=tuple(sorted({**scaling, "attention_factor": 1.0}.items()))),
+        dict(rope_scaling=None, partial_rotary_factor=1.0),
+    ):
         assert np.abs(np.asarray(apply(params, tokens, cfg.replace(**off))) - ref).max() > 1e-3
     cfg, params = hf.load(model_factory("phi3"))
     assert cfg.sliding_windows == (5, 5) and cfg.rope_scaling is None
@@ -136,8 +145,15 @@ def test_phi3_longrope_branches_and_switches(model_factory):
     new = make_config("phi3_longrope").to_dict()
     rp = new["rope_parameters"]
     old = {k: v for k, v in new.items() if k != "rope_parameters"}
-    old.update(rope_theta=rp["rope_theta"], partial_rotary_factor=0.5, rope_scaling={
-        "type": "su", "short_factor": rp["short_factor"], "long_factor": rp["long_factor"]})
+    old.update(
+        rope_theta=rp["rope_theta"],
+        partial_rotary_factor=0.5,
+        rope_scaling={
+            "type": "su",
+            "short_factor": rp["short_factor"],
+            "long_factor": rp["long_factor"],
+        },
+    )
     assert from_hf_dict(old) == from_hf_dict(new)
 
 
@@ -166,17 +182,42 @@ def _torch_perplexity(model, windows: np.ndarray) -> float:
     return float(torch.exp(nll.mean()))
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "gpt2", "gemma", "gemma2", "gemma3_text",
-                                    "olmo2", "bloom", "phi3", "phi3_longrope", "cohere",
-                                    "cohere_qk_norm"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llama_gqa_llama3",
+        "gpt2",
+        "gemma",
+        "gemma2",
+        "gemma3_text",
+        "olmo2",
+        "bloom",
+        "phi3",
+        "phi3_longrope",
+        "cohere",
+        "cohere_qk_norm",
+    ],
+)
 def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokenizer, tmp_path):
     path = model_factory(family)
     lang = "lat"
     text = f"{corpus_dir}/{lang}.txt"
     out = tmp_path / "eval.json"
-    code, stdout, stderr = run_cli("eval", "--model", path, "--text", f"{lang}={text}",
-                                   "--seq-len", "32", "--max-seqs", "20", "--batch-size", "6",
-                                   "--json", str(out))
+    code, stdout, stderr = run_cli(
+        "eval",
+        "--model",
+        path,
+        "--text",
+        f"{lang}={text}",
+        "--seq-len",
+        "32",
+        "--max-seqs",
+        "20",
+        "--batch-size",
+        "6",
+        "--json",
+        str(out),
+    )
     assert code == 0, stderr
     result = json.loads(out.read_text())
     src = open_source(text)
@@ -189,8 +230,18 @@ def test_eval_perplexity_matches_torch(family, model_factory, corpus_dir, tokeni
     assert lang in stdout
 
 
-@pytest.mark.parametrize("family", ["llama_gqa_llama3", "mistral_sliding", "gemma", "olmo2",
-                                    "bloom", "phi3_longrope", "cohere_qk_norm"])
+@pytest.mark.parametrize(
+    "family",
+    [
+        "llama_gqa_llama3",
+        "mistral_sliding",
+        "gemma",
+        "olmo2",
+        "bloom",
+        "phi3_longrope",
+        "cohere_qk_norm",
+    ],
+)
 @pytest.mark.slow
 def test_remat_scan_equals_unrolled(family, model_factory):
     """remat=True runs the layers as one lax.scan: same loss and gradients as the loop."""
@@ -201,8 +252,9 @@ def test_remat_scan_equals_unrolled(family, model_factory):
 
     cfg, params = hf.load(model_factory(family))
     tokens = jnp.asarray(np.random.default_rng(3).integers(0, cfg.vocab_size, (2, SEQ)))
-    (la, ga), (lb, gb) = (jax.value_and_grad(loss_fn)(params, tokens, cfg, remat=r)
-                          for r in (False, True))
+    (la, ga), (lb, gb) = (
+        jax.value_and_grad(loss_fn)(params, tokens, cfg, remat=r) for r in (False, True)
+    )
     assert abs(float(la) - float(lb)) <= 1e-6 * abs(float(la))
     fa, fb = flatten(ga), flatten(gb)
     for k in fa:

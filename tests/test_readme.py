@@ -25,8 +25,10 @@ def test_quickstart_runs(model_factory, corpus_dir):
     assert len(code.splitlines()) <= 20
     line = re.compile(r"^MODEL, TEXT = .*$", re.M)
     assert len(line.findall(code)) == 1, "the quickstart names its inputs on one line"
-    inputs = (f"MODEL, TEXT = {model_factory('llama_mha')!r}, "
-              f"{{'en': {corpus_dir + '/lat.txt'!r}, 'zh': {corpus_dir + '/cyr.txt'!r}}}")
+    inputs = (
+        f"MODEL, TEXT = {model_factory('llama_mha')!r}, "
+        f"{{'en': {corpus_dir + '/lat.txt'!r}, 'zh': {corpus_dir + '/cyr.txt'!r}}}"
+    )
     out = io.StringIO()
     scope: dict = {}
     with contextlib.redirect_stdout(out):
@@ -44,7 +46,9 @@ def test_quickstart_runs(model_factory, corpus_dir):
 def test_every_doc_is_linked_from_the_readme():
     text = open(README, encoding="utf-8").read()
     linked = set(re.findall(r"\]\((docs/[^)#]+\.md)", text))
-    docs = {os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"),
-                                                        recursive=True)}
+    docs = {
+        os.path.relpath(p, ROOT)
+        for p in glob.glob(os.path.join(ROOT, "docs", "**", "*.md"), recursive=True)
+    }
     assert docs <= linked, f"not linked from README.md: {sorted(docs - linked)}"
     assert all(os.path.isfile(os.path.join(ROOT, p)) for p in linked), linked - docs

@@ -22,25 +22,28 @@ pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 # A few paragraphs per language (written for this test), enough for 4 windows of 32 tokens.
 TEXTS = {
-    "es": ["La ciudad está a orillas de un río ancho y tranquilo.",
-           "En verano la gente se sienta en los jardines de las posadas y escucha música.",
-           "Por la mañana los pescadores salen temprano con sus barcas de madera.",
-           "Los niños corren por la plaza mientras sus abuelos conversan a la sombra.",
-           "Cuando llega el otoño, las hojas de los árboles cubren todas las calles.",
-           "El mercado abre los sábados y vende frutas, pan, queso y flores.",
-           "Muchos viajeros llegan en tren para visitar la catedral y el museo.",
-           "Por la noche las luces del puente se reflejan en el agua oscura."],
-    "ru": ["Город стоит на берегу широкой и спокойной реки.",
-           "Летом люди сидят в садах трактиров и слушают музыку.",
-           "Утром рыбаки рано выходят на своих деревянных лодках.",
-           "Дети бегают по площади, а их бабушки беседуют в тени.",
-           "Когда приходит осень, листья деревьев покрывают все улицы.",
-           "Рынок открыт по субботам, там продают фрукты, хлеб, сыр и цветы.",
-           "Многие путешественники приезжают на поезде, чтобы увидеть собор и музей.",
-           "Ночью огни моста отражаются в тёмной воде."],
+    "es": [
+        "La ciudad está a orillas de un río ancho y tranquilo.",
+        "En verano la gente se sienta en los jardines de las posadas y escucha música.",
+        "Por la mañana los pescadores salen temprano con sus barcas de madera.",
+        "Los niños corren por la plaza mientras sus abuelos conversan a la sombra.",
+        "Cuando llega el otoño, las hojas de los árboles cubren todas las calles.",
+        "El mercado abre los sábados y vende frutas, pan, queso y flores.",
+        "Muchos viajeros llegan en tren para visitar la catedral y el museo.",
+        "Por la noche las luces del puente se reflejan en el agua oscura.",
+    ],
+    "ru": [
+        "Город стоит на берегу широкой и спокойной реки.",
+        "Летом люди сидят в садах трактиров и слушают музыку.",
+        "Утром рыбаки рано выходят на своих деревянных лодках.",
+        "Дети бегают по площади, а их бабушки беседуют в тени.",
+        "Когда приходит осень, листья деревьев покрывают все улицы.",
+        "Рынок открыт по субботам, там продают фрукты, хлеб, сыр и цветы.",
+        "Многие путешественники приезжают на поезде, чтобы увидеть собор и музей.",
+        "Ночью огни моста отражаются в тёмной воде.",
+    ],
 }
-PROMPTS = {"es": ["La capital de España es una ciudad"],
-           "ru": ["Москва — столица России, и в ней"]}
+PROMPTS = {"es": ["La capital de España es una ciudad"], "ru": ["Москва — столица России, и в ней"]}
 
 
 @pytest.fixture(scope="module")
@@ -63,13 +66,29 @@ def battery(gemma_gguf, tmp_path_factory) -> dict:
     for lang, lines in TEXTS.items():
         (tmp / f"{lang}.txt").write_text("\n".join(lines * 3) + "\n", encoding="utf-8")
         langs[lang] = str(tmp / f"{lang}.txt")
-    cfg = {"name": "ci-gemma3", "model": gemma_gguf, "out": str(tmp / "exp"),
-           "languages": langs, "seq_len": 32, "max_seqs": 4, "eval_max_seqs": 2,
-           "batch_size": 2, "ratio": 0.01, "ratios": [0.01], "random_seeds": [0],
-           "dims": {"layer": 1, "auto_source": "activations", "auto_candidates": 1,
-                    "auto_controls": 1, "targets": ["input_norm"], "factors": [4.0]},
-           "mask_maps": {"matrices": ["model.layers.1.mlp.down_proj.weight"], "blocks": 32},
-           "case_studies": {"prompts": PROMPTS, "max_new_tokens": 8, "dims": False}}
+    cfg = {
+        "name": "ci-gemma3",
+        "model": gemma_gguf,
+        "out": str(tmp / "exp"),
+        "languages": langs,
+        "seq_len": 32,
+        "max_seqs": 4,
+        "eval_max_seqs": 2,
+        "batch_size": 2,
+        "ratio": 0.01,
+        "ratios": [0.01],
+        "random_seeds": [0],
+        "dims": {
+            "layer": 1,
+            "auto_source": "activations",
+            "auto_candidates": 1,
+            "auto_controls": 1,
+            "targets": ["input_norm"],
+            "factors": [4.0],
+        },
+        "mask_maps": {"matrices": ["model.layers.1.mlp.down_proj.weight"], "blocks": 32},
+        "case_studies": {"prompts": PROMPTS, "max_new_tokens": 8, "dims": False},
+    }
     path = tmp / "exp.yaml"
     path.write_text(yaml.safe_dump(cfg, allow_unicode=True), encoding="utf-8")
     code, _, err = run_cli("experiment", str(path))
@@ -94,8 +113,18 @@ def test_results_record_command_versions_and_stage_times(battery):
     assert battery["command"][:2] == ["jaxregion", "experiment"]
     assert {"jax", "flax", "numpy", "python", "jaxregion"} <= set(battery["versions"])
     stages = battery["stage_seconds"]
-    assert list(stages) == ["load", "importance", "regions", "ablations", "overlap",
-                            "ratio_sweep", "region_maps", "dims", "agreement", "case_studies"]
+    assert list(stages) == [
+        "load",
+        "importance",
+        "regions",
+        "ablations",
+        "overlap",
+        "ratio_sweep",
+        "region_maps",
+        "dims",
+        "agreement",
+        "case_studies",
+    ]
     assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= battery["seconds"]
 
 

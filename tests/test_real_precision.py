@@ -26,8 +26,9 @@ from jaxregion.regions import scope_names
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
 ROOT = os.environ.get("JAXREGION_REAL_MODELS", "/work/models")
-TEXT = os.path.join(os.environ.get("JAXREGION_CORPORA", "/work/shared/corpora/text"),
-                    "de.valid.txt")
+TEXT = os.path.join(
+    os.environ.get("JAXREGION_CORPORA", "/work/shared/corpora/text"), "de.valid.txt"
+)
 MODELS = ("gemma3-270m-hf", "smollm2-135m-hf")
 N, SEQ, BATCH = 8, 128, 2
 
@@ -42,30 +43,35 @@ def _torch_run(path: str, windows: np.ndarray, dtype, names: list[str]):
         cfg = json.load(f)
     cfg.pop("quantization_config", None)
     model = transformers.AutoModelForCausalLM.from_config(
-        transformers.AutoConfig.for_model(**cfg), attn_implementation="eager")
+        transformers.AutoConfig.for_model(**cfg), attn_implementation="eager"
+    )
     model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=False)
     model.tie_weights()
     model = model.to(dtype)
     ids = torch.tensor(windows, dtype=torch.long)
     total = 0.0
     for i in range(0, len(ids), BATCH):
-        x = ids[i:i + BATCH]
+        x = ids[i : i + BATCH]
         logits = model(input_ids=x).logits[:, :-1]
-        nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                x[:, 1:].reshape(-1), reduction="sum")
+        nll = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), x[:, 1:].reshape(-1), reduction="sum"
+        )
         nll.backward()
         total += float(nll)
     tokens = windows.shape[0] * (windows.shape[1] - 1)
     params = dict(model.named_parameters())
-    scores = {n: (params[n].grad.double() / tokens * params[n].double()).detach().numpy()
-              for n in names}
+    scores = {
+        n: (params[n].grad.double() / tokens * params[n].double()).detach().numpy() for n in names
+    }
     return total / tokens, scores
 
 
 def _worst(scores: dict, ref: dict) -> float:
     """Worst over tensors of max|a - ref| / max|ref| (the issue's measure)."""
-    return max(float(np.abs(np.asarray(scores[n], np.float64) - ref[n]).max()
-                     / np.abs(ref[n]).max()) for n in ref)
+    return max(
+        float(np.abs(np.asarray(scores[n], np.float64) - ref[n]).max() / np.abs(ref[n]).max())
+        for n in ref
+    )
 
 
 @pytest.fixture(scope="module", params=MODELS)
@@ -83,11 +89,14 @@ def measured(request):
     for dtype in ("float32", "bfloat16"):
         s = session if dtype == "float32" else runtime.load_session(path, dtype)
         loss = evaluate(s.params, s.config, windows, BATCH).loss
-        res = importance.compute_importance(s.params, s.config, windows, "taylor", BATCH,
-                                            scope=names)
+        res = importance.compute_importance(
+            s.params, s.config, windows, "taylor", BATCH, scope=names
+        )
         flat = T.flatten(res.scores)
-        out[f"jaxregion {dtype}"] = (abs(loss - ref_loss),
-                                     _worst({n: np.asarray(flat[n]) for n in names}, ref))
+        out[f"jaxregion {dtype}"] = (
+            abs(loss - ref_loss),
+            _worst({n: np.asarray(flat[n]) for n in names}, ref),
+        )
     for k, (le, se) in out.items():
         print(f"{request.param} {k}: |loss - float64| {le:.3e}, taylor worst {se:.3e}")
     return out

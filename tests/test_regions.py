@@ -20,13 +20,17 @@ from jaxregion.errors import UserError
 SHAPES = {
     "model.embed_tokens.weight": (11, 12),
     "model.norm.weight": (12,),
-    **{f"model.layers.{i}.{k}": s for i in range(2) for k, s in {
-        "input_layernorm.weight": (12,),
-        "self_attn.q_proj.weight": (12, 12),
-        "self_attn.o_proj.weight": (12, 12),
-        "mlp.up_proj.weight": (20, 12),
-        "mlp.down_proj.weight": (12, 20),
-    }.items()},
+    **{
+        f"model.layers.{i}.{k}": s
+        for i in range(2)
+        for k, s in {
+            "input_layernorm.weight": (12,),
+            "self_attn.q_proj.weight": (12, 12),
+            "self_attn.o_proj.weight": (12, 12),
+            "mlp.up_proj.weight": (20, 12),
+            "mlp.down_proj.weight": (12, 20),
+        }.items()
+    },
 }
 
 
@@ -42,8 +46,9 @@ def scores() -> dict:
 
 
 def in_scope() -> list[str]:
-    return [n for n in T.flatten(T.unflatten({n: 0 for n in SHAPES}))
-            if n.startswith("model.layers.")]
+    return [
+        n for n in T.flatten(T.unflatten({n: 0 for n in SHAPES})) if n.startswith("model.layers.")
+    ]
 
 
 def units(scope: str) -> list[list[str]]:
@@ -55,8 +60,9 @@ def units(scope: str) -> list[list[str]]:
     return [[n for n in names if n.startswith(f"model.layers.{i}.")] for i in range(2)]
 
 
-def ref_select(values: dict[str, np.ndarray], ratio: float, scope: str, largest: bool = True
-               ) -> dict[str, np.ndarray]:
+def ref_select(
+    values: dict[str, np.ndarray], ratio: float, scope: str, largest: bool = True
+) -> dict[str, np.ndarray]:
     """Brute force: per unit, concatenate in tree order, stable sort, take the first k."""
     out = {}
     for unit in units(scope):
@@ -68,7 +74,7 @@ def ref_select(values: dict[str, np.ndarray], ratio: float, scope: str, largest:
         off = 0
         for n in unit:
             size = values[n].size
-            out[n] = sel[off:off + size].reshape(values[n].shape)
+            out[n] = sel[off : off + size].reshape(values[n].shape)
             off += size
     return out
 
@@ -109,7 +115,8 @@ def test_core_equals_bruteforce_reference(scores: dict, scope: str, ratio: float
             assert not got[n].any(), f"{n} is out of scope but selected"
     for unit in units(scope):
         assert sum(int(got[n].sum()) for n in unit) == R.k_for(
-            ratio, sum(int(np.prod(SHAPES[n])) for n in unit))
+            ratio, sum(int(np.prod(SHAPES[n])) for n in unit)
+        )
     assert region.meta["kind"] == "core" and region.meta["langs"] == ["en", "fr", "zh"]
     assert list(region.universe) == in_scope()
 
@@ -148,8 +155,11 @@ def test_negative_and_signed_zero_scores_use_magnitude() -> None:
     a, b = flat_np(R.core(s, 0.2)), flat_np(R.core(neg, 0.2))
     for n in a:
         np.testing.assert_array_equal(a[n], b[n])
-    zeros = {"en": make_tree(rng, lambda shape: np.where(
-        rng.random(shape) < 0.5, -0.0, 0.0).astype(np.float32))}
+    zeros = {
+        "en": make_tree(
+            rng, lambda shape: np.where(rng.random(shape) < 0.5, -0.0, 0.0).astype(np.float32)
+        )
+    }
     got = flat_np(R.core(zeros, 0.25))
     for n in in_scope():  # -0.0 and +0.0 tie, so index order decides
         k = R.k_for(0.25, int(np.prod(SHAPES[n])))
@@ -190,7 +200,8 @@ def test_random_exact_k_and_seeded(scores: dict) -> None:
         fa, fb = flat_np(a), flat_np(b)
         for unit in units(scope):
             assert sum(int(fa[n].sum()) for n in unit) == R.k_for(
-                0.15, sum(int(np.prod(SHAPES[n])) for n in unit))
+                0.15, sum(int(np.prod(SHAPES[n])) for n in unit)
+            )
         assert all(np.array_equal(fa[n], fb[n]) for n in fa)
         assert R.jaccard(a, c) < 1.0
         assert a.meta["seed"] == 3
@@ -236,12 +247,16 @@ def test_bad_inputs(scores: dict) -> None:
     with pytest.raises(UserError, match="per-layer.*embed_tokens"):
         R.core(scores, 0.1, scope="per-layer", include=None)
     bad = dict(scores)
-    bad["fr"] = T.replace(scores["fr"], "model.layers.1.mlp.up_proj.weight",
-                          np.zeros((3, 3), np.float32))
+    bad["fr"] = T.replace(
+        scores["fr"], "model.layers.1.mlp.up_proj.weight", np.zeros((3, 3), np.float32)
+    )
     with pytest.raises(UserError, match=r"fr\.st.*en\.st.*model\.layers\.1\.mlp\.up_proj\.weight"):
         R.core(bad, 0.1, sources={"en": "en.st", "fr": "fr.st", "zh": "zh.st"})
-    nan = {"en": T.replace(scores["en"], "model.layers.0.mlp.up_proj.weight",
-                           np.full((20, 12), np.nan, np.float32))}
+    nan = {
+        "en": T.replace(
+            scores["en"], "model.layers.0.mlp.up_proj.weight", np.full((20, 12), np.nan, np.float32)
+        )
+    }
     with pytest.raises(UserError, match="NaN"):
         R.core(nan, 0.1)
 
@@ -266,8 +281,11 @@ def test_region_is_a_pytree(scores: dict) -> None:
 
 
 # --- algebra ---------------------------------------------------------------------------
-ALG_SHAPES = {"model.layers.0.a.weight": (3, 4), "model.layers.0.b.weight": (5,),
-              "model.layers.1.a.weight": (3, 4)}
+ALG_SHAPES = {
+    "model.layers.0.a.weight": (3, 4),
+    "model.layers.0.b.weight": (5,),
+    "model.layers.1.a.weight": (3, 4),
+}
 N_ALG = sum(int(np.prod(s)) for s in ALG_SHAPES.values())
 
 
@@ -276,7 +294,7 @@ def region_from_bits(bits: list[bool]) -> R.Region:
     flat, off = {}, 0
     for n, s in ALG_SHAPES.items():
         size = int(np.prod(s))
-        flat[n] = jnp.asarray(arr[off:off + size].reshape(s))
+        flat[n] = jnp.asarray(arr[off : off + size].reshape(s))
         off += size
     return R.Region(T.unflatten(flat), {"kind": "test"})
 
@@ -332,8 +350,7 @@ def test_stats_and_hidden_profile() -> None:
     assert st_["total"] == 12 + 3 + 1 + 2
     assert st_["numel"] == sum(int(np.prod(SHAPES[n])) for n in names)
     assert st_["by_module"]["self_attn.q_proj"]["selected"] == 12
-    assert st_["by_module"]["input_layernorm"] == {"selected": 2, "numel": 24,
-                                                    "density": 2 / 24}
+    assert st_["by_module"]["input_layernorm"] == {"selected": 2, "numel": 24, "density": 2 / 24}
     assert st_["by_layer"]["0"]["selected"] == 14 and st_["by_layer"]["1"]["selected"] == 4
     q = st_["matrices"]["model.layers.0.self_attn.q_proj.weight"]
     assert q["top_cols"] == [[7, 12]] and q["cols_top_frac"] == 1.0
@@ -392,13 +409,18 @@ def test_region_file_round_trip_and_foreign_readers(scores: dict, tmp_path) -> N
 def test_region_file_for_other_model(scores: dict, tmp_path) -> None:
     path = str(tmp_path / "r.safetensors")
     R.save_region(path, R.core(scores, 0.1))
-    other = T.replace(scores["en"], "model.layers.1.mlp.up_proj.weight",
-                      np.zeros((21, 12), np.float32))
-    with pytest.raises(UserError, match=r"another model: key 'model\.layers\.1\.mlp\.up_proj"
-                                         r"\.weight' has shape \[20, 12\], model has \[21, 12\]"):
+    other = T.replace(
+        scores["en"], "model.layers.1.mlp.up_proj.weight", np.zeros((21, 12), np.float32)
+    )
+    with pytest.raises(
+        UserError,
+        match=r"another model: key 'model\.layers\.1\.mlp\.up_proj"
+        r"\.weight' has shape \[20, 12\], model has \[21, 12\]",
+    ):
         R.load_region(path, template=other)
-    small = T.unflatten({n: v for n, v in T.flatten(scores["en"]).items()
-                         if not n.startswith("model.layers.1.")})
+    small = T.unflatten(
+        {n: v for n, v in T.flatten(scores["en"]).items() if not n.startswith("model.layers.1.")}
+    )
     with pytest.raises(UserError, match="another model.*model.layers.1"):
         R.load_region(path, template=small)
     with pytest.raises(UserError, match="not found"):
@@ -431,8 +453,13 @@ def test_scores_files_and_importance_dir(scores: dict, tmp_path) -> None:
     assert R.jaccard(r1, r2) == 1.0
     with pytest.raises(UserError, match=r"'de'.*de\.safetensors"):
         R.load_importance_dir(str(tmp_path), ["en", "de"])
-    R.save_scores(R.importance_path(str(tmp_path), "xx"),
-                  T.replace(scores["en"], "model.norm.weight", np.zeros(5, np.float32)))
-    with pytest.raises(UserError, match=r"xx\.safetensors.*en\.safetensors|en\.safetensors.*"
-                                         r"xx\.safetensors"):
+    R.save_scores(
+        R.importance_path(str(tmp_path), "xx"),
+        T.replace(scores["en"], "model.norm.weight", np.zeros(5, np.float32)),
+    )
+    with pytest.raises(
+        UserError,
+        match=r"xx\.safetensors.*en\.safetensors|en\.safetensors.*"
+        r"xx\.safetensors",
+    ):
         R.load_importance_dir(str(tmp_path), ["en", "xx"])

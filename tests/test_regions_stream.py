@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from jaxregion import regions as R
-from jaxregion import safetensors_io, stability
 from jaxregion import tree as T
+from jaxregion.analysis import stability
+from jaxregion.io import safetensors_io
 
 LANGS = ("a", "b", "c", "d")
 
@@ -69,7 +70,7 @@ def _reference_core(scores: dict, ratio: float, scope: str) -> dict[str, np.ndar
         flat[order] = True
         at = 0
         for n in unit:
-            out[n] = flat[at:at + totals[n].size].reshape(totals[n].shape)
+            out[n] = flat[at : at + totals[n].size].reshape(totals[n].shape)
             at += totals[n].size
     return out
 
@@ -79,8 +80,11 @@ def _write_dir(directory, scores: dict, halves: dict | None = None) -> None:
     for lang, tree in scores.items():
         R.save_scores(os.path.join(directory, f"{lang}.safetensors"), tree, meta)
         if halves is not None:
-            R.save_scores(os.path.join(directory, ".halves", f"{lang}.safetensors"),
-                          halves[lang], {**meta, "windows_even": "2", "windows_odd": "2"})
+            R.save_scores(
+                os.path.join(directory, ".halves", f"{lang}.safetensors"),
+                halves[lang],
+                {**meta, "windows_even": "2", "windows_odd": "2"},
+            )
 
 
 def _same(a: R.Region, b: R.Region) -> None:
@@ -96,25 +100,38 @@ def test_core_matches_a_stable_sort_reference():
         for ratio in (0.01, 0.3, 0.77):
             got = R.core(scores, ratio, scope=scope).flat()
             for n, want in _reference_core(scores, ratio, scope).items():
-                np.testing.assert_array_equal(np.asarray(got[n]), want,
-                                              err_msg=f"{scope} {ratio} {n}")
+                np.testing.assert_array_equal(
+                    np.asarray(got[n]), want, err_msg=f"{scope} {ratio} {n}"
+                )
 
 
-@pytest.mark.parametrize("kind", ["core", "bottom", "top", "monolingual", "bottom-monolingual",
-                                  "random"])
+@pytest.mark.parametrize(
+    "kind", ["core", "bottom", "top", "monolingual", "bottom-monolingual", "random"]
+)
 def test_files_give_the_in_memory_masks(tmp_path, kind):
     scores = _tied_scores(1)
     _write_dir(str(tmp_path), scores)
     lazy = R.open_importance_dir(str(tmp_path))
     assert all(isinstance(v, R.LazyScores) for v in lazy.values())
-    cases = [("per-tensor", "element", R.DEFAULT_INCLUDE), ("per-layer", "element", None),
-             ("global", "element", R.DEFAULT_INCLUDE), ("global", "element", ".*"),
-             ("per-tensor", "row", ".*"), ("per-tensor", "tensor", ".*"),
-             ("per-tensor", "layer", R.DEFAULT_INCLUDE)]
+    cases = [
+        ("per-tensor", "element", R.DEFAULT_INCLUDE),
+        ("per-layer", "element", None),
+        ("global", "element", R.DEFAULT_INCLUDE),
+        ("global", "element", ".*"),
+        ("per-tensor", "row", ".*"),
+        ("per-tensor", "tensor", ".*"),
+        ("per-tensor", "layer", R.DEFAULT_INCLUDE),
+    ]
     for scope, gran, inc in cases:
         for ratio in (0.01, 0.3, 1.0):
-            kw = dict(lang="b", ratio=ratio, scope=scope, granularity=gran, seed=5,
-                      include=R.DEFAULT_INCLUDE if inc is None else inc)
+            kw = dict(
+                lang="b",
+                ratio=ratio,
+                scope=scope,
+                granularity=gran,
+                seed=5,
+                include=R.DEFAULT_INCLUDE if inc is None else inc,
+            )
             _same(R.select(kind, lazy, **kw), R.select(kind, scores, **kw))
 
 
@@ -127,8 +144,10 @@ def test_directory_stability_reads_halves_lazily(tmp_path):
     want_odd = T.flatten(stability.reconstruct_odd(scores["c"], halves["c"], (2, 2), 1))
     for n, x in want_odd.items():
         np.testing.assert_array_equal(odd.read(n), x, err_msg=n)
-    in_memory = {lang: (halves[lang], stability.reconstruct_odd(scores[lang], halves[lang],
-                                                                 (2, 2), 1)) for lang in langs}
+    in_memory = {
+        lang: (halves[lang], stability.reconstruct_odd(scores[lang], halves[lang], (2, 2), 1))
+        for lang in langs
+    }
     for kind, lang in (("core", None), ("monolingual", "b")):
         got = stability.directory_stability(kind, str(tmp_path), langs, lang=lang, ratio=0.2)
         want = stability.region_stability(kind, in_memory, lang=lang, ratio=0.2)
@@ -137,9 +156,14 @@ def test_directory_stability_reads_halves_lazily(tmp_path):
 
 # --- under a memory limit -------------------------------------------------------------------
 LAYERS = 12
-SHAPES = {"mlp.gate_proj.weight": (2048, 1024), "mlp.up_proj.weight": (2048, 1024),
-          "mlp.down_proj.weight": (1024, 2048), "self_attn.q_proj.weight": (1024, 1024),
-          "self_attn.o_proj.weight": (1024, 1024), "input_layernorm.weight": (1024,)}
+SHAPES = {
+    "mlp.gate_proj.weight": (2048, 1024),
+    "mlp.up_proj.weight": (2048, 1024),
+    "mlp.down_proj.weight": (1024, 2048),
+    "self_attn.q_proj.weight": (1024, 1024),
+    "self_attn.o_proj.weight": (1024, 1024),
+    "input_layernorm.weight": (1024,),
+}
 BUDGET_MB = 768  # three 100 MB region masks (region + its two halves) and JAX compiles fit
 
 
@@ -147,16 +171,30 @@ def _big_dir(directory: str, langs: list[str]) -> int:
     """Random score files (and halves) of a 12-layer Llama, ~384 MB each; total bytes."""
     os.makedirs(os.path.join(directory, ".halves"))
     shapes = {f"model.layers.{i}.{k}": s for i in range(LAYERS) for k, s in SHAPES.items()}
-    meta = {"format": R.files.SCORES_FORMAT, "estimator": "taylor", "windows": "8",
-            "windows_digest": "synthetic"}
+    meta = {
+        "format": R.files.SCORES_FORMAT,
+        "estimator": "taylor",
+        "windows": "8",
+        "windows_digest": "synthetic",
+    }
     total = 0
     for j, lang in enumerate(langs):
-        for path, extra in ((os.path.join(directory, f"{lang}.safetensors"), {}),
-                            (os.path.join(directory, ".halves", f"{lang}.safetensors"),
-                             {"windows_even": "4", "windows_odd": "4"})):
+        for path, extra in (
+            (os.path.join(directory, f"{lang}.safetensors"), {}),
+            (
+                os.path.join(directory, ".halves", f"{lang}.safetensors"),
+                {"windows_even": "4", "windows_odd": "4"},
+            ),
+        ):
             rng = np.random.default_rng([j, len(extra)])
-            safetensors_io.write(path, {n: (np.float32, s, lambda s=s, r=rng: r.standard_normal(
-                s, dtype=np.float32)) for n, s in shapes.items()}, {**meta, **extra})
+            safetensors_io.write(
+                path,
+                {
+                    n: (np.float32, s, lambda s=s, r=rng: r.standard_normal(s, dtype=np.float32))
+                    for n, s in shapes.items()
+                },
+                {**meta, **extra},
+            )
             total += os.path.getsize(path)
     return total
 
@@ -167,12 +205,21 @@ def test_regions_fit_under_a_limit_smaller_than_the_scores(tmp_path):
     d, out = tmp_path / "imp", tmp_path / "out"
     out.mkdir()
     total = _big_dir(str(d), langs)
-    env = {**os.environ, "MALLOC_ARENA_MAX": "2",
-           "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(__file__)),
-                                          os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "MALLOC_ARENA_MAX": "2",
+        "PYTHONPATH": os.pathsep.join(
+            [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
     worker = os.path.join(os.path.dirname(__file__), "regions_stream_worker.py")
-    p = subprocess.run([sys.executable, worker, str(d), str(out), str(BUDGET_MB)], env=env,
-                       capture_output=True, text=True, timeout=900)
+    p = subprocess.run(
+        [sys.executable, worker, str(d), str(out), str(BUDGET_MB)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     res = json.loads(p.stdout.strip().splitlines()[-1])
     assert total > res["limit_bytes"]  # the score files alone exceed what the process may map

@@ -43,13 +43,30 @@ def test_tasks_writes_nothing_outside_its_outputs(model_factory, tmp_path):
     home.mkdir()
     before = snapshot(str(tmp_path), str(out))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "XDG_"))}
-    env.update(HOME=str(home), PYTHONPATH=os.getcwd(), HF_DATASETS_OFFLINE="1",
-               HF_HUB_OFFLINE="1")
+    env.update(HOME=str(home), PYTHONPATH=os.getcwd(), HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1")
     env.pop("JAXREGION_CACHE", None)
-    p = subprocess.run([sys.executable, "-m", "jaxregion.cli.main", "tasks", "--model",
-                        model_factory("llama_mha"), "--tasks", "jr_mc", "--include-path",
-                        str(tasks), "--limit", "2", "--json", str(out / "r.json")],
-                       capture_output=True, text=True, env=env, timeout=600)
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxregion.cli.main",
+            "tasks",
+            "--model",
+            model_factory("llama_mha"),
+            "--tasks",
+            "jr_mc",
+            "--include-path",
+            str(tasks),
+            "--limit",
+            "2",
+            "--json",
+            str(out / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
     assert p.returncode == 0, p.stderr
     after = snapshot(str(tmp_path), str(out))
     assert after == before, diff(before, after)[:8]
@@ -61,8 +78,9 @@ def test_tasks_writes_nothing_outside_its_outputs(model_factory, tmp_path):
 def test_offline_hub_source_fails_within_5_s(endpoint, model_factory, capsys, monkeypatch):
     """An unreachable hub (packets dropped, or no DNS answer): the hf: source fails in
     <= 5 s (the model is loaded and jax started first: only the source's wait counts)."""
-    from jaxregion import distributed, hub
     from jaxregion.cli.main import main
+    from jaxregion.io import hub
+    from jaxregion.parallel import distributed
 
     distributed.shutdown()
     for k in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
@@ -71,12 +89,33 @@ def test_offline_hub_source_fails_within_5_s(endpoint, model_factory, capsys, mo
     monkeypatch.setattr(hub, "_checked", None)  # probe afresh
     import datasets  # noqa: F401  (its import time is not the wait being measured)
 
-    assert main(["eval", "--model", model_factory("llama_mha"), "--text",
-                 f"lat={os.devnull}", "--seq-len", "16"]) == 2  # jax started, model read
+    assert (
+        main(
+            [
+                "eval",
+                "--model",
+                model_factory("llama_mha"),
+                "--text",
+                f"lat={os.devnull}",
+                "--seq-len",
+                "16",
+            ]
+        )
+        == 2
+    )  # jax started, model read
     capsys.readouterr()
     t0 = time.monotonic()
-    code = main(["eval", "--model", model_factory("llama_mha"), "--text",
-                 "lat=hf:nobody-here/no-such-data:train", "--seq-len", "16"])
+    code = main(
+        [
+            "eval",
+            "--model",
+            model_factory("llama_mha"),
+            "--text",
+            "lat=hf:nobody-here/no-such-data:train",
+            "--seq-len",
+            "16",
+        ]
+    )
     took = time.monotonic() - t0
     _one_line(code, capsys.readouterr().err, "nobody-here")
     assert took <= 5.0, f"took {took:.1f} s"
@@ -87,15 +126,36 @@ def test_full_disk_is_one_line(model_factory, corpus_dir, tmp_path):
     """``train`` with its checkpoint directory on a 2 MB file system: one line, exit 2."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs",
-                                            str(mnt)], capture_output=True).returncode:
+    if (
+        os.geteuid() != 0
+        or subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+    ):
         pytest.skip("needs root to mount a 2 MB tmpfs")
     try:
-        code, _, err = run_cli("train", "--model", model_factory("llama_mha"), "--text",
-                               f"lat={corpus_dir}/lat.txt", "--steps", "4", "--batch-size", "2",
-                               "--seq-len", "16", "--max-seqs", "8", "--save-every", "2",
-                               "--ckpt-dir", str(mnt / "ck"), "--export", str(mnt / "hf"),
-                               "--no-progress")
+        code, _, err = run_cli(
+            "train",
+            "--model",
+            model_factory("llama_mha"),
+            "--text",
+            f"lat={corpus_dir}/lat.txt",
+            "--steps",
+            "4",
+            "--batch-size",
+            "2",
+            "--seq-len",
+            "16",
+            "--max-seqs",
+            "8",
+            "--save-every",
+            "2",
+            "--ckpt-dir",
+            str(mnt / "ck"),
+            "--export",
+            str(mnt / "hf"),
+            "--no-progress",
+        )
         _one_line(code, err, "space left on device")
     finally:
         subprocess.run(["umount", str(mnt)], check=False)
@@ -106,24 +166,49 @@ def test_full_disk_is_one_line(model_factory, corpus_dir, tmp_path):
 def test_stability_is_that_of_the_region_built(model_factory, corpus_dir, tmp_path):
     """``regions core --granularity row`` prints the split-half Jaccard of row regions."""
     from jaxregion import regions as R
-    from jaxregion import stability
+    from jaxregion.analysis import stability
     from jaxregion.configs import DEFAULT_INCLUDE
-    from jaxregion.hf import open_checkpoint
+    from jaxregion.io.hf import open_checkpoint
     from jaxregion.models import input_axes
 
     model = model_factory("llama_mha")
     imp = str(tmp_path / "imp")
-    code, _, err = run_cli("importance", "--model", model, "--text", f"lat={corpus_dir}/lat.txt",
-                           "--text", f"rom={corpus_dir}/rom.txt", "--seq-len", "16",
-                           "--max-seqs", "4", "--batch-size", "1", "--out", imp,
-                           "--no-progress")
+    code, _, err = run_cli(
+        "importance",
+        "--model",
+        model,
+        "--text",
+        f"lat={corpus_dir}/lat.txt",
+        "--text",
+        f"rom={corpus_dir}/rom.txt",
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "4",
+        "--batch-size",
+        "1",
+        "--out",
+        imp,
+        "--no-progress",
+    )
     assert code == 0, err
     halves = {lang: stability.load_halves(imp, lang) for lang in ("lat", "rom")}
     axes = input_axes(open_checkpoint(model).config)
     for gran in ("row", "tensor", "layer"):
-        code, _, err = run_cli("regions", "core", "--importance", imp, "--ratio", "0.25",
-                               "--granularity", gran, "--model", model, "--out",
-                               str(tmp_path / f"{gran}.safetensors"))
+        code, _, err = run_cli(
+            "regions",
+            "core",
+            "--importance",
+            imp,
+            "--ratio",
+            "0.25",
+            "--granularity",
+            gran,
+            "--model",
+            model,
+            "--out",
+            str(tmp_path / f"{gran}.safetensors"),
+        )
         assert code == 0, err
         line = next(ln for ln in err.splitlines() if ln.startswith("stability:"))
         got = float(line.split("Jaccard ")[1].split(",")[0])
@@ -139,8 +224,18 @@ def test_region_file_missing_a_listed_tensor(tmp_path):
 
     from jaxregion import regions as R
 
-    tmpl = {"model": {"layers": [{"mlp": {"up_proj": {"weight": np.zeros((4, 3), np.float32)},
-                                          "down_proj": {"weight": np.zeros((3, 4), np.float32)}}}]}}
+    tmpl = {
+        "model": {
+            "layers": [
+                {
+                    "mlp": {
+                        "up_proj": {"weight": np.zeros((4, 3), np.float32)},
+                        "down_proj": {"weight": np.zeros((3, 4), np.float32)},
+                    }
+                }
+            ]
+        }
+    }
     p = str(tmp_path / "r.safetensors")
     R.save_region(p, R.random(tmpl, 0.5, seed=0, include=None))
     with safe_open(p, framework="np") as f:
@@ -190,21 +285,33 @@ def test_api_refuses_values_that_overflow_the_dtype():
 # --- cached results keyed by content --------------------------------------------------------
 def _sweep_config(model: str, c: str, out: str) -> dict:
     return {
-        "name": "stale", "model": model, "out_dir": out, "target": "cyr",
+        "name": "stale",
+        "model": model,
+        "out_dir": out,
+        "target": "cyr",
         "target_train": f"{c}/cyr.txt",
         "evals": {"cyr": f"{c}/cyr.txt", "lat": f"{c}/lat.txt"},
         "importance": {"texts": {"lat": f"{c}/lat.txt"}, "max_seqs": 4, "batch_size": 4},
-        "train": {"steps": 2, "batch_size": 2, "seq_len": 16, "lr": 3e-3, "warmup": 1,
-                  "eval_samples": [4], "eval_max_seqs": 4, "save_every": 2},
+        "train": {
+            "steps": 2,
+            "batch_size": 2,
+            "seq_len": 16,
+            "lr": 3e-3,
+            "warmup": 1,
+            "eval_samples": [4],
+            "eval_max_seqs": 4,
+            "save_every": 2,
+        },
         "sweep": [{"scorers": ["none", "core"], "ratios": [0.1], "seeds": [0]}],
     }
 
 
 @pytest.mark.slow
-def test_forgetting_recomputes_after_a_corpus_changes_in_place(model_factory, corpus_dir,
-                                                               tmp_path, capsys):
-    from jaxregion import distributed
+def test_forgetting_recomputes_after_a_corpus_changes_in_place(
+    model_factory, corpus_dir, tmp_path, capsys
+):
     from jaxregion.cli.main import main
+    from jaxregion.parallel import distributed
 
     c = tmp_path / "corpus"
     shutil.copytree(corpus_dir, c)
@@ -233,14 +340,16 @@ def test_forgetting_recomputes_after_a_corpus_changes_in_place(model_factory, co
     assert main(["forgetting", str(cfg2), "--no-progress"]) == 0
     ref = json.load(open(os.path.join(fresh, "results.json")))
     assert again["base_ppl"] == ref["base_ppl"]
-    assert {r["key"]: r["final"] for r in again["points"]} == \
-        {r["key"]: r["final"] for r in ref["points"]}
+    assert {r["key"]: r["final"] for r in again["points"]} == {
+        r["key"]: r["final"] for r in ref["points"]
+    }
     capsys.readouterr()
 
 
 # --- never replace what the tool did not make -----------------------------------------------
 def test_export_needs_its_marker_or_force(model_factory, tmp_path):
-    from jaxregion import hf, safety
+    from jaxregion import safety
+    from jaxregion.io import hf
 
     cfg, params = hf.load(model_factory("llama_mha"))
     user = tmp_path / "user"

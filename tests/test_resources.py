@@ -37,9 +37,13 @@ _NO_TORCH = 'import sys\nsys.modules["torch"] = None  # torch is a test-only dep
 def _measure(*argv: str, site: str) -> dict:
     path = os.pathsep.join(p for p in (site, os.environ.get("PYTHONPATH")) if p)
     env = {**os.environ, "JAX_PLATFORMS": "cpu", "PYTHONPATH": path}
-    out = subprocess.run([sys.executable, "-c", _WRAPPER, sys.executable, "-m",
-                          "jaxregion.cli.main", *argv], capture_output=True, text=True,
-                         timeout=120, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _WRAPPER, sys.executable, "-m", "jaxregion.cli.main", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=env,
+    )
     return json.loads(out.stdout)
 
 
@@ -65,8 +69,9 @@ def site(tmp_path_factory):
 
 def test_yaml_alias_bomb(tmp_path, site):
     bomb = "a: &a [lol,lol,lol,lol,lol,lol,lol,lol,lol]\n" + "".join(
-        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n" for p, c in zip("abcdefgh", "bcdefghi",
-                                                                    strict=True))
+        f"{c}: &{c} [{','.join(['*' + p] * 9)}]\n"
+        for p, c in zip("abcdefgh", "bcdefghi", strict=True)
+    )
     assert len(bomb) < 500  # the issue's 429-byte class of file
     p = tmp_path / "bomb.yaml"
     p.write_text(bomb)
@@ -82,8 +87,10 @@ def test_one_gigabyte_single_line_gzip(tmp_path, model, site):
             f.write(c.compress(block))
         f.write(c.flush())
     assert path.stat().st_size < 2 << 20
-    _check(_measure("eval", "--model", model, "--text", f"lat={path}", "--seq-len", "16",
-                    site=site), "longer than")
+    _check(
+        _measure("eval", "--model", model, "--text", f"lat={path}", "--seq-len", "16", site=site),
+        "longer than",
+    )
 
 
 def test_billion_layer_config(tmp_path, model, site):
@@ -92,5 +99,6 @@ def test_billion_layer_config(tmp_path, model, site):
     cfg = json.loads((d / "config.json").read_text())
     cfg["num_hidden_layers"] = 10**9
     (d / "config.json").write_text(json.dumps(cfg))
-    _check(_measure("eval", "--model", str(d), "--text", "lat=x.txt", site=site),
-           "1000000000 layers")
+    _check(
+        _measure("eval", "--model", str(d), "--text", "lat=x.txt", site=site), "1000000000 layers"
+    )

@@ -12,8 +12,8 @@ import jax
 import numpy as np
 import pytest
 
-from jaxregion import distributed
 from jaxregion.cli.main import main
+from jaxregion.parallel import distributed
 
 
 def _tree_hash(d: str) -> str:
@@ -29,9 +29,31 @@ def _tree_hash(d: str) -> str:
 
 
 def _args(model, text, ck, *extra, steps="4"):
-    return ["train", "--model", model, "--text", f"lat={text}", "--steps", steps,
-            "--batch-size", "2", "--seq-len", "16", "--max-seqs", "8", "--lr", "1e-3",
-            "--ckpt-dir", ck, "--save-every", "2", "--keep", "3", "--no-progress", *extra]
+    return [
+        "train",
+        "--model",
+        model,
+        "--text",
+        f"lat={text}",
+        "--steps",
+        steps,
+        "--batch-size",
+        "2",
+        "--seq-len",
+        "16",
+        "--max-seqs",
+        "8",
+        "--lr",
+        "1e-3",
+        "--ckpt-dir",
+        ck,
+        "--save-every",
+        "2",
+        "--keep",
+        "3",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _run(argv, capsys):
@@ -44,7 +66,7 @@ def _run(argv, capsys):
 @pytest.fixture(scope="module")
 def base(tmp_path_factory, model_factory, corpus_dir):
     """A finished 4-step run (steps 2 and 4 saved), and what is needed to vary it."""
-    from jaxregion import hf
+    from jaxregion.io import hf
     from jaxregion.regions import random as random_region
     from jaxregion.regions import save_region
 
@@ -56,29 +78,47 @@ def base(tmp_path_factory, model_factory, corpus_dir):
     _, params = hf.load(model)
     region = str(root / "freeze.safetensors")
     save_region(region, random_region(params, 0.05, seed=0))
-    return {"model": model, "text": f"{corpus_dir}/lat.txt", "ck": ck, "region": region,
-            "other_weights": model_factory("llama_mha", seed=1),
-            "other_text": f"{corpus_dir}/rom.txt", "hash": _tree_hash(ck)}
+    return {
+        "model": model,
+        "text": f"{corpus_dir}/lat.txt",
+        "ck": ck,
+        "region": region,
+        "other_weights": model_factory("llama_mha", seed=1),
+        "other_text": f"{corpus_dir}/rom.txt",
+        "hash": _tree_hash(ck),
+    }
 
 
 CHANGES = {
-    "model weights (same shapes)": (lambda b: _args(b["other_weights"], b["text"], b["ck"]),
-                                    "model weights"),
+    "model weights (same shapes)": (
+        lambda b: _args(b["other_weights"], b["text"], b["ck"]),
+        "model weights",
+    ),
     "training data": (lambda b: _args(b["model"], b["other_text"], b["ck"]), "training data"),
-    "max-seqs": (lambda b: _args(b["model"], b["text"], b["ck"], "--max-seqs", "6"),
-                 "training data"),
-    "frozen region added": (lambda b: _args(b["model"], b["text"], b["ck"], "--freeze",
-                                            b["region"]), "frozen region"),
+    "max-seqs": (
+        lambda b: _args(b["model"], b["text"], b["ck"], "--max-seqs", "6"),
+        "training data",
+    ),
+    "frozen region added": (
+        lambda b: _args(b["model"], b["text"], b["ck"], "--freeze", b["region"]),
+        "frozen region",
+    ),
     "clip": (lambda b: _args(b["model"], b["text"], b["ck"], "--clip", "0"), "optimizer.clip"),
     "lr": (lambda b: _args(b["model"], b["text"], b["ck"], "--lr", "2e-3"), "optimizer.lr"),
     "seed": (lambda b: _args(b["model"], b["text"], b["ck"], "--seed", "1"), "optimizer.seed"),
-    "weight decay": (lambda b: _args(b["model"], b["text"], b["ck"], "--weight-decay", "0"),
-                     "optimizer.weight_decay"),
-    "freeze norms": (lambda b: _args(b["model"], b["text"], b["ck"], "--freeze", b["region"],
-                                     "--freeze-norms"), "frozen region"),
+    "weight decay": (
+        lambda b: _args(b["model"], b["text"], b["ck"], "--weight-decay", "0"),
+        "optimizer.weight_decay",
+    ),
+    "freeze norms": (
+        lambda b: _args(b["model"], b["text"], b["ck"], "--freeze", b["region"], "--freeze-norms"),
+        "frozen region",
+    ),
     "more steps": (lambda b: _args(b["model"], b["text"], b["ck"], steps="6"), "steps"),
-    "steps below the saved step": (lambda b: _args(b["model"], b["text"], b["ck"], steps="2"),
-                                   "below the saved step 4"),
+    "steps below the saved step": (
+        lambda b: _args(b["model"], b["text"], b["ck"], steps="2"),
+        "below the saved step 4",
+    ),
 }
 
 

@@ -11,10 +11,11 @@ import pytest
 from conftest import run_cli, run_cli_subprocess
 from jax.sharding import PartitionSpec as P
 
-from jaxregion import distributed, plan, regions, sharding
+from jaxregion import regions
 from jaxregion.errors import UserError
 from jaxregion.models import spec as mspec
 from jaxregion.models.config import from_hf_dict
+from jaxregion.parallel import distributed, plan, sharding
 
 
 def _mesh(**sizes):
@@ -22,8 +23,15 @@ def _mesh(**sizes):
 
 
 def _cfg(**kw):
-    d = dict(model_type="llama", vocab_size=320, hidden_size=64, intermediate_size=96,
-             num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+    d = dict(
+        model_type="llama",
+        vocab_size=320,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
     d.update(kw)
     return from_hf_dict(d)
 
@@ -91,8 +99,9 @@ def test_divisibility_fallback_is_per_dimension():
     specs = sharding.param_specs(_cfg(vocab_size=321), _mesh(fsdp=2, tensor=2))
     assert specs["model.embed_tokens.weight"] == P(None, "fsdp")
     # a mesh axis is used at most once per tensor (GPT-2 positions: pos -> replicated)
-    g = from_hf_dict(dict(model_type="gpt2", vocab_size=320, n_embd=64, n_layer=1, n_head=4,
-                          n_positions=128))
+    g = from_hf_dict(
+        dict(model_type="gpt2", vocab_size=320, n_embd=64, n_layer=1, n_head=4, n_positions=128)
+    )
     gs = sharding.param_specs(g, _mesh(fsdp=2, tensor=2))
     assert gs["transformer.wpe.weight"] == P(None, "fsdp")
     assert gs["transformer.h.0.attn.c_attn.weight"] == P("fsdp", "tensor")
@@ -115,7 +124,8 @@ def test_param_shardings_tree_matches_params_and_optimizer_state():
     assert jax.tree.structure(osh) == jax.tree.structure(opt)
     # applying it places real state: zeros like the moments, replicated counts
     placed = jax.jit(optax.adamw(1e-3).init, out_shardings=osh)(
-        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params))
+        jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), params)
+    )
     assert jax.tree.structure(placed) == jax.tree.structure(opt)
     # a name that is a param's suffix picks up that param's sharding
     fake = {"mu": {"model": {"norm": {"weight": np.zeros(64)}}}, "count": np.zeros(())}
@@ -129,9 +139,10 @@ def test_abstract_sharded_carries_shardings():
     ab = sharding.abstract_sharded(cfg, mesh)
     leaves = jax.tree.leaves(ab)
     assert all(isinstance(x, jax.ShapeDtypeStruct) and x.sharding is not None for x in leaves)
-    assert {n: x.shape for n, x in
-            __import__("jaxregion.tree", fromlist=["flatten"]).flatten(ab).items()} \
-        == mspec.shapes(cfg)
+    assert {
+        n: x.shape
+        for n, x in __import__("jaxregion.tree", fromlist=["flatten"]).flatten(ab).items()
+    } == mspec.shapes(cfg)
 
 
 def test_batches_single_process():
@@ -145,8 +156,13 @@ def test_batches_single_process():
 
 
 def test_distributed_single_process_helpers(tmp_path, monkeypatch):
-    for k in (distributed.ENV_COORDINATOR, distributed.ENV_NUM_PROCESSES,
-              distributed.ENV_PROCESS_ID, "SLURM_JOB_ID", "TPU_WORKER_HOSTNAMES"):
+    for k in (
+        distributed.ENV_COORDINATOR,
+        distributed.ENV_NUM_PROCESSES,
+        distributed.ENV_PROCESS_ID,
+        "SLURM_JOB_ID",
+        "TPU_WORKER_HOSTNAMES",
+    ):
         monkeypatch.delenv(k, raising=False)
     monkeypatch.setattr(distributed, "_STATE", None)
     info = distributed.initialize()
@@ -196,8 +212,9 @@ def test_plan_llama2_7b_numbers():
     for task, bpp in (("eval", 2), ("importance", 12), ("train", 18)):
         p = plan.make_plan(cfg, mesh, task, seq_len=4096, batch_size=8)
         assert sum(b for _, b, _ in p.lines) == bpp
-        assert p.state_bytes == (2 * per_dev + 10 * scored if task == "importance"
-                                 else bpp * per_dev)
+        assert p.state_bytes == (
+            2 * per_dev + 10 * scored if task == "importance" else bpp * per_dev
+        )
         assert p.activations > 0 and p.activations_remat <= p.activations
     p = plan.make_plan(cfg, mesh, "train", freeze=True)
     assert sum(b for _, b, _ in p.lines) == 19
@@ -212,29 +229,52 @@ def test_plan_llama2_7b_numbers():
 
 def test_plan_cli(tmp_path, model_factory):
     out = str(tmp_path / "plan.json")
-    code, stdout, stderr = run_cli("plan", "--preset", "llama2-7b", "--mesh",
-                                   "data=1,fsdp=4,tensor=2", "--task", "train", "--seq-len",
-                                   "1024", "--batch-size", "8", "--json", out)
+    code, stdout, stderr = run_cli(
+        "plan",
+        "--preset",
+        "llama2-7b",
+        "--mesh",
+        "data=1,fsdp=4,tensor=2",
+        "--task",
+        "train",
+        "--seq-len",
+        "1024",
+        "--batch-size",
+        "8",
+        "--json",
+        out,
+    )
     assert code == 0, stderr
     assert "6.74B parameters" in stdout and "Adam m, v" in stdout
     d = json.load(open(out))
     assert d["devices"] == 8 and d["bytes_per_param"]["Adam m, v (float32)"] == 8
-    code, stdout, stderr = run_cli("plan", "--model", model_factory("llama_mha"), "--mesh",
-                                   "data=2,fsdp=-1", "--devices", "8", "--task", "eval")
+    code, stdout, stderr = run_cli(
+        "plan",
+        "--model",
+        model_factory("llama_mha"),
+        "--mesh",
+        "data=2,fsdp=-1",
+        "--devices",
+        "8",
+        "--task",
+        "eval",
+    )
     assert code == 0, stderr
     assert "mesh data=2,fsdp=4,tensor=1" in stdout
     code, _, stderr = run_cli("plan", "--preset", "gpt5", "--mesh", "fsdp=2,data=1")
     assert code == 2 and "unknown" in stderr
     # multi-host start-up is once per process: a fresh one
-    code, _, stderr = run_cli_subprocess("eval", "--model", "x", "--text", "a=b",
-                                         "--coordinator", "localhost:1")
+    code, _, stderr = run_cli_subprocess(
+        "eval", "--model", "x", "--text", "a=b", "--coordinator", "localhost:1"
+    )
     assert code == 2 and "--num-processes" in stderr
 
 
 _FSDP_TRAIN = r"""
 import json, sys
 import jax, numpy as np
-from jaxregion import hf, sharding
+from jaxregion.io import hf
+from jaxregion.parallel import sharding
 from jaxregion.train import TrainConfig, train
 from jaxregion.tree import flatten
 path, ckpt, fsdp, tensor = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
@@ -262,9 +302,13 @@ def test_training_shards_params_over_fsdp_and_tensor(model_factory, tmp_path):
     out = {}
     for name, n, fsdp, tensor in (("one", 1, 1, 1), ("four", 4, 2, 2)):
         env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
-        p = subprocess.run([sys.executable, "-c", _FSDP_TRAIN, path, str(tmp_path / name),
-                            str(fsdp), str(tensor)], capture_output=True, text=True, env=env,
-                           timeout=600)
+        p = subprocess.run(
+            [sys.executable, "-c", _FSDP_TRAIN, path, str(tmp_path / name), str(fsdp), str(tensor)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=600,
+        )
         assert p.returncode == 0, p.stderr[-3000:]
         out[name] = json.loads(p.stdout.strip().splitlines()[-1])
     four = out["four"]

@@ -44,8 +44,13 @@ def test_text_plain_gzip_zstd_and_blank_separated(tmp_path, txt):
     (tmp_path / "a.txt.gz").write_bytes(gzip.compress(data))
     _zst(str(tmp_path / "a.txt.zst"), data)
     (tmp_path / "crlf.txt").write_bytes(b"\r\n\r\n".join(d.encode() for d in DOCS))
-    for spec in (txt, str(tmp_path / "a.txt.gz"), str(tmp_path / "a.txt.zst"),
-                 str(tmp_path / "crlf.txt"), "file:" + txt):
+    for spec in (
+        txt,
+        str(tmp_path / "a.txt.gz"),
+        str(tmp_path / "a.txt.zst"),
+        str(tmp_path / "crlf.txt"),
+        "file:" + txt,
+    ):
         src = open_source(spec)
         assert isinstance(src, Source)
         assert list(src.documents()) == DOCS, spec
@@ -69,8 +74,11 @@ def test_jsonl_and_parquet(tmp_path):
         path = str(tmp_path / spec)
         assert list(open_source(path, field="body").documents()) == DOCS
         assert list(open_source(path + "?field=body").documents()) == DOCS
-    pq.write_table(pa.table({"id": list(range(len(DOCS))), "body": DOCS}),
-                   tmp_path / "a.parquet", row_group_size=16)
+    pq.write_table(
+        pa.table({"id": list(range(len(DOCS))), "body": DOCS}),
+        tmp_path / "a.parquet",
+        row_group_size=16,
+    )
     assert list(open_source(str(tmp_path / "a.parquet"), field="body").documents()) == DOCS
 
     with pytest.raises(UserError, match=r"a\.jsonl.*'text' not found.*line 1.*id, body"):
@@ -145,10 +153,14 @@ def test_hf_save_to_disk_matches_text(tmp_path, txt, tokenizer):
     ds = datasets.Dataset.from_dict({"id": list(range(len(DOCS))), "text": DOCS})
     ds.save_to_disk(str(tmp_path / "ds"))
     datasets.DatasetDict({"train": ds, "test": ds.select(range(3))}).save_to_disk(
-        str(tmp_path / "dd"))
+        str(tmp_path / "dd")
+    )
     ref = _windows(open_source(txt), tokenizer)
-    for spec in (str(tmp_path / "ds"), "hf:" + str(tmp_path / "ds"),
-                 f"hf:{tmp_path / 'dd'}:train:text"):
+    for spec in (
+        str(tmp_path / "ds"),
+        "hf:" + str(tmp_path / "ds"),
+        f"hf:{tmp_path / 'dd'}:train:text",
+    ):
         src = open_source(spec)
         assert list(src.documents()) == DOCS, spec
         np.testing.assert_array_equal(_windows(src, tokenizer), ref)
@@ -164,7 +176,8 @@ def test_hf_streaming_load_dataset_reads_rows(tmp_path, txt, tokenizer):
     from jaxregion.data.sources import HfHubSource
 
     (tmp_path / "train.jsonl").write_text(
-        "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(DOCS)), "utf-8")
+        "".join(json.dumps({"text": d, "id": i}) + "\n" for i, d in enumerate(DOCS)), "utf-8"
+    )
     src = HfHubSource(str(tmp_path), None, "train", "text")
     assert list(src.documents()) == DOCS
     np.testing.assert_array_equal(_windows(src, tokenizer), _windows(open_source(txt), tokenizer))
@@ -179,12 +192,17 @@ def test_hf_hub_spec_parsing():
     b = open_source("hf:org/data:train:body")
     c = open_source("hf:org/data:cfg:test")
     assert isinstance(a, HfHubSource) and (a.dataset, a.config, a.split, a.field) == (
-        "wikimedia/wikipedia", "20231101.ar", "train", "text")
+        "wikimedia/wikipedia",
+        "20231101.ar",
+        "train",
+        "text",
+    )
     assert (b.config, b.split, b.field) == (None, "train", "body")
     assert (c.config, c.split, c.field) == ("cfg", "test", "text")
 
 
 # ------------------------------------------------------------------------------------ TFDS ---
+
 
 @pytest.fixture(scope="module")
 def tfds_dir(tmp_path_factory):
@@ -198,9 +216,12 @@ def tfds_dir(tmp_path_factory):
 
         def _info(self):
             return tfds.core.DatasetInfo(
-                builder=self, features=tfds.features.FeaturesDict({"text": tfds.features.Text(),
-                                                     "n": tfds.features.Scalar(np.int32)}),
-                disable_shuffling=True)
+                builder=self,
+                features=tfds.features.FeaturesDict(
+                    {"text": tfds.features.Text(), "n": tfds.features.Scalar(np.int32)}
+                ),
+                disable_shuffling=True,
+            )
 
         def _split_generators(self, dl_manager):
             return {"train": self._generate_examples()}
@@ -223,21 +244,27 @@ def test_tfds_matches_text(tfds_dir, txt, tokenizer, monkeypatch):
     np.testing.assert_array_equal(_windows(src, tokenizer), _windows(open_source(txt), tokenizer))
     monkeypatch.setenv("TFDS_DATA_DIR", tfds_dir)
     assert list(open_source("tfds:jaxregion_tiny_corpus/cyr:train").documents()) == list(
-        S.generate("cyr", 30))
+        S.generate("cyr", 30)
+    )
     assert list(open_source("tfds:jaxregion_tiny_corpus/cyr:train[:5]").documents()) == list(
-        S.generate("cyr", 5))
+        S.generate("cyr", 5)
+    )
 
 
 def test_tfds_errors(tfds_dir, tmp_path):
     with pytest.raises(UserError, match=r"field 'body' not found in record 0.*text"):
-        list(open_source("tfds:jaxregion_tiny_corpus/grk:train:body",
-                         data_dir=tfds_dir).documents())
+        list(
+            open_source("tfds:jaxregion_tiny_corpus/grk:train:body", data_dir=tfds_dir).documents()
+        )
     with pytest.raises(UserError, match=r"'n' in record 0 holds int"):
         list(open_source("tfds:jaxregion_tiny_corpus/grk:train:n", data_dir=tfds_dir).documents())
     for name in ("jaxregion_tiny_corpus/grk", "wiki40b/ar", "no_such_dataset"):
-        with pytest.raises(UserError, match=rf"tfds:{name}:test.*not prepared.*tfds build "
-                                            rf"{name.split('/')[0]} --data_dir {tmp_path} "
-                                            "--file_format array_record"):
+        with pytest.raises(
+            UserError,
+            match=rf"tfds:{name}:test.*not prepared.*tfds build "
+            rf"{name.split('/')[0]} --data_dir {tmp_path} "
+            "--file_format array_record",
+        ):
             list(open_source(f"tfds:{name}:test?data_dir={tmp_path}").documents())
     with pytest.raises(UserError, match=r"expected tfds:NAME"):
         open_source("tfds:wiki40b")
@@ -274,8 +301,13 @@ def test_first_windows_of_a_big_file_stream(tmp_path, tokenizer_dir):
         while f.tell() < 50_000_000:
             f.write(block)
     assert os.path.getsize(path) >= 50_000_000
-    out = subprocess.run([sys.executable, "-c", _MEASURE, str(path), tokenizer_dir],
-                         capture_output=True, text=True, timeout=120, check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _MEASURE, str(path), tokenizer_dir],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["n"] == 100
     assert r["growth"] < 30_000_000, r  # a whole-file read would add >= 50 MB

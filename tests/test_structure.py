@@ -38,11 +38,13 @@ def import_graph() -> dict[str, set[str]]:
             elif isinstance(node, ast.ImportFrom):
                 base = node.module or ""
                 if node.level:  # relative import
-                    parts = mod.split(".")[: len(mod.split(".")) - node.level + (1 if is_pkg
-                                                                                   else 0)]
+                    parts = mod.split(".")[
+                        : len(mod.split(".")) - node.level + (1 if is_pkg else 0)
+                    ]
                     base = ".".join(parts + ([base] if base else []))
-                targets = [f"{base}.{a.name}" if f"{base}.{a.name}" in files else base
-                           for a in node.names]
+                targets = [
+                    f"{base}.{a.name}" if f"{base}.{a.name}" in files else base for a in node.names
+                ]
             for t in targets:
                 while t and t not in files:
                     t = t.rpartition(".")[0]
@@ -62,7 +64,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(m)
         for n in sorted(graph[m]):
             if state.get(n) == 1:
-                return stack[stack.index(n):] + [n]
+                return stack[stack.index(n) :] + [n]
             if n not in state and (c := visit(n)):
                 return c
         stack.pop()
@@ -93,9 +95,12 @@ def test_help_imports_no_jax() -> None:
     import subprocess
     import sys
 
-    code = ("import sys; from jaxregion.cli.main import build_parser; build_parser(); "
-            "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'transformers', "
-            "'matplotlib') if m in sys.modules]; print(','.join(heavy))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         check=True).stdout.strip()
+    code = (
+        "import sys; from jaxregion.cli.main import build_parser; build_parser(); "
+        "heavy = [m for m in ('jax', 'flax', 'optax', 'orbax', 'transformers', "
+        "'matplotlib') if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.strip()
     assert out == "", f"building the parser imported {out}"

@@ -59,7 +59,7 @@ def test_ground_truth_matches_generated_text():
     langs = list(S.LANGUAGES.values())
     for i, a in enumerate(langs):
         assert not (a.words & S.SHARED_WORDS)
-        for b in langs[i + 1:]:
+        for b in langs[i + 1 :]:
             assert not (a.words & b.words), (a.code, b.code)
             assert not (a.alphabet & b.alphabet), (a.code, b.code)
     gt = S.ground_truth()

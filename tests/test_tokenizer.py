@@ -58,8 +58,7 @@ def test_roundtrips_every_language_without_unk(trained):
 def test_deterministic(tmp_path, trained):
     out, _ = trained
     train_bpe(_docs(), 1024, str(tmp_path))
-    with open(os.path.join(out, "tokenizer.json")) as a, \
-            open(tmp_path / "tokenizer.json") as b:
+    with open(os.path.join(out, "tokenizer.json")) as a, open(tmp_path / "tokenizer.json") as b:
         assert json.load(a)["model"] == json.load(b)["model"]
 
 

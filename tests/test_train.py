@@ -21,10 +21,35 @@ STEPS = 24
 
 
 def _train_args(model, corpus_dir, ckpt, steps=STEPS, *extra):
-    return ["train", "--model", model, "--text", f"lat={corpus_dir}/lat.txt",
-            "--text", f"rom={corpus_dir}/rom.txt", "--steps", str(steps), "--batch-size", "4",
-            "--seq-len", "32", "--lr", "3e-3", "--warmup", "3", "--weight-decay", "0.1",
-            "--ckpt-dir", ckpt, "--save-every", "4", "--keep", "2", "--no-progress", *extra]
+    return [
+        "train",
+        "--model",
+        model,
+        "--text",
+        f"lat={corpus_dir}/lat.txt",
+        "--text",
+        f"rom={corpus_dir}/rom.txt",
+        "--steps",
+        str(steps),
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--lr",
+        "3e-3",
+        "--warmup",
+        "3",
+        "--weight-decay",
+        "0.1",
+        "--ckpt-dir",
+        ckpt,
+        "--save-every",
+        "4",
+        "--keep",
+        "2",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def _cmd(*argv):
@@ -58,14 +83,16 @@ def _tree_hash(d):
 # --- frozen stays frozen -------------------------------------------------------------------
 @pytest.mark.slow
 def test_frozen_elements_bitwise_fixed(model_factory, tmp_path):
-    from jaxregion import hf, sharding
+    from jaxregion.io import hf
+    from jaxregion.parallel import sharding
     from jaxregion.regions import random as random_region
     from jaxregion.train import TrainConfig, freeze_mask_for, make_optimizer, make_train_step
 
     cfg_m, params = hf.load(model_factory("llama_mha"))
     region = random_region(params, ratio=0.05, seed=3)
-    cfg = TrainConfig(steps=50, batch_size=4, seq_len=16, lr=1e-2, warmup=5, weight_decay=0.5,
-                      clip=1.0)
+    cfg = TrainConfig(
+        steps=50, batch_size=4, seq_len=16, lr=1e-2, warmup=5, weight_decay=0.5, clip=1.0
+    )
     mesh = sharding.make_mesh()
     rep = sharding.replicated(mesh)
     mask = freeze_mask_for(params, region, include_norms=True)
@@ -112,8 +139,12 @@ def test_resume_bitwise_after_sigkill_and_sigterm(model_factory, corpus_dir, tmp
     assert main(_train_args(model, corpus_dir, ref, STEPS, "--export", str(tmp_path / "A"))) == 0
 
     # 1) SIGKILL at a random moment after the first checkpoint
-    p = subprocess.Popen(_cmd(*_train_args(model, corpus_dir, run)), stderr=subprocess.PIPE,
-                         stdout=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        _cmd(*_train_args(model, corpus_dir, run)),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     _wait_for_step(run, p, 4)
     time.sleep(random.Random().uniform(0.0, 0.5))
     p.kill()
@@ -132,9 +163,12 @@ def test_resume_bitwise_after_sigkill_and_sigterm(model_factory, corpus_dir, tmp
     ident = json.load(open(os.path.join(leg, "identity.json")))
     with open(os.path.join(leg, "identity.json"), "w") as f:
         json.dump({**ident, "steps": 10**6}, f)
-    p = subprocess.Popen(_cmd(*_train_args(model, corpus_dir, leg, 10**6, "--save-every",
-                                           "1000000")),
-                         stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+    p = subprocess.Popen(
+        _cmd(*_train_args(model, corpus_dir, leg, 10**6, "--save-every", "1000000")),
+        stderr=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        text=True,
+    )
     # with --save-every huge, any new step dir can only come from the SIGTERM save
     t0 = time.time()
     while "resuming from step" not in (line := p.stderr.readline()):
@@ -171,17 +205,26 @@ def test_checkpoint_across_device_counts(model_factory, corpus_dir, tmp_path):
     model = model_factory("llama_mha")
     # 4 -> 1
     ck4 = str(tmp_path / "ck4")
-    p = subprocess.run(_cmd(*_train_args(model, corpus_dir, ck4, 4), "--export",
-                            str(tmp_path / "direct4")),
-                       env=_env(4), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        _cmd(*_train_args(model, corpus_dir, ck4, 4), "--export", str(tmp_path / "direct4")),
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     assert main(["export", "--ckpt-dir", ck4, "--out", str(tmp_path / "restored1")]) == 0
     _assert_bitwise(_load(tmp_path / "direct4"), _load(tmp_path / "restored1"))
     # 1 -> 4
     ck1 = str(tmp_path / "ck1")
     assert main(_train_args(model, corpus_dir, ck1, 4, "--export", str(tmp_path / "direct1"))) == 0
-    p = subprocess.run(_cmd("export", "--ckpt-dir", ck1, "--out", str(tmp_path / "restored4")),
-                       env=_env(4), capture_output=True, text=True, timeout=300)
+    p = subprocess.run(
+        _cmd("export", "--ckpt-dir", ck1, "--out", str(tmp_path / "restored4")),
+        env=_env(4),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert p.returncode == 0, p.stderr
     _assert_bitwise(_load(tmp_path / "direct1"), _load(tmp_path / "restored4"))
 
@@ -192,8 +235,8 @@ def test_export_matches_transformers(model_factory, corpus_dir, tmp_path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    from jaxregion import hf
     from jaxregion.cli.main import main
+    from jaxregion.io import hf
     from jaxregion.models import apply
 
     model = model_factory("llama_mha")
@@ -227,7 +270,7 @@ def test_bad_input_exits_2_and_keeps_checkpoint(model_factory, corpus_dir, tmp_p
     capsys.readouterr()
 
     other = model_factory("llama_mha", hidden_size=32, intermediate_size=48)
-    from jaxregion import hf
+    from jaxregion.io import hf
 
     _, other_params = hf.load(other)
     region_path = str(tmp_path / "other.safetensors")

@@ -31,8 +31,11 @@ def snapshot(root: str, skip: str | None = None) -> dict[str, tuple]:
                 out[p] = ("link", 0, os.readlink(p))
             elif stat.S_ISREG(st.st_mode):
                 with open(p, "rb") as fh:
-                    out[p] = ("file", stat.S_IMODE(st.st_mode),
-                              hashlib.sha256(fh.read()).hexdigest())
+                    out[p] = (
+                        "file",
+                        stat.S_IMODE(st.st_mode),
+                        hashlib.sha256(fh.read()).hexdigest(),
+                    )
             else:
                 out[p] = ("other", stat.S_IMODE(st.st_mode), None)
     return out
@@ -41,5 +44,8 @@ def snapshot(root: str, skip: str | None = None) -> dict[str, tuple]:
 def diff(before: dict, after: dict) -> list[str]:
     """Paths added, removed or changed (for assertion messages)."""
     keys = sorted(set(before) | set(after))
-    return [f"{'+' if k not in before else '-' if k not in after else '~'} {k}" for k in keys
-            if before.get(k) != after.get(k)]
+    return [
+        f"{'+' if k not in before else '-' if k not in after else '~'} {k}"
+        for k in keys
+        if before.get(k) != after.get(k)
+    ]

@@ -10,17 +10,23 @@ from jaxregion.configs import EvalConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(sub, "eval", EvalConfig, run,
-                help="perplexity and bits per byte per language under the packing contract")
+    add_command(
+        sub,
+        "eval",
+        EvalConfig,
+        run,
+        help="perplexity and bits per byte per language under the packing contract",
+    )
 
 
 def run(cfg: EvalConfig, ctx: Context) -> int:
-    from jaxregion import io, runtime  # deferred: jax (see cli.main)
+    from jaxregion import runtime
+    from jaxregion.io import atomic  # deferred: jax (see cli.main)
     from jaxregion.report.tables import eval_table
 
     out = runtime.run_eval(cfg, ctx.mesh)
     print(eval_table(out))
     if cfg.json_out:
-        io.write_json(cfg.json_out, out)
+        atomic.write_json(cfg.json_out, out)
         print(f"wrote {cfg.json_out}", file=sys.stderr)
     return 0

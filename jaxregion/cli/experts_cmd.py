@@ -10,13 +10,20 @@ from jaxregion.configs import ExpertsConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(sub, "experts", ExpertsConfig, run,
-                help="per layer and expert: each language's routed-token share, mean gate "
-                     "weight and the experts' language specificity (MoE models)")
+    add_command(
+        sub,
+        "experts",
+        ExpertsConfig,
+        run,
+        help="per layer and expert: each language's routed-token share, mean gate "
+        "weight and the experts' language specificity (MoE models)",
+    )
 
 
 def run(cfg: ExpertsConfig, ctx: Context) -> int:
-    from jaxregion import experts, hf, runtime  # deferred: jax (see cli.main)
+    from jaxregion import runtime
+    from jaxregion.analysis import experts  # deferred: jax (see cli.main)
+    from jaxregion.io import hf
     from jaxregion.report.experts import specific_table, write_report
 
     experts.require_moe(hf.load_config(hf.resolve(cfg.model)), "jaxregion experts")

@@ -17,10 +17,15 @@ from jaxregion.configs import ImportanceConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(sub, "importance", ImportanceConfig, run,
-                help="per-parameter importance scores per language",
-                description="Per-parameter importance (default: the paper's θ⊙∇θL over all "
-                            "windows) for each language, written as OUT/LANG.safetensors.")
+    add_command(
+        sub,
+        "importance",
+        ImportanceConfig,
+        run,
+        help="per-parameter importance scores per language",
+        description="Per-parameter importance (default: the paper's θ⊙∇θL over all "
+        "windows) for each language, written as OUT/LANG.safetensors.",
+    )
 
 
 def run(cfg: ImportanceConfig, ctx: Context) -> int:

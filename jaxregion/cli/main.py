@@ -39,8 +39,19 @@ from jaxregion.configs import LaunchConfig
 from jaxregion.errors import UserError
 
 # Subcommand modules, in the order `--help` lists them.
-COMMAND_MODULES = [eval_cmd, generate_cmd, tasks_cmd, train_cmd, importance_cmd, regions_cmd,
-                   experiment_cmd, experts_cmd, demo_cmd, plan_cmd, convert_cmd]
+COMMAND_MODULES = [
+    eval_cmd,
+    generate_cmd,
+    tasks_cmd,
+    train_cmd,
+    importance_cmd,
+    regions_cmd,
+    experiment_cmd,
+    experts_cmd,
+    demo_cmd,
+    plan_cmd,
+    convert_cmd,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -49,8 +60,12 @@ def build_parser() -> argparse.ArgumentParser:
         description="Find, measure, break and protect the linguistic regions of LLMs.",
     )
     parser.add_argument("--version", action="version", version=f"jaxregion {__version__}")
-    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
-                        help="show tracebacks on errors (also after the command)")
+    parser.add_argument(
+        "--debug",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="show tracebacks on errors (also after the command)",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=options.Parser)
     options.REGISTRY.clear()
     for mod in COMMAND_MODULES:
@@ -94,8 +109,9 @@ def main(argv: list[str] | None = None) -> int:
         # no output of this command may replace one of its inputs (the config file included);
         # outputs are checked, and their directories locked, before any work
         given = [*options.inputs(cmd, cfg), options.config_path(ns) or ""]
-        with safety.guard(options.outputs(cmd, cfg), given, force=launch.force,
-                          lock=_first_process()):
+        with safety.guard(
+            options.outputs(cmd, cfg), given, force=launch.force, lock=_first_process()
+        ):
             safety.reading(options.config_path(ns))
             return int(cmd.run(cfg, options.Context(launch, options.config_path(ns))) or 0)
     except UserError as e:
@@ -146,12 +162,14 @@ def _disk_full(e: BaseException) -> str | None:
     ValueError); None for any other exception."""
     while e is not None:
         text = str(e)
-        if getattr(e, "errno", None) == errno.ENOSPC or "No space left on device" in text or \
-                ("RESOURCE_EXHAUSTED" in text and "writing" in text):
+        if (
+            getattr(e, "errno", None) == errno.ENOSPC
+            or "No space left on device" in text
+            or ("RESOURCE_EXHAUSTED" in text and "writing" in text)
+        ):
             m = re.search(r'local file "([^"]+)"', text) or re.search(r"'([^']+)'", text)
             where = m.group(1) if m else "output"
-            return (f"{where}: no space left on device; free disk space or choose another "
-                    "directory")
+            return f"{where}: no space left on device; free disk space or choose another directory"
         e = e.__cause__ or e.__context__
     return None
 
@@ -184,7 +202,7 @@ def _log_to_stderr() -> None:
 
 def _start(launch: LaunchConfig) -> None:
     """Check ``--mesh`` and join the multi-process run (a no-op for one process)."""
-    from jaxregion import distributed, sharding  # deferred: jax (see module docstring)
+    from jaxregion.parallel import distributed, sharding  # deferred: jax (see module docstring)
 
     if launch.mesh:  # checked up front, also for commands that never build the mesh
         sharding.MeshConfig.parse(launch.mesh)

@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from jaxregion import config as C
 from jaxregion import safety
+from jaxregion import strict_loader as C
 from jaxregion.configs import LaunchConfig, TrainRunConfig
 from jaxregion.errors import UserError
 
@@ -73,7 +73,7 @@ class Context:
     @functools.cached_property
     def mesh(self):
         """The mesh of ``--mesh`` (default: every device on ``data``), built on first use."""
-        from jaxregion import sharding  # deferred: jax, ~0.8 s (see cli.main)
+        from jaxregion.parallel import sharding  # deferred: jax, ~0.8 s (see cli.main)
 
         spec = self.launch.mesh
         cfg = sharding.MeshConfig.parse(spec) if spec else sharding.MeshConfig()
@@ -89,8 +89,7 @@ def _kind(tp: Any) -> str:
         return "bool"
     if tp in (int, float, str):
         return "scalar"
-    if origin in (tuple, list, collections.abc.Sequence) and args and args[0] in (int, float,
-                                                                                   str):
+    if origin in (tuple, list, collections.abc.Sequence) and args and args[0] in (int, float, str):
         return "list"
     if origin in (dict, collections.abc.Mapping) and args == (str, str):
         return "map"
@@ -160,8 +159,9 @@ def _add_field(p: argparse.ArgumentParser, groups: dict, f: dataclasses.Field, t
     kind = _kind(tp)
     kw: dict[str, Any] = {"dest": f.name, "default": argparse.SUPPRESS, "help": _help(f, tp)}
     if md.get("positional"):
-        target.add_argument(f.name, nargs="?", metavar=f.name.upper(), default=argparse.SUPPRESS,
-                            help=_help(f, tp))
+        target.add_argument(
+            f.name, nargs="?", metavar=f.name.upper(), default=argparse.SUPPRESS, help=_help(f, tp)
+        )
         return
     if md.get("metavar"):
         kw["metavar"] = md["metavar"]
@@ -172,10 +172,17 @@ def _add_field(p: argparse.ArgumentParser, groups: dict, f: dataclasses.Field, t
     target.add_argument(flag, **kw)
 
 
-def add_command(sub: argparse._SubParsersAction, words: str | tuple[str, ...], config: type,
-                run: Callable[[Any, Any], int], *, help: str,  # noqa: A002
-                description: str | None = None, fixed: Mapping[str, Any] | None = None,
-                positional_config: bool = False) -> argparse.ArgumentParser:
+def add_command(
+    sub: argparse._SubParsersAction,
+    words: str | tuple[str, ...],
+    config: type,
+    run: Callable[[Any, Any], int],
+    *,
+    help: str,  # noqa: A002
+    description: str | None = None,
+    fixed: Mapping[str, Any] | None = None,
+    positional_config: bool = False,
+) -> argparse.ArgumentParser:
     """Add the command ``words`` (its last word is the subparser's name) to ``sub``.
 
     ``run(cfg, ctx)`` gets the parsed config and a context (``ctx.mesh``, ``ctx.progress``)
@@ -186,10 +193,20 @@ def add_command(sub: argparse._SubParsersAction, words: str | tuple[str, ...], c
     p = sub.add_parser(words[-1], help=help, description=description or help)
     p.set_defaults(_command=cmd)
     if positional_config:
-        p.add_argument(_CONFIG_POS_DEST, nargs="?", metavar="CONFIG", default=None,
-                       help="YAML config (same as --config)")
-    p.add_argument("--config", dest=_CONFIG_DEST, default=None, metavar="FILE.yaml",
-                   help="YAML of any options below (keys = field names); flags override it")
+        p.add_argument(
+            _CONFIG_POS_DEST,
+            nargs="?",
+            metavar="CONFIG",
+            default=None,
+            help="YAML config (same as --config)",
+        )
+    p.add_argument(
+        "--config",
+        dest=_CONFIG_DEST,
+        default=None,
+        metavar="FILE.yaml",
+        help="YAML of any options below (keys = field names); flags override it",
+    )
     groups: dict[str, Any] = {}
     seen = set()
     for cls, fx in ((config, cmd.fixed), (LaunchConfig, {})):
@@ -224,8 +241,11 @@ def _from_flag(value: Any, f: dataclasses.Field, tp: Any, flag: str) -> tuple[An
         return _parse_scalar(value, base, flag), f"{flag} {value}"
     if kind == "list":
         inner = typing.get_args(base)[0]
-        raws = [x.strip() for x in value.split(f.metadata["sep"])] if f.metadata.get("sep") \
+        raws = (
+            [x.strip() for x in value.split(f.metadata["sep"])]
+            if f.metadata.get("sep")
             else list(value)
+        )
         raws = [x for x in raws if x != ""] if f.metadata.get("sep") else raws
         shown = f"{flag} {value if isinstance(value, str) else ' '.join(value)}"
         return [_parse_scalar(x, inner, flag) for x in raws], shown
@@ -242,8 +262,9 @@ def _from_flag(value: Any, f: dataclasses.Field, tp: Any, flag: str) -> tuple[An
     return out, flag
 
 
-def _values(cls: type, fixed: Mapping[str, Any], ns: dict, yaml: dict, path: str | None
-            ) -> tuple[dict, dict[str, str]]:
+def _values(
+    cls: type, fixed: Mapping[str, Any], ns: dict, yaml: dict, path: str | None
+) -> tuple[dict, dict[str, str]]:
     """Checked values of ``cls``'s fields from YAML then flags; and each field's flag."""
     values: dict[str, Any] = {}
     flags: dict[str, str] = {}
@@ -328,14 +349,24 @@ def parse(ns: argparse.Namespace) -> tuple[Any, LaunchConfig]:
     launch_names = {f.name for f, _ in cli_fields(LaunchConfig)} - own
     for k in data:
         if k not in own and k not in launch_names:
-            raise UserError(f"{path}: unknown key {k!r}; known keys: "
-                            f"{', '.join(sorted(own | launch_names))}")
-    vals, flags = _values(cmd.config, cmd.fixed, {k: v for k, v in given.items() if k in own},
-                          {k: v for k, v in data.items() if k in own}, path)
+            raise UserError(
+                f"{path}: unknown key {k!r}; known keys: {', '.join(sorted(own | launch_names))}"
+            )
+    vals, flags = _values(
+        cmd.config,
+        cmd.fixed,
+        {k: v for k, v in given.items() if k in own},
+        {k: v for k, v in data.items() if k in own},
+        path,
+    )
     vals.update(cmd.fixed)
-    lvals, _ = _values(LaunchConfig, {n: None for n in own},
-                       {k: v for k, v in given.items() if k in launch_names},
-                       {k: v for k, v in data.items() if k in launch_names}, path)
+    lvals, _ = _values(
+        LaunchConfig,
+        {n: None for n in own},
+        {k: v for k, v in given.items() if k in launch_names},
+        {k: v for k, v in data.items() if k in launch_names},
+        path,
+    )
 
     def missing(name: str) -> str:
         how = f"{flags[name]}" if flags[name] != name else f"{name!r}"

@@ -9,18 +9,24 @@ from jaxregion.configs import PlanConfig
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(sub, "plan", PlanConfig, run,
-                help="memory per device for eval / importance / train on a mesh",
-                description="Bytes per device for a model (config.json or a preset) on a mesh: "
-                            "parameter-shaped state exactly (with the real sharding rules), "
-                            "activations estimated.")
+    add_command(
+        sub,
+        "plan",
+        PlanConfig,
+        run,
+        help="memory per device for eval / importance / train on a mesh",
+        description="Bytes per device for a model (config.json or a preset) on a mesh: "
+        "parameter-shaped state exactly (with the real sharding rules), "
+        "activations estimated.",
+    )
 
 
 def run(cfg: PlanConfig, ctx: Context) -> int:
-    from jaxregion import io, plan  # deferred: jax (see cli.main)
+    from jaxregion.io import atomic  # deferred: jax (see cli.main)
+    from jaxregion.parallel import plan
 
     p = plan.plan_for(cfg)
     print(plan.format_plan(p))
     if cfg.json_out:
-        io.write_json(cfg.json_out, p.as_dict())
+        atomic.write_json(cfg.json_out, p.as_dict())
     return 0

@@ -14,21 +14,43 @@ _SWEEP_ONLY = {"replay_ratio": 0.0, "ewc_lambda": 0.0, "eval_at": (), "eval_star
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    add_command(sub, "train", FinetuneConfig, run_train, fixed=_SWEEP_ONLY,
-                help="continued pre-training, optionally with a frozen region",
-                description="Continued pre-training with AdamW; --freeze keeps a region's "
-                            "parameters bitwise fixed. Resumes from --ckpt-dir.")
-    add_command(sub, "export", ExportConfig, run_export,
-                help="write a training checkpoint as an HF directory")
-    add_command(sub, "pretrain", PretrainConfig, run_pretrain, fixed=_SWEEP_ONLY,
-                help="train a small Llama from scratch",
-                description="Train a Llama-family model from random init on a multilingual "
-                            "mix.")
-    add_command(sub, "forgetting", ForgettingConfig, run_forgetting, positional_config=True,
-                help="the forgetting frontier: freeze ratio x granularity x scorer sweep",
-                description="Continued pre-training on a target language while protecting the "
-                            "others, swept over freeze ratio x granularity x scorer x baseline "
-                            "x seed (resumable); writes report.md, results.json, plots.")
+    add_command(
+        sub,
+        "train",
+        FinetuneConfig,
+        run_train,
+        fixed=_SWEEP_ONLY,
+        help="continued pre-training, optionally with a frozen region",
+        description="Continued pre-training with AdamW; --freeze keeps a region's "
+        "parameters bitwise fixed. Resumes from --ckpt-dir.",
+    )
+    add_command(
+        sub,
+        "export",
+        ExportConfig,
+        run_export,
+        help="write a training checkpoint as an HF directory",
+    )
+    add_command(
+        sub,
+        "pretrain",
+        PretrainConfig,
+        run_pretrain,
+        fixed=_SWEEP_ONLY,
+        help="train a small Llama from scratch",
+        description="Train a Llama-family model from random init on a multilingual mix.",
+    )
+    add_command(
+        sub,
+        "forgetting",
+        ForgettingConfig,
+        run_forgetting,
+        positional_config=True,
+        help="the forgetting frontier: freeze ratio x granularity x scorer sweep",
+        description="Continued pre-training on a target language while protecting the "
+        "others, swept over freeze ratio x granularity x scorer x baseline "
+        "x seed (resumable); writes report.md, results.json, plots.",
+    )
 
 
 def _finish(res, export: str | None) -> int:
@@ -37,8 +59,10 @@ def _finish(res, export: str | None) -> int:
         return 128 + int(res.signum or 15)
     last = res.metrics[-1] if res.metrics else {}
     if last.get("eval_ppl"):
-        print("final eval perplexity: " + ", ".join(f"{k}={v:.3f}"
-                                                     for k, v in last["eval_ppl"].items()))
+        print(
+            "final eval perplexity: "
+            + ", ".join(f"{k}={v:.3f}" for k, v in last["eval_ppl"].items())
+        )
     if export:
         print(f"wrote {export}", file=sys.stderr)
     return 0
@@ -65,7 +89,7 @@ def run_export(cfg: ExportConfig, ctx: Context) -> int:
 
 
 def run_forgetting(cfg: ForgettingConfig, ctx: Context) -> int:
-    from jaxregion import forgetting  # deferred: jax (see cli.main)
+    from jaxregion.analysis import forgetting  # deferred: jax (see cli.main)
 
     res = forgetting.run(cfg, progress=ctx.progress, mesh=ctx.mesh, source=ctx.source)
     if res.interrupted:

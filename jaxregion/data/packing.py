@@ -57,15 +57,18 @@ def pack_windows(
         buf = np.concatenate([buf, np.asarray(ids, dtype=np.int32)])
         n = len(buf) // seq_len
         for w in range(n):
-            yield buf[w * seq_len:(w + 1) * seq_len].copy()
+            yield buf[w * seq_len : (w + 1) * seq_len].copy()
             produced += 1
             if max_seqs is not None and produced >= max_seqs:
                 return
-        buf = buf[n * seq_len:]
+        buf = buf[n * seq_len :]
 
 
 def load_windows(
-    documents: Iterable[str], tokenizer, seq_len: int, max_seqs: int | None = None,
+    documents: Iterable[str],
+    tokenizer,
+    seq_len: int,
+    max_seqs: int | None = None,
     source: str = "the text",
 ) -> np.ndarray:
     """All windows as an array ``[n, seq_len]``; errors name ``source`` when it is too short."""

@@ -26,7 +26,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 from jaxregion.errors import UserError
-from jaxregion.io import atomic_path
+from jaxregion.io.atomic import atomic_path
 
 N_NOUNS, N_VERBS, N_ADJS = 400, 120, 80
 NOUNS = tuple(f"N{i}" for i in range(N_NOUNS))
@@ -36,8 +36,28 @@ FUNCTION_WORDS = ("AND", "NOT")
 TENSES = ("present", "past", "future")
 
 # Shared across every language: the "core" every model should learn once.
-NAMES = ("Ana", "Boris", "Chen", "Dara", "Elif", "Farid", "Gita", "Hugo", "Ines", "Jonas",
-         "Kemal", "Lena", "Mira", "Nils", "Omar", "Priya", "Rosa", "Sami", "Tomas", "Yuki")
+NAMES = (
+    "Ana",
+    "Boris",
+    "Chen",
+    "Dara",
+    "Elif",
+    "Farid",
+    "Gita",
+    "Hugo",
+    "Ines",
+    "Jonas",
+    "Kemal",
+    "Lena",
+    "Mira",
+    "Nils",
+    "Omar",
+    "Priya",
+    "Rosa",
+    "Sami",
+    "Tomas",
+    "Yuki",
+)
 PUNCT = (".", ",", "?", "!")
 SHARED_WORDS = frozenset(NAMES) | frozenset(str(n) for n in range(100))
 SHARED_CHARS = frozenset("".join(NAMES)) | frozenset(string.digits) | frozenset(PUNCT) | {" "}
@@ -54,9 +74,9 @@ class _Design:
     script: str
     consonants: tuple[str, ...]
     vowels: tuple[str, ...]
-    word_order: str          # "SVO", "SOV" or "VSO"
+    word_order: str  # "SVO", "SOV" or "VSO"
     adj_after_noun: bool
-    morphology: str          # "fusional", "agglutinative" or "isolating"
+    morphology: str  # "fusional", "agglutinative" or "isolating"
     word_sep: str = " "
     min_syl: int = 1
     max_syl: int = 3
@@ -66,18 +86,39 @@ class _Design:
 
 _DESIGNS: dict[str, _Design] = {
     "lat": _Design("Latin", tuple("ptkbdgmnlrsv"), tuple("aeiou"), "SVO", False, "fusional"),
-    "rom": _Design("Latin", tuple("fhjzcwxqy"), tuple("äöüåy"), "SOV", True, "fusional",
-                   min_syl=2),
-    "cyr": _Design("Cyrillic", tuple("бвгджзклмнпрстфхцчш"), tuple("аеиоуыэюя"), "SVO", False,
-                   "fusional"),
-    "grk": _Design("Greek", tuple("βγδζθκλμνξπρστφχψ"), tuple("αεηιουω"), "VSO", True,
-                   "fusional"),
-    "arb": _Design("Arabic", tuple(_range(0x0628, 0x063A)), tuple("اوي"), "VSO", True,
-                   "fusional", word_sep=" "),
-    "cjk": _Design("CJK", (), (), "SVO", False, "isolating", word_sep="", min_syl=1,
-                   max_syl=2, syllable_mode="block", block_chars=tuple(_range(0x4E00, 0x5DFF))),
-    "hng": _Design("Hangul", (), (), "SOV", False, "agglutinative", min_syl=1, max_syl=3,
-                   syllable_mode="block", block_chars=tuple(_range(0xAC00, 0xB3FF))),
+    "rom": _Design("Latin", tuple("fhjzcwxqy"), tuple("äöüåy"), "SOV", True, "fusional", min_syl=2),
+    "cyr": _Design(
+        "Cyrillic", tuple("бвгджзклмнпрстфхцчш"), tuple("аеиоуыэюя"), "SVO", False, "fusional"
+    ),
+    "grk": _Design("Greek", tuple("βγδζθκλμνξπρστφχψ"), tuple("αεηιουω"), "VSO", True, "fusional"),
+    "arb": _Design(
+        "Arabic", tuple(_range(0x0628, 0x063A)), tuple("اوي"), "VSO", True, "fusional", word_sep=" "
+    ),
+    "cjk": _Design(
+        "CJK",
+        (),
+        (),
+        "SVO",
+        False,
+        "isolating",
+        word_sep="",
+        min_syl=1,
+        max_syl=2,
+        syllable_mode="block",
+        block_chars=tuple(_range(0x4E00, 0x5DFF)),
+    ),
+    "hng": _Design(
+        "Hangul",
+        (),
+        (),
+        "SOV",
+        False,
+        "agglutinative",
+        min_syl=1,
+        max_syl=3,
+        syllable_mode="block",
+        block_chars=tuple(_range(0xAC00, 0xB3FF)),
+    ),
 }
 
 
@@ -91,22 +132,27 @@ class LanguageSpec:
     adj_after_noun: bool
     morphology: str
     word_sep: str
-    lexicon: dict[str, str]            # concept -> stem
-    affixes: dict[str, str]            # grammatical feature -> affix / particle
+    lexicon: dict[str, str]  # concept -> stem
+    affixes: dict[str, str]  # grammatical feature -> affix / particle
     words: frozenset[str] = frozenset()  # every surface form the language can emit
     alphabet: frozenset[str] = frozenset()
     # Pre-rendered tables so generation is lookups and joins (fast).
     _noun: list[list[list[str]]] = field(default_factory=list, repr=False)  # [n][pl][case]
     _verb: list[list[list[str]]] = field(default_factory=list, repr=False)  # [v][tense][pl]
-    _adj: list[list[str]] = field(default_factory=list, repr=False)         # [a][pl]
+    _adj: list[list[str]] = field(default_factory=list, repr=False)  # [a][pl]
 
     def describe(self) -> dict:
         """JSON-friendly ground truth for this language."""
         return {
-            "code": self.code, "script": self.script, "word_order": self.word_order,
-            "adj_after_noun": self.adj_after_noun, "morphology": self.morphology,
-            "word_sep": self.word_sep, "lexicon": dict(self.lexicon),
-            "affixes": dict(self.affixes), "words": sorted(self.words),
+            "code": self.code,
+            "script": self.script,
+            "word_order": self.word_order,
+            "adj_after_noun": self.adj_after_noun,
+            "morphology": self.morphology,
+            "word_sep": self.word_sep,
+            "lexicon": dict(self.lexicon),
+            "affixes": dict(self.affixes),
+            "words": sorted(self.words),
             "alphabet": "".join(sorted(self.alphabet)),
         }
 
@@ -147,7 +193,7 @@ def _build(code: str, design: _Design, taken: set[str]) -> LanguageSpec:
     a, sep = affixes, design.word_sep
 
     def noun(stem: str, pl: int, case: int) -> str:
-        if design.morphology == "isolating":   # separate particles, no inflection
+        if design.morphology == "isolating":  # separate particles, no inflection
             return stem + (sep + a["plural"] if pl else "")
         w = stem + (a["plural"] if pl else "")
         if design.morphology == "agglutinative":
@@ -163,8 +209,16 @@ def _build(code: str, design: _Design, taken: set[str]) -> LanguageSpec:
     def adj(stem: str, pl: int) -> str:
         return stem + (a["plural"] if pl and design.morphology == "fusional" else "")
 
-    spec = LanguageSpec(code, design.script, design.word_order, design.adj_after_noun,
-                        design.morphology, sep, lexicon, affixes)
+    spec = LanguageSpec(
+        code,
+        design.script,
+        design.word_order,
+        design.adj_after_noun,
+        design.morphology,
+        sep,
+        lexicon,
+        affixes,
+    )
     spec._noun = [[[noun(lexicon[n], pl, c) for c in range(3)] for pl in (0, 1)] for n in NOUNS]
     spec._verb = [[[verb(lexicon[v], t, pl) for pl in (0, 1)] for t in range(3)] for v in VERBS]
     spec._adj = [[adj(lexicon[x], pl) for pl in (0, 1)] for x in ADJS]
@@ -262,8 +316,9 @@ def _sentence(spec: LanguageSpec, rng: random.Random) -> str:
 def generate(lang: str, n_docs: int | None = None, seed: int = 0) -> Iterator[str]:
     """Documents of ``lang`` (one line each, no newlines); unlimited when ``n_docs`` is None."""
     if lang not in LANGUAGES:
-        raise UserError(f"synthetic language {lang!r} does not exist; choose one of "
-                        f"{', '.join(LANGUAGES)}")
+        raise UserError(
+            f"synthetic language {lang!r} does not exist; choose one of {', '.join(LANGUAGES)}"
+        )
     if n_docs is not None and n_docs < 0:
         raise UserError(f"synthetic {lang}: n_docs={n_docs} must be >= 0")
     spec = LANGUAGES[lang]
@@ -280,8 +335,13 @@ def _split_seed(seed: int, split: str) -> int:
     return seed if split == "train" else seed * 1000003 + sum(map(ord, split)) * 7919 + 1
 
 
-def write_corpus(out_dir: str, langs: Sequence[str] | None = None, n_docs: int = 1000,
-                 seed: int = 0, split: str = "train") -> dict[str, str]:
+def write_corpus(
+    out_dir: str,
+    langs: Sequence[str] | None = None,
+    n_docs: int = 1000,
+    seed: int = 0,
+    split: str = "train",
+) -> dict[str, str]:
     """Write ``out_dir/LANG.SPLIT.txt`` per language (atomically); return lang -> path.
 
     Also writes ``ground_truth.json`` so downstream analyses can score themselves.
@@ -297,6 +357,9 @@ def write_corpus(out_dir: str, langs: Sequence[str] | None = None, n_docs: int =
         paths[lang] = path
     with atomic_path(os.path.join(out_dir, "ground_truth.json")) as tmp:
         with open(tmp, "w", encoding="utf-8") as f:
-            json.dump({k: v for k, v in ground_truth().items() if k in langs or k == "_shared"},
-                      f, ensure_ascii=False)
+            json.dump(
+                {k: v for k, v in ground_truth().items() if k in langs or k == "_shared"},
+                f,
+                ensure_ascii=False,
+            )
     return paths

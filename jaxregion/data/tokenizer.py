@@ -25,12 +25,18 @@ SPECIAL_TOKENS = ("<s>", "</s>", "<pad>", "<unk>")
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "spiece.model")
 
 
-def _interleave(documents_by_lang: dict[str, Iterable[str]],
-                max_docs_per_lang: int | None) -> Iterator[str]:
+def _interleave(
+    documents_by_lang: dict[str, Iterable[str]], max_docs_per_lang: int | None
+) -> Iterator[str]:
     """Round-robin over languages in sorted order (deterministic, balanced)."""
-    its = {lang: iter(documents_by_lang[lang] if max_docs_per_lang is None
-                      else islice(documents_by_lang[lang], max_docs_per_lang))
-           for lang in sorted(documents_by_lang)}
+    its = {
+        lang: iter(
+            documents_by_lang[lang]
+            if max_docs_per_lang is None
+            else islice(documents_by_lang[lang], max_docs_per_lang)
+        )
+        for lang in sorted(documents_by_lang)
+    }
     while its:
         for lang in list(its):
             doc = next(its[lang], None)
@@ -40,8 +46,13 @@ def _interleave(documents_by_lang: dict[str, Iterable[str]],
                 yield doc
 
 
-def train_bpe(documents_by_lang: dict[str, Iterable[str]], vocab_size: int, out_dir: str,
-              max_docs_per_lang: int | None = None, min_frequency: int = 2):
+def train_bpe(
+    documents_by_lang: dict[str, Iterable[str]],
+    vocab_size: int,
+    out_dir: str,
+    max_docs_per_lang: int | None = None,
+    min_frequency: int = 2,
+):
     """Train a byte-level BPE on all languages, save it to ``out_dir``, return the HF tokenizer.
 
     ``max_docs_per_lang`` caps each (possibly unlimited) document stream.
@@ -55,14 +66,19 @@ def train_bpe(documents_by_lang: dict[str, Iterable[str]], vocab_size: int, out_
         raise UserError("train_bpe: no languages given; pass at least one LANG=SOURCE")
     n_base = 256 + len(SPECIAL_TOKENS)
     if vocab_size <= n_base:
-        raise UserError(f"vocab_size={vocab_size}: must exceed {n_base} (256 bytes + "
-                        f"{len(SPECIAL_TOKENS)} special tokens)")
+        raise UserError(
+            f"vocab_size={vocab_size}: must exceed {n_base} (256 bytes + "
+            f"{len(SPECIAL_TOKENS)} special tokens)"
+        )
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, show_progress=False,
-        special_tokens=list(SPECIAL_TOKENS), initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        vocab_size=vocab_size,
+        min_frequency=min_frequency,
+        show_progress=False,
+        special_tokens=list(SPECIAL_TOKENS),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     n_docs = 0
 
@@ -78,10 +94,16 @@ def train_bpe(documents_by_lang: dict[str, Iterable[str]], vocab_size: int, out_
     bos, eos = tok.token_to_id("<s>"), tok.token_to_id("</s>")
     # tokenizer(text) adds BOS like LLaMA-family models; packing asks for no special tokens.
     tok.post_processor = processors.TemplateProcessing(
-        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos), ("</s>", eos)])
-    hf = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>",
-                                 pad_token="<pad>", unk_token="<unk>",
-                                 model_max_length=1 << 20)
+        single="<s> $A", pair="<s> $A <s> $B", special_tokens=[("<s>", bos), ("</s>", eos)]
+    )
+    hf = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        unk_token="<unk>",
+        model_max_length=1 << 20,
+    )
     _save_atomically(hf, out_dir)
     return hf
 
@@ -108,9 +130,11 @@ def load_tokenizer(directory: str):
     if not os.path.isdir(directory):
         raise UserError(f"{directory}: no such tokenizer directory")
     if not any(os.path.isfile(os.path.join(directory, f)) for f in TOKENIZER_FILES):
-        raise UserError(f"{directory}: no tokenizer files (expected one of "
-                        f"{', '.join(TOKENIZER_FILES)}, usually with tokenizer_config.json); "
-                        "train one with train_bpe or point at a model directory")
+        raise UserError(
+            f"{directory}: no tokenizer files (expected one of "
+            f"{', '.join(TOKENIZER_FILES)}, usually with tokenizer_config.json); "
+            "train one with train_bpe or point at a model directory"
+        )
     try:
         return AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except Exception as e:  # corrupt JSON, unknown class, ...: the directory is at fault
@@ -128,9 +152,13 @@ def _decoder_kind(tokenizer) -> str | None:
     types = {p.get("type") for p in parts}
     if "ByteLevel" in types:
         return "byte_level"
-    if "Metaspace" in types or "ByteFallback" in types or any(
-            p.get("type") == "Replace" and p.get("pattern", {}).get("String") == "▁"
-            for p in parts):
+    if (
+        "Metaspace" in types
+        or "ByteFallback" in types
+        or any(
+            p.get("type") == "Replace" and p.get("pattern", {}).get("String") == "▁" for p in parts
+        )
+    ):
         return "sentencepiece"
     return None
 

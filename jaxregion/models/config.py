@@ -180,8 +180,14 @@ def frozen(d: dict) -> tuple[tuple[str, Any], ...]:
 
 
 def activation_name(name: str, source: str) -> str:
-    table = {"silu": "silu", "swish": "silu", "gelu_pytorch_tanh": "gelu_tanh",
-             "gelu_new": "gelu_tanh", "gelu_fast": "gelu_tanh", "gelu": "gelu"}
+    table = {
+        "silu": "silu",
+        "swish": "silu",
+        "gelu_pytorch_tanh": "gelu_tanh",
+        "gelu_new": "gelu_tanh",
+        "gelu_fast": "gelu_tanh",
+        "gelu": "gelu",
+    }
     if name not in table:
         raise UserError(f"{source}: activation {name!r} is not supported ({', '.join(table)})")
     return table[name]
@@ -189,14 +195,35 @@ def activation_name(name: str, source: str) -> str:
 
 MAX_PARAMS = 10**13  # far above any real checkpoint; refuses absurd configs before allocation
 # config.json keys that are counts or sizes, in any supported family
-_COUNT_KEYS = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-               "num_attention_heads", "num_key_value_heads", "head_dim",
-               "max_position_embeddings", "n_embd", "n_head", "n_layer", "n_positions", "n_inner",
-               "sliding_window", "num_experts", "num_local_experts", "num_experts_per_tok",
-               "moe_intermediate_size", "shared_expert_intermediate_size")
+_COUNT_KEYS = (
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "max_position_embeddings",
+    "n_embd",
+    "n_head",
+    "n_layer",
+    "n_positions",
+    "n_inner",
+    "sliding_window",
+    "num_experts",
+    "num_local_experts",
+    "num_experts_per_tok",
+    "moe_intermediate_size",
+    "shared_expert_intermediate_size",
+)
 # ... and those that must be positive, finite numbers
-_POSITIVE_KEYS = ("rms_norm_eps", "layer_norm_epsilon", "layer_norm_eps", "rope_theta",
-                  "rope_local_base_freq")
+_POSITIVE_KEYS = (
+    "rms_norm_eps",
+    "layer_norm_epsilon",
+    "layer_norm_eps",
+    "rope_theta",
+    "rope_local_base_freq",
+)
 
 
 def _count(d: dict, key: str, source: str) -> int:
@@ -224,8 +251,11 @@ def check_hf_dict(d: Any, source: str) -> None:
     if not isinstance(d, dict):
         raise UserError(f"{source}: expected a JSON object, got {type(d).__name__}")
     # sliding_window 0 means none (qwen2_moe writes it when use_sliding_window is off)
-    counts = {k: _count(d, k, source) for k in _COUNT_KEYS
-              if d.get(k) is not None and not (k == "sliding_window" and d[k] == 0)}
+    counts = {
+        k: _count(d, k, source)
+        for k in _COUNT_KEYS
+        if d.get(k) is not None and not (k == "sliding_window" and d[k] == 0)
+    }
     for k in _POSITIVE_KEYS:
         if d.get(k) is not None:
             _positive(d, k, source)
@@ -239,18 +269,24 @@ def check_hf_dict(d: Any, source: str) -> None:
     if hidden and heads:
         kv = counts.get("num_key_value_heads") or heads
         if "head_dim" not in counts and hidden % heads:
-            raise UserError(f"{source}: hidden size {hidden} is not a multiple of "
-                            f"num_attention_heads {heads}; fix config.json (or give head_dim)")
+            raise UserError(
+                f"{source}: hidden size {hidden} is not a multiple of "
+                f"num_attention_heads {heads}; fix config.json (or give head_dim)"
+            )
         if heads % kv:
-            raise UserError(f"{source}: num_attention_heads {heads} is not a multiple of "
-                            f"num_key_value_heads {kv}; fix config.json")
+            raise UserError(
+                f"{source}: num_attention_heads {heads} is not a multiple of "
+                f"num_key_value_heads {kv}; fix config.json"
+            )
     if hidden and layers and vocab:
         inter = counts.get("intermediate_size") or counts.get("n_inner") or 4 * hidden
         est = 2 * vocab * hidden + layers * (4 * hidden * hidden + 3 * hidden * inter)
         if est > MAX_PARAMS:
-            raise UserError(f"{source}: the config describes ~{est:.3g} parameters (vocab_size "
-                            f"{vocab}, hidden {hidden}, intermediate {inter}, {layers} layers), "
-                            f"beyond the {MAX_PARAMS:.0e} this tool accepts; check config.json")
+            raise UserError(
+                f"{source}: the config describes ~{est:.3g} parameters (vocab_size "
+                f"{vocab}, hidden {hidden}, intermediate {inter}, {layers} layers), "
+                f"beyond the {MAX_PARAMS:.0e} this tool accepts; check config.json"
+            )
     types = d.get("layer_types")
     if types is not None and layers and (not isinstance(types, list) or len(types) != layers):
         raise UserError(f"{source}: layer_types must list one type per layer ({layers})")
@@ -259,19 +295,31 @@ def check_hf_dict(d: Any, source: str) -> None:
 def check_config(cfg: ModelConfig, source: str) -> ModelConfig:
     """The normalised config, whatever family filled it in: sizes positive, epsilon and RoPE
     base positive and finite, heads grouped evenly."""
-    for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
-                 "num_kv_heads", "head_dim", "max_position_embeddings"):
+    for name in (
+        "vocab_size",
+        "hidden_size",
+        "intermediate_size",
+        "num_layers",
+        "num_heads",
+        "num_kv_heads",
+        "head_dim",
+        "max_position_embeddings",
+    ):
         v = getattr(cfg, name)
         if isinstance(v, bool) or not isinstance(v, int) or v <= 0:
             raise UserError(f"{source}: {name} = {excerpt(v)} must be a positive integer")
     for f in dataclasses.fields(cfg):  # every float a family read: eps, RoPE bases, caps, scales
         v = getattr(cfg, f.name)
         if isinstance(v, float) and not (math.isfinite(v) and v > 0):
-            raise UserError(f"{source}: {f.name} = {excerpt(v)} must be a positive, finite "
-                            "number; fix config.json")
+            raise UserError(
+                f"{source}: {f.name} = {excerpt(v)} must be a positive, finite "
+                "number; fix config.json"
+            )
     if cfg.num_heads % cfg.num_kv_heads:
-        raise UserError(f"{source}: {cfg.num_heads} attention heads are not a multiple of "
-                        f"{cfg.num_kv_heads} key/value heads; fix config.json")
+        raise UserError(
+            f"{source}: {cfg.num_heads} attention heads are not a multiple of "
+            f"{cfg.num_kv_heads} key/value heads; fix config.json"
+        )
     return cfg
 
 
@@ -286,8 +334,10 @@ def from_hf_dict(d: dict, source: str = "config.json") -> ModelConfig:
     mt = d.get("model_type")
     fam = by_model_type().get(mt) if isinstance(mt, str) else None
     if fam is None:
-        raise UserError(f"{source}: model_type {excerpt(mt)} is not supported; supported: "
-                        f"{', '.join(supported())}")
+        raise UserError(
+            f"{source}: model_type {excerpt(mt)} is not supported; supported: "
+            f"{', '.join(supported())}"
+        )
     check_hf_dict(d, source)
     try:
         cfg = fam.config_from_hf(d, source)

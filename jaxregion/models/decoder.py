@@ -42,32 +42,44 @@ def attention_specs() -> dict[str, Spec]:
     """The table entries of :class:`Attention`'s ``q/k/v/o_proj`` weights (wanda taps: the
     attention input and ``o_proj``'s input)."""
     a = _L + "self_attn."
-    return {a + "q_proj.weight": linear("q", "embed", tap=_QKV),
-            a + "k_proj.weight": linear("kv", "embed", tap=_QKV),
-            a + "v_proj.weight": linear("kv", "embed", tap=_QKV),
-            a + "o_proj.weight": linear("embed", "q", tap=_O)}
+    return {
+        a + "q_proj.weight": linear("q", "embed", tap=_QKV),
+        a + "k_proj.weight": linear("kv", "embed", tap=_QKV),
+        a + "v_proj.weight": linear("kv", "embed", tap=_QKV),
+        a + "o_proj.weight": linear("embed", "q", tap=_O),
+    }
 
 
 def attention_biases(qkv: bool, o: bool) -> dict[str, Spec]:
     """The table entries of the ``q/k/v`` biases (with ``qkv``) and ``o_proj``'s (with ``o``)."""
     a = _L + "self_attn."
-    t = {a + "q_proj.bias": bias("q"), a + "k_proj.bias": bias("kv"),
-         a + "v_proj.bias": bias("kv")} if qkv else {}
+    t = (
+        {a + "q_proj.bias": bias("q"), a + "k_proj.bias": bias("kv"), a + "v_proj.bias": bias("kv")}
+        if qkv
+        else {}
+    )
     return {**t, a + "o_proj.bias": bias("embed")} if o else t
 
 
-def gated_mlp_specs(biases: bool = False, prefix: str = "mlp.", hidden: str = "mlp"
-                    ) -> dict[str, Spec]:
+def gated_mlp_specs(
+    biases: bool = False, prefix: str = "mlp.", hidden: str = "mlp"
+) -> dict[str, Spec]:
     """The table entries of :class:`GatedMLP`'s weights, or with ``biases`` its biases
     (``prefix``/``hidden``: another gated MLP in the layer, as qwen2_moe's shared expert)."""
     m = _L + prefix
     if biases:
-        return {m + "gate_proj.bias": bias(hidden), m + "up_proj.bias": bias(hidden),
-                m + "down_proj.bias": bias("embed")}
-    return {m + "gate_proj.weight": linear(hidden, "embed", tap=m + "gate_up"),
-            m + "up_proj.weight": linear(hidden, "embed", tap=m + "gate_up"),
-            m + "down_proj.weight": linear("embed", hidden, tap=m + "down_proj",
-                                           tag="mlp_out" if prefix == "mlp." else None)}
+        return {
+            m + "gate_proj.bias": bias(hidden),
+            m + "up_proj.bias": bias(hidden),
+            m + "down_proj.bias": bias("embed"),
+        }
+    return {
+        m + "gate_proj.weight": linear(hidden, "embed", tap=m + "gate_up"),
+        m + "up_proj.weight": linear(hidden, "embed", tap=m + "gate_up"),
+        m + "down_proj.weight": linear(
+            "embed", hidden, tap=m + "down_proj", tag="mlp_out" if prefix == "mlp." else None
+        ),
+    }
 
 
 class Attention(nnx.Module):
@@ -77,9 +89,13 @@ class Attention(nnx.Module):
     RoPE (cohere's interleaved when ``cfg.rope_interleaved``), the scale
     ``query_pre_attn_scalar**-0.5`` (default ``head_dim``) and gemma2's score soft-cap."""
 
-    def __init__(self, cfg: ModelConfig, make: ParamMaker,
-                 qk_norm: Callable[[nnx.Param], nnx.Module] | None = None,
-                 qk_norm_across_heads: bool = False):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        make: ParamMaker,
+        qk_norm: Callable[[nnx.Param], nnx.Module] | None = None,
+        qk_norm_across_heads: bool = False,
+    ):
         a = _L + "self_attn."
         for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
             setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
@@ -92,9 +108,15 @@ class Attention(nnx.Module):
         self.across_heads = qk_norm_across_heads
         self.clip = cfg.opt("clip_qkv")  # olmoe: q, k, v clamped to [-clip, clip]
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
-                 window: int | None, collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self,
+        x: Array,
+        rope: tuple[Array, Array],
+        positions: Array,
+        window: int | None,
+        collect: bool,
+        kv: KV | None = None,
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
         h, n_kv, d = self.shape
         q, k = self.q_proj(x), self.k_proj(x)
@@ -137,21 +159,34 @@ class PreNormLayer(nnx.Module):
     """``x + attn(norm(x))``, then ``x + mlp(norm(x))`` (llama, phi3): ``attn`` and ``mlp``
     build the family's sublayers from ``(cfg, make)``."""
 
-    def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None,
-                 attn: Callable[[ModelConfig, ParamMaker], nnx.Module],
-                 mlp: Callable[[ModelConfig, ParamMaker], nnx.Module]):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        make: ParamMaker,
+        window: int | None,
+        attn: Callable[[ModelConfig, ParamMaker], nnx.Module],
+        mlp: Callable[[ModelConfig, ParamMaker], nnx.Module],
+    ):
         eps, plus = cfg.norm_eps, cfg.norm_plus_one
         self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), eps, plus)
         self.self_attn = attn(cfg, make)
-        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
-                                                eps, plus)
+        self.post_attention_layernorm = RMSNorm(
+            make(_L + "post_attention_layernorm.weight"), eps, plus
+        )
         self.mlp = mlp(cfg, make)
         self.window = window
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window,
-                                    collect, kv)
+    def __call__(
+        self,
+        x: Array,
+        rope: tuple[Array, Array],
+        positions: Array,
+        collect: bool,
+        kv: KV | None = None,
+    ) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.self_attn(
+            self.input_layernorm(x), rope, positions, self.window, collect, kv
+        )
         x = x + a
         m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
         x = x + m
@@ -162,9 +197,13 @@ class Body(nnx.Module):
     """``model.embed_tokens``, ``model.layers`` (``layer(window)`` per entry of
     ``cfg.sliding_windows``) and the final ``model.norm`` (``norm(weight)``)."""
 
-    def __init__(self, cfg: ModelConfig, make: ParamMaker,
-                 layer: Callable[[int | None], nnx.Module],
-                 norm: Callable[[nnx.Param], nnx.Module]):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        make: ParamMaker,
+        layer: Callable[[int | None], nnx.Module],
+        norm: Callable[[nnx.Param], nnx.Module],
+    ):
         windows = cfg.sliding_windows or (None,) * cfg.num_layers
         self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
         self.layers = nnx.List([layer(w) for w in windows])
@@ -216,18 +255,29 @@ class DecoderLM(CausalLM):
         w = self._part(self.EMBED) if self.lm_head is None else self.lm_head
         return w.weight[...]
 
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+    def forward(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        remat: bool = False,
+        collect: bool = False,
+    ) -> tuple[Array, dict[str, Array]]:
         pos = jnp.arange(tokens.shape[1]) if positions is None else positions
         x = self.embed(tokens, pos)
         ctx = self.position_inputs(pos, None)
-        x, aux = run_layers(self._part(self.LAYERS), x,
-                            lambda layer, h: layer(h, *ctx, pos, collect)[:2],
-                            f"{self.PREFIX}.{self.LAYERS}", remat, collect)
+        x, aux = run_layers(
+            self._part(self.LAYERS),
+            x,
+            lambda layer, h: layer(h, *ctx, pos, collect)[:2],
+            f"{self.PREFIX}.{self.LAYERS}",
+            remat,
+            collect,
+        )
         return self._part(self.FINAL_NORM)(x), aux
 
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
+    def forward_cached(
+        self, tokens: Array, positions: Array, cache: list[KV]
+    ) -> tuple[Array, list[KV]]:
         x = self.embed(tokens, positions)
         ctx = self.position_inputs(positions, cache)
         out = []

@@ -3,7 +3,7 @@
 Each family file declares ``GGUF``: one :class:`GgufArch` per GGUF architecture it reads.
 Names are templates on both sides (``{i}`` = layer index), so a GGUF tensor name becomes
 an HF name of the family's table by data, never by a pattern. ``transforms`` name the layout
-changes llama.cpp made on the way in (undone by :mod:`jaxregion.gguf_import`):
+changes llama.cpp made on the way in (undone by :mod:`jaxregion.io.gguf_import`):
 
 * ``minus_one``: llama.cpp stores Gemma's ``(1 + w)`` RMSNorm weights as ``1 + w``;
 * ``rope_q`` / ``rope_k``: llama.cpp permutes Llama's q/k rows for its RoPE layout
@@ -46,11 +46,14 @@ class GgufArch:
 
 # config.json key -> GGUF key, shared by the Llama-style decoders
 DECODER_CONFIG = {
-    "hidden_size": "embedding_length", "intermediate_size": "feed_forward_length",
-    "num_hidden_layers": "block_count", "num_attention_heads": "attention.head_count",
+    "hidden_size": "embedding_length",
+    "intermediate_size": "feed_forward_length",
+    "num_hidden_layers": "block_count",
+    "num_attention_heads": "attention.head_count",
     "num_key_value_heads": "attention.head_count_kv",
     "max_position_embeddings": "context_length",
-    "rms_norm_eps": "attention.layer_norm_rms_epsilon", "rope_theta": "rope.freq_base",
+    "rms_norm_eps": "attention.layer_norm_rms_epsilon",
+    "rope_theta": "rope.freq_base",
     "vocab_size": "vocab_size",
 }
 
@@ -62,15 +65,19 @@ EDGE_NAMES = {
 }
 
 
-def decoder_names(biases: bool = False, qk_norm: bool = False, head: bool = True
-                  ) -> dict[str, str]:
+def decoder_names(biases: bool = False, qk_norm: bool = False, head: bool = True) -> dict[str, str]:
     """HF -> GGUF names of a Llama-style decoder (``head``: an untied output matrix may be
     stored; gemma and gemma2 GGUF files always tie it)."""
     parts = {
-        "input_layernorm": "attn_norm", "self_attn.q_proj": "attn_q",
-        "self_attn.k_proj": "attn_k", "self_attn.v_proj": "attn_v",
-        "self_attn.o_proj": "attn_output", "post_attention_layernorm": "ffn_norm",
-        "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down",
+        "input_layernorm": "attn_norm",
+        "self_attn.q_proj": "attn_q",
+        "self_attn.k_proj": "attn_k",
+        "self_attn.v_proj": "attn_v",
+        "self_attn.o_proj": "attn_output",
+        "post_attention_layernorm": "ffn_norm",
+        "mlp.gate_proj": "ffn_gate",
+        "mlp.up_proj": "ffn_up",
+        "mlp.down_proj": "ffn_down",
     }
     out = {LAYER + hf + ".weight": _B + g + ".weight" for hf, g in parts.items()}
     if biases:

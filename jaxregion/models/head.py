@@ -54,8 +54,14 @@ def chunk_size(n: int, vocab: int, budget: int = HEAD_BUDGET) -> int:
     return max(_ALIGN, c // _ALIGN * _ALIGN)
 
 
-def nll(h: Array, w: Array, targets: Array, scale: float | None = None,
-        cap: float | None = None, budget: int = HEAD_BUDGET) -> Array:
+def nll(
+    h: Array,
+    w: Array,
+    targets: Array,
+    scale: float | None = None,
+    cap: float | None = None,
+    budget: int = HEAD_BUDGET,
+) -> Array:
     """Next-token NLL ``[n]`` (float32) of ``h [n, hidden] @ w[vocab, hidden].T`` at int
     ``targets [n]``, through :func:`transform`, never forming ``[n, vocab]``."""
     c = chunk_size(h.shape[0], w.shape[0], budget)
@@ -78,8 +84,7 @@ def _fresh(i: Array, start: Array, c: int) -> Array:
 
 def _logits(h: Array, w: Array, start: Array, c: int, scale, cap) -> Array:
     wc = jax.lax.dynamic_slice_in_dim(w, start, c, axis=0).astype(h.dtype)
-    z = jax.lax.dot_general(h, wc, (((1,), (1,)), ((), ())),
-                            preferred_element_type=jnp.float32)
+    z = jax.lax.dot_general(h, wc, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32)
     return transform(z, scale, cap)
 
 
@@ -130,8 +135,12 @@ def _bwd(scale, cap, c, res, g):
         dh, dw = carry
         i, start = xs
         wc = jax.lax.dynamic_slice_in_dim(w, start, c, axis=0).astype(h.dtype)
-        lg, back = jax.vjp(lambda z: transform(z, scale, cap), jax.lax.dot_general(
-            h, wc, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32))
+        lg, back = jax.vjp(
+            lambda z: transform(z, scale, cap),
+            jax.lax.dot_general(
+                h, wc, (((1,), (1,)), ((), ())), preferred_element_type=jnp.float32
+            ),
+        )
         hit = (start + jnp.arange(c, dtype=jnp.int32))[None] == targets[:, None]
         p = jnp.exp(lg - lse[:, None])
         dlg = jnp.where(_fresh(i, start, c)[None], (p - hit.astype(p.dtype)) * g[:, None], 0.0)
@@ -141,12 +150,13 @@ def _bwd(scale, cap, c, res, g):
             # each row gets one nonzero term (rows shared with the previous chunk get 0)
             rows = jnp.dot(dz.T, h, preferred_element_type=jnp.float32)
             old = jax.lax.dynamic_slice_in_dim(dw, start, c, axis=0)
-            dw = jax.lax.dynamic_update_slice_in_dim(dw, old + rows.astype(dw.dtype), start,
-                                                     axis=0)
+            dw = jax.lax.dynamic_update_slice_in_dim(dw, old + rows.astype(dw.dtype), start, axis=0)
         return (dh, dw), None
 
-    init = (jnp.zeros(h.shape, jnp.float32),
-            jnp.zeros(w.shape, w.dtype) if want_w else jnp.zeros((), jnp.float32))
+    init = (
+        jnp.zeros(h.shape, jnp.float32),
+        jnp.zeros(w.shape, w.dtype) if want_w else jnp.zeros((), jnp.float32),
+    )
     (dh, dw), _ = jax.lax.scan(body, init, (jnp.arange(k, dtype=jnp.int32), starts))
     return dh.astype(h.dtype), (dw if want_w else None), None
 

@@ -26,12 +26,19 @@ from jaxregion.models.module import bind
 
 def init_cache(cfg: ModelConfig, batch: int, slots: int, dtype: jnp.dtype) -> list[KV]:
     """An empty cache for ``batch`` rows of up to ``slots`` positions."""
-    return [KV.empty(batch, slots, cfg.num_kv_heads, cfg.head_dim, dtype)
-            for _ in range(cfg.num_layers)]
+    return [
+        KV.empty(batch, slots, cfg.num_kv_heads, cfg.head_dim, dtype) for _ in range(cfg.num_layers)
+    ]
 
 
-def forward(params: dict, cfg: ModelConfig, tokens: jax.Array, positions: jax.Array,
-            cache: list[KV], last: jax.Array | None = None) -> tuple[jax.Array, list[KV]]:
+def forward(
+    params: dict,
+    cfg: ModelConfig,
+    tokens: jax.Array,
+    positions: jax.Array,
+    cache: list[KV],
+    last: jax.Array | None = None,
+) -> tuple[jax.Array, list[KV]]:
     """Float32 logits for ``tokens [b, s]`` at ``positions [b, s]``, and the updated cache;
     with ``last`` (``[b]``) only those positions' logits ``[b, vocab]``."""
     return bind(params, cfg).decode(tokens, positions, cache, last)

@@ -115,8 +115,12 @@ def apply_rope_interleaved(x: Array, cos: Array, sin: Array) -> Array:
     and cast back, as in transformers. Tables from ``rope_tables`` with ``rope_interleaved``."""
     x32 = x.astype(jnp.float32)
     rot = jnp.stack([-x32[..., 1::2], x32[..., ::2]], axis=-1).reshape(x.shape)
-    c, s = (t.astype(jnp.float32)[None, :, None, :] if t.ndim == 2 else
-            t.astype(jnp.float32)[:, :, None, :] for t in (cos, sin))
+    c, s = (
+        t.astype(jnp.float32)[None, :, None, :]
+        if t.ndim == 2
+        else t.astype(jnp.float32)[:, :, None, :]
+        for t in (cos, sin)
+    )
     return (x32 * c + rot * s).astype(x.dtype)
 
 
@@ -142,8 +146,7 @@ class KV:
     v: Array
 
     @classmethod
-    def empty(cls, batch: int, slots: int, kv_heads: int, head_dim: int,
-              dtype: jnp.dtype) -> KV:
+    def empty(cls, batch: int, slots: int, kv_heads: int, head_dim: int, dtype: jnp.dtype) -> KV:
         z = jnp.zeros((batch, slots, kv_heads, head_dim), dtype)
         return cls(z, z)
 
@@ -151,12 +154,22 @@ class KV:
         """The cache with ``k``/``v`` ``[batch, seq, kv, d]`` stored at ``positions``
         ``[batch, seq]`` (each row at its own slots)."""
         rows = jnp.arange(k.shape[0])[:, None]
-        return KV(self.k.at[rows, positions].set(k.astype(self.k.dtype)),
-                  self.v.at[rows, positions].set(v.astype(self.v.dtype)))
+        return KV(
+            self.k.at[rows, positions].set(k.astype(self.k.dtype)),
+            self.v.at[rows, positions].set(v.astype(self.v.dtype)),
+        )
 
-    def attend(self, q: Array, k: Array, v: Array, positions: Array, window: int | None,
-               scale: float, softcap: float | None = None, bias: Array | None = None
-               ) -> tuple[Array, KV]:
+    def attend(
+        self,
+        q: Array,
+        k: Array,
+        v: Array,
+        positions: Array,
+        window: int | None,
+        scale: float,
+        softcap: float | None = None,
+        bias: Array | None = None,
+    ) -> tuple[Array, KV]:
         """Store this step's keys/values, then attend ``q`` over every cached slot
         (``bias``, if any, is over the slots: see :meth:`key_positions`)."""
         kv = self.write(k, v, positions)
@@ -168,9 +181,17 @@ class KV:
         return jnp.arange(self.k.shape[1])
 
 
-def self_attention(q: Array, k: Array, v: Array, positions: Array, window: int | None,
-                   scale: float, softcap: float | None = None, kv: KV | None = None,
-                   bias: Array | None = None) -> tuple[Array, KV | None]:
+def self_attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    positions: Array,
+    window: int | None,
+    scale: float,
+    softcap: float | None = None,
+    kv: KV | None = None,
+    bias: Array | None = None,
+) -> tuple[Array, KV | None]:
     """A layer's attention: over its own keys (``kv`` None: the plain forward), or, when
     generating, over a cache that first stores this call's keys and values. ``bias``
     (ALiBi) is over the keys attended: ``positions``, or the cache's slots."""
@@ -180,8 +201,15 @@ def self_attention(q: Array, k: Array, v: Array, positions: Array, window: int |
     return kv.attend(q, k, v, positions, window, scale, softcap, bias)
 
 
-def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
-              softcap: float | None = None, bias: Array | None = None) -> Array:
+def attention(
+    q: Array,
+    k: Array,
+    v: Array,
+    mask: Array,
+    scale: float,
+    softcap: float | None = None,
+    bias: Array | None = None,
+) -> Array:
     """Grouped-query attention. q ``[b, s, h, d]``, k/v ``[b, t, kv, d]``, mask ``[s, t]``
     or ``[b, s, t]`` -> ``[b, s, h, d]`` (``t`` may exceed ``s`` when keys come from a cache).
 
@@ -196,8 +224,12 @@ def attention(q: Array, k: Array, v: Array, mask: Array, scale: float,
     qt = q.reshape(b, s, kv, g, d).transpose(0, 2, 3, 1, 4).reshape(b * kv, g * s, d)
     kt = k.transpose(0, 2, 1, 3).reshape(b * kv, t, d)
     vt = v.transpose(0, 2, 1, 3).reshape(b * kv, t, d)
-    logits = jax.lax.dot_general(qt, kt, (((2,), (2,)), ((0,), (0,))),
-                                 preferred_element_type=jnp.float32) * scale
+    logits = (
+        jax.lax.dot_general(
+            qt, kt, (((2,), (2,)), ((0,), (0,))), preferred_element_type=jnp.float32
+        )
+        * scale
+    )
     logits = soft_cap(logits, softcap).reshape(b, kv, g, s, t)
     if bias is not None:
         logits = logits + bias.astype(jnp.float32).reshape(kv, g, -1, t)[None]
@@ -228,6 +260,7 @@ def alibi_slopes(num_heads: int) -> np.ndarray:
     (the largest power of two ``<= num_heads`` sets a geometric series; the remaining heads
     take odd powers of the next one). Each power is rounded once from float64, so it may
     differ from torch's vectorised float32 ``pow`` by one ulp."""
+
     def powers(base: float, exps: np.ndarray) -> np.ndarray:
         return (np.float64(np.float32(base)) ** exps).astype(np.float32)
 

@@ -36,8 +36,13 @@ class CausalLM(nnx.Module):
     config: ModelConfig
 
     # --- what a family implements -------------------------------------------------------
-    def forward(self, tokens: Array, positions: Array | None = None, remat: bool = False,
-                collect: bool = False) -> tuple[Array, dict[str, Array]]:
+    def forward(
+        self,
+        tokens: Array,
+        positions: Array | None = None,
+        remat: bool = False,
+        collect: bool = False,
+    ) -> tuple[Array, dict[str, Array]]:
         """``(final normed hidden states [batch, seq, hidden], intermediates)``.
 
         ``intermediates`` is empty unless ``collect``: then ``{name: array}`` holding each
@@ -50,15 +55,17 @@ class CausalLM(nnx.Module):
         """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
         raise NotImplementedError
 
-    def forward_cached(self, tokens: Array, positions: Array, cache: list[KV]
-                       ) -> tuple[Array, list[KV]]:
+    def forward_cached(
+        self, tokens: Array, positions: Array, cache: list[KV]
+    ) -> tuple[Array, list[KV]]:
         """Final normed hidden states for ``tokens [b, s]`` at per-row ``positions [b, s]``,
         attending over (and writing into) a key/value cache, one :class:`KV` per layer.
         The same layers as :meth:`forward`; only attention reads keys from the cache."""
         raise NotImplementedError
 
-    def decode(self, tokens: Array, positions: Array, cache: list[KV],
-               last: Array | None = None) -> tuple[Array, list[KV]]:
+    def decode(
+        self, tokens: Array, positions: Array, cache: list[KV], last: Array | None = None
+    ) -> tuple[Array, list[KV]]:
         """Float32 logits and the updated cache (see :mod:`jaxregion.models.kvcache`).
 
         With ``last`` (``[b]`` indices into ``s``) only those positions' logits ``[b, vocab]``:
@@ -70,15 +77,12 @@ class CausalLM(nnx.Module):
         return (logits[:, 0] if last is not None else logits), cache
 
     # --- shared --------------------------------------------------------------------------
-    def features(self, tokens: Array, positions: Array | None = None, remat: bool = False
-                 ) -> Array:
+    def features(self, tokens: Array, positions: Array | None = None, remat: bool = False) -> Array:
         return self.forward(tokens, positions, remat)[0]
 
-    def __call__(self, tokens: Array, positions: Array | None = None, remat: bool = False
-                 ) -> Array:
+    def __call__(self, tokens: Array, positions: Array | None = None, remat: bool = False) -> Array:
         """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
-        return self.head_logits(matmul(self.features(tokens, positions, remat),
-                                       self.unembedding()))
+        return self.head_logits(matmul(self.features(tokens, positions, remat), self.unembedding()))
 
     def head_logits(self, logits: Array) -> Array:
         """The config's output transforms on raw head logits (:func:`head.transform`:
@@ -94,8 +98,13 @@ class CausalLM(nnx.Module):
         ``softmax - onehot`` elementwise before the head's matmuls, as in PyTorch."""
         h = self.features(tokens, remat=remat)[:, :-1]
         b, s, d = h.shape
-        out = head.nll(h.reshape(b * s, d), self.unembedding(), tokens[:, 1:].reshape(-1),
-                       self.config.logit_scale, self.config.logit_softcap)
+        out = head.nll(
+            h.reshape(b * s, d),
+            self.unembedding(),
+            tokens[:, 1:].reshape(-1),
+            self.config.logit_scale,
+            self.config.logit_softcap,
+        )
         return out.reshape(b, s)
 
     def nll(self, tokens: Array) -> Array:
@@ -107,8 +116,9 @@ class CausalLM(nnx.Module):
         return params_of(self)
 
 
-def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool = False,
-               collect: bool = False) -> tuple[Array, dict[str, Array]]:
+def run_layers(
+    layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool = False, collect: bool = False
+) -> tuple[Array, dict[str, Array]]:
     """``x`` through every layer, ``fn(layer, x) -> (x, layer-local intermediates)``.
 
     With ``remat`` the layers run as one ``lax.scan`` over their stacked weights, each layer
@@ -126,8 +136,9 @@ def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool
     start = 0
     if remat and n and (p == 1 or steps >= 2):
         states = [nnx.state(layer) for layer in layers]
-        stacked = tuple(jax.tree.map(lambda *a: jnp.stack(a), *states[r:steps * p:p])
-                        for r in range(p))
+        stacked = tuple(
+            jax.tree.map(lambda *a: jnp.stack(a), *states[r : steps * p : p]) for r in range(p)
+        )
 
         def body(h: Array, sts: tuple) -> tuple[Array, list[dict[str, Array]]]:
             ys = []
@@ -138,8 +149,12 @@ def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool
 
         x, ys = jax.lax.scan(body, x, stacked)
         if collect:
-            out = {f"{prefix}.{j * p + r}.{k}": v[j] for j in range(steps) for r in range(p)
-                   for k, v in ys[r].items()}
+            out = {
+                f"{prefix}.{j * p + r}.{k}": v[j]
+                for j in range(steps)
+                for r in range(p)
+                for k, v in ys[r].items()
+            }
         start = steps * p
     for i in range(start, n):
         if remat:
@@ -150,8 +165,9 @@ def run_layers(layers: nnx.List, x: Array, fn: LayerFn, prefix: str, remat: bool
     return x, out
 
 
-def _merged_step(fn: LayerFn, gdef: nnx.GraphDef, st: Any, h: Array
-                 ) -> tuple[Array, dict[str, Array]]:
+def _merged_step(
+    fn: LayerFn, gdef: nnx.GraphDef, st: Any, h: Array
+) -> tuple[Array, dict[str, Array]]:
     return fn(nnx.merge(gdef, st), h)
 
 

@@ -49,24 +49,30 @@ def moe_specs(shared: bool = False) -> dict[str, Spec]:
 
     Fused expert tensors have no wanda tap (their inputs differ per expert); the experts'
     ``down_proj`` writes the MoE output into the residual stream (``mlp_out``)."""
-    t = {ROUTER: linear("expert", "embed", tap=_M + "gate", tag="router"),
-         GATE_UP: Spec(("expert", "expert_gate_up", "embed"), "linear", input_axis=2),
-         DOWN: Spec(("expert", "embed", "expert_mlp"), "linear", input_axis=2, tag="mlp_out")}
+    t = {
+        ROUTER: linear("expert", "embed", tap=_M + "gate", tag="router"),
+        GATE_UP: Spec(("expert", "expert_gate_up", "embed"), "linear", input_axis=2),
+        DOWN: Spec(("expert", "embed", "expert_mlp"), "linear", input_axis=2, tag="mlp_out"),
+    }
     if shared:
         t.update(gated_mlp_specs(prefix="mlp.shared_expert.", hidden="shared_mlp"))
-        t[_M + "shared_expert_gate.weight"] = linear("one", "embed", tap=_M + "gate",
-                                                      tag="shared_gate")
+        t[_M + "shared_expert_gate.weight"] = linear(
+            "one", "embed", tap=_M + "gate", tag="shared_gate"
+        )
     return t
 
 
-def fused_parts(cfg: ModelConfig, layer: int, gate: str, up: str, down: str,
-                prefix: str = "mlp.experts") -> dict[str, list[list[str]]]:
+def fused_parts(
+    cfg: ModelConfig, layer: int, gate: str, up: str, down: str, prefix: str = "mlp.experts"
+) -> dict[str, list[list[str]]]:
     """``{fused name: [[checkpoint keys of expert e, concatenated on axis 0], ...]}`` for one
     layer of a per-expert checkpoint (``gate``/``up``/``down``: the experts' linear names)."""
     p = f"model.layers.{layer}.{prefix}."
     e = range(cfg.num_experts)
-    return {GATE_UP.format(i=layer): [[f"{p}{j}.{gate}.weight", f"{p}{j}.{up}.weight"] for j in e],
-            DOWN.format(i=layer): [[f"{p}{j}.{down}.weight"] for j in e]}
+    return {
+        GATE_UP.format(i=layer): [[f"{p}{j}.{gate}.weight", f"{p}{j}.{up}.weight"] for j in e],
+        DOWN.format(i=layer): [[f"{p}{j}.{down}.weight"] for j in e],
+    }
 
 
 ROUTER_PROBS = _M + "router_probs"  # the intermediate holding a layer's routing probabilities
@@ -81,8 +87,9 @@ def top_k(probs: Array, k: int, norm_topk: bool) -> tuple[Array, Array]:
     return w, idx
 
 
-def route(logits: Array, k: int, norm_topk: bool, dropped: tuple[int, ...] = ()
-          ) -> tuple[Array, Array, Array]:
+def route(
+    logits: Array, k: int, norm_topk: bool, dropped: tuple[int, ...] = ()
+) -> tuple[Array, Array, Array]:
     """``(probs [T, E] float32, top-k weights [T, k] float32, top-k experts [T, k])``."""
     logits = logits.astype(jnp.float32)
     if dropped:
@@ -115,10 +122,8 @@ def dispatch(x: Array, idx: Array, w: Array, gate_up: Array, down: Array, act: s
     rank = jnp.arange(a) - (jnp.cumsum(counts) - counts)[expert]
     pos = (block_end - blocks)[expert] * b + rank
     xs = jnp.zeros((n_blocks * b, hidden), x.dtype).at[pos].set(x[tok])
-    owner = jnp.minimum(jnp.searchsorted(block_end, jnp.arange(n_blocks), side="right"),
-                        n_exp - 1)
-    gu = jnp.einsum("nbh,nih->nbi", xs.reshape(n_blocks, b, hidden),
-                    gate_up[owner].astype(x.dtype))
+    owner = jnp.minimum(jnp.searchsorted(block_end, jnp.arange(n_blocks), side="right"), n_exp - 1)
+    gu = jnp.einsum("nbh,nih->nbi", xs.reshape(n_blocks, b, hidden), gate_up[owner].astype(x.dtype))
     g, u = jnp.split(gu, 2, axis=-1)
     h = activation(act, g) * u
     y = jnp.einsum("nbi,nhi->nbh", h, down[owner].astype(x.dtype)).reshape(-1, hidden)[pos]
@@ -143,26 +148,30 @@ class SparseMoE(nnx.Module):
         self.experts = Experts(make(GATE_UP), make(DOWN))
         shared = make.has(_M + "shared_expert_gate.weight")
         self.shared_expert = GatedMLP(cfg, make, "mlp.shared_expert.") if shared else None
-        self.shared_expert_gate = Linear(make(_M + "shared_expert_gate.weight")) \
-            if shared else None
-        self.top_k, self.norm_topk, self.act = (cfg.experts_per_token, cfg.norm_topk_prob,
-                                                cfg.activation)
+        self.shared_expert_gate = Linear(make(_M + "shared_expert_gate.weight")) if shared else None
+        self.top_k, self.norm_topk, self.act = (
+            cfg.experts_per_token,
+            cfg.norm_topk_prob,
+            cfg.activation,
+        )
         self.dropped = tuple(sorted(e for li, e in cfg.dropped_experts if li == layer))
 
     def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         probs, w, idx = route(self.gate(x2), self.top_k, self.norm_topk, self.dropped)
-        y = dispatch(x2, idx, w, self.experts.gate_up_proj[...], self.experts.down_proj[...],
-                     self.act)
+        y = dispatch(
+            x2, idx, w, self.experts.gate_up_proj[...], self.experts.down_proj[...], self.act
+        )
         aux: dict[str, Array] = {}
         if self.shared_expert is not None:
             s, aux = self.shared_expert(x2, collect)
             y = y + jax.nn.sigmoid(self.shared_expert_gate(x2)) * s
             aux = {k: v.reshape(*shape[:-1], v.shape[-1]) for k, v in aux.items()}
         if collect:
-            aux.update({"mlp.gate": x,
-                        ROUTER_PROBS.removeprefix(LAYER): probs.reshape(*shape[:-1], -1)})
+            aux.update(
+                {"mlp.gate": x, ROUTER_PROBS.removeprefix(LAYER): probs.reshape(*shape[:-1], -1)}
+            )
         return y.reshape(shape), aux
 
 
@@ -171,9 +180,11 @@ def check_all_sparse(d: dict, source: str) -> None:
     """Every layer must be a mixture of experts (qwen's ``mlp_only_layers`` and
     ``decoder_sparse_step`` can make some dense, which this tool does not support)."""
     if d.get("mlp_only_layers") or int(d.get("decoder_sparse_step") or 1) != 1:
-        raise UserError(f"{source}: dense layers among the MoE layers (mlp_only_layers "
-                        f"{d.get('mlp_only_layers')}, decoder_sparse_step "
-                        f"{d.get('decoder_sparse_step')}) are not supported")
+        raise UserError(
+            f"{source}: dense layers among the MoE layers (mlp_only_layers "
+            f"{d.get('mlp_only_layers')}, decoder_sparse_step "
+            f"{d.get('decoder_sparse_step')}) are not supported"
+        )
 
 
 def num_experts(d: dict) -> int:
@@ -185,8 +196,16 @@ def num_experts(d: dict) -> int:
     return int(n)
 
 
-def config_from_hf(d: dict, source: str, *, num_experts: int, expert_intermediate: int,
-                   norm_topk: bool, windows: tuple[int | None, ...], **kw: Any) -> ModelConfig:
+def config_from_hf(
+    d: dict,
+    source: str,
+    *,
+    num_experts: int,
+    expert_intermediate: int,
+    norm_topk: bool,
+    windows: tuple[int | None, ...],
+    **kw: Any,
+) -> ModelConfig:
     """The :class:`ModelConfig` of an MoE checkpoint: the keys every family shares, the
     experts and ``kw`` (family switches such as ``qkv_bias`` or ``qk_norm``)."""
     hidden = int(d["hidden_size"])
@@ -194,26 +213,39 @@ def config_from_hf(d: dict, source: str, *, num_experts: int, expert_intermediat
     theta, scaling = rope_from_hf(d)
     k = int(d["num_experts_per_tok"])
     if not 0 < k <= num_experts:
-        raise UserError(f"{source}: num_experts_per_tok {k} must be between 1 and the "
-                        f"{num_experts} experts")
+        raise UserError(
+            f"{source}: num_experts_per_tok {k} must be between 1 and the {num_experts} experts"
+        )
     return ModelConfig(
-        model_type=d["model_type"], vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=int(d["intermediate_size"]), num_layers=int(d["num_hidden_layers"]),
-        num_heads=heads, num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        model_type=d["model_type"],
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=int(d["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or heads),
         head_dim=int(d.get("head_dim") or hidden // heads),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
         norm_eps=float(get_key(d, "rms_norm_eps", default=1e-6)),
         activation=activation_name(get_key(d, "hidden_act", default="silu"), source),
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-        rope_theta=theta, rope_scaling=scaling, sliding_windows=windows,
-        num_experts=num_experts, experts_per_token=k,
-        expert_intermediate_size=expert_intermediate, norm_topk_prob=norm_topk,
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-        hf_config=dict(d), **kw)
+        rope_theta=theta,
+        rope_scaling=scaling,
+        sliding_windows=windows,
+        num_experts=num_experts,
+        experts_per_token=k,
+        expert_intermediate_size=expert_intermediate,
+        norm_topk_prob=norm_topk,
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
+        hf_config=dict(d),
+        **kw,
+    )
 
 
-def body(cfg: ModelConfig, make: ParamMaker,
-         attn: Callable[[ModelConfig, ParamMaker], nnx.Module]) -> Body:
+def body(
+    cfg: ModelConfig, make: ParamMaker, attn: Callable[[ModelConfig, ParamMaker], nnx.Module]
+) -> Body:
     """``model.*`` of a pre-norm MoE decoder: RMSNorms, ``attn`` and :class:`SparseMoE`."""
     layer_index = iter(range(cfg.num_layers))
 
@@ -230,17 +262,20 @@ def drop_experts(cfg: ModelConfig, pairs: Iterable[tuple[int, int]]) -> ModelCon
     unchanged). One-line errors for a dense model, an index out of range, or a layer left
     with fewer experts than its top-k."""
     if not cfg.is_moe:
-        raise UserError(f"drop-expert needs a mixture-of-experts model; {cfg.model_type} is "
-                        "dense")
+        raise UserError(f"drop-expert needs a mixture-of-experts model; {cfg.model_type} is dense")
     out = set(cfg.dropped_experts)
     for layer, e in pairs:
         if not (0 <= layer < cfg.num_layers and 0 <= e < cfg.num_experts):
-            raise UserError(f"drop-expert: expert {e} of layer {layer} is out of range "
-                            f"({cfg.num_layers} layers of {cfg.num_experts} experts)")
+            raise UserError(
+                f"drop-expert: expert {e} of layer {layer} is out of range "
+                f"({cfg.num_layers} layers of {cfg.num_experts} experts)"
+            )
         out.add((int(layer), int(e)))
     for layer in {li for li, _ in out}:
         left = cfg.num_experts - sum(li == layer for li, _ in out)
         if left < cfg.experts_per_token:
-            raise UserError(f"drop-expert: layer {layer} would keep {left} experts, fewer "
-                            f"than its top-{cfg.experts_per_token}")
+            raise UserError(
+                f"drop-expert: layer {layer} would keep {left} experts, fewer "
+                f"than its top-{cfg.experts_per_token}"
+            )
     return cfg.replace(dropped_experts=tuple(sorted(out)))

@@ -27,8 +27,13 @@ class ParamMaker:
     biases, unit norms, or zero for ``(1 + w)`` norms). Models are usually built abstractly
     (``nnx.eval_shape``) and filled from a checkpoint, so the values rarely matter."""
 
-    def __init__(self, cfg: ModelConfig, table: Mapping[str, Spec], rngs: nnx.Rngs | None = None,
-                 dtype: jnp.dtype = jnp.float32):
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        table: Mapping[str, Spec],
+        rngs: nnx.Rngs | None = None,
+        dtype: jnp.dtype = jnp.float32,
+    ):
         self.cfg, self.table, self.rngs, self.dtype = cfg, table, rngs, dtype
         self.sizes = axis_sizes(cfg)
 

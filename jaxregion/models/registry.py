@@ -53,8 +53,9 @@ def family(model_type: str) -> ModuleType:
     """The family module of ``model_type``."""
     fam = by_model_type().get(model_type)
     if fam is None:
-        raise UserError(f"model_type {model_type!r} is not supported; supported: "
-                        f"{', '.join(supported())}")
+        raise UserError(
+            f"model_type {model_type!r} is not supported; supported: {', '.join(supported())}"
+        )
     return fam
 
 

@@ -16,8 +16,14 @@ from jaxregion.models.registry import family
 from jaxregion.models.table import axis_sizes, roles, shapes
 from jaxregion.tree import unflatten
 
-__all__ = ["abstract_params", "axis_sizes", "canonical_name", "check_shapes", "logical_axes",
-           "shapes"]
+__all__ = [
+    "abstract_params",
+    "axis_sizes",
+    "canonical_name",
+    "check_shapes",
+    "logical_axes",
+    "shapes",
+]
 
 # Checkpoint keys that are buffers in every family, not parameters: skipped when loading.
 IGNORED_SUFFIXES = (".rotary_emb.inv_freq",)
@@ -41,9 +47,7 @@ def canonical_name(cfg: ModelConfig, key: str) -> str | None:
     return fn(key) if fn else key
 
 
-def check_shapes(
-    found: Mapping[str, tuple[int, ...]], cfg: ModelConfig, source: str
-) -> list[str]:
+def check_shapes(found: Mapping[str, tuple[int, ...]], cfg: ModelConfig, source: str) -> list[str]:
     """Every mismatch between a checkpoint and the config, as readable lines."""
     want = shapes(cfg)
     problems = []

@@ -58,8 +58,9 @@ class Spec:
         if self.kind not in KINDS:
             raise ValueError(f"kind {self.kind!r} is not one of {KINDS}")
         if self.residual_axis == -1:
-            object.__setattr__(self, "residual_axis",
-                               self.axes.index(RESIDUAL) if RESIDUAL in self.axes else None)
+            object.__setattr__(
+                self, "residual_axis", self.axes.index(RESIDUAL) if RESIDUAL in self.axes else None
+            )
 
     @property
     def expert_axis(self) -> int | None:
@@ -124,9 +125,20 @@ def _module_of(template: str) -> str:
 
 def _role(template: str, spec: Spec, layer: int | None) -> Role:
     fmt = (lambda s: s.format(i=layer)) if layer is not None else (lambda s: s)
-    return Role(fmt(template), template, _module_of(template), layer, spec.kind, spec.axes,
-                spec.residual_axis, spec.input_axis, fmt(spec.tap) if spec.tap else None,
-                spec.tag, template.rsplit(".", 1)[-1], spec.expert_axis)
+    return Role(
+        fmt(template),
+        template,
+        _module_of(template),
+        layer,
+        spec.kind,
+        spec.axes,
+        spec.residual_axis,
+        spec.input_axis,
+        fmt(spec.tap) if spec.tap else None,
+        spec.tag,
+        template.rsplit(".", 1)[-1],
+        spec.expert_axis,
+    )
 
 
 def expand(table: Mapping[str, Spec], num_layers: int) -> dict[str, Role]:
@@ -148,13 +160,22 @@ def expand(table: Mapping[str, Spec], num_layers: int) -> dict[str, Role]:
 
 def axis_sizes(cfg: ModelConfig) -> dict[str, int]:
     return {
-        "vocab": cfg.vocab_size, "embed": cfg.hidden_size, "q": cfg.q_dim, "kv": cfg.kv_dim,
-        "head": cfg.head_dim, "mlp": cfg.intermediate_size, "pos": cfg.max_position_embeddings,
-        "qkv": cfg.q_dim + 2 * cfg.kv_dim, "gate_up": 2 * cfg.intermediate_size,
-        "heads": cfg.num_heads, "kv_heads": cfg.num_kv_heads,
-        "expert": cfg.num_experts, "expert_mlp": cfg.expert_intermediate_size,
+        "vocab": cfg.vocab_size,
+        "embed": cfg.hidden_size,
+        "q": cfg.q_dim,
+        "kv": cfg.kv_dim,
+        "head": cfg.head_dim,
+        "mlp": cfg.intermediate_size,
+        "pos": cfg.max_position_embeddings,
+        "qkv": cfg.q_dim + 2 * cfg.kv_dim,
+        "gate_up": 2 * cfg.intermediate_size,
+        "heads": cfg.num_heads,
+        "kv_heads": cfg.num_kv_heads,
+        "expert": cfg.num_experts,
+        "expert_mlp": cfg.expert_intermediate_size,
         "expert_gate_up": 2 * cfg.expert_intermediate_size,
-        "shared_mlp": cfg.shared_expert_intermediate_size, "one": 1,
+        "shared_mlp": cfg.shared_expert_intermediate_size,
+        "one": 1,
     }
 
 

@@ -11,18 +11,17 @@ from collections.abc import Mapping, Sequence
 from fractions import Fraction
 from typing import Any
 
-from jaxregion import configs
+from jaxregion import names
 from jaxregion.errors import UserError
 
 PyTree = Any
 
 #: The default include scope: every parameter the family table puts in a transformer layer
 #: (norms included). Not a regex; any other ``include`` string is one.
-LAYERS = DEFAULT_INCLUDE = configs.DEFAULT_INCLUDE
+LAYERS = DEFAULT_INCLUDE = names.DEFAULT_INCLUDE
 
 
-def roles_for(names: Sequence[str], roles: Mapping[str, Any] | None = None
-              ) -> Mapping[str, Any]:
+def roles_for(names: Sequence[str], roles: Mapping[str, Any] | None = None) -> Mapping[str, Any]:
     """``{name: Role or None}``: ``roles`` when the caller has them (``models.roles(cfg)``),
     else read off the family tables by name (score and region files carry no config).
 
@@ -76,11 +75,13 @@ def check_ratio(ratio: Any) -> float:
     try:
         r = float(ratio)
     except (TypeError, ValueError):
-        raise UserError(f"ratio {ratio!r} is not a number; give a fraction in (0, 1], "
-                        "e.g. 0.01 for 1%") from None
+        raise UserError(
+            f"ratio {ratio!r} is not a number; give a fraction in (0, 1], e.g. 0.01 for 1%"
+        ) from None
     if not (0.0 < r <= 1.0) or math.isnan(r):
-        raise UserError(f"ratio {ratio!r} is outside (0, 1]; give a fraction such as 0.01 "
-                        "for the top 1%")
+        raise UserError(
+            f"ratio {ratio!r} is outside (0, 1]; give a fraction such as 0.01 for the top 1%"
+        )
     return r
 
 
@@ -93,9 +94,12 @@ def compile_regex(pattern: str | None, what: str) -> re.Pattern | None:
         raise UserError(f"{what} regex {pattern!r} is invalid: {e}") from None
 
 
-def scope_names(all_names: Sequence[str], include: str | None = DEFAULT_INCLUDE,
-                exclude: str | None = None, roles: Mapping[str, Any] | None = None
-                ) -> list[str]:
+def scope_names(
+    all_names: Sequence[str],
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    roles: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Names kept by ``include`` (:data:`LAYERS`: the transformer layers' parameters; else
     a regex, re.search; None = all) and not matched by ``exclude`` (a regex).
 
@@ -105,19 +109,24 @@ def scope_names(all_names: Sequence[str], include: str | None = DEFAULT_INCLUDE,
         r = roles_for(all_names, roles)
         kept = [n for n in all_names if r.get(n) is not None and r[n].layer is not None]
         if not kept:
-            raise UserError(f"include {LAYERS!r} (the default) selects no parameter: none is in "
-                            f"a transformer layer of a known family; names look like: "
-                            f"{examples}. Pass --include REGEX")
+            raise UserError(
+                f"include {LAYERS!r} (the default) selects no parameter: none is in "
+                f"a transformer layer of a known family; names look like: "
+                f"{examples}. Pass --include REGEX"
+            )
     else:
         inc = compile_regex(include, "include")
         kept = [n for n in all_names if inc is None or inc.search(n)]
         if not kept:
-            raise UserError(f"include regex {include!r} selects no parameter; names look "
-                            f"like: {examples}")
+            raise UserError(
+                f"include regex {include!r} selects no parameter; names look like: {examples}"
+            )
     exc = compile_regex(exclude, "exclude")
     if exc is not None:
         kept = [n for n in kept if not exc.search(n)]
         if not kept:
-            raise UserError(f"exclude regex {exclude!r} removes every parameter that include "
-                            f"{include!r} selects; names look like: {examples}")
+            raise UserError(
+                f"exclude regex {exclude!r} removes every parameter that include "
+                f"{include!r} selects; names look like: {examples}"
+            )
     return kept

@@ -23,13 +23,13 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from jaxregion import tree as T
-from jaxregion.distributed import write_on_main
 from jaxregion.errors import UserError
-from jaxregion.io import atomic_path
+from jaxregion.io.atomic import atomic_path
+from jaxregion.io.safetensors_io import SafetensorsFile
+from jaxregion.parallel.distributed import write_on_main
 from jaxregion.regions.lazy import LazyScores, tree_order
 from jaxregion.regions.region import Region, fingerprint, full_mask, shape_of, universe_of
 from jaxregion.regions.select import validate_scores
-from jaxregion.safetensors_io import SafetensorsFile
 from jaxregion.safety import check_name, excerpt, reading
 
 PyTree = Any
@@ -46,7 +46,7 @@ def save_region(path: str, region: Region | PyTree, model: str | None = None) ->
     stored, all-False ones included, so the file fully describes the mask.
 
     Multi-host: every process calls it; the mask is gathered one tensor at a time and
-    process 0 writes (:func:`jaxregion.distributed.write_on_main`)."""
+    process 0 writes (:func:`jaxregion.parallel.distributed.write_on_main`)."""
     write_on_main(_write_region, path, region, model)
 
 
@@ -82,8 +82,9 @@ def _write_region(path: str, region: Region | PyTree, model: str | None) -> None
         save_file(tensors, tmp, metadata=header)
 
 
-def _open(path: str, what: str, record: bool = True
-          ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+def _open(
+    path: str, what: str, record: bool = True
+) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     if not os.path.isfile(path):
         raise UserError(f"{what} file {path} not found")
     SafetensorsFile(path)  # the header, validated with bounded work, before safetensors reads it
@@ -94,14 +95,17 @@ def _open(path: str, what: str, record: bool = True
             meta = dict(f.metadata() or {})
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
     except Exception as e:  # safetensors raises several types for corrupt files
-        raise UserError(f"{what} file {path} is not a readable safetensors file: "
-                        f"{str(e)[:200]}") from None
+        raise UserError(
+            f"{what} file {path} is not a readable safetensors file: {str(e)[:200]}"
+        ) from None
     return tensors, meta
 
 
 def _bad_meta(path: str, key: str, value: Any, want: str) -> UserError:
-    return UserError(f"region file {path}: metadata {key} = {excerpt(value)} is not {want}; "
-                     "re-create the region file with jaxregion regions")
+    return UserError(
+        f"region file {path}: metadata {key} = {excerpt(value)} is not {want}; "
+        "re-create the region file with jaxregion regions"
+    )
 
 
 def _meta_from_header(h: Mapping[str, str], path: str = "region file") -> dict[str, Any]:
@@ -115,9 +119,13 @@ def _meta_from_header(h: Mapping[str, str], path: str = "region file") -> dict[s
         if meta is not None and not isinstance(meta, dict):
             raise _bad_meta(path, "meta", meta, "a JSON object")
     if meta is None:
-        meta = {"kind": h.get("kind") or None, "scope": h.get("scope") or None,
-                "include": h.get("include") or None, "exclude": h.get("exclude") or None,
-                "model": h.get("model")}
+        meta = {
+            "kind": h.get("kind") or None,
+            "scope": h.get("scope") or None,
+            "include": h.get("include") or None,
+            "exclude": h.get("exclude") or None,
+            "model": h.get("model"),
+        }
         for key, conv in (("ratio", float), ("seed", int)):
             if h.get(key):
                 try:
@@ -130,15 +138,15 @@ def _meta_from_header(h: Mapping[str, str], path: str = "region file") -> dict[s
             except (json.JSONDecodeError, RecursionError):
                 raise _bad_meta(path, "languages", h["languages"], "a JSON list") from None
     r = meta.get("ratio")
-    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))
-                          or not 0 < r <= 1):
+    if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float)) or not 0 < r <= 1):
         raise _bad_meta(path, "ratio", r, "a number in (0, 1]")
     seed = meta.get("seed")
     if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
         raise _bad_meta(path, "seed", seed, "an integer")
     langs = meta.get("langs")
-    if langs is not None and (not isinstance(langs, list)
-                              or not all(isinstance(x, str) for x in langs)):
+    if langs is not None and (
+        not isinstance(langs, list) or not all(isinstance(x, str) for x in langs)
+    ):
         raise _bad_meta(path, "langs", langs, "a list of language names")
     return meta
 
@@ -148,14 +156,16 @@ def _shapes(path: str, header: Mapping[str, str]) -> dict[str, tuple[int, ...]]:
     try:
         raw = json.loads(header["shapes"])
     except (KeyError, json.JSONDecodeError, RecursionError):
-        raise UserError(f"region file {path} has no valid 'shapes' metadata; is it a "
-                        "jaxregion region file?") from None
+        raise UserError(
+            f"region file {path} has no valid 'shapes' metadata; is it a jaxregion region file?"
+        ) from None
     if not isinstance(raw, dict):
         raise _bad_meta(path, "shapes", raw, "a JSON object of name -> shape")
     out = {}
     for k, v in raw.items():
-        if not isinstance(v, list) or not all(isinstance(d, int) and not isinstance(d, bool)
-                                              and 0 <= d < 2**40 for d in v):
+        if not isinstance(v, list) or not all(
+            isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in v
+        ):
             raise _bad_meta(path, f"shapes[{excerpt(k)}]", v, "a list of non-negative integers")
         out[k] = tuple(v)
     return out
@@ -173,17 +183,21 @@ def load_region(path: str, template: PyTree | None = None, *, state: bool = Fals
     shapes = _shapes(path, header)
     lacking = [n for n in shapes if n not in packed]
     if lacking:  # its metadata says what the region is: every listed tensor must be there
-        raise UserError(f"region file {path}: 'shapes' lists {lacking[0]!r}"
-                        f"{f' (and {len(lacking) - 1} more)' if len(lacking) > 1 else ''}, "
-                        "which the file does not hold; it is truncated or was edited")
+        raise UserError(
+            f"region file {path}: 'shapes' lists {lacking[0]!r}"
+            f"{f' (and {len(lacking) - 1} more)' if len(lacking) > 1 else ''}, "
+            "which the file does not hold; it is truncated or was edited"
+        )
     flat: dict[str, np.ndarray] = {}
     for n, t in packed.items():
         if n not in shapes:
             raise UserError(f"region file {path}: tensor {n!r} has no entry in 'shapes'")
         size = math.prod(shapes[n])
         if t.dtype != np.uint8 or t.ndim != 1 or t.size != (size + 7) // 8:
-            raise UserError(f"region file {path}: tensor {n!r} holds {t.size} {t.dtype} values, "
-                            f"expected {(size + 7) // 8} uint8 for shape {list(shapes[n])}")
+            raise UserError(
+                f"region file {path}: tensor {n!r} holds {t.size} {t.dtype} values, "
+                f"expected {(size + 7) // 8} uint8 for shape {list(shapes[n])}"
+            )
         flat[n] = np.unpackbits(t, bitorder="little", count=size).reshape(shapes[n]).astype(bool)
     meta = _meta_from_header(header, path)
     if template is None:
@@ -193,11 +207,14 @@ def load_region(path: str, template: PyTree | None = None, *, state: bool = Fals
     tflat = T.flatten(template)
     for n, v in flat.items():
         if n not in tflat:
-            raise UserError(f"region file {path} is for another model: it has key {n!r}, which "
-                            "the model lacks")
+            raise UserError(
+                f"region file {path} is for another model: it has key {n!r}, which the model lacks"
+            )
         if tuple(v.shape) != shape_of(tflat[n]):
-            raise UserError(f"region file {path} is for another model: key {n!r} has shape "
-                            f"{list(v.shape)}, model has {list(shape_of(tflat[n]))}")
+            raise UserError(
+                f"region file {path} is for another model: key {n!r} has shape "
+                f"{list(v.shape)}, model has {list(shape_of(tflat[n]))}"
+            )
     mask = full_mask(template, flat)
     return Region(mask, meta, tuple(n for n in tflat if n in flat))
 
@@ -212,13 +229,16 @@ def save_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None = No
 
 
 def _write_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None) -> None:
-    tensors = {n: np.ascontiguousarray(np.asarray(x, dtype=np.float32))
-               for n, x in T.flatten(tree).items()}
+    tensors = {
+        n: np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for n, x in T.flatten(tree).items()
+    }
     for n, t in tensors.items():
         if not np.isfinite(t).all():
-            raise UserError(f"{path}: the scores of {n} are not finite (NaN or inf): the model "
-                            "computes non-finite values; check its config.json and weights. "
-                            "Nothing written")
+            raise UserError(
+                f"{path}: the scores of {n} are not finite (NaN or inf): the model "
+                "computes non-finite values; check its config.json and weights. "
+                "Nothing written"
+            )
     meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
     meta.setdefault("format", SCORES_FORMAT)
     meta.setdefault("model", fingerprint(tree))
@@ -231,8 +251,10 @@ def load_scores(path: str) -> tuple[PyTree, dict[str, str]]:
     tensors, meta = _open(path, "importance")
     for n, t in tensors.items():
         if t.dtype != np.float32:
-            raise UserError(f"importance file {path}: tensor {n!r} is {t.dtype}, expected "
-                            "float32; recompute the scores")
+            raise UserError(
+                f"importance file {path}: tensor {n!r} is {t.dtype}, expected "
+                "float32; recompute the scores"
+            )
     return T.unflatten(tensors), meta
 
 
@@ -250,15 +272,20 @@ def _dir_langs(directory: str, langs: Sequence[str] | None) -> dict[str, str]:
     if not os.path.isdir(directory):
         raise UserError(f"importance directory {directory} not found")
     if langs is None:
-        langs = sorted(f[: -len(".safetensors")] for f in os.listdir(directory)
-                       if f.endswith(".safetensors") and not f.startswith("."))
+        langs = sorted(
+            f[: -len(".safetensors")]
+            for f in os.listdir(directory)
+            if f.endswith(".safetensors") and not f.startswith(".")
+        )
         if not langs:
             raise UserError(f"importance directory {directory} has no LANG.safetensors files")
     paths = {lang: importance_path(directory, lang) for lang in langs}
     for lang, p in paths.items():
         if not os.path.isfile(p):
-            raise UserError(f"language {lang!r} has no importance file: expected {p}; compute "
-                            "its importance first or drop the language")
+            raise UserError(
+                f"language {lang!r} has no importance file: expected {p}; compute "
+                "its importance first or drop the language"
+            )
     return paths
 
 
@@ -286,14 +313,17 @@ def open_scores(path: str, *, record: bool = True) -> tuple[LazyScores, dict[str
         reading(path)
     for n, info in f.tensors.items():
         if info.dtype != np.float32:
-            raise UserError(f"importance file {path}: tensor {n!r} is {info.dtype}, expected "
-                            "float32; recompute the scores")
+            raise UserError(
+                f"importance file {path}: tensor {n!r} is {info.dtype}, expected "
+                "float32; recompute the scores"
+            )
     shapes = {n: f.tensors[n].shape for n in tree_order(f.tensors)}
     return LazyScores(shapes, f.read), dict(f.metadata)
 
 
-def open_importance_dir(directory: str, langs: Sequence[str] | None = None
-                        ) -> dict[str, LazyScores]:
+def open_importance_dir(
+    directory: str, langs: Sequence[str] | None = None
+) -> dict[str, LazyScores]:
     """:func:`load_importance_dir` without loading: ``{lang: LazyScores}``, headers checked
     (one model, one estimator/seq_len/dtype), tensors read when a selection asks."""
     paths = _dir_langs(directory, langs)
@@ -315,8 +345,11 @@ def check_same_inputs(metas: Mapping[str, Mapping[str, str]]) -> None:
     for key in MUST_AGREE:
         have = {p: m[key] for p, m in metas.items() if m.get(key)}
         if len(set(have.values())) > 1:
-            (pa, va), (pb, vb) = [next(iter(have.items())),
-                                  next((p, v) for p, v in have.items()
-                                       if v != next(iter(have.values())))]
-            raise UserError(f"importance files differ in {key}: {pa} has {key}={va}, {pb} has "
-                            f"{key}={vb}; recompute them with one {key}")
+            (pa, va), (pb, vb) = [
+                next(iter(have.items())),
+                next((p, v) for p, v in have.items() if v != next(iter(have.values()))),
+            ]
+            raise UserError(
+                f"importance files differ in {key}: {pa} has {key}={va}, {pb} has "
+                f"{key}={vb}; recompute them with one {key}"
+            )

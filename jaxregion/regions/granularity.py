@@ -35,8 +35,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxregion.configs import GRANULARITIES
 from jaxregion.errors import UserError
+from jaxregion.names import GRANULARITIES
 from jaxregion.regions.base import k_for, layer_index, roles_for
 from jaxregion.regions.topk import name_key, order_key, top_k_unit
 
@@ -45,8 +45,9 @@ ValueFn = Callable[[str], jax.Array]
 
 def check_granularity(granularity: str) -> str:
     if granularity not in GRANULARITIES:
-        raise UserError(f"granularity {granularity!r} is unknown; use one of "
-                        f"{', '.join(GRANULARITIES)}")
+        raise UserError(
+            f"granularity {granularity!r} is unknown; use one of {', '.join(GRANULARITIES)}"
+        )
     return granularity
 
 
@@ -56,8 +57,10 @@ def line_axis(shape: Sequence[int], granularity: str, in_axis: int | None) -> in
     if nd < 2:
         return None
     if nd > 2:
-        raise UserError(f"granularity {granularity}: a {nd}-D tensor has no rows/columns; "
-                        "use element, tensor or layer granularity")
+        raise UserError(
+            f"granularity {granularity}: a {nd}-D tensor has no rows/columns; "
+            "use element, tensor or layer granularity"
+        )
     ax_in = (nd - 1 if in_axis is None else int(in_axis)) % nd
     return ax_in if granularity == "column" else 1 - ax_in
 
@@ -91,10 +94,16 @@ def _pick(keys: jax.Array, ratio: float) -> jax.Array:
     return top_k_unit([keys], k_for(ratio, int(keys.size)))[0]
 
 
-def select_lines(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
-                 granularity: str, values: ValueFn | None = None, largest: bool = True,
-                 seed: int = 0, in_axes: Mapping[str, int] | None = None
-                 ) -> dict[str, jax.Array]:
+def select_lines(
+    names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    ratio: float,
+    granularity: str,
+    values: ValueFn | None = None,
+    largest: bool = True,
+    seed: int = 0,
+    in_axes: Mapping[str, int] | None = None,
+) -> dict[str, jax.Array]:
     """``{name: bool mask}`` taking exactly k rows/columns per tensor.
 
     ``values(name)``: non-negative element values (None = uniformly random lines from
@@ -113,9 +122,15 @@ def select_lines(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ra
     return out
 
 
-def select_units(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
-                 granularity: str, values: ValueFn | None = None, largest: bool = True,
-                 seed: int = 0) -> dict[str, jax.Array]:
+def select_units(
+    names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    ratio: float,
+    granularity: str,
+    values: ValueFn | None = None,
+    largest: bool = True,
+    seed: int = 0,
+) -> dict[str, jax.Array]:
     """``{name: bool mask}`` taking exactly k whole tensors or layers of ``names``."""
     if granularity == "tensor":
         groups = [[n] for n in names]
@@ -124,8 +139,10 @@ def select_units(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ra
         for n in names:
             li = layer_index(n)
             if li is None:
-                raise UserError(f"granularity layer: parameter {n!r} is in no transformer layer; "
-                                "narrow --include to the layers or use tensor granularity")
+                raise UserError(
+                    f"granularity layer: parameter {n!r} is in no transformer layer; "
+                    "narrow --include to the layers or use tensor granularity"
+                )
             by_layer.setdefault(li, []).append(n)
         groups = [by_layer[i] for i in sorted(by_layer)]
     if values is None:
@@ -137,12 +154,14 @@ def select_units(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ra
             means.append(sum(s) / sum(c))
         keys = _keys(jnp.stack(means), largest)
     sel = np.asarray(_pick(keys, ratio))
-    return {n: jnp.full(tuple(shapes[n]), bool(sel[i]), bool)
-            for i, g in enumerate(groups) for n in g}
+    return {
+        n: jnp.full(tuple(shapes[n]), bool(sel[i]), bool) for i, g in enumerate(groups) for n in g
+    }
 
 
-def expert_tensors(names: Sequence[str], roles: Mapping[str, Any] | None = None
-                   ) -> dict[int, list[tuple[str, int]]]:
+def expert_tensors(
+    names: Sequence[str], roles: Mapping[str, Any] | None = None
+) -> dict[int, list[tuple[str, int]]]:
     """``{layer: [(name, expert axis), ...]}``: the tensors of ``names`` the family tables
     index by expert (fused expert tensors and routers), read as data from the roles."""
     rs = roles_for(list(names), roles)
@@ -152,24 +171,35 @@ def expert_tensors(names: Sequence[str], roles: Mapping[str, Any] | None = None
         if r is not None and r.expert_axis is not None and r.layer is not None:
             out.setdefault(r.layer, []).append((n, r.expert_axis))
     if not out:
-        raise UserError("granularity expert: no parameter in scope is indexed by expert (a "
-                        "dense model, or --include leaves out the experts and routers)")
+        raise UserError(
+            "granularity expert: no parameter in scope is indexed by expert (a "
+            "dense model, or --include leaves out the experts and routers)"
+        )
     return out
 
 
 def _expert_sums(values: ValueFn, group: list[tuple[str, int]]) -> jax.Array:
-    total = None
+    """Summed |score| per expert over the tensors of one layer that the expert axis indexes."""
+    total: jax.Array | None = None
     for n, ax in group:
         v = jnp.asarray(values(n)).astype(jnp.float32)
         s = jnp.sum(jnp.moveaxis(v, ax, 0).reshape(v.shape[ax], -1), axis=1)
         total = s if total is None else total + s
+    assert total is not None, "an expert group is never empty"
     return total
 
 
-def select_experts(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
-                   scope: str, values: ValueFn | None = None, largest: bool = True,
-                   seed: int = 0, unit_values: np.ndarray | None = None,
-                   roles: Mapping[str, Any] | None = None) -> dict[str, jax.Array]:
+def select_experts(
+    names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    ratio: float,
+    scope: str,
+    values: ValueFn | None = None,
+    largest: bool = True,
+    seed: int = 0,
+    unit_values: np.ndarray | None = None,
+    roles: Mapping[str, Any] | None = None,
+) -> dict[str, jax.Array]:
     """``{name: bool mask}`` taking exactly k whole experts: an expert is its slices of the
     layer's fused expert tensors and its router row. Ranked by the sum of ``values`` over
     those elements, or by ``unit_values[layer, expert]`` (routing shares); uniformly random
@@ -180,36 +210,46 @@ def select_experts(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], 
     n_exp = {li: shapes[g[0][0]][g[0][1]] for li, g in groups.items()}
     if unit_values is not None:
         if any(li >= len(unit_values) or len(unit_values[li]) != n_exp[li] for li in layers):
-            raise UserError(f"granularity expert: the routing table is "
-                            f"{len(unit_values)} layers x {len(unit_values[0])} experts; the "
-                            f"model has {len(layers)} MoE layers of {n_exp[layers[0]]} experts")
+            raise UserError(
+                f"granularity expert: the routing table is "
+                f"{len(unit_values)} layers x {len(unit_values[0])} experts; the "
+                f"model has {len(layers)} MoE layers of {n_exp[layers[0]]} experts"
+            )
         keys = [_keys(jnp.asarray(unit_values[li], jnp.float32), largest) for li in layers]
     elif values is not None:
         keys = [_keys(_expert_sums(values, groups[li]), largest) for li in layers]
     else:
         bits = jax.random.bits(jax.random.PRNGKey(int(seed)), (sum(n_exp.values()),), jnp.uint32)
         cut = np.cumsum([0] + [n_exp[li] for li in layers])
-        keys = [bits[cut[i]:cut[i + 1]] for i in range(len(layers))]
+        keys = [bits[cut[i] : cut[i + 1]] for i in range(len(layers))]
     if scope == "per-layer":
         picks = [_pick(k, ratio) for k in keys]
     else:
         flat = jnp.concatenate(keys)
         sel = _pick(flat, ratio)
         cut = np.cumsum([0] + [len(k) for k in keys])
-        picks = [sel[cut[i]:cut[i + 1]] for i in range(len(layers))]
+        picks = [sel[cut[i] : cut[i + 1]] for i in range(len(layers))]
     out = {n: jnp.zeros(tuple(shapes[n]), bool) for n in names}
     for li, pick in zip(layers, picks):
         for n, ax in groups[li]:
             shape = tuple(shapes[n])
-            out[n] = jnp.broadcast_to(pick.reshape([-1 if d == ax else 1
-                                                    for d in range(len(shape))]), shape)
+            out[n] = jnp.broadcast_to(
+                pick.reshape([-1 if d == ax else 1 for d in range(len(shape))]), shape
+            )
     return out
 
 
-def select_coarse(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], ratio: float,
-                  granularity: str, values: ValueFn | None = None, largest: bool = True,
-                  seed: int = 0, in_axes: Mapping[str, int] | None = None,
-                  scope: str = "global") -> dict[str, jax.Array]:
+def select_coarse(
+    names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    ratio: float,
+    granularity: str,
+    values: ValueFn | None = None,
+    largest: bool = True,
+    seed: int = 0,
+    in_axes: Mapping[str, int] | None = None,
+    scope: str = "global",
+) -> dict[str, jax.Array]:
     """Row, column, tensor, layer or expert selection (see the module doc)."""
     check_granularity(granularity)
     if granularity in ("row", "column"):

@@ -32,8 +32,9 @@ class LazyScores:
 
     def template(self) -> PyTree:
         """A tree of float32 ``ShapeDtypeStruct`` leaves with the scores' structure."""
-        return T.unflatten({n: jax.ShapeDtypeStruct(s, jnp.float32)
-                            for n, s in self.shapes.items()})
+        return T.unflatten(
+            {n: jax.ShapeDtypeStruct(s, jnp.float32) for n, s in self.shapes.items()}
+        )
 
     def map(self, fn: Callable[..., Any], *others: LazyScores) -> LazyScores:
         """Scores computed tensor by tensor: ``fn(self[n], other[n], ...)``."""

@@ -118,8 +118,11 @@ def universe_of(region_or_mask: Region | PyTree) -> list[str]:
 
 
 def shape_of(leaf: Any) -> tuple[int, ...]:
-    return tuple(int(d) for d in np.shape(leaf)) if not hasattr(leaf, "shape") else tuple(
-        int(d) for d in leaf.shape)
+    return (
+        tuple(int(d) for d in np.shape(leaf))
+        if not hasattr(leaf, "shape")
+        else tuple(int(d) for d in leaf.shape)
+    )
 
 
 def fingerprint(tree_or_shapes: PyTree | Mapping[str, Sequence[int]]) -> str:
@@ -127,8 +130,10 @@ def fingerprint(tree_or_shapes: PyTree | Mapping[str, Sequence[int]]) -> str:
 
     Accepts a params/abstract/score tree, or ``{name: shape}``. Dtypes are ignored so bf16
     params, f32 scores and bool masks of one model share a fingerprint."""
-    if isinstance(tree_or_shapes, Mapping) and tree_or_shapes and all(
-        isinstance(v, (list, tuple)) for v in tree_or_shapes.values()
+    if (
+        isinstance(tree_or_shapes, Mapping)
+        and tree_or_shapes
+        and all(isinstance(v, (list, tuple)) for v in tree_or_shapes.values())
     ):
         items = {str(k): [int(d) for d in v] for k, v in tree_or_shapes.items()}
     else:
@@ -147,12 +152,13 @@ def _all_false(shape: tuple[int, ...]) -> jax.Array:
 def full_mask(template: PyTree, flat_mask: Mapping[str, Any]) -> PyTree:
     """A bool tree shaped like ``template``: leaves from ``flat_mask``, others all-False."""
     return T.map_named(
-        lambda n, x: jnp.asarray(flat_mask[n], dtype=bool) if n in flat_mask
-        else _all_false(tuple(shape_of(x))),
+        lambda n, x: (
+            jnp.asarray(flat_mask[n], dtype=bool)
+            if n in flat_mask
+            else _all_false(tuple(shape_of(x)))
+        ),
         template,
     )
-
-
 
 
 def check_same_tree(flats: Mapping[str, Mapping[str, Any]], what: str) -> None:
@@ -165,16 +171,22 @@ def check_same_tree(flats: Mapping[str, Mapping[str, Any]], what: str) -> None:
         cur = flats[label]
         for n in ref:
             if n not in cur:
-                raise UserError(f"{what} {label} lack key {n!r} that {ref_label} has (they "
-                                "cover different parameters); use ones of the same model")
+                raise UserError(
+                    f"{what} {label} lack key {n!r} that {ref_label} has (they "
+                    "cover different parameters); use ones of the same model"
+                )
             if shape_of(cur[n]) != shape_of(ref[n]):
-                raise UserError(f"{what} {label} and {ref_label} differ at key {n!r}: shape "
-                                f"{list(shape_of(cur[n]))} vs {list(shape_of(ref[n]))}; use "
-                                "ones of the same model")
+                raise UserError(
+                    f"{what} {label} and {ref_label} differ at key {n!r}: shape "
+                    f"{list(shape_of(cur[n]))} vs {list(shape_of(ref[n]))}; use "
+                    "ones of the same model"
+                )
         for n in cur:
             if n not in ref:
-                raise UserError(f"{what} {label} have key {n!r} that {ref_label} lacks (they "
-                                "cover different parameters); use ones of the same model")
+                raise UserError(
+                    f"{what} {label} have key {n!r} that {ref_label} lacks (they "
+                    "cover different parameters); use ones of the same model"
+                )
 
 
 def _check_same(a: Any, b: Any) -> None:
@@ -187,8 +199,9 @@ def _meta(x: Any) -> dict:
 
 def _binary(op: str, fn: Callable[[jax.Array, jax.Array], jax.Array], a: Any, b: Any) -> Any:
     _check_same(a, b)
-    mask = jax.tree.map(lambda x, y: fn(jnp.asarray(x, bool), jnp.asarray(y, bool)),
-                        mask_of(a), mask_of(b))
+    mask = jax.tree.map(
+        lambda x, y: fn(jnp.asarray(x, bool), jnp.asarray(y, bool)), mask_of(a), mask_of(b)
+    )
     if not (isinstance(a, Region) or isinstance(b, Region)):
         return mask
     ua, ub = set(universe_of(a)), set(universe_of(b))
@@ -228,10 +241,12 @@ def complement(a: Any, universe: Sequence[str] | None = None) -> Any:
     uni = set(universe) if universe is not None else set(universe_of(a))
     unknown = uni - set(T.flatten(mask_of(a)))
     if unknown:
-        raise UserError(f"complement universe names {sorted(unknown)[0]!r}, which the region "
-                        "does not have")
-    mask = T.map_named(lambda n, x: ~jnp.asarray(x, bool) if n in uni
-                       else jnp.zeros(shape_of(x), bool), mask_of(a))
+        raise UserError(
+            f"complement universe names {sorted(unknown)[0]!r}, which the region does not have"
+        )
+    mask = T.map_named(
+        lambda n, x: ~jnp.asarray(x, bool) if n in uni else jnp.zeros(shape_of(x), bool), mask_of(a)
+    )
     if not isinstance(a, Region):
         return mask
     order = tuple(n for n in T.flatten(mask) if n in uni)
@@ -243,8 +258,12 @@ def complement(a: Any, universe: Sequence[str] | None = None) -> Any:
 
 def size(a: Any) -> int:
     """Selected elements (exact, counted on host in int64)."""
-    return int(sum(int(np.asarray(jnp.sum(jnp.asarray(x, bool), dtype=jnp.int32)))
-                   for x in jax.tree.leaves(mask_of(a))))
+    return int(
+        sum(
+            int(np.asarray(jnp.sum(jnp.asarray(x, bool), dtype=jnp.int32)))
+            for x in jax.tree.leaves(mask_of(a))
+        )
+    )
 
 
 def numel(a: Any) -> int:

@@ -24,9 +24,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxregion import tree as T
-from jaxregion.configs import REGION_KINDS as KINDS
-from jaxregion.configs import SCOPES
 from jaxregion.errors import UserError
+from jaxregion.names import REGION_KINDS as KINDS
+from jaxregion.names import SCOPES
 from jaxregion.regions.base import (
     DEFAULT_INCLUDE,
     check_ratio,
@@ -42,7 +42,6 @@ from jaxregion.regions.topk import name_key, order_key, random_keys, top_k_strea
 
 PyTree = Any
 K_RULE = "max(1, floor(ratio * numel_of_unit))"
-
 
 
 # --- keys ------------------------------------------------------------------------------
@@ -79,8 +78,9 @@ def _sum_abs(lazies: Mapping[str, LazyScores], langs: Sequence[str], name: str) 
 
 
 # --- units -----------------------------------------------------------------------------
-def units_for(names: Sequence[str], scope: str, roles: Mapping[str, Any] | None = None
-              ) -> list[list[str]]:
+def units_for(
+    names: Sequence[str], scope: str, roles: Mapping[str, Any] | None = None
+) -> list[list[str]]:
     """Groups of HF names within which exactly k are chosen (layers from ``roles``, default
     the family tables by name)."""
     if scope == "per-tensor":
@@ -93,17 +93,23 @@ def units_for(names: Sequence[str], scope: str, roles: Mapping[str, Any] | None 
         for n in names:
             li = rl[n].layer if rl.get(n) is not None else None
             if li is None:
-                raise UserError(f"scope per-layer: parameter {n!r} is in no transformer layer "
-                                "(its family table gives it no layer index); narrow --include "
-                                "or use scope per-tensor/global")
+                raise UserError(
+                    f"scope per-layer: parameter {n!r} is in no transformer layer "
+                    "(its family table gives it no layer index); narrow --include "
+                    "or use scope per-tensor/global"
+                )
             groups.setdefault(li, []).append(n)
         return [groups[i] for i in sorted(groups)]
     raise UserError(f"scope {scope!r} is unknown; use one of {', '.join(SCOPES)}")
 
 
-def _iter_select(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], scope: str,
-                 ratio: float, key_fn: Callable[[str], jax.Array]
-                 ) -> Iterator[dict[str, jax.Array]]:
+def _iter_select(
+    names: Sequence[str],
+    shapes: Mapping[str, tuple[int, ...]],
+    scope: str,
+    ratio: float,
+    key_fn: Callable[[str], jax.Array],
+) -> Iterator[dict[str, jax.Array]]:
     """Masks unit by unit. A per-tensor or per-layer unit's keys are held together; the
     global unit's keys never are (:func:`top_k_stream` makes them again per pass)."""
     for unit in units_for(names, scope):
@@ -115,8 +121,9 @@ def _iter_select(names: Sequence[str], shapes: Mapping[str, tuple[int, ...]], sc
 
 
 # --- validation --------------------------------------------------------------------------
-def validate_scores(scores_by_lang: Mapping[str, PyTree | LazyScores],
-                    sources: Mapping[str, str] | None = None) -> dict[str, LazyScores]:
+def validate_scores(
+    scores_by_lang: Mapping[str, PyTree | LazyScores], sources: Mapping[str, str] | None = None
+) -> dict[str, LazyScores]:
     """Score trees (in memory or :class:`LazyScores`), checked to share names and shapes
     across languages; returned as :class:`LazyScores` (nothing is read).
 
@@ -125,43 +132,64 @@ def validate_scores(scores_by_lang: Mapping[str, PyTree | LazyScores],
     if not scores_by_lang:
         raise UserError("no importance scores given; pass at least one language")
     lazies = {lang: as_lazy(t) for lang, t in scores_by_lang.items()}
-    labels = {lang: f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
-              for lang in lazies}
-    check_same_tree({labels[lang]: {n: jax.ShapeDtypeStruct(s, jnp.float32)
-                                    for n, s in lz.shapes.items()}
-                     for lang, lz in lazies.items()}, "importance scores")
+    labels = {
+        lang: f"{lang!r} ({sources[lang]})" if sources and lang in sources else repr(lang)
+        for lang in lazies
+    }
+    check_same_tree(
+        {
+            labels[lang]: {n: jax.ShapeDtypeStruct(s, jnp.float32) for n, s in lz.shapes.items()}
+            for lang, lz in lazies.items()
+        },
+        "importance scores",
+    )
     return lazies
 
 
 def _check_lang(scores_by_lang: Mapping[str, Any], lang: str) -> None:
     if lang not in scores_by_lang:
-        raise UserError(f"language {lang!r} has no importance scores; have: "
-                        f"{', '.join(sorted(scores_by_lang)) or '(none)'}")
+        raise UserError(
+            f"language {lang!r} has no importance scores; have: "
+            f"{', '.join(sorted(scores_by_lang)) or '(none)'}"
+        )
 
 
 # --- public selectors ------------------------------------------------------------------
 def _check_coarse_scope(granularity: str, scope: str) -> None:
     check_granularity(granularity)
     if granularity in ("row", "column") and scope != "per-tensor":
-        raise UserError(f"granularity {granularity} takes k {granularity}s in each tensor; "
-                        f"scope {scope!r} does not apply (use scope per-tensor)")
+        raise UserError(
+            f"granularity {granularity} takes k {granularity}s in each tensor; "
+            f"scope {scope!r} does not apply (use scope per-tensor)"
+        )
     if granularity == "expert" and scope == "per-tensor":
-        raise UserError("granularity expert takes whole experts per layer or over all layers; "
-                        "use scope per-layer or global")
+        raise UserError(
+            "granularity expert takes whole experts per layer or over all layers; "
+            "use scope per-layer or global"
+        )
 
 
-def _summed_selector(scores_by_lang: Mapping[str, PyTree], langs: Sequence[str], ratio: float,
-                     scope: str, include: str | None, exclude: str | None, largest: bool,
-                     sources: Mapping[str, str] | None, granularity: str = "element",
-                     in_axes: Mapping[str, int] | None = None,
-                     ) -> tuple[list[str], Callable[[], Iterator[dict[str, jax.Array]]]]:
+def _summed_selector(
+    scores_by_lang: Mapping[str, PyTree],
+    langs: Sequence[str],
+    ratio: float,
+    scope: str,
+    include: str | None,
+    exclude: str | None,
+    largest: bool,
+    sources: Mapping[str, str] | None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> tuple[list[str], Callable[[], Iterator[dict[str, jax.Array]]]]:
     lazies = validate_scores(scores_by_lang, sources)
     shapes = lazies[next(iter(lazies))].shapes
     names = scope_names(list(shapes), include, exclude)
 
     def nan_error(n: str) -> UserError:
-        return UserError(f"importance scores for {n!r} contain NaN (languages "
-                         f"{', '.join(langs)}); recompute them")
+        return UserError(
+            f"importance scores for {n!r} contain NaN (languages "
+            f"{', '.join(langs)}); recompute them"
+        )
 
     def key_fn(n: str) -> jax.Array:
         key, bad = _keys_of(_sum_abs(lazies, langs, n), largest)
@@ -176,105 +204,255 @@ def _summed_selector(scores_by_lang: Mapping[str, PyTree], langs: Sequence[str],
         return total
 
     if granularity != "element":
-        return names, lambda: iter([select_coarse(names, shapes, ratio, granularity, values,
-                                                  largest, in_axes=in_axes, scope=scope)])
+        return names, lambda: iter(
+            [
+                select_coarse(
+                    names, shapes, ratio, granularity, values, largest, in_axes=in_axes, scope=scope
+                )
+            ]
+        )
     return names, lambda: _iter_select(names, shapes, scope, ratio, key_fn)
 
 
-def _meta(kind: str, ratio: float, langs: Sequence[str], scope: str, include: str | None,
-          exclude: str | None, model: str, granularity: str = "element", **extra: Any
-          ) -> dict[str, Any]:
-    unit = "numel_of_unit" if granularity == "element" else {
-        "row": "rows_of_tensor", "column": "columns_of_tensor", "tensor": "tensors",
-        "layer": "layers", "expert": "experts"}[granularity]
-    return {"kind": kind, "ratio": ratio, "langs": list(langs), "scope": scope,
-            "granularity": granularity, "seed": extra.pop("seed", None), "include": include,
-            "exclude": exclude, "k_rule": K_RULE.replace("numel_of_unit", unit), "model": model,
-            **extra}
+def _meta(
+    kind: str,
+    ratio: float,
+    langs: Sequence[str],
+    scope: str,
+    include: str | None,
+    exclude: str | None,
+    model: str,
+    granularity: str = "element",
+    **extra: Any,
+) -> dict[str, Any]:
+    unit = (
+        "numel_of_unit"
+        if granularity == "element"
+        else {
+            "row": "rows_of_tensor",
+            "column": "columns_of_tensor",
+            "tensor": "tensors",
+            "layer": "layers",
+            "expert": "experts",
+        }[granularity]
+    )
+    return {
+        "kind": kind,
+        "ratio": ratio,
+        "langs": list(langs),
+        "scope": scope,
+        "granularity": granularity,
+        "seed": extra.pop("seed", None),
+        "include": include,
+        "exclude": exclude,
+        "k_rule": K_RULE.replace("numel_of_unit", unit),
+        "model": model,
+        **extra,
+    }
 
 
-def _finish(template: PyTree, names: list[str], flat: dict[str, jax.Array],
-            meta: dict[str, Any]) -> Region:
+def _finish(
+    template: PyTree, names: list[str], flat: dict[str, jax.Array], meta: dict[str, Any]
+) -> Region:
     return Region(full_mask(template, flat), meta, tuple(names))
 
 
-def _summed(kind: str, scores_by_lang: Mapping[str, PyTree], ratio: float, scope: str,
-            include: str | None, exclude: str | None, sources: Mapping[str, str] | None,
-            langs: Sequence[str] | None = None, granularity: str = "element",
-            in_axes: Mapping[str, int] | None = None, **extra: Any) -> Region:
+def _summed(
+    kind: str,
+    scores_by_lang: Mapping[str, PyTree],
+    ratio: float,
+    scope: str,
+    include: str | None,
+    exclude: str | None,
+    sources: Mapping[str, str] | None,
+    langs: Sequence[str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+    **extra: Any,
+) -> Region:
     ratio = check_ratio(ratio)
     _check_coarse_scope(granularity, scope)
     langs = sorted(scores_by_lang) if langs is None else list(langs)
-    names, run = _summed_selector(scores_by_lang, langs, ratio, scope, include, exclude,
-                                  kind != "bottom", sources, granularity, in_axes)
+    names, run = _summed_selector(
+        scores_by_lang,
+        langs,
+        ratio,
+        scope,
+        include,
+        exclude,
+        kind != "bottom",
+        sources,
+        granularity,
+        in_axes,
+    )
     flat: dict[str, jax.Array] = {}
     for part in run():
         flat.update(part)
     template = template_of(scores_by_lang[next(iter(scores_by_lang))])
-    meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
-                 fingerprint(template), granularity, **extra)
+    meta = _meta(
+        kind,
+        ratio,
+        sorted(scores_by_lang),
+        scope,
+        include,
+        exclude,
+        fingerprint(template),
+        granularity,
+        **extra,
+    )
     return _finish(template, names, flat, meta)
 
 
-def core(scores_by_lang: Mapping[str, PyTree], ratio: float = 0.01, scope: str = "per-tensor",
-         include: str | None = DEFAULT_INCLUDE, exclude: str | None = None,
-         sources: Mapping[str, str] | None = None, granularity: str = "element",
-         in_axes: Mapping[str, int] | None = None) -> Region:
+def core(
+    scores_by_lang: Mapping[str, PyTree],
+    ratio: float = 0.01,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    sources: Mapping[str, str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """The paper's core region: top-k of Σ_lang |score| in each scope unit.
 
     Languages are summed in sorted-name order (float32) so the result does not depend on
     dict order. k = max(1, floor(ratio × unit size)); ties go to the lower index. With a
     coarser ``granularity`` the units are rows/columns/tensors/layers
     (:mod:`jaxregion.regions.granularity`)."""
-    return _summed("core", scores_by_lang, ratio, scope, include, exclude, sources,
-                   granularity=granularity, in_axes=in_axes)
+    return _summed(
+        "core",
+        scores_by_lang,
+        ratio,
+        scope,
+        include,
+        exclude,
+        sources,
+        granularity=granularity,
+        in_axes=in_axes,
+    )
 
 
-def bottom(scores_by_lang: Mapping[str, PyTree], ratio: float = 0.01,
-           scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-           exclude: str | None = None, sources: Mapping[str, str] | None = None,
-           granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
+def bottom(
+    scores_by_lang: Mapping[str, PyTree],
+    ratio: float = 0.01,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    sources: Mapping[str, str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """Control: the k *least* important elements by Σ_lang |score| (same k as :func:`core`)."""
-    return _summed("bottom", scores_by_lang, ratio, scope, include, exclude, sources,
-                   granularity=granularity, in_axes=in_axes)
+    return _summed(
+        "bottom",
+        scores_by_lang,
+        ratio,
+        scope,
+        include,
+        exclude,
+        sources,
+        granularity=granularity,
+        in_axes=in_axes,
+    )
 
 
-def top(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
-        scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-        exclude: str | None = None, sources: Mapping[str, str] | None = None,
-        granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
+def top(
+    scores_by_lang: Mapping[str, PyTree],
+    lang: str,
+    ratio: float = 0.01,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    sources: Mapping[str, str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """Top-k of one language's |score| (shapes of all languages are still cross-checked)."""
     _check_lang(scores_by_lang, lang)
-    return _summed("top", scores_by_lang, ratio, scope, include, exclude, sources,
-                   langs=[lang], lang=lang, granularity=granularity, in_axes=in_axes)
+    return _summed(
+        "top",
+        scores_by_lang,
+        ratio,
+        scope,
+        include,
+        exclude,
+        sources,
+        langs=[lang],
+        lang=lang,
+        granularity=granularity,
+        in_axes=in_axes,
+    )
 
 
-def monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
-                scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-                exclude: str | None = None, sources: Mapping[str, str] | None = None,
-                granularity: str = "element", in_axes: Mapping[str, int] | None = None
-                ) -> Region:
+def monolingual(
+    scores_by_lang: Mapping[str, PyTree],
+    lang: str,
+    ratio: float = 0.01,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    sources: Mapping[str, str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """Elements in top-k(lang) and in no other language's top-k (same ratio, scope and
     granularity). With a single language this equals :func:`top`."""
-    return _exclusive("monolingual", True, scores_by_lang, lang, ratio, scope, include,
-                      exclude, sources, granularity, in_axes)
+    return _exclusive(
+        "monolingual",
+        True,
+        scores_by_lang,
+        lang,
+        ratio,
+        scope,
+        include,
+        exclude,
+        sources,
+        granularity,
+        in_axes,
+    )
 
 
-def bottom_monolingual(scores_by_lang: Mapping[str, PyTree], lang: str, ratio: float = 0.01,
-                       scope: str = "per-tensor", include: str | None = DEFAULT_INCLUDE,
-                       exclude: str | None = None, sources: Mapping[str, str] | None = None,
-                       granularity: str = "element", in_axes: Mapping[str, int] | None = None
-                       ) -> Region:
+def bottom_monolingual(
+    scores_by_lang: Mapping[str, PyTree],
+    lang: str,
+    ratio: float = 0.01,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    sources: Mapping[str, str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """The authors' control for monolingual regions: elements in bottom-k(lang) (the k least
     important for ``lang``) and in no other language's bottom-k."""
-    return _exclusive("bottom-monolingual", False, scores_by_lang, lang, ratio, scope, include,
-                      exclude, sources, granularity, in_axes)
+    return _exclusive(
+        "bottom-monolingual",
+        False,
+        scores_by_lang,
+        lang,
+        ratio,
+        scope,
+        include,
+        exclude,
+        sources,
+        granularity,
+        in_axes,
+    )
 
 
-def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], lang: str,
-               ratio: float, scope: str, include: str | None, exclude: str | None,
-               sources: Mapping[str, str] | None, granularity: str,
-               in_axes: Mapping[str, int] | None) -> Region:
+def _exclusive(
+    kind: str,
+    largest: bool,
+    scores_by_lang: Mapping[str, PyTree],
+    lang: str,
+    ratio: float,
+    scope: str,
+    include: str | None,
+    exclude: str | None,
+    sources: Mapping[str, str] | None,
+    granularity: str,
+    in_axes: Mapping[str, int] | None,
+) -> Region:
     """One language's top-k (``largest``) or bottom-k minus the union of the others'."""
     ratio = check_ratio(ratio)
     _check_coarse_scope(granularity, scope)
@@ -283,8 +461,18 @@ def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], l
     runs = {}
     names: list[str] = []
     for ll in [lang, *others]:
-        names, runs[ll] = _summed_selector(scores_by_lang, [ll], ratio, scope, include,
-                                           exclude, largest, sources, granularity, in_axes)
+        names, runs[ll] = _summed_selector(
+            scores_by_lang,
+            [ll],
+            ratio,
+            scope,
+            include,
+            exclude,
+            largest,
+            sources,
+            granularity,
+            in_axes,
+        )
     flat: dict[str, jax.Array] = {}
     iters = {ll: runs[ll]() for ll in runs}
     for part in iters[lang]:
@@ -295,14 +483,30 @@ def _exclusive(kind: str, largest: bool, scores_by_lang: Mapping[str, PyTree], l
                 acc[n] = acc[n] & ~other[n]
         flat.update(acc)
     template = template_of(scores_by_lang[next(iter(scores_by_lang))])
-    meta = _meta(kind, ratio, sorted(scores_by_lang), scope, include, exclude,
-                 fingerprint(template), granularity, lang=lang)
+    meta = _meta(
+        kind,
+        ratio,
+        sorted(scores_by_lang),
+        scope,
+        include,
+        exclude,
+        fingerprint(template),
+        granularity,
+        lang=lang,
+    )
     return _finish(template, names, flat, meta)
 
 
-def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "per-tensor",
-           include: str | None = DEFAULT_INCLUDE, exclude: str | None = None,
-           granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
+def random(
+    template: PyTree,
+    ratio: float = 0.01,
+    seed: int = 0,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """Control: exactly k uniformly random elements (rows, columns, tensors, layers) per
     unit, reproducible from ``seed``; the same k per tensor as every scored region of the
     same ratio, scope and granularity.
@@ -323,16 +527,37 @@ def random(template: PyTree, ratio: float = 0.01, seed: int = 0, scope: str = "p
         for part in _iter_select(names, shapes, scope, ratio, key_fn):
             flat.update(part)
     else:
-        flat = select_coarse(names, {n: shapes[n] for n in names}, ratio, granularity, None,
-                             seed=int(seed), in_axes=in_axes, scope=scope)
+        flat = select_coarse(
+            names,
+            {n: shapes[n] for n in names},
+            ratio,
+            granularity,
+            None,
+            seed=int(seed),
+            in_axes=in_axes,
+            scope=scope,
+        )
     template = template_of(template)
-    meta = _meta("random", ratio, [], scope, include, exclude, fingerprint(template),
-                 granularity, seed=int(seed))
+    meta = _meta(
+        "random",
+        ratio,
+        [],
+        scope,
+        include,
+        exclude,
+        fingerprint(template),
+        granularity,
+        seed=int(seed),
+    )
     return _finish(template, names, flat, meta)
 
 
-def layers(template: PyTree, which: Sequence[int], include: str | None = DEFAULT_INCLUDE,
-           exclude: str | None = None) -> Region:
+def layers(
+    template: PyTree,
+    which: Sequence[int],
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+) -> Region:
     """Every parameter (norms included) of the given transformer layers within the scope."""
     flat_t = T.flatten(template)
     names = scope_names(list(flat_t), include, exclude)
@@ -340,18 +565,36 @@ def layers(template: PyTree, which: Sequence[int], include: str | None = DEFAULT
     present = {layer_index(n) for n in names}
     missing = sorted(want - present)
     if missing:
-        raise UserError(f"layers {missing} are not in the model (layers in scope: "
-                        f"{sorted(i for i in present if i is not None)})")
+        raise UserError(
+            f"layers {missing} are not in the model (layers in scope: "
+            f"{sorted(i for i in present if i is not None)})"
+        )
     flat = {n: jnp.full(shape_of(flat_t[n]), layer_index(n) in want, bool) for n in names}
-    meta = _meta("layers", 1.0, [], "per-tensor", include, exclude, fingerprint(template),
-                 "layer", layers=sorted(want))
+    meta = _meta(
+        "layers",
+        1.0,
+        [],
+        "per-tensor",
+        include,
+        exclude,
+        fingerprint(template),
+        "layer",
+        layers=sorted(want),
+    )
     return _finish(template, names, flat, meta)
 
 
-def experts_by_routing(kind: str, template: PyTree, shares: Mapping[str, np.ndarray],
-                       ratio: float = 0.01, scope: str = "per-layer", lang: str | None = None,
-                       include: str | None = DEFAULT_INCLUDE, exclude: str | None = None,
-                       seed: int = 0) -> Region:
+def experts_by_routing(
+    kind: str,
+    template: PyTree,
+    shares: Mapping[str, np.ndarray],
+    ratio: float = 0.01,
+    scope: str = "per-layer",
+    lang: str | None = None,
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    seed: int = 0,
+) -> Region:
     """Whole experts ranked by routing share (``shares``: ``{lang: [layers, experts]}`` top-k
     shares, as ``jaxregion experts`` writes them): core = the most routed-to over all
     languages, bottom = the least, top = ``lang``'s most, monolingual / bottom-monolingual =
@@ -362,12 +605,12 @@ def experts_by_routing(kind: str, template: PyTree, shares: Mapping[str, np.ndar
     names = scope_names(list(flat_t), include, exclude)
     shapes = {n: shape_of(flat_t[n]) for n in names}
     if kind in ("top", "monolingual", "bottom-monolingual") and lang not in shares:
-        raise UserError(f"--lang {lang!r} is not in the routing file (have "
-                        f"{', '.join(shares)})")
+        raise UserError(f"--lang {lang!r} is not in the routing file (have {', '.join(shares)})")
 
     def pick(values: np.ndarray | None, largest: bool = True) -> dict[str, jax.Array]:
-        return select_experts(names, shapes, ratio, scope, largest=largest, seed=seed,
-                              unit_values=values)
+        return select_experts(
+            names, shapes, ratio, scope, largest=largest, seed=seed, unit_values=values
+        )
 
     if kind in ("core", "bottom"):
         flat = pick(sum(np.asarray(v, np.float64) for v in shares.values()), kind == "core")
@@ -380,17 +623,37 @@ def experts_by_routing(kind: str, template: PyTree, shares: Mapping[str, np.ndar
             for o in (o for o in shares if o != lang):
                 other = pick(np.asarray(shares[o]), largest)
                 flat = {n: flat[n] & ~other[n] for n in flat}
-    meta = _meta(kind, ratio, sorted(shares), scope, include, exclude, fingerprint(template),
-                 "expert", seed=int(seed), expert_rank="routing",
-                 **({"lang": lang} if lang is not None else {}))
+    meta = _meta(
+        kind,
+        ratio,
+        sorted(shares),
+        scope,
+        include,
+        exclude,
+        fingerprint(template),
+        "expert",
+        seed=int(seed),
+        expert_rank="routing",
+        **({"lang": lang} if lang is not None else {}),
+    )
     return _finish(template, names, flat, meta)
 
 
-def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
-           lang: str | None = None, ratio: float = 0.01, scope: str = "per-tensor",
-           include: str | None = DEFAULT_INCLUDE, exclude: str | None = None, seed: int = 0,
-           template: PyTree | None = None, sources: Mapping[str, str] | None = None,
-           granularity: str = "element", in_axes: Mapping[str, int] | None = None) -> Region:
+def select(
+    kind: str,
+    scores_by_lang: Mapping[str, PyTree] | None = None,
+    *,
+    lang: str | None = None,
+    ratio: float = 0.01,
+    scope: str = "per-tensor",
+    include: str | None = DEFAULT_INCLUDE,
+    exclude: str | None = None,
+    seed: int = 0,
+    template: PyTree | None = None,
+    sources: Mapping[str, str] | None = None,
+    granularity: str = "element",
+    in_axes: Mapping[str, int] | None = None,
+) -> Region:
     """One entry point: ``kind`` in :data:`KINDS`, at any ``granularity``
     (element/row/column/tensor/layer). ``in_axes``: HF name -> the axis of input features
     (from the family's roles), for row/column granularity."""
@@ -410,8 +673,9 @@ def select(kind: str, scores_by_lang: Mapping[str, PyTree] | None = None, *,
         raise UserError(f"a {kind} region needs importance scores; pass at least one language")
     if kind in ("top", "monolingual", "bottom-monolingual"):
         if lang is None:
-            raise UserError(f"a {kind} region needs a language; have: "
-                            f"{', '.join(sorted(scores_by_lang))}")
+            raise UserError(
+                f"a {kind} region needs a language; have: {', '.join(sorted(scores_by_lang))}"
+            )
         fn = {"top": top, "monolingual": monolingual, "bottom-monolingual": bottom_monolingual}
         return fn[kind](scores_by_lang, lang, ratio, scope, include, exclude, sources, **g)
     fn = core if kind == "core" else bottom

@@ -46,8 +46,10 @@ def row_col_counts(region: Any) -> dict[str, tuple[np.ndarray, np.ndarray]]:
         x = flat[n]
         if len(np.shape(x)) == 2:
             m = jnp.asarray(x, bool)
-            out[n] = (np.asarray(jnp.sum(m, axis=1, dtype=jnp.int32)).astype(np.int64),
-                      np.asarray(jnp.sum(m, axis=0, dtype=jnp.int32)).astype(np.int64))
+            out[n] = (
+                np.asarray(jnp.sum(m, axis=1, dtype=jnp.int32)).astype(np.int64),
+                np.asarray(jnp.sum(m, axis=0, dtype=jnp.int32)).astype(np.int64),
+            )
     return out
 
 
@@ -68,8 +70,9 @@ def counts_by(region: Any, key: Callable[[str], Hashable | None]) -> dict[Any, t
     return out
 
 
-def expert_counts(region: Any, roles: Mapping[str, Any] | None = None
-                  ) -> dict[str, tuple[int, int]]:
+def expert_counts(
+    region: Any, roles: Mapping[str, Any] | None = None
+) -> dict[str, tuple[int, int]]:
     """``{"LAYER.EXPERT": (selected, numel)}`` over the tensors the family tables index by
     expert (a routed expert's slices of the fused tensors and its router row); empty for a
     dense model."""
@@ -88,16 +91,17 @@ def expert_counts(region: Any, roles: Mapping[str, Any] | None = None
     return out
 
 
-def whole_experts(region: Any, roles: Mapping[str, Any] | None = None
-                  ) -> list[tuple[int, int]]:
+def whole_experts(region: Any, roles: Mapping[str, Any] | None = None) -> list[tuple[int, int]]:
     """The ``(layer, expert)`` pairs the region holds whole; UserError when it holds part of
     an expert (drop-expert removes whole experts only)."""
     out = []
     for k, (sel, numel) in expert_counts(region, roles).items():
         if 0 < sel < numel:
-            raise UserError(f"the region holds {sel} of the {numel} elements of expert {k} "
-                            "(layer.expert); drop-expert removes whole experts: select them "
-                            "with --granularity expert")
+            raise UserError(
+                f"the region holds {sel} of the {numel} elements of expert {k} "
+                "(layer.expert); drop-expert removes whole experts: select them "
+                "with --granularity expert"
+            )
         if sel:
             layer, e = k.split(".")
             out.append((int(layer), int(e)))
@@ -108,8 +112,9 @@ def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
 
-def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
-          roles: Mapping[str, Any] | None = None) -> dict[str, Any]:
+def stats(
+    region: Any, top_n: int = 10, top_frac: float = 0.01, roles: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     """JSON-able summary of a region.
 
     Keys: ``total``/``numel``/``density``; ``by_module`` and ``by_layer`` (str layer index,
@@ -136,9 +141,12 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
     summed: dict[str, list[np.ndarray]] = {}
     for n, (rows, cols) in row_col_counts(region).items():
         matrices[n] = {
-            "shape": [int(rows.size), int(cols.size)], "selected": int(rows.sum()),
-            "top_rows": _top(rows, top_n), "top_cols": _top(cols, top_n),
-            "rows_top_frac": _top_frac(rows, top_frac), "cols_top_frac": _top_frac(cols, top_frac),
+            "shape": [int(rows.size), int(cols.size)],
+            "selected": int(rows.sum()),
+            "top_rows": _top(rows, top_n),
+            "top_cols": _top(cols, top_n),
+            "rows_top_frac": _top_frac(rows, top_frac),
+            "cols_top_frac": _top_frac(cols, top_frac),
         }
         mt = module(n)
         if mt in summed and summed[mt][0].shape == rows.shape and summed[mt][1].shape == cols.shape:
@@ -147,15 +155,22 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
         elif mt not in summed:
             summed[mt] = [rows.copy(), cols.copy()]
     module_dims = {
-        mt: {"top_rows": _top(r, top_n), "top_cols": _top(c, top_n),
-             "rows_top_frac": _top_frac(r, top_frac), "cols_top_frac": _top_frac(c, top_frac)}
+        mt: {
+            "top_rows": _top(r, top_n),
+            "top_cols": _top(c, top_n),
+            "rows_top_frac": _top_frac(r, top_frac),
+            "cols_top_frac": _top_frac(c, top_frac),
+        }
         for mt, (r, c) in summed.items()
     }
     out = {
-        "total": total, "numel": numel, "density": total / numel if numel else 0.0,
+        "total": total,
+        "numel": numel,
+        "density": total / numel if numel else 0.0,
         "by_module": {k: _cell(*v) for k, v in by_module.items()},
         "by_layer": {k: _cell(*v) for k, v in by_layer.items()},
-        "matrices": matrices, "module_dims": module_dims,
+        "matrices": matrices,
+        "module_dims": module_dims,
     }
     experts = expert_counts(region, rl)
     if experts:  # mixtures of experts: per layer and expert ("LAYER.EXPERT")
@@ -163,8 +178,9 @@ def stats(region: Any, top_n: int = 10, top_frac: float = 0.01,
     return out
 
 
-def hidden_dim_profile(region: Any, hidden_size: int, roles: Mapping[str, Any] | None = None,
-                       by_module: bool = False) -> np.ndarray | dict[str, np.ndarray]:
+def hidden_dim_profile(
+    region: Any, hidden_size: int, roles: Mapping[str, Any] | None = None, by_module: bool = False
+) -> np.ndarray | dict[str, np.ndarray]:
     """Selected count per hidden (residual-stream) dimension, over every linear map that
     reads from or writes to the residual stream (its residual axis: readers' input columns,
     writers' output rows) and every norm parameter on it (head-sized q/k norms are not).
@@ -181,13 +197,19 @@ def hidden_dim_profile(region: Any, hidden_size: int, roles: Mapping[str, Any] |
         r = rl.get(n)
         x = flat[n]
         shape = np.shape(x)
-        if r is None or r.kind not in ("linear", "norm") or r.residual_axis is None \
-                or len(shape) != len(r.axes):
+        if (
+            r is None
+            or r.kind not in ("linear", "norm")
+            or r.residual_axis is None
+            or len(shape) != len(r.axes)
+        ):
             continue
         axis = r.residual_axis
         if shape[axis] != hidden_size:
-            raise UserError(f"tensor {n!r} has {shape[axis]} entries on its hidden axis {axis}, "
-                            f"not hidden_size={hidden_size}; pass the model's hidden size")
+            raise UserError(
+                f"tensor {n!r} has {shape[axis]} entries on its hidden axis {axis}, "
+                f"not hidden_size={hidden_size}; pass the model's hidden size"
+            )
         m = jnp.asarray(x, bool)
         others = tuple(a for a in range(len(shape)) if a != axis)  # 3-D: fused experts
         counts = m if len(shape) == 1 else jnp.sum(m, axis=others, dtype=jnp.int32)

@@ -6,7 +6,7 @@ from collections.abc import Mapping, Sequence
 
 import numpy as np
 
-from jaxregion.io import atomic_path
+from jaxregion.io.atomic import atomic_path
 
 
 def _plt():
@@ -26,9 +26,12 @@ def _save(fig, path: str) -> None:
     _plt().close(fig)
 
 
-def ablation_bars(path: str, table: Mapping[str, Mapping[str, float]],
-                  errors: Mapping[str, Mapping[str, float]] | None = None,
-                  title: str = "") -> None:
+def ablation_bars(
+    path: str,
+    table: Mapping[str, Mapping[str, float]],
+    errors: Mapping[str, Mapping[str, float]] | None = None,
+    title: str = "",
+) -> None:
     """Grouped bars of log perplexity: one group per language, one bar per condition."""
     plt = _plt()
     conds = list(table)
@@ -48,8 +51,16 @@ def ablation_bars(path: str, table: Mapping[str, Mapping[str, float]],
     _save(fig, path)
 
 
-def heatmap(path: str, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[str],
-            title: str, cbar: str, log: bool = False, fmt: str = "{:.2f}") -> None:
+def heatmap(
+    path: str,
+    matrix: np.ndarray,
+    rows: Sequence[str],
+    cols: Sequence[str],
+    title: str,
+    cbar: str,
+    log: bool = False,
+    fmt: str = "{:.2f}",
+) -> None:
     plt = _plt()
     m = np.asarray(matrix, float)
     fig, ax = plt.subplots(figsize=(max(4, 0.7 * len(cols) + 2), max(3, 0.5 * len(rows) + 1.5)))
@@ -65,8 +76,14 @@ def heatmap(path: str, matrix: np.ndarray, rows: Sequence[str], cols: Sequence[s
     _save(fig, path)
 
 
-def profiles(path: str, series: Mapping[str, np.ndarray], title: str, xlabel: str,
-             ylabel: str, mark: Sequence[int] = ()) -> None:
+def profiles(
+    path: str,
+    series: Mapping[str, np.ndarray],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    mark: Sequence[int] = (),
+) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(8, 3.5))
     for name, ys in series.items():
@@ -81,8 +98,9 @@ def profiles(path: str, series: Mapping[str, np.ndarray], title: str, xlabel: st
     _save(fig, path)
 
 
-def histograms(path: str, edges: Sequence[float], counts: Mapping[str, Sequence[int]],
-               title: str, xlabel: str) -> None:
+def histograms(
+    path: str, edges: Sequence[float], counts: Mapping[str, Sequence[int]], title: str, xlabel: str
+) -> None:
     """Step histograms (normalised to density) from precomputed counts on shared edges."""
     plt = _plt()
     e = np.asarray(edges, float)
@@ -97,20 +115,27 @@ def histograms(path: str, edges: Sequence[float], counts: Mapping[str, Sequence[
     _save(fig, path)
 
 
-def mask_maps(path: str, maps: Mapping[str, np.ndarray], title: str, xlabel: str,
-              ylabel: str) -> None:
+def mask_maps(
+    path: str, maps: Mapping[str, np.ndarray], title: str, xlabel: str, ylabel: str
+) -> None:
     """One panel per region: block density of one matrix (rows x columns), shared scale."""
     plt = _plt()
     n = len(maps)
     cols = min(n, 4)
     rows = -(-n // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 1, 3.0 * rows + 0.4),
-                             squeeze=False, constrained_layout=True)
+    fig, axes = plt.subplots(
+        rows,
+        cols,
+        figsize=(3.2 * cols + 1, 3.0 * rows + 0.4),
+        squeeze=False,
+        constrained_layout=True,
+    )
     vmax = max(float(np.max(m)) for m in maps.values()) or 1.0
     im = None
     for i, (ax, (name, m)) in enumerate(zip(axes.ravel(), maps.items())):
-        im = ax.imshow(np.asarray(m), aspect="auto", cmap="magma", vmin=0, vmax=vmax,
-                       interpolation="nearest")
+        im = ax.imshow(
+            np.asarray(m), aspect="auto", cmap="magma", vmin=0, vmax=vmax, interpolation="nearest"
+        )
         ax.set_title(name, fontsize=9)
         ax.set_xlabel(xlabel, fontsize=8)
         if i % cols == 0:
@@ -139,9 +164,15 @@ def sweep_plot(path: str, points: Sequence[dict], title: str) -> None:
     _save(fig, path)
 
 
-def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-           title: str, xlabel: str, ylabel: str, logx: bool = False,
-           logy: bool = False) -> None:
+def curves(
+    path: str,
+    series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    logx: bool = False,
+    logy: bool = False,
+) -> None:
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7, 4))
     for name, (xs, ys) in series.items():
@@ -157,8 +188,15 @@ def curves(path: str, series: Mapping[str, tuple[Sequence[float], Sequence[float
     _save(fig, path)
 
 
-def pareto(path: str, points: Sequence[dict], frontier: Sequence[str], title: str,
-           xlabel: str, ylabel: str, caption: str = "") -> None:
+def pareto(
+    path: str,
+    points: Sequence[dict],
+    frontier: Sequence[str],
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    caption: str = "",
+) -> None:
     """One marker per setting at (x, y) with seed error bars; colour = scorer, marker =
     granularity, open markers for baselines other than none; the Pareto frontier joined.
 
@@ -175,16 +213,33 @@ def pareto(path: str, points: Sequence[dict], frontier: Sequence[str], title: st
         label = p["scorer"] if p["scorer"] not in seen else None
         seen.add(p["scorer"])
         open_ = p["baseline"] != "none"
-        ax.errorbar(p["x"], p["y"], xerr=p.get("xerr") or None, yerr=p.get("yerr") or None,
-                    fmt=marks.get(p["granularity"], "o"), color=c, ms=6, capsize=2, lw=0.8,
-                    mfc="none" if open_ else c, label=label)
+        ax.errorbar(
+            p["x"],
+            p["y"],
+            xerr=p.get("xerr") or None,
+            yerr=p.get("yerr") or None,
+            fmt=marks.get(p["granularity"], "o"),
+            color=c,
+            ms=6,
+            capsize=2,
+            lw=0.8,
+            mfc="none" if open_ else c,
+            label=label,
+        )
         if p["label"] in frontier or p["scorer"] == "none":
-            ax.annotate(p["label"], (p["x"], p["y"]), fontsize=6, xytext=(3, 3),
-                        textcoords="offset points")
+            ax.annotate(
+                p["label"], (p["x"], p["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
     front = sorted((p for p in points if p["label"] in frontier), key=lambda p: p["x"])
     if len(front) > 1:
-        ax.plot([p["x"] for p in front], [p["y"] for p in front], color="black", lw=0.8,
-                ls="--", label="Pareto frontier")
+        ax.plot(
+            [p["x"] for p in front],
+            [p["y"] for p in front],
+            color="black",
+            lw=0.8,
+            ls="--",
+            label="Pareto frontier",
+        )
     for g, m in marks.items():
         if any(p["granularity"] == g for p in points):
             ax.plot([], [], m, color="gray", label=f"granularity {g}")

@@ -1,5 +1,5 @@
 """Markdown for ``jaxregion regions stats`` and ``compare`` (results computed in
-:mod:`jaxregion.region_runs`)."""
+:mod:`jaxregion.cli.region_runs`)."""
 
 from __future__ import annotations
 
@@ -35,21 +35,38 @@ def stats_markdown(region: Any, st: dict, top: int = 10) -> str:
     dimensions and per-module row/column concentration."""
     meta = region.meta
     out = [f"# Region: {meta.get('kind', '?')}", ""]
-    desc = [(k, meta[k] if not isinstance(meta[k], list) else ",".join(map(str, meta[k])))
-            for k in _META_KEYS if meta.get(k) not in (None, "", [])]
+    desc = [
+        (k, meta[k] if not isinstance(meta[k], list) else ",".join(map(str, meta[k])))
+        for k in _META_KEYS
+        if meta.get(k) not in (None, "", [])
+    ]
     out += [markdown_table(["key", "value"], desc), ""]
-    out += [markdown_table(["selected", "numel", "density"],
-                           [(st["total"], st["numel"], st["density"])], digits=6), ""]
-    for title, key, col in (("Per module type", "by_module", "module"),
-                            ("Per layer", "by_layer", "layer")):
-        out += [f"## {title}", "",
-                markdown_table([col, "selected", "numel", "density"], _density_rows(st[key]),
-                               digits=6), ""]
+    out += [
+        markdown_table(
+            ["selected", "numel", "density"], [(st["total"], st["numel"], st["density"])], digits=6
+        ),
+        "",
+    ]
+    for title, key, col in (
+        ("Per module type", "by_module", "module"),
+        ("Per layer", "by_layer", "layer"),
+    ):
+        out += [
+            f"## {title}",
+            "",
+            markdown_table([col, "selected", "numel", "density"], _density_rows(st[key]), digits=6),
+            "",
+        ]
     if st.get("by_expert"):
         hit = {k: v for k, v in st["by_expert"].items() if v["selected"]}
-        out += ["## Per expert (layer.expert; experts with a selected element)", "",
-                markdown_table(["expert", "selected", "numel", "density"], _density_rows(hit),
-                               digits=6), ""]
+        out += [
+            "## Per expert (layer.expert; experts with a selected element)",
+            "",
+            markdown_table(
+                ["expert", "selected", "numel", "density"], _density_rows(hit), digits=6
+            ),
+            "",
+        ]
     hidden = _hidden_size(region)
     if hidden is not None:
         try:
@@ -59,32 +76,68 @@ def stats_markdown(region: Any, st: dict, top: int = 10) -> str:
         if prof is not None and prof.sum() > 0:
             order = np.argsort(-prof, kind="stable")[:top]
             total = int(prof.sum())
-            out += [f"## Top hidden dimensions (residual width {hidden}; readers' input "
-                    "columns, writers' output rows, norms)", ""]
-            out += [markdown_table(["dim", "selected", "share"],
-                                   [(int(i), int(prof[i]), prof[i] / total) for i in order
-                                    if prof[i] > 0]), ""]
+            out += [
+                f"## Top hidden dimensions (residual width {hidden}; readers' input "
+                "columns, writers' output rows, norms)",
+                "",
+            ]
+            out += [
+                markdown_table(
+                    ["dim", "selected", "share"],
+                    [(int(i), int(prof[i]), prof[i] / total) for i in order if prof[i] > 0],
+                ),
+                "",
+            ]
     if st["module_dims"]:
         out += ["## Concentration per module type (summed over layers)", ""]
-        rows = [(mt, d["rows_top_frac"], d["cols_top_frac"],
-                 " ".join(f"{i}:{c}" for i, c in d["top_rows"][:5]),
-                 " ".join(f"{i}:{c}" for i, c in d["top_cols"][:5]))
-                for mt, d in st["module_dims"].items()]
-        out += [markdown_table(["module", "share in top 1% rows", "share in top 1% cols",
-                                "top rows (idx:count)", "top cols (idx:count)"], rows), ""]
+        rows = [
+            (
+                mt,
+                d["rows_top_frac"],
+                d["cols_top_frac"],
+                " ".join(f"{i}:{c}" for i, c in d["top_rows"][:5]),
+                " ".join(f"{i}:{c}" for i, c in d["top_cols"][:5]),
+            )
+            for mt, d in st["module_dims"].items()
+        ]
+        out += [
+            markdown_table(
+                [
+                    "module",
+                    "share in top 1% rows",
+                    "share in top 1% cols",
+                    "top rows (idx:count)",
+                    "top cols (idx:count)",
+                ],
+                rows,
+            ),
+            "",
+        ]
     return "\n".join(out)
 
 
 def compare_markdown(cmp: dict) -> str:
     """Sizes, overlap ratios and per-module Jaccard of two regions."""
     sa, sb, si, su = cmp["size_a"], cmp["size_b"], cmp["intersection"], cmp["union"]
-    sizes = markdown_table(["", "size"], [(cmp["a"], sa), (cmp["b"], sb), ("intersection", si),
-                                          ("union", su), ("A only", sa - si),
-                                          ("B only", sb - si)])
-    ratios = markdown_table(["jaccard", "|A∩B|/|A|", "|A∩B|/|B|"],
-                            [(cmp["jaccard"], si / sa if sa else 0.0, si / sb if sb else 0.0)],
-                            digits=6)
-    per = markdown_table(["module", "A", "B", "A∩B", "jaccard"],
-                         [(k, v["a"], v["b"], v["intersection"], v["jaccard"])
-                          for k, v in cmp["by_module"].items()], digits=6)
+    sizes = markdown_table(
+        ["", "size"],
+        [
+            (cmp["a"], sa),
+            (cmp["b"], sb),
+            ("intersection", si),
+            ("union", su),
+            ("A only", sa - si),
+            ("B only", sb - si),
+        ],
+    )
+    ratios = markdown_table(
+        ["jaccard", "|A∩B|/|A|", "|A∩B|/|B|"],
+        [(cmp["jaccard"], si / sa if sa else 0.0, si / sb if sb else 0.0)],
+        digits=6,
+    )
+    per = markdown_table(
+        ["module", "A", "B", "A∩B", "jaccard"],
+        [(k, v["a"], v["b"], v["intersection"], v["jaccard"]) for k, v in cmp["by_module"].items()],
+        digits=6,
+    )
     return "\n\n".join([sizes, ratios, per])

@@ -7,7 +7,7 @@
 - :mod:`~jaxregion.train.run`: the command-level drivers (ckpt-dir setup, export, pretrain).
 """
 
-from jaxregion.configs import SCHEDULES
+from jaxregion.names import SCHEDULES
 from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
 from jaxregion.train.loop import (
     TrainConfig,
@@ -22,7 +22,22 @@ from jaxregion.train.penalties import EWC, ewc_penalty, fisher_from_scores, make
 from jaxregion.train.sampler import ReplaySampler, Sampler, replay_slots
 
 __all__ = [
-    "EWC", "SCHEDULES", "Checkpointer", "ReplaySampler", "Sampler", "TrainConfig", "TrainResult",
-    "ewc_penalty", "fisher_from_scores", "freeze_mask_for", "lr_schedule", "make_ewc",
-    "make_optimizer", "make_train_step", "replay_slots", "restore_latest", "step_dirs", "train",
+    "EWC",
+    "SCHEDULES",
+    "Checkpointer",
+    "ReplaySampler",
+    "Sampler",
+    "TrainConfig",
+    "TrainResult",
+    "ewc_penalty",
+    "fisher_from_scores",
+    "freeze_mask_for",
+    "lr_schedule",
+    "make_ewc",
+    "make_optimizer",
+    "make_train_step",
+    "replay_slots",
+    "restore_latest",
+    "step_dirs",
+    "train",
 ]

@@ -63,18 +63,28 @@ class Checkpointer:
         self.root = os.path.abspath(os.path.join(ckpt_dir, STEPS))
         self.keep = keep
         # cleanup: a save cut short by a crash leaves a ``N.orbax-checkpoint-tmp`` dir
-        opts = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,
-                                            enable_async_checkpointing=async_save,
-                                            cleanup_tmp_directories=True)
-        self.manager = ocp.CheckpointManager(self.root, options=opts,
-                                             item_names=("params", "opt_state", "meta"))
+        opts = ocp.CheckpointManagerOptions(
+            max_to_keep=keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
+        )
+        self.manager = ocp.CheckpointManager(
+            self.root, options=opts, item_names=("params", "opt_state", "meta")
+        )
 
     def save(self, step: int, params: Any, opt_state: Any, meta: dict) -> None:
         if step in self.manager.all_steps():
             return
-        self.manager.save(step, args=ocp.args.Composite(
-            params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
-            meta=ocp.args.JsonSave(meta)), force=True)
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                params=ocp.args.StandardSave(params),
+                opt_state=ocp.args.StandardSave(opt_state),
+                meta=ocp.args.JsonSave(meta),
+            ),
+            force=True,
+        )
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -88,8 +98,12 @@ class Checkpointer:
         if abstract_opt is not None:
             items["opt_state"] = ocp.args.StandardRestore(abstract_opt)
         out = self.manager.restore(step, args=ocp.args.Composite(**items))
-        return Restored(step, out["params"], out.get("opt_state") if abstract_opt is not None
-                        else None, dict(out["meta"]))
+        return Restored(
+            step,
+            out["params"],
+            out.get("opt_state") if abstract_opt is not None else None,
+            dict(out["meta"]),
+        )
 
 
 def _leaves(tree: Any) -> list[tuple[tuple[int, ...], str]]:
@@ -113,9 +127,14 @@ def matches_saved(step_dir: str, targets: dict[str, Any]) -> bool | None:
     return True
 
 
-def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None,
-                   keep: int = 3, step: int | None = None,
-                   quarantine: bool = True) -> Restored | None:
+def restore_latest(
+    ckpt_dir: str,
+    abstract_params: Any,
+    abstract_opt: Any | None,
+    keep: int = 3,
+    step: int | None = None,
+    quarantine: bool = True,
+) -> Restored | None:
     """The newest readable checkpoint (or ``step``), or None when there is none.
 
     A step that fails to restore because its own files are damaged is reported on stderr
@@ -125,8 +144,10 @@ def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None
     steps = step_dirs(ckpt_dir)
     if step is not None:
         if step not in steps:
-            raise UserError(f"--step {step}: no checkpoint of that step in {ckpt_dir}; have "
-                            f"{', '.join(map(str, steps)) or 'none'}")
+            raise UserError(
+                f"--step {step}: no checkpoint of that step in {ckpt_dir}; have "
+                f"{', '.join(map(str, steps)) or 'none'}"
+            )
         steps = [step]
     if not steps:
         return None
@@ -137,11 +158,15 @@ def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None
             return ck.restore(s, abstract_params, abstract_opt)
         except Exception as e:  # orbax/tensorstore raise many types for damaged files
             step_dir = os.path.join(ckpt_dir, STEPS, str(s))
-            if matches_saved(step_dir, {"params": abstract_params, "opt_state": abstract_opt}) \
-                    is False:  # whole files, another tree: this run differs, the step is fine
-                raise UserError(f"checkpoint step {s} in {ckpt_dir} holds parameters or "
-                                "optimizer state of other shapes than this run; use a new "
-                                "--ckpt-dir, or --restart to set the old run aside") from None
+            if (
+                matches_saved(step_dir, {"params": abstract_params, "opt_state": abstract_opt})
+                is False
+            ):  # whole files, another tree: this run differs, the step is fine
+                raise UserError(
+                    f"checkpoint step {s} in {ckpt_dir} holds parameters or "
+                    "optimizer state of other shapes than this run; use a new "
+                    "--ckpt-dir, or --restart to set the old run aside"
+                ) from None
             failed.append(s)
             reason = f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             msg = f"checkpoint step {s} in {ckpt_dir} is unreadable ({reason})"
@@ -151,9 +176,11 @@ def restore_latest(ckpt_dir: str, abstract_params: Any, abstract_opt: Any | None
                 shutil.move(os.path.join(ckpt_dir, STEPS, str(s)), dest)
                 msg += f"; moved it to {dest}"
             others = [x for x in steps if x < s]
-            msg += (f"; falling back to step {others[-1]}" if others else "")
+            msg += f"; falling back to step {others[-1]}" if others else ""
             logger.warning("jaxregion: warning: %s", msg)
         finally:
             ck.manager.close()
-    raise UserError(f"{ckpt_dir}: no readable checkpoint (steps {failed} all failed to "
-                    "restore); use a new --ckpt-dir or remove the damaged steps")
+    raise UserError(
+        f"{ckpt_dir}: no readable checkpoint (steps {failed} all failed to "
+        "restore); use a new --ckpt-dir or remove the damaged steps"
+    )

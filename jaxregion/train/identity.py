@@ -20,17 +20,32 @@ import jax
 import numpy as np
 
 from jaxregion import tree as T
-from jaxregion.distributed import fetch
 from jaxregion.errors import UserError
-from jaxregion.io import write_json
+from jaxregion.io.atomic import write_json
+from jaxregion.parallel.distributed import fetch
 
 IDENTITY = "identity.json"
 PREVIOUS = "previous"
 # what a ckpt-dir holds for one run: moved together by a restart
 RUN_STATE = ("steps", "corrupt", "metrics.jsonl", IDENTITY, "run.json", "base")
-OPTIMIZER_FIELDS = ("batch_size", "seq_len", "lr", "warmup", "schedule", "weight_decay", "clip",
-                    "grad_accum", "dtype", "b1", "b2", "seed", "min_lr_ratio", "freeze_norms",
-                    "replay_ratio", "ewc_lambda")
+OPTIMIZER_FIELDS = (
+    "batch_size",
+    "seq_len",
+    "lr",
+    "warmup",
+    "schedule",
+    "weight_decay",
+    "clip",
+    "grad_accum",
+    "dtype",
+    "b1",
+    "b2",
+    "seed",
+    "min_lr_ratio",
+    "freeze_norms",
+    "replay_ratio",
+    "ewc_lambda",
+)
 
 
 def digest_tree(tree: Any) -> str:
@@ -52,12 +67,18 @@ def digest_windows(windows: dict[str, np.ndarray]) -> str:
     return h.hexdigest()[:16]
 
 
-def run_identity(cfg: Any, windows: dict[str, np.ndarray], model: str,
-                 freeze: str | None) -> dict[str, Any]:
+def run_identity(
+    cfg: Any, windows: dict[str, np.ndarray], model: str, freeze: str | None
+) -> dict[str, Any]:
     """The identity of a run: ``{"model", "data", "freeze", "optimizer.*", "steps"}``."""
     opt = {k: getattr(cfg, k) for k in OPTIMIZER_FIELDS}
-    return {"model": model, "data": digest_windows(windows), "freeze": freeze or "none",
-            **{f"optimizer.{k}": v for k, v in opt.items()}, "steps": int(cfg.steps)}
+    return {
+        "model": model,
+        "data": digest_windows(windows),
+        "freeze": freeze or "none",
+        **{f"optimizer.{k}": v for k, v in opt.items()},
+        "steps": int(cfg.steps),
+    }
 
 
 def _read(path: str) -> dict | None:
@@ -67,20 +88,26 @@ def _read(path: str) -> dict | None:
     except FileNotFoundError:
         return None
     except (OSError, ValueError) as e:
-        raise UserError(f"{path}: unreadable ({str(e)[:120]}); use a new --ckpt-dir, or "
-                        "--restart to set the old run aside") from None
+        raise UserError(
+            f"{path}: unreadable ({str(e)[:120]}); use a new --ckpt-dir, or "
+            "--restart to set the old run aside"
+        ) from None
     if not isinstance(d, dict):
         raise UserError(f"{path}: not a run identity; use a new --ckpt-dir, or --restart")
     return d
 
 
 def _what(key: str) -> str:
-    return {"model": "model weights", "data": "training data (sources, seq_len, max_seqs)",
-            "freeze": "frozen region"}.get(key, key)
+    return {
+        "model": "model weights",
+        "data": "training data (sources, seq_len, max_seqs)",
+        "freeze": "frozen region",
+    }.get(key, key)
 
 
-def check(ckpt_dir: str, ident: dict[str, Any], saved_steps: list[int],
-          restart: bool = False) -> None:
+def check(
+    ckpt_dir: str, ident: dict[str, Any], saved_steps: list[int], restart: bool = False
+) -> None:
     """Compare ``ident`` with the ckpt-dir's recorded identity; record it when new.
 
     Raises a UserError naming the first differing field (the ckpt-dir unchanged) unless
@@ -92,24 +119,29 @@ def check(ckpt_dir: str, ident: dict[str, Any], saved_steps: list[int],
         old, saved_steps = None, []
     if old is None:
         if saved_steps:
-            raise UserError(f"--ckpt-dir {ckpt_dir} holds checkpoints (steps "
-                            f"{', '.join(map(str, saved_steps))}) but no {IDENTITY}, so this "
-                            "run cannot prove it is the same; use a new --ckpt-dir, or "
-                            "--restart to set them aside")
+            raise UserError(
+                f"--ckpt-dir {ckpt_dir} holds checkpoints (steps "
+                f"{', '.join(map(str, saved_steps))}) but no {IDENTITY}, so this "
+                "run cannot prove it is the same; use a new --ckpt-dir, or "
+                "--restart to set them aside"
+            )
         if jax.process_index() == 0:
             write_json(path, ident)
         return
     if saved_steps and ident["steps"] < saved_steps[-1]:
-        raise UserError(f"--steps {ident['steps']} is below the saved step {saved_steps[-1]} in "
-                        f"{ckpt_dir}; give --steps {old.get('steps')} to resume, a new "
-                        "--ckpt-dir, or --restart")
+        raise UserError(
+            f"--steps {ident['steps']} is below the saved step {saved_steps[-1]} in "
+            f"{ckpt_dir}; give --steps {old.get('steps')} to resume, a new "
+            "--ckpt-dir, or --restart"
+        )
     for key, want in ident.items():
         have = old.get(key)
         if have != json.loads(json.dumps(want)):
             raise UserError(
                 f"--ckpt-dir {ckpt_dir} holds a run with a different {_what(key)} ({key}: "
                 f"saved {have!r}, now {want!r}); resume with the same settings, use a new "
-                "--ckpt-dir, or pass --restart to set the old run aside")
+                "--ckpt-dir, or pass --restart to set the old run aside"
+            )
 
 
 def set_aside(ckpt_dir: str) -> str:

@@ -23,13 +23,14 @@ import numpy as np
 import optax
 from tqdm.auto import tqdm
 
-from jaxregion import models, sharding
+from jaxregion import models
 from jaxregion.configs import TrainConfig
 from jaxregion.errors import UserError
 from jaxregion.evaluate import evaluate
 from jaxregion.freeze import adamw_with_freeze, make_freeze_mask
-from jaxregion.io import write_text
+from jaxregion.io.atomic import write_text
 from jaxregion.models import ModelConfig, abstract_params, loss_fn
+from jaxregion.parallel import sharding
 from jaxregion.regions.region import mask_of
 from jaxregion.train import identity
 from jaxregion.train.checkpoint import Checkpointer, restore_latest, step_dirs
@@ -56,8 +57,14 @@ def lr_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 def make_optimizer(cfg: TrainConfig, mask: Any = None) -> optax.GradientTransformation:
     """AdamW (betas from cfg) + global-norm clip, with ``mask``'s elements frozen."""
-    return adamw_with_freeze(lr_schedule(cfg), b1=cfg.b1, b2=cfg.b2,
-                             weight_decay=cfg.weight_decay, clip=cfg.clip or None, mask=mask)
+    return adamw_with_freeze(
+        lr_schedule(cfg),
+        b1=cfg.b1,
+        b2=cfg.b2,
+        weight_decay=cfg.weight_decay,
+        clip=cfg.clip or None,
+        mask=mask,
+    )
 
 
 def _cast(params: Any, dtype: str) -> Any:
@@ -67,8 +74,9 @@ def _cast(params: Any, dtype: str) -> Any:
     return jax.tree.map(lambda p: p.astype(dt), params)
 
 
-def state_shardings(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
-                    frozen: bool) -> tuple[Any, Any]:
+def state_shardings(
+    model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh, frozen: bool
+) -> tuple[Any, Any]:
     """Shardings of (params and freeze mask, optimizer state): the mesh's param rules, with
     every Adam moment sharded like its parameter."""
     psh = sharding.param_shardings(model_cfg, mesh)
@@ -78,8 +86,13 @@ def state_shardings(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
     return psh, osh
 
 
-def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
-                    frozen: bool, ewc: bool = False):
+def make_train_step(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    mesh: jax.sharding.Mesh,
+    frozen: bool,
+    ewc: bool = False,
+):
     """``step(params, opt_state, batch, mask[, ewc]) -> (params, opt_state, loss)``, jitted.
 
     Params, mask and optimizer state are sharded by the mesh's rules (FSDP / tensor
@@ -120,34 +133,55 @@ def make_train_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding
 
     msh = psh if frozen else None
     if ewc:
-        return jax.jit(step, in_shardings=(psh, osh, bsh, msh, EWC(psh, psh)),
-                       out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
-    return jax.jit(lambda p, o, b, m: step(p, o, b, m, None), in_shardings=(psh, osh, bsh, msh),
-                   out_shardings=(psh, osh, rep), donate_argnums=(0, 1))
+        return jax.jit(
+            step,
+            in_shardings=(psh, osh, bsh, msh, EWC(psh, psh)),
+            out_shardings=(psh, osh, rep),
+            donate_argnums=(0, 1),
+        )
+    return jax.jit(
+        lambda p, o, b, m: step(p, o, b, m, None),
+        in_shardings=(psh, osh, bsh, msh),
+        out_shardings=(psh, osh, rep),
+        donate_argnums=(0, 1),
+    )
 
 
 def step_key(cfg: TrainConfig) -> TrainConfig:
     """``cfg`` with the fields the compiled step does not depend on reset, so runs that differ
     only in data order, evaluation or checkpointing share one compilation."""
-    return replace(cfg, seed=0, save_every=1, keep=1, eval_every=0, eval_at=(),
-                   eval_start=True, replay_ratio=0.0, eval_batch_size=1, log_every=0)
+    return replace(
+        cfg,
+        seed=0,
+        save_every=1,
+        keep=1,
+        eval_every=0,
+        eval_at=(),
+        eval_start=True,
+        replay_ratio=0.0,
+        eval_batch_size=1,
+        log_every=0,
+    )
 
 
 @functools.lru_cache(maxsize=8)
-def _cached_step(model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh,
-                 frozen: bool, ewc: bool):
+def _cached_step(
+    model_cfg: ModelConfig, cfg: TrainConfig, mesh: jax.sharding.Mesh, frozen: bool, ewc: bool
+):
     return make_train_step(model_cfg, cfg, mesh, frozen, ewc)
 
 
-def freeze_mask_for(params: Any, region: Any, include_norms: bool,
-                    model_cfg: ModelConfig | None = None) -> Any:
+def freeze_mask_for(
+    params: Any, region: Any, include_norms: bool, model_cfg: ModelConfig | None = None
+) -> Any:
     """The bool tree to freeze (norms trainable unless ``include_norms``; norms per the
     family table of ``model_cfg``, or read off the tables by name), or None."""
     if region is None:
         return None
     roles = models.roles(model_cfg) if model_cfg is not None else None
-    return make_freeze_mask(mask_of(region), include_norms=include_norms, roles=roles,
-                            params=params)
+    return make_freeze_mask(
+        mask_of(region), include_norms=include_norms, roles=roles, params=params
+    )
 
 
 @dataclass
@@ -178,8 +212,11 @@ class _Stop:
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         self.signum = signum
         self._restore()  # a second signal acts as it would without us: it stops the run now
-        print(f"\njaxregion: got {signal.Signals(signum).name}; saving a checkpoint after this "
-              "step, then stopping", file=sys.stderr)
+        print(
+            f"\njaxregion: got {signal.Signals(signum).name}; saving a checkpoint after this "
+            "step, then stopping",
+            file=sys.stderr,
+        )
 
     def _restore(self) -> None:
         for s, h in self._old.items():
@@ -213,8 +250,10 @@ def _write_metrics(path: str, records: list[dict]) -> None:
 
 def _eval(params, model_cfg, evals, cfg: TrainConfig, mesh) -> dict[str, float]:
     p = _cast(params, cfg.dtype)
-    return {lang: evaluate(p, model_cfg, w, cfg.eval_batch_size, mesh).perplexity
-            for lang, w in evals.items()}
+    return {
+        lang: evaluate(p, model_cfg, w, cfg.eval_batch_size, mesh).perplexity
+        for lang, w in evals.items()
+    }
 
 
 @dataclass
@@ -231,40 +270,61 @@ class _Setup:
     resumed: int | None
 
 
-def _setup(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarray],
-           cfg: TrainConfig, ckpt_dir: str, mesh: jax.sharding.Mesh, region: Any,
-           model_id: str | None, restart: bool, replay: dict[str, np.ndarray] | None,
-           ewc: EWC | None) -> _Setup:
+def _setup(
+    params: Any,
+    model_cfg: ModelConfig,
+    train_windows: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    ckpt_dir: str,
+    mesh: jax.sharding.Mesh,
+    region: Any,
+    model_id: str | None,
+    restart: bool,
+    replay: dict[str, np.ndarray] | None,
+    ewc: EWC | None,
+) -> _Setup:
     """Check the settings, place params and optimizer state on the mesh, check the run's
     identity against ``ckpt_dir`` and resume from its latest checkpoint."""
     cfg.validate()
     mult = sharding.batch_multiple(mesh)
     if (cfg.batch_size // cfg.grad_accum) % mult:
-        raise UserError(f"--batch-size {cfg.batch_size} / --grad-accum {cfg.grad_accum} must be "
-                        f"a multiple of the {mult} devices on the batch axes")
+        raise UserError(
+            f"--batch-size {cfg.batch_size} / --grad-accum {cfg.grad_accum} must be "
+            f"a multiple of the {mult} devices on the batch axes"
+        )
     if cfg.ewc_lambda > 0 and ewc is None:
-        raise UserError(f"--ewc-lambda {cfg.ewc_lambda} needs a Fisher diagonal (fisher "
-                        "importance files of the languages to protect)")
+        raise UserError(
+            f"--ewc-lambda {cfg.ewc_lambda} needs a Fisher diagonal (fisher "
+            "importance files of the languages to protect)"
+        )
     use_ewc = ewc is not None and cfg.ewc_lambda > 0
     if cfg.replay_ratio > 0:
         sampler: Sampler | ReplaySampler = ReplaySampler(
-            train_windows, replay or {}, cfg.batch_size, cfg.replay_ratio, cfg.seed)
+            train_windows, replay or {}, cfg.batch_size, cfg.replay_ratio, cfg.seed
+        )
     else:
         sampler = Sampler(train_windows, cfg.batch_size, cfg.seed)
     mask = freeze_mask_for(params, region, cfg.freeze_norms, model_cfg)
     tx = make_optimizer(cfg, mask)
     psh, osh = state_shardings(model_cfg, cfg, mesh, mask is not None)
     # a copy: the step donates its inputs, and the caller's params must survive
-    params = jax.jit(lambda p: jax.tree.map(lambda x: jnp.array(x, jnp.float32), p),
-                     out_shardings=psh)(params)
+    params = jax.jit(
+        lambda p: jax.tree.map(lambda x: jnp.array(x, jnp.float32), p), out_shardings=psh
+    )(params)
     opt_state = jax.jit(tx.init, out_shardings=osh)(params)
     mask_dev = jax.device_put(mask, psh) if mask is not None else None
     ewc_dev = jax.device_put(EWC(*ewc), EWC(psh, psh)) if use_ewc and ewc else None
 
-    freeze_id = None if mask is None else identity.digest_tree(
-        jax.tree.map(lambda m: jnp.packbits(jnp.asarray(m, bool).reshape(-1)), mask))
-    ident = identity.run_identity(cfg, train_windows, model_id or identity.digest_tree(params),
-                                  freeze_id)
+    freeze_id = (
+        None
+        if mask is None
+        else identity.digest_tree(
+            jax.tree.map(lambda m: jnp.packbits(jnp.asarray(m, bool).reshape(-1)), mask)
+        )
+    )
+    ident = identity.run_identity(
+        cfg, train_windows, model_id or identity.digest_tree(params), freeze_id
+    )
     identity.check(ckpt_dir, ident, step_dirs(ckpt_dir), restart=restart)
     step_fn = _cached_step(model_cfg, step_key(cfg), mesh, mask is not None, use_ewc)
     run = _Setup(params, opt_state, sampler, mask_dev, ewc_dev, step_fn, 0, None)
@@ -275,24 +335,35 @@ def _setup(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndar
 def _resume(run: _Setup, ckpt_dir: str, cfg: TrainConfig, psh: Any, osh: Any) -> None:
     """Restore the latest checkpoint of ``ckpt_dir`` into ``run`` (if any), after checking
     that it was made with this run's data order."""
-    got = restore_latest(ckpt_dir, sharding.abstract_with(run.params, psh),
-                         sharding.abstract_with(run.opt_state, osh), keep=cfg.keep)
+    got = restore_latest(
+        ckpt_dir,
+        sharding.abstract_with(run.params, psh),
+        sharding.abstract_with(run.opt_state, osh),
+        keep=cfg.keep,
+    )
     if got is None:
         return
     want, have = run.sampler.state(got.step), got.meta.get("data", {})
     for key in ("seed", "batch_size", "langs", "windows", "replay"):
         if have.get(key) != want.get(key) and (key in have or key == "replay"):
-            raise UserError(f"{ckpt_dir}: its checkpoint was made with data {key}="
-                            f"{have[key]!r}, this run has {want[key]!r}; use the same "
-                            "settings to resume, or a new --ckpt-dir")
-    run.params, run.opt_state, run.start, run.resumed = got.params, got.opt_state, got.step, \
-        got.step
+            raise UserError(
+                f"{ckpt_dir}: its checkpoint was made with data {key}="
+                f"{have[key]!r}, this run has {want[key]!r}; use the same "
+                "settings to resume, or a new --ckpt-dir"
+            )
+    run.params, run.opt_state, run.start, run.resumed = (
+        got.params,
+        got.opt_state,
+        got.step,
+        got.step,
+    )
     logger.info("jaxregion: resuming from step %d in %s", got.step, ckpt_dir)
 
 
 @jax.jit
-def _accumulate(acc: tuple[jax.Array, jax.Array, jax.Array], loss: jax.Array, step: jax.Array
-                ) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _accumulate(
+    acc: tuple[jax.Array, jax.Array, jax.Array], loss: jax.Array, step: jax.Array
+) -> tuple[jax.Array, jax.Array, jax.Array]:
     """(loss sum, first non-finite step or -1, its loss) after one more step, on the device."""
     total, bad, bad_loss = acc
     first = (bad < 0) & ~jnp.isfinite(loss)
@@ -311,13 +382,22 @@ class _Log:
         if run.resumed is not None or self.records:
             _write_metrics(self.path, self.records)
         self.tokens_per_step = cfg.batch_size * (run.sampler.windows[0].shape[1] - 1)
-        self.bar = tqdm(total=cfg.steps, initial=run.start, desc="train", unit="step",
-                        disable=not progress or None, dynamic_ncols=True)
+        self.bar = tqdm(
+            total=cfg.steps,
+            initial=run.start,
+            desc="train",
+            unit="step",
+            disable=not progress or None,
+            dynamic_ncols=True,
+        )
         self._reset()
 
     def _reset(self) -> None:
-        self.acc = (jnp.zeros((), jnp.float32), jnp.full((), -1, jnp.int32),
-                    jnp.zeros((), jnp.float32))
+        self.acc = (
+            jnp.zeros((), jnp.float32),
+            jnp.full((), -1, jnp.int32),
+            jnp.zeros((), jnp.float32),
+        )
         self.n, self.t_last, self.total, self.dt = 0, time.perf_counter(), 0.0, 0.0
 
     def write(self, rec: dict) -> None:
@@ -337,14 +417,20 @@ class _Log:
         total, bad, bad_loss = (x.item() for x in jax.device_get(self.acc))
         self.total, self.dt = total, time.perf_counter() - self.t_last
         if bad >= 0:
-            raise UserError(f"the training loss is {bad_loss} at step {bad}: the run "
-                            "diverged (lower --lr, check the data and config.json); the "
-                            f"last checkpoint in {self.ckpt_dir} is kept")
+            raise UserError(
+                f"the training loss is {bad_loss} at step {bad}: the run "
+                "diverged (lower --lr, check the data and config.json); the "
+                f"last checkpoint in {self.ckpt_dir} is kept"
+            )
 
     def record(self, step: int, lr: float, eval_ppl: Any = None) -> None:
         """A metrics line: the mean loss since the last record, read by :meth:`check`."""
-        rec = {"step": step, "loss": self.total / self.n, "lr": lr,
-               "tokens_per_s": self.tokens_per_step * self.n / max(self.dt, 1e-9)}
+        rec = {
+            "step": step,
+            "loss": self.total / self.n,
+            "lr": lr,
+            "tokens_per_s": self.tokens_per_step * self.n / max(self.dt, 1e-9),
+        }
         if eval_ppl is not None:
             rec["eval_ppl"] = eval_ppl
         self.write(rec)
@@ -352,12 +438,23 @@ class _Log:
         self._reset()
 
 
-def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarray],
-          cfg: TrainConfig, ckpt_dir: str, *, region: Any = None,
-          evals: dict[str, np.ndarray] | None = None, mesh: jax.sharding.Mesh | None = None,
-          progress: bool = True, run_info: dict | None = None, model_id: str | None = None,
-          restart: bool = False, replay: dict[str, np.ndarray] | None = None,
-          ewc: EWC | None = None) -> TrainResult:
+def train(
+    params: Any,
+    model_cfg: ModelConfig,
+    train_windows: dict[str, np.ndarray],
+    cfg: TrainConfig,
+    ckpt_dir: str,
+    *,
+    region: Any = None,
+    evals: dict[str, np.ndarray] | None = None,
+    mesh: jax.sharding.Mesh | None = None,
+    progress: bool = True,
+    run_info: dict | None = None,
+    model_id: str | None = None,
+    restart: bool = False,
+    replay: dict[str, np.ndarray] | None = None,
+    ewc: EWC | None = None,
+) -> TrainResult:
     """Train ``params`` (float32, HF-named) for ``cfg.steps`` steps, resuming from ``ckpt_dir``.
 
     ``region``: a Region or bool tree of elements to freeze. ``evals``: ``{lang: windows}``
@@ -372,47 +469,80 @@ def train(params: Any, model_cfg: ModelConfig, train_windows: dict[str, np.ndarr
     :mod:`jaxregion.train.identity`); ``restart`` sets a different old run aside first."""
     mesh = mesh or sharding.make_mesh()
     evals = evals or {}
-    run = _setup(params, model_cfg, train_windows, cfg, ckpt_dir, mesh, region, model_id,
-                 restart, replay, ewc)
+    run = _setup(
+        params,
+        model_cfg,
+        train_windows,
+        cfg,
+        ckpt_dir,
+        mesh,
+        region,
+        model_id,
+        restart,
+        replay,
+        ewc,
+    )
     rng = jax.random.PRNGKey(cfg.seed)
     ckpt = Checkpointer(ckpt_dir, keep=cfg.keep)
     sched = lr_schedule(cfg)
     log = _Log(ckpt_dir, run, cfg, progress)
 
     def meta_for(step: int) -> dict:
-        return {"step": step, "data": run.sampler.state(step),
-                "rng": np.asarray(jax.random.key_data(jax.random.fold_in(rng, step))).tolist(),
-                "config": asdict(cfg), "run": run_info or {}}
+        return {
+            "step": step,
+            "data": run.sampler.state(step),
+            "rng": np.asarray(jax.random.key_data(jax.random.fold_in(rng, step))).tolist(),
+            "config": asdict(cfg),
+            "run": run_info or {},
+        }
 
     if run.start == 0 and evals and not log.records and cfg.eval_start:
-        log.write({"step": 0, "loss": None, "lr": float(sched(0)),
-                   "eval_ppl": _eval(run.params, model_cfg, evals, cfg, mesh),
-                   "tokens_per_s": None})
+        log.write(
+            {
+                "step": 0,
+                "loss": None,
+                "lr": float(sched(0)),
+                "eval_ppl": _eval(run.params, model_cfg, evals, cfg, mesh),
+                "tokens_per_s": None,
+            }
+        )
     interrupted, signum, step = False, None, run.start
     try:
         with _Stop() as stop:
             while step < cfg.steps:
                 batch = sharding.put_batch(run.sampler.batch(step), mesh)
                 extra = (run.ewc,) if run.ewc is not None else ()
-                run.params, run.opt_state, loss = run.step_fn(run.params, run.opt_state, batch,
-                                                              run.mask, *extra)
+                run.params, run.opt_state, loss = run.step_fn(
+                    run.params, run.opt_state, batch, run.mask, *extra
+                )
                 step += 1
                 log.step(step, loss)
                 last, stopping = step == cfg.steps, stop.signum is not None
-                if cfg.eval_now(step) or step % cfg.save_every == 0 or stopping or \
-                        (cfg.log_every and step % cfg.log_every == 0):
+                if (
+                    cfg.eval_now(step)
+                    or step % cfg.save_every == 0
+                    or stopping
+                    or (cfg.log_every and step % cfg.log_every == 0)
+                ):
                     log.check()  # before anything is evaluated or saved
-                    ppl = _eval(run.params, model_cfg, evals, cfg, mesh) \
-                        if evals and cfg.eval_now(step) else None
+                    ppl = (
+                        _eval(run.params, model_cfg, evals, cfg, mesh)
+                        if evals and cfg.eval_now(step)
+                        else None
+                    )
                     log.record(step, float(sched(step - 1)), ppl)
                 if step % cfg.save_every == 0 or last or stopping:
                     ckpt.save(step, run.params, run.opt_state, meta_for(step))
                 if stopping and not last:
                     interrupted, signum = True, stop.signum
                     ckpt.wait()
-                    logger.warning("jaxregion: stopped at step %d by %s; checkpoint saved in "
-                                   "%s; run the same command again to resume", step,
-                                   signal.Signals(signum).name, ckpt_dir)
+                    logger.warning(
+                        "jaxregion: stopped at step %d by %s; checkpoint saved in "
+                        "%s; run the same command again to resume",
+                        step,
+                        signal.Signals(signum).name,
+                        ckpt_dir,
+                    )
                     break
     finally:
         log.bar.close()

@@ -60,8 +60,13 @@ class Sampler:
 
     def state(self, step: int) -> dict:
         """What a checkpoint records about the input pipeline (for checking on resume)."""
-        return {"seed": self.seed, "step": int(step), "batch_size": self.batch_size,
-                "langs": self.langs, "windows": [int(len(w)) for w in self.windows]}
+        return {
+            "seed": self.seed,
+            "step": int(step),
+            "batch_size": self.batch_size,
+            "langs": self.langs,
+            "windows": [int(len(w)) for w in self.windows],
+        }
 
 
 #: The replayed stream's seed is the run's seed plus this (an independent permutation stream).
@@ -83,13 +88,21 @@ class ReplaySampler:
     source one on its own seed stream), so the batch of step ``s`` is still a pure function
     of ``(seed, s)`` and resuming needs nothing but ``s``."""
 
-    def __init__(self, target: Mapping[str, np.ndarray], source: Mapping[str, np.ndarray],
-                 batch_size: int, ratio: float, seed: int = 0):
+    def __init__(
+        self,
+        target: Mapping[str, np.ndarray],
+        source: Mapping[str, np.ndarray],
+        batch_size: int,
+        ratio: float,
+        seed: int = 0,
+    ):
         n_rep = round(ratio * batch_size)
         if not (0.0 < ratio < 1.0) or abs(ratio * batch_size - n_rep) > 1e-9 or n_rep == 0:
-            raise UserError(f"replay ratio {ratio} of batch size {batch_size} is not a whole "
-                            "number of windows in (0, batch size); choose a ratio such that "
-                            "ratio * batch_size is an integer (e.g. 0.25 with batch 8)")
+            raise UserError(
+                f"replay ratio {ratio} of batch size {batch_size} is not a whole "
+                "number of windows in (0, batch size); choose a ratio such that "
+                "ratio * batch_size is an integer (e.g. 0.25 with batch 8)"
+            )
         if not source:
             raise UserError("replay ratio > 0 needs source-language windows to replay")
         self.target = Sampler(target, batch_size - n_rep, seed)
@@ -113,6 +126,10 @@ class ReplaySampler:
     def state(self, step: int) -> dict:
         st = self.target.state(step)
         st["batch_size"] = self.batch_size
-        st["replay"] = {"ratio": self.ratio, "n": self.n_replay, "langs": self.source.langs,
-                        "windows": [int(len(w)) for w in self.source.windows]}
+        st["replay"] = {
+            "ratio": self.ratio,
+            "n": self.n_replay,
+            "langs": self.source.langs,
+            "windows": [int(len(w)) for w in self.source.windows],
+        }
         return st

@@ -27,7 +27,17 @@ from jaxregion.data.sources.open import (
 from jaxregion.data.sources.remote import HfDiskSource, HfHubSource, TfdsSource
 
 __all__ = [
-    "OPTIONS", "SCHEMES", "Source", "open_source", "parse_lang_spec", "sources_from_dir",
-    "TextFileSource", "JsonlSource", "ParquetSource", "TfdsSource", "HfDiskSource",
-    "HfHubSource", "SyntheticSource",
+    "OPTIONS",
+    "SCHEMES",
+    "Source",
+    "open_source",
+    "parse_lang_spec",
+    "sources_from_dir",
+    "TextFileSource",
+    "JsonlSource",
+    "ParquetSource",
+    "TfdsSource",
+    "HfDiskSource",
+    "HfHubSource",
+    "SyntheticSource",
 ]

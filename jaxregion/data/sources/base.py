@@ -35,8 +35,10 @@ class _Base:
             n += 1
             yield doc
         if n == 0:
-            raise UserError(f"{self.name}: no documents found; check the source is not empty "
-                            "and the field/split are right")
+            raise UserError(
+                f"{self.name}: no documents found; check the source is not empty "
+                "and the field/split are right"
+            )
 
     def _iter(self) -> Iterator[str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -45,21 +47,22 @@ class _Base:
         return f"{type(self).__name__}({self.name!r})"
 
 
-
 def _datasets(name: str):
     """The optional ``datasets`` package, or a UserError saying how to get it."""
     try:  # an optional dependency (pip install 'jaxregion[hf]'), ~1.5 s to import
         import datasets
     except ImportError:
-        raise UserError(f"{name}: hf: sources need the `datasets` package; "
-                        "pip install 'jaxregion[hf]'") from None
+        raise UserError(
+            f"{name}: hf: sources need the `datasets` package; pip install 'jaxregion[hf]'"
+        ) from None
     return datasets
 
 
-
 def _missing_field(name: str, field: str, keys, where: str = "") -> UserError:
-    return UserError(f"{name}: field {field!r} not found{where}; available keys: "
-                     f"{', '.join(map(str, keys)) or '(none)'}; pass field=KEY")
+    return UserError(
+        f"{name}: field {field!r} not found{where}; available keys: "
+        f"{', '.join(map(str, keys)) or '(none)'}; pass field=KEY"
+    )
 
 
 def _as_text(name: str, field: str, value, where: str = "") -> str | None:
@@ -71,10 +74,11 @@ def _as_text(name: str, field: str, value, where: str = "") -> str | None:
         except UnicodeDecodeError:
             raise UserError(f"{name}: field {field!r}{where} is not valid UTF-8") from None
     if not isinstance(value, str):
-        raise UserError(f"{name}: field {field!r}{where} holds {type(value).__name__}, not "
-                        "text; pick a text field")
+        raise UserError(
+            f"{name}: field {field!r}{where} holds {type(value).__name__}, not "
+            "text; pick a text field"
+        )
     return check_text(value, f"{name}: field {field!r}{where}")
-
 
 
 def _split_colons(s: str) -> list[str]:
@@ -100,7 +104,6 @@ def _field_of(name: str, record, field: str, where: str):
             raise _missing_field(name, field, keys, where)
         value = value[key]
     return value
-
 
 
 def _chain(first, rest):

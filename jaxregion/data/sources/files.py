@@ -29,8 +29,9 @@ def _zstd_chunks(path: str, f) -> Iterator[bytes]:
             try:
                 out = obj.decompress(raw)
             except zstandard.ZstdError as e:
-                raise UserError(f"{path}: corrupt zstd stream ({e}); re-download or "
-                                "re-compress the file") from None
+                raise UserError(
+                    f"{path}: corrupt zstd stream ({e}); re-download or re-compress the file"
+                ) from None
             pending = True
             if out:
                 yield out
@@ -39,8 +40,10 @@ def _zstd_chunks(path: str, f) -> Iterator[bytes]:
             else:
                 raw = b""
     if pending:
-        raise UserError(f"{path}: truncated or corrupt zstd stream (file ends mid-frame); "
-                        "re-download or re-compress the file")
+        raise UserError(
+            f"{path}: truncated or corrupt zstd stream (file ends mid-frame); "
+            "re-download or re-compress the file"
+        )
 
 
 def _byte_chunks(path: str) -> Iterator[bytes]:
@@ -59,8 +62,10 @@ def _byte_chunks(path: str) -> Iterator[bytes]:
                 while chunk := g.read(_CHUNK):
                     yield chunk
             except (EOFError, gzip.BadGzipFile, zlib.error) as e:
-                raise UserError(f"{path}: truncated or corrupt gzip stream ({e}); re-download "
-                                "or re-compress the file") from None
+                raise UserError(
+                    f"{path}: truncated or corrupt gzip stream ({e}); re-download "
+                    "or re-compress the file"
+                ) from None
             return
         while chunk := f.read(_CHUNK):
             yield chunk
@@ -72,9 +77,11 @@ refused with one line, so one huge line never costs unbounded memory."""
 
 
 def _too_long(path: str) -> UserError:
-    return UserError(f"{path}: a line or document is longer than {MAX_DOC_CHARS} characters "
-                     "(jaxregion.data.sources.files.MAX_DOC_CHARS); split the text into "
-                     "documents of sensible size")
+    return UserError(
+        f"{path}: a line or document is longer than {MAX_DOC_CHARS} characters "
+        "(jaxregion.data.sources.files.MAX_DOC_CHARS); split the text into "
+        "documents of sensible size"
+    )
 
 
 def _lines(path: str) -> Iterator[str]:
@@ -87,8 +94,9 @@ def _lines(path: str) -> Iterator[str]:
         try:
             text = decoder.decode(chunk)
         except UnicodeDecodeError as e:
-            raise UserError(f"{path}: not valid UTF-8 near byte {offset + e.start}; "
-                            "re-encode it as UTF-8") from None
+            raise UserError(
+                f"{path}: not valid UTF-8 near byte {offset + e.start}; re-encode it as UTF-8"
+            ) from None
         offset += len(chunk)
         parts = text.split("\n")
         if len(parts) > 1:
@@ -107,8 +115,10 @@ def _lines(path: str) -> Iterator[str]:
     try:
         pieces.append(decoder.decode(b"", final=True))
     except UnicodeDecodeError:
-        raise UserError(f"{path}: not valid UTF-8 at the end of the file (cut mid-character); "
-                        "re-encode it as UTF-8") from None
+        raise UserError(
+            f"{path}: not valid UTF-8 at the end of the file (cut mid-character); "
+            "re-encode it as UTF-8"
+        ) from None
     rest = "".join(pieces)
     if len(rest) > MAX_DOC_CHARS:
         raise _too_long(path)
@@ -121,8 +131,10 @@ class TextFileSource(_Base):
 
     def __init__(self, path: str, doc_sep: str = "line"):
         if doc_sep not in ("line", "blank"):
-            raise UserError(f"{path}: doc_sep={doc_sep!r} is not supported; use 'line' "
-                            "(one document per line) or 'blank' (blank-line separated)")
+            raise UserError(
+                f"{path}: doc_sep={doc_sep!r} is not supported; use 'line' "
+                "(one document per line) or 'blank' (blank-line separated)"
+            )
         self.path, self.doc_sep = path, doc_sep
 
     @property
@@ -168,11 +180,14 @@ class JsonlSource(_Base):
             try:
                 obj = json.loads(line)
             except json.JSONDecodeError as e:
-                raise UserError(f"{self.path}:{lineno}: not valid JSON ({e.msg}); "
-                                "expected one JSON object per line") from None
+                raise UserError(
+                    f"{self.path}:{lineno}: not valid JSON ({e.msg}); "
+                    "expected one JSON object per line"
+                ) from None
             if not isinstance(obj, dict):
-                raise UserError(f"{self.path}:{lineno}: expected a JSON object, got "
-                                f"{type(obj).__name__}")
+                raise UserError(
+                    f"{self.path}:{lineno}: expected a JSON object, got {type(obj).__name__}"
+                )
             if self.field not in obj:
                 raise _missing_field(self.path, self.field, obj.keys(), f" on line {lineno}")
             text = _as_text(self.path, self.field, obj[self.field], f" on line {lineno}")
@@ -210,5 +225,3 @@ class ParquetSource(_Base):
                 text = _as_text(self.path, self.field, value)
                 if text and text.strip():
                     yield text
-
-

@@ -31,8 +31,10 @@ class SyntheticSource(_Base):
 
     def __init__(self, lang: str, n_docs: int = 10000, seed: int = 0):
         if lang not in synthetic.LANGUAGES:
-            raise UserError(f"synthetic:{lang}: unknown synthetic language; choose one of "
-                            f"{', '.join(synthetic.LANGUAGES)}")
+            raise UserError(
+                f"synthetic:{lang}: unknown synthetic language; choose one of "
+                f"{', '.join(synthetic.LANGUAGES)}"
+            )
         self.lang, self.n_docs, self.seed = lang, n_docs, seed
 
     @property
@@ -45,6 +47,7 @@ class SyntheticSource(_Base):
 
 # ------------------------------------------------------------------------------ open_source ---
 
+
 def _split_options(spec: str) -> tuple[str, dict[str, str]]:
     """``"a.jsonl?field=body"`` -> ``("a.jsonl", {"field": "body"})``; a real path wins."""
     if "?" not in spec or os.path.exists(spec):
@@ -54,8 +57,10 @@ def _split_options(spec: str) -> tuple[str, dict[str, str]]:
     for item in filter(None, query.split("&")):
         key, eq, value = item.partition("=")
         if not eq or key not in OPTIONS:
-            raise UserError(f"{spec!r}: bad option {item!r}; options are "
-                            f"{', '.join(o + '=...' for o in OPTIONS)}")
+            raise UserError(
+                f"{spec!r}: bad option {item!r}; options are "
+                f"{', '.join(o + '=...' for o in OPTIONS)}"
+            )
         opts[key] = value
     return base, opts
 
@@ -71,8 +76,10 @@ def _open_path(path: str, doc_sep: str | None, field: str | None) -> Source:
     if os.path.isdir(path):
         if _is_saved_dataset(path):
             return HfDiskSource(path, None, field or "text")
-        raise UserError(f"{path}: is a directory, not a file or a saved HF dataset; for a "
-                        "directory of LANG.txt files use --corpus DIR")
+        raise UserError(
+            f"{path}: is a directory, not a file or a saved HF dataset; for a "
+            "directory of LANG.txt files use --corpus DIR"
+        )
     low = path.lower()
     for ext in (".gz", ".zst"):
         if low.endswith(ext):
@@ -82,13 +89,16 @@ def _open_path(path: str, doc_sep: str | None, field: str | None) -> Source:
     if low.endswith(".parquet"):
         return ParquetSource(path, field or "text")
     if field is not None:
-        raise UserError(f"{path}: field={field!r} only applies to .jsonl/.parquet/tfds/hf "
-                        "sources; remove it or use one of those")
+        raise UserError(
+            f"{path}: field={field!r} only applies to .jsonl/.parquet/tfds/hf "
+            "sources; remove it or use one of those"
+        )
     return TextFileSource(path, doc_sep or "line")
 
 
-def open_source(spec: str, *, doc_sep: str | None = None, field: str | None = None,
-                data_dir: str | None = None) -> Source:
+def open_source(
+    spec: str, *, doc_sep: str | None = None, field: str | None = None, data_dir: str | None = None
+) -> Source:
     """The source for ``spec`` (the part after ``LANG=``). Keyword args override ``?`` options."""
     spec = spec.strip()
     base, opts = _split_options(spec)
@@ -99,11 +109,13 @@ def open_source(spec: str, *, doc_sep: str | None = None, field: str | None = No
     # A one-letter scheme is a Windows drive (C:\...), and an existing path is just a path.
     if not m or len(m.group(1)) == 1 or os.path.exists(base):
         return _open_path(base, doc_sep, field)
-    scheme, rest = m.group(1).lower(), base[m.end():]
+    scheme, rest = m.group(1).lower(), base[m.end() :]
     if scheme not in SCHEMES:
-        raise UserError(f"{spec!r}: unknown source scheme {m.group(1)!r}; supported: "
-                        f"{', '.join(s + ':' for s in SCHEMES)} or a path to "
-                        ".txt/.jsonl/.parquet (.gz/.zst) files")
+        raise UserError(
+            f"{spec!r}: unknown source scheme {m.group(1)!r}; supported: "
+            f"{', '.join(s + ':' for s in SCHEMES)} or a path to "
+            ".txt/.jsonl/.parquet (.gz/.zst) files"
+        )
     if scheme == "file":
         return _open_path(rest, doc_sep, field)
     parts = _split_colons(rest)
@@ -115,10 +127,13 @@ def open_source(spec: str, *, doc_sep: str | None = None, field: str | None = No
         return SyntheticSource(parts[0], n_docs, seed)
     if scheme == "tfds":
         if len(parts) not in (2, 3) or not all(parts):
-            raise UserError(f"{spec!r}: expected tfds:NAME[/CONFIG]:SPLIT[:FIELD], e.g. "
-                            "tfds:wiki40b/ar:test:text")
-        return TfdsSource(parts[0], parts[1], field or (parts[2] if len(parts) > 2 else "text"),
-                          data_dir)
+            raise UserError(
+                f"{spec!r}: expected tfds:NAME[/CONFIG]:SPLIT[:FIELD], e.g. "
+                "tfds:wiki40b/ar:test:text"
+            )
+        return TfdsSource(
+            parts[0], parts[1], field or (parts[2] if len(parts) > 2 else "text"), data_dir
+        )
     # hf:
     if parts[0].startswith(("/", ".", "~")) or _is_saved_dataset(parts[0]):
         path = os.path.expanduser(parts[0])
@@ -127,8 +142,10 @@ def open_source(spec: str, *, doc_sep: str | None = None, field: str | None = No
         split = parts[1] or None if len(parts) > 1 else None
         return HfDiskSource(path, split, field or (parts[2] if len(parts) > 2 else "text"))
     if not 2 <= len(parts) <= 4 or not all(parts):
-        raise UserError(f"{spec!r}: expected hf:NAME[:CONFIG]:SPLIT[:FIELD], e.g. "
-                        "hf:wikimedia/wikipedia:20231101.ar:train:text")
+        raise UserError(
+            f"{spec!r}: expected hf:NAME[:CONFIG]:SPLIT[:FIELD], e.g. "
+            "hf:wikimedia/wikipedia:20231101.ar:train:text"
+        )
     config, fld = None, None
     if len(parts) == 4:
         name, config, split, fld = parts
@@ -162,8 +179,10 @@ def sources_from_dir(directory: str, split: str = "train") -> dict[str, Source]:
         if fname:
             out[lang] = TextFileSource(os.path.join(directory, fname))
     if not out:
-        raise UserError(f"{directory}: no LANG.{split}.txt or LANG.txt files (e.g. "
-                        f"ar.{split}.txt); write some or use --text LANG=SOURCE")
+        raise UserError(
+            f"{directory}: no LANG.{split}.txt or LANG.txt files (e.g. "
+            f"ar.{split}.txt); write some or use --text LANG=SOURCE"
+        )
     return out
 
 
@@ -176,4 +195,3 @@ def parse_lang_spec(arg: str) -> tuple[str, str]:
     if not lang or not spec:
         raise UserError(f"--text {arg!r}: expected LANG=SOURCE, e.g. --text ar=data/ar.txt")
     return check_name(lang, f"--text {excerpt(arg)}"), spec
-

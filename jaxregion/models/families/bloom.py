@@ -22,8 +22,12 @@ MODEL_TYPES = ("bloom",)
 
 _H = "transformer.h.{i}."
 RESIDUAL_TAP = _H + "output"  # the residual stream after layer i
-_QKV, _DENSE, _UP, _DOWN = (_H + "self_attention.query_key_value", _H + "self_attention.dense",
-                            _H + "mlp.dense_h_to_4h", _H + "mlp.dense_4h_to_h")
+_QKV, _DENSE, _UP, _DOWN = (
+    _H + "self_attention.query_key_value",
+    _H + "self_attention.dense",
+    _H + "mlp.dense_h_to_4h",
+    _H + "mlp.dense_4h_to_h",
+)
 
 
 def table(cfg: ModelConfig | None) -> dict[str, Spec]:
@@ -70,15 +74,25 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     heads = int(get_key(d, "n_head", "num_attention_heads"))
     layers = int(get_key(d, "n_layer", "num_hidden_layers"))
     return ModelConfig(
-        model_type="bloom", vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=4 * hidden, num_layers=layers, num_heads=heads, num_kv_heads=heads,
+        model_type="bloom",
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=4 * hidden,
+        num_layers=layers,
+        num_heads=heads,
+        num_kv_heads=heads,
         head_dim=hidden // heads,
         max_position_embeddings=int(d.get("seq_length") or d.get("n_positions") or 2048),
-        norm_eps=float(d.get("layer_norm_epsilon", 1e-5)), activation="bloom_gelu",
+        norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
+        activation="bloom_gelu",
         tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-        qkv_bias=True, o_bias=True, mlp_bias=True, sliding_windows=(None,) * layers,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
+        sliding_windows=(None,) * layers,
         residual_from_norm=bool(d.get("apply_residual_connection_post_layernorm", False)),
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
         hf_config=dict(d),
     )
 
@@ -98,8 +112,9 @@ class Attention(nnx.Module):
         self.dense = _linear(make, _DENSE)
         self.heads = (cfg.num_heads, cfg.head_dim)
 
-    def __call__(self, x: Array, alibi: Array, positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self, x: Array, alibi: Array, positions: Array, collect: bool, kv: KV | None = None
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
         h, d = self.heads
         qkv = self.query_key_value(x).reshape(b, s, h, 3, d)  # head-interleaved
@@ -133,8 +148,9 @@ class Block(nnx.Module):
         self.mlp = MLP(cfg, make)
         self.residual_from_norm = cfg.residual_from_norm
 
-    def __call__(self, x: Array, alibi: Array, positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self, x: Array, alibi: Array, positions: Array, collect: bool, kv: KV | None = None
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         h = self.input_layernorm(x)
         a, aux, kv = self.self_attention(h, alibi, positions, collect, kv)
         x = (h if self.residual_from_norm else x) + a
@@ -147,8 +163,9 @@ class Block(nnx.Module):
 class BloomModel(nnx.Module):
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
         self.word_embeddings = Embedding(make("transformer.word_embeddings.weight"))
-        self.word_embeddings_layernorm = _ln(make, "transformer.word_embeddings_layernorm",
-                                             cfg.norm_eps)
+        self.word_embeddings_layernorm = _ln(
+            make, "transformer.word_embeddings_layernorm", cfg.norm_eps
+        )
         self.h = nnx.List([Block(cfg, make) for _ in range(cfg.num_layers)])
         self.ln_f = _ln(make, "transformer.ln_f", cfg.norm_eps)
 

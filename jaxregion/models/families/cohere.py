@@ -62,19 +62,28 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     theta, scaling = rope_from_hf(d)
     scale = d.get("logit_scale", 0.0625)
     return ModelConfig(
-        model_type="cohere", vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
+        model_type="cohere",
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=layers,
+        num_heads=heads,
         num_kv_heads=int(d.get("num_key_value_heads") or heads),
         head_dim=int(d.get("head_dim") or hidden // heads),
         max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
         norm_eps=float(get_key(d, "layer_norm_eps", default=1e-5)),
         activation=activation_name(get_key(d, "hidden_act", default="silu"), source),
         tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-        rope_theta=theta, rope_scaling=scaling, rope_interleaved=True,
-        qkv_bias=bool(d.get("attention_bias")), o_bias=bool(d.get("attention_bias")),
-        qk_norm=bool(d.get("use_qk_norm")), sliding_windows=(None,) * layers,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rope_interleaved=True,
+        qkv_bias=bool(d.get("attention_bias")),
+        o_bias=bool(d.get("attention_bias")),
+        qk_norm=bool(d.get("use_qk_norm")),
+        sliding_windows=(None,) * layers,
         logit_scale=None if scale is None else float(scale),
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
         hf_config=dict(d),
     )
 
@@ -86,14 +95,19 @@ class DecoderLayer(nnx.Module):
     """One norm, then attention and the MLP side by side: ``x + attn(h) + mlp(h)``."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        self.input_layernorm = LayerNorm(make(_L + "input_layernorm.weight"), None,
-                                         cfg.norm_eps)
+        self.input_layernorm = LayerNorm(make(_L + "input_layernorm.weight"), None, cfg.norm_eps)
         qk = (lambda w: LayerNorm(w, None, cfg.norm_eps)) if cfg.qk_norm else None
         self.self_attn = Attention(cfg, make, qk)  # q/k norms per head, weights [heads, dim]
         self.mlp = GatedMLP(cfg, make)
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self,
+        x: Array,
+        rope: tuple[Array, Array],
+        positions: Array,
+        collect: bool,
+        kv: KV | None = None,
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         h = self.input_layernorm(x)
         a, aux, kv = self.self_attn(h, rope, positions, None, collect, kv)
         m, aux_m = self.mlp(h, collect)
@@ -102,8 +116,9 @@ class DecoderLayer(nnx.Module):
 
 
 def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(cfg, make, lambda _: DecoderLayer(cfg, make),
-                lambda w: LayerNorm(w, None, cfg.norm_eps))
+    return Body(
+        cfg, make, lambda _: DecoderLayer(cfg, make), lambda w: LayerNorm(w, None, cfg.norm_eps)
+    )
 
 
 class Model(DecoderLM):

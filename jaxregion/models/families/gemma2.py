@@ -59,13 +59,26 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     return t
 
 
-GGUF_CONFIG = {**DECODER_CONFIG, "head_dim": "attention.key_length",
-               "sliding_window": "attention.sliding_window"}
+GGUF_CONFIG = {
+    **DECODER_CONFIG,
+    "head_dim": "attention.key_length",
+    "sliding_window": "attention.sliding_window",
+}
 _NAMES = sandwich_names(head=False)
-GGUF = (GgufArch("gemma2", "gemma2", "Gemma2ForCausalLM", _NAMES,
-                 {**GGUF_CONFIG, "attn_logit_softcapping": "attn_logit_softcapping",
-                  "final_logit_softcapping": "final_logit_softcapping"},
-                 transforms=norms_minus_one(_NAMES)),)
+GGUF = (
+    GgufArch(
+        "gemma2",
+        "gemma2",
+        "Gemma2ForCausalLM",
+        _NAMES,
+        {
+            **GGUF_CONFIG,
+            "attn_logit_softcapping": "attn_logit_softcapping",
+            "final_logit_softcapping": "final_logit_softcapping",
+        },
+        transforms=norms_minus_one(_NAMES),
+    ),
+)
 
 
 def sliding_windows(d: dict, source: str, default_pattern: int) -> tuple[int | None, ...]:
@@ -76,10 +89,13 @@ def sliding_windows(d: dict, source: str, default_pattern: int) -> tuple[int | N
     layers = int(d["num_hidden_layers"])
     pattern = int(d.get("sliding_window_pattern") or default_pattern)
     types = d.get("layer_types") or [
-        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)]
+        "sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(layers)
+    ]
     if len(types) != layers or not set(types) <= {"sliding_attention", "full_attention"}:
-        raise UserError(f"{source}: layer_types must list 'sliding_attention' or "
-                        f"'full_attention' for each of the {layers} layers; got {types!r}")
+        raise UserError(
+            f"{source}: layer_types must list 'sliding_attention' or "
+            f"'full_attention' for each of the {layers} layers; got {types!r}"
+        )
     window = d.get("sliding_window")
     return tuple(int(window) if t == "sliding_attention" and window else None for t in types)
 
@@ -87,25 +103,37 @@ def sliding_windows(d: dict, source: str, default_pattern: int) -> tuple[int | N
 def common_config(d: dict, source: str, **kw) -> ModelConfig:
     """The keys gemma2 and gemma3_text share; ``kw`` sets the rest."""
     if d.get("use_bidirectional_attention"):
-        raise UserError(f"{source}: use_bidirectional_attention=true (an encoder) is not "
-                        "supported; use a causal Gemma checkpoint")
+        raise UserError(
+            f"{source}: use_bidirectional_attention=true (an encoder) is not "
+            "supported; use a causal Gemma checkpoint"
+        )
     hidden = int(d["hidden_size"])
     heads = int(d["num_attention_heads"])
     head_dim = int(d.get("head_dim") or hidden // heads)
     return ModelConfig(
-        model_type=d["model_type"], vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=int(d["intermediate_size"]), num_layers=int(d["num_hidden_layers"]),
-        num_heads=heads, num_kv_heads=int(d.get("num_key_value_heads") or heads),
-        head_dim=head_dim, max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
+        model_type=d["model_type"],
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=int(d["num_hidden_layers"]),
+        num_heads=heads,
+        num_kv_heads=int(d.get("num_key_value_heads") or heads),
+        head_dim=head_dim,
+        max_position_embeddings=int(d.get("max_position_embeddings", 8192)),
         norm_eps=float(get_key(d, "rms_norm_eps", default=1e-6)),
         activation=activation_name(
-            get_key(d, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"), source),
+            get_key(d, "hidden_activation", "hidden_act", default="gelu_pytorch_tanh"), source
+        ),
         tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-        qkv_bias=bool(d.get("attention_bias")), o_bias=bool(d.get("attention_bias")),
-        norm_plus_one=True, scale_embeddings=True,
+        qkv_bias=bool(d.get("attention_bias")),
+        o_bias=bool(d.get("attention_bias")),
+        norm_plus_one=True,
+        scale_embeddings=True,
         query_pre_attn_scalar=float(get_key(d, "query_pre_attn_scalar", default=head_dim)),
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
-        hf_config=dict(d), **kw,
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
+        hf_config=dict(d),
+        **kw,
     )
 
 
@@ -114,10 +142,14 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     cap = d.get("final_logit_softcapping", 30.0)
     attn_cap = d.get("attn_logit_softcapping", 50.0)
     return common_config(
-        d, source, rope_theta=theta, rope_scaling=scaling,
+        d,
+        source,
+        rope_theta=theta,
+        rope_scaling=scaling,
         sliding_windows=sliding_windows(d, source, 2),
         logit_softcap=None if cap is None else float(cap),
-        attn_softcap=None if attn_cap is None else float(attn_cap))
+        attn_softcap=None if attn_cap is None else float(attn_cap),
+    )
 
 
 # --- modules (attribute paths = HF names) --------------------------------------------------
@@ -132,19 +164,31 @@ class DecoderLayer(nnx.Module):
 
         self.input_layernorm = rms("input_layernorm")
         qk = make.has(_L + "self_attn.q_norm.weight")  # gemma3: head-sized (1 + w) norms
-        self.self_attn = Attention(cfg, make, (lambda w: RMSNorm(w, cfg.norm_eps, True)) if qk
-                                   else None)
+        self.self_attn = Attention(
+            cfg, make, (lambda w: RMSNorm(w, cfg.norm_eps, True)) if qk else None
+        )
         self.post_attention_layernorm = rms("post_attention_layernorm")
         self.pre_feedforward_layernorm = rms("pre_feedforward_layernorm")
         self.mlp = GatedMLP(cfg, make)
         self.post_feedforward_layernorm = rms("post_feedforward_layernorm")
         self.window = window
 
-    def __call__(self, x: Array, ropes: dict[bool, tuple[Array, Array]], positions: Array,
-                 collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(self.input_layernorm(x), ropes[self.window is not None],
-                                    positions, self.window, collect, kv)
+    def __call__(
+        self,
+        x: Array,
+        ropes: dict[bool, tuple[Array, Array]],
+        positions: Array,
+        collect: bool,
+        kv: KV | None = None,
+    ) -> tuple[Array, dict[str, Array], KV | None]:
+        a, aux, kv = self.self_attn(
+            self.input_layernorm(x),
+            ropes[self.window is not None],
+            positions,
+            self.window,
+            collect,
+            kv,
+        )
         x = x + self.post_attention_layernorm(a)
         m, aux_m = self.mlp(self.pre_feedforward_layernorm(x), collect)
         x = x + self.post_feedforward_layernorm(m)
@@ -152,8 +196,9 @@ class DecoderLayer(nnx.Module):
 
 
 def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(cfg, make, lambda w: DecoderLayer(cfg, make, w),
-                lambda w: RMSNorm(w, cfg.norm_eps, True))
+    return Body(
+        cfg, make, lambda w: DecoderLayer(cfg, make, w), lambda w: RMSNorm(w, cfg.norm_eps, True)
+    )
 
 
 class Model(DecoderLM):
@@ -163,14 +208,17 @@ class Model(DecoderLM):
     TABLE: Callable[[ModelConfig | None], dict[str, Spec]] = staticmethod(table)
     BODY = staticmethod(_body)
 
-    def position_inputs(self, positions: Array, cache: list[KV] | None
-                        ) -> tuple[dict[bool, tuple[Array, Array]]]:
+    def position_inputs(
+        self, positions: Array, cache: list[KV] | None
+    ) -> tuple[dict[bool, tuple[Array, Array]]]:
         """``{sliding?: (cos, sin)}``: gemma3's sliding layers have their own RoPE base."""
         cfg, dtype = self.config, self._dtype()
         glob = rope_tables(cfg, positions, dtype)
         local = glob
         if cfg.rope_local_theta is not None:
-            local = rope_tables(cfg.replace(rope_theta=cfg.rope_local_theta,
-                                            rope_scaling=cfg.rope_local_scaling), positions,
-                                dtype)
+            local = rope_tables(
+                cfg.replace(rope_theta=cfg.rope_local_theta, rope_scaling=cfg.rope_local_scaling),
+                positions,
+                dtype,
+            )
         return ({False: glob, True: local},)

@@ -28,8 +28,16 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
 
 
 _NAMES = sandwich_names(qk_norm=True)
-GGUF = (GgufArch("gemma3", "gemma3_text", "Gemma3ForCausalLM", _NAMES, gemma2.GGUF_CONFIG,
-                 transforms=norms_minus_one(_NAMES)),)
+GGUF = (
+    GgufArch(
+        "gemma3",
+        "gemma3_text",
+        "Gemma3ForCausalLM",
+        _NAMES,
+        gemma2.GGUF_CONFIG,
+        transforms=norms_minus_one(_NAMES),
+    ),
+)
 
 
 def _ropes(d: dict) -> tuple[tuple[float, tuple | None], tuple[float, tuple | None]]:
@@ -38,13 +46,20 @@ def _ropes(d: dict) -> tuple[tuple[float, tuple | None], tuple[float, tuple | No
     ``rope_local_base_freq``."""
     params = d.get("rope_parameters") or {}
     if "full_attention" in params or "sliding_attention" in params:
-        glob = rope_from_hf({"rope_parameters": params.get("full_attention") or {},
-                             "rope_theta": 1_000_000.0})
-        local = rope_from_hf({"rope_parameters": params.get("sliding_attention") or {},
-                              "rope_theta": 10_000.0})
+        glob = rope_from_hf(
+            {"rope_parameters": params.get("full_attention") or {}, "rope_theta": 1_000_000.0}
+        )
+        local = rope_from_hf(
+            {"rope_parameters": params.get("sliding_attention") or {}, "rope_theta": 10_000.0}
+        )
         return glob, local
-    glob = rope_from_hf({"rope_theta": d.get("rope_theta", 1_000_000.0),
-                         "rope_scaling": d.get("rope_scaling"), "rope_parameters": params})
+    glob = rope_from_hf(
+        {
+            "rope_theta": d.get("rope_theta", 1_000_000.0),
+            "rope_scaling": d.get("rope_scaling"),
+            "rope_parameters": params,
+        }
+    )
     return glob, (float(d.get("rope_local_base_freq", 10_000.0)), None)
 
 
@@ -52,9 +67,16 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     (theta, scaling), (local_theta, local_scaling) = _ropes(d)
     cap = d.get("final_logit_softcapping")
     return gemma2.common_config(
-        d, source, rope_theta=theta, rope_scaling=scaling, rope_local_theta=local_theta,
-        rope_local_scaling=local_scaling, sliding_windows=gemma2.sliding_windows(d, source, 6),
-        logit_softcap=None if cap is None else float(cap), qk_norm=True)
+        d,
+        source,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        rope_local_theta=local_theta,
+        rope_local_scaling=local_scaling,
+        sliding_windows=gemma2.sliding_windows(d, source, 6),
+        logit_softcap=None if cap is None else float(cap),
+        qk_norm=True,
+    )
 
 
 class Model(gemma2.Model):

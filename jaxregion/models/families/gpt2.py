@@ -50,22 +50,45 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
 
 
 _GGUF_NAMES = {
-    "transformer.wte.weight": "token_embd.weight", "transformer.wpe.weight": "position_embd.weight",
-    **{_H + hf + "." + p: "blk.{i}." + g + "." + p for hf, g in (
-        ("ln_1", "attn_norm"), ("attn.c_attn", "attn_qkv"), ("attn.c_proj", "attn_output"),
-        ("ln_2", "ffn_norm"), ("mlp.c_fc", "ffn_up"), ("mlp.c_proj", "ffn_down"))
-       for p in ("weight", "bias")},
-    "transformer.ln_f.weight": "output_norm.weight", "transformer.ln_f.bias": "output_norm.bias",
+    "transformer.wte.weight": "token_embd.weight",
+    "transformer.wpe.weight": "position_embd.weight",
+    **{
+        _H + hf + "." + p: "blk.{i}." + g + "." + p
+        for hf, g in (
+            ("ln_1", "attn_norm"),
+            ("attn.c_attn", "attn_qkv"),
+            ("attn.c_proj", "attn_output"),
+            ("ln_2", "ffn_norm"),
+            ("mlp.c_fc", "ffn_up"),
+            ("mlp.c_proj", "ffn_down"),
+        )
+        for p in ("weight", "bias")
+    },
+    "transformer.ln_f.weight": "output_norm.weight",
+    "transformer.ln_f.bias": "output_norm.bias",
     "lm_head.weight": "output.weight",
 }
-GGUF = (GgufArch(
-    "gpt2", "gpt2", "GPT2LMHeadModel", _GGUF_NAMES,
-    {"n_layer": "block_count", "n_positions": "context_length",
-     "n_embd": "embedding_length", "n_inner": "feed_forward_length",
-     "n_head": "attention.head_count", "layer_norm_epsilon": "attention.layer_norm_epsilon",
-     "vocab_size": "vocab_size"},
-    transforms={"blk.{i}." + g + ".weight": "transpose"
-                for g in ("attn_qkv", "attn_output", "ffn_up", "ffn_down")}),)
+GGUF = (
+    GgufArch(
+        "gpt2",
+        "gpt2",
+        "GPT2LMHeadModel",
+        _GGUF_NAMES,
+        {
+            "n_layer": "block_count",
+            "n_positions": "context_length",
+            "n_embd": "embedding_length",
+            "n_inner": "feed_forward_length",
+            "n_head": "attention.head_count",
+            "layer_norm_epsilon": "attention.layer_norm_epsilon",
+            "vocab_size": "vocab_size",
+        },
+        transforms={
+            "blk.{i}." + g + ".weight": "transpose"
+            for g in ("attn_qkv", "attn_output", "ffn_up", "ffn_down")
+        },
+    ),
+)
 
 
 def canonical_name(key: str) -> str | None:
@@ -79,17 +102,25 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     hidden = int(d["n_embd"])
     heads = int(d["n_head"])
     return ModelConfig(
-        model_type="gpt2", vocab_size=int(d["vocab_size"]), hidden_size=hidden,
+        model_type="gpt2",
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
         intermediate_size=int(d.get("n_inner") or 4 * hidden),
-        num_layers=int(d["n_layer"]), num_heads=heads, num_kv_heads=heads,
-        head_dim=hidden // heads, max_position_embeddings=int(d["n_positions"]),
+        num_layers=int(d["n_layer"]),
+        num_heads=heads,
+        num_kv_heads=heads,
+        head_dim=hidden // heads,
+        max_position_embeddings=int(d["n_positions"]),
         norm_eps=float(d.get("layer_norm_epsilon", 1e-5)),
         activation=activation_name(d.get("activation_function", "gelu_new"), source),
         tie_embeddings=bool(d.get("tie_word_embeddings", True)),
-        qkv_bias=True, o_bias=True, mlp_bias=True,
+        qkv_bias=True,
+        o_bias=True,
+        mlp_bias=True,
         attn_scale_by_layer=bool(d.get("scale_attn_by_inverse_layer_idx", False)),
         sliding_windows=(None,) * int(d["n_layer"]),
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
         hf_config=dict(d),
     )
 
@@ -102,8 +133,9 @@ class Attention(nnx.Module):
         self.heads = (cfg.num_heads, cfg.head_dim)
         self.scale = scale
 
-    def __call__(self, x: Array, positions: Array, collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self, x: Array, positions: Array, collect: bool, kv: KV | None = None
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, d = x.shape
         q, k, v = (t.reshape(b, s, *self.heads) for t in jnp.split(self.c_attn(x), 3, axis=-1))
         o, kv = self_attention(q, k, v, positions, None, self.scale, kv=kv)
@@ -135,8 +167,9 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(make(_H + "ln_2.weight"), make(_H + "ln_2.bias"), eps)
         self.mlp = MLP(cfg, make)
 
-    def __call__(self, x: Array, positions: Array, collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self, x: Array, positions: Array, collect: bool, kv: KV | None = None
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         a, aux, kv = self.attn(self.ln_1(x), positions, collect, kv)
         x = x + a
         m, aux_m = self.mlp(self.ln_2(x), collect)
@@ -149,8 +182,9 @@ class Transformer(nnx.Module):
         self.wte = Embedding(make("transformer.wte.weight"))
         self.wpe = Embedding(make("transformer.wpe.weight"))
         self.h = nnx.List([Block(cfg, make, i) for i in range(cfg.num_layers)])
-        self.ln_f = LayerNorm(make("transformer.ln_f.weight"), make("transformer.ln_f.bias"),
-                              cfg.norm_eps)
+        self.ln_f = LayerNorm(
+            make("transformer.ln_f.weight"), make("transformer.ln_f.bias"), cfg.norm_eps
+        )
 
 
 class Model(DecoderLM):

@@ -64,16 +64,35 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
 
 _GEMMA_NAMES = decoder_names(head=False)
 GGUF = (
-    GgufArch("llama", "llama", "LlamaForCausalLM", decoder_names(biases=True),
-             {**DECODER_CONFIG, "head_dim": "rope.dimension_count"},
-             transforms={"blk.{i}.attn_q.weight": "rope_q", "blk.{i}.attn_k.weight": "rope_k",
-                         "blk.{i}.attn_q.bias": "rope_q", "blk.{i}.attn_k.bias": "rope_k"}),
+    GgufArch(
+        "llama",
+        "llama",
+        "LlamaForCausalLM",
+        decoder_names(biases=True),
+        {**DECODER_CONFIG, "head_dim": "rope.dimension_count"},
+        transforms={
+            "blk.{i}.attn_q.weight": "rope_q",
+            "blk.{i}.attn_k.weight": "rope_k",
+            "blk.{i}.attn_q.bias": "rope_q",
+            "blk.{i}.attn_k.bias": "rope_k",
+        },
+    ),
     GgufArch("qwen2", "qwen2", "Qwen2ForCausalLM", decoder_names(biases=True), DECODER_CONFIG),
-    GgufArch("qwen3", "qwen3", "Qwen3ForCausalLM", decoder_names(qk_norm=True),
-             {**DECODER_CONFIG, "head_dim": "attention.key_length"}),
-    GgufArch("gemma", "gemma", "GemmaForCausalLM", _GEMMA_NAMES,
-             {**DECODER_CONFIG, "head_dim": "attention.key_length"},
-             transforms=norms_minus_one(_GEMMA_NAMES)),
+    GgufArch(
+        "qwen3",
+        "qwen3",
+        "Qwen3ForCausalLM",
+        decoder_names(qk_norm=True),
+        {**DECODER_CONFIG, "head_dim": "attention.key_length"},
+    ),
+    GgufArch(
+        "gemma",
+        "gemma",
+        "GemmaForCausalLM",
+        _GEMMA_NAMES,
+        {**DECODER_CONFIG, "head_dim": "attention.key_length"},
+        transforms=norms_minus_one(_GEMMA_NAMES),
+    ),
 )
 
 
@@ -98,21 +117,29 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     if mt == "gemma":
         act_name = d.get("hidden_activation") or "gelu_pytorch_tanh"
     return ModelConfig(
-        model_type=mt, vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
+        model_type=mt,
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=layers,
+        num_heads=heads,
         num_kv_heads=int(d.get("num_key_value_heads") or heads),
         head_dim=int(d.get("head_dim") or hidden // heads),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
         norm_eps=float(get_key(d, "rms_norm_eps", default=1e-6)),
         activation=activation_name(act_name, source),
         tie_embeddings=bool(d.get("tie_word_embeddings", mt == "gemma")),
-        rope_theta=theta, rope_scaling=scaling,
+        rope_theta=theta,
+        rope_scaling=scaling,
         qkv_bias=mt == "qwen2" or (mt != "mistral" and bool(d.get("attention_bias"))),
         o_bias=mt not in ("qwen2", "mistral") and bool(d.get("attention_bias")),
         mlp_bias=mt == "llama" and bool(d.get("mlp_bias")),
-        qk_norm=mt == "qwen3", norm_plus_one=mt == "gemma", scale_embeddings=mt == "gemma",
+        qk_norm=mt == "qwen3",
+        norm_plus_one=mt == "gemma",
+        scale_embeddings=mt == "gemma",
         sliding_windows=windows,
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
         hf_config=dict(d),
     )
 
@@ -122,9 +149,12 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 
 def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
     qk = (lambda w: RMSNorm(w, cfg.norm_eps)) if cfg.qk_norm else None
-    return Body(cfg, make,
-                lambda w: PreNormLayer(cfg, make, w, partial(Attention, qk_norm=qk), GatedMLP),
-                lambda w: RMSNorm(w, cfg.norm_eps, cfg.norm_plus_one))
+    return Body(
+        cfg,
+        make,
+        lambda w: PreNormLayer(cfg, make, w, partial(Attention, qk_norm=qk), GatedMLP),
+        lambda w: RMSNorm(w, cfg.norm_eps, cfg.norm_plus_one),
+    )
 
 
 class Model(DecoderLM):

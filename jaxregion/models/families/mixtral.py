@@ -49,9 +49,13 @@ def fused_parts(cfg: ModelConfig) -> dict[str, list[list[str]]]:
 def config_from_hf(d: dict, source: str) -> ModelConfig:
     layers = int(d["num_hidden_layers"])
     return moe.config_from_hf(
-        d, source, num_experts=moe.num_experts(d),
-        expert_intermediate=int(d["intermediate_size"]), norm_topk=True,
-        windows=(d.get("sliding_window") or None,) * layers)
+        d,
+        source,
+        num_experts=moe.num_experts(d),
+        expert_intermediate=int(d["intermediate_size"]),
+        norm_topk=True,
+        windows=(d.get("sliding_window") or None,) * layers,
+    )
 
 
 def _body(cfg: ModelConfig, make: ParamMaker):

@@ -63,18 +63,26 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     layers = int(d["num_hidden_layers"])
     theta, scaling = rope_from_hf(d)
     return ModelConfig(
-        model_type="olmo2", vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
+        model_type="olmo2",
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=layers,
+        num_heads=heads,
         num_kv_heads=int(d.get("num_key_value_heads") or heads),
         head_dim=int(d.get("head_dim") or hidden // heads),
         max_position_embeddings=int(d.get("max_position_embeddings", 2048)),
         norm_eps=float(get_key(d, "rms_norm_eps", default=1e-5)),
         activation=activation_name(get_key(d, "hidden_act", default="silu"), source),
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-        rope_theta=theta, rope_scaling=scaling,
-        qkv_bias=bool(d.get("attention_bias")), o_bias=bool(d.get("attention_bias")),
-        qk_norm=True, sliding_windows=(None,) * layers,
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        rope_theta=theta,
+        rope_scaling=scaling,
+        qkv_bias=bool(d.get("attention_bias")),
+        o_bias=bool(d.get("attention_bias")),
+        qk_norm=True,
+        sliding_windows=(None,) * layers,
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
         hf_config=dict(d),
     )
 
@@ -95,16 +103,25 @@ class DecoderLayer(nnx.Module):
     """``x + post_norm(sublayer(x))`` for attention, then the MLP."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        self.self_attn = Attention(cfg, make, lambda w: RMSNorm(w, cfg.norm_eps),
-                                   qk_norm_across_heads=True)
-        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"),
-                                                cfg.norm_eps)
+        self.self_attn = Attention(
+            cfg, make, lambda w: RMSNorm(w, cfg.norm_eps), qk_norm_across_heads=True
+        )
+        self.post_attention_layernorm = RMSNorm(
+            make(_L + "post_attention_layernorm.weight"), cfg.norm_eps
+        )
         self.mlp = GatedMLP(cfg, make)
-        self.post_feedforward_layernorm = RMSNorm(make(_L + "post_feedforward_layernorm.weight"),
-                                                  cfg.norm_eps)
+        self.post_feedforward_layernorm = RMSNorm(
+            make(_L + "post_feedforward_layernorm.weight"), cfg.norm_eps
+        )
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array, collect: bool,
-                 kv: KV | None = None) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self,
+        x: Array,
+        rope: tuple[Array, Array],
+        positions: Array,
+        collect: bool,
+        kv: KV | None = None,
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         a, aux, kv = self.self_attn(x, rope, positions, None, collect, kv)
         x = x + self.post_attention_layernorm(a)
         m, aux_m = self.mlp(x, collect)
@@ -113,8 +130,7 @@ class DecoderLayer(nnx.Module):
 
 
 def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(cfg, make, lambda _: DecoderLayer(cfg, make),
-                lambda w: RMSNorm(w, cfg.norm_eps))
+    return Body(cfg, make, lambda _: DecoderLayer(cfg, make), lambda w: RMSNorm(w, cfg.norm_eps))
 
 
 class Model(DecoderLM):

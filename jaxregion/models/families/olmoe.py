@@ -49,17 +49,24 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     bias = bool(d.get("attention_bias", False))
     clip = d.get("clip_qkv")
     return moe.config_from_hf(
-        d, source, num_experts=moe.num_experts(d),
+        d,
+        source,
+        num_experts=moe.num_experts(d),
         expert_intermediate=int(d["intermediate_size"]),
-        norm_topk=bool(d.get("norm_topk_prob", False)), windows=(None,) * layers,
-        qkv_bias=bias, o_bias=bias, qk_norm=True,
-        extra=(("clip_qkv", float(clip)),) if clip is not None else ())
+        norm_topk=bool(d.get("norm_topk_prob", False)),
+        windows=(None,) * layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        qk_norm=True,
+        extra=(("clip_qkv", float(clip)),) if clip is not None else (),
+    )
 
 
 def _body(cfg: ModelConfig, make: ParamMaker):
     qk = partial(RMSNorm, eps=cfg.norm_eps)
-    return moe.body(cfg, make, partial(Attention, qk_norm=lambda w: qk(w),
-                                       qk_norm_across_heads=True))
+    return moe.body(
+        cfg, make, partial(Attention, qk_norm=lambda w: qk(w), qk_norm_across_heads=True)
+    )
 
 
 class Model(DecoderLM):

@@ -24,8 +24,12 @@ MODEL_TYPES = ("phi3",)
 
 _L = LAYER
 RESIDUAL_TAP = _L + "output"  # the residual stream after layer i
-_QKV, _O, _GU, _DOWN = (_L + "self_attn.qkv_proj", _L + "self_attn.o_proj",
-                        _L + "mlp.gate_up_proj", _L + "mlp.down_proj")
+_QKV, _O, _GU, _DOWN = (
+    _L + "self_attn.qkv_proj",
+    _L + "self_attn.o_proj",
+    _L + "mlp.gate_up_proj",
+    _L + "mlp.down_proj",
+)
 
 
 def table(cfg: ModelConfig | None) -> dict[str, Spec]:
@@ -49,13 +53,28 @@ def table(cfg: ModelConfig | None) -> dict[str, Spec]:
     return t
 
 
-GGUF = (GgufArch(
-    "phi3", "phi3", "Phi3ForCausalLM",
-    {**EDGE_NAMES, **{_L + hf + ".weight": "blk.{i}." + g + ".weight" for hf, g in (
-        ("input_layernorm", "attn_norm"), ("self_attn.qkv_proj", "attn_qkv"),
-        ("self_attn.o_proj", "attn_output"), ("post_attention_layernorm", "ffn_norm"),
-        ("mlp.gate_up_proj", "ffn_up"), ("mlp.down_proj", "ffn_down"))}},
-    {**DECODER_CONFIG, "sliding_window": "attention.sliding_window"}),)
+GGUF = (
+    GgufArch(
+        "phi3",
+        "phi3",
+        "Phi3ForCausalLM",
+        {
+            **EDGE_NAMES,
+            **{
+                _L + hf + ".weight": "blk.{i}." + g + ".weight"
+                for hf, g in (
+                    ("input_layernorm", "attn_norm"),
+                    ("self_attn.qkv_proj", "attn_qkv"),
+                    ("self_attn.o_proj", "attn_output"),
+                    ("post_attention_layernorm", "ffn_norm"),
+                    ("mlp.gate_up_proj", "ffn_up"),
+                    ("mlp.down_proj", "ffn_down"),
+                )
+            },
+        },
+        {**DECODER_CONFIG, "sliding_window": "attention.sliding_window"},
+    ),
+)
 
 
 def _rope(d: dict, source: str) -> tuple[float, tuple | None, float]:
@@ -67,24 +86,31 @@ def _rope(d: dict, source: str) -> tuple[float, tuple | None, float]:
     transformers (``Phi3Config`` always has it, default 4096)."""
     params = dict(d.get("rope_parameters") or {})
     scaling = dict(d.get("rope_scaling") or params)
-    theta = float(get_key(params, "rope_theta", default=get_key(d, "rope_theta",
-                                                                 default=10000.0)))
-    factor = float(get_key(params, "partial_rotary_factor",
-                           default=get_key(d, "partial_rotary_factor", default=1.0)))
+    theta = float(get_key(params, "rope_theta", default=get_key(d, "rope_theta", default=10000.0)))
+    factor = float(
+        get_key(
+            params,
+            "partial_rotary_factor",
+            default=get_key(d, "partial_rotary_factor", default=1.0),
+        )
+    )
     kind = scaling.get("rope_type", scaling.get("type")) or "default"
     if kind in ("su", "yarn"):
         kind = "longrope"
     if kind == "default":
         return theta, None, factor
     if kind != "longrope":
-        raise UserError(f"{source}: phi3 rope type {kind!r} is not supported (default, "
-                        "longrope)")
+        raise UserError(f"{source}: phi3 rope type {kind!r} is not supported (default, longrope)")
     keep = ("short_factor", "long_factor", "factor", "attention_factor")
     out = {k: scaling[k] for k in keep if scaling.get(k) is not None}
     out["rope_type"] = "longrope"
-    out["original_max_position_embeddings"] = int(get_key(
-        d, "original_max_position_embeddings",
-        default=scaling.get("original_max_position_embeddings", 4096)))
+    out["original_max_position_embeddings"] = int(
+        get_key(
+            d,
+            "original_max_position_embeddings",
+            default=scaling.get("original_max_position_embeddings", 4096),
+        )
+    )
     return theta, frozen(out), factor
 
 
@@ -95,17 +121,24 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     theta, scaling, partial = _rope(d, source)
     window = d.get("sliding_window")
     return ModelConfig(
-        model_type="phi3", vocab_size=int(d["vocab_size"]), hidden_size=hidden,
-        intermediate_size=int(d["intermediate_size"]), num_layers=layers, num_heads=heads,
+        model_type="phi3",
+        vocab_size=int(d["vocab_size"]),
+        hidden_size=hidden,
+        intermediate_size=int(d["intermediate_size"]),
+        num_layers=layers,
+        num_heads=heads,
         num_kv_heads=int(d.get("num_key_value_heads") or heads),
         head_dim=int(d.get("head_dim") or hidden // heads),
         max_position_embeddings=int(d.get("max_position_embeddings", 4096)),
         norm_eps=float(get_key(d, "rms_norm_eps", default=1e-5)),
         activation=activation_name(get_key(d, "hidden_act", default="silu"), source),
         tie_embeddings=bool(d.get("tie_word_embeddings", False)),
-        rope_theta=theta, rope_scaling=scaling, partial_rotary_factor=partial,
+        rope_theta=theta,
+        rope_scaling=scaling,
+        partial_rotary_factor=partial,
         sliding_windows=(int(window) if window else None,) * layers,
-        bos_token_id=d.get("bos_token_id"), eos_token_id=d.get("eos_token_id"),
+        bos_token_id=d.get("bos_token_id"),
+        eos_token_id=d.get("eos_token_id"),
         hf_config=dict(d),
     )
 
@@ -117,15 +150,21 @@ class Attention(nnx.Module):
         self.o_proj = Linear(make(_O + ".weight"))
         self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
 
-    def __call__(self, x: Array, rope: tuple[Array, Array], positions: Array,
-                 window: int | None, collect: bool, kv: KV | None = None
-                 ) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(
+        self,
+        x: Array,
+        rope: tuple[Array, Array],
+        positions: Array,
+        window: int | None,
+        collect: bool,
+        kv: KV | None = None,
+    ) -> tuple[Array, dict[str, Array], KV | None]:
         b, s, _ = x.shape
         h, n_kv, d = self.shape
         qkv = self.qkv_proj(x)  # [q rows; k rows; v rows], split as transformers does
         q = qkv[..., : h * d].reshape(b, s, h, d)
-        k = qkv[..., h * d: (h + n_kv) * d].reshape(b, s, n_kv, d)
-        v = qkv[..., (h + n_kv) * d:].reshape(b, s, n_kv, d)
+        k = qkv[..., h * d : (h + n_kv) * d].reshape(b, s, n_kv, d)
+        v = qkv[..., (h + n_kv) * d :].reshape(b, s, n_kv, d)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         o, kv = self_attention(q, k, v, positions, window, d**-0.5, kv=kv)
         o = o.reshape(b, s, h * d)
@@ -147,8 +186,12 @@ class MLP(nnx.Module):
 
 
 def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(cfg, make, lambda w: PreNormLayer(cfg, make, w, Attention, MLP),
-                lambda w: RMSNorm(w, cfg.norm_eps))
+    return Body(
+        cfg,
+        make,
+        lambda w: PreNormLayer(cfg, make, w, Attention, MLP),
+        lambda w: RMSNorm(w, cfg.norm_eps),
+    )
 
 
 class Model(DecoderLM):

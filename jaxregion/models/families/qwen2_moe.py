@@ -47,15 +47,22 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     windows: tuple[int | None, ...] = (None,) * layers
     if d.get("use_sliding_window") and window:
         types = d.get("layer_types") or [
-            "sliding_attention" if (i + 1) % 2 and i < d.get("max_window_layers", layers)
-            else "full_attention" for i in range(layers)]
+            "sliding_attention"
+            if (i + 1) % 2 and i < d.get("max_window_layers", layers)
+            else "full_attention"
+            for i in range(layers)
+        ]
         windows = tuple(window if t == "sliding_attention" else None for t in types)
     return moe.config_from_hf(
-        d, source, num_experts=moe.num_experts(d),
+        d,
+        source,
+        num_experts=moe.num_experts(d),
         expert_intermediate=int(d["moe_intermediate_size"]),
-        norm_topk=bool(d.get("norm_topk_prob", False)), windows=windows,
+        norm_topk=bool(d.get("norm_topk_prob", False)),
+        windows=windows,
         shared_expert_intermediate_size=int(d["shared_expert_intermediate_size"]),
-        qkv_bias=bool(d.get("qkv_bias", True)))
+        qkv_bias=bool(d.get("qkv_bias", True)),
+    )
 
 
 def _body(cfg: ModelConfig, make: ParamMaker):

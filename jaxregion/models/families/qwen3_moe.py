@@ -50,10 +50,16 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     window = d.get("sliding_window") if d.get("use_sliding_window") else None
     bias = bool(d.get("attention_bias", False))
     return moe.config_from_hf(
-        d, source, num_experts=moe.num_experts(d),
+        d,
+        source,
+        num_experts=moe.num_experts(d),
         expert_intermediate=int(d["moe_intermediate_size"]),
-        norm_topk=bool(d.get("norm_topk_prob", False)), windows=(window or None,) * layers,
-        qkv_bias=bias, o_bias=bias, qk_norm=True)
+        norm_topk=bool(d.get("norm_topk_prob", False)),
+        windows=(window or None,) * layers,
+        qkv_bias=bias,
+        o_bias=bias,
+        qk_norm=True,
+    )
 
 
 def _body(cfg: ModelConfig, make: ParamMaker):

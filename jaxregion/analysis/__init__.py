@@ -1,0 +1,1 @@
+"""The paper's analyses: each computes a results object, report/ renders it."""

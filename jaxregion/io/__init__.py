@@ -1,0 +1,1 @@
+"""Reading and writing: HF checkpoints, GGUF, safetensors, the hub, atomic files."""

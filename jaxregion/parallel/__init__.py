@@ -1,0 +1,1 @@
+"""Meshes and logical-axis rules, multi-host start-up, the memory plan."""
