@@ -52,8 +52,16 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("schema", (SCHEMA,)),
     ("models", ("jaxregion.models",)),
     ("parallel", ("jaxregion.parallel.sharding", "jaxregion.parallel.distributed")),
-    ("files", ("jaxregion.io.hub", "jaxregion.io.safetensors_io", "jaxregion.data")),
-    ("checkpoints", ("jaxregion.io.hf", "jaxregion.io.gguf")),
+    (
+        "files",
+        (
+            "jaxregion.io.hub",
+            "jaxregion.io.safetensors_io",
+            "jaxregion.io.gguf_file",
+            "jaxregion.data",
+        ),
+    ),
+    ("checkpoints", ("jaxregion.io.hf", "jaxregion.io.gguf_import")),
     (
         "instrument",
         (
