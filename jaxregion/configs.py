@@ -535,7 +535,7 @@ class ConvertConfig:
     """``jaxregion convert``: a GGUF file as an ordinary HF directory."""
 
     gguf: str = option(positional=True, help="a GGUF file (llama.cpp's format)")
-    out: str = option(metavar="DIR", help="the HF directory to write (must not exist)")
+    out: str = option(metavar="NEW_DIR", help="the HF directory to write (must not exist)")
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="dtype of the written weights")
 
 

@@ -93,8 +93,9 @@ _OUTPUTS: contextvars.ContextVar[dict[str, str] | None] = contextvars.ContextVar
 
 @dataclass(frozen=True)
 class Output:
-    """A declared output: ``kind`` is ``file``, ``dir`` (written into, locked) or ``export``
-    (an HF directory whose contents are replaced: locked, and owned or ``--force``)."""
+    """A declared output: ``kind`` is ``file``, ``dir`` (written into, locked), ``export``
+    (an HF directory whose contents are replaced: locked, and owned or ``--force``) or
+    ``new`` (a directory made whole by one rename: it must not exist yet)."""
 
     flag: str
     path: str
@@ -136,7 +137,7 @@ def guard(
         with contextlib.ExitStack() as stack:
             held: set[str] = set()
             for o in outs:
-                if o.kind != "file" and lock and os.path.realpath(o.path) not in held:
+                if o.kind in ("dir", "export") and lock and os.path.realpath(o.path) not in held:
                     held.add(os.path.realpath(o.path))
                     stack.enter_context(locked(o.path, o.flag))
             yield _INPUTS.get()  # type: ignore[misc]
@@ -178,6 +179,11 @@ def check_path(path: str, where: str, want_dir: bool) -> None:
 def check_declared(o: Output, inputs: set[str], force: bool = False) -> None:
     """An output checked before any work: its path, then the inputs it would replace."""
     where = f"{o.flag} {o.path}"
+    if o.kind == "new" and os.path.lexists(o.path):
+        raise UserError(
+            f"{where}: already exists; remove it or choose a new directory (it is written "
+            "whole, by one rename, never into)"
+        )
     check_path(o.path, where, o.kind != "file")
     p = os.path.realpath(o.path)
     for q in sorted(inputs):

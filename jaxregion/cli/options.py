@@ -295,7 +295,11 @@ WORK_FIELDS = ("ckpt_dir", "dir")
 
 
 def _output_kind(f: dataclasses.Field) -> str:
+    """``NEW_DIR``: a directory made whole by one rename (``convert``); it must not exist,
+    and no lock is taken inside it."""
     metavar = str(f.metadata.get("metavar", ""))
+    if metavar == "NEW_DIR":
+        return "new"
     return "export" if metavar == "HF_DIR" else "dir" if metavar.endswith("DIR") else "file"
 
 

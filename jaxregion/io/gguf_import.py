@@ -65,7 +65,11 @@ def _transform(name: str, w: np.ndarray, cfg: dict) -> np.ndarray:
 
 @dataclass(frozen=True)
 class _Info:
+    """A GGUF tensor as loading sees it: every type dequantizes to float32 on read (integer
+    tensors are refused when the file is opened)."""
+
     shape: tuple[int, ...]
+    dtype: np.dtype = np.dtype(np.float32)
 
 
 class GgufTensors:
@@ -153,7 +157,7 @@ def hf_config(path: str, reader, entry: GgufArch) -> dict:
             d[hf_key] = _scalar(path, f"{entry.arch}.{g_key}", v)
     d.update({k: v for k, v in entry.defaults.items() if k not in d})
     names = {t.name for t in reader.tensors}
-    d["tie_word_embeddings"] = "output.weight" not in names
+    d["tie_word_embeddings"] = entry.head not in names
     for hf_key, g_key in _TOKEN_KEYS.items():
         v = _field(reader, f"tokenizer.ggml.{g_key}")
         if v is not None:

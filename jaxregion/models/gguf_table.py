@@ -37,6 +37,11 @@ class GgufArch:
     transforms: Mapping[str, str] = field(default_factory=dict)  # GGUF template -> transform
     defaults: Mapping[str, object] = field(default_factory=dict)  # config.json keys GGUF lacks
 
+    @property
+    def head(self) -> str | None:
+        """The GGUF name of an untied output head (its absence means tied embeddings)."""
+        return self.names.get("lm_head.weight")
+
     def __post_init__(self) -> None:
         bad = set(self.transforms.values()) - set(TRANSFORMS)
         unknown = set(self.transforms) - set(self.names.values())
