@@ -104,8 +104,9 @@ def test_core_ablation_breaks_gemma_more_than_controls(battery):
         base = ppl["base"][lang]
         core, bottom, rnd = (ppl[k][lang] / base for k in ("core", "bottom", "random-0"))
         # the core's damage dwarfs both controls' (the full-size run: x1e2-1e4 vs ~1)
-        assert core > 2.0 and core > 10 * max(bottom, rnd) - 9, (lang, core, bottom, rnd)
-        assert bottom < 1.1 and rnd < 1.5, (lang, bottom, rnd)
+        # on this real model random 1% regions are not harmless (x1.4-11 in the full run,
+        # docs/real/README.md), but the core's damage dwarfs both controls'
+        assert core > 1000 and core > 100 * max(bottom, rnd), (lang, core, bottom, rnd)
         assert 0.5 < res["bits_per_byte"]["base"][lang] < 6.0
 
 

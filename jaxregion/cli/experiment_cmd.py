@@ -44,7 +44,7 @@ def run_experiment(cfg: ExperimentConfig, ctx: Context) -> int:
         log=lambda m: print(m, file=sys.stderr),
         source=ctx.source,
         mesh=ctx.mesh,
-        command=["jaxregion", *sys.argv[1:]],
+        command=["jaxregion", *ctx.argv],
     )
     battery.render(res, cfg.out)
     print(f"wrote {os.path.join(cfg.out, 'report.md')}", file=sys.stderr)

@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
             options.outputs(cmd, cfg), given, force=launch.force, lock=_first_process()
         ):
             safety.reading(options.config_path(ns))
-            return int(cmd.run(cfg, options.Context(launch, options.config_path(ns))) or 0)
+            return int(cmd.run(cfg, options.Context(launch, options.config_path(ns), argv)) or 0)
     except UserError as e:
         if debug:
             raise

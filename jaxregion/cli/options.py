@@ -65,8 +65,11 @@ class Context:
     """What a handler needs besides its config: the launch options, the device mesh and the
     config file's name (``source``, for library errors about its keys)."""
 
-    def __init__(self, launch: LaunchConfig, source: str | None = None) -> None:
+    def __init__(
+        self, launch: LaunchConfig, source: str | None = None, argv: list[str] | None = None
+    ) -> None:
         self.launch = launch
+        self.argv = list(argv or [])  # the arguments this command was given (for the record)
         self.progress = launch.progress
         self.source = source or "the command line"
 
