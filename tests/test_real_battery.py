@@ -126,7 +126,10 @@ def test_results_record_command_versions_and_stage_times(battery):
         "agreement",
         "case_studies",
     ]
-    assert all(v >= 0 for v in stages.values()) and sum(stages.values()) <= battery["seconds"]
+    # each figure is rounded to 0.1 s, so their sum may exceed the rounded total by 0.05 each
+    slack = 0.05 * (len(stages) + 1)
+    assert all(v >= 0 for v in stages.values())
+    assert sum(stages.values()) <= battery["seconds"] + slack
 
 
 def test_dims_on_the_models_own_massive_dims(battery):
