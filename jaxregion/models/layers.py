@@ -196,9 +196,47 @@ def self_attention(
     generating, over a cache that first stores this call's keys and values. ``bias``
     (ALiBi) is over the keys attended: ``positions``, or the cache's slots."""
     if kv is None:
+        if fused_attention_applies(q, positions, softcap, bias):
+            return fused_attention(q, k, v, window, scale, "cudnn"), None
         mask = attention_mask(positions, positions, window)
         return attention(q, k, v, mask, scale, softcap, bias), None
     return kv.attend(q, k, v, positions, window, scale, softcap, bias)
+
+
+def fused_attention_applies(
+    q: Array, positions: Array, softcap: float | None, bias: Array | None
+) -> bool:
+    """Whether a layer's uncached attention runs as one fused (flash) kernel: on a GPU, in
+    16-bit, with a plain causal (or sliding) mask over contiguous positions and neither a
+    soft-cap nor a bias. There the ``[b, h, s, t]`` float32 scores dominate memory traffic;
+    on CPU (and in float32, where parity is held to float64) :func:`attention` stays the
+    one reference path."""
+    return (
+        jax.default_backend() == "gpu"
+        and q.dtype in (jnp.bfloat16, jnp.float16)
+        and q.shape[-1] <= 128
+        and positions.ndim == 1
+        and softcap is None
+        and bias is None
+    )
+
+
+def fused_attention(
+    q: Array, k: Array, v: Array, window: int | None, scale: float, implementation: str
+) -> Array:
+    """:func:`attention` with the causal (sliding: ``window`` keys) mask over contiguous
+    positions, as :func:`jax.nn.dot_product_attention` (``implementation`` ``"cudnn"``: the
+    fused kernel; ``"xla"``: the same call, testable on CPU)."""
+    lw = None if window is None else (window - 1, 0)
+    return jax.nn.dot_product_attention(
+        q,
+        k,
+        v,
+        scale=scale,
+        is_causal=True,
+        local_window_size=lw,
+        implementation=implementation,  # type: ignore[arg-type]
+    )
 
 
 def attention(
