@@ -134,11 +134,17 @@ class LaunchConfig:
 
 # --- model + corpora -----------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class CorpusConfig:
-    """A model and token windows of one or more languages (the packing contract)."""
+class ModelChoice:
+    """The model a command loads and the dtype of its params and compute."""
 
     model: str = option(help="local HF checkpoint directory, a GGUF file, or a hub id org/name")
     dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorpusConfig(ModelChoice):
+    """A model and token windows of one or more languages (the packing contract)."""
+
     text: Mapping[str, str] = _texts()
     seq_len: int = option(512, gt=0, help="window length in tokens")
     max_seqs: int | None = option(None, gt=0, metavar="N", help="keep the first N windows")
@@ -146,8 +152,9 @@ class CorpusConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
-class EvalConfig(CorpusConfig):
-    """``jaxregion eval``: perplexity per language, optionally with a region edited."""
+class RegionEdit:
+    """The edit ``eval``, ``generate`` and ``tasks`` apply: a region file and what to do to
+    it, and single-entry perturbations (one definition of the three flags)."""
 
     region: str | None = option(
         None, metavar="FILE", help="a region file (.safetensors) to intervene on"
@@ -168,6 +175,12 @@ class EvalConfig(CorpusConfig):
         "'model.layers.1.mlp.down_proj.weight[:,2100]*4' "
         "(ops * = +); repeatable",
     )
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalConfig(RegionEdit, CorpusConfig):
+    """``jaxregion eval``: perplexity per language, optionally with a region edited."""
+
     seed: int = option(0, help="seed for noise:S")
     json_out: str | None = option(
         None, flag="--json", metavar="FILE", help="write results JSON here"
@@ -541,25 +554,9 @@ class ConvertConfig:
 
 # --- generation and tasks ------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
-class EditConfig:
+class EditConfig(RegionEdit, ModelChoice):
     """A model and an optional edit of it (the same edits as ``eval``)."""
 
-    model: str = option(help="local HF checkpoint directory, a GGUF file, or a hub id org/name")
-    dtype: str = option("float32", choices=COMPUTE_DTYPES, help="param and compute dtype")
-    region: str | None = option(
-        None, metavar="FILE", help="a region file (.safetensors) to intervene on"
-    )
-    region_op: str = option(
-        "zero",
-        check=_edit_value,
-        help="what to do to the region: zero, scale:F, noise:S "
-        "(relative std), set:V, or drop-expert (MoE: remove "
-        "the region's whole experts from their routers; "
-        "drop-expert:L.E,... names them)",
-    )
-    perturb: tuple[str, ...] = option(
-        (), metavar="SPEC", check=_edit_value, help="edit single entries (as in eval); repeatable"
-    )
     seed: int = option(0, help="seed for noise:S (and generate's sampling)")
     batch_size: int = option(8, gt=0, help="prompts / requests per step")
 
