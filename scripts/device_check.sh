@@ -147,12 +147,12 @@ step parity-f32 120 "" env JAX_DEFAULT_MATMUL_PRECISION=highest \
 
 bf16_tests() {
   local files=()
-  for f in tests/test_parity.py tests/test_importance_precision.py tests/test_importance.py \
+  for f in tests/test_parity.py tests/test_attention.py tests/test_importance_precision.py tests/test_importance.py \
            tests/test_head.py tests/test_checkpoints.py tests/test_importance_bf16.py; do
     [ -f "$f" ] && files+=("$f")
   done
   local rc=0
-  "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not real" -k "bf16 or bfloat16" \
+  "$PY" -m pytest -q -p no:cacheprovider -m "not slow and not real" -k "bf16 or bfloat16 or fused" \
     "${files[@]}" --junitxml "$OUT/parity_bf16.xml" || rc=$?
   if (( rc == 5 )); then
     echo "SKIP: no bf16 tests on this branch (pytest collected none)"

@@ -43,3 +43,23 @@ def test_fused_path_only_where_it_is_exact_by_construction():
     assert not fused_attention_applies(q16, pos, 50.0, None)  # gemma2's soft-cap
     assert not fused_attention_applies(q16, pos, None, jnp.zeros((2, 1, 4)))  # ALiBi
     assert not fused_attention_applies(q16, jnp.zeros((1, 4), jnp.int32), None, None)
+
+
+@pytest.mark.skipif(jax.default_backend() != "gpu", reason="the fused kernel needs a GPU")
+@pytest.mark.parametrize("window", [None, 7])
+def test_fused_kernel_on_gpu_matches_the_reference_in_bf16(window):
+    """cuDNN's kernel in bf16 against the reference path in float32: within what bf16
+    inputs allow (the reference's own bf16 run is held to the same bound)."""
+    b, s, h, kv, d = 2, 256, 8, 2, 64
+    kq, kk, kvv = jax.random.split(jax.random.key(1), 3)
+    q = jax.random.normal(kq, (b, s, h, d), jnp.bfloat16)
+    k = jax.random.normal(kk, (b, s, kv, d), jnp.bfloat16)
+    v = jax.random.normal(kvv, (b, s, kv, d), jnp.bfloat16)
+    pos = jnp.arange(s)
+    mask = attention_mask(pos, pos, window)
+    f32 = [x.astype(jnp.float32) for x in (q, k, v)]
+    ref = np.asarray(attention(*f32, mask, d**-0.5))
+    ref16 = np.asarray(attention(q, k, v, mask, d**-0.5).astype(jnp.float32))
+    got = np.asarray(fused_attention(q, k, v, window, d**-0.5, "cudnn").astype(jnp.float32))
+    bound = max(2 * float(np.abs(ref16 - ref).max()), 1e-2)
+    assert float(np.abs(got - ref).max()) <= bound
