@@ -97,6 +97,62 @@ def _corpus(cfg: DemoConfig, log) -> tuple[dict[str, str], dict[str, str], str, 
     return {k: train[k] for k in used}, {k: valid[k] for k in used}, target, imp
 
 
+def _experiment_config(
+    cfg: DemoConfig,
+    model: str,
+    train: dict[str, str],
+    valid: dict[str, str],
+    target: str,
+    langs: list[str],
+) -> experiment.ExperimentConfig:
+    """The battery's config: importance on ``langs``, evaluation on them and ``target``."""
+    return experiment.ExperimentConfig(
+        model=model,
+        name="demo",
+        out=os.path.join(cfg.out, "experiment"),
+        languages={k: train[k] for k in langs},
+        eval_languages={k: valid[k] for k in [*langs, target]},
+        seq_len=cfg.seq_len,
+        max_seqs=cfg.importance_windows,
+        eval_max_seqs=cfg.eval_windows,
+        batch_size=16,
+        random_seeds=(0, 1, 2),
+        dims=experiment.DimsConfig(layer=1, auto_candidates=2, auto_controls=2, factors=(4.0, 0.0)),
+        jaccard=experiment.JaccardConfig(
+            sample_counts=(cfg.importance_windows // 4,), estimators=("fisher", "wanda")
+        ),
+        case_studies=CaseStudyConfig(
+            prompts=_case_prompts(valid, langs),
+            max_new_tokens=max(1, cfg.case_study_tokens),
+            width=48,
+        )
+        if cfg.case_study_tokens
+        else CaseStudyConfig(),
+    )
+
+
+def _experiment(exp_cfg: experiment.ExperimentConfig, log: Callable[[str], None], mesh) -> dict:
+    """Stages 4-9: the battery and its report (reused when its config is unchanged)."""
+    exp_json = os.path.join(exp_cfg.out, "results.json")
+    if _fresh(exp_json, dataclasses.asdict(exp_cfg)):
+        exp = json.load(open(exp_json, encoding="utf-8"))
+        log("cached")
+        return exp
+    res = experiment.run(exp_cfg, log=log, mesh=mesh)
+    battery.render(res, exp_cfg.out)
+    return res.to_dict()
+
+
+def _forgetting(f_cfg: forgetting.ForgettingConfig, log: Callable[[str], None], mesh) -> dict:
+    """Stage 11: the forgetting sweep (finished points are reused); its results."""
+    res = forgetting.run(f_cfg, progress=True, log=log, mesh=mesh)
+    if res.interrupted:
+        raise UserError(
+            "the demo was interrupted during the forgetting stage; run it again to resume"
+        )
+    return res.results
+
+
 def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) -> dict:
     """Every stage on ``mesh`` (None: every device on ``data``); returns the results."""
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
@@ -124,37 +180,8 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
         "importance, regions, ablations, monolingual matrix, dimension sweep, "
         "case studies (stages 4-9)",
     )
-    exp_cfg = experiment.ExperimentConfig(
-        model=model,
-        name="demo",
-        out=os.path.join(cfg.out, "experiment"),
-        languages={k: train[k] for k in langs},
-        eval_languages={k: valid[k] for k in [*langs, target]},
-        seq_len=cfg.seq_len,
-        max_seqs=cfg.importance_windows,
-        eval_max_seqs=cfg.eval_windows,
-        batch_size=16,
-        random_seeds=(0, 1, 2),
-        dims=experiment.DimsConfig(layer=1, auto_candidates=2, auto_controls=2, factors=(4.0, 0.0)),
-        jaccard=experiment.JaccardConfig(
-            sample_counts=(cfg.importance_windows // 4,), estimators=("fisher", "wanda")
-        ),
-        case_studies=CaseStudyConfig(
-            prompts=_case_prompts(valid, langs),
-            max_new_tokens=max(1, cfg.case_study_tokens),
-            width=48,
-        )
-        if cfg.case_study_tokens
-        else CaseStudyConfig(),
-    )
-    exp_json = os.path.join(exp_cfg.out, "results.json")
-    if _fresh(exp_json, dataclasses.asdict(exp_cfg)):
-        exp = json.load(open(exp_json, encoding="utf-8"))
-        log("cached")
-    else:
-        res = experiment.run(exp_cfg, log=log, mesh=mesh)
-        battery.render(res, exp_cfg.out)
-        exp = res.to_dict()
+    exp_cfg = _experiment_config(cfg, model, train, valid, target, langs)
+    exp = _experiment(exp_cfg, log, mesh)
     timings["experiment"] = time.time() - t
 
     t = _stage(log, 10, "multiple choice (lm-eval): base, core removed, random removed")
@@ -166,12 +193,7 @@ def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) ->
         cfg, model, train, valid, target, langs, os.path.join(exp_cfg.out, "importance")
     )
     started = time.process_time()
-    res = forgetting.run(f_cfg, progress=True, log=log, mesh=mesh)  # finished points are reused
-    if res.interrupted:
-        raise UserError(
-            "the demo was interrupted during the forgetting stage; run it again to resume"
-        )
-    forg = res.results
+    forg = _forgetting(f_cfg, log, mesh)
     timings["forgetting"] = time.time() - t
     timings["forgetting_cpu"] = time.process_time() - started
 
@@ -234,6 +256,32 @@ def _case_prompts(valid: dict[str, str], langs: list[str]) -> dict[str, tuple[st
     return out
 
 
+def _mc_skipped(cfg: DemoConfig) -> str | None:
+    """Why the multiple-choice stage cannot run here (None: it can)."""
+    if not cfg.mc_questions:
+        return "--mc-questions 0"
+    if cfg.corpus != "synthetic" or cfg.text:
+        return "the corpus is not the synthetic one (the task needs its ground truth)"
+    if importlib.util.find_spec("lm_eval") is None:
+        return "lm-eval is not installed (it is a dependency: pip install -e .)"
+    return None
+
+
+def _removed(session: runtime.Session, exp_cfg: experiment.ExperimentConfig) -> dict:
+    """The params with the battery's core region, and with its first random region, zeroed."""
+    regions_dir = os.path.join(exp_cfg.out, "regions")
+    seed = exp_cfg.random_seeds[0]
+    return {
+        name: interventions.zero(
+            session.params,
+            R.load_region(
+                os.path.join(regions_dir, f"{file}.safetensors"), template=session.params
+            ),
+        )
+        for name, file in (("core", "core"), ("random", f"random-{seed}"))
+    }
+
+
 def multiple_choice(
     cfg: DemoConfig,
     exp_cfg: experiment.ExperimentConfig,
@@ -252,37 +300,14 @@ def multiple_choice(
         log("cached")
         with open(path, encoding="utf-8") as f:
             return json.load(f)
-    skipped = (
-        ("--mc-questions 0" if not cfg.mc_questions else None)
-        or (
-            "the corpus is not the synthetic one (the task needs its ground truth)"
-            if cfg.corpus != "synthetic" or cfg.text
-            else None
-        )
-        or (
-            "lm-eval is not installed (it is a dependency: pip install -e .)"
-            if importlib.util.find_spec("lm_eval") is None
-            else None
-        )
-    )
+    skipped = _mc_skipped(cfg)
     if skipped:
         log(f"skipped: {skipped}")
         return {"config": key, "skipped": skipped}
     session = runtime.load_session(exp_cfg.model, mesh=mesh)
-    regions_dir = os.path.join(exp_cfg.out, "regions")
-    seed = exp_cfg.random_seeds[0]
-    removed = {
-        name: interventions.zero(
-            session.params,
-            R.load_region(
-                os.path.join(regions_dir, f"{file}.safetensors"), template=session.params
-            ),
-        )
-        for name, file in (("core", "core"), ("random", f"random-{seed}"))
-    }
     acc = mc.evaluate_settings(
         session,
-        {"base": session.params, **removed},
+        {"base": session.params, **_removed(session, exp_cfg)},
         langs,
         os.path.join(out, "tasks"),
         n=cfg.mc_questions,
@@ -293,7 +318,7 @@ def multiple_choice(
     res = {
         "config": key,
         "accuracy": acc,
-        "random_seed": seed,
+        "random_seed": exp_cfg.random_seeds[0],
         "drops": list(comp.drops()),
         "verdict": comp.verdict(),
     }

@@ -19,6 +19,7 @@ import os
 import re
 import sys
 import threading
+from typing import Any
 
 from jaxregion import __version__, safety
 from jaxregion.cli import (
@@ -73,6 +74,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace | None:
+    """The parsed command line; None once a bad one is reported (one line on stderr)."""
+    try:
+        safety.check_argv(argv)
+    except UserError as e:
+        options.print_error("jaxregion", str(e))
+        return None
+    try:
+        return parser.parse_args(argv)
+    except options.ArgumentError as e:
+        print(str(e), file=sys.stderr)
+        return None
+
+
+def _quiet_libraries() -> None:
+    """Without --debug: orbax logs its writer threads' failures (with tracebacks) before
+    raising, and its event-loop threads may die noisily after; the main thread reports the
+    error."""
+    logging.getLogger("absl").setLevel(logging.CRITICAL)
+    threading.excepthook = _quiet_thread_error
+    sys.excepthook = _main_thread_excepthook
+    sys.unraisablehook = _main_thread_unraisable
+
+
+def _run(
+    cmd: options.Command, ns: argparse.Namespace, cfg: Any, launch: LaunchConfig, argv: list[str]
+) -> int:
+    """Start the processes, then run the command: no output of it may replace one of its
+    inputs (the config file included); outputs are checked, and their directories locked,
+    before any work."""
+    _start(launch)
+    given = [*options.inputs(cmd, cfg), options.config_path(ns) or ""]
+    with safety.guard(options.outputs(cmd, cfg), given, force=launch.force, lock=_first_process()):
+        safety.reading(options.config_path(ns))
+        return int(cmd.run(cfg, options.Context(launch, options.config_path(ns), argv)) or 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     # stderr carries one line per error: no advice from transformers (e.g. "PyTorch was not
@@ -80,15 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
     _log_to_stderr()
     parser = build_parser()
-    try:
-        safety.check_argv(argv)
-    except UserError as e:
-        options.print_error("jaxregion", str(e))
-        return 2
-    try:
-        ns = parser.parse_args(argv)
-    except options.ArgumentError as e:
-        print(str(e), file=sys.stderr)
+    ns = _parse(parser, argv)
+    if ns is None:
         return 2
     cmd = getattr(ns, "_command", None)
     if cmd is None:
@@ -96,24 +127,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     prog = "jaxregion " + " ".join(cmd.words)
     debug = options.debug_requested(ns)
-    if not debug:  # orbax logs its writer threads' failures (with tracebacks) before raising,
-        # and its event-loop threads may die noisily after; the main thread reports the error
-        logging.getLogger("absl").setLevel(logging.CRITICAL)
-        threading.excepthook = _quiet_thread_error
-        sys.excepthook = _main_thread_excepthook
-        sys.unraisablehook = _main_thread_unraisable
+    if not debug:
+        _quiet_libraries()
     try:
         cfg, launch = options.parse(ns)
         debug = debug or launch.debug
-        _start(launch)
-        # no output of this command may replace one of its inputs (the config file included);
-        # outputs are checked, and their directories locked, before any work
-        given = [*options.inputs(cmd, cfg), options.config_path(ns) or ""]
-        with safety.guard(
-            options.outputs(cmd, cfg), given, force=launch.force, lock=_first_process()
-        ):
-            safety.reading(options.config_path(ns))
-            return int(cmd.run(cfg, options.Context(launch, options.config_path(ns), argv)) or 0)
+        return _run(cmd, ns, cfg, launch, argv)
     except UserError as e:
         if debug:
             raise

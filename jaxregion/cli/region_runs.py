@@ -108,6 +108,62 @@ def _routing_shares(path: str) -> dict[str, np.ndarray]:
     return shares
 
 
+def _by_routing(cfg: SelectConfig, template: Any) -> R.Region:
+    """Whole experts ranked by their routing shares (``--expert-rank routing``)."""
+    return R.experts_by_routing(
+        cfg.kind,
+        template,
+        _routing_shares(cfg.routing),
+        cfg.ratio,
+        cfg.scope,
+        cfg.lang,
+        cfg.include or None,
+        cfg.exclude or None,
+        cfg.seed,
+    )
+
+
+def _checked_scores(
+    cfg: SelectConfig, model_fp: str | None
+) -> tuple[dict[str, Any], dict[str, str]]:
+    """The importance files of ``cfg``, checked against ``--model``, the scope and ``--lang``."""
+    scores, paths = load_scores_dir(cfg.importance, cfg.langs)
+    first = scores[next(iter(scores))]
+    if model_fp is not None and R.fingerprint(first.shapes) != model_fp:
+        raise UserError(
+            f"importance files in {cfg.importance} are for another model than "
+            f"--model {cfg.model} (names/shapes differ)"
+        )
+    check_scored(paths, scores, cfg.include or None, cfg.exclude or None)
+    if cfg.lang is not None and cfg.lang not in scores:
+        raise UserError(
+            f"--lang {cfg.lang!r} is not among the loaded languages "
+            f"({', '.join(scores)}); add it to --langs"
+        )
+    return scores, paths
+
+
+def _stability_line(cfg: SelectConfig, langs: list[str], in_axes: dict[str, int] | None) -> str:
+    """The split-half stability of the region built, at its granularity ("unknown" when the
+    importance directory has no halves)."""
+    try:
+        st = stability.directory_stability(
+            cfg.kind,
+            cfg.importance,
+            langs,
+            lang=cfg.lang,
+            ratio=cfg.ratio,
+            scope=cfg.scope,
+            include=cfg.include or None,
+            exclude=cfg.exclude or None,
+            granularity=cfg.granularity,
+            in_axes=in_axes,
+        )
+        return st.line()
+    except UserError as e:
+        return f"stability: unknown ({e})"
+
+
 def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     """The region ``cfg`` asks for, written to ``cfg.out`` (nothing is written on error), and
     the line on its split-half stability (None for random regions; "unknown" when the
@@ -117,34 +173,12 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
         check_name(cfg.lang, "--lang")
     template, model_fp = model_template(cfg.model)
     if cfg.expert_rank == "routing":
-        region = R.experts_by_routing(
-            cfg.kind,
-            template,
-            _routing_shares(cfg.routing),
-            cfg.ratio,
-            cfg.scope,
-            cfg.lang,
-            cfg.include or None,
-            cfg.exclude or None,
-            cfg.seed,
-        )
+        region = _by_routing(cfg, template)
         R.save_region(cfg.out, region)
         return region, None
     scores = paths = None
     if cfg.importance is not None:
-        scores, paths = load_scores_dir(cfg.importance, cfg.langs)
-        first = scores[next(iter(scores))]
-        if model_fp is not None and R.fingerprint(first.shapes) != model_fp:
-            raise UserError(
-                f"importance files in {cfg.importance} are for another model than "
-                f"--model {cfg.model} (names/shapes differ)"
-            )
-        check_scored(paths, scores, cfg.include or None, cfg.exclude or None)
-        if cfg.lang is not None and cfg.lang not in scores:
-            raise UserError(
-                f"--lang {cfg.lang!r} is not among the loaded languages "
-                f"({', '.join(scores)}); add it to --langs"
-            )
+        scores, paths = _checked_scores(cfg, model_fp)
     in_axes = _in_axes(cfg.model) if cfg.granularity in ("row", "column") else None
     region = R.select(
         cfg.kind,
@@ -169,22 +203,7 @@ def select_region(cfg: SelectConfig) -> tuple[R.Region, str | None]:
     R.save_region(cfg.out, region)
     if scores is None or cfg.kind == "random":
         return region, None
-    try:
-        st = stability.directory_stability(  # of the region built, at its granularity
-            cfg.kind,
-            cfg.importance,
-            list(scores),
-            lang=cfg.lang,
-            ratio=cfg.ratio,
-            scope=cfg.scope,
-            include=cfg.include or None,
-            exclude=cfg.exclude or None,
-            granularity=cfg.granularity,
-            in_axes=in_axes,
-        )
-        return region, st.line()
-    except UserError as e:
-        return region, f"stability: unknown ({e})"
+    return region, _stability_line(cfg, list(scores), in_axes)
 
 
 def region_stats(cfg: StatsConfig) -> tuple[R.Region, dict[str, Any]]:

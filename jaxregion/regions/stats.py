@@ -112,6 +112,40 @@ def _cell(selected: int, numel: int) -> dict[str, Any]:
     return {"selected": selected, "numel": numel, "density": selected / numel if numel else 0.0}
 
 
+def _concentration(rows: np.ndarray, cols: np.ndarray, top_n: int, top_frac: float) -> dict:
+    """The ``top_n`` rows and columns by count, and the share of the selection in the top
+    ``top_frac`` of rows and of columns."""
+    return {
+        "top_rows": _top(rows, top_n),
+        "top_cols": _top(cols, top_n),
+        "rows_top_frac": _top_frac(rows, top_frac),
+        "cols_top_frac": _top_frac(cols, top_frac),
+    }
+
+
+def _matrix_dims(
+    region: Any, module: Callable[[str], str], top_n: int, top_frac: float
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Row/column concentration per 2-D tensor, and per module type with the counts summed
+    over layers (tensors of the module type's first shape only)."""
+    matrices: dict[str, Any] = {}
+    summed: dict[str, list[np.ndarray]] = {}
+    for n, (rows, cols) in row_col_counts(region).items():
+        matrices[n] = {
+            "shape": [int(rows.size), int(cols.size)],
+            "selected": int(rows.sum()),
+            **_concentration(rows, cols, top_n, top_frac),
+        }
+        mt = module(n)
+        if mt in summed and summed[mt][0].shape == rows.shape and summed[mt][1].shape == cols.shape:
+            summed[mt][0] = summed[mt][0] + rows
+            summed[mt][1] = summed[mt][1] + cols
+        elif mt not in summed:
+            summed[mt] = [rows.copy(), cols.copy()]
+    module_dims = {mt: _concentration(r, c, top_n, top_frac) for mt, (r, c) in summed.items()}
+    return matrices, module_dims
+
+
 def stats(
     region: Any, top_n: int = 10, top_frac: float = 0.01, roles: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
@@ -137,32 +171,7 @@ def stats(
     by_layer = counts_by(region, layer)
     total = sum(s for s, _ in by_module.values())
     numel = sum(n for _, n in by_module.values())
-    matrices: dict[str, Any] = {}
-    summed: dict[str, list[np.ndarray]] = {}
-    for n, (rows, cols) in row_col_counts(region).items():
-        matrices[n] = {
-            "shape": [int(rows.size), int(cols.size)],
-            "selected": int(rows.sum()),
-            "top_rows": _top(rows, top_n),
-            "top_cols": _top(cols, top_n),
-            "rows_top_frac": _top_frac(rows, top_frac),
-            "cols_top_frac": _top_frac(cols, top_frac),
-        }
-        mt = module(n)
-        if mt in summed and summed[mt][0].shape == rows.shape and summed[mt][1].shape == cols.shape:
-            summed[mt][0] = summed[mt][0] + rows
-            summed[mt][1] = summed[mt][1] + cols
-        elif mt not in summed:
-            summed[mt] = [rows.copy(), cols.copy()]
-    module_dims = {
-        mt: {
-            "top_rows": _top(r, top_n),
-            "top_cols": _top(c, top_n),
-            "rows_top_frac": _top_frac(r, top_frac),
-            "cols_top_frac": _top_frac(c, top_frac),
-        }
-        for mt, (r, c) in summed.items()
-    }
+    matrices, module_dims = _matrix_dims(region, module, top_n, top_frac)
     out = {
         "total": total,
         "numel": numel,

@@ -112,15 +112,12 @@ def _cell(x: float | None) -> Any:
     return "—" if x is None else x
 
 
-def _ablations(doc: _Doc) -> None:
+def _ablation_rows(doc: _Doc) -> list[list[Any]]:
+    """Table 1's rows: base, core, bottom, random (mean ± std), then the (bottom-)monolingual
+    regions; each language's perplexity, then its bits per byte."""
     res, langs = doc.res, doc.langs
-    ppl, base, rnd = res.perplexity, res.perplexity["base"], res.random
-    bpb = res.bits_per_byte
+    ppl, rnd, bpb = res.perplexity, res.random, res.bits_per_byte
     size = {k: _d(v)["size"] for k, v in res.regions.items()}
-    doc.section(
-        "Table 1. Perplexity and bits per byte after removing (zeroing) each region",
-        f"{doc.model}; regions from {doc.imp}; {doc.ev}",
-    )
 
     def both(cond: str) -> list[Any]:  # each language's perplexity, then its bits per byte
         return [v for x in langs for v in (ppl[cond][x], _cell(bpb[cond][x]))]
@@ -148,19 +145,13 @@ def _ablations(doc: _Doc) -> None:
         for prefix, what in (("mono-", "monolingual"), ("bmono-", "bottom-monolingual")):
             if k.startswith(prefix):
                 rows.append([f"{k[len(prefix) :]} {what} removed", size[k], *both(k)])
-    doc.add(
-        markdown_table(["condition", "params", *[h for x in langs for h in (x, f"{x} bpb")]], rows),
-        "",
-        "*Caption.* Each language's perplexity, then its bits per byte (bpb: total NLL in "
-        "bits over the UTF-8 bytes of the predicted tokens, comparable across tokenizers; "
-        "— where the tokenizer gives no byte lengths). Random controls use seeds "
-        f"{list(rnd['seeds'])}; per-seed values are in results.json.",
-        "",
-        "![ablations](ablations.png)",
-        "",
-        "*Figure 1.* Table 1's perplexities on a log scale; error bars: std over random seeds.",
-        "",
-    )
+    return rows
+
+
+def _ablation_outcome(doc: _Doc) -> str:
+    """Whether removing the core hurts clearly more than the worst control (the thresholds)."""
+    ppl = doc.res.perplexity
+    base = ppl["base"]
     core = gmean_ratio(ppl["core"], base, doc.seen)
     controls = {
         k: gmean_ratio(ppl[k], base, doc.seen)
@@ -175,11 +166,35 @@ def _ablations(doc: _Doc) -> None:
         if separates
         else "does NOT clearly separate from the controls"
     )
-    doc.add(
+    return (
         f"**Outcome.** Over the importance languages ({', '.join(doc.seen)}), removing the "
         f"core region multiplies perplexity by {core:.3g}; the worst control ({worst}) by "
         f"{ctrl:.3g}. Against CORE_OVER_CONTROL and CORE_MIN_RATIO the core region "
-        f"{verdict}.",
+        f"{verdict}."
+    )
+
+
+def _ablations(doc: _Doc) -> None:
+    res, langs = doc.res, doc.langs
+    ppl, rnd = res.perplexity, res.random
+    doc.section(
+        "Table 1. Perplexity and bits per byte after removing (zeroing) each region",
+        f"{doc.model}; regions from {doc.imp}; {doc.ev}",
+    )
+    headers = ["condition", "params", *[h for x in langs for h in (x, f"{x} bpb")]]
+    doc.add(
+        markdown_table(headers, _ablation_rows(doc)),
+        "",
+        "*Caption.* Each language's perplexity, then its bits per byte (bpb: total NLL in "
+        "bits over the UTF-8 bytes of the predicted tokens, comparable across tokenizers; "
+        "— where the tokenizer gives no byte lengths). Random controls use seeds "
+        f"{list(rnd['seeds'])}; per-seed values are in results.json.",
+        "",
+        "![ablations](ablations.png)",
+        "",
+        "*Figure 1.* Table 1's perplexities on a log scale; error bars: std over random seeds.",
+        "",
+        _ablation_outcome(doc),
         "",
     )
     plots.ablation_bars(
@@ -307,10 +322,11 @@ def _ratio_sweep(doc: _Doc) -> None:
     )
 
 
-def _maps(doc: _Doc) -> None:
+def _map_figures(doc: _Doc) -> None:
+    """Figures 2-4: core density per layer x module, entries per residual dimension and the
+    importance histograms."""
     res = doc.res
     lm = res.layer_module_density
-    doc.section("Region maps", f"{doc.model}; {doc.imp}")
     plots.heatmap(
         doc.png("core_density.png"),
         np.asarray(lm["density"], float),
@@ -337,13 +353,12 @@ def _maps(doc: _Doc) -> None:
         "Importance |score| distribution (transformer layers)",
         "log10 |score|",
     )
-    ratio = res.setting.ratio
     doc.add(
         "![density](core_density.png)",
         "",
         f"*Figure 2.* Fraction of each weight matrix in the core region per layer and module "
-        f"type, selected with {lm['scope']} scope (the top {ratio:g} of Σ|score| over all "
-        "scoped parameters; per-tensor scope would put exactly the ratio everywhere).",
+        f"type, selected with {lm['scope']} scope (the top {res.setting.ratio:g} of Σ|score| "
+        "over all scoped parameters; per-tensor scope would put exactly the ratio everywhere).",
         "",
         "![dims](core_dims.png)",
         "",
@@ -357,8 +372,12 @@ def _maps(doc: _Doc) -> None:
         "entries each).",
         "",
     )
+
+
+def _mask_map_figures(doc: _Doc) -> None:
+    """Figures 5.x: one mask map per matrix, the core and each monolingual region."""
     by_matrix: dict[str, dict[str, Any]] = {}
-    for m in (_d(x) for x in res.mask_maps):
+    for m in (_d(x) for x in doc.res.mask_maps):
         by_matrix.setdefault(m["matrix"], {})[m["region"]] = m
     for i, (name, regs) in enumerate(by_matrix.items()):
         png = f"mask_map_{i}.png"
@@ -380,32 +399,33 @@ def _maps(doc: _Doc) -> None:
         )
 
 
-def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
-    """Candidates, the sweep table and the Outcome of a :class:`~jaxregion.analysis.dims.DimsResult`
-    (shared by the battery and ``jaxregion dims``)."""
-    d = _d(dres)
+def _maps(doc: _Doc) -> None:
+    doc.section("Region maps", f"{doc.model}; {doc.imp}")
+    _map_figures(doc)
+    _mask_map_figures(doc)
+
+
+def _dims_candidates(d: dict) -> list[str]:
+    """The candidate and control dimensions, and the evidence each was chosen from."""
     massive = [f"{m['layer']}:{m['dims'][0]}" for m in d["massive_activations"]]
     supers = [f"{s['layer']}:{s['hidden_dim']}" for s in d["super_weights"]]
     region = ", ".join(f"{k}:{v}" for k, v in d["region_top"].items()) if d["region_top"] else "—"
-    out = [
-        markdown_table(
-            ["", "dims"],
-            [
-                ["candidates", ", ".join(map(str, d["candidates"]))],
-                ["candidates from", d["candidates_from"]],
-                ["controls", ", ".join(map(str, d["controls"]))],
-                ["controls from", d["controls_from"]],
-                ["region entries on each candidate (dim:count)", region],
-                ["largest activation per layer (layer:dim)", ", ".join(massive)],
-                ["largest MLP-output weight per layer (layer:dim)", ", ".join(supers)],
-                [
-                    "peak activation / layer median, per swept dim",
-                    ", ".join(f"{k}: {fmt(v)}" for k, v in d.get("peak_ratio", {}).items()) or "—",
-                ],
-            ],
-        ),
-        "",
+    peaks = ", ".join(f"{k}: {fmt(v)}" for k, v in d.get("peak_ratio", {}).items()) or "—"
+    rows = [
+        ["candidates", ", ".join(map(str, d["candidates"]))],
+        ["candidates from", d["candidates_from"]],
+        ["controls", ", ".join(map(str, d["controls"]))],
+        ["controls from", d["controls_from"]],
+        ["region entries on each candidate (dim:count)", region],
+        ["largest activation per layer (layer:dim)", ", ".join(massive)],
+        ["largest MLP-output weight per layer (layer:dim)", ", ".join(supers)],
+        ["peak activation / layer median, per swept dim", peaks],
     ]
+    return [markdown_table(["", "dims"], rows), ""]
+
+
+def _dims_sweep_table(d: dict, langs: Sequence[str]) -> list[str]:
+    """Table 6: perplexity per language after scaling each swept entry."""
     base = d["base"]
     rows = [["base", "—", "—", "—", *[base[x] for x in langs], 1.0]]
     rows += [
@@ -419,7 +439,7 @@ def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
         ]
         for p in d["sweep"]
     ]
-    out += [
+    return [
         f"### Table 6. Scaling one entry (layer {d['layer']}; targets {', '.join(d['targets'])})",
         "",
         markdown_table(["group", "dim", "entry", "factor", *langs, "ppl/base (gmean)"], rows),
@@ -428,6 +448,10 @@ def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
         "or a reader's column on that residual dimension) by the factor.",
         "",
     ]
+
+
+def _dims_outcome(d: dict) -> list[str]:
+    """The worst scaling per candidate dimension against the worst control and thresholds."""
     worst: dict[int, dict] = {}
     for p in d["sweep"]:
         if p["group"] == "candidate" and (
@@ -436,7 +460,7 @@ def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
             worst[p["dim"]] = p
     worst_r = max((p["mean_ratio"] for p in d["sweep"] if p["group"] == "control"), default=1.0)
     if not worst:
-        return [*out, "**Outcome.** No candidate dimension was swept.", ""]
+        return ["**Outcome.** No candidate dimension was swept.", ""]
     breaking = [x for x, p in worst.items() if p["mean_ratio"] > DIM_BREAK_RATIO]
     if breaking and worst_r < DIM_CONTROL_MAX_RATIO:
         verdict = (
@@ -451,13 +475,19 @@ def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
         for x, p in worst.items()
     )
     return [
-        *out,
         f"**Outcome.** Worst scaling per candidate dimension (perplexity / base): "
         f"{each}. Worst control: {fmt(worst_r)}. Against DIM_BREAK_RATIO = "
         f"{DIM_BREAK_RATIO:g} and DIM_CONTROL_MAX_RATIO = {DIM_CONTROL_MAX_RATIO:g}, "
         f"{verdict}.",
         "",
     ]
+
+
+def dims_markdown(dres: Any, langs: Sequence[str]) -> list[str]:
+    """Candidates, the sweep table and the Outcome of a :class:`~jaxregion.analysis.dims.DimsResult`
+    (shared by the battery and ``jaxregion dims``)."""
+    d = _d(dres)
+    return _dims_candidates(d) + _dims_sweep_table(d, langs) + _dims_outcome(d)
 
 
 def _dims(doc: _Doc) -> None:
@@ -528,17 +558,9 @@ def _case_studies(doc: _Doc) -> None:
     )
 
 
-def _moe(doc: _Doc) -> None:
-    m = doc.res.moe
-    if m is None:
-        return
-    rt = m.routing
+def _moe_routing(doc: _Doc, rt: dict) -> None:
+    """A routing heatmap per language, and the most language-specific experts."""
     langs = rt["languages"]
-    doc.section(
-        "Mixture of experts: routing, top experts, where the core region lies",
-        f"{doc.model}; top-{rt['top_k']} routing of every token of the importance "
-        f"windows ({', '.join(langs)}); {doc.ev}",
-    )
     doc.add("### Routing per language", "")
     for lang in langs:
         name = f"routing_{lang}.png"
@@ -568,6 +590,10 @@ def _moe(doc: _Doc) -> None:
         "(0: one language alone reaches it); lowest first.",
         "",
     )
+
+
+def _moe_ablations(doc: _Doc, m: Any) -> None:
+    """Perplexity after dropping each language's top experts, and the core region's parts."""
     base = m.perplexity["base"]
     rows = [
         [cond, *(m.perplexity[cond][x] / base[x] for x in doc.langs)]
@@ -590,6 +616,20 @@ def _moe(doc: _Doc) -> None:
         markdown_table(["part", "share of the core region"], list(m.core_share.items())),
         "",
     )
+
+
+def _moe(doc: _Doc) -> None:
+    m = doc.res.moe
+    if m is None:
+        return
+    rt = m.routing
+    doc.section(
+        "Mixture of experts: routing, top experts, where the core region lies",
+        f"{doc.model}; top-{rt['top_k']} routing of every token of the importance "
+        f"windows ({', '.join(rt['languages'])}); {doc.ev}",
+    )
+    _moe_routing(doc, rt)
+    _moe_ablations(doc, m)
 
 
 SECTIONS: Sequence = (

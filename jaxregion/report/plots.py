@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -188,6 +189,58 @@ def curves(
     _save(fig, path)
 
 
+_GRANULARITY_MARKS = {"element": "o", "row": "s", "column": "D", "tensor": "^", "layer": "v"}
+
+
+def _pareto_points(ax: Any, points: Sequence[dict], frontier: Sequence[str], cmap: Any) -> None:
+    """Each setting's marker with seed error bars (one legend entry per scorer); labels on
+    the frontier and the unfrozen references."""
+    scorers = sorted({p["scorer"] for p in points})
+    colors = {s: cmap(i % 10) for i, s in enumerate(scorers)}
+    seen: set[str] = set()
+    for p in points:
+        c = colors[p["scorer"]]
+        label = p["scorer"] if p["scorer"] not in seen else None
+        seen.add(p["scorer"])
+        open_ = p["baseline"] != "none"
+        ax.errorbar(
+            p["x"],
+            p["y"],
+            xerr=p.get("xerr") or None,
+            yerr=p.get("yerr") or None,
+            fmt=_GRANULARITY_MARKS.get(p["granularity"], "o"),
+            color=c,
+            ms=6,
+            capsize=2,
+            lw=0.8,
+            mfc="none" if open_ else c,
+            label=label,
+        )
+        if p["label"] in frontier or p["scorer"] == "none":
+            ax.annotate(
+                p["label"], (p["x"], p["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
+            )
+
+
+def _pareto_frontier_and_keys(ax: Any, points: Sequence[dict], frontier: Sequence[str]) -> None:
+    """The frontier joined by a dashed line, and legend keys for granularity and baselines."""
+    front = sorted((p for p in points if p["label"] in frontier), key=lambda p: p["x"])
+    if len(front) > 1:
+        ax.plot(
+            [p["x"] for p in front],
+            [p["y"] for p in front],
+            color="black",
+            lw=0.8,
+            ls="--",
+            label="Pareto frontier",
+        )
+    for g, m in _GRANULARITY_MARKS.items():
+        if any(p["granularity"] == g for p in points):
+            ax.plot([], [], m, color="gray", label=f"granularity {g}")
+    if any(p["baseline"] != "none" for p in points):
+        ax.plot([], [], "o", color="gray", mfc="none", label="with replay / EWC")
+
+
 def pareto(
     path: str,
     points: Sequence[dict],
@@ -203,48 +256,8 @@ def pareto(
     ``points``: dicts with label, x, y, xerr, yerr, scorer, granularity, baseline."""
     plt = _plt()
     fig, ax = plt.subplots(figsize=(7.5, 5))
-    scorers = sorted({p["scorer"] for p in points})
-    cmap = plt.get_cmap("tab10")
-    colors = {s: cmap(i % 10) for i, s in enumerate(scorers)}
-    marks = {"element": "o", "row": "s", "column": "D", "tensor": "^", "layer": "v"}
-    seen: set[str] = set()
-    for p in points:
-        c = colors[p["scorer"]]
-        label = p["scorer"] if p["scorer"] not in seen else None
-        seen.add(p["scorer"])
-        open_ = p["baseline"] != "none"
-        ax.errorbar(
-            p["x"],
-            p["y"],
-            xerr=p.get("xerr") or None,
-            yerr=p.get("yerr") or None,
-            fmt=marks.get(p["granularity"], "o"),
-            color=c,
-            ms=6,
-            capsize=2,
-            lw=0.8,
-            mfc="none" if open_ else c,
-            label=label,
-        )
-        if p["label"] in frontier or p["scorer"] == "none":
-            ax.annotate(
-                p["label"], (p["x"], p["y"]), fontsize=6, xytext=(3, 3), textcoords="offset points"
-            )
-    front = sorted((p for p in points if p["label"] in frontier), key=lambda p: p["x"])
-    if len(front) > 1:
-        ax.plot(
-            [p["x"] for p in front],
-            [p["y"] for p in front],
-            color="black",
-            lw=0.8,
-            ls="--",
-            label="Pareto frontier",
-        )
-    for g, m in marks.items():
-        if any(p["granularity"] == g for p in points):
-            ax.plot([], [], m, color="gray", label=f"granularity {g}")
-    if any(p["baseline"] != "none" for p in points):
-        ax.plot([], [], "o", color="gray", mfc="none", label="with replay / EWC")
+    _pareto_points(ax, points, frontier, plt.get_cmap("tab10"))
+    _pareto_frontier_and_keys(ax, points, frontier)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(ylabel)
     ax.set_title(title, fontsize=10)

@@ -30,90 +30,108 @@ def _density_rows(table: dict[str, dict]) -> list[tuple]:
     return [(k, v["selected"], v["numel"], v["density"]) for k, v in table.items()]
 
 
-def stats_markdown(region: Any, st: dict, top: int = 10) -> str:
-    """The tables of one region: metadata, size, per module type, per layer, top hidden
-    dimensions and per-module row/column concentration."""
+def _summary(region: Any, st: dict) -> list[str]:
+    """The title, the region's metadata and its overall size."""
     meta = region.meta
-    out = [f"# Region: {meta.get('kind', '?')}", ""]
     desc = [
         (k, meta[k] if not isinstance(meta[k], list) else ",".join(map(str, meta[k])))
         for k in _META_KEYS
         if meta.get(k) not in (None, "", [])
     ]
-    out += [markdown_table(["key", "value"], desc), ""]
-    out += [
+    return [
+        f"# Region: {meta.get('kind', '?')}",
+        "",
+        markdown_table(["key", "value"], desc),
+        "",
         markdown_table(
             ["selected", "numel", "density"], [(st["total"], st["numel"], st["density"])], digits=6
         ),
         "",
     ]
-    for title, key, col in (
-        ("Per module type", "by_module", "module"),
-        ("Per layer", "by_layer", "layer"),
-    ):
+
+
+def _density_sections(st: dict) -> list[str]:
+    """Selected elements per module type, per layer and (MoE) per expert that has any."""
+    sections = [
+        ("Per module type", "module", st["by_module"]),
+        ("Per layer", "layer", st["by_layer"]),
+    ]
+    if st.get("by_expert"):
+        hit = {k: v for k, v in st["by_expert"].items() if v["selected"]}
+        sections.append(
+            ("Per expert (layer.expert; experts with a selected element)", "expert", hit)
+        )
+    out = []
+    for title, col, table in sections:
         out += [
             f"## {title}",
             "",
-            markdown_table([col, "selected", "numel", "density"], _density_rows(st[key]), digits=6),
+            markdown_table([col, "selected", "numel", "density"], _density_rows(table), digits=6),
             "",
         ]
-    if st.get("by_expert"):
-        hit = {k: v for k, v in st["by_expert"].items() if v["selected"]}
-        out += [
-            "## Per expert (layer.expert; experts with a selected element)",
-            "",
-            markdown_table(
-                ["expert", "selected", "numel", "density"], _density_rows(hit), digits=6
-            ),
-            "",
-        ]
+    return out
+
+
+def _top_dims(region: Any, top: int) -> list[str]:
+    """The ``top`` residual dimensions the region selects most (none when the width is
+    unknown or nothing lies on the residual stream)."""
     hidden = _hidden_size(region)
-    if hidden is not None:
-        try:
-            prof = hidden_dim_profile(region, hidden)
-        except UserError:
-            prof = None
-        if prof is not None and prof.sum() > 0:
-            order = np.argsort(-prof, kind="stable")[:top]
-            total = int(prof.sum())
-            out += [
-                f"## Top hidden dimensions (residual width {hidden}; readers' input "
-                "columns, writers' output rows, norms)",
-                "",
-            ]
-            out += [
-                markdown_table(
-                    ["dim", "selected", "share"],
-                    [(int(i), int(prof[i]), prof[i] / total) for i in order if prof[i] > 0],
-                ),
-                "",
-            ]
-    if st["module_dims"]:
-        out += ["## Concentration per module type (summed over layers)", ""]
-        rows = [
-            (
-                mt,
-                d["rows_top_frac"],
-                d["cols_top_frac"],
-                " ".join(f"{i}:{c}" for i, c in d["top_rows"][:5]),
-                " ".join(f"{i}:{c}" for i, c in d["top_cols"][:5]),
-            )
-            for mt, d in st["module_dims"].items()
-        ]
-        out += [
-            markdown_table(
-                [
-                    "module",
-                    "share in top 1% rows",
-                    "share in top 1% cols",
-                    "top rows (idx:count)",
-                    "top cols (idx:count)",
-                ],
-                rows,
-            ),
-            "",
-        ]
-    return "\n".join(out)
+    if hidden is None:
+        return []
+    try:
+        prof = hidden_dim_profile(region, hidden)
+    except UserError:
+        return []
+    if not prof.sum() > 0:
+        return []
+    order = np.argsort(-prof, kind="stable")[:top]
+    total = int(prof.sum())
+    return [
+        f"## Top hidden dimensions (residual width {hidden}; readers' input "
+        "columns, writers' output rows, norms)",
+        "",
+        markdown_table(
+            ["dim", "selected", "share"],
+            [(int(i), int(prof[i]), prof[i] / total) for i in order if prof[i] > 0],
+        ),
+        "",
+    ]
+
+
+def _concentration(st: dict) -> list[str]:
+    """Per module type: the share in the top 1% rows and columns, and the top indices."""
+    if not st["module_dims"]:
+        return []
+    rows = [
+        (
+            mt,
+            d["rows_top_frac"],
+            d["cols_top_frac"],
+            " ".join(f"{i}:{c}" for i, c in d["top_rows"][:5]),
+            " ".join(f"{i}:{c}" for i, c in d["top_cols"][:5]),
+        )
+        for mt, d in st["module_dims"].items()
+    ]
+    headers = [
+        "module",
+        "share in top 1% rows",
+        "share in top 1% cols",
+        "top rows (idx:count)",
+        "top cols (idx:count)",
+    ]
+    return [
+        "## Concentration per module type (summed over layers)",
+        "",
+        markdown_table(headers, rows),
+        "",
+    ]
+
+
+def stats_markdown(region: Any, st: dict, top: int = 10) -> str:
+    """The tables of one region: metadata, size, per module type, per layer, top hidden
+    dimensions and per-module row/column concentration."""
+    out = _summary(region, st) + _density_sections(st) + _top_dims(region, top)
+    return "\n".join(out + _concentration(st))
 
 
 def compare_markdown(cmp: dict) -> str:

@@ -343,29 +343,13 @@ class _Stages:
         self._name = None
 
 
-def run(
-    cfg: ExperimentConfig,
-    log: Callable[[str], None] = print,
-    source: str = "config",
-    mesh: jax.sharding.Mesh | None = None,
-    command: Sequence[str] | None = None,
-) -> Results:
-    """Run the battery on ``mesh`` (None: every device on ``data``; ``source``: the config
-    file, named in errors; ``command``: the command line, recorded in the results); writes
-    results.json into ``cfg.out`` and returns the results
-    (:func:`jaxregion.report.battery.render` then writes report.md and the PNGs)."""
-    validate(cfg, source)
-    ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
-    validate_for_model(cfg, ck.config, models.shapes(ck.config), source)
-    t0 = time.time()
-    st = _Stages(log)
-    st.start("load")
-    r = _Run(cfg, log, mesh)
-    s, c = r.s, cfg
-    casestudies.check_fits(s.config, s.tokenizer, c.case_studies, source)
-    for sub in ("importance", "regions"):
-        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
-
+def _regions_and_ablations(
+    r: _Run, st: _Stages
+) -> tuple[dict, dict[str, R.Region], dict[str, R.Region], dict]:
+    """Stages 1-3: importance per language, the regions, each ablated region's perplexity and
+    bits per byte; returns the scores, the ablated regions, each language's top-k and the
+    :class:`Results` fields these fill."""
+    c, s = r.cfg, r.s
     st.start("importance", "[1/9] importance per language")
     scores = {lang: r.scores(lang, c.estimator) for lang in r.langs}
     st.start("regions", "[2/9] regions")
@@ -383,14 +367,40 @@ def run(
     }
     ppl = {k: {x: e.perplexity for x, e in v.items()} for k, v in evals.items()}
     bpb = {k: {x: e.bits_per_byte for x, e in v.items()} for k, v in evals.items()}
-    base = ppl["base"]
     rnd_mean, rnd_std = _mean_std([ppl[f"random-{seed}"] for seed in c.random_seeds])
+    fields = {
+        "regions": infos,
+        "perplexity": ppl,
+        "random": {
+            "seeds": list(c.random_seeds),
+            "mean": rnd_mean,
+            "std": rnd_std,
+            **_random_bpb(bpb, c.random_seeds),
+        },
+        "bits_per_byte": bpb,
+        "monolingual_matrix": _ratio_matrix(r, ppl, "mono"),
+        "bottom_monolingual_matrix": _ratio_matrix(r, ppl, "bmono"),
+    }
+    return scores, regs, tops, fields
+
+
+def _analyses(
+    r: _Run,
+    st: _Stages,
+    scores: dict,
+    regs: dict[str, R.Region],
+    tops: dict[str, R.Region],
+    ppl: dict[str, dict[str, float]],
+) -> dict:
+    """Stages 4-9: overlap, ratio sweep, region maps, dimensions, agreement and case studies;
+    returns the :class:`Results` fields they fill."""
+    c, s = r.cfg, r.s
     st.start("overlap", "[4/9] overlap of the per-language regions")
     ov = overlap(tops, regs["core"])
     st.start("ratio_sweep", f"[5/9] ratio sweep {list(c.ratios)}")
     own = ["core", "bottom", *[f"random-{seed}" for seed in c.random_seeds]]
     sweep_rows = ratio_sweep(
-        r, scores, base, {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {}
+        r, scores, ppl["base"], {c.ratio: {k: ppl[k] for k in own}} if c.ratio in c.ratios else {}
     )
     st.start("region_maps", "[6/9] region maps")
     mp = region_maps(r, scores, regs)
@@ -399,7 +409,7 @@ def run(
         s.params,
         s.config,
         r.ppl,
-        base,
+        ppl["base"],
         r.eval_windows[r.eval_langs[0]],
         c.dims,
         profile=mp["profiles"]["core"],
@@ -420,52 +430,69 @@ def run(
         dres.sweep,
     )
     st.stop()
+    return {
+        "overlap": ov,
+        "ratio_sweep": sweep_rows,
+        "layer_module_density": mp["layer_module_density"],
+        "profiles": {k: v.tolist() for k, v in mp["profiles"].items()},
+        "importance_hist": mp["importance_hist"],
+        "mask_maps": mp["mask_maps"],
+        "dims": dres,
+        "jaccard": jac,
+        "case_studies": cs,
+    }
 
-    moe_res = None
-    if s.config.is_moe:
-        log("[moe] routing per language, top-expert ablations, where the core region lies")
-        moe_res = moe.run(
-            s.params,
-            s.config,
-            r.imp_windows,
-            c.batch_size,
-            r.ppl_routed,
-            regs["core"],
-            c.random_seeds[0],
-        )
 
+def _moe(r: _Run, core: R.Region) -> moe.MoEResult | None:
+    """The MoE stage (routing per language, top-expert ablations, where the core region lies);
+    None for a dense model."""
+    s, c = r.s, r.cfg
+    if not s.config.is_moe:
+        return None
+    r.log("[moe] routing per language, top-expert ablations, where the core region lies")
+    return moe.run(
+        s.params, s.config, r.imp_windows, c.batch_size, r.ppl_routed, core, c.random_seeds[0]
+    )
+
+
+def run(
+    cfg: ExperimentConfig,
+    log: Callable[[str], None] = print,
+    source: str = "config",
+    mesh: jax.sharding.Mesh | None = None,
+    command: Sequence[str] | None = None,
+) -> Results:
+    """Run the battery on ``mesh`` (None: every device on ``data``; ``source``: the config
+    file, named in errors; ``command``: the command line, recorded in the results); writes
+    results.json into ``cfg.out`` and returns the results
+    (:func:`jaxregion.report.battery.render` then writes report.md and the PNGs)."""
+    validate(cfg, source)
+    ck = hf.open_checkpoint(cfg.model)  # headers only: model checks before any weight loads
+    validate_for_model(cfg, ck.config, models.shapes(ck.config), source)
+    t0 = time.time()
+    st = _Stages(log)
+    st.start("load")
+    r = _Run(cfg, log, mesh)
+    casestudies.check_fits(r.s.config, r.s.tokenizer, cfg.case_studies, source)
+    for sub in ("importance", "regions"):
+        os.makedirs(os.path.join(cfg.out, sub), exist_ok=True)
+    scores, regs, tops, ablated = _regions_and_ablations(r, st)
+    analysed = _analyses(r, st, scores, regs, tops, ablated["perplexity"])
+    moe_res = _moe(r, regs["core"])
     res = Results(
-        name=c.name,
+        name=cfg.name,
         jaxregion_version=__version__,
-        config=dataclasses.asdict(c),
+        config=dataclasses.asdict(cfg),
         setting=r.setting(),
         thresholds=dict(THRESHOLDS),
-        regions=infos,
-        perplexity=ppl,
-        random={
-            "seeds": list(c.random_seeds),
-            "mean": rnd_mean,
-            "std": rnd_std,
-            **_random_bpb(bpb, c.random_seeds),
-        },
-        bits_per_byte=bpb,
-        monolingual_matrix=_ratio_matrix(r, ppl, "mono"),
-        bottom_monolingual_matrix=_ratio_matrix(r, ppl, "bmono"),
-        overlap=ov,
-        ratio_sweep=sweep_rows,
-        layer_module_density=mp["layer_module_density"],
-        profiles={k: v.tolist() for k, v in mp["profiles"].items()},
-        importance_hist=mp["importance_hist"],
-        mask_maps=mp["mask_maps"],
-        dims=dres,
-        jaccard=jac,
-        case_studies=cs,
+        **ablated,
+        **analysed,
         moe=moe_res,
         seconds=round(time.time() - t0, 1),
         stage_seconds=st.seconds,
         command=list(command) if command is not None else None,
         versions=versions(),
     )
-    res.save(os.path.join(c.out, "results.json"))
-    log(f"wrote {os.path.join(c.out, 'results.json')} in {res.seconds} s")
+    res.save(os.path.join(cfg.out, "results.json"))
+    log(f"wrote {os.path.join(cfg.out, 'results.json')} in {res.seconds} s")
     return res

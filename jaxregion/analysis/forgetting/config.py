@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -111,24 +111,24 @@ def digest(obj: Any) -> str:
     return hashlib.sha1(blob).hexdigest()[:16]
 
 
-def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
-    """Every check of a sweep config (its fields' checks, names included, then the
-    cross-field rules); errors start with ``source``."""
+Bad = Callable[[str], UserError]  # a message -> the error that names the config file
 
-    def bad(msg: str) -> UserError:
-        return UserError(f"{source}: {msg}")
 
-    check(cfg, source)
+def _check_inputs(cfg: ForgettingConfig, bad: Bad) -> None:
+    """The target, the evaluation and source languages, and a base model to start from."""
     if cfg.target not in cfg.evals:
         raise bad(f"evals must include the target language {cfg.target!r}")
     if len(cfg.evals) < 2:
         raise bad("evals need at least one language besides the target")
     if cfg.model is None and cfg.pretrain is None:
         raise bad("give a base 'model' directory or a 'pretrain' section")
-    srcs = cfg.source_langs()
-    for s in srcs:
+    for s in cfg.source_langs():
         if s not in cfg.evals or s == cfg.target:
             raise bad(f"sources: {s!r} must be an evals language other than the target")
+
+
+def _check_settings(cfg: ForgettingConfig, bad: Bad) -> None:
+    """A non-empty sweep; explicit settings with unique names and one region each."""
     if not cfg.sweep and not cfg.settings:
         raise bad("the sweep is empty; give 'sweep' grids or explicit 'settings'")
     names = [s.name for s in cfg.settings]
@@ -137,10 +137,12 @@ def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
     for st in cfg.settings:
         if (st.region is None) == (st.layers is None):
             raise bad(f"setting {st.name!r}: give exactly one of region, layers")
+
+
+def _check_grids(cfg: ForgettingConfig, bad: Bad) -> set[str]:
+    """Each sweep grid's scorers, granularities and seeds; returns the scorers that need
+    importance scores."""
     needs: set[str] = set()
-    baselines = {b for g in cfg.sweep for b in g.baselines} | {
-        b for st in cfg.settings for b in st.baselines
-    }
     for i, g in enumerate(cfg.sweep):
         where = f"sweep[{i}]"
         for sc in g.scorers:
@@ -163,8 +165,14 @@ def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
                 raise bad(f"{where}: granularity {gran} needs scope per-tensor")
         if not g.seeds:
             raise bad(f"{where}: seeds is empty")
-    if "ewc" in baselines:
-        needs.add("ewc")
+    return needs
+
+
+def _check_baselines(cfg: ForgettingConfig, bad: Bad) -> set[str]:
+    """Replay's ratio and texts; returns ``{"ewc"}`` when EWC (which needs scores) is used."""
+    baselines = {b for g in cfg.sweep for b in g.baselines} | {
+        b for st in cfg.settings for b in st.baselines
+    }
     if "replay" in baselines:
         r = cfg.baselines.replay_ratio
         n = r * cfg.train.batch_size
@@ -177,16 +185,37 @@ def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
             raise bad(
                 "replay needs source texts: give baselines.replay_texts or an 'importance' section"
             )
-    if needs:
-        if cfg.importance is None:
-            raise bad(
-                f"{sorted(needs)} need importance scores; add an 'importance' section "
-                "(texts per source language)"
-            )
-        want = set(cfg.score_langs()) | {sc.partition(":")[2] for sc in needs if ":" in sc}
-        missing = sorted(want - set(cfg.importance.texts))
-        if missing:
-            raise bad(f"importance.texts lacks {missing}; add their training text")
+    return {"ewc"} if "ewc" in baselines else set()
+
+
+def _check_importance(cfg: ForgettingConfig, needs: set[str], bad: Bad) -> None:
+    """Scorers and EWC that ``needs`` scores have an importance section with every language."""
+    if not needs:
+        return
+    if cfg.importance is None:
+        raise bad(
+            f"{sorted(needs)} need importance scores; add an 'importance' section "
+            "(texts per source language)"
+        )
+    want = set(cfg.score_langs()) | {sc.partition(":")[2] for sc in needs if ":" in sc}
+    missing = sorted(want - set(cfg.importance.texts))
+    if missing:
+        raise bad(f"importance.texts lacks {missing}; add their training text")
+
+
+def check_config(cfg: ForgettingConfig, source: str = "config") -> None:
+    """Every check of a sweep config (its fields' checks, names included, then the
+    cross-field rules); errors start with ``source``."""
+
+    def bad(msg: str) -> UserError:
+        return UserError(f"{source}: {msg}")
+
+    check(cfg, source)
+    _check_inputs(cfg, bad)
+    _check_settings(cfg, bad)
+    needs = _check_grids(cfg, bad)
+    needs |= _check_baselines(cfg, bad)
+    _check_importance(cfg, needs, bad)
 
 
 def config_from_dict(d: Mapping[str, Any], source: str = "config") -> ForgettingConfig:

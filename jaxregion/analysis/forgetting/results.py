@@ -97,66 +97,74 @@ def pareto_front(rows: Sequence[dict], x_axis: str) -> list[str]:
     return front
 
 
-def outcome_lines(rows: Sequence[dict], front: Sequence[str], x_axis: str) -> list[str]:
-    """Plain statements of what the sweep shows, including what does NOT hold."""
-    by = {r["label"]: r for r in rows}
-    ref = by.get("none/none")
-    lines = []
-    if ref is not None:
-        lo, hi = REGIME
-        inside = lo <= ref["y"] <= hi
-        lines.append(
-            f"With nothing frozen, the other languages' perplexity rises by {ref['y']:.1f}% "
-            f"(target gain {ref['target_gain']:.3f} nats/token); this is "
-            + ("inside" if inside else "OUTSIDE")
-            + f" the {lo:g}-{hi:g}% regime the comparison is meant for."
-        )
-    lines.append(
-        "Pareto frontier (seed means; more target gain, less forgetting): "
-        + ", ".join(f"`{f}`" for f in front)
-        + "."
+def _regime_line(ref: dict) -> str:
+    """How much the reference (nothing frozen) forgets, against the regime it is meant for."""
+    lo, hi = REGIME
+    inside = lo <= ref["y"] <= hi
+    return (
+        f"With nothing frozen, the other languages' perplexity rises by {ref['y']:.1f}% "
+        f"(target gain {ref['target_gain']:.3f} nats/token); this is "
+        + ("inside" if inside else "OUTSIDE")
+        + f" the {lo:g}-{hi:g}% regime the comparison is meant for."
     )
-    if ref is not None:
-        dom = [
-            r["label"]
-            for r in rows
-            if r["label"] != "none/none"
-            and r["y"] < ref["y"]
-            and r["target_gain"] >= ref["target_gain"]
-        ]
-        lines.append(
-            "Settings that dominate training everything (less forgetting and no "
-            "less target gain): " + (", ".join(f"`{d}`" for d in dom) if dom else "none") + "."
-        )
-        eff = []
-        for r in rows:
-            if r["label"] == "none/none" or r["y"] >= ref["y"]:
-                continue
-            given_up = ref["target_gain"] - r["target_gain"]
-            avoided = ref["y"] - r["y"]
-            eff.append((avoided / given_up if given_up > 1e-9 else math.inf, r, avoided))
-        if eff:
-            best = max(eff, key=lambda e: (e[0], e[2]))
-            rate = (
-                "at no cost to the target"
-                if math.isinf(best[0])
-                else f"{best[0]:.1f} points per nat/token of target gain given up"
-            )
+
+
+def _best_trade(rows: Sequence[dict], ref: dict) -> str | None:
+    """The setting that avoids the most forgetting per unit of target gain given up."""
+    eff = []
+    for r in rows:
+        if r["label"] == "none/none" or r["y"] >= ref["y"]:
+            continue
+        given_up = ref["target_gain"] - r["target_gain"]
+        avoided = ref["y"] - r["y"]
+        eff.append((avoided / given_up if given_up > 1e-9 else math.inf, r, avoided))
+    if not eff:
+        return None
+    best = max(eff, key=lambda e: (e[0], e[2]))
+    rate = (
+        "at no cost to the target"
+        if math.isinf(best[0])
+        else f"{best[0]:.1f} points per nat/token of target gain given up"
+    )
+    return (
+        f"Best trade against the reference: `{best[1]['label']}` avoids "
+        f"{best[2]:.1f} points of forgetting, {rate}."
+    )
+
+
+def _against_reference(rows: Sequence[dict], by: Mapping[str, dict], ref: dict) -> list[str]:
+    """What dominates training everything, the best trade, and each baseline alone."""
+    dom = [
+        r["label"]
+        for r in rows
+        if r["label"] != "none/none"
+        and r["y"] < ref["y"]
+        and r["target_gain"] >= ref["target_gain"]
+    ]
+    lines = [
+        "Settings that dominate training everything (less forgetting and no "
+        "less target gain): " + (", ".join(f"`{d}`" for d in dom) if dom else "none") + "."
+    ]
+    best = _best_trade(rows, ref)
+    if best is not None:
+        lines.append(best)
+    for b in sorted({r["baseline"] for r in rows} - {"none"}):
+        rb = by.get(f"none/{b}")
+        if rb is not None:
             lines.append(
-                f"Best trade against the reference: `{best[1]['label']}` avoids "
-                f"{best[2]:.1f} points of forgetting, {rate}."
+                f"{b} alone (nothing frozen): forgetting {rb['y']:.1f}% vs "
+                f"{ref['y']:.1f}%, target gain {rb['target_gain']:.3f} vs "
+                f"{ref['target_gain']:.3f}."
             )
-        for b in sorted({r["baseline"] for r in rows} - {"none"}):
-            rb = by.get(f"none/{b}")
-            if rb is not None:
-                lines.append(
-                    f"{b} alone (nothing frozen): forgetting {rb['y']:.1f}% vs "
-                    f"{ref['y']:.1f}%, target gain {rb['target_gain']:.3f} vs "
-                    f"{ref['target_gain']:.3f}."
-                )
+    return lines
+
+
+def _against_random(rows: Sequence[dict]) -> list[str]:
+    """Each scorer against a random region of the same size, granularity and baseline."""
     rnd = {
         (r["granularity"], r["ratio"], r["baseline"]): r for r in rows if r["scorer"] == "random"
     }
+    lines = []
     for sc in sorted({r["scorer"] for r in rows} - {"random", "none"}):
         pairs = [
             (r, rnd[(r["granularity"], r["ratio"], r["baseline"])])
@@ -184,6 +192,21 @@ def outcome_lines(rows: Sequence[dict], front: Sequence[str], x_axis: str) -> li
             f"gain) in {dom} of {len(pairs)}."
         )
     return lines
+
+
+def outcome_lines(rows: Sequence[dict], front: Sequence[str], x_axis: str) -> list[str]:
+    """Plain statements of what the sweep shows, including what does NOT hold."""
+    by = {r["label"]: r for r in rows}
+    ref = by.get("none/none")
+    lines = [] if ref is None else [_regime_line(ref)]
+    lines.append(
+        "Pareto frontier (seed means; more target gain, less forgetting): "
+        + ", ".join(f"`{f}`" for f in front)
+        + "."
+    )
+    if ref is not None:
+        lines += _against_reference(rows, by, ref)
+    return lines + _against_random(rows)
 
 
 def build(
@@ -247,25 +270,26 @@ def _curves(path: str, results: dict) -> bool:
     return True
 
 
-def render(out: str, results: dict) -> str:
-    """Write results.json, report.md, frontier.png (and curves.png); return the table."""
-    x_axis = results["x_axis"]
+def _plot_frontier(out: str, results: dict) -> None:
+    """frontier.png: forgetting against the target axis, one point per setting."""
     xlabel = (
         "target gain: log ppl_base - log ppl_final (nats/token)"
-        if x_axis == "target_gain"
+        if results["x_axis"] == "target_gain"
         else "final target log-perplexity (nats/token)"
     )
-    rows = results["settings"]
     plots.pareto(
         os.path.join(out, "frontier.png"),
-        rows,
+        results["settings"],
         results["pareto"],
         f"forgetting frontier: {results['name']}",
         xlabel,
         "forgetting: others' mean perplexity increase (%)",
         results["caption"],
     )
-    has_curves = _curves(os.path.join(out, "curves.png"), results)
+
+
+def settings_table(results: dict) -> str:
+    """The Markdown table: the base model, then one row per setting."""
     others = results["others"]
     headers = [
         "setting",
@@ -278,20 +302,13 @@ def render(out: str, results: dict) -> str:
         *[f"{o} %" for o in others],
         "Pareto",
     ]
-    table_rows = [
-        (
-            "base",
-            0.0,
-            "-",
-            results["base_ppl"][results["target"]],
-            0.0,
-            0.0,
-            0.0,
-            *[0.0 for _ in others],
-            "",
-        )
-    ]
-    for r in sorted(rows, key=lambda r: (r["baseline"], r["scorer"], r["granularity"], r["ratio"])):
+    base_row = ("base", 0.0, "-", results["base_ppl"][results["target"]], 0.0, 0.0, 0.0)
+    table_rows = [(*base_row, *[0.0 for _ in others], "")]
+    rows = sorted(
+        results["settings"],
+        key=lambda r: (r["baseline"], r["scorer"], r["granularity"], r["ratio"]),
+    )
+    for r in rows:
         table_rows.append(
             (
                 r["label"],
@@ -305,8 +322,11 @@ def render(out: str, results: dict) -> str:
                 "yes" if r["pareto"] else "",
             )
         )
-    table = markdown_table(headers, table_rows, digits=4)
-    results = {**results, "table": table}
+    return markdown_table(headers, table_rows, digits=4)
+
+
+def report_markdown(results: dict, table: str, has_curves: bool) -> str:
+    """report.md: definitions, the table, the Outcome lines and the figures."""
     md = [
         f"# Forgetting frontier: {results['name']}",
         "",
@@ -314,8 +334,8 @@ def render(out: str, results: dict) -> str:
         "",
         "Each setting is a scorer / granularity / ratio / baseline (nothing frozen = "
         "`none`); seeds vary the data order and random regions. **Forgetting** = mean over "
-        f"the other languages ({', '.join(others)}) of the relative perplexity increase "
-        "over the base model. **Target gain** = log ppl_base - log ppl_final of "
+        f"the other languages ({', '.join(results['others'])}) of the relative perplexity "
+        "increase over the base model. **Target gain** = log ppl_base - log ppl_final of "
         f"`{results['target']}` (nats/token). Frozen % = share of all parameters kept "
         "fixed. ± = standard deviation over seeds.",
         "",
@@ -331,14 +351,23 @@ def render(out: str, results: dict) -> str:
         "",
     ]
     if has_curves:
+        first_seed = min(r["seeds"][0] for r in results["settings"])
         md += [
             "![curves](curves.png)",
             "",
-            f"*Figure 2: forgetting during training (seed {min(r['seeds'][0] for r in rows)}"
-            f"). {results['caption']}.*",
+            f"*Figure 2: forgetting during training (seed {first_seed}). {results['caption']}.*",
             "",
         ]
-    write_text(os.path.join(out, "report.md"), "\n".join(md))
+    return "\n".join(md)
+
+
+def render(out: str, results: dict) -> str:
+    """Write results.json, report.md, frontier.png (and curves.png); return the table."""
+    _plot_frontier(out, results)
+    has_curves = _curves(os.path.join(out, "curves.png"), results)
+    table = settings_table(results)
+    results = {**results, "table": table}
+    write_text(os.path.join(out, "report.md"), report_markdown(results, table, has_curves))
     json.dumps(results, allow_nan=False)  # strict JSON: fails loudly on NaN/inf
     write_json(os.path.join(out, "results.json"), results)
     return table

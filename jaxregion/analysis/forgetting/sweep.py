@@ -38,8 +38,8 @@ from jaxregion.analysis.forgetting.protect import Protector
 from jaxregion.configs import ForgettingConfig, PretrainSpec
 from jaxregion.errors import UserError
 from jaxregion.io.atomic import write_json, write_text
-from jaxregion.regions import fingerprint
-from jaxregion.train import freeze_mask_for, train
+from jaxregion.regions import Region, fingerprint
+from jaxregion.train import TrainConfig, TrainResult, freeze_mask_for, train
 from jaxregion.train.identity import digest_windows
 from jaxregion.train.loop import _cast
 from jaxregion.train.pretrain import Arch, ensure_tokenizer, pretrain
@@ -145,6 +145,83 @@ def _identity(cfg: ForgettingConfig, p: Point, model_fp: str) -> dict:
     }
 
 
+def _region_and_digest(
+    cfg: ForgettingConfig,
+    p: Point,
+    session: runtime.Session,
+    windows: dict[str, np.ndarray],
+    evals: dict[str, np.ndarray],
+    protector: Protector,
+) -> tuple[Region | None, str]:
+    """The region ``p`` freezes, and the digest of everything its result depends on."""
+    model_fp = fingerprint(session.params)
+    region = protector.region(p)  # what the point freezes is part of what it used
+    d = digest(
+        {
+            **_identity(cfg, p, model_fp),
+            "windows": digest_windows(windows),
+            "eval_windows": digest_windows(evals),
+            "protected": protector.digest(p, region),
+        }
+    )
+    return region, d
+
+
+def _finished(pj: str, d: str) -> dict | None:
+    """The point's saved record, when it was made from the same inputs (digest ``d``)."""
+    if os.path.isfile(pj):
+        with open(pj, encoding="utf-8") as f:
+            rec = json.load(f)
+        if rec.get("digest") == d:
+            return rec
+    return None
+
+
+def _clear_stale_run(run_dir: str, stamp: str, d: str) -> None:
+    """A run of other inputs is never resumed: remove it, only if this tool made it."""
+    if os.path.isdir(run_dir) and (not os.path.isfile(stamp) or open(stamp).read() != d):
+        if not safety.remove_owned(run_dir, RUN_OWNER):
+            raise UserError(
+                f"{run_dir} holds a run of other inputs that jaxregion did not "
+                "mark as its own; move it away or use another output directory"
+            )
+
+
+def _point_train_config(cfg: ForgettingConfig, p: Point) -> TrainConfig:
+    """The training run of ``p``: its seed, and its baseline's replay or EWC strength."""
+    b = cfg.baselines
+    return cfg.train.train_config(
+        seed=p.seed,
+        freeze_norms=cfg.freeze_norms,
+        eval_start=False,
+        replay_ratio=b.replay_ratio if p.baseline == "replay" else 0.0,
+        ewc_lambda=b.ewc_lambda if p.baseline == "ewc" else 0.0,
+    )
+
+
+def _record(
+    d: str, p: Point, frozen: int, total: int, batch_size: int, res: TrainResult, t0: float
+) -> dict:
+    """A finished point's record: the eval curve, final perplexities and training loss."""
+    curve = [
+        {"step": r["step"], "samples": r["step"] * batch_size, "eval_ppl": r["eval_ppl"]}
+        for r in res.metrics
+        if r.get("eval_ppl")
+    ]
+    return {
+        "digest": d,
+        "point": dataclasses.asdict(p),
+        "setting": p.setting,
+        "key": p.key,
+        "frozen": frozen,
+        "total": total,
+        "final": curve[-1]["eval_ppl"],
+        "curve": curve,
+        "train_loss": next((r["loss"] for r in reversed(res.metrics) if r.get("loss")), None),
+        "seconds": time.time() - t0,
+    }
+
+
 def run_point(
     cfg: ForgettingConfig,
     p: Point,
@@ -158,42 +235,18 @@ def run_point(
 ) -> tuple[dict | None, int | None]:
     """Train one point (or reuse its finished record): ``(record, None)``, or
     ``(None, signal number)`` when a signal interrupted it (its checkpoint is saved)."""
-    model_fp = fingerprint(session.params)
-    region = protector.region(p)  # what the point freezes is part of what it used
-    d = digest(
-        {
-            **_identity(cfg, p, model_fp),
-            "windows": digest_windows(windows),
-            "eval_windows": digest_windows(evals),
-            "protected": protector.digest(p, region),
-        }
-    )
+    region, d = _region_and_digest(cfg, p, session, windows, evals, protector)
     pj = os.path.join(out, "points", p.key + ".json")
-    if os.path.isfile(pj):
-        with open(pj, encoding="utf-8") as f:
-            rec = json.load(f)
-        if rec.get("digest") == d:
-            return rec, None
+    rec = _finished(pj, d)
+    if rec is not None:
+        return rec, None
     run_dir = os.path.join(out, "runs", p.key)
     stamp = os.path.join(run_dir, "digest.txt")
-    if os.path.isdir(run_dir) and (not os.path.isfile(stamp) or open(stamp).read() != d):
-        # a run of other inputs: never resume from it, and remove it only if this tool made it
-        if not safety.remove_owned(run_dir, RUN_OWNER):
-            raise UserError(
-                f"{run_dir} holds a run of other inputs that jaxregion did not "
-                "mark as its own; move it away or use another output directory"
-            )
+    _clear_stale_run(run_dir, stamp, d)
     mask = freeze_mask_for(session.params, region, cfg.freeze_norms, session.config)
     frozen = 0 if mask is None else sum(int(np.asarray(m).sum()) for m in T.flatten(mask).values())
     total = sum(int(np.prod(x.shape)) for x in T.flatten(session.params).values())
-    b = cfg.baselines
-    tc = cfg.train.train_config(
-        seed=p.seed,
-        freeze_norms=cfg.freeze_norms,
-        eval_start=False,
-        replay_ratio=b.replay_ratio if p.baseline == "replay" else 0.0,
-        ewc_lambda=b.ewc_lambda if p.baseline == "ewc" else 0.0,
-    )
+    tc = _point_train_config(cfg, p)
     info = {"command": "forgetting", "point": dataclasses.asdict(p), "target": cfg.target}
     safety.claim(run_dir, RUN_OWNER)
     prepare_ckpt_dir(run_dir, session.path, session.config, info)
@@ -217,23 +270,7 @@ def run_point(
     )
     if res.interrupted:
         return None, res.signum
-    curve = [
-        {"step": r["step"], "samples": r["step"] * tc.batch_size, "eval_ppl": r["eval_ppl"]}
-        for r in res.metrics
-        if r.get("eval_ppl")
-    ]
-    rec = {
-        "digest": d,
-        "point": dataclasses.asdict(p),
-        "setting": p.setting,
-        "key": p.key,
-        "frozen": frozen,
-        "total": total,
-        "final": curve[-1]["eval_ppl"],
-        "curve": curve,
-        "train_loss": next((r["loss"] for r in reversed(res.metrics) if r.get("loss")), None),
-        "seconds": time.time() - t0,
-    }
+    rec = _record(d, p, frozen, total, tc.batch_size, res, t0)
     write_json(pj, rec)
     shutil.rmtree(run_dir)  # its checkpoints are no longer needed
     return rec, None

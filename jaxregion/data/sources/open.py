@@ -96,45 +96,30 @@ def _open_path(path: str, doc_sep: str | None, field: str | None) -> Source:
     return TextFileSource(path, doc_sep or "line")
 
 
-def open_source(
-    spec: str, *, doc_sep: str | None = None, field: str | None = None, data_dir: str | None = None
-) -> Source:
-    """The source for ``spec`` (the part after ``LANG=``). Keyword args override ``?`` options."""
-    spec = spec.strip()
-    base, opts = _split_options(spec)
-    doc_sep = doc_sep or opts.get("doc_sep")
-    field = field or opts.get("field")
-    data_dir = data_dir or opts.get("data_dir")
-    m = re.match(r"^([A-Za-z][A-Za-z0-9_+.-]*):", base)
-    # A one-letter scheme is a Windows drive (C:\...), and an existing path is just a path.
-    if not m or len(m.group(1)) == 1 or os.path.exists(base):
-        return _open_path(base, doc_sep, field)
-    scheme, rest = m.group(1).lower(), base[m.end() :]
-    if scheme not in SCHEMES:
+def _open_synthetic(spec: str, parts: list[str], field: str | None, data_dir: str | None) -> Source:
+    """``synthetic:LANG[:N_DOCS][:SEED]``."""
+    if not 1 <= len(parts) <= 3 or not parts[0]:
+        raise UserError(f"{spec!r}: expected synthetic:LANG[:N_DOCS][:SEED]")
+    n_docs = _int(spec, "N_DOCS", parts[1]) if len(parts) > 1 else 10000
+    seed = _int(spec, "SEED", parts[2]) if len(parts) > 2 else 0
+    return SyntheticSource(parts[0], n_docs, seed)
+
+
+def _open_tfds(spec: str, parts: list[str], field: str | None, data_dir: str | None) -> Source:
+    """``tfds:NAME[/CONFIG]:SPLIT[:FIELD]``."""
+    if len(parts) not in (2, 3) or not all(parts):
         raise UserError(
-            f"{spec!r}: unknown source scheme {m.group(1)!r}; supported: "
-            f"{', '.join(s + ':' for s in SCHEMES)} or a path to "
-            ".txt/.jsonl/.parquet (.gz/.zst) files"
+            f"{spec!r}: expected tfds:NAME[/CONFIG]:SPLIT[:FIELD], e.g. tfds:wiki40b/ar:test:text"
         )
-    if scheme == "file":
-        return _open_path(rest, doc_sep, field)
-    parts = _split_colons(rest)
-    if scheme == "synthetic":
-        if not 1 <= len(parts) <= 3 or not parts[0]:
-            raise UserError(f"{spec!r}: expected synthetic:LANG[:N_DOCS][:SEED]")
-        n_docs = _int(spec, "N_DOCS", parts[1]) if len(parts) > 1 else 10000
-        seed = _int(spec, "SEED", parts[2]) if len(parts) > 2 else 0
-        return SyntheticSource(parts[0], n_docs, seed)
-    if scheme == "tfds":
-        if len(parts) not in (2, 3) or not all(parts):
-            raise UserError(
-                f"{spec!r}: expected tfds:NAME[/CONFIG]:SPLIT[:FIELD], e.g. "
-                "tfds:wiki40b/ar:test:text"
-            )
-        return TfdsSource(
-            parts[0], parts[1], field or (parts[2] if len(parts) > 2 else "text"), data_dir
-        )
-    # hf:
+    return TfdsSource(
+        parts[0], parts[1], field or (parts[2] if len(parts) > 2 else "text"), data_dir
+    )
+
+
+def _open_hf(spec: str, parts: list[str], field: str | None, data_dir: str | None) -> Source:
+    """``hf:/path/to/dir[:SPLIT][:FIELD]`` (a saved dataset) or
+    ``hf:NAME[:CONFIG]:SPLIT[:FIELD]`` (the Hub; a middle part that is no split name is
+    the config)."""
     if parts[0].startswith(("/", ".", "~")) or _is_saved_dataset(parts[0]):
         path = os.path.expanduser(parts[0])
         if len(parts) > 3:
@@ -157,6 +142,34 @@ def open_source(
     else:
         name, split = parts
     return HfHubSource(name, config, split, field or fld or "text")
+
+
+_OPENERS = {"synthetic": _open_synthetic, "tfds": _open_tfds, "hf": _open_hf}
+
+
+def open_source(
+    spec: str, *, doc_sep: str | None = None, field: str | None = None, data_dir: str | None = None
+) -> Source:
+    """The source for ``spec`` (the part after ``LANG=``). Keyword args override ``?`` options."""
+    spec = spec.strip()
+    base, opts = _split_options(spec)
+    doc_sep = doc_sep or opts.get("doc_sep")
+    field = field or opts.get("field")
+    data_dir = data_dir or opts.get("data_dir")
+    m = re.match(r"^([A-Za-z][A-Za-z0-9_+.-]*):", base)
+    # A one-letter scheme is a Windows drive (C:\...), and an existing path is just a path.
+    if not m or len(m.group(1)) == 1 or os.path.exists(base):
+        return _open_path(base, doc_sep, field)
+    scheme, rest = m.group(1).lower(), base[m.end() :]
+    if scheme not in SCHEMES:
+        raise UserError(
+            f"{spec!r}: unknown source scheme {m.group(1)!r}; supported: "
+            f"{', '.join(s + ':' for s in SCHEMES)} or a path to "
+            ".txt/.jsonl/.parquet (.gz/.zst) files"
+        )
+    if scheme == "file":
+        return _open_path(rest, doc_sep, field)
+    return _OPENERS[scheme](spec, _split_colons(rest), field, data_dir)
 
 
 def sources_from_dir(directory: str, split: str = "train") -> dict[str, Source]:
