@@ -33,16 +33,20 @@ class _Item:
         self.marks.append(mark.name)
 
 
-def test_listed_and_swept_cases_are_marked_slow():
+def test_listed_and_swept_cases_are_marked_slow(monkeypatch):
     """The collection hook marks a listed test, a listed case, and a sweep's later cases."""
     from conftest import pytest_collection_modifyitems
 
+    monkeypatch.setattr(tiers, "SLOW", ("a.py::whole", "a.py::part[x]"))
+    monkeypatch.setattr(tiers, "FAMILY_SWEEPS", ("b.py::sweep",))
     items = [
-        _Item("test_moe.py", "test_battery_on_moe"),
-        _Item("test_moe.py", "test_both_layouts_match_transformers[mixtral-fused]"),
-        _Item("test_moe.py", "test_both_layouts_match_transformers[olmoe-fused]"),
-        _Item("test_regions_stream.py", "test_files_give_the_in_memory_masks[core]"),
-        _Item("test_regions_stream.py", "test_files_give_the_in_memory_masks[top]"),
+        _Item("a.py", "whole[x]"),
+        _Item("a.py", "whole[y]"),
+        _Item("a.py", "part[x]"),
+        _Item("a.py", "part[y]"),
+        _Item("b.py", "sweep[llama]"),
+        _Item("b.py", "sweep[gpt2]"),
+        _Item("b.py", "other"),
     ]
     pytest_collection_modifyitems(None, items)
-    assert [i.marks for i in items] == [["slow"], [], ["slow"], ["slow"], []]
+    assert [bool(i.marks) for i in items] == [True, True, True, False, False, True, False]
