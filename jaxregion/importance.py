@@ -40,12 +40,13 @@ each half's scores on the full sample's scale, so two independent estimates of t
 quantity cost nothing but the second accumulator's memory (see :mod:`jaxregion.analysis.stability`).
 Each half also sums half as many terms, which halves the accumulation's rounding walk.
 
-**Stops.** ``compute_importance(..., stops=[n1, n2, ...], at_stop=f)`` ends a micro-batch
-exactly at each ``n_i`` (the batch before it is padded, as a run over ``n_i`` windows
-would be) and calls ``f(state)`` there: the scores at ``n_i`` equal a separate run over the
-first ``n_i`` windows up to float32 summation order (bitwise, halves included, when every
-stop before it is a multiple of the batch size), and ``f`` may return True to end the run
-(snapshots and stop-when-stable in :mod:`jaxregion.scorefiles` are built on this).
+**The loop.** :func:`accumulate` yields the state after each micro-batch; the caller's
+policies (progress, checkpoints, snapshots, stop-when-stable, see :mod:`jaxregion.scorefiles`)
+read it and stop iterating when they like. :func:`compute_importance` runs it to the end.
+``accumulate(..., stops=[n1, n2, ...])`` ends a micro-batch exactly at each ``n_i`` (the
+batch before it is padded, as a run over ``n_i`` windows would be): the scores of the state
+there equal a separate run over the first ``n_i`` windows up to float32 summation order
+(bitwise, halves included, when every stop before it is a multiple of the batch size).
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ import hashlib
 import json
 import os
 import shutil
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
@@ -109,7 +110,6 @@ class ImportanceResult:
     meta: Mapping[str, Any] = field(default_factory=dict)
     halves: tuple[PyTree, PyTree] | None = None  # see finalize_halves; None with < 2 batches
     counts: tuple[int, int] = (0, 0)  # windows in the even / odd half
-    stopped_at: int | None = None  # a checkpoint asked to stop here (scores is None)
 
 
 def check_estimator(name: str) -> str:
@@ -385,102 +385,102 @@ def compute_importance(
     estimator: str = "taylor",
     batch_size: int = 8,
     mesh: jax.sharding.Mesh | None = None,
-    progress: Callable[[int], None] | None = None,
     state: ImportanceState | None = None,
     *,
     remat: bool = False,
-    checkpoint: Callable[[ImportanceState], bool | None] | None = None,
-    checkpoint_every: int | None = None,
-    stops: Sequence[int] = (),
-    at_stop: Callable[[ImportanceState], bool] | None = None,
     scope: Collection[str] | None = None,
 ) -> ImportanceResult:
     """Importance scores of one language's windows (``[n, seq_len]`` int).
 
-    ``state`` resumes an earlier accumulation (same windows, estimator, batch size and
-    stops). ``progress(n)`` is called after each micro-batch with the real windows it held.
-    ``checkpoint(state)`` is called each time the position crosses a multiple of
-    ``checkpoint_every`` windows (not at the end); it may save the state (see
-    :func:`save_partial`) and returns True to stop the run there: the result then has
-    ``scores=None`` and ``stopped_at`` set. ``at_stop(state)`` is called when the position
-    reaches each of ``stops`` (window counts in ``(0, n]``; a micro-batch never straddles
-    one); returning True ends the run there with the scores so far. ``scope``: the names
-    to score (None: all); only they are differentiated, every other tensor scores 0.
-    """
+    ``state`` resumes an earlier accumulation (same windows, estimator and batch size).
+    ``scope``: the names to score (None: all); only they are differentiated, every other
+    tensor scores 0. To watch, checkpoint or stop a run, iterate :func:`accumulate`."""
     check_estimator(estimator)
-    windows = np.asarray(windows)
-    if windows.ndim != 2 or windows.shape[1] < 2:
-        raise UserError(f"windows must be [n, seq_len>=2], got shape {list(windows.shape)}")
+    windows = check_windows(windows, empty_ok=estimator in DATA_FREE)
     n, seq_len = windows.shape
     mesh = mesh or shd.make_mesh()
     params = place_params(params, mesh)
     if estimator in DATA_FREE:
-        scores = finalize(
-            ImportanceState(estimator, 1, ({}, {}), scope=None if scope is None else tuple(scope)),
-            params,
-            cfg,
-            seq_len,
-        )
-        return ImportanceResult(scores, 0, 0, estimator)
-    if n == 0:
-        raise UserError("no windows given; importance needs at least one")
+        scopes = None if scope is None else tuple(scope)
+        empty = ImportanceState(estimator, 1, ({}, {}), scope=scopes)
+        return ImportanceResult(finalize(empty, params, cfg, seq_len), 0, 0, estimator)
     if state is None:
         state = init_state(params, cfg, estimator, batch_size, mesh, scope)
     else:
         check_resumable(state, estimator, effective_batch_size(batch_size, mesh), n)
         if scope is not None and state.scope != tuple(scored_names(params, scope)):
             raise UserError("saved state was accumulated over another scope of parameters")
+    end = state
+    for end in accumulate(state, params, cfg, windows, mesh, remat=remat):  # noqa: B007
+        pass
+    return result_of(end, params, cfg, seq_len)
+
+
+def check_windows(windows: np.ndarray, empty_ok: bool = False) -> np.ndarray:
+    """``windows`` as an ``[n, seq_len>=2]`` array (``n > 0`` unless ``empty_ok``)."""
+    windows = np.asarray(windows)
+    if windows.ndim != 2 or windows.shape[1] < 2:
+        raise UserError(f"windows must be [n, seq_len>=2], got shape {list(windows.shape)}")
+    if len(windows) == 0 and not empty_ok:
+        raise UserError("no windows given; importance needs at least one")
+    return windows
+
+
+def accumulate(
+    state: ImportanceState,
+    params: PyTree,
+    cfg: ModelConfig,
+    windows: np.ndarray,
+    mesh: jax.sharding.Mesh,
+    *,
+    remat: bool = False,
+    stops: Sequence[int] = (),
+) -> Iterator[ImportanceState]:
+    """The states after each micro-batch of ``windows[state.position:]``, for the caller to
+    watch, save (:func:`save_partial`), finalize (:func:`result_of`) or stop at.
+
+    A micro-batch never straddles one of ``stops`` (window counts in ``(0, n]``): the batch
+    before it is padded, as a run over that many windows would be, so the state there gives
+    the scores of the first ``stop`` windows (snapshots and stop-when-stable in
+    :mod:`jaxregion.scorefiles` read it). The arguments are checked before the first batch."""
+    windows = check_windows(windows)
+    n = len(windows)
+    if not 0 <= state.position <= n:
+        raise UserError(f"saved state is at window {state.position}, beyond the {n} windows")
     bounds = sorted({int(s) for s in stops})
     if bounds and not 0 < bounds[0] <= bounds[-1] <= n:
         raise UserError(f"stops {bounds} must lie in (0, {n}] (the windows given)")
-    step = step_function(estimator, cfg, state.acc[0], remat)
-    b = state.batch_size
-    done = False
-    for lo, hi in _segments(state.position, n, bounds):
-        for batch, weights in padded_batches(windows[lo:hi], b):
+    params = place_params(params, mesh)
+    step = step_function(state.estimator, cfg, state.acc[0], remat)
+    return _batches(state, step, params, windows, mesh, bounds)
+
+
+def _batches(
+    state: ImportanceState,
+    step: Callable,
+    params: PyTree,
+    windows: np.ndarray,
+    mesh: jax.sharding.Mesh,
+    bounds: Sequence[int],
+) -> Iterator[ImportanceState]:
+    """:func:`accumulate`'s loop: each micro-batch goes to the accumulator of its parity."""
+    for lo, hi in _segments(state.position, len(windows), bounds):
+        for batch, weights in padded_batches(windows[lo:hi], state.batch_size):
             half = state.batches % 2
-            acc = list(state.acc)
+            acc, counts = list(state.acc), list(state.counts)
             acc[half] = step(
                 acc[half], params, shd.put_batch(batch, mesh), shd.put_batch(weights, mesh)
             )
-            real = int(weights.sum())
-            counts = list(state.counts)
-            counts[half] += real
-            prev = state.position
+            counts[half] += int(weights.sum())
             state = ImportanceState(
-                estimator,
-                b,
+                state.estimator,
+                state.batch_size,
                 (acc[0], acc[1]),
                 (counts[0], counts[1]),
                 state.batches + 1,
                 state.scope,
             )
-            pos = state.position
-            if progress:
-                progress(real)
-            # a stop's work (a snapshot file) comes before a checkpoint at the same position,
-            # so a run resumed from that checkpoint never skips it
-            if at_stop and pos == hi and hi in bounds:
-                done = bool(at_stop(state))
-            if (
-                checkpoint
-                and checkpoint_every
-                and pos < n
-                and not done
-                and pos // checkpoint_every > prev // checkpoint_every
-            ):
-                if checkpoint(state):
-                    return ImportanceResult(
-                        None,
-                        pos,
-                        pos * (seq_len - 1),
-                        estimator,
-                        counts=state.counts,
-                        stopped_at=pos,
-                    )
-        if done:
-            break
-    return result_of(state, params, cfg, seq_len)
+            yield state
 
 
 def result_of(

@@ -22,12 +22,14 @@ forgetting run all call, so they share one cache format and one resume mechanism
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
 import os
 import sys
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jax
@@ -56,15 +58,15 @@ from jaxregion.regions import (
 )
 
 PARTIAL = ".partial"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Scored:
     scores: Any  # float32 tree like the params
     meta: dict[str, str]
-    status: str  # "computed" | "resumed" | "reused" | "stopped" (scores None, see position)
+    status: str  # "computed" | "resumed" | "reused"
     path: str
-    position: int | None = None  # windows done when stopped
 
 
 def identity(
@@ -218,167 +220,337 @@ def check_partial_owner(partial_dir: str, owner: dict[str, str]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class ScoreSpec:
+    """How :func:`score_language` scores a language (the ``importance`` command's options)."""
+
+    estimator: str = "taylor"
+    batch_size: int = 8
+    seq_len: int | None = None  # None: the windows' length
+    dtype: str = "float32"
+    source: str = ""  # where the text came from, for the metadata
+    save_every: int | None = 1000  # windows between checkpoints of the accumulation
+    remat: bool = False
+    on_mismatch: str = "error"  # or "recompute": a file made from other input is replaced
+    snapshots: tuple[int, ...] = ()  # see the module docstring
+    until_stable: float | None = None
+    stable_ratio: float = 0.01
+    ratios: tuple[float, ...] = (0.01,)  # top-ratios whose split-half Jaccard is recorded
+    load: bool = True  # False: a reused file is not read (scores None)
+    include: str | None = None  # the scope scored (see jaxregion.regions.scope_names)
+    exclude: str | None = None
+
+    @classmethod
+    def of(cls, cfg: ImportanceConfig, source: str = "") -> ScoreSpec:
+        """The ``importance`` command's spec: it writes files and never reads them back."""
+        return cls(
+            estimator=cfg.estimator,
+            batch_size=cfg.batch_size,
+            seq_len=cfg.seq_len,
+            dtype=cfg.dtype,
+            source=source,
+            save_every=cfg.save_every,
+            remat=cfg.remat,
+            snapshots=check_schedule(cfg.snapshots, cfg.until_stable, cfg.max_seqs),
+            until_stable=cfg.until_stable,
+            load=False,
+            include=cfg.include,
+            exclude=cfg.exclude,
+        )
+
+
 def score_language(
     session: Any,
     lang: str,
     windows: np.ndarray | None,
     out_dir: str,
+    spec: ScoreSpec = ScoreSpec(),
     *,
-    estimator: str = "taylor",
-    batch_size: int = 8,
-    seq_len: int | None = None,
-    dtype: str = "float32",
-    source: str = "",
-    save_every: int | None = 1000,
-    remat: bool = False,
     progress: Callable[[int], None] | None = None,
-    on_mismatch: str = "error",
-    stop_after: int | None = None,
     log: Callable[[str], None] | None = None,
-    snapshots: Any = (),
-    until_stable: float | None = None,
-    stable_ratio: float = 0.01,
-    ratios: Any = (0.01,),
-    load: bool = True,
-    include: str | None = None,
-    exclude: str | None = None,
 ) -> Scored:
     """Scores of one language (``windows`` ``[n, seq_len]``; None for data-free estimators),
     read from ``out_dir`` when already computed from the same input, else computed (resuming a
     partial accumulation) and written atomically. ``progress(n)`` gets windows done.
 
-    ``snapshots``, ``until_stable`` and ``stable_ratio``: see the module docstring;
-    ``ratios``: top-ratios whose split-half Jaccard goes in the metadata (0.01 always).
-    ``load=False``: a reused file is not read (scores None).
-    ``include``/``exclude``: the scope scored (see :func:`jaxregion.regions.scope_names`;
-    both None: every tensor). Only in-scope tensors are differentiated; the others are
-    stored as zeros and listed in the metadata's ``unscored``.
-    ``stop_after``: stop at the first checkpoint at or past that many windows and return
-    status ``"stopped"`` (the partial state stays on disk; resuming tests use it)."""
-    I.check_estimator(estimator)
-    log = log or (lambda _m: None)
-    data_free = estimator in I.DATA_FREE
-    if not data_free and windows is None:
-        raise UserError(f"{lang}: estimator {estimator!r} needs windows of text")
-    if data_free:
-        windows, snapshots, until_stable = None, (), None
-    snaps = check_schedule(
-        snapshots,
-        until_stable,
-        None if windows is None else len(windows),
-        f"the {0 if windows is None else len(windows)} windows given",
-    )
-    seq_len = int(seq_len if seq_len is not None else windows.shape[1])
-    ratios = tuple(sorted({0.01, *map(float, ratios)}))
-    path = safety.inside(out_dir, importance_path(out_dir, lang))
-    fp = fingerprint(session.params)
-    scope = scoped(session.params, session.config, include, exclude)
-    label = scope_label(include, exclude)
-    want = identity(lang, estimator, fp, seq_len, dtype, windows, until_stable, label)
-    snap_want = {
-        n: identity(lang, estimator, fp, seq_len, dtype, windows[:n], scope=label) for n in snaps
-    }
-    try:
-        if is_complete(
-            out_dir, lang, estimator, fp, seq_len, dtype, windows, snaps, until_stable, label
-        ):
-            if not load:  # the caller only needs the file
-                return Scored(None, read_metadata(path) or {}, "reused", path)
-            scores, meta = load_scores(path)
-            return Scored(scores, meta, "reused", path)
-    except UserError:
-        if on_mismatch != "recompute":
-            raise
-        log(f"{lang}: {path} was made from other input; recomputing")
-        for p in [path, *(importance_path(snapshot_dir(out_dir, n), lang) for n in snaps)]:
-            if os.path.exists(p):
-                os.unlink(p)
+    Only the scope's tensors (``spec.include``/``spec.exclude``; both None: all) are
+    differentiated; the others are stored as zeros and listed in the metadata's ``unscored``.
+    To stop a run early (its partial state stays on disk), iterate :meth:`LanguageRun.states`."""
+    run = LanguageRun.plan(session, lang, windows, out_dir, spec, log)
+    reused = run.reuse()
+    if reused is not None:
+        return reused
+    if run.data_free:
+        res = I.compute_importance(
+            run.params,
+            session.config,
+            run.windows,
+            spec.estimator,
+            spec.batch_size,
+            session.mesh,
+            scope=run.scope,
+        )
+        return run.finish(res)
+    end = start = run.start(progress)
+    for end in run.states(start, progress):  # noqa: B007
+        pass
+    return run.finish(I.result_of(end, run.params, session.config, run.seq_len))
 
-    partial_dir = safety.inside(out_dir, os.path.join(out_dir, PARTIAL, lang))
-    stable_file = os.path.join(out_dir, PARTIAL, f"{lang}.until-stable.safetensors")
-    owner = partial_owner(out_dir, lang)
-    state, status = None, "computed"
-    arr = np.zeros((0, seq_len), np.int32) if data_free else windows
-    b = I.effective_batch_size(batch_size, session.mesh)
-    stops = snaps or (doubling_points(b, len(arr)) if until_stable is not None else ())
-    run_id = {**want, "stops": ",".join(map(str, stops)), "stable_ratio": repr(stable_ratio)}
-    params = I.place_params(session.params, session.mesh)
-    if not data_free:
-        check_partial_owner(partial_dir, owner)
-        like = I.init_state(params, session.config, estimator, batch_size, session.mesh, scope)
-        state = I.load_partial(partial_dir, like, run_id)
+
+@dataclass
+class LanguageRun:
+    """One language's scoring, in steps: :meth:`plan` (names and identity), :meth:`reuse` (a
+    finished file), :meth:`start` (a saved partial state, or none), :meth:`states` (the
+    accumulation with its policies: checkpoints, snapshots, stop-when-stable), :meth:`finish`."""
+
+    session: Any
+    lang: str
+    windows: np.ndarray  # [0, seq_len] for a data-free estimator
+    out_dir: str
+    spec: ScoreSpec
+    log: Callable[[str], None]
+    seq_len: int
+    snaps: tuple[int, ...]
+    scope: list[str] | None
+    want: dict[str, str]  # the finished file's identity
+    status: str = "computed"
+    history: list[list[float]] = field(default_factory=list)  # stop-when-stable's Jaccards
+
+    @classmethod
+    def plan(
+        cls,
+        session: Any,
+        lang: str,
+        windows: np.ndarray | None,
+        out_dir: str,
+        spec: ScoreSpec = ScoreSpec(),
+        log: Callable[[str], None] | None = None,
+    ) -> LanguageRun:
+        """Check ``spec`` against the windows and name what the run reads and writes."""
+        I.check_estimator(spec.estimator)
+        if spec.estimator not in I.DATA_FREE and windows is None:
+            raise UserError(f"{lang}: estimator {spec.estimator!r} needs windows of text")
+        if spec.estimator in I.DATA_FREE:
+            windows, spec = None, replace(spec, snapshots=(), until_stable=None)
+        n = None if windows is None else len(windows)
+        snaps = check_schedule(spec.snapshots, spec.until_stable, n, f"the {n or 0} windows given")
+        seq_len = int(spec.seq_len if spec.seq_len is not None else windows.shape[1])
+        scope = scoped(session.params, session.config, spec.include, spec.exclude)
+        want = identity(
+            lang,
+            spec.estimator,
+            fingerprint(session.params),
+            seq_len,
+            spec.dtype,
+            windows,
+            spec.until_stable,
+            scope_label(spec.include, spec.exclude),
+        )
+        arr = np.zeros((0, seq_len), np.int32) if windows is None else windows
+        return cls(session, lang, arr, out_dir, spec, log or _no_log, seq_len, snaps, scope, want)
+
+    # --- names ---------------------------------------------------------------------------
+    @property
+    def data_free(self) -> bool:
+        return self.spec.estimator in I.DATA_FREE
+
+    @property
+    def path(self) -> str:
+        return safety.inside(self.out_dir, importance_path(self.out_dir, self.lang))
+
+    @property
+    def partial_dir(self) -> str:
+        return safety.inside(self.out_dir, os.path.join(self.out_dir, PARTIAL, self.lang))
+
+    @property
+    def stable_file(self) -> str:
+        return os.path.join(self.out_dir, PARTIAL, f"{self.lang}.until-stable.safetensors")
+
+    @property
+    def owner(self) -> dict[str, str]:
+        return partial_owner(self.out_dir, self.lang)
+
+    @functools.cached_property
+    def params(self) -> Any:
+        return I.place_params(self.session.params, self.session.mesh)
+
+    @functools.cached_property
+    def stops(self) -> tuple[int, ...]:
+        """Where a micro-batch ends for a snapshot or a stop-when-stable comparison."""
+        if self.spec.until_stable is None:
+            return self.snaps
+        return doubling_points(self.batch_size, len(self.windows))
+
+    @property
+    def batch_size(self) -> int:
+        return I.effective_batch_size(self.spec.batch_size, self.session.mesh)
+
+    @property
+    def run_id(self) -> dict[str, str]:
+        """What a saved partial state must have been accumulated for to be resumed."""
+        stops = ",".join(map(str, self.stops))
+        return {**self.want, "stops": stops, "stable_ratio": repr(self.spec.stable_ratio)}
+
+    def snapshot_identity(self, n: int) -> dict[str, str]:
+        """What the ``n``-window snapshot's file was computed from."""
+        w, s = self.want, self.spec
+        return identity(
+            self.lang,
+            s.estimator,
+            w["model"],
+            self.seq_len,
+            s.dtype,
+            self.windows[:n],
+            scope=w["scope"],
+        )
+
+    # --- steps ---------------------------------------------------------------------------
+    def reuse(self) -> Scored | None:
+        """The finished file when it was made from this input; a mismatching one is an error
+        (or, with ``on_mismatch="recompute"``, removed)."""
+        s, path = self.spec, self.path
+        windows = None if self.data_free else self.windows
+        scope = scope_label(s.include, s.exclude)
+        args = (self.want["model"], self.seq_len, s.dtype, windows, self.snaps, s.until_stable)
+        try:
+            if is_complete(self.out_dir, self.lang, s.estimator, *args, scope):
+                if not s.load:  # the caller only needs the file
+                    return Scored(None, read_metadata(path) or {}, "reused", path)
+                scores, meta = load_scores(path)
+                return Scored(scores, meta, "reused", path)
+        except UserError:
+            if s.on_mismatch != "recompute":
+                raise
+            self.log(f"{self.lang}: {path} was made from other input; recomputing")
+            snaps = (importance_path(snapshot_dir(self.out_dir, n), self.lang) for n in self.snaps)
+            for p in [path, *snaps]:
+                if os.path.exists(p):
+                    os.unlink(p)
+        return None
+
+    def start(self, progress: Callable[[int], None] | None = None) -> I.ImportanceState:
+        """The saved partial state made from this input (status ``resumed``), else a new one;
+        a partial state made from other input is removed."""
+        s, partial_dir = self.spec, self.partial_dir
+        check_partial_owner(partial_dir, self.owner)
+        cfg, mesh = self.session.config, self.session.mesh
+        like = I.init_state(self.params, cfg, s.estimator, s.batch_size, mesh, self.scope)
+        state = I.load_partial(partial_dir, like, self.run_id)
         if state is not None:
-            status = "resumed"
-            log(f"{lang}: resuming at window {state.position}/{len(arr)} from {partial_dir}")
+            self.status = "resumed"
+            n = len(self.windows)
+            self.log(f"{self.lang}: resuming at window {state.position}/{n} from {partial_dir}")
             if progress:
                 progress(state.position)
-        elif os.path.isdir(partial_dir):
-            log(f"{lang}: discarding partial state in {partial_dir} (made from other input)")
-            safety.remove_owned(partial_dir, owner)
+            return state
+        if os.path.isdir(partial_dir):
+            self.log(
+                f"{self.lang}: discarding partial state in {partial_dir} (made from other input)"
+            )
+            safety.remove_owned(partial_dir, self.owner)
+        return like
 
-    def checkpoint(st: I.ImportanceState) -> bool:
-        if not os.path.isdir(partial_dir):
-            safety.claim(partial_dir, owner)
-        I.save_partial(partial_dir, st, run_id)
-        return stop_after is not None and st.position >= stop_after
+    def states(
+        self, state: I.ImportanceState, progress: Callable[[int], None] | None = None
+    ) -> Iterator[I.ImportanceState]:
+        """The states after each micro-batch from ``state`` on, each handled first: a snapshot
+        or a stop-when-stable comparison at its stop (before a checkpoint at the same position,
+        so a run resumed from that checkpoint never skips it), then a checkpoint every
+        ``save_every`` windows. Ends at the last window, or once the regions are stable."""
+        n, every = len(self.windows), self.spec.save_every
+        it = I.accumulate(
+            state,
+            self.params,
+            self.session.config,
+            self.windows,
+            self.session.mesh,
+            remat=self.spec.remat,
+            stops=self.stops,
+        )
+        for st in it:
+            prev, state = state, st
+            if progress:
+                progress(state.position - prev.position)
+            stable = state.position in self.stops and self._at_stop(state)
+            if stable:
+                yield state
+                return
+            if every and state.position < n and state.position // every > prev.position // every:
+                self.checkpoint(state)
+            yield state
 
-    base = {
-        "model_path": session.path,
-        "model_fingerprint": fp,
-        "jaxregion_version": __version__,
-        "batch_size": str(b),
-        "source": source,
-        "score": "signed" if estimator == "taylor" else "non-negative",
-        "unscored": _json([] if scope is None else sorted(set(T.flatten(params)) - set(scope))),
-    }
-    history: list[list[float]] = []
+    def checkpoint(self, state: I.ImportanceState) -> None:
+        """Save ``state`` in the partial directory (claimed for this language first)."""
+        if not os.path.isdir(self.partial_dir):
+            safety.claim(self.partial_dir, self.owner)
+        I.save_partial(self.partial_dir, state, self.run_id)
 
-    def at_stop(st: I.ImportanceState) -> bool:
-        res = I.result_of(st, params, session.config, seq_len)
-        if until_stable is None:  # a snapshot
-            n = st.position
-            _write(snapshot_dir(out_dir, n), lang, res, {**snap_want[n], **base}, ratios)
-            log(f"{lang}: snapshot at {n} windows -> {snapshot_dir(out_dir, n)}")
+    def _at_stop(self, state: I.ImportanceState) -> bool:
+        """A snapshot's file, or stop-when-stable's comparison (True: stable, stop here)."""
+        res = I.result_of(state, self.params, self.session.config, self.seq_len)
+        n = state.position
+        if self.spec.until_stable is None:
+            d = snapshot_dir(self.out_dir, n)
+            _write(d, self.lang, res, {**self.snapshot_identity(n), **self.base}, self.ratios)
+            self.log(f"{self.lang}: snapshot at {n} windows -> {d}")
             return False
+        s = self.spec
         return _stable_step(
-            res, st.position, stable_file, stable_ratio, until_stable, history, run_id, log, lang
+            res,
+            n,
+            self.stable_file,
+            s.stable_ratio,
+            s.until_stable,
+            self.history,
+            self.run_id,
+            self.log,
+            self.lang,
         )
 
-    res = I.compute_importance(
-        params,
-        session.config,
-        arr,
-        estimator,
-        batch_size,
-        session.mesh,
-        progress=progress,
-        state=state,
-        remat=remat,
-        checkpoint=checkpoint,
-        checkpoint_every=save_every,
-        stops=stops,
-        at_stop=at_stop,
-        scope=scope,
-    )
-    if res.stopped_at is not None:
-        return Scored(None, want, "stopped", partial_dir, res.stopped_at)
-    meta = {**want, "tokens": str(res.tokens), **base}
-    if until_stable is not None:
-        used = windows[: res.windows]
-        meta.update(
-            windows=str(res.windows),
-            windows_digest=I.windows_digest(used),
-            stable_ratio=repr(stable_ratio),
-            doubling_jaccard=_json(history),
+    @property
+    def ratios(self) -> tuple[float, ...]:
+        return tuple(sorted({0.01, *map(float, self.spec.ratios)}))
+
+    @functools.cached_property
+    def base(self) -> dict[str, str]:
+        """The metadata every file of this run shares, besides its identity."""
+        s, est = self.spec, self.spec.estimator
+        unscored = (
+            [] if self.scope is None else sorted(set(T.flatten(self.params)) - set(self.scope))
         )
-        if os.path.exists(stable_file):
-            os.unlink(stable_file)
-    meta = _write(out_dir, lang, res, meta, ratios)
-    safety.remove_owned(partial_dir, owner)
-    root = os.path.join(out_dir, PARTIAL)
-    if os.path.isdir(root) and not os.listdir(root):
-        os.rmdir(root)
-    return Scored(res.scores, meta, status, path)
+        return {
+            "model_path": self.session.path,
+            "model_fingerprint": self.want["model"],
+            "jaxregion_version": __version__,
+            "batch_size": str(self.batch_size),
+            "source": s.source,
+            "score": "signed" if est == "taylor" else "non-negative",
+            "unscored": _json(unscored),
+        }
+
+    def finish(self, res: I.ImportanceResult) -> Scored:
+        """Write the scores (and their halves), then remove the partial state."""
+        meta = {**self.want, "tokens": str(res.tokens), **self.base}
+        if self.spec.until_stable is not None:
+            used = self.windows[: res.windows]
+            meta.update(
+                windows=str(res.windows),
+                windows_digest=I.windows_digest(used),
+                stable_ratio=repr(self.spec.stable_ratio),
+                doubling_jaccard=_json(self.history),
+            )
+            if os.path.exists(self.stable_file):
+                os.unlink(self.stable_file)
+        meta = _write(self.out_dir, self.lang, res, meta, self.ratios)
+        safety.remove_owned(self.partial_dir, self.owner)
+        root = os.path.join(self.out_dir, PARTIAL)
+        if os.path.isdir(root) and not os.listdir(root):
+            os.rmdir(root)
+        return Scored(res.scores, meta, self.status, self.path)
+
+
+def _no_log(_msg: str) -> None:
+    """:func:`score_language`'s default: the caller decides what is said."""
 
 
 def doubling_points(start: int, n: int) -> tuple[int, ...]:
@@ -468,26 +640,12 @@ def score_all(
     *,
     progress: bool = True,
     log: Callable[[str], None] | None = None,
-    stop_after: int | None = None,
 ) -> dict[str, Scored]:
     """``jaxregion importance``: every language of ``cfg`` scored into ``cfg.out``.
 
-    Languages already complete for the same input are skipped, others computed (or resumed).
-    Stops at the first language whose status is ``"stopped"`` (``stop_after``, a test hook:
-    see :func:`score_language`); the result then ends with that language."""
-    log = log or (lambda m: print(m, file=sys.stderr))
-    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
-        raise UserError(f"--out {cfg.out}: exists and is not a directory")
-    snapshots = check_schedule(cfg.snapshots, cfg.until_stable, cfg.max_seqs)
-    texts = runtime.parse_texts(cfg.text)
-    session = runtime.load_session(cfg.model, cfg.dtype, mesh)
-    if cfg.estimator in I.DATA_FREE:
-        runtime.check_seq_len(session.config, cfg.seq_len)
-        corpora = {lang: None for lang in texts}
-    else:
-        corpora = runtime.load_corpora(texts, session, cfg.seq_len, cfg.max_seqs)
-        for lang, w in corpora.items():  # every language checked before any is computed
-            check_schedule(snapshots, cfg.until_stable, len(w), f"the {len(w)} windows of {lang}")
+    Languages already complete for the same input are skipped, others computed (or resumed)."""
+    log = log or logger.info
+    session, texts, corpora = load_inputs(cfg, mesh)
     per_window = cfg.seq_len - 1
     total = sum(0 if w is None else len(w) for w in corpora.values())
     done: dict[str, Scored] = {}
@@ -508,26 +666,11 @@ def score_all(
                 lang,
                 windows,
                 cfg.out,
-                estimator=cfg.estimator,
-                batch_size=cfg.batch_size,
-                seq_len=cfg.seq_len,
-                dtype=cfg.dtype,
-                source=texts[lang],
-                save_every=cfg.save_every,
-                remat=cfg.remat,
+                ScoreSpec.of(cfg, texts[lang]),
                 progress=lambda n: bar.update(n * per_window),
-                stop_after=stop_after,
                 log=log,
-                load=False,
-                snapshots=snapshots,
-                until_stable=cfg.until_stable,
-                include=cfg.include,
-                exclude=cfg.exclude,
             )
             done[lang] = got
-            if got.status == "stopped":
-                log(f"{lang}: stopped after {got.position} windows; state saved in {got.path}")
-                break
             if got.status == "reused":
                 log(f"{lang}: {got.path} is complete, skipped")
                 bar.update((0 if windows is None else len(windows)) * per_window)
@@ -537,3 +680,22 @@ def score_all(
             rate = f", {n * per_window / dt:,.0f} tok/s" if n and dt > 0 else ""
             log(f"{lang}: {n} windows, {n * per_window} tokens, {dt:.1f} s{rate} -> {got.path}")
     return done
+
+
+def load_inputs(
+    cfg: ImportanceConfig, mesh: jax.sharding.Mesh
+) -> tuple[Any, dict[str, str], dict[str, np.ndarray | None]]:
+    """The ``importance`` command's session, texts (``{lang: source}``) and windows (None
+    for a data-free estimator), every language's schedule checked before any is scored."""
+    if os.path.exists(cfg.out) and not os.path.isdir(cfg.out):
+        raise UserError(f"--out {cfg.out}: exists and is not a directory")
+    snapshots = check_schedule(cfg.snapshots, cfg.until_stable, cfg.max_seqs)
+    texts = runtime.parse_texts(cfg.text)
+    session = runtime.load_session(cfg.model, cfg.dtype, mesh)
+    if cfg.estimator in I.DATA_FREE:
+        runtime.check_seq_len(session.config, cfg.seq_len)
+        return session, texts, {lang: None for lang in texts}
+    corpora = runtime.load_corpora(texts, session, cfg.seq_len, cfg.max_seqs)
+    for lang, w in corpora.items():
+        check_schedule(snapshots, cfg.until_stable, len(w), f"the {len(w)} windows of {lang}")
+    return session, texts, dict(corpora)

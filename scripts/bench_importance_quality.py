@@ -72,23 +72,18 @@ def _jax_scores(model: str, windows: np.ndarray, counts: list[int], batch: int, 
     from jaxregion.io import hf
 
     cfg, params = hf.load(model, dtype)
+    mesh = importance.shd.make_mesh()
+    params = importance.place_params(params, mesh)
     out = {}
-
-    def at_stop(state):
-        res = importance.result_of(
-            state,
-            importance.place_params(params, importance.shd.make_mesh()),
-            cfg,
-            windows.shape[1],
-        )
-        out[state.position] = {
-            n: np.asarray(v, np.float64) for n, v in T.flatten(res.scores).items()
-        }
-        return False
-
-    importance.compute_importance(
-        params, cfg, windows[: max(counts)], batch_size=batch, stops=counts, at_stop=at_stop
-    )
+    start = importance.init_state(params, cfg, "taylor", batch, mesh)
+    for state in importance.accumulate(
+        start, params, cfg, windows[: max(counts)], mesh, stops=counts
+    ):
+        if state.position in counts:
+            res = importance.result_of(state, params, cfg, windows.shape[1])
+            out[state.position] = {
+                n: np.asarray(v, np.float64) for n, v in T.flatten(res.scores).items()
+            }
     return out
 
 
@@ -148,7 +143,7 @@ def _stable_lang(args, spec: str) -> dict:
     prev = {}
     t0 = time.perf_counter()
 
-    def at_stop(state) -> bool:
+    def at_stop(state) -> None:
         res = importance.result_of(state, params, session.config, args.seq_len)
         reg = regions.top({lang: res.scores}, lang, args.ratio)
         row = {"windows": state.position, "seconds": time.perf_counter() - t0}
@@ -158,17 +153,12 @@ def _stable_lang(args, spec: str) -> dict:
             row["split_half"] = stability.topk_jaccard(*res.halves, args.ratio)
         prev["r"] = reg
         hist.append(row)
-        return False
 
-    importance.compute_importance(
-        params,
-        session.config,
-        w,
-        batch_size=b,
-        mesh=session.mesh,
-        stops=scorefiles.doubling_points(b, len(w)),
-        at_stop=at_stop,
-    )
+    stops = scorefiles.doubling_points(b, len(w))
+    start = importance.init_state(params, session.config, "taylor", b, session.mesh)
+    for state in importance.accumulate(start, params, session.config, w, session.mesh, stops=stops):
+        if state.position in stops:
+            at_stop(state)
     total = time.perf_counter() - t0
     rate = len(w) / total
     reached = {}

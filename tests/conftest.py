@@ -140,3 +140,18 @@ def smollm2_gguf(real_cache) -> str:
     import realmodels
 
     return str(realmodels.smollm2(real_cache))
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m "not slow" deselects
+def pytest_collection_modifyitems(config, items) -> None:  # noqa: ARG001
+    """Mark slow what ``tiers.SLOW`` lists, and every case of a family sweep but the first."""
+    import tiers
+
+    slow, sweeps, seen = set(tiers.SLOW), set(tiers.FAMILY_SWEEPS), set()
+    for item in items:
+        where = os.path.basename(item.path)
+        fn = f"{where}::{getattr(item, 'originalname', item.name)}"
+        swept = fn in sweeps and fn in seen
+        seen.add(fn)
+        if fn in slow or f"{where}::{item.name}" in slow or swept:
+            item.add_marker(pytest.mark.slow)

@@ -230,25 +230,19 @@ def test_wanda_gpt2_conv1d_layout(model_factory, tokenizer, corpus_dir):
 
 
 def test_python_api_resume_is_bitwise(llama, corpora, tmp_path):
-    """Interrupt by raising from the checkpoint callback, restore from orbax, resume."""
+    """Stop iterating the states once past window 5 (after saving that one), restore from
+    orbax, resume."""
     _, cfg, params = llama
     w = corpora["lat"]
     full = T.flatten(importance.compute_importance(params, cfg, w, "taylor", 2).scores)
     meta = {"windows_digest": importance.windows_digest(w)}
     d = str(tmp_path / "partial")
-
-    class Stop(Exception):
-        pass
-
-    def ckpt(state):
-        importance.save_partial(d, state, meta)
-        raise Stop
-
-    with pytest.raises(Stop):
-        importance.compute_importance(
-            params, cfg, w, "taylor", 2, checkpoint=ckpt, checkpoint_every=5
-        )
     mesh = importance.shd.make_mesh()
+    start = importance.init_state(params, cfg, "taylor", 2, mesh)
+    for st in importance.accumulate(start, params, cfg, w, mesh):
+        if st.position >= 5:
+            importance.save_partial(d, st, meta)
+            break
     like = importance.init_state(params, cfg, "taylor", 2, mesh)
     assert importance.load_partial(d, like, {"windows_digest": "other"}) is None
     state = importance.load_partial(d, like, meta)
@@ -261,6 +255,21 @@ def test_python_api_resume_is_bitwise(llama, corpora, tmp_path):
 
 
 # --- CLI ---------------------------------------------------------------------------------
+def interrupt(cfg: ImportanceConfig, lang: str, after: int) -> int:
+    """Score ``lang`` as ``jaxregion importance`` would, but stop iterating at the first state
+    at or past ``after`` windows (its checkpoint, if one is due, is written first), as a
+    killed run would stop; the position reached."""
+    session, texts, corpora = scorefiles.load_inputs(cfg, sharding.make_mesh())
+    spec = scorefiles.ScoreSpec.of(cfg, texts[lang])
+    run = scorefiles.LanguageRun.plan(session, lang, corpora[lang], cfg.out, spec)
+    assert run.reuse() is None
+    start = run.start()
+    for st in run.states(start):
+        if st.position >= after:
+            return st.position
+    raise AssertionError(f"{lang} ended before window {after}")
+
+
 def _args(path, corpus_dir, out, *extra):
     return [
         "importance",
@@ -307,8 +316,8 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
             np.testing.assert_array_equal(got[n], np.asarray(ref[n]), err_msg=n)
     assert not (a / ".partial").exists()
 
-    # interrupted after the first checkpoint of the first language (the test hook is an
-    # argument of the library function, not a flag), then resumed by the command
+    # interrupted after the first checkpoint of the first language (the command's own steps,
+    # left where a killed run would leave them), then resumed by the command
     cfg = ImportanceConfig(
         model=path,
         text={"lat": f"{corpus_dir}/lat.txt", "cyr": f"{corpus_dir}/cyr.txt"},
@@ -318,8 +327,7 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
         save_every=4,
         out=str(b),
     )
-    got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=4)
-    assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 4)]
+    assert interrupt(cfg, "lat", after=4) == 4
     assert (b / ".partial" / "lat").is_dir() and not (b / "lat.safetensors").exists()
     capsys.readouterr()
     assert cli_main(_args(path, corpus_dir, b)) == 0

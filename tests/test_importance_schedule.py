@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from conftest import run_cli_subprocess
-from test_importance import FAMILY, SEQ, rel_err
+from test_importance import FAMILY, SEQ, interrupt, rel_err
 
 from jaxregion import importance, regions, runtime, scorefiles
 from jaxregion import tree as T
@@ -15,7 +15,6 @@ from jaxregion.configs import ImportanceConfig
 from jaxregion.data.packing import load_windows
 from jaxregion.data.sources import open_source
 from jaxregion.io import hf
-from jaxregion.parallel import sharding
 
 
 @pytest.fixture(scope="module")
@@ -189,8 +188,8 @@ def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, c
     assert meta["windows"] == "10" and (meta["windows_even"], meta["windows_odd"]) == ("5", "5")
     assert 0 <= float(meta["split_half_jaccard"]) <= 1
     assert set(stability.METHOD.split()) <= set(meta["split_half"].replace('"', " ").split())
-    # interrupted at the checkpoint at window 8, where a snapshot is due too (the test hook is
-    # an argument of the library function, not a flag): the snapshot comes first, so the run
+    # interrupted at the checkpoint at window 8, where a snapshot is due too (the command's
+    # own steps, stopped there as a killed run would be): the snapshot comes first, so the run
     # resumed by the command never skips it; bitwise equal, snapshots too
     b = tmp_path / "b"
     cfg = ImportanceConfig(
@@ -203,8 +202,7 @@ def test_snapshots_equal_separate_runs_and_resume(llama, corpus_dir, tmp_path, c
         out=str(b),
         snapshots=(3, 8),
     )
-    got = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False, stop_after=8)
-    assert [(k, v.status, v.position) for k, v in got.items()] == [("lat", "stopped", 8)]
+    assert interrupt(cfg, "lat", after=8) == 8
     assert (b / "snapshots" / "8" / "lat.safetensors").exists()
     assert not (b / "lat.safetensors").exists()
     assert (
@@ -301,7 +299,11 @@ def test_until_stable_one_runs_to_max_unless_identical(llama, corpora, corpus_di
     session = runtime.load_session(path, "float32")
     same = np.tile(corpora["lat"][:1], (10, 1))
     got = scorefiles.score_language(
-        session, "x", same, str(tmp_path / "u2"), batch_size=2, until_stable=1.0
+        session,
+        "x",
+        same,
+        str(tmp_path / "u2"),
+        scorefiles.ScoreSpec(batch_size=2, until_stable=1.0),
     )
     assert got.meta["windows"] == "4", got.meta["doubling_jaccard"]
     assert got.meta["windows_available"] == "10"

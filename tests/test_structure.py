@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import functools
 import os
 
 import jaxregion
@@ -20,7 +21,12 @@ def import_graph() -> dict[str, set[str]]:
     (module top, functions, TYPE_CHECKING blocks alike). ``from pkg import sub`` counts as an
     import of ``pkg.sub`` when that is a module, else of ``pkg``. Importing ``a.b.c`` also
     imports the packages ``a.b`` and ``a`` (their ``__init__`` runs first), unless the importer
-    lives inside them."""
+    lives inside them. (Parsed once per session; each call gets its own copy.)"""
+    return {m: set(ts) for m, ts in _import_graph().items()}
+
+
+@functools.cache
+def _import_graph() -> dict[str, set[str]]:
     files = {}
     for d, _, names in os.walk(ROOT):
         for n in names:

@@ -21,9 +21,9 @@ import dataclasses
 import hashlib
 import importlib.util
 import json
+import logging
 import os
 import re
-import sys
 import time
 from collections.abc import Callable
 
@@ -37,6 +37,8 @@ from jaxregion.errors import UserError
 from jaxregion.io import atomic
 from jaxregion.report import battery
 from jaxregion.report.tables import markdown_table
+
+logger = logging.getLogger(__name__)
 
 
 def resolve(cfg: DemoConfig) -> DemoConfig:
@@ -155,7 +157,7 @@ def _forgetting(f_cfg: forgetting.ForgettingConfig, log: Callable[[str], None], 
 
 def run(cfg: DemoConfig, log: Callable[[str], None] | None = None, mesh=None) -> dict:
     """Every stage on ``mesh`` (None: every device on ``data``); returns the results."""
-    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    log = log or logger.info
     cfg = resolve(cfg)
     t_start = time.time()
     os.makedirs(cfg.out, exist_ok=True)

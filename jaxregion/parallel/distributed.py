@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import os
 import socket
-import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -201,12 +200,6 @@ def process_count() -> int:
 def is_main() -> bool:
     """True on the process that logs and writes files (process 0)."""
     return jax.process_index() == 0
-
-
-def main_print(*args: Any, file=None, **kw: Any) -> None:
-    """``print`` on process 0 only."""
-    if is_main():
-        print(*args, file=file or sys.stdout, **kw)
 
 
 def barrier(name: str = "jaxregion") -> None:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import signal
-import sys
 import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
@@ -212,10 +211,9 @@ class _Stop:
     def _handle(self, signum, frame) -> None:  # noqa: ARG002
         self.signum = signum
         self._restore()  # a second signal acts as it would without us: it stops the run now
-        print(
-            f"\njaxregion: got {signal.Signals(signum).name}; saving a checkpoint after this "
-            "step, then stopping",
-            file=sys.stderr,
+        logger.warning(
+            "\njaxregion: got %s; saving a checkpoint after this step, then stopping",
+            signal.Signals(signum).name,
         )
 
     def _restore(self) -> None:

@@ -9,6 +9,7 @@ re-run with the same config reuses finished scoring.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 import time
 from collections.abc import Callable, Sequence
@@ -36,6 +37,8 @@ from jaxregion.errors import UserError
 from jaxregion.evaluate import EvalResult
 from jaxregion.io import hf
 from jaxregion.models import ModelConfig
+
+logger = logging.getLogger(__name__)
 
 
 def _specs(d: dict[str, str]) -> list[str]:
@@ -126,13 +129,15 @@ class _Run:
                 lang,
                 windows,
                 os.path.join(self.out, "importance", tag),
-                estimator=estimator,
-                batch_size=self.cfg.batch_size,
-                dtype=self.cfg.dtype,
-                source=self.cfg.languages[lang],
+                scorefiles.ScoreSpec(
+                    estimator=estimator,
+                    batch_size=self.cfg.batch_size,
+                    dtype=self.cfg.dtype,
+                    source=self.cfg.languages[lang],
+                    on_mismatch="recompute",
+                    load=False,
+                ),
                 progress=bar.update,
-                on_mismatch="recompute",
-                load=False,
             )
         return scoped(R.open_scores(got.path)[0], self.cfg.include, self.cfg.exclude)
 
@@ -457,7 +462,7 @@ def _moe(r: _Run, core: R.Region) -> moe.MoEResult | None:
 
 def run(
     cfg: ExperimentConfig,
-    log: Callable[[str], None] = print,
+    log: Callable[[str], None] = logger.info,
     source: str = "config",
     mesh: jax.sharding.Mesh | None = None,
     command: Sequence[str] | None = None,

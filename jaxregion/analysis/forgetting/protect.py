@@ -68,11 +68,13 @@ class Protector:
                     lang,
                     windows,
                     os.path.join(self.cache_dir, estimator),
-                    estimator=estimator,
-                    batch_size=spec.batch_size if spec else 8,
-                    seq_len=self.cfg.train.seq_len,
-                    source="" if lang == ALL else spec.texts[lang],
-                    on_mismatch="recompute",
+                    scorefiles.ScoreSpec(
+                        estimator=estimator,
+                        batch_size=spec.batch_size if spec else 8,
+                        seq_len=self.cfg.train.seq_len,
+                        source="" if lang == ALL else spec.texts[lang],
+                        on_mismatch="recompute",
+                    ),
                     log=self.log,
                 )
                 if got.status != "reused":

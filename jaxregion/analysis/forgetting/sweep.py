@@ -20,9 +20,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -45,6 +45,8 @@ from jaxregion.train.loop import _cast
 from jaxregion.train.pretrain import Arch, ensure_tokenizer, pretrain
 from jaxregion.train.run import check_writable, prepare_ckpt_dir, weights_digest
 
+logger = logging.getLogger(__name__)
+
 RUN_OWNER = {"made_by": "jaxregion forgetting", "stage": "run"}
 
 
@@ -57,7 +59,7 @@ class SweepResult:
 
 
 def _log(msg: str) -> None:
-    print(f"[forgetting] {msg}", file=sys.stderr, flush=True)
+    logger.info("[forgetting] %s", msg)
 
 
 def bootstrap_model(
