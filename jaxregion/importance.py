@@ -170,15 +170,22 @@ def _split(params: PyTree, live: Collection[str]) -> tuple[dict, dict]:
 
 
 def _grad_live(
-    loss: Callable[[PyTree], jax.Array], params: PyTree, live: Collection[str], cfg: ModelConfig
+    loss: Callable[[PyTree], jax.Array], params: PyTree, live: Collection[str]
 ) -> dict[str, jax.Array]:
     """``∇ loss`` with respect to the ``live`` leaves only (``{name: grad}``): the others
-    are constants, so no gradient (an untied embedding's, a tied head's) is ever formed.
-    With ``params`` in :func:`~jaxregion.models.stack_layers`'s layout a stacked leaf is
-    live when one of its layers is, and each HF name's gradient is its row of it."""
-    where = {n: _located(n, params, cfg) for n in live}
-    lv, frozen = _split(params, {s for s, _ in where.values()})
-    g = jax.grad(lambda x: loss(T.unflatten({**frozen, **x})))(lv)
+    are constants, so no gradient (an untied embedding's, a tied head's) is ever formed."""
+    lv, frozen = _split(params, live)
+    return jax.grad(lambda x: loss(T.unflatten({**frozen, **x})))(lv)
+
+
+def _grads(
+    loss: Callable[[PyTree], jax.Array], params: PyTree, names: Collection[str], cfg: ModelConfig
+) -> dict[str, jax.Array]:
+    """:func:`_grad_live` by HF names, ``params`` in either layout: stacked
+    (:func:`~jaxregion.models.stack_layers`), a stacked leaf is live when one of its layers
+    is, and each HF name's gradient is its row of that leaf's gradient."""
+    where = {n: _located(n, params, cfg) for n in names}
+    g = _grad_live(loss, params, {s for s, _ in where.values()})
     return {n: _row(g, s, j) for n, (s, j) in where.items()}
 
 
@@ -209,16 +216,14 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
     if estimator == "taylor":
 
         def step(acc, params, tokens, weights):
-            g = _grad_live(
-                lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, acc, cfg
-            )
+            g = _grads(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, acc, cfg)
             return {k: a + g[k].astype(f32) for k, a in acc.items()}
     elif estimator in ("taylor-abs", "fisher"):
 
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
             denom = n * (tokens.shape[1] - 1)
-            g = _grad_live(
+            g = _grads(
                 lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, acc, cfg
             )
             flat = T.flatten(params)
