@@ -52,6 +52,10 @@ class CausalLM(nnx.Module):
         """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
         raise NotImplementedError
 
+    def parts(self) -> tuple[nnx.Module, nnx.Module, nnx.Module]:
+        """``(token embedding, layer list, final norm)`` of the body."""
+        raise NotImplementedError
+
     def forward_cached(
         self, tokens: Array, positions: Array, cache: list[KV]
     ) -> tuple[Array, list[KV]]:
@@ -116,7 +120,7 @@ class LayerStack(nnx.Module):
         self.tail = nnx.List(tail)
 
 
-def run_layers(layers: nnx.Module, x: Array, fn: LayerFn, remat: bool = False) -> Array:
+def run_layers(layers: nnx.List | LayerStack, x: Array, fn: LayerFn, remat: bool = False) -> Array:
     """``x`` through every layer of ``layers`` (an ``nnx.List`` or a :class:`LayerStack`),
     ``fn(layer, x) -> x``.
 
@@ -279,13 +283,13 @@ def bind(params: dict, cfg: ModelConfig) -> CausalLM:
 def layers_path(cfg: ModelConfig) -> tuple[str, ...]:
     """The attribute path of the body's layer list (``("model", "layers")``)."""
     model = abstract(cfg)
-    layers = model.parts()[1]  # type: ignore[attr-defined]
-    return next(tuple(p) for p, node in nnx.iter_graph(model) if node is layers)
+    layers = model.parts()[1]
+    return next(tuple(map(str, p)) for p, node in nnx.iter_graph(model) if node is layers)
 
 
 @lru_cache(maxsize=32)
 def _layers_layout(cfg: ModelConfig) -> tuple[int, int]:
-    return _layout(list(abstract(cfg).parts()[1]))  # type: ignore[attr-defined]
+    return _layout(list(abstract(cfg).parts()[1]))  # type: ignore[call-overload]
 
 
 @lru_cache(maxsize=32)
