@@ -113,7 +113,8 @@ class LayerStack(nnx.Module):
     sliding and global layers: 2) are stacked by residue: ``period[r]`` is layer ``r``'s
     module whose params hold layers ``r, r + p, ...`` on a new leading axis; ``tail`` holds
     the layers past the last whole period (or every layer when fewer than two periods fit),
-    unstacked. The HF-named view is :func:`unstack_layers`."""
+    unstacked. The HF-named view is :func:`unstack_layers`; the KV-cache path (generation)
+    reads that layout only."""
 
     def __init__(self, period: list[nnx.Module], tail: list[nnx.Module]):
         self.period = nnx.List(period)
