@@ -68,7 +68,15 @@ import orbax.checkpoint as ocp
 from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.evaluate import padded_batches
-from jaxregion.models import ModelConfig, intermediates, roles, weighted_nll_sum
+from jaxregion.models import (
+    ModelConfig,
+    intermediates,
+    roles,
+    stack_layers,
+    stacked_index,
+    weighted_nll_sum,
+)
+from jaxregion.models.module import is_stacked
 from jaxregion.names import DATA_FREE, ESTIMATORS
 from jaxregion.parallel import sharding as shd
 
@@ -170,6 +178,26 @@ def _grad_live(
     return jax.grad(lambda x: loss(T.unflatten({**frozen, **x})))(lv)
 
 
+def _grads(
+    loss: Callable[[PyTree], jax.Array], params: PyTree, names: Collection[str], cfg: ModelConfig
+) -> dict[str, jax.Array]:
+    """:func:`_grad_live` by HF names, ``params`` in either layout: stacked
+    (:func:`~jaxregion.models.stack_layers`), a stacked leaf is live when one of its layers
+    is, and each HF name's gradient is its row of that leaf's gradient."""
+    where = {n: _located(n, params, cfg) for n in names}
+    g = _grad_live(loss, params, {s for s, _ in where.values()})
+    return {n: _row(g, s, j) for n, (s, j) in where.items()}
+
+
+def _located(name: str, params: PyTree, cfg: ModelConfig) -> tuple[str, int | None]:
+    """Where the HF name ``name`` lives in ``params``: ``(leaf name, row or None)``."""
+    return stacked_index(name, cfg) if is_stacked(params, cfg) else (name, None)
+
+
+def _row(flat: Mapping[str, jax.Array], name: str, j: int | None) -> jax.Array:
+    return flat[name] if j is None else flat[name][j]
+
+
 # --- wanda taps ----------------------------------------------------------------------------
 def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
     """(intermediate feeding the weight, axis of the weight indexing its input features) for
@@ -188,24 +216,25 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
     if estimator == "taylor":
 
         def step(acc, params, tokens, weights):
-            g = _grad_live(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, acc)
+            g = _grads(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, acc, cfg)
             return {k: a + g[k].astype(f32) for k, a in acc.items()}
     elif estimator in ("taylor-abs", "fisher"):
 
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
             denom = n * (tokens.shape[1] - 1)
-            g = _grad_live(
-                lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, acc
+            g = _grads(
+                lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, acc, cfg
             )
             flat = T.flatten(params)
+            at = {k: _located(k, params, cfg) for k in acc}
 
             def add(a, p, x):
                 s = p.astype(f32) * x.astype(f32)
                 s = jnp.abs(s) if estimator == "taylor-abs" else s * s
                 return a + n * s
 
-            return {k: add(a, flat[k], g[k]) for k, a in acc.items()}
+            return {k: add(a, _row(flat, *at[k]), g[k]) for k, a in acc.items()}
     elif estimator == "wanda":
 
         def step(acc, params, tokens, weights):
@@ -226,6 +255,9 @@ def _compiled_step(estimator: str, cfg: ModelConfig, remat: bool, out_shardings:
     return jax.jit(_step_fn(estimator, cfg, remat), donate_argnums=0, out_shardings=shardings)
 
 
+_stack = jax.jit(stack_layers, static_argnums=1)
+
+
 def _shardings_key(acc: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(acc)
     return treedef, tuple(x.sharding for x in leaves)
@@ -233,7 +265,9 @@ def _shardings_key(acc: PyTree) -> tuple:
 
 def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = False) -> Callable:
     """The jitted ``(acc, params, tokens, weights) -> acc`` step (acc donated, output
-    sharded like ``acc``). Exposed for benchmarks."""
+    sharded like ``acc``). ``params`` in either layout: with ``remat``, pass
+    :func:`~jaxregion.models.stack_layers`'s (as :func:`compute_importance` does) or the
+    step stacks the layers' weights on every call. Exposed for benchmarks."""
     return _compiled_step(estimator, cfg, remat, _shardings_key(acc))
 
 
@@ -452,7 +486,9 @@ def accumulate(
         raise UserError(f"stops {bounds} must lie in (0, {n}] (the windows given)")
     params = place_params(params, mesh)
     step = step_function(state.estimator, cfg, state.acc[0], remat)
-    return _batches(state, step, params, windows, mesh, bounds)
+    # the remat scan reads the layers stacked: built once here, not inside every step
+    run_params = _stack(params, cfg) if remat else params
+    return _batches(state, step, run_params, windows, mesh, bounds)
 
 
 def _batches(

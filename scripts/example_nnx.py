@@ -27,7 +27,7 @@ def in_layer(path, _) -> bool:  # wrt filter: whole tensors (layers only)
 
 
 wrt = nnx.All(nnx.Param, in_layer)
-grads = nnx.grad(lambda m: jnp.mean(m.nll(tokens)), argnums=nnx.DiffState(0, wrt))(model)
+grads = nnx.grad(lambda m: jnp.mean(m.token_nll(tokens)), argnums=nnx.DiffState(0, wrt))(model)
 scores = jax.tree.map(lambda p, g: p * g, nnx.state(model, wrt), grads)  # θ ⊙ ∇θ L
 core = regions.core({"x": models.params_of(scores)}, ratio=0.05)  # a region (by names)
 

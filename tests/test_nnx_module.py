@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxregion import importance
+from jaxregion import importance, models
 from jaxregion.io import hf
 from jaxregion.models import apply
 from jaxregion.tree import flatten
@@ -33,14 +33,14 @@ def test_nnx_grad_is_the_taylor_gradient(model_factory):
     path = model_factory("llama_mha")
     model = hf.load_model(path)
     tokens = jnp.asarray(np.random.default_rng(1).integers(0, 320, (4, 16)), jnp.int32)
-    grads = nnx.grad(lambda m: jnp.mean(m.nll(tokens)))(model)
+    grads = nnx.grad(lambda m: jnp.mean(m.token_nll(tokens)))(model)
     g = {".".join(map(str, p)): v[...] for p, v in nnx.to_flat_state(grads)}
     taylor = flatten(
         importance.compute_importance(
-            model.pytree(), model.config, np.asarray(tokens), batch_size=4
+            models.params_of(model), model.config, np.asarray(tokens), batch_size=4
         ).scores
     )
-    theta = flatten(model.pytree())
+    theta = flatten(models.params_of(model))
     for n, s in taylor.items():
         ref = np.asarray(theta[n] * g[n])
         assert np.max(np.abs(np.asarray(s) - ref)) <= 1e-5 * max(np.max(np.abs(ref)), 1e-12), n

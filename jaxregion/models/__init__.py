@@ -2,7 +2,10 @@
 
 ``apply(params, tokens, cfg) -> logits`` is the module of ``cfg`` with ``params`` as its
 state (:func:`~jaxregion.models.module.bind`: a cached graphdef merged with the params) and
-called: one forward implementation serves both views. ``cfg`` is a hashable
+called: one forward implementation serves both views, and one spelling each operation
+(anything else is ``bind(params, cfg)`` and a method: ``.features``, ``.unembedding``).
+``params`` may also be in :func:`stack_layers`'s layout (the layers stacked once for the
+remat scan). ``cfg`` is a hashable
 :class:`ModelConfig`, so it can be a static argument of ``jax.jit``.
 
 Roles (:func:`roles`) are the family tables as data: ``{hf_name: Role}`` with the layer
@@ -13,9 +16,22 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+from flax import nnx
 
 from jaxregion.models.config import ModelConfig, from_hf_dict
-from jaxregion.models.module import CausalLM, abstract, bind, build, graphdef, params_of
+from jaxregion.models.module import (
+    CausalLM,
+    LayerStack,
+    abstract,
+    bind,
+    build,
+    flat_intermediates,
+    graphdef,
+    params_of,
+    stack_layers,
+    stacked_index,
+    unstack_layers,
+)
 from jaxregion.models.registry import supported
 from jaxregion.models.spec import abstract_params, logical_axes, shapes
 from jaxregion.models.table import Role, infer_roles, input_axes, residual_taps, roles
@@ -25,6 +41,7 @@ SUPPORTED = supported()
 __all__ = [
     "SUPPORTED",
     "CausalLM",
+    "LayerStack",
     "ModelConfig",
     "Role",
     "abstract",
@@ -32,7 +49,6 @@ __all__ = [
     "apply",
     "bind",
     "build",
-    "features",
     "from_hf_dict",
     "graphdef",
     "infer_roles",
@@ -40,47 +56,33 @@ __all__ = [
     "intermediates",
     "logical_axes",
     "loss_fn",
-    "next_token_nll",
     "params_of",
     "residual_taps",
     "roles",
     "shapes",
+    "stack_layers",
+    "stacked_index",
     "token_nll",
-    "unembedding",
+    "unstack_layers",
     "weighted_nll_sum",
 ]
-
-
-def features(
-    params: dict, tokens: jax.Array, cfg: ModelConfig, *, remat: bool = False
-) -> jax.Array:
-    """Final normed hidden states ``[batch, seq, hidden]`` (what the output head reads)."""
-    return bind(params, cfg).features(tokens, remat=remat)
 
 
 def intermediates(
     params: dict, tokens: jax.Array, cfg: ModelConfig, *, remat: bool = False
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """``(features, {name: activation})``: each layer's linear-map inputs (the ``tap`` of
-    :func:`roles`) and residual stream after it (:func:`residual_taps`). With ``remat`` the
-    layers still run as one scan; the intermediates come out of it stacked."""
-    return bind(params, cfg).forward(tokens, remat=remat, collect=True)
-
-
-def unembedding(params: dict, cfg: ModelConfig) -> jax.Array:
-    """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
-    return bind(params, cfg).unembedding()
+    :func:`roles`) and residual stream after it (:func:`residual_taps`), sown by the layers
+    and collected with ``nnx.capture``. With ``remat`` the layers still run as one scan; the
+    intermediates come out of it stacked and keep their per-layer names."""
+    model = bind(params, cfg)
+    h, inter = nnx.capture(model.features, nnx.Intermediate)(tokens, remat=remat)
+    return h, flat_intermediates(inter)
 
 
 def apply(params: dict, tokens: jax.Array, cfg: ModelConfig, *, remat: bool = False) -> jax.Array:
     """Logits ``[batch, seq, vocab]`` for int tokens ``[batch, seq]``."""
     return bind(params, cfg)(tokens, remat=remat)
-
-
-def next_token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-    """Per-position negative log-likelihood ``[batch, seq-1]`` in float32, from logits."""
-    logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-    return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
 def token_nll(params: dict, tokens: jax.Array, cfg: ModelConfig, remat: bool = False) -> jax.Array:

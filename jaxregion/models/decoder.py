@@ -1,19 +1,19 @@
 """The one decoder-only causal LM every family parametrises, and the sublayers they share.
 
-Each family's ``Model`` is a :class:`DecoderLM` naming its body module and that body's
-attributes (the HF names: ``model.embed_tokens``/``layers``/``norm`` or
-``transformer.wte``/``h``/``ln_f``) and, where it differs, overriding :meth:`embed` (bloom's
-embedding LayerNorm, gpt2's learned positions) or :meth:`position_inputs` (RoPE tables,
-gemma's local and global tables, bloom's ALiBi bias, nothing for gpt2). The pass itself
-(embed, the layers through :func:`run_layers` or over a KV cache, the final norm) and the
-untied ``lm_head`` live only here, so :meth:`forward` and :meth:`forward_cached` cannot drift
-apart between families.
+Each family's ``Model`` is a :class:`DecoderLM` whose ``__init__`` writes out its body under
+the HF names (``self.model = Body(...)`` with ``embed_tokens``/``layers``/``norm``, or gpt2's
+and bloom's ``self.transformer`` with ``wte``/``h``/``ln_f``) and ``lm_head``; where it
+differs it overrides :meth:`~DecoderLM.parts` (which body attributes the pass reads),
+:meth:`~DecoderLM.embed` (bloom's embedding LayerNorm, gpt2's learned positions) or
+:meth:`~DecoderLM.position_inputs` (RoPE tables, gemma's local and global tables, bloom's
+ALiBi bias, nothing for gpt2). The pass itself (embed, the layers through
+:func:`run_layers` or over a KV cache, the final norm) lives only here, so
+:meth:`~DecoderLM.features` and :meth:`~DecoderLM.forward_cached` cannot drift apart between
+families. Sublayers :func:`~jaxregion.models.nn.tap` their linear maps' inputs and layers
+their output (the residual stream) for :func:`~jaxregion.models.intermediates`.
 """
 
 from __future__ import annotations
-
-from collections.abc import Callable
-from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -29,7 +29,7 @@ from jaxregion.models.layers import (
     self_attention,
 )
 from jaxregion.models.module import CausalLM, run_layers
-from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm
+from jaxregion.models.nn import Embedding, Linear, ParamMaker, RMSNorm, tap
 from jaxregion.models.table import Spec, bias, linear
 
 Array = jax.Array
@@ -83,9 +83,9 @@ def gated_mlp_specs(
 
 
 class Attention(nnx.Module):
-    """Separate ``q/k/v/o_proj`` (biases where the table has them), optional per-head q/k
-    norms built by ``qk_norm`` (qwen3's RMSNorm, gemma3's ``(1 + w)``, cohere's LayerNorm;
-    olmo2's over all heads at once before the split: ``qk_norm_across_heads``),
+    """Separate ``q/k/v/o_proj`` (biases where the table has them), optional q/k norms
+    (``q_norm``/``k_norm``: qwen3's RMSNorm, gemma3's ``(1 + w)``, cohere's LayerNorm, per
+    head; olmo2's over all heads at once before the split: ``qk_norm_across_heads``),
     RoPE (cohere's interleaved when ``cfg.rope_interleaved``), the scale
     ``query_pre_attn_scalar**-0.5`` (default ``head_dim``) and gemma2's score soft-cap."""
 
@@ -93,14 +93,17 @@ class Attention(nnx.Module):
         self,
         cfg: ModelConfig,
         make: ParamMaker,
-        qk_norm: Callable[[nnx.Param], nnx.Module] | None = None,
+        q_norm: nnx.Module | None = None,
+        k_norm: nnx.Module | None = None,
         qk_norm_across_heads: bool = False,
     ):
         a = _L + "self_attn."
-        for p in ("q_proj", "k_proj", "v_proj", "o_proj"):
-            setattr(self, p, Linear(make(a + p + ".weight"), make.optional(a + p + ".bias")))
-        self.q_norm = qk_norm(make(a + "q_norm.weight")) if qk_norm else None
-        self.k_norm = qk_norm(make(a + "k_norm.weight")) if qk_norm else None
+        self.q_proj = Linear(make(a + "q_proj.weight"), make.optional(a + "q_proj.bias"))
+        self.k_proj = Linear(make(a + "k_proj.weight"), make.optional(a + "k_proj.bias"))
+        self.v_proj = Linear(make(a + "v_proj.weight"), make.optional(a + "v_proj.bias"))
+        self.o_proj = Linear(make(a + "o_proj.weight"), make.optional(a + "o_proj.bias"))
+        self.q_norm = q_norm
+        self.k_norm = k_norm
         self.shape = (cfg.num_heads, cfg.num_kv_heads, cfg.head_dim)
         self.scale = (cfg.query_pre_attn_scalar or cfg.head_dim) ** -0.5
         self.softcap = cfg.attn_softcap
@@ -114,11 +117,11 @@ class Attention(nnx.Module):
         rope: tuple[Array, Array],
         positions: Array,
         window: int | None,
-        collect: bool,
         kv: KV | None = None,
-    ) -> tuple[Array, dict[str, Array], KV | None]:
+    ) -> tuple[Array, KV | None]:
         b, s, _ = x.shape
         h, n_kv, d = self.shape
+        tap(self, "qkv", x)
         q, k = self.q_proj(x), self.k_proj(x)
         if self.q_norm is not None and self.across_heads:
             q, k = self.q_norm(q), self.k_norm(k)
@@ -133,8 +136,8 @@ class Attention(nnx.Module):
         q, k = rot(q, *rope), rot(k, *rope)
         o, kv = self_attention(q, k, v, positions, window, self.scale, self.softcap, kv)
         o = o.reshape(b, s, h * d)
-        aux = {"self_attn.qkv": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux, kv
+        tap(self, "o_proj", o)
+        return self.o_proj(o), kv
 
 
 class GatedMLP(nnx.Module):
@@ -142,98 +145,88 @@ class GatedMLP(nnx.Module):
     where the table has them; ``prefix``: another gated MLP of the layer)."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker, prefix: str = "mlp."):
-        for p in ("gate_proj", "up_proj", "down_proj"):
-            w = _L + prefix + p
-            setattr(self, p, Linear(make(w + ".weight"), make.optional(w + ".bias")))
+        m = _L + prefix
+        self.gate_proj = Linear(make(m + "gate_proj.weight"), make.optional(m + "gate_proj.bias"))
+        self.up_proj = Linear(make(m + "up_proj.weight"), make.optional(m + "up_proj.bias"))
+        self.down_proj = Linear(make(m + "down_proj.weight"), make.optional(m + "down_proj.bias"))
         self.act = cfg.activation
-        self.prefix = prefix
 
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array) -> Array:
+        tap(self, "gate_up", x)
         h = activation(self.act, self.gate_proj(x)) * self.up_proj(x)
-        p = self.prefix
-        aux = {p + "gate_up": x, p + "down_proj": h} if collect else {}
-        return self.down_proj(h), aux
+        tap(self, "down_proj", h)
+        return self.down_proj(h)
+
+
+def rms_norm(cfg: ModelConfig, make: ParamMaker, name: str) -> RMSNorm:
+    """The RMSNorm of table entry ``name`` (``(1 + w)`` when ``cfg.norm_plus_one``)."""
+    return RMSNorm(make(name), cfg.norm_eps, cfg.norm_plus_one)
 
 
 class PreNormLayer(nnx.Module):
-    """``x + attn(norm(x))``, then ``x + mlp(norm(x))`` (llama, phi3): ``attn`` and ``mlp``
-    build the family's sublayers from ``(cfg, make)``."""
+    """``x + self_attn(input_layernorm(x))``, then ``x + mlp(post_attention_layernorm(x))``
+    (llama, phi3, the MoE families): the family builds ``self_attn`` and ``mlp``."""
 
     def __init__(
         self,
         cfg: ModelConfig,
         make: ParamMaker,
         window: int | None,
-        attn: Callable[[ModelConfig, ParamMaker], nnx.Module],
-        mlp: Callable[[ModelConfig, ParamMaker], nnx.Module],
+        self_attn: nnx.Module,
+        mlp: nnx.Module,
     ):
-        eps, plus = cfg.norm_eps, cfg.norm_plus_one
-        self.input_layernorm = RMSNorm(make(_L + "input_layernorm.weight"), eps, plus)
-        self.self_attn = attn(cfg, make)
-        self.post_attention_layernorm = RMSNorm(
-            make(_L + "post_attention_layernorm.weight"), eps, plus
-        )
-        self.mlp = mlp(cfg, make)
+        self.input_layernorm = rms_norm(cfg, make, _L + "input_layernorm.weight")
+        self.self_attn = self_attn
+        self.post_attention_layernorm = rms_norm(cfg, make, _L + "post_attention_layernorm.weight")
+        self.mlp = mlp
         self.window = window
 
     def __call__(
-        self,
-        x: Array,
-        rope: tuple[Array, Array],
-        positions: Array,
-        collect: bool,
-        kv: KV | None = None,
-    ) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(
-            self.input_layernorm(x), rope, positions, self.window, collect, kv
-        )
+        self, x: Array, rope: tuple[Array, Array], positions: Array, kv: KV | None = None
+    ) -> tuple[Array, KV | None]:
+        a, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window, kv)
         x = x + a
-        m, aux_m = self.mlp(self.post_attention_layernorm(x), collect)
-        x = x + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
+        x = x + self.mlp(self.post_attention_layernorm(x))
+        tap(self, "output", x)
+        return x, kv
+
+
+def windows(cfg: ModelConfig) -> tuple[int | None, ...]:
+    """Each layer's sliding window (None: global attention)."""
+    return cfg.sliding_windows or (None,) * cfg.num_layers
 
 
 class Body(nnx.Module):
-    """``model.embed_tokens``, ``model.layers`` (``layer(window)`` per entry of
-    ``cfg.sliding_windows``) and the final ``model.norm`` (``norm(weight)``)."""
+    """``model.embed_tokens``, ``model.layers`` and the final ``model.norm``."""
 
-    def __init__(
-        self,
-        cfg: ModelConfig,
-        make: ParamMaker,
-        layer: Callable[[int | None], nnx.Module],
-        norm: Callable[[nnx.Param], nnx.Module],
-    ):
-        windows = cfg.sliding_windows or (None,) * cfg.num_layers
-        self.embed_tokens = Embedding(make("model.embed_tokens.weight"))
-        self.layers = nnx.List([layer(w) for w in windows])
-        self.norm = norm(make("model.norm.weight"))
+    def __init__(self, embed_tokens: Embedding, layers: list[nnx.Module], norm: nnx.Module):
+        self.embed_tokens = embed_tokens
+        self.layers = nnx.List(layers)
+        self.norm = norm
+
+
+def lm_head(cfg: ModelConfig, make: ParamMaker) -> Linear | None:
+    """The untied output head, or None when the head is the token embedding."""
+    return None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
 
 
 class DecoderLM(CausalLM):
-    """``{PREFIX}.*`` (the body) and an ``lm_head`` only when the embeddings are untied.
+    """The pass every family shares over its body (see :meth:`parts`) and ``lm_head``.
 
-    Every layer is called ``layer(x, *position_inputs, positions, collect, kv)`` and returns
-    ``(x, intermediates, kv)``."""
+    Every layer is called ``layer(x, *position_inputs, positions, kv)`` and returns
+    ``(x, kv)``."""
 
-    TABLE: ClassVar[Callable[[ModelConfig | None], dict[str, Spec]]]
-    BODY: ClassVar[Callable[[ModelConfig, ParamMaker], nnx.Module]]  # ``BODY(cfg, make)``
-    PREFIX: ClassVar[str] = "model"  # the body's attribute (and HF name prefix)
-    EMBED: ClassVar[str] = "embed_tokens"
-    LAYERS: ClassVar[str] = "layers"
-    FINAL_NORM: ClassVar[str] = "norm"
-
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
-        make = ParamMaker(cfg, self.TABLE(cfg), rngs)
-        self.config = cfg
-        setattr(self, self.PREFIX, self.BODY(cfg, make))
-        self.lm_head = None if cfg.tie_embeddings else Linear(make("lm_head.weight"))
+    lm_head: Linear | None
 
     # --- the hooks a family may override ------------------------------------------------
+    def parts(self) -> tuple[Embedding, nnx.Module, nnx.Module]:
+        """``(token embedding, layers, final norm)`` of the body: here ``model.*``."""
+        return self.model.embed_tokens, self.model.layers, self.model.norm
+
     def embed(self, tokens: Array, positions: Array) -> Array:
         """Token embeddings in the weights' dtype; gemma's scaled by ``sqrt(hidden)``."""
-        cfg, emb = self.config, self._part(self.EMBED)
-        x = emb(tokens).astype(self._dtype())
+        cfg = self.config
+        x = self.parts()[0](tokens).astype(self._dtype())
         if cfg.scale_embeddings:
             x = x * jnp.asarray(cfg.hidden_size**0.5, dtype=self._dtype())
         return x
@@ -244,44 +237,33 @@ class DecoderLM(CausalLM):
         return (rope_tables(self.config, positions, self._dtype()),)
 
     # --- shared --------------------------------------------------------------------------
-    def _part(self, name: str) -> nnx.Module:
-        return getattr(getattr(self, self.PREFIX), name)
-
     def _dtype(self) -> jnp.dtype:
         """The activations' dtype: the token embedding's."""
-        return self._part(self.EMBED).weight.dtype
+        return self.parts()[0].weight.dtype
 
     def unembedding(self) -> Array:
-        w = self._part(self.EMBED) if self.lm_head is None else self.lm_head
+        w = self.parts()[0] if self.lm_head is None else self.lm_head
         return w.weight[...]
 
-    def forward(
-        self,
-        tokens: Array,
-        positions: Array | None = None,
-        remat: bool = False,
-        collect: bool = False,
-    ) -> tuple[Array, dict[str, Array]]:
+    def features(self, tokens: Array, positions: Array | None = None, remat: bool = False) -> Array:
         pos = jnp.arange(tokens.shape[1]) if positions is None else positions
         x = self.embed(tokens, pos)
         ctx = self.position_inputs(pos, None)
-        x, aux = run_layers(
-            self._part(self.LAYERS),
-            x,
-            lambda layer, h: layer(h, *ctx, pos, collect)[:2],
-            f"{self.PREFIX}.{self.LAYERS}",
-            remat,
-            collect,
-        )
-        return self._part(self.FINAL_NORM)(x), aux
+        _, layers, final_norm = self.parts()
+
+        def step(layer: nnx.Module, h: Array) -> Array:
+            return layer(h, *ctx, pos)[0]
+
+        return final_norm(run_layers(layers, x, step, remat))
 
     def forward_cached(
         self, tokens: Array, positions: Array, cache: list[KV]
     ) -> tuple[Array, list[KV]]:
         x = self.embed(tokens, positions)
         ctx = self.position_inputs(positions, cache)
+        _, layers, final_norm = self.parts()
         out = []
-        for layer, kv in zip(self._part(self.LAYERS), cache):
-            x, _, kv = layer(x, *ctx, positions, False, kv)
+        for layer, kv in zip(layers, cache):
+            x, kv = layer(x, *ctx, positions, kv)
             out.append(kv)
-        return self._part(self.FINAL_NORM)(x), out
+        return final_norm(x), out

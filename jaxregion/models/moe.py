@@ -23,7 +23,7 @@ but XLA:CPU lowers it to a dense product over every expert.)
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 import jax
@@ -32,9 +32,9 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
-from jaxregion.models.decoder import LAYER, Body, GatedMLP, PreNormLayer, gated_mlp_specs
+from jaxregion.models.decoder import LAYER, GatedMLP, PreNormLayer, gated_mlp_specs
 from jaxregion.models.layers import activation
-from jaxregion.models.nn import Linear, ParamMaker, RMSNorm
+from jaxregion.models.nn import Linear, ParamMaker, tap
 from jaxregion.models.table import Spec, linear
 
 Array = jax.Array
@@ -156,23 +156,18 @@ class SparseMoE(nnx.Module):
         )
         self.dropped = tuple(sorted(e for li, e in cfg.dropped_experts if li == layer))
 
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array) -> Array:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        tap(self, "gate", x)
         probs, w, idx = route(self.gate(x2), self.top_k, self.norm_topk, self.dropped)
+        tap(self, ROUTER_PROBS.removeprefix(_M), probs.reshape(*shape[:-1], -1))
         y = dispatch(
             x2, idx, w, self.experts.gate_up_proj[...], self.experts.down_proj[...], self.act
-        )
-        aux: dict[str, Array] = {}
+        ).reshape(shape)
         if self.shared_expert is not None:
-            s, aux = self.shared_expert(x2, collect)
-            y = y + jax.nn.sigmoid(self.shared_expert_gate(x2)) * s
-            aux = {k: v.reshape(*shape[:-1], v.shape[-1]) for k, v in aux.items()}
-        if collect:
-            aux.update(
-                {"mlp.gate": x, ROUTER_PROBS.removeprefix(LAYER): probs.reshape(*shape[:-1], -1)}
-            )
-        return y.reshape(shape), aux
+            y = y + jax.nn.sigmoid(self.shared_expert_gate(x)) * self.shared_expert(x)
+        return y
 
 
 # --- what the MoE families share: the config keys, the layer, the body --------------------
@@ -243,17 +238,11 @@ def config_from_hf(
     )
 
 
-def body(
-    cfg: ModelConfig, make: ParamMaker, attn: Callable[[ModelConfig, ParamMaker], nnx.Module]
-) -> Body:
-    """``model.*`` of a pre-norm MoE decoder: RMSNorms, ``attn`` and :class:`SparseMoE`."""
-    layer_index = iter(range(cfg.num_layers))
-
-    def layer(window: int | None) -> PreNormLayer:
-        i = next(layer_index)
-        return PreNormLayer(cfg, make, window, attn, lambda c, m: SparseMoE(c, m, i))
-
-    return Body(cfg, make, layer, lambda w: RMSNorm(w, cfg.norm_eps))
+def layer(
+    cfg: ModelConfig, make: ParamMaker, i: int, window: int | None, self_attn: nnx.Module
+) -> PreNormLayer:
+    """Layer ``i`` of a pre-norm MoE decoder: RMSNorms, ``self_attn`` and :class:`SparseMoE`."""
+    return PreNormLayer(cfg, make, window, self_attn, SparseMoE(cfg, make, i))
 
 
 def drop_experts(cfg: ModelConfig, pairs: Iterable[tuple[int, int]]) -> ModelConfig:

@@ -55,6 +55,23 @@ class ParamMaker:
         return self(template) if self.has(template) else None
 
 
+def capturing(module: nnx.Module) -> bool:
+    """Whether ``module`` runs under ``nnx.capture`` (which marks every module it covers)."""
+    return hasattr(module, "__captures__")
+
+
+def tap(module: nnx.Module, name: str, value: Array) -> None:
+    """Sow ``value`` as the ``nnx.Intermediate`` ``name`` of ``module`` (its path plus
+    ``name`` is the family table's tap name) when the call runs under ``nnx.capture``.
+    Outside a capture nothing is stored: a plain forward pass keeps no activations."""
+    if capturing(module):
+        module.sow(nnx.Intermediate, name, value, reduce_fn=_last, init_fn=tuple)
+
+
+def _last(_: object, value: Array) -> Array:
+    return value
+
+
 def _v(p: nnx.Param | None) -> Array | None:
     return None if p is None else p[...]
 
@@ -113,4 +130,13 @@ class LayerNorm(nnx.Module):
         return layer_norm(x, self.weight[...], _v(self.bias), self.eps)
 
 
-__all__ = ["Conv1D", "Embedding", "LayerNorm", "Linear", "ParamMaker", "RMSNorm"]
+__all__ = [
+    "Conv1D",
+    "Embedding",
+    "LayerNorm",
+    "Linear",
+    "ParamMaker",
+    "RMSNorm",
+    "capturing",
+    "tap",
+]

@@ -12,9 +12,9 @@ import jax
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, get_key
-from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.decoder import DecoderLM, lm_head
 from jaxregion.models.layers import KV, activation, alibi_bias, self_attention
-from jaxregion.models.nn import Embedding, LayerNorm, Linear, ParamMaker
+from jaxregion.models.nn import Embedding, LayerNorm, Linear, ParamMaker, tap
 from jaxregion.models.table import Spec, bias, linear, norm
 
 Array = jax.Array
@@ -113,16 +113,17 @@ class Attention(nnx.Module):
         self.heads = (cfg.num_heads, cfg.head_dim)
 
     def __call__(
-        self, x: Array, alibi: Array, positions: Array, collect: bool, kv: KV | None = None
-    ) -> tuple[Array, dict[str, Array], KV | None]:
+        self, x: Array, alibi: Array, positions: Array, kv: KV | None = None
+    ) -> tuple[Array, KV | None]:
         b, s, _ = x.shape
         h, d = self.heads
+        tap(self, "query_key_value", x)
         qkv = self.query_key_value(x).reshape(b, s, h, 3, d)  # head-interleaved
         q, k, v = qkv[..., 0, :], qkv[..., 1, :], qkv[..., 2, :]
         o, kv = self_attention(q, k, v, positions, None, d**-0.5, kv=kv, bias=alibi)
         o = o.reshape(b, s, h * d)
-        aux = {"self_attention.query_key_value": x, "self_attention.dense": o} if collect else {}
-        return self.dense(o), aux, kv
+        tap(self, "dense", o)
+        return self.dense(o), kv
 
 
 class MLP(nnx.Module):
@@ -131,10 +132,11 @@ class MLP(nnx.Module):
         self.dense_4h_to_h = _linear(make, _DOWN)
         self.act = cfg.activation
 
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array) -> Array:
+        tap(self, "dense_h_to_4h", x)
         h = activation(self.act, self.dense_h_to_4h(x))
-        aux = {"mlp.dense_h_to_4h": x, "mlp.dense_4h_to_h": h} if collect else {}
-        return self.dense_4h_to_h(h), aux
+        tap(self, "dense_4h_to_h", h)
+        return self.dense_4h_to_h(h)
 
 
 class Block(nnx.Module):
@@ -149,15 +151,15 @@ class Block(nnx.Module):
         self.residual_from_norm = cfg.residual_from_norm
 
     def __call__(
-        self, x: Array, alibi: Array, positions: Array, collect: bool, kv: KV | None = None
-    ) -> tuple[Array, dict[str, Array], KV | None]:
+        self, x: Array, alibi: Array, positions: Array, kv: KV | None = None
+    ) -> tuple[Array, KV | None]:
         h = self.input_layernorm(x)
-        a, aux, kv = self.self_attention(h, alibi, positions, collect, kv)
+        a, kv = self.self_attention(h, alibi, positions, kv)
         x = (h if self.residual_from_norm else x) + a
         h = self.post_attention_layernorm(x)
-        m, aux_m = self.mlp(h, collect)
-        x = (h if self.residual_from_norm else x) + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
+        x = (h if self.residual_from_norm else x) + self.mlp(h)
+        tap(self, "output", x)
+        return x, kv
 
 
 class BloomModel(nnx.Module):
@@ -173,9 +175,15 @@ class BloomModel(nnx.Module):
 class Model(DecoderLM):
     """``BloomForCausalLM``: ``transformer.*`` and an ``lm_head`` only when untied."""
 
-    TABLE = staticmethod(table)
-    BODY = BloomModel
-    PREFIX, EMBED, LAYERS, FINAL_NORM = "transformer", "word_embeddings", "h", "ln_f"
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.transformer = BloomModel(cfg, make)
+        self.lm_head = lm_head(cfg, make)
+
+    def parts(self) -> tuple[Embedding, nnx.Module, nnx.Module]:
+        t = self.transformer
+        return t.word_embeddings, t.h, t.ln_f
 
     def embed(self, tokens: Array, positions: Array) -> Array:
         """The token embeddings through bloom's embedding LayerNorm."""

@@ -21,9 +21,10 @@ from jaxregion.models.decoder import (
     attention_biases,
     attention_specs,
     gated_mlp_specs,
+    lm_head,
 )
 from jaxregion.models.layers import KV
-from jaxregion.models.nn import LayerNorm, ParamMaker
+from jaxregion.models.nn import Embedding, LayerNorm, ParamMaker, tap
 from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
@@ -95,35 +96,36 @@ class DecoderLayer(nnx.Module):
     """One norm, then attention and the MLP side by side: ``x + attn(h) + mlp(h)``."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
-        self.input_layernorm = LayerNorm(make(_L + "input_layernorm.weight"), None, cfg.norm_eps)
-        qk = (lambda w: LayerNorm(w, None, cfg.norm_eps)) if cfg.qk_norm else None
-        self.self_attn = Attention(cfg, make, qk)  # q/k norms per head, weights [heads, dim]
+        a, eps = _L + "self_attn.", cfg.norm_eps
+        self.input_layernorm = LayerNorm(make(_L + "input_layernorm.weight"), None, eps)
+        self.self_attn = Attention(  # q/k norms per head, weights [heads, dim]
+            cfg,
+            make,
+            q_norm=LayerNorm(make(a + "q_norm.weight"), None, eps) if cfg.qk_norm else None,
+            k_norm=LayerNorm(make(a + "k_norm.weight"), None, eps) if cfg.qk_norm else None,
+        )
         self.mlp = GatedMLP(cfg, make)
 
     def __call__(
-        self,
-        x: Array,
-        rope: tuple[Array, Array],
-        positions: Array,
-        collect: bool,
-        kv: KV | None = None,
-    ) -> tuple[Array, dict[str, Array], KV | None]:
+        self, x: Array, rope: tuple[Array, Array], positions: Array, kv: KV | None = None
+    ) -> tuple[Array, KV | None]:
         h = self.input_layernorm(x)
-        a, aux, kv = self.self_attn(h, rope, positions, None, collect, kv)
-        m, aux_m = self.mlp(h, collect)
-        x = x + a + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
-
-
-def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(
-        cfg, make, lambda _: DecoderLayer(cfg, make), lambda w: LayerNorm(w, None, cfg.norm_eps)
-    )
+        a, kv = self.self_attn(h, rope, positions, None, kv)
+        x = x + a + self.mlp(h)
+        tap(self, "output", x)
+        return x, kv
 
 
 class Model(DecoderLM):
     """``CohereForCausalLM``: ``model.*``, the head tied unless ``tie_word_embeddings`` is
     false; ``cfg.logit_scale`` scales the logits in the shared head."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [DecoderLayer(cfg, make) for _ in range(cfg.num_layers)],
+            LayerNorm(make("model.norm.weight"), None, cfg.norm_eps),
+        )
+        self.lm_head = lm_head(cfg, make)

@@ -24,10 +24,13 @@ from jaxregion.models.decoder import (
     attention_biases,
     attention_specs,
     gated_mlp_specs,
+    lm_head,
+    rms_norm,
+    windows,
 )
 from jaxregion.models.gguf_table import DECODER_CONFIG, GgufArch, norms_minus_one, sandwich_names
 from jaxregion.models.layers import KV, rope_tables
-from jaxregion.models.nn import ParamMaker, RMSNorm
+from jaxregion.models.nn import Embedding, ParamMaker, tap
 from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
@@ -159,18 +162,23 @@ class DecoderLayer(nnx.Module):
     """Pre- and post-norm around both sublayers: ``x + post(f(pre(x)))``."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker, window: int | None):
-        def rms(name: str) -> RMSNorm:
-            return RMSNorm(make(_L + name + ".weight"), cfg.norm_eps, True)
-
-        self.input_layernorm = rms("input_layernorm")
-        qk = make.has(_L + "self_attn.q_norm.weight")  # gemma3: head-sized (1 + w) norms
+        a = _L + "self_attn."
+        qk = make.has(a + "q_norm.weight")  # gemma3: head-sized (1 + w) norms
+        self.input_layernorm = rms_norm(cfg, make, _L + "input_layernorm.weight")
         self.self_attn = Attention(
-            cfg, make, (lambda w: RMSNorm(w, cfg.norm_eps, True)) if qk else None
+            cfg,
+            make,
+            q_norm=rms_norm(cfg, make, a + "q_norm.weight") if qk else None,
+            k_norm=rms_norm(cfg, make, a + "k_norm.weight") if qk else None,
         )
-        self.post_attention_layernorm = rms("post_attention_layernorm")
-        self.pre_feedforward_layernorm = rms("pre_feedforward_layernorm")
+        self.post_attention_layernorm = rms_norm(cfg, make, _L + "post_attention_layernorm.weight")
+        self.pre_feedforward_layernorm = rms_norm(
+            cfg, make, _L + "pre_feedforward_layernorm.weight"
+        )
         self.mlp = GatedMLP(cfg, make)
-        self.post_feedforward_layernorm = rms("post_feedforward_layernorm")
+        self.post_feedforward_layernorm = rms_norm(
+            cfg, make, _L + "post_feedforward_layernorm.weight"
+        )
         self.window = window
 
     def __call__(
@@ -178,35 +186,35 @@ class DecoderLayer(nnx.Module):
         x: Array,
         ropes: dict[bool, tuple[Array, Array]],
         positions: Array,
-        collect: bool,
         kv: KV | None = None,
-    ) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(
-            self.input_layernorm(x),
-            ropes[self.window is not None],
-            positions,
-            self.window,
-            collect,
-            kv,
-        )
+    ) -> tuple[Array, KV | None]:
+        rope = ropes[self.window is not None]
+        a, kv = self.self_attn(self.input_layernorm(x), rope, positions, self.window, kv)
         x = x + self.post_attention_layernorm(a)
-        m, aux_m = self.mlp(self.pre_feedforward_layernorm(x), collect)
+        m = self.mlp(self.pre_feedforward_layernorm(x))
         x = x + self.post_feedforward_layernorm(m)
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
-
-
-def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(
-        cfg, make, lambda w: DecoderLayer(cfg, make, w), lambda w: RMSNorm(w, cfg.norm_eps, True)
-    )
+        tap(self, "output", x)
+        return x, kv
 
 
 class Model(DecoderLM):
     """``Gemma2ForCausalLM`` (and, with its table, ``Gemma3ForCausalLM``). The final-logit
     soft-cap is ``cfg.logit_softcap``, applied by the shared head of :class:`CausalLM`."""
 
-    TABLE: Callable[[ModelConfig | None], dict[str, Spec]] = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(
+        self,
+        cfg: ModelConfig,
+        rngs: nnx.Rngs | None = None,
+        table: Callable[[ModelConfig | None], dict[str, Spec]] = table,
+    ):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [DecoderLayer(cfg, make, w) for w in windows(cfg)],
+            rms_norm(cfg, make, "model.norm.weight"),
+        )
+        self.lm_head = lm_head(cfg, make)
 
     def position_inputs(
         self, positions: Array, cache: list[KV] | None

@@ -8,6 +8,8 @@ those of :mod:`~jaxregion.models.families.gemma2`; this file is the table and co
 
 from __future__ import annotations
 
+from flax import nnx
+
 from jaxregion.models.config import ModelConfig, rope_from_hf
 from jaxregion.models.families import gemma2
 from jaxregion.models.gguf_table import GgufArch, norms_minus_one, sandwich_names
@@ -82,4 +84,5 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 class Model(gemma2.Model):
     """``Gemma3ForCausalLM``: the gemma2 modules built from this family's table."""
 
-    TABLE = staticmethod(table)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        super().__init__(cfg, rngs, table)

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name
-from jaxregion.models.decoder import DecoderLM
+from jaxregion.models.decoder import DecoderLM, lm_head
 from jaxregion.models.gguf_table import GgufArch
 from jaxregion.models.layers import KV, activation, self_attention
-from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, ParamMaker
+from jaxregion.models.nn import Conv1D, Embedding, LayerNorm, ParamMaker, tap
 from jaxregion.models.table import Spec, bias, conv1d, norm
 
 Array = jax.Array
@@ -133,15 +133,14 @@ class Attention(nnx.Module):
         self.heads = (cfg.num_heads, cfg.head_dim)
         self.scale = scale
 
-    def __call__(
-        self, x: Array, positions: Array, collect: bool, kv: KV | None = None
-    ) -> tuple[Array, dict[str, Array], KV | None]:
+    def __call__(self, x: Array, positions: Array, kv: KV | None = None) -> tuple[Array, KV | None]:
         b, s, d = x.shape
+        tap(self, "c_attn", x)
         q, k, v = (t.reshape(b, s, *self.heads) for t in jnp.split(self.c_attn(x), 3, axis=-1))
         o, kv = self_attention(q, k, v, positions, None, self.scale, kv=kv)
         o = o.reshape(b, s, d)
-        aux = {"attn.c_attn": x, "attn.c_proj": o} if collect else {}
-        return self.c_proj(o), aux, kv
+        tap(self, "c_proj", o)
+        return self.c_proj(o), kv
 
 
 class MLP(nnx.Module):
@@ -150,10 +149,11 @@ class MLP(nnx.Module):
         self.c_proj = Conv1D(make(_H + "mlp.c_proj.weight"), make(_H + "mlp.c_proj.bias"))
         self.act = cfg.activation
 
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array) -> Array:
+        tap(self, "c_fc", x)
         h = activation(self.act, self.c_fc(x))
-        aux = {"mlp.c_fc": x, "mlp.c_proj": h} if collect else {}
-        return self.c_proj(h), aux
+        tap(self, "c_proj", h)
+        return self.c_proj(h)
 
 
 class Block(nnx.Module):
@@ -167,14 +167,12 @@ class Block(nnx.Module):
         self.ln_2 = LayerNorm(make(_H + "ln_2.weight"), make(_H + "ln_2.bias"), eps)
         self.mlp = MLP(cfg, make)
 
-    def __call__(
-        self, x: Array, positions: Array, collect: bool, kv: KV | None = None
-    ) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.attn(self.ln_1(x), positions, collect, kv)
+    def __call__(self, x: Array, positions: Array, kv: KV | None = None) -> tuple[Array, KV | None]:
+        a, kv = self.attn(self.ln_1(x), positions, kv)
         x = x + a
-        m, aux_m = self.mlp(self.ln_2(x), collect)
-        x = x + m
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
+        x = x + self.mlp(self.ln_2(x))
+        tap(self, "output", x)
+        return x, kv
 
 
 class Transformer(nnx.Module):
@@ -190,9 +188,15 @@ class Transformer(nnx.Module):
 class Model(DecoderLM):
     """``GPT2LMHeadModel``: ``transformer.*`` and an ``lm_head`` only when untied."""
 
-    TABLE = staticmethod(table)
-    BODY = Transformer
-    PREFIX, EMBED, LAYERS, FINAL_NORM = "transformer", "wte", "h", "ln_f"
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.transformer = Transformer(cfg, make)
+        self.lm_head = lm_head(cfg, make)
+
+    def parts(self) -> tuple[Embedding, nnx.Module, nnx.Module]:
+        t = self.transformer
+        return t.wte, t.h, t.ln_f
 
     def embed(self, tokens: Array, positions: Array) -> Array:
         """Token plus learned position embeddings."""

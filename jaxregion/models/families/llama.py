@@ -7,9 +7,8 @@ name, logical axes and role.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
+from flax import nnx
 
 from jaxregion.models.config import ModelConfig, activation_name, get_key, rope_from_hf
 from jaxregion.models.decoder import (
@@ -22,9 +21,12 @@ from jaxregion.models.decoder import (
     attention_biases,
     attention_specs,
     gated_mlp_specs,
+    lm_head,
+    rms_norm,
+    windows,
 )
 from jaxregion.models.gguf_table import DECODER_CONFIG, GgufArch, decoder_names, norms_minus_one
-from jaxregion.models.nn import ParamMaker, RMSNorm
+from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
@@ -145,20 +147,27 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
 
 
 # --- modules (attribute paths = HF names) --------------------------------------------------
-
-
-def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    qk = (lambda w: RMSNorm(w, cfg.norm_eps)) if cfg.qk_norm else None
-    return Body(
+def _layer(cfg: ModelConfig, make: ParamMaker, window: int | None) -> PreNormLayer:
+    a = _L + "self_attn."
+    qk = cfg.qk_norm  # qwen3: per-head RMSNorms
+    attn = Attention(
         cfg,
         make,
-        lambda w: PreNormLayer(cfg, make, w, partial(Attention, qk_norm=qk), GatedMLP),
-        lambda w: RMSNorm(w, cfg.norm_eps, cfg.norm_plus_one),
+        q_norm=RMSNorm(make(a + "q_norm.weight"), cfg.norm_eps) if qk else None,
+        k_norm=RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps) if qk else None,
     )
+    return PreNormLayer(cfg, make, window, attn, GatedMLP(cfg, make))
 
 
 class Model(DecoderLM):
     """``LlamaForCausalLM`` and friends: ``model.*`` and an optional untied ``lm_head``."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [_layer(cfg, make, w) for w in windows(cfg)],
+            rms_norm(cfg, make, "model.norm.weight"),
+        )
+        self.lm_head = lm_head(cfg, make)

@@ -18,12 +18,13 @@ from jaxregion.models.decoder import (
     attention_biases,
     attention_specs,
     gated_mlp_specs,
+    lm_head,
 )
 from jaxregion.models.layers import (
     KV,
     rms_norm_f32_weight,
 )
-from jaxregion.models.nn import ParamMaker
+from jaxregion.models.nn import Embedding, ParamMaker, tap
 from jaxregion.models.table import Spec, norm
 
 Array = jax.Array
@@ -103,38 +104,39 @@ class DecoderLayer(nnx.Module):
     """``x + post_norm(sublayer(x))`` for attention, then the MLP."""
 
     def __init__(self, cfg: ModelConfig, make: ParamMaker):
+        a, eps = _L + "self_attn.", cfg.norm_eps
         self.self_attn = Attention(
-            cfg, make, lambda w: RMSNorm(w, cfg.norm_eps), qk_norm_across_heads=True
+            cfg,
+            make,
+            q_norm=RMSNorm(make(a + "q_norm.weight"), eps),
+            k_norm=RMSNorm(make(a + "k_norm.weight"), eps),
+            qk_norm_across_heads=True,
         )
-        self.post_attention_layernorm = RMSNorm(
-            make(_L + "post_attention_layernorm.weight"), cfg.norm_eps
-        )
+        self.post_attention_layernorm = RMSNorm(make(_L + "post_attention_layernorm.weight"), eps)
         self.mlp = GatedMLP(cfg, make)
         self.post_feedforward_layernorm = RMSNorm(
-            make(_L + "post_feedforward_layernorm.weight"), cfg.norm_eps
+            make(_L + "post_feedforward_layernorm.weight"), eps
         )
 
     def __call__(
-        self,
-        x: Array,
-        rope: tuple[Array, Array],
-        positions: Array,
-        collect: bool,
-        kv: KV | None = None,
-    ) -> tuple[Array, dict[str, Array], KV | None]:
-        a, aux, kv = self.self_attn(x, rope, positions, None, collect, kv)
+        self, x: Array, rope: tuple[Array, Array], positions: Array, kv: KV | None = None
+    ) -> tuple[Array, KV | None]:
+        a, kv = self.self_attn(x, rope, positions, None, kv)
         x = x + self.post_attention_layernorm(a)
-        m, aux_m = self.mlp(x, collect)
-        x = x + self.post_feedforward_layernorm(m)
-        return x, ({**aux, **aux_m, "output": x} if collect else {}), kv
-
-
-def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(cfg, make, lambda _: DecoderLayer(cfg, make), lambda w: RMSNorm(w, cfg.norm_eps))
+        x = x + self.post_feedforward_layernorm(self.mlp(x))
+        tap(self, "output", x)
+        return x, kv
 
 
 class Model(DecoderLM):
     """``Olmo2ForCausalLM``: ``model.*`` and an ``lm_head`` (untied in the OLMo 2 releases)."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [DecoderLayer(cfg, make) for _ in range(cfg.num_layers)],
+            RMSNorm(make("model.norm.weight"), cfg.norm_eps),
+        )
+        self.lm_head = lm_head(cfg, make)

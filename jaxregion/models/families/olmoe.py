@@ -4,12 +4,22 @@ below is the single source of every parameter's name, axes and role."""
 
 from __future__ import annotations
 
-from functools import partial
+from flax import nnx
 
 from jaxregion.models import moe
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.decoder import LAYER, Attention, DecoderLM, attention_biases, attention_specs
-from jaxregion.models.nn import ParamMaker, RMSNorm
+from jaxregion.models.decoder import (
+    LAYER,
+    Attention,
+    Body,
+    DecoderLM,
+    attention_biases,
+    attention_specs,
+    lm_head,
+    rms_norm,
+    windows,
+)
+from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, norm
 
 MODEL_TYPES = ("olmoe",)
@@ -62,15 +72,27 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     )
 
 
-def _body(cfg: ModelConfig, make: ParamMaker):
-    qk = partial(RMSNorm, eps=cfg.norm_eps)
-    return moe.body(
-        cfg, make, partial(Attention, qk_norm=lambda w: qk(w), qk_norm_across_heads=True)
+def _attention(cfg: ModelConfig, make: ParamMaker) -> Attention:
+    """OLMo 2's attention: q/k RMSNorms over all heads at once, before the split."""
+    a = _L + "self_attn."
+    return Attention(
+        cfg,
+        make,
+        q_norm=RMSNorm(make(a + "q_norm.weight"), cfg.norm_eps),
+        k_norm=RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps),
+        qk_norm_across_heads=True,
     )
 
 
 class Model(DecoderLM):
     """``OlmoeForCausalLM``: ``model.*`` and an optional untied ``lm_head``."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [moe.layer(cfg, make, i, w, _attention(cfg, make)) for i, w in enumerate(windows(cfg))],
+            rms_norm(cfg, make, "model.norm.weight"),
+        )
+        self.lm_head = lm_head(cfg, make)

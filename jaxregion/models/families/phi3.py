@@ -13,10 +13,18 @@ from flax import nnx
 
 from jaxregion.errors import UserError
 from jaxregion.models.config import ModelConfig, activation_name, frozen, get_key
-from jaxregion.models.decoder import LAYER, Body, DecoderLM, PreNormLayer
+from jaxregion.models.decoder import (
+    LAYER,
+    Body,
+    DecoderLM,
+    PreNormLayer,
+    lm_head,
+    rms_norm,
+    windows,
+)
 from jaxregion.models.gguf_table import DECODER_CONFIG, EDGE_NAMES, GgufArch
 from jaxregion.models.layers import KV, activation, apply_rope, self_attention
-from jaxregion.models.nn import Linear, ParamMaker, RMSNorm
+from jaxregion.models.nn import Embedding, Linear, ParamMaker, tap
 from jaxregion.models.table import Spec, linear, norm
 
 Array = jax.Array
@@ -156,11 +164,11 @@ class Attention(nnx.Module):
         rope: tuple[Array, Array],
         positions: Array,
         window: int | None,
-        collect: bool,
         kv: KV | None = None,
-    ) -> tuple[Array, dict[str, Array], KV | None]:
+    ) -> tuple[Array, KV | None]:
         b, s, _ = x.shape
         h, n_kv, d = self.shape
+        tap(self, "qkv_proj", x)
         qkv = self.qkv_proj(x)  # [q rows; k rows; v rows], split as transformers does
         q = qkv[..., : h * d].reshape(b, s, h, d)
         k = qkv[..., h * d : (h + n_kv) * d].reshape(b, s, n_kv, d)
@@ -168,8 +176,8 @@ class Attention(nnx.Module):
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         o, kv = self_attention(q, k, v, positions, window, d**-0.5, kv=kv)
         o = o.reshape(b, s, h * d)
-        aux = {"self_attn.qkv_proj": x, "self_attn.o_proj": o} if collect else {}
-        return self.o_proj(o), aux, kv
+        tap(self, "o_proj", o)
+        return self.o_proj(o), kv
 
 
 class MLP(nnx.Module):
@@ -178,24 +186,26 @@ class MLP(nnx.Module):
         self.down_proj = Linear(make(_DOWN + ".weight"))
         self.act = cfg.activation
 
-    def __call__(self, x: Array, collect: bool) -> tuple[Array, dict[str, Array]]:
+    def __call__(self, x: Array) -> Array:
+        tap(self, "gate_up_proj", x)
         gate, up = jnp.split(self.gate_up_proj(x), 2, axis=-1)  # [gate rows; up rows]
         h = up * activation(self.act, gate)
-        aux = {"mlp.gate_up_proj": x, "mlp.down_proj": h} if collect else {}
-        return self.down_proj(h), aux
-
-
-def _body(cfg: ModelConfig, make: ParamMaker) -> Body:
-    return Body(
-        cfg,
-        make,
-        lambda w: PreNormLayer(cfg, make, w, Attention, MLP),
-        lambda w: RMSNorm(w, cfg.norm_eps),
-    )
+        tap(self, "down_proj", h)
+        return self.down_proj(h)
 
 
 class Model(DecoderLM):
     """``Phi3ForCausalLM``: ``model.*`` and an ``lm_head`` (untied in the Phi-3 releases)."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [
+                PreNormLayer(cfg, make, w, Attention(cfg, make), MLP(cfg, make))
+                for w in windows(cfg)
+            ],
+            rms_norm(cfg, make, "model.norm.weight"),
+        )
+        self.lm_head = lm_head(cfg, make)

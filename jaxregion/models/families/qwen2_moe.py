@@ -4,10 +4,22 @@ parameter's name, axes and role."""
 
 from __future__ import annotations
 
+from flax import nnx
+
 from jaxregion.models import moe
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.decoder import LAYER, Attention, DecoderLM, attention_biases, attention_specs
-from jaxregion.models.nn import ParamMaker
+from jaxregion.models.decoder import (
+    LAYER,
+    Attention,
+    Body,
+    DecoderLM,
+    attention_biases,
+    attention_specs,
+    lm_head,
+    rms_norm,
+    windows,
+)
+from jaxregion.models.nn import Embedding, ParamMaker
 from jaxregion.models.table import Spec, norm
 
 MODEL_TYPES = ("qwen2_moe",)
@@ -65,12 +77,15 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     )
 
 
-def _body(cfg: ModelConfig, make: ParamMaker):
-    return moe.body(cfg, make, Attention)
-
-
 class Model(DecoderLM):
     """``Qwen2MoeForCausalLM``: ``model.*`` and an optional untied ``lm_head``."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [moe.layer(cfg, make, i, w, Attention(cfg, make)) for i, w in enumerate(windows(cfg))],
+            rms_norm(cfg, make, "model.norm.weight"),
+        )
+        self.lm_head = lm_head(cfg, make)

@@ -4,12 +4,22 @@ role."""
 
 from __future__ import annotations
 
-from functools import partial
+from flax import nnx
 
 from jaxregion.models import moe
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.decoder import LAYER, Attention, DecoderLM, attention_biases, attention_specs
-from jaxregion.models.nn import ParamMaker, RMSNorm
+from jaxregion.models.decoder import (
+    LAYER,
+    Attention,
+    Body,
+    DecoderLM,
+    attention_biases,
+    attention_specs,
+    lm_head,
+    rms_norm,
+    windows,
+)
+from jaxregion.models.nn import Embedding, ParamMaker, RMSNorm
 from jaxregion.models.table import Spec, norm
 
 MODEL_TYPES = ("qwen3_moe",)
@@ -62,13 +72,26 @@ def config_from_hf(d: dict, source: str) -> ModelConfig:
     )
 
 
-def _body(cfg: ModelConfig, make: ParamMaker):
-    qk = partial(RMSNorm, eps=cfg.norm_eps)
-    return moe.body(cfg, make, partial(Attention, qk_norm=lambda w: qk(w)))
+def _attention(cfg: ModelConfig, make: ParamMaker) -> Attention:
+    """qwen3's attention: per-head q/k RMSNorms."""
+    a = _L + "self_attn."
+    return Attention(
+        cfg,
+        make,
+        q_norm=RMSNorm(make(a + "q_norm.weight"), cfg.norm_eps),
+        k_norm=RMSNorm(make(a + "k_norm.weight"), cfg.norm_eps),
+    )
 
 
 class Model(DecoderLM):
     """``Qwen3MoeForCausalLM``: ``model.*`` and an optional untied ``lm_head``."""
 
-    TABLE = staticmethod(table)
-    BODY = staticmethod(_body)
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs | None = None):
+        make = ParamMaker(cfg, table(cfg), rngs)
+        self.config = cfg
+        self.model = Body(
+            Embedding(make("model.embed_tokens.weight")),
+            [moe.layer(cfg, make, i, w, _attention(cfg, make)) for i, w in enumerate(windows(cfg))],
+            rms_norm(cfg, make, "model.norm.weight"),
+        )
+        self.lm_head = lm_head(cfg, make)
