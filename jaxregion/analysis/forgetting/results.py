@@ -288,7 +288,7 @@ def _plot_frontier(out: str, results: dict) -> None:
     )
 
 
-def settings_table(results: dict) -> str:
+def _settings_table(results: dict) -> str:
     """The Markdown table: the base model, then one row per setting."""
     others = results["others"]
     headers = [
@@ -325,7 +325,7 @@ def settings_table(results: dict) -> str:
     return markdown_table(headers, table_rows, digits=4)
 
 
-def report_markdown(results: dict, table: str, has_curves: bool) -> str:
+def _report_markdown(results: dict, table: str, has_curves: bool) -> str:
     """report.md: definitions, the table, the Outcome lines and the figures."""
     md = [
         f"# Forgetting frontier: {results['name']}",
@@ -365,9 +365,9 @@ def render(out: str, results: dict) -> str:
     """Write results.json, report.md, frontier.png (and curves.png); return the table."""
     _plot_frontier(out, results)
     has_curves = _curves(os.path.join(out, "curves.png"), results)
-    table = settings_table(results)
+    table = _settings_table(results)
     results = {**results, "table": table}
-    write_text(os.path.join(out, "report.md"), report_markdown(results, table, has_curves))
+    write_text(os.path.join(out, "report.md"), _report_markdown(results, table, has_curves))
     json.dumps(results, allow_nan=False)  # strict JSON: fails loudly on NaN/inf
     write_json(os.path.join(out, "results.json"), results)
     return table
