@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal
 
 import jax
 import jax.numpy as jnp
@@ -222,7 +223,12 @@ def fused_attention_applies(
 
 
 def fused_attention(
-    q: Array, k: Array, v: Array, window: int | None, scale: float, implementation: str
+    q: Array,
+    k: Array,
+    v: Array,
+    window: int | None,
+    scale: float,
+    implementation: Literal["xla", "cudnn"],
 ) -> Array:
     """:func:`attention` with the causal (sliding: ``window`` keys) mask over contiguous
     positions, as :func:`jax.nn.dot_product_attention` (``implementation`` ``"cudnn"``: the
@@ -235,7 +241,7 @@ def fused_attention(
         scale=scale,
         is_causal=True,
         local_window_size=lw,
-        implementation=implementation,  # type: ignore[arg-type]
+        implementation=implementation,
     )
 
 

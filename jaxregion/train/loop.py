@@ -466,7 +466,6 @@ def train(
     settings; steps) must match the one recorded in ``ckpt_dir`` to resume (see
     :mod:`jaxregion.train.identity`); ``restart`` sets a different old run aside first."""
     mesh = mesh or sharding.make_mesh()
-    evals = evals or {}
     run = _setup(
         params,
         model_cfg,
@@ -480,69 +479,103 @@ def train(
         replay,
         ewc,
     )
-    rng = jax.random.PRNGKey(cfg.seed)
-    ckpt = Checkpointer(ckpt_dir, keep=cfg.keep)
-    sched = lr_schedule(cfg)
-    log = _Log(ckpt_dir, run, cfg, progress)
+    loop = _Loop(run, model_cfg, cfg, evals or {}, mesh, ckpt_dir, progress, run_info or {})
+    try:
+        loop.eval_at_start()
+        step, signum = loop.run()
+    finally:
+        loop.close()
+    return TrainResult(run.params, step, signum is not None, run.resumed, loop.log.records, signum)
 
-    def meta_for(step: int) -> dict:
+
+class _Loop:
+    """:func:`train`'s loop: one step at a time; at the log/eval/save points one host sync
+    (:meth:`_Log.check`), then the evaluation, the metrics line and the checkpoint."""
+
+    def __init__(
+        self,
+        run: _Setup,
+        model_cfg: ModelConfig,
+        cfg: TrainConfig,
+        evals: dict[str, np.ndarray],
+        mesh: jax.sharding.Mesh,
+        ckpt_dir: str,
+        progress: bool,
+        run_info: dict,
+    ):
+        self.run_, self.model_cfg, self.cfg, self.evals, self.mesh = (
+            run,
+            model_cfg,
+            cfg,
+            evals,
+            mesh,
+        )
+        self.ckpt_dir, self.run_info = ckpt_dir, run_info
+        self.rng = jax.random.PRNGKey(cfg.seed)
+        self.ckpt = Checkpointer(ckpt_dir, keep=cfg.keep)
+        self.sched = lr_schedule(cfg)
+        self.log = _Log(ckpt_dir, run, cfg, progress)
+
+    def meta(self, step: int) -> dict:
+        """What a checkpoint records beside the params: data position, rng, config, run."""
+        key = jax.random.fold_in(self.rng, step)
         return {
             "step": step,
-            "data": run.sampler.state(step),
-            "rng": np.asarray(jax.random.key_data(jax.random.fold_in(rng, step))).tolist(),
-            "config": asdict(cfg),
-            "run": run_info or {},
+            "data": self.run_.sampler.state(step),
+            "rng": np.asarray(jax.random.key_data(key)).tolist(),
+            "config": asdict(self.cfg),
+            "run": self.run_info,
         }
 
-    if run.start == 0 and evals and not log.records and cfg.eval_start:
-        log.write(
-            {
-                "step": 0,
-                "loss": None,
-                "lr": float(sched(0)),
-                "eval_ppl": _eval(run.params, model_cfg, evals, cfg, mesh),
-                "tokens_per_s": None,
-            }
-        )
-    interrupted, signum, step = False, None, run.start
-    try:
+    def _eval(self) -> Any:
+        return _eval(self.run_.params, self.model_cfg, self.evals, self.cfg, self.mesh)
+
+    def eval_at_start(self) -> None:
+        """The step-0 evaluation of a fresh run (unless ``cfg.eval_start`` is off)."""
+        if self.run_.start == 0 and self.evals and not self.log.records and self.cfg.eval_start:
+            rec = {"step": 0, "loss": None, "lr": float(self.sched(0))}
+            self.log.write({**rec, "eval_ppl": self._eval(), "tokens_per_s": None})
+
+    def run(self) -> tuple[int, int | None]:
+        """Steps until ``cfg.steps`` or a signal: ``(last step, the signal or None)``."""
+        r, cfg, step = self.run_, self.cfg, self.run_.start
         with _Stop() as stop:
             while step < cfg.steps:
-                batch = sharding.put_batch(run.sampler.batch(step), mesh)
-                extra = (run.ewc,) if run.ewc is not None else ()
-                run.params, run.opt_state, loss = run.step_fn(
-                    run.params, run.opt_state, batch, run.mask, *extra
+                batch = sharding.put_batch(r.sampler.batch(step), self.mesh)
+                extra = (r.ewc,) if r.ewc is not None else ()
+                r.params, r.opt_state, loss = r.step_fn(
+                    r.params, r.opt_state, batch, r.mask, *extra
                 )
                 step += 1
-                log.step(step, loss)
-                last, stopping = step == cfg.steps, stop.signum is not None
-                if (
-                    cfg.eval_now(step)
-                    or step % cfg.save_every == 0
-                    or stopping
-                    or (cfg.log_every and step % cfg.log_every == 0)
-                ):
-                    log.check()  # before anything is evaluated or saved
-                    ppl = (
-                        _eval(run.params, model_cfg, evals, cfg, mesh)
-                        if evals and cfg.eval_now(step)
-                        else None
-                    )
-                    log.record(step, float(sched(step - 1)), ppl)
-                if step % cfg.save_every == 0 or last or stopping:
-                    ckpt.save(step, run.params, run.opt_state, meta_for(step))
-                if stopping and not last:
-                    interrupted, signum = True, stop.signum
-                    ckpt.wait()
-                    logger.warning(
-                        "jaxregion: stopped at step %d by %s; checkpoint saved in "
-                        "%s; run the same command again to resume",
-                        step,
-                        signal.Signals(signum).name,
-                        ckpt_dir,
-                    )
-                    break
-    finally:
-        log.bar.close()
-        ckpt.close()
-    return TrainResult(run.params, step, interrupted, run.resumed, log.records, signum)
+                self.log.step(step, loss)
+                stopping = stop.signum is not None
+                self._after_step(step, stopping)
+                if stopping and step < cfg.steps:
+                    self._stopped(step, stop.signum)
+                    return step, stop.signum
+        return step, None
+
+    def _after_step(self, step: int, stopping: bool) -> None:
+        cfg = self.cfg
+        save = step % cfg.save_every == 0 or step == cfg.steps or stopping
+        logged = cfg.log_every and step % cfg.log_every == 0
+        if cfg.eval_now(step) or step % cfg.save_every == 0 or stopping or logged:
+            self.log.check()  # before anything is evaluated or saved
+            ppl = self._eval() if self.evals and cfg.eval_now(step) else None
+            self.log.record(step, float(self.sched(step - 1)), ppl)
+        if save:
+            self.ckpt.save(step, self.run_.params, self.run_.opt_state, self.meta(step))
+
+    def _stopped(self, step: int, signum: int) -> None:
+        self.ckpt.wait()
+        logger.warning(
+            "jaxregion: stopped at step %d by %s; checkpoint saved in %s; run the same "
+            "command again to resume",
+            step,
+            signal.Signals(signum).name,
+            self.ckpt_dir,
+        )
+
+    def close(self) -> None:
+        self.log.bar.close()
+        self.ckpt.close()
