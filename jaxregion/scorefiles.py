@@ -305,7 +305,9 @@ def score_language(
     params = I.place_params(session.params, session.mesh)
     if not data_free:
         check_partial_owner(partial_dir, owner)
-        like = I.init_state(params, session.config, estimator, batch_size, session.mesh, scope)
+        like = I.init_state(
+            params, session.config, estimator, batch_size, session.mesh, scope, abstract=True
+        )
         state = I.load_partial(partial_dir, like, run_id)
         if state is not None:
             status = "resumed"
