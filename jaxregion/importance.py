@@ -233,6 +233,36 @@ def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = F
     return _compiled_step(estimator, cfg, remat, _shardings_key(acc))
 
 
+def step_memory(
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    seq_len: int,
+    dtype: Any = jnp.float32,
+    scope: Collection[str] | None = None,
+    estimator: str = "taylor",
+) -> dict[str, int]:
+    """XLA's memory analysis of the compiled step, lowered on abstract params (nothing is
+    allocated): ``argument`` (params, one half's accumulator, the batch), ``output`` (the
+    accumulator, aliased to its donated argument), ``alias``, ``temp`` (gradients,
+    activations) and ``batch`` (the tokens' and weights' bytes), per device."""
+    params = shd.abstract_sharded(cfg, mesh, jnp.dtype(dtype))
+    state = init_state(params, cfg, estimator, batch_size, mesh, scope, abstract=True)
+    b = state.batch_size
+    bsh = shd.batch_sharding(mesh)
+    toks = jax.ShapeDtypeStruct((b, seq_len), jnp.int32, sharding=bsh)
+    w = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=bsh)
+    step = step_function(estimator, cfg, state.acc[0])
+    ma = step.lower(state.acc[0], params, toks, w).compile().memory_analysis()
+    return {
+        "argument": int(ma.argument_size_in_bytes),
+        "output": int(ma.output_size_in_bytes),
+        "alias": int(ma.alias_size_in_bytes),
+        "temp": int(ma.temp_size_in_bytes),
+        "batch": (b * seq_len * 4 + b * 4) // mesh.size,
+    }
+
+
 # --- state -------------------------------------------------------------------------------
 def init_state(
     params: PyTree,

@@ -25,42 +25,21 @@ MODELS = {
 GiB = 1024**3
 
 
-def measure(cfg, dtype: str, batch: int, seq: int) -> dict[str, float]:
-    """XLA's byte counts of the compiled importance step (abstract params: no memory)."""
-    import jax
-    import jax.numpy as jnp
-
+def compare(cfg, dtype: str, batch: int, seq: int) -> dict:
+    """The planner's figures and the compiled step's, side by side (bytes per device)."""
     from jaxregion import importance
     from jaxregion.configs import DEFAULT_INCLUDE
-    from jaxregion.parallel import sharding
+    from jaxregion.models import spec
+    from jaxregion.parallel import plan, sharding
     from jaxregion.scorefiles import scoped
 
     mesh = sharding.make_mesh()
-    params = sharding.abstract_sharded(cfg, mesh, jnp.dtype(dtype))
-    scope = scoped(params, cfg, DEFAULT_INCLUDE, None)
-    state = importance.init_state(params, cfg, "taylor", batch, mesh, scope, abstract=True)
-    bsh = sharding.batch_sharding(mesh)
-    toks = jax.ShapeDtypeStruct((batch, seq), jnp.int32, sharding=bsh)
-    w = jax.ShapeDtypeStruct((batch,), jnp.float32, sharding=bsh)
-    step = importance.step_function("taylor", cfg, state.acc[0])
-    ma = step.lower(state.acc[0], params, toks, w).compile().memory_analysis()
-    return {
-        "argument": float(ma.argument_size_in_bytes),
-        "output": float(ma.output_size_in_bytes),
-        "alias": float(ma.alias_size_in_bytes),
-        "temp": float(ma.temp_size_in_bytes),
-        "batch_bytes": float(batch * seq * 4 + batch * 4),
-    }
-
-
-def compare(cfg, dtype: str, batch: int, seq: int) -> dict:
-    """The planner's figures and the compiled step's, side by side (bytes per device)."""
-    from jaxregion.parallel import plan, sharding
-
-    mesh = {a: 1 for a in sharding.AXES}
-    p = plan.make_plan(cfg, mesh, "importance", seq, batch, dtype)
+    p = plan.make_plan(
+        cfg, {a: int(mesh.shape[a]) for a in sharding.AXES}, "importance", seq, batch, dtype
+    )
     lines = {n.split(" ")[0]: b for n, _, b in p.lines}
-    m = measure(cfg, dtype, batch, seq)
+    scope = scoped(spec.abstract_params(cfg), cfg, DEFAULT_INCLUDE, None)
+    m = importance.step_memory(cfg, mesh, batch, seq, dtype, scope)
     return {
         "dtype": dtype,
         "plan": {
@@ -73,16 +52,18 @@ def compare(cfg, dtype: str, batch: int, seq: int) -> dict:
         },
         "measured": {
             **m,
-            # params + both halves: the arguments (params, one half, the batch) + the other half
-            "params+accumulators": m["argument"] - m["batch_bytes"] + m["output"],
-            "peak": m["argument"] + m["output"] + m["temp"] - m["alias"] + m["output"],
+            # params + both halves: the arguments less the batch, plus the other half
+            "params+accumulators": m["argument"] - m["batch"] + m["output"],
+            # live during the step: arguments, temporaries, the other half
+            "peak": m["argument"] + (m["output"] - m["alias"]) + m["temp"] + m["output"],
         },
     }
 
 
 def markdown(rows: list[dict]) -> str:
     head = (
-        "| model | dtype | plan params+acc GiB | XLA args+other half GiB | plan grads+act GiB | "
+        "| model | dtype | plan params+acc GiB | XLA args-batch+other half GiB | "
+        "plan grads+act GiB | "
         "XLA temp GiB | plan total GiB | XLA peak GiB |\n" + "|---" * 8 + "|"
     )
     out = [head]
