@@ -252,7 +252,7 @@ def step_memory(
     bsh = shd.batch_sharding(mesh)
     toks = jax.ShapeDtypeStruct((b, seq_len), jnp.int32, sharding=bsh)
     w = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=bsh)
-    step = step_function(estimator, cfg, state.acc[0])
+    step: Any = step_function(estimator, cfg, state.acc[0])  # a jitted function
     ma = step.lower(state.acc[0], params, toks, w).compile().memory_analysis()
     return {
         "argument": int(ma.argument_size_in_bytes),
