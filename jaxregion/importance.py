@@ -145,10 +145,6 @@ def place_params(params: PyTree, mesh: jax.sharding.Mesh) -> PyTree:
     return jax.tree.map(put, params)
 
 
-def _zeros_like_sharded(params: PyTree) -> PyTree:
-    return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32, device=p.sharding), params)
-
-
 # --- scope: what is scored (and differentiated) ----------------------------------------------
 def scored_names(params: PyTree, scope: Collection[str] | None) -> list[str]:
     """The params' names in ``scope`` (None: every name), in tree order; UserError for a
@@ -271,6 +267,36 @@ def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = F
     return _compiled_step(estimator, cfg, remat, _shardings_key(acc))
 
 
+def step_memory(
+    cfg: ModelConfig,
+    mesh: jax.sharding.Mesh,
+    batch_size: int,
+    seq_len: int,
+    dtype: Any = jnp.float32,
+    scope: Collection[str] | None = None,
+    estimator: str = "taylor",
+) -> dict[str, int]:
+    """XLA's memory analysis of the compiled step, lowered on abstract params (nothing is
+    allocated): ``argument`` (params, one half's accumulator, the batch), ``output`` (the
+    accumulator, aliased to its donated argument), ``alias``, ``temp`` (gradients,
+    activations) and ``batch`` (the tokens' and weights' bytes), per device."""
+    params = shd.abstract_sharded(cfg, mesh, jnp.dtype(dtype))
+    state = init_state(params, cfg, estimator, batch_size, mesh, scope, abstract=True)
+    b = state.batch_size
+    bsh = shd.batch_sharding(mesh)
+    toks = jax.ShapeDtypeStruct((b, seq_len), jnp.int32, sharding=bsh)
+    w = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=bsh)
+    step: Any = step_function(estimator, cfg, state.acc[0])  # a jitted function
+    ma = step.lower(state.acc[0], params, toks, w).compile().memory_analysis()
+    return {
+        "argument": int(ma.argument_size_in_bytes),
+        "output": int(ma.output_size_in_bytes),
+        "alias": int(ma.alias_size_in_bytes),
+        "temp": int(ma.temp_size_in_bytes),
+        "batch": (b * seq_len * 4 + b * 4) // mesh.size,
+    }
+
+
 # --- state -------------------------------------------------------------------------------
 def init_state(
     params: PyTree,
@@ -279,21 +305,18 @@ def init_state(
     batch_size: int,
     mesh: jax.sharding.Mesh,
     scope: Collection[str] | None = None,
+    *,
+    abstract: bool = False,
 ) -> ImportanceState:
     """A zero accumulator placed like ``params`` (which must already be on ``mesh``); for
-    the gradient estimators ``{name: float32}`` over the ``scope`` names only (None: all)."""
+    the gradient estimators ``{name: float32}`` over the ``scope`` names only (None: all).
+    ``abstract``: ``jax.ShapeDtypeStruct`` leaves (shapes and shardings, no memory), all a
+    :func:`load_partial` template needs."""
     check_estimator(estimator)
     b = effective_batch_size(batch_size, mesh)
     names = None if scope is None else tuple(scored_names(params, scope))
-    return ImportanceState(
-        estimator,
-        b,
-        (
-            _zero_acc(params, cfg, estimator, mesh, names),
-            _zero_acc(params, cfg, estimator, mesh, names),
-        ),
-        scope=names,
-    )
+    halves = tuple(_zero_acc(params, cfg, estimator, mesh, names, abstract) for _ in range(2))
+    return ImportanceState(estimator, b, (halves[0], halves[1]), scope=names)
 
 
 def _zero_acc(
@@ -302,23 +325,27 @@ def _zero_acc(
     estimator: str,
     mesh: jax.sharding.Mesh,
     scope: Collection[str] | None = None,
+    abstract: bool = False,
 ) -> PyTree:
+    def zeros(shape: tuple[int, ...], sharding: Any) -> Any:
+        if abstract:
+            return jax.ShapeDtypeStruct(shape, jnp.float32, sharding=sharding)
+        return jnp.zeros(shape, jnp.float32, device=sharding)
+
+    flat = T.flatten(params)
     if estimator == "wanda":
         acc = {}
-        flat = T.flatten(params)
         rep = shd.replicated(mesh)
         for n, p in flat.items():
             tap = wanda_tap(n, cfg)
             if tap is not None and tap[0] not in acc:
-                acc[tap[0]] = jnp.zeros((p.shape[tap[1]],), jnp.float32, device=rep)
+                acc[tap[0]] = zeros((p.shape[tap[1]],), rep)
         if not acc:
             raise UserError("wanda: the model has no linear layers with input taps")
-    elif estimator in DATA_FREE:
-        acc = {}
-    else:
-        flat = T.flatten(params)
-        acc = _zeros_like_sharded({n: flat[n] for n in scored_names(params, scope)})
-    return acc
+        return acc
+    if estimator in DATA_FREE:
+        return {}
+    return {n: zeros(flat[n].shape, flat[n].sharding) for n in scored_names(params, scope)}
 
 
 def effective_batch_size(batch_size: int, mesh: jax.sharding.Mesh) -> int:
@@ -333,44 +360,101 @@ POWER = {"taylor": 1, "taylor-abs": 1, "fisher": 1, "wanda": 2, "magnitude": 1}
 
 
 def finalize(state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int) -> PyTree:
-    """Scores from an accumulation over ``state.position`` windows of ``seq_len`` tokens."""
+    """Scores from an accumulation over ``state.position`` windows of ``seq_len`` tokens.
+    The halves are summed inside each tensor's score map, so no summed tree is formed."""
     if state.estimator == "magnitude":
         flat = T.flatten(params)
         got = {n: jnp.abs(flat[n].astype(jnp.float32)) for n in scored_names(params, state.scope)}
         return _full(got, params)
     if state.position <= 0:
         raise UserError("importance over zero windows is undefined; give at least one window")
-    acc = jax.tree.map(jnp.add, *state.acc)
-    return _finish(
-        state.estimator, acc, state.position, state.position, params, cfg, seq_len, state.scope
-    )
+    n = state.position
+    if state.estimator in _SCORE:
+        return _scores(state.estimator, state.acc, n, params, seq_len, donate=False)
+    acc = jax.tree.map(jnp.add, *state.acc)  # wanda: one [in] vector per tap
+    return _wanda(acc, n, n, params, cfg, seq_len, state.scope)
 
 
 def finalize_halves(
-    state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
+    state: ImportanceState,
+    params: PyTree,
+    cfg: ModelConfig,
+    seq_len: int,
+    *,
+    consume: bool = False,
 ) -> tuple[PyTree, PyTree] | None:
     """``(even, odd)`` scores, each from its own half of the micro-batches and on the full
     sample's scale (an estimate of the same quantity as :func:`finalize` from fewer windows);
     None while a half is empty. ``(c_e·even**q + c_o·odd**q) / (c_e + c_o) = full**q`` with
-    ``q = POWER[estimator]`` and ``c`` the halves' window counts, up to float32 rounding."""
+    ``q = POWER[estimator]`` and ``c`` the halves' window counts, up to float32 rounding.
+    ``consume``: each accumulator's buffer becomes its half's scores (donated), so the halves
+    cost no memory beyond the accumulators; ``state`` is unusable afterwards."""
     if state.estimator in DATA_FREE or min(state.counts) <= 0:
         return None
+    if state.estimator in _SCORE:
+        even, odd = (
+            _scores(state.estimator, (a,), c, params, seq_len, donate=consume)
+            for a, c in zip(state.acc, state.counts, strict=True)
+        )
+        return even, odd
     return tuple(
-        _finish(state.estimator, a, c, state.position, params, cfg, seq_len, state.scope)
+        _wanda(a, c, state.position, params, cfg, seq_len, state.scope)
         for a, c in zip(state.acc, state.counts, strict=True)
     )
 
 
-def _full(got: Mapping[str, jax.Array], params: PyTree) -> PyTree:
-    """A params-shaped float32 tree: ``got``'s scores, zeros for every other name."""
-    return T.map_named(
-        lambda n, p: got[n] if n in got else jnp.zeros(p.shape, jnp.float32, device=p.sharding),
-        params,
+def _full(got: Mapping[str, Any], params: PyTree) -> PyTree:
+    """A params-shaped float32 tree: ``got``'s scores, and for every other name read-only
+    numpy zeros: their pages are never written, so an unscored 262k-row embedding costs no
+    resident memory however many score trees hold it (reading them maps the zero page)."""
+
+    def zeros(p: Any) -> np.ndarray:
+        z = np.zeros(p.shape, np.float32)
+        z.flags.writeable = False
+        return z
+
+    return T.map_named(lambda n, p: got[n] if n in got else zeros(p), params)
+
+
+def _taylor_score(a: jax.Array, p: jax.Array, t: jax.Array) -> jax.Array:
+    return (a / t) * p.astype(jnp.float32)
+
+
+def _mean_score(a: jax.Array, p: jax.Array, t: jax.Array) -> jax.Array:
+    del p
+    return a / t
+
+
+def _summed(fn: Callable) -> Callable:
+    """``fn`` on the sum of two halves' accumulators, in one fused map per tensor."""
+    return lambda e, o, p, t: fn(e + o, p, t)
+
+
+# Per-tensor score maps (jitted once per shape, one output and no temporaries); the donating
+# ones write the score into the accumulator's buffer.
+_SCORE = {"taylor": _taylor_score, "taylor-abs": _mean_score, "fisher": _mean_score}
+_JIT = {
+    (est, halves, donate): jax.jit(
+        fn if halves == 1 else _summed(fn), donate_argnums=(0,) if donate else ()
     )
+    for est, fn in _SCORE.items()
+    for halves in (1, 2)
+    for donate in (False, True)
+}
 
 
-def _finish(
-    est: str,
+def _scores(
+    est: str, accs: tuple[PyTree, ...], count: int, params: PyTree, seq_len: int, donate: bool
+) -> PyTree:
+    """The gradient estimators' scores from one accumulator, or the sum of two, over
+    ``count`` windows: taylor ``(acc / tokens) ⊙ θ``, taylor-abs and fisher ``acc / count``."""
+    flat = T.flatten(params)
+    t = np.float32(count * (seq_len - 1) if est == "taylor" else count)
+    fn = _JIT[(est, len(accs), donate)]
+    return _full({k: fn(*(a[k] for a in accs), flat[k], t) for k in accs[0]}, params)
+
+
+def _wanda(
     acc: PyTree,
     count: int,
     total: int,
@@ -379,17 +463,10 @@ def _finish(
     seq_len: int,
     scope: Collection[str] | None = None,
 ) -> PyTree:
-    """Scores from an accumulator over ``count`` windows, scaled to a ``total``-window sample
-    (only wanda's sum of squares depends on the sample size); zero outside ``scope``."""
+    """wanda's scores from an accumulator over ``count`` windows, scaled to a ``total``-window
+    sample (its sum of squares depends on the sample size); zero outside ``scope``."""
     f32 = jnp.float32
     flat = T.flatten(params)
-    if est == "taylor":
-        tokens = f32(count * (seq_len - 1))
-        return _full({k: (a / tokens) * flat[k].astype(f32) for k, a in acc.items()}, params)
-    if est in ("taylor-abs", "fisher"):
-        n = f32(count)
-        return _full({k: a / n for k, a in acc.items()}, params)
-    # wanda
     scale = f32(total / count)
     norms = {k: jnp.sqrt(v * scale) for k, v in acc.items()}
 
@@ -447,7 +524,7 @@ def compute_importance(
     end = state
     for end in accumulate(state, params, cfg, windows, mesh, remat=remat):  # noqa: B007
         pass
-    return result_of(end, params, cfg, seq_len)
+    return result_of(end, params, cfg, seq_len, consume=True)
 
 
 def check_windows(windows: np.ndarray, empty_ok: bool = False) -> np.ndarray:
@@ -520,16 +597,23 @@ def _batches(
 
 
 def result_of(
-    state: ImportanceState, params: PyTree, cfg: ModelConfig, seq_len: int
+    state: ImportanceState,
+    params: PyTree,
+    cfg: ModelConfig,
+    seq_len: int,
+    *,
+    consume: bool = False,
 ) -> ImportanceResult:
-    """The finished result (full scores and both halves) of an accumulation."""
+    """The finished result (full scores and both halves) of an accumulation; ``consume``:
+    the halves take over the accumulators' buffers (``state`` is unusable afterwards)."""
     n = state.position
+    full = finalize(state, params, cfg, seq_len)
     return ImportanceResult(
-        finalize(state, params, cfg, seq_len),
+        full,
         n,
         n * (seq_len - 1),
         state.estimator,
-        halves=finalize_halves(state, params, cfg, seq_len),
+        halves=finalize_halves(state, params, cfg, seq_len, consume=consume),
         counts=state.counts,
     )
 

@@ -294,7 +294,7 @@ def score_language(
     end = start = run.start(progress)
     for end in run.states(start, progress):  # noqa: B007
         pass
-    return run.finish(I.result_of(end, run.params, session.config, run.seq_len))
+    return run.finish(I.result_of(end, run.params, session.config, run.seq_len, consume=True))
 
 
 @dataclass
@@ -434,7 +434,9 @@ class LanguageRun:
         s, partial_dir = self.spec, self.partial_dir
         check_partial_owner(partial_dir, self.owner)
         cfg, mesh = self.session.config, self.session.mesh
-        like = I.init_state(self.params, cfg, s.estimator, s.batch_size, mesh, self.scope)
+        like = I.init_state(  # a template only: no second pair of accumulators
+            self.params, cfg, s.estimator, s.batch_size, mesh, self.scope, abstract=True
+        )
         state = I.load_partial(partial_dir, like, self.run_id)
         if state is not None:
             self.status = "resumed"
@@ -448,7 +450,7 @@ class LanguageRun:
                 f"{self.lang}: discarding partial state in {partial_dir} (made from other input)"
             )
             safety.remove_owned(partial_dir, self.owner)
-        return like
+        return I.init_state(self.params, cfg, s.estimator, s.batch_size, mesh, self.scope)
 
     def states(
         self, state: I.ImportanceState, progress: Callable[[int], None] | None = None

@@ -11,9 +11,15 @@ its byte budget.
 Bytes per parameter:
 
 * eval:        params (2 for bf16, 4 for f32)
-* importance:  params + two float32 accumulators, the split halves (8) + gradients
-               (param dtype), the last two only for the scored tensors (the default
-               ``:layers`` scope: no embedding or head)
+* importance:  params + two float32 accumulators, the split halves (8, the scored
+               tensors only: the default ``:layers`` scope has no embedding or head) +
+               one layer's gradients (param dtype). The step donates the accumulator and
+               adds each gradient into it as the backward pass forms it, so XLA keeps no
+               whole gradient tree: its memory analysis of the compiled step (see
+               ``scripts/bench_plan.py``) has arguments = params + one half + the batch
+               exactly, and temporaries below the full gradient plus the activations.
+               On CPU, XLA computes bfloat16 matmuls in float32 (float32 copies of the
+               weights as temporaries), which this accelerator plan does not count.
 * train:       float32 master (4) + Adam m, v (8) + float32 gradients (4) + bf16 compute
                copy (2) [+ bool freeze mask (1) with a region frozen] = 18 (19)
 """
@@ -197,29 +203,48 @@ class Plan:
         }
 
 
+def _split_elements(cfg: ModelConfig, mesh: dict[str, int]) -> dict[str, tuple[int, int]]:
+    """``{name: (elements, elements per device)}`` under the real sharding rules."""
+    fake = SimpleNamespace(shape=mesh)
+    rules = sharding.rules_for(cfg)
+    shapes = mspec.shapes(cfg)
+    out = {}
+    for name, axes in mspec.logical_axes(cfg).items():
+        shape = shapes[name]
+        spec = sharding.spec_for(axes, shape, fake, rules)
+        n = math.prod(shape)
+        out[name] = (n, n // math.prod(mesh[a] for a in spec if a is not None))
+    return out
+
+
 def sharded_elements(
     cfg: ModelConfig, mesh: dict[str, int], layers_only: bool = False
 ) -> tuple[int, int, list[str]]:
     """(total params, elements per device under the sharding rules, names not split); with
     ``layers_only`` only the transformer layers' tensors (importance's default scope)."""
-    fake = SimpleNamespace(shape=mesh)
-    rules = sharding.rules_for(cfg)
-    shapes = mspec.shapes(cfg)
+    r = roles(cfg) if layers_only else {}
     total = per_dev = 0
     replicated = []
-    r = roles(cfg) if layers_only else {}
-    for name, axes in mspec.logical_axes(cfg).items():
+    for name, (n, dev) in _split_elements(cfg, mesh).items():
         if layers_only and (r.get(name) is None or r[name].layer is None):
             continue
-        shape = shapes[name]
-        spec = sharding.spec_for(axes, shape, fake, rules)
-        n = math.prod(shape)
-        split = math.prod(mesh[a] for a in spec if a is not None)
         total += n
-        per_dev += n // split
-        if split == 1 and n > 0:
+        per_dev += dev
+        if dev == n and n > 0:
             replicated.append(name)
     return total, per_dev, replicated
+
+
+def largest_layer(cfg: ModelConfig, mesh: dict[str, int]) -> int:
+    """Elements per device of the largest transformer layer: the gradient that is live at
+    once in the importance step (see the module docstring)."""
+    r = roles(cfg)
+    per_layer: dict[int, int] = {}
+    for name, (_, dev) in _split_elements(cfg, mesh).items():
+        layer = r[name].layer if name in r else None
+        if layer is not None:
+            per_layer[layer] = per_layer.get(layer, 0) + dev
+    return max(per_layer.values(), default=0)
 
 
 def activation_bytes(
@@ -264,41 +289,27 @@ def make_plan(
     if batch_size <= 0:
         raise UserError(f"--batch-size {batch_size}: must be positive")
     total, per_dev, replicated = sharded_elements(cfg, mesh)
-    scored = sharded_elements(cfg, mesh, layers_only=True)[1] if task == "importance" else 0
     p = _DT[dtype]
-    lines: list[tuple[str, float]]
+    lines: list[tuple[str, float, float]]  # name, B/param (of what it covers), bytes
     if task == "eval":
-        lines = [(f"params ({dtype})", p)]
+        lines = [(f"params ({dtype})", p, p * per_dev)]
     elif task == "importance":
+        scored = sharded_elements(cfg, mesh, layers_only=True)[1]
+        layer = largest_layer(cfg, mesh)
         lines = [
-            (f"params ({dtype})", p),
-            ("accumulators, 2 halves (f32, :layers)", 8),
-            (f"gradients ({dtype}, :layers)", p),
+            (f"params ({dtype})", p, p * per_dev),
+            ("accumulators, 2 halves (f32, :layers)", 8, 8 * scored),
+            (f"gradients ({dtype}, one layer)", p * layer / max(scored, 1), p * layer),
         ]
     else:
-        lines = [
-            ("master params (float32)", 4),
-            ("Adam m, v (float32)", 8),
-            ("gradients (float32)", 4),
-        ]
+        bpp = [("master params (float32)", 4), ("Adam m, v (float32)", 8)]
+        bpp.append(("gradients (float32)", 4))
         if dtype == "bfloat16":
-            lines.append(("compute copy (bfloat16)", 2))
+            bpp.append(("compute copy (bfloat16)", 2))
         if freeze:
-            lines.append(("freeze mask (bool)", 1))
-    plan = Plan(
-        model,
-        task,
-        mesh,
-        total,
-        seq_len,
-        batch_size,
-        dtype,
-        [
-            (n, bpp, bpp * (scored if i and task == "importance" else per_dev))
-            for i, (n, bpp) in enumerate(lines)
-        ],
-        replicated=replicated,
-    )
+            bpp.append(("freeze mask (bool)", 1))
+        lines = [(n, b, b * per_dev) for n, b in bpp]
+    plan = Plan(model, task, mesh, total, seq_len, batch_size, dtype, lines, replicated=replicated)
     plan.activations, plan.activations_remat = activation_bytes(
         cfg, mesh, seq_len, batch_size, task, p
     )

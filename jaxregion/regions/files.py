@@ -11,6 +11,7 @@ element mask), ``seed``, ``include``, ``exclude`` (``""`` = none), ``model`` (fi
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ from jaxregion import tree as T
 from jaxregion.errors import UserError
 from jaxregion.io.atomic import atomic_path
 from jaxregion.io.safetensors_io import SafetensorsFile
+from jaxregion.io.safetensors_io import write as write_tensors
 from jaxregion.parallel.distributed import write_on_main
 from jaxregion.regions.lazy import LazyScores, tree_order
 from jaxregion.regions.region import Region, fingerprint, full_mask, shape_of, universe_of
@@ -229,21 +231,27 @@ def save_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None = No
 
 
 def _write_scores(path: str, tree: PyTree, metadata: Mapping[str, Any] | None) -> None:
-    tensors = {
-        n: np.ascontiguousarray(np.asarray(x, dtype=np.float32)) for n, x in T.flatten(tree).items()
-    }
-    for n, t in tensors.items():
+    """Streams tensor by tensor (a jax array is read in place, never copied whole): the
+    file costs one tensor's memory, not the tree's. A non-finite tensor aborts the atomic
+    write, so nothing is written."""
+    flat = T.flatten(tree)
+    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
+    meta.setdefault("format", SCORES_FORMAT)
+    meta.setdefault("model", fingerprint(tree))
+
+    def finite(n: str) -> np.ndarray:
+        t = np.asarray(flat[n], dtype=np.float32)
         if not np.isfinite(t).all():
             raise UserError(
                 f"{path}: the scores of {n} are not finite (NaN or inf): the model "
                 "computes non-finite values; check its config.json and weights. "
                 "Nothing written"
             )
-    meta = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (metadata or {}).items()}
-    meta.setdefault("format", SCORES_FORMAT)
-    meta.setdefault("model", fingerprint(tree))
-    with atomic_path(path) as tmp:
-        save_file(tensors, tmp, metadata=meta)
+        return t
+
+    f32 = np.dtype(np.float32)
+    specs = {n: (f32, shape_of(x), functools.partial(finite, n)) for n, x in flat.items()}
+    write_tensors(path, specs, meta)
 
 
 def load_scores(path: str) -> tuple[PyTree, dict[str, str]]:

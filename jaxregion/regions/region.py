@@ -281,9 +281,11 @@ def density(a: Any) -> float:
 def jaccard(a: Any, b: Any) -> float:
     """|A ∩ B| / |A ∪ B| in [0, 1]; 1.0 when both are empty (identical sets)."""
     _check_same(a, b)
+    fa, fb = T.flatten(mask_of(a)), T.flatten(mask_of(b))
+    live = set(universe_of(a)) | set(universe_of(b))  # the leaves outside both are all-False
     inter = uni = 0
-    for x, y in zip(jax.tree.leaves(mask_of(a)), jax.tree.leaves(mask_of(b)), strict=True):
-        i, u = _inter_union(jnp.asarray(x, bool), jnp.asarray(y, bool))  # one leaf at a time
+    for n in (n for n in fa if n in live):  # one leaf at a time
+        i, u = _inter_union(jnp.asarray(fa[n], bool), jnp.asarray(fb[n], bool))
         inter, uni = inter + int(i), uni + int(u)
     return 1.0 if uni == 0 else inter / uni
 
