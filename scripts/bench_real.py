@@ -68,35 +68,22 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
         dt = _timed(lambda t: float(_nll_sum(params, t, w, cfg)), toks[1:])
         return {"params": n, "seconds": dt, "tokens": steps * batch * seq, "rss_mb": _rss_mb()}
     scope = scoped(params, cfg, DEFAULT_INCLUDE, None)  # what `jaxregion importance` scores
-    state = importance.init_state(params, cfg, "taylor", batch, mesh, scope, abstract=True)
-    started: list[float] = []
-
-    def first_done(st: importance.ImportanceState) -> bool:
-        """After the first micro-batch (compile + warm-up): the clock starts."""
-        if not started:
-            jax.block_until_ready(st.acc)
-            started.append(time.perf_counter())
-        return False
-
+    template = importance.init_state(params, cfg, "taylor", batch, mesh, scope, abstract=True)
     # one run, as `jaxregion importance` makes it (so the peak RSS is a real run's): the
-    # timed part is the micro-batches after the first, then the full scores and both halves
-    res = importance.compute_importance(
-        params,
-        cfg,
-        wins,
-        "taylor",
-        batch,
-        mesh,
-        scope=scope,
-        checkpoint=first_done,
-        checkpoint_every=batch,
-    )
+    # timed part is the micro-batches after the first (compile + warm-up), then the full
+    # scores and both halves
+    state = start = importance.init_state(params, cfg, "taylor", batch, mesh, scope)
+    t0 = 0.0
+    for state in importance.accumulate(start, params, cfg, wins, mesh):  # noqa: B007
+        if state.batches == 1:
+            jax.block_until_ready(state.acc)
+            t0 = time.perf_counter()
+    res = importance.result_of(state, params, cfg, seq, consume=True)
     jax.block_until_ready((res.scores, res.halves))
-    t0 = started[0]
     dt, rss = time.perf_counter() - t0, _rss_mb()
     # XLA's FLOP count, after the peak is read (lowering again may compile again)
-    step = importance.step_function("taylor", cfg, state.acc[0])
-    cost = step.lower(state.acc[0], params, toks[0], w).compile().cost_analysis()
+    step = importance.step_function("taylor", cfg, template.acc[0])
+    cost = step.lower(template.acc[0], params, toks[0], w).compile().cost_analysis()
     cost = cost[0] if isinstance(cost, (list, tuple)) else cost
     return {
         "params": n,
