@@ -8,8 +8,8 @@ shares those roundings with PyTorch's float32 run). jaxregion's float32 error mu
 * a tiny random llama with Gemma 3's 262,144-token vocabulary (the log-sum-exp and the
   softmax gradient over the whole vocabulary, every entry of a similar size);
 * a well-trained llama with grouped-query attention (``tests/gqa_fixture.py``: confident
-  predictions, where ``softmax - onehot`` nearly cancels at the target), at 256 and 2,048
-  windows of Chinese, batch 16.
+  predictions, where ``softmax - onehot`` nearly cancels at the target), at 256 windows of
+  Chinese, batch 16.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def gqa_model(request, tmp_path_factory) -> str:
     return path
 
 
-@pytest.mark.parametrize("n", [256, 2048])
+@pytest.mark.parametrize("n", [256])  # 2,048 windows: over 39 min here (docs/precision.md)
 def test_taylor_trained_gqa_within_2x_of_pytorch(gqa_model, n):
     windows = np.load(f"{gqa_model}/windows_zh.npy")[:n]
     out = _measure(gqa_model, windows, GQA_BATCH)
