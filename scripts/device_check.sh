@@ -18,6 +18,8 @@
 #                in the same run; goal >= 40%
 #   real-battery the real-model battery (configs/real_gemma3_270m.yaml, or $REAL_CONFIG) at
 #                full speed, when its model and corpus are on the machine (see below)
+# Each step's limit can be set: LIMIT_PARITY_F32_S, LIMIT_PARITY_BF16_S, LIMIT_IMPORTANCE_7B_S,
+# LIMIT_REAL_BATTERY_S (seconds); DEVICE_CHECK_BUDGET_S bounds them all.
 # Writes $OUT/device_check.json (one record per step, with the figures) and
 # $OUT/device_check.log (everything printed), plus each step's own JSON/XML.
 #
@@ -141,7 +143,7 @@ step env 90 "$OUT/env.json" env_check
 [ -d /tmp/site ] && export PYTHONPATH="$PYTHONPATH:/tmp/site"
 
 # --- parity, f32 and bf16 ------------------------------------------------------------------
-step parity-f32 120 "" env JAX_DEFAULT_MATMUL_PRECISION=highest \
+step parity-f32 "${LIMIT_PARITY_F32_S:-120}" "" env JAX_DEFAULT_MATMUL_PRECISION=highest \
   "$PY" -m pytest -q -x -p no:cacheprovider -m "not slow" tests/test_parity.py \
   --junitxml "$OUT/parity_f32.xml"
 
@@ -161,7 +163,7 @@ bf16_tests() {
   return $rc
 }
 export -f bf16_tests
-step parity-bf16 90 "" bf16_tests
+step parity-bf16 "${LIMIT_PARITY_BF16_S:-90}" "" bf16_tests
 
 # --- importance on a Llama-2-7B-shaped model, bf16 -----------------------------------------
 importance_7b() {
@@ -182,7 +184,7 @@ print(f"FIGURES 7B bf16 taylor: {r['tokens_per_s_steps_only']:,.0f} tokens/s; MF
 EOF
 }
 export -f importance_7b
-step importance-7b 210 "$OUT/importance_7b.json" importance_7b
+step importance-7b "${LIMIT_IMPORTANCE_7B_S:-210}" "$OUT/importance_7b.json" importance_7b
 
 # --- the real-model battery ----------------------------------------------------------------
 export REAL_CONFIG="${REAL_CONFIG:-configs/real_gemma3_270m.yaml}"
@@ -205,10 +207,15 @@ EOF
     echo "SKIP: $REAL_CONFIG needs its model and corpus on this machine: $why"
     return 3
   fi
-  "$PY" -m jaxregion.cli.main experiment "$REAL_CONFIG"
+  local rc=0
+  "$PY" -m jaxregion.cli.main experiment "$REAL_CONFIG" || rc=$?
+  local out
+  out=$("$PY" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["out"])' "$REAL_CONFIG")
+  for f in report.md results.json; do [ -f "$out/$f" ] && cp "$out/$f" "$OUT/battery_$f"; done
+  return $rc
 }
 export -f real_battery
-step real-battery 200 "" real_battery
+step real-battery "${LIMIT_REAL_BATTERY_S:-200}" "" real_battery
 
 # --- summary -------------------------------------------------------------------------------
 "$PY" - "$STEPS" "$OUT/device_check.json" "$(elapsed)" <<'EOF'
