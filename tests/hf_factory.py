@@ -5,6 +5,10 @@ from __future__ import annotations
 import torch
 import transformers
 
+# A checkpoint a fixture writes is not a command's output: tests read stderr (capsys, run_cli)
+# and transformers' "Writing model shards" bar would land there.
+transformers.utils.logging.disable_progress_bar()
+
 VOCAB = 320
 
 FAMILIES = {

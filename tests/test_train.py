@@ -303,9 +303,7 @@ def test_unwritable_ckpt_dir_is_a_file(model_factory, corpus_dir, tmp_path, caps
 
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    model = model_factory("llama_mha")
-    capsys.readouterr()  # the factory's own output (transformers' save bar, when it builds)
-    code = main(_train_args(model, corpus_dir, str(blocker / "ck"), 4))
+    code = main(_train_args(model_factory("llama_mha"), corpus_dir, str(blocker / "ck"), 4))
     err = capsys.readouterr().err.strip()
     assert code == 2 and "cannot write" in err and len(err.splitlines()) == 1
 
