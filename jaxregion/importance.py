@@ -175,19 +175,22 @@ def _grad_live(
 
 
 def _grads(
-    loss: Callable[[PyTree], jax.Array], params: PyTree, names: Collection[str], cfg: ModelConfig
+    loss: Callable[[PyTree], jax.Array], params: PyTree, where: Mapping[str, tuple[str, int | None]]
 ) -> dict[str, jax.Array]:
-    """:func:`_grad_live` by HF names, ``params`` in either layout: stacked
-    (:func:`~jaxregion.models.stack_layers`), a stacked leaf is live when one of its layers
-    is, and each HF name's gradient is its row of that leaf's gradient."""
-    where = {n: _located(n, params, cfg) for n in names}
+    """:func:`_grad_live` by HF names, ``params`` in either layout (``where``: from
+    :func:`_locations`): a stacked leaf is live when one of its layers is, and each HF name's
+    gradient is its row of that leaf's gradient."""
     g = _grad_live(loss, params, {s for s, _ in where.values()})
     return {n: _row(g, s, j) for n, (s, j) in where.items()}
 
 
-def _located(name: str, params: PyTree, cfg: ModelConfig) -> tuple[str, int | None]:
-    """Where the HF name ``name`` lives in ``params``: ``(leaf name, row or None)``."""
-    return stacked_index(name, cfg) if is_stacked(params, cfg) else (name, None)
+def _locations(
+    names: Collection[str], params: PyTree, cfg: ModelConfig
+) -> dict[str, tuple[str, int | None]]:
+    """Where each HF name lives in ``params``: ``(leaf name, row)``, the row None unless
+    ``params`` is stacked (:func:`~jaxregion.models.stack_layers`)."""
+    stacked = is_stacked(params, cfg)
+    return {n: stacked_index(n, cfg) if stacked else (n, None) for n in names}
 
 
 def _row(flat: Mapping[str, jax.Array], name: str, j: int | None) -> jax.Array:
@@ -212,25 +215,26 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
     if estimator == "taylor":
 
         def step(acc, params, tokens, weights):
-            g = _grads(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, acc, cfg)
+            where = _locations(acc, params, cfg)
+            g = _grads(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, where)
             return {k: a + g[k].astype(f32) for k, a in acc.items()}
     elif estimator in ("taylor-abs", "fisher"):
 
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
             denom = n * (tokens.shape[1] - 1)
+            where = _locations(acc, params, cfg)
             g = _grads(
-                lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, acc, cfg
+                lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, where
             )
             flat = T.flatten(params)
-            at = {k: _located(k, params, cfg) for k in acc}
 
             def add(a, p, x):
                 s = p.astype(f32) * x.astype(f32)
                 s = jnp.abs(s) if estimator == "taylor-abs" else s * s
                 return a + n * s
 
-            return {k: add(a, _row(flat, *at[k]), g[k]) for k, a in acc.items()}
+            return {k: add(a, _row(flat, *where[k]), g[k]) for k, a in acc.items()}
     elif estimator == "wanda":
 
         def step(acc, params, tokens, weights):
