@@ -215,7 +215,9 @@ class ImportanceConfig(CorpusConfig):
         1000, gt=0, metavar="W", help="checkpoint the accumulation every W windows"
     )
     remat: bool = option(
-        False, help="rematerialise layer activations in the backward pass (less memory)"
+        True,
+        help="backpropagate layer by layer, recomputing each layer's activations, so one "
+        "layer's activations and gradients are alive at a time (off: faster, more memory)",
     )
     out: str = option(metavar="DIR", help="output directory of LANG.safetensors")
     snapshots: tuple[int, ...] = option(

@@ -28,7 +28,10 @@ Estimators (``ESTIMATORS``), all float32, HF names and HF layout like the params
     ``|θ|``; reads no data (``windows``/``tokens`` are 0).
 
 The micro-batch step is one jitted function with the accumulator donated; the batch is
-sharded over the mesh's batch axes and the accumulator takes the params' shardings. The
+sharded over the mesh's batch axes and the accumulator takes the params' shardings. With
+``remat`` (the command's default) the gradient estimators' step backpropagates layer by
+layer instead (:mod:`jaxregion.models.layerwise`): one layer's activations and gradients are
+alive at a time, folded into the donated accumulator as they come. The
 accumulation state (:class:`ImportanceState`) can be saved and restored with orbax
 (:func:`save_partial`/:func:`load_partial`) so an interrupted run resumes and ends bitwise
 equal to an uninterrupted one.
@@ -72,10 +75,10 @@ from jaxregion.models import (
     ModelConfig,
     intermediates,
     roles,
-    stack_layers,
     stacked_index,
     weighted_nll_sum,
 )
+from jaxregion.models.layerwise import LayerwiseStep
 from jaxregion.models.module import is_stacked
 from jaxregion.names import DATA_FREE, ESTIMATORS
 from jaxregion.parallel import sharding as shd
@@ -208,6 +211,26 @@ def wanda_tap(name: str, cfg: ModelConfig) -> tuple[str, int] | None:
 
 
 # --- the jitted micro-batch steps --------------------------------------------------------
+def _fold_sum(a: jax.Array, p: Any, g: jax.Array, n: Any) -> jax.Array:
+    """taylor: the gradient itself (θ multiplies the sum once, at the end)."""
+    return a + g.astype(jnp.float32)
+
+
+def _fold_abs(a: jax.Array, p: jax.Array, g: jax.Array, n: jax.Array) -> jax.Array:
+    """taylor-abs: ``n · |θ ⊙ ∇L_b|`` (``L_b`` the batch mean, ``n`` its window weight)."""
+    return a + n * jnp.abs(p.astype(jnp.float32) * g.astype(jnp.float32))
+
+
+def _fold_square(a: jax.Array, p: jax.Array, g: jax.Array, n: jax.Array) -> jax.Array:
+    """fisher: ``n · (θ ⊙ ∇L_b)²``."""
+    s = p.astype(jnp.float32) * g.astype(jnp.float32)
+    return a + n * s * s
+
+
+#: How each gradient estimator folds one micro-batch's gradient into its accumulator.
+FOLDS = {"taylor": _fold_sum, "taylor-abs": _fold_abs, "fisher": _fold_square}
+
+
 def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
     f32 = jnp.float32
 
@@ -217,8 +240,9 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
         def step(acc, params, tokens, weights):
             where = _locations(acc, params, cfg)
             g = _grads(lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat), params, where)
-            return {k: a + g[k].astype(f32) for k, a in acc.items()}
+            return {k: _fold_sum(a, None, g[k], None) for k, a in acc.items()}
     elif estimator in ("taylor-abs", "fisher"):
+        fold = FOLDS[estimator]
 
         def step(acc, params, tokens, weights):
             n = jnp.sum(weights)
@@ -228,13 +252,7 @@ def _step_fn(estimator: str, cfg: ModelConfig, remat: bool) -> Callable:
                 lambda p: weighted_nll_sum(p, tokens, weights, cfg, remat) / denom, params, where
             )
             flat = T.flatten(params)
-
-            def add(a, p, x):
-                s = p.astype(f32) * x.astype(f32)
-                s = jnp.abs(s) if estimator == "taylor-abs" else s * s
-                return a + n * s
-
-            return {k: add(a, _row(flat, *where[k]), g[k]) for k, a in acc.items()}
+            return {k: fold(a, _row(flat, *where[k]), g[k], n) for k, a in acc.items()}
     elif estimator == "wanda":
 
         def step(acc, params, tokens, weights):
@@ -255,19 +273,18 @@ def _compiled_step(estimator: str, cfg: ModelConfig, remat: bool, out_shardings:
     return jax.jit(_step_fn(estimator, cfg, remat), donate_argnums=0, out_shardings=shardings)
 
 
-_stack = jax.jit(stack_layers, static_argnums=1)
-
-
 def _shardings_key(acc: PyTree) -> tuple:
     leaves, treedef = jax.tree.flatten(acc)
     return treedef, tuple(x.sharding for x in leaves)
 
 
 def step_function(estimator: str, cfg: ModelConfig, acc: PyTree, remat: bool = False) -> Callable:
-    """The jitted ``(acc, params, tokens, weights) -> acc`` step (acc donated, output
-    sharded like ``acc``). ``params`` in either layout: with ``remat``, pass
-    :func:`~jaxregion.models.stack_layers`'s (as :func:`compute_importance` does) or the
-    step stacks the layers' weights on every call. Exposed for benchmarks."""
+    """The jitted ``(acc, params, tokens, weights) -> acc`` step as one program (acc
+    donated, output sharded like ``acc``), what benchmarks and sharding checks lower.
+    ``params`` in either layout: with ``remat`` the layers run as one rematerialised scan,
+    so pass :func:`~jaxregion.models.stack_layers`'s or the step stacks the layers' weights
+    on every call. :func:`accumulate` with ``remat`` runs the gradient estimators layer by
+    layer instead (:mod:`jaxregion.models.layerwise`), which also bounds the gradients."""
     return _compiled_step(estimator, cfg, remat, _shardings_key(acc))
 
 
@@ -279,17 +296,22 @@ def step_memory(
     dtype: Any = jnp.float32,
     scope: Collection[str] | None = None,
     estimator: str = "taylor",
+    remat: bool = False,
 ) -> dict[str, int]:
     """XLA's memory analysis of the compiled step, lowered on abstract params (nothing is
     allocated): ``argument`` (params, one half's accumulator, the batch), ``output`` (the
     accumulator, aliased to its donated argument), ``alias``, ``temp`` (gradients,
-    activations) and ``batch`` (the tokens' and weights' bytes), per device."""
+    activations) and ``batch`` (the tokens' and weights' bytes), per device. With ``remat``
+    the layer-by-layer step's (what :func:`accumulate` runs): ``temp`` is its largest
+    program's and ``inputs`` the layer inputs its forward keeps (one mesh, one device)."""
     params = shd.abstract_sharded(cfg, mesh, jnp.dtype(dtype))
     state = init_state(params, cfg, estimator, batch_size, mesh, scope, abstract=True)
     b = state.batch_size
     bsh = shd.batch_sharding(mesh)
     toks = jax.ShapeDtypeStruct((b, seq_len), jnp.int32, sharding=bsh)
     w = jax.ShapeDtypeStruct((b,), jnp.float32, sharding=bsh)
+    if remat:
+        return _layerwise_memory(cfg, state, params, toks, w)
     step: Any = step_function(estimator, cfg, state.acc[0])  # a jitted function
     ma = step.lower(state.acc[0], params, toks, w).compile().memory_analysis()
     return {
@@ -298,6 +320,24 @@ def step_memory(
         "alias": int(ma.alias_size_in_bytes),
         "temp": int(ma.temp_size_in_bytes),
         "batch": (b * seq_len * 4 + b * 4) // mesh.size,
+    }
+
+
+def _layerwise_memory(
+    cfg: ModelConfig, state: ImportanceState, params: PyTree, toks: Any, w: Any
+) -> dict[str, int]:
+    acc = state.acc[0]
+    step = LayerwiseStep(cfg, tuple(acc), FOLDS[state.estimator], state.estimator != "taylor")
+    temps = step.temp_bytes(acc, params, toks, w)
+    nbytes = sum(x.size * x.dtype.itemsize for x in jax.tree.leaves((params, acc)))
+    batch = toks.size * 4 + w.size * 4
+    return {
+        "argument": nbytes + batch,
+        "output": sum(x.size * 4 for x in jax.tree.leaves(acc)),
+        "alias": sum(x.size * 4 for x in jax.tree.leaves(acc)),
+        "temp": max(temps.values()),
+        "inputs": step.inputs_bytes(params, toks),
+        "batch": batch,
     }
 
 
@@ -566,10 +606,14 @@ def accumulate(
     if bounds and not 0 < bounds[0] <= bounds[-1] <= n:
         raise UserError(f"stops {bounds} must lie in (0, {n}] (the windows given)")
     params = place_params(params, mesh)
-    step = step_function(state.estimator, cfg, state.acc[0], remat)
-    # the remat scan reads the layers stacked: built once here, not inside every step
-    run_params = _stack(params, cfg) if remat else params
-    return _batches(state, step, run_params, windows, mesh, bounds)
+    est = state.estimator
+    if remat and est in FOLDS and not is_stacked(params, cfg):
+        # layer by layer: one layer's activations and gradients alive at a time, folded in place
+        names = tuple(state.acc[0])
+        step: Callable = LayerwiseStep(cfg, names, FOLDS[est], mean=est != "taylor")
+    else:
+        step = step_function(est, cfg, state.acc[0], remat and est in FOLDS)
+    return _batches(state, step, params, windows, mesh, bounds)
 
 
 def _batches(

@@ -2,8 +2,9 @@
 """``bench_importance.py --real``: jaxregion against a plain PyTorch loop on real models.
 
 For each model (HF directories, float32) and each batch size (x 128 tokens), interleaved:
-taylor importance (jaxregion: the jit-compiled accumulation step that ``jaxregion importance``
-runs, default scope, the final θ⊙acc/T included once; PyTorch: forward, backward with
+taylor importance (jaxregion: the accumulation that ``jaxregion importance`` runs, default
+scope, layer by layer as by default and again with ``--no-remat``, the final scores and both
+split halves included once; PyTorch, run once beside both: forward, backward with
 ``.grad`` accumulating, θ·g/T at the end) and evaluation (jaxregion: the ``jaxregion eval``
 step; PyTorch: forward under ``inference_mode``). Every measurement is its own subprocess, so
 its peak RSS (model load included) is its own. Token ids are random (speed does not depend
@@ -26,6 +27,9 @@ MODELS = {
     "gemma3-270m": "/work/models/gemma3-270m-hf",
 }
 GOALS = {"importance": 1.2, "eval": 1.5}
+# jaxregion's side of each pair: importance as `jaxregion importance` runs it (layer by layer,
+# the default) and with --no-remat, against the same PyTorch loop; then eval
+TASKS = ("importance", "importance-no-remat", "eval")
 THREADS = min(2, os.cpu_count() or 1)  # PyTorch's intra-op threads; XLA's pool is one per core
 
 
@@ -74,7 +78,8 @@ def jax_child(model: str, task: str, batch: int, seq: int, steps: int) -> dict:
     # scores and both halves
     state = start = importance.init_state(params, cfg, "taylor", batch, mesh, scope)
     t0 = 0.0
-    for state in importance.accumulate(start, params, cfg, wins, mesh):  # noqa: B007
+    remat = task != "importance-no-remat"  # `jaxregion importance` (--no-remat)
+    for state in importance.accumulate(start, params, cfg, wins, mesh, remat=remat):  # noqa: B007
         if state.batches == 1:
             jax.block_until_ready(state.acc)
             t0 = time.perf_counter()
@@ -179,12 +184,23 @@ def run(models: dict[str, str], batches: list[int], seq: int) -> dict:
     rows = []
     for name, path in models.items():
         for b in batches:
-            for task in ("importance", "eval"):
-                pair = {
-                    fw: _child("--child", fw, path, task, str(b), str(seq), str(_steps(b, task)))
-                    for fw in ("jax", "torch")
-                }
-                rows.append({"model": name, "batch": b, "seq": seq, "task": task, **pair})
+            torch = {}  # one PyTorch run per task, beside each jaxregion variant of it
+            for task in TASKS:
+                base = task.split("-")[0]
+                steps = str(_steps(b, base))
+                if base not in torch:
+                    torch[base] = _child("--child", "torch", path, base, str(b), str(seq), steps)
+                jax = _child("--child", "jax", path, task, str(b), str(seq), steps)
+                rows.append(
+                    {
+                        "model": name,
+                        "batch": b,
+                        "seq": seq,
+                        "task": task,
+                        "jax": jax,
+                        "torch": torch[base],
+                    }
+                )
                 print(_row_md(rows[-1], peak), flush=True)
     return {"peak_flops": peak, "rows": rows}
 
@@ -200,13 +216,14 @@ def _row_md(row: dict, peak: dict) -> str:
             f"| {row['model']} | {row['task']} | {row['batch']} | error: "
             f"{(j.get('error') or t.get('error'))[-300:]!r} |"
         )
-    k = 6.0 if row["task"] == "importance" else 2.0
+    base = row["task"].split("-")[0]
+    k = 6.0 if base == "importance" else 2.0
     ratio = _tps(j) / _tps(t)
     fj, ft = k * j["params"] * _tps(j), k * t["params"] * _tps(t)
-    ok = ratio >= GOALS[row["task"]] and j["rss_mb"] <= t["rss_mb"]
+    ok = ratio >= GOALS[base] and j["rss_mb"] <= t["rss_mb"]
     return (
         f"| {row['model']} | {row['task']} | {row['batch']}x{row['seq']} | {_tps(j):,.0f} | "
-        f"{_tps(t):,.0f} | {ratio:.2f}x (goal {GOALS[row['task']]}x) | "
+        f"{_tps(t):,.0f} | {ratio:.2f}x (goal {GOALS[base]}x) | "
         f"{j['rss_mb'] / 1024:.2f} | {t['rss_mb'] / 1024:.2f} | "
         f"{fj / 1e9:.1f} ({100 * fj / peak['jax']:.0f}%) | "
         f"{ft / 1e9:.1f} ({100 * ft / peak['torch']:.0f}%) | {'yes' if ok else 'no'} |"
@@ -244,7 +261,7 @@ def plot(res: dict, path: str) -> None:
     rss = [r["jax"]["rss_mb"] / r["torch"]["rss_mb"] for r in rows]
     fig, ax = plt.subplots(1, 2, figsize=(max(8, 1.4 * len(rows)), 4))
     x = range(len(rows))
-    ax[0].bar(x, speed, color=["C0" if r["task"] == "importance" else "C1" for r in rows])
+    ax[0].bar(x, speed, color=["C1" if r["task"] == "eval" else "C0" for r in rows])
     for task, goal in GOALS.items():
         ax[0].axhline(goal, ls="--", lw=1, color="C0" if task == "importance" else "C1")
     ax[0].set_title("tokens/s, jaxregion / PyTorch (dashed: goals)")
@@ -270,6 +287,7 @@ def main(
             return 0
         model, task, b, s, steps = argv[2], argv[3], int(argv[4]), int(argv[5]), int(argv[6])
         fn = jax_child if which == "jax" else torch_child
+        task = task if which == "jax" else task.split("-")[0]
         print(json.dumps(fn(model, task, b, s, steps)))
         return 0
     chosen = {k: v for k, v in MODELS.items() if models is None or k in models.split(",")}

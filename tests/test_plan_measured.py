@@ -48,3 +48,26 @@ def test_plan_state_is_the_compiled_steps(dtype):
         assert m["temp"] < full_grad + p.activations
         live = m["argument"] + m["temp"] + m["output"]  # plus the other half, resident
         assert abs(p.total - live) <= 0.25 * live, (p.total, live)
+
+
+def test_plan_remat_total_bounds_the_layerwise_steps():
+    """What ``jaxregion importance`` runs by default (layer by layer): its arguments are the
+    plan's params and one accumulator half exactly, and the plan's remat total (those, the
+    other half, one layer's gradients and the activation estimate) bounds what is live at
+    once: the arguments, the other half, the layer inputs and the largest program's
+    temporaries. The head's chunks are sized for three chunk-sized arrays; XLA fuses its
+    backward into one or two, so the bound is not tight at small widths, where the head
+    outweighs a layer. Float32: CPU XLA runs bf16 matmuls on f32 weight copies."""
+    cfg = from_hf_dict({**SMALL, "vocab_size": 65536}, "test")
+    mesh = sharding.make_mesh()
+    batch, seq = 2 * mesh.size, 64
+    p = plan.make_plan(
+        cfg, {a: int(mesh.shape[a]) for a in sharding.AXES}, "importance", seq, batch, "float32"
+    )
+    params_b, acc_b, _ = (b for _, _, b in p.lines)
+    scope = scoped(spec.abstract_params(cfg), cfg, DEFAULT_INCLUDE, None)
+    m = importance.step_memory(cfg, mesh, batch, seq, "float32", scope, remat=True)
+    assert m["argument"] - m["batch"] == params_b + acc_b // 2
+    live = m["argument"] - m["batch"] + m["output"] + m["inputs"] + m["temp"]
+    print(f"plan remat total {p.total_remat:,.0f}, layerwise live {live:,}")
+    assert live <= p.total_remat <= 1.25 * live, (p.total_remat, live)

@@ -6,75 +6,56 @@ them (``-s``) for the record; they are not held to PyTorch's float32. The float6
 is a true one (``tests/torch_f64.py``: ``model.double()`` alone keeps RMSNorm, RoPE angles
 and the attention softmax in float32).
 
-Uses the float32 HF directories written from the GGUF files by transformers
-(``$JAXREGION_REAL_MODELS``, default ``/work/models``) and the real-text corpus
-(``$JAXREGION_CORPORA``, default ``/work/shared/corpora/text``); skipped when absent.
-Run them one at a time: Gemma 3 270M needs ~8 GB with the float64 reference.
+The models are the real tier's GGUF files (``gemma3_gguf``, ``smollm2_gguf``), written once
+as float32 HF directories by ``jaxregion convert`` into pytest's cache; the text is the
+real-text corpus (``$JAXREGION_CORPORA``, default ``/work/shared/corpora/text``), skipped
+when absent. Each model is measured in its own process (``tests/real_precision_worker.py``):
+Gemma 3 270M needs ~8 GB with the float64 reference.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 
-import numpy as np
 import pytest
-import torch_f64
 
-from jaxregion import importance, models, runtime
-from jaxregion import tree as T
-from jaxregion.evaluate import evaluate
-from jaxregion.regions import scope_names
+from jaxregion.io import gguf_import
 
 pytestmark = [pytest.mark.real, pytest.mark.slow]
 
-ROOT = os.environ.get("JAXREGION_REAL_MODELS", "/work/models")
 TEXT = os.path.join(
     os.environ.get("JAXREGION_CORPORA", "/work/shared/corpora/text"), "de.valid.txt"
 )
-MODELS = ("gemma3-270m-hf", "smollm2-135m-hf")
-N, SEQ, BATCH = 8, 128, 2
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _torch_run(path: str, windows: np.ndarray, dtype, names: list[str]):
-    """(mean NLL, {name: θ ⊙ ∇L}) with PyTorch in ``dtype``, as float64."""
+def _hf_dir(gguf: str, cache) -> str:
+    """The GGUF file as a float32 HF directory, converted once (convert is atomic)."""
+    out = str(cache / (os.path.basename(gguf) + ".f32-hf"))
+    if not os.path.isdir(out):
+        gguf_import.convert(gguf, out, "float32")
+    return out
+
+
+@pytest.fixture(scope="module", params=["gemma3_gguf", "smollm2_gguf"])
+def measured(request, real_cache) -> dict[str, list[float]]:
     pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
-    from safetensors.torch import load_file
-
-    with open(os.path.join(path, "config.json")) as f:
-        cfg = json.load(f)
-    cfg.pop("quantization_config", None)
-    model = transformers.AutoModelForCausalLM.from_config(
-        transformers.AutoConfig.for_model(**cfg), attn_implementation="eager"
+    if not os.path.isfile(TEXT):
+        pytest.skip(f"{TEXT} is absent")
+    path = _hf_dir(request.getfixturevalue(request.param), real_cache)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.environ.get("PYTHONPATH", "")])}
+    p = subprocess.run(
+        [sys.executable, os.path.join(HERE, "real_precision_worker.py"), path, TEXT],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
     )
-    model.load_state_dict(load_file(os.path.join(path, "model.safetensors")), strict=False)
-    model.tie_weights()
-    return torch_f64.taylor(model.to(dtype), windows, BATCH, names)
-
-
-@pytest.fixture(scope="module", params=MODELS)
-def measured(request):
-    path = os.path.join(ROOT, request.param)
-    if not os.path.isfile(os.path.join(path, "model.safetensors")) or not os.path.isfile(TEXT):
-        pytest.skip(f"{path} or {TEXT} is absent")
-    torch = pytest.importorskip("torch")
-    session = runtime.load_session(path)
-    windows = runtime.load_corpora({"de": TEXT}, session, SEQ, N)["de"]
-    names = scope_names(list(T.flatten(session.params)), roles=models.roles(session.config))
-    with torch_f64.float64():
-        ref_loss, ref = _torch_run(path, windows, torch.float64, names)
-    t_loss, t_scores = _torch_run(path, windows, torch.float32, names)
-    out = {"torch float32": (abs(t_loss - ref_loss), torch_f64.worst(t_scores, ref))}
-    for dtype in ("float32", "bfloat16"):
-        s = session if dtype == "float32" else runtime.load_session(path, dtype)
-        loss = evaluate(s.params, s.config, windows, BATCH).loss
-        res = importance.compute_importance(s.params, s.config, windows, "taylor", BATCH)
-        flat = T.flatten(res.scores)
-        out[f"jaxregion {dtype}"] = (
-            abs(loss - ref_loss),
-            torch_f64.worst({n: np.asarray(flat[n]) for n in names}, ref),
-        )
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = json.loads(p.stdout.strip().splitlines()[-1])
     for k, (le, se) in out.items():
         print(f"{request.param} {k}: |loss - float64| {le:.3e}, taylor worst {se:.3e}")
     return out

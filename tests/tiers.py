@@ -98,6 +98,7 @@ SLOW: tuple[str, ...] = (
 # Checks swept over every model family: the fast tier runs each on its first family only.
 FAMILY_SWEEPS: tuple[str, ...] = (
     "test_families.py::test_every_parameter_has_a_role",
+    "test_layerwise.py::test_layerwise_scores_equal_autodiff",
     "test_parity.py::test_eval_perplexity_matches_torch",
     "test_parity.py::test_logits_match_transformers",
 )

@@ -246,15 +246,16 @@ class DecoderLM(CausalLM):
         return w.weight[...]
 
     def features(self, tokens: Array, positions: Array | None = None, remat: bool = False) -> Array:
-        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
-        x = self.embed(tokens, pos)
-        ctx = self.position_inputs(pos, None)
-        _, layers, final_norm = self.parts()
+        x, ctx = self.layer_inputs(tokens, positions)
 
         def step(layer: nnx.Module, h: Array) -> Array:
-            return layer(h, *ctx, pos)[0]
+            return layer(h, *ctx)[0]
 
-        return final_norm(run_layers(layers, x, step, remat))
+        return self.final_norm(run_layers(self.parts()[1], x, step, remat))
+
+    def layer_inputs(self, tokens: Array, positions: Array | None = None) -> tuple[Array, tuple]:
+        pos = jnp.arange(tokens.shape[1]) if positions is None else positions
+        return self.embed(tokens, pos), (*self.position_inputs(pos, None), pos)
 
     def forward_cached(
         self, tokens: Array, positions: Array, cache: list[KV]

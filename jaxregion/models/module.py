@@ -48,6 +48,17 @@ class CausalLM(nnx.Module):
         :func:`jaxregion.models.intermediates`."""
         raise NotImplementedError
 
+    def layer_inputs(self, tokens: Array) -> tuple[Array, tuple]:
+        """``(x, ctx)``: the first layer's input and what every layer gets besides it,
+        ``layer(x, *ctx)[0]`` being a layer's output. :meth:`features` is these, the layers
+        in turn, then :meth:`final_norm`; a caller that backpropagates layer by layer
+        (:mod:`jaxregion.layerwise`) runs the same three pieces itself."""
+        raise NotImplementedError
+
+    def final_norm(self, h: Array) -> Array:
+        """The body's final norm, applied to the last layer's output."""
+        return self.parts()[2](h)
+
     def unembedding(self) -> Array:
         """The output head ``[vocab, hidden]`` (the token embedding when tied)."""
         raise NotImplementedError
@@ -94,7 +105,11 @@ class CausalLM(nnx.Module):
         runs only on the predicted positions and over vocabulary chunks (:func:`head.nll`):
         ``[batch, seq, vocab]`` logits are never formed, and the logit gradient is
         ``softmax - onehot`` elementwise before the head's matmuls, as in PyTorch."""
-        h = self.features(tokens, remat=remat)[:, :-1]
+        return self.head_nll(self.features(tokens, remat=remat), tokens)
+
+    def head_nll(self, h: Array, tokens: Array) -> Array:
+        """:meth:`token_nll` from the final normed hidden states ``h`` of ``tokens``."""
+        h = h[:, :-1]
         b, s, d = h.shape
         out = head.nll(
             h.reshape(b * s, d),

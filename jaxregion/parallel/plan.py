@@ -13,13 +13,15 @@ Bytes per parameter:
 * eval:        params (2 for bf16, 4 for f32)
 * importance:  params + two float32 accumulators, the split halves (8, the scored
                tensors only: the default ``:layers`` scope has no embedding or head) +
-               one layer's gradients (param dtype). The step donates the accumulator and
-               adds each gradient into it as the backward pass forms it, so XLA keeps no
-               whole gradient tree: its memory analysis of the compiled step (see
-               ``scripts/bench_plan.py``) has arguments = params + one half + the batch
-               exactly, and temporaries below the full gradient plus the activations.
-               On CPU, XLA computes bfloat16 matmuls in float32 (float32 copies of the
-               weights as temporaries), which this accelerator plan does not count.
+               one layer's gradients (param dtype). ``jaxregion importance`` backpropagates
+               layer by layer (:mod:`jaxregion.models.layerwise`, the "remat" total): one
+               layer's gradients and activations are alive at once by construction, beside
+               the layer inputs. Without remat, the one-program step donates the accumulator
+               and XLA adds each gradient into it as the backward pass forms it. Both are
+               measured against XLA's memory analysis (``scripts/bench_plan.py``,
+               ``tests/test_plan_measured.py``). On CPU, XLA computes bfloat16 matmuls in
+               float32 (float32 copies of the weights as temporaries), which this
+               accelerator plan does not count.
 * train:       float32 master (4) + Adam m, v (8) + float32 gradients (4) + bf16 compute
                copy (2) [+ bool freeze mask (1) with a region frozen] = 18 (19)
 """
