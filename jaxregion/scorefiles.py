@@ -230,7 +230,7 @@ class ScoreSpec:
     dtype: str = "float32"
     source: str = ""  # where the text came from, for the metadata
     save_every: int | None = 1000  # windows between checkpoints of the accumulation
-    remat: bool = False
+    remat: bool = True  # layer by layer (see jaxregion.models.layerwise), as the command
     on_mismatch: str = "error"  # or "recompute": a file made from other input is replaced
     snapshots: tuple[int, ...] = ()  # see the module docstring
     until_stable: float | None = None

@@ -104,6 +104,27 @@ def run_cli(*argv: str) -> tuple[int, str, str]:
     return code, out.getvalue(), err.getvalue()
 
 
+def run_worker(script: str, *argv: str, timeout: int, **env: str) -> dict:
+    """Run ``tests/SCRIPT`` in its own process (tests/ and the repository on its path, plus
+    ``env``) and return the JSON object its last stdout line prints; it must exit 0. For
+    measurements that set process limits or hold more memory than pytest should keep."""
+    import json
+    import subprocess
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    path = [here, os.path.dirname(here), os.environ.get("PYTHONPATH", "")]
+    full_env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(path)}
+    p = subprocess.run(
+        [sys.executable, os.path.join(here, script), *argv],
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    assert p.returncode == 0, p.stderr[-3000:]
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
 def run_cli_subprocess(*argv: str) -> tuple[int, str, str]:
     """Run ``jaxregion`` in a subprocess: exit code, stdout, stderr."""
     import subprocess

@@ -39,13 +39,16 @@ def measure(path: str, text: str) -> dict[str, list[float]]:
         ref_loss, ref = torch_run(path, windows, torch.float64, names)
     t_loss, t_scores = torch_run(path, windows, torch.float32, names)
     out = {"torch float32": [abs(t_loss - ref_loss), torch_f64.worst(t_scores, ref)]}
-    for dtype in ("float32", "bfloat16"):
+    runs = (("float32", False), ("float32", True), ("bfloat16", True))
+    for dtype, remat in runs:  # remat: layer by layer, what `jaxregion importance` runs
         s = session if dtype == "float32" else runtime.load_session(path, dtype)
         loss = evaluate(s.params, s.config, windows, BATCH).loss
-        res = importance.compute_importance(s.params, s.config, windows, "taylor", BATCH)
+        res = importance.compute_importance(
+            s.params, s.config, windows, "taylor", BATCH, remat=remat, scope=names
+        )
         flat = T.flatten(res.scores)
         err = torch_f64.worst({n: np.asarray(flat[n]) for n in names}, ref)
-        out[f"jaxregion {dtype}"] = [abs(loss - ref_loss), err]
+        out[f"jaxregion {dtype}" + (" layerwise" if remat else "")] = [abs(loss - ref_loss), err]
     return out
 
 

@@ -4,14 +4,12 @@ score files (checked under an address-space limit in a subprocess)."""
 
 from __future__ import annotations
 
-import json
 import math
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import run_worker
 
 from jaxregion import regions as R
 from jaxregion import tree as T
@@ -205,23 +203,8 @@ def test_regions_fit_under_a_limit_smaller_than_the_scores(tmp_path):
     d, out = tmp_path / "imp", tmp_path / "out"
     out.mkdir()
     total = _big_dir(str(d), langs)
-    env = {
-        **os.environ,
-        "MALLOC_ARENA_MAX": "2",
-        "PYTHONPATH": os.pathsep.join(
-            [os.path.dirname(os.path.dirname(__file__)), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
-    worker = os.path.join(os.path.dirname(__file__), "regions_stream_worker.py")
-    p = subprocess.run(
-        [sys.executable, worker, str(d), str(out), str(BUDGET_MB)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert p.returncode == 0, p.stderr[-3000:]
-    res = json.loads(p.stdout.strip().splitlines()[-1])
+    args = (str(d), str(out), str(BUDGET_MB))
+    res = run_worker("regions_stream_worker.py", *args, timeout=900, MALLOC_ARENA_MAX="2")
     assert total > res["limit_bytes"]  # the score files alone exceed what the process may map
     assert res["whole_load"] == "MemoryError"  # ... so loading them whole fails under it
     per_tensor_k = sum(R.k_for(0.01, math.prod(s)) for s in SHAPES.values()) * LAYERS
