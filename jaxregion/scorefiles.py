@@ -236,7 +236,7 @@ class ScoreSpec:
     until_stable: float | None = None
     stable_ratio: float = 0.01
     ratios: tuple[float, ...] = (0.01,)  # top-ratios whose split-half Jaccard is recorded
-    load: bool = True  # False: a reused file is not read (scores None)
+    load: bool = True  # False: scores None (a reused file is not read, computed ones not kept)
     include: str | None = None  # the scope scored (see jaxregion.regions.scope_names)
     exclude: str | None = None
 
@@ -548,7 +548,9 @@ class LanguageRun:
         root = os.path.join(self.out_dir, PARTIAL)
         if os.path.isdir(root) and not os.listdir(root):
             os.rmdir(root)
-        return Scored(res.scores, meta, self.status, self.path)
+        # a caller that reads the file back (or not at all) must not hold every language's
+        # scores: `jaxregion importance` over six languages grew by a score tree per language
+        return Scored(res.scores if self.spec.load else None, meta, self.status, self.path)
 
 
 def _no_log(_msg: str) -> None:

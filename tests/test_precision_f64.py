@@ -89,7 +89,7 @@ def gqa_model(request, tmp_path_factory) -> str:
     return path
 
 
-@pytest.mark.parametrize("n", [256])  # 2,048 windows: over 39 min here (docs/precision.md)
+@pytest.mark.parametrize("n", [256])  # 2,048: ~20 min of PyTorch runs (docs/precision.md)
 def test_taylor_trained_gqa_within_2x_of_pytorch(gqa_model, n):
     windows = np.load(f"{gqa_model}/windows_zh.npy")[:n]
     out = _measure(gqa_model, windows, GQA_BATCH)
