@@ -6,7 +6,9 @@ abstract params) and dtype, at ``--batch`` x ``--seq``: the planner's per-device
 to ``compiled.memory_analysis()`` of the taylor step over the default ``:layers`` scope.
 The step's arguments are the params, one half's accumulator (donated, so it is also the
 aliased output) and the batch; the other half's accumulator stays resident beside it, and
-the gradient and the activations are XLA temporaries.
+the gradient and the activations are XLA temporaries. The last two columns are the layer-by-
+layer step ``jaxregion importance`` runs: the plan's remat total against the programs' live
+bytes (arguments, the other half, the layer inputs, the largest program's temporaries).
 
     python scripts/bench_plan.py [--models DIR,DIR] [--batch 2] [--seq 128] [--json OUT.json]
 """
@@ -40,7 +42,15 @@ def compare(cfg, dtype: str, batch: int, seq: int) -> dict:
     lines = {n.split(" ")[0]: b for n, _, b in p.lines}
     scope = scoped(spec.abstract_params(cfg), cfg, DEFAULT_INCLUDE, None)
     m = importance.step_memory(cfg, mesh, batch, seq, dtype, scope)
+    lw = importance.step_memory(cfg, mesh, batch, seq, dtype, scope, remat=True)
     return {
+        # layer by layer (what `jaxregion importance` runs): arguments, the other half, the
+        # layer inputs and the largest program's temporaries, against the plan's remat total
+        "layerwise": {
+            **lw,
+            "live": lw["argument"] - lw["batch"] + lw["output"] + lw["inputs"] + lw["temp"],
+            "plan_total_remat": p.total_remat,
+        },
         "dtype": dtype,
         "plan": {
             "params": lines["params"],
@@ -64,7 +74,8 @@ def markdown(rows: list[dict]) -> str:
     head = (
         "| model | dtype | plan params+acc GiB | XLA args-batch+other half GiB | "
         "plan grads+act GiB | "
-        "XLA temp GiB | plan total GiB | XLA peak GiB |\n" + "|---" * 8 + "|"
+        "XLA temp GiB | plan total GiB | XLA peak GiB | plan remat total GiB | "
+        "layerwise live GiB |\n" + "|---" * 10 + "|"
     )
     out = [head]
     for r in rows:
@@ -73,7 +84,8 @@ def markdown(rows: list[dict]) -> str:
             f"| {r['model']} | {r['dtype']} | {(p['params'] + p['accumulators']) / GiB:.3f} | "
             f"{m['params+accumulators'] / GiB:.3f} | "
             f"{(p['gradients'] + p['activations']) / GiB:.3f} | {m['temp'] / GiB:.3f} | "
-            f"{p['total'] / GiB:.3f} | {m['peak'] / GiB:.3f} |"
+            f"{p['total'] / GiB:.3f} | {m['peak'] / GiB:.3f} | "
+            f"{r['layerwise']['plan_total_remat'] / GiB:.3f} | {r['layerwise']['live'] / GiB:.3f} |"
         )
     return "\n".join(out)
 
