@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import run_worker
 from hf_factory import FAMILIES, make_config
 
 from jaxregion import importance, models, runtime
@@ -84,3 +85,14 @@ def test_layerwise_temporaries_do_not_grow_with_depth():
     print(f"temp bytes: layerwise {lw2:,} (2 layers) {lw8:,} (8); autodiff {plain2:,} {plain8:,}")
     assert plain8 - plain2 > 2 * (lw8 - lw2) and plain8 > 2 * plain2
     assert lw8 <= lw2 * 1.1
+
+
+@pytest.mark.slow
+def test_layerwise_on_a_sharded_mesh(model_factory):
+    """fsdp=2 x tensor=2 over 4 host devices: the same scores as the one-program step, and
+    the accumulators keep the params' (split) shardings through the donated updates."""
+    path = model_factory("llama_gqa_llama3")
+    flags = "--xla_force_host_platform_device_count=4"
+    res = run_worker("layerwise_mesh_worker.py", path, timeout=600, XLA_FLAGS=flags)
+    assert res["devices"] == 4 and res["kept"] and res["split"], res
+    assert res["rel_err"] <= 1e-5, res
