@@ -270,6 +270,12 @@ def interrupt(cfg: ImportanceConfig, lang: str, after: int) -> int:
     raise AssertionError(f"{lang} ended before window {after}")
 
 
+def _config(path, corpus_dir, out, **kw) -> ImportanceConfig:
+    """The command's config for ``_args``' two languages (batch 2)."""
+    text = {"lat": f"{corpus_dir}/lat.txt", "cyr": f"{corpus_dir}/cyr.txt"}
+    return ImportanceConfig(model=path, text=text, seq_len=SEQ, batch_size=2, out=str(out), **kw)
+
+
 def _args(path, corpus_dir, out, *extra):
     return [
         "importance",
@@ -318,15 +324,7 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
 
     # interrupted after the first checkpoint of the first language (the command's own steps,
     # left where a killed run would leave them), then resumed by the command
-    cfg = ImportanceConfig(
-        model=path,
-        text={"lat": f"{corpus_dir}/lat.txt", "cyr": f"{corpus_dir}/cyr.txt"},
-        seq_len=SEQ,
-        max_seqs=10,
-        batch_size=2,
-        save_every=4,
-        out=str(b),
-    )
+    cfg = _config(path, corpus_dir, b, max_seqs=10, save_every=4)
     assert interrupt(cfg, "lat", after=4) == 4
     assert (b / ".partial" / "lat").is_dir() and not (b / "lat.safetensors").exists()
     capsys.readouterr()
@@ -354,15 +352,7 @@ def test_cli_writes_resumes_bitwise_and_skips(llama, corpora, corpus_dir, tmp_pa
 def test_command_keeps_no_language_scores(llama, corpus_dir, tmp_path):
     """``jaxregion importance`` writes each language's file and holds none of their score
     trees afterwards (six Gemma 3 270M languages grew by one tree, ~0.4 GB, per language)."""
-    path = llama[0]
-    cfg = ImportanceConfig(
-        model=path,
-        text={"lat": f"{corpus_dir}/lat.txt", "cyr": f"{corpus_dir}/cyr.txt"},
-        seq_len=SEQ,
-        max_seqs=4,
-        batch_size=2,
-        out=str(tmp_path / "imp"),
-    )
+    cfg = _config(llama[0], corpus_dir, tmp_path / "imp", max_seqs=4)
     done = scorefiles.score_all(cfg, sharding.make_mesh(), progress=False)
     assert set(done) == {"lat", "cyr"}
     for lang, got in done.items():
