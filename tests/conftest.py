@@ -138,6 +138,18 @@ def run_cli_subprocess(*argv: str) -> tuple[int, str, str]:
     return p.returncode, p.stdout, p.stderr
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _fresh_jax_caches():
+    """Drop JAX's compiled programs after each test module. An XLA:CPU executable maps ~3.3
+    memory regions that stay until its cache entry goes, and the full suite compiles enough
+    of them to near the kernel's 65,530 maps per process: twice XLA's compiler segfaulted
+    late in the suite (73% and 80%, in whichever test compiled next)."""
+    yield
+    import jax
+
+    jax.clear_caches()
+
+
 @pytest.fixture(scope="session")
 def real_cache(request, tmp_path_factory):
     """pytest's cache directory (kept between runs), else a temporary one."""
