@@ -36,7 +36,7 @@ from flax import nnx
 
 from jaxregion import tree as T
 from jaxregion.models.config import ModelConfig
-from jaxregion.models.module import _to_int_keys, abstract, bind, layers_path
+from jaxregion.models.module import _at, _to_int_keys, abstract, bind, layers_path
 
 Array = jax.Array
 #: ``fold(acc, param, grad, n) -> acc``: one tensor's accumulator after a micro-batch whose
@@ -74,7 +74,7 @@ class LayerwiseStep:
         xs, h, ctx = _forward(params, tokens, cfg)
         g_outer, dh = _head(params, h, tokens, weights, seed, cfg, self.outer)
         del h
-        layers = _layers(params, cfg)
+        layers = _at(params, layers_path(cfg))
         out = {}
         for i in reversed(range(len(self.gdefs))):
             a, dh = _layer_back(
@@ -104,7 +104,7 @@ class LayerwiseStep:
         cfg, f32 = self.cfg, jnp.float32
         n = jax.ShapeDtypeStruct((), f32)
         xs, h, ctx = jax.eval_shape(_forward, params, tokens, cfg)
-        layers = _layers(params, cfg)
+        layers = _at(params, layers_path(cfg))
 
         def temp(fn: Any, *args: Any) -> int:
             return int(fn.lower(*args).compile().memory_analysis().temp_size_in_bytes)
@@ -134,13 +134,6 @@ class LayerwiseStep:
             args = (a, params, tokens, h, g, n, cfg, self.outer, self.fold)
             out["embed"] = temp(_embed_back, *args)
         return out
-
-
-def _layers(params: dict, cfg: ModelConfig) -> list[dict]:
-    node: Any = params
-    for part in layers_path(cfg):
-        node = node[part]
-    return node
 
 
 def _split(flat: Mapping[str, Array], live: Collection[str]) -> tuple[dict, dict]:
