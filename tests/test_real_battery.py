@@ -12,6 +12,7 @@ not installed.
 from __future__ import annotations
 
 import json
+import shutil
 
 import pytest
 import yaml
@@ -80,8 +81,13 @@ def battery(gemma3_gguf, tmp_path_factory) -> dict:
     # its own process: Gemma's battery holds several GB that pytest should not keep (in the
     # full suite, on top of what earlier tests left, XLA's compiler once crashed here)
     code, _, err = run_cli_subprocess("experiment", str(path))
-    assert code == 0, err[-2000:]
-    return json.loads((tmp / "exp" / "results.json").read_text(encoding="utf-8"))
+    try:
+        assert code == 0, err[-2000:]
+        return json.loads((tmp / "exp" / "results.json").read_text(encoding="utf-8"))
+    finally:
+        # the tests read only results.json; the score files (4 x 1.07 GB) go at once, so the
+        # suite's disk peak stays near this module's and CI's disk does not fill
+        shutil.rmtree(tmp / "exp" / "importance", ignore_errors=True)
 
 
 def test_core_ablation_breaks_gemma_more_than_controls(battery):
