@@ -162,18 +162,12 @@ def scored_names(params: PyTree, scope: Collection[str] | None) -> list[str]:
     return [n for n in names if n in keep]
 
 
-def _split(params: PyTree, live: Collection[str]) -> tuple[dict, dict]:
-    """``({name: leaf} in ``live``, {name: leaf} of the rest)``."""
-    flat = T.flatten(params)
-    return ({n: flat[n] for n in live}, {n: v for n, v in flat.items() if n not in live})
-
-
 def _grad_live(
     loss: Callable[[PyTree], jax.Array], params: PyTree, live: Collection[str]
 ) -> dict[str, jax.Array]:
     """``∇ loss`` with respect to the ``live`` leaves only (``{name: grad}``): the others
     are constants, so no gradient (an untied embedding's, a tied head's) is ever formed."""
-    lv, frozen = _split(params, live)
+    lv, frozen = T.partition(T.flatten(params), live)
     return jax.grad(lambda x: loss(T.unflatten({**frozen, **x})))(lv)
 
 

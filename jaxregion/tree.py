@@ -9,7 +9,7 @@ layout, score and region files are these trees flattened, with no transposes.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 import jax
@@ -57,6 +57,12 @@ def unflatten(flat: Mapping[str, Any]) -> PyTree:
             else:
                 node = node.setdefault(part, nxt)
     return root
+
+
+def partition(flat: Mapping[str, Any], live: Collection[str]) -> tuple[dict, dict]:
+    """``({name: leaf} in live, {name: leaf} of the rest)``: the leaves a gradient is taken
+    with respect to, and the constants around them."""
+    return {n: flat[n] for n in live}, {n: v for n, v in flat.items() if n not in live}
 
 
 def names(tree: PyTree) -> PyTree:

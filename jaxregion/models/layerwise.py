@@ -136,10 +136,6 @@ class LayerwiseStep:
         return out
 
 
-def _split(flat: Mapping[str, Array], live: Collection[str]) -> tuple[dict, dict]:
-    return {k: flat[k] for k in live}, {k: v for k, v in flat.items() if k not in live}
-
-
 @partial(jax.jit, static_argnums=2)
 def _forward(params: dict, tokens: Array, cfg: ModelConfig) -> tuple[list[Array], Array, tuple]:
     """Each layer's input, the last layer's output, and the layers' shared ``ctx``."""
@@ -163,7 +159,7 @@ def _head(
     live: tuple[str, ...],
 ) -> tuple[dict[str, Array], Array]:
     """``(gradients of the live outer tensors, cotangent at h)`` of ``seed ·`` the loss."""
-    lv, frozen = _split(T.flatten(params), live)
+    lv, frozen = T.partition(T.flatten(params), live)
 
     def loss(lv: dict, h: Array) -> Array:
         model = bind(T.unflatten({**frozen, **lv}), cfg)
@@ -187,7 +183,7 @@ def _layer_back(
 ) -> tuple[dict[str, Array], Array]:
     """One layer's backward pass from its input ``x`` and output cotangent ``dh``: its
     accumulators folded, and the cotangent at its input."""
-    lv, frozen = _split(T.flatten(layer), acc)
+    lv, frozen = T.partition(T.flatten(layer), acc)
 
     def run(lv: dict, x: Array) -> Array:
         module = nnx.merge(gdef, _to_int_keys(T.unflatten({**frozen, **lv})))
@@ -212,7 +208,7 @@ def _embed_back(
 ) -> dict[str, Array]:
     """The outer tensors' accumulators: embedding-side gradient plus the head side's."""
     flat = T.flatten(params)
-    lv, frozen = _split(flat, live)
+    lv, frozen = T.partition(flat, live)
 
     def first(lv: dict) -> Array:
         return bind(T.unflatten({**frozen, **lv}), cfg).layer_inputs(tokens)[0]
