@@ -169,6 +169,21 @@ def test_battery_runs_and_reports_everything(battery):
 
 
 @pytest.mark.slow
+def test_battery_differentiates_only_its_scope(battery):
+    """The battery's score files score its include (:layers): the embedding and the head
+    are never differentiated, and their entries are the format's zeros."""
+    from jaxregion.scorefiles import read_metadata
+
+    _, out = battery
+    files = sorted((out / "importance").glob("*/*.safetensors"))
+    assert len(files) >= 3  # taylor per language, the jaccard estimators' samples
+    for f in files:
+        meta = read_metadata(str(f))
+        assert meta["scope"] != "all", f
+        assert "model.embed_tokens.weight" in json.loads(meta["unscored"]), f
+
+
+@pytest.mark.slow
 def test_battery_bits_per_byte_case_studies_and_fidelity(battery):
     """Bits per byte beside every perplexity; continuations and fidelity under base, each
     removal and each dims-sweep point, the base one equal to a plain greedy generation."""

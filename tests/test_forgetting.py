@@ -65,6 +65,7 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     from jaxregion.cli.main import main
     from jaxregion.io import hf
     from jaxregion.regions import core, load_region, save_region
+    from jaxregion.scorefiles import read_metadata
 
     model = model_factory("llama_mha")
     _, params = hf.load(model)
@@ -79,6 +80,13 @@ def test_tiny_frontier_run(model_factory, corpus_dir, tmp_path, capsys):
     assert len(pts) == 1 + 4 + 6 + 4 + 2 + 3
     assert main(["forgetting", str(cfg_path), "--no-progress"]) == 0
     assert "| setting" in capsys.readouterr().out
+    # region scores differentiate only the regions' include (:layers); EWC's Fisher all
+    imp = os.path.join(out, "importance")
+    for folder, everything in (("taylor", False), ("fisher", False), ("fisher-all", True)):
+        meta = read_metadata(os.path.join(imp, folder, "lat.safetensors"))
+        assert (meta["scope"] == "all") == everything, (folder, meta["scope"])
+        unscored = json.loads(meta.get("unscored", "[]"))
+        assert ("model.embed_tokens.weight" in unscored) != everything, folder
 
     res = json.load(open(os.path.join(out, "results.json"), encoding="utf-8"))
     assert {r["key"] for r in res["points"]} == {p.key for p in pts}  # an entry per point

@@ -136,6 +136,8 @@ class _Run:
                     source=self.cfg.languages[lang],
                     on_mismatch="recompute",
                     load=False,
+                    include=self.cfg.include,  # only the scope is differentiated: on a real
+                    exclude=self.cfg.exclude,  # model the embedding is most of the parameters
                 ),
                 progress=bar.update,
             )

@@ -1,9 +1,13 @@
 """What each sweep point protects: its region (from a scorer), its replay data, its EWC term.
 
-Shared work is computed once and cached: token windows per language, importance scores per
-(estimator, language) as ``out/importance/ESTIMATOR/LANG.safetensors`` (reused across runs,
-resumable), regions per (scorer, granularity, ratio[, seed]) in memory and written to
-``out/regions/`` for reuse elsewhere, the Fisher diagonal for EWC.
+Shared work is computed once and cached: token windows per language; importance scores per
+(estimator, language) as ``out/importance/ESTIMATOR/LANG.safetensors``, reused across runs and
+resumable; regions per (scorer, granularity, ratio[, seed]) in memory and written to
+``out/regions/`` for reuse elsewhere; the Fisher diagonal for EWC.
+
+Region scores differentiate only the regions' ``include``, as ``jaxregion importance`` and
+the battery do, so a battery's files in the same folder are reused. EWC's Fisher anchors
+every tensor, so its scores cover all of them, in ``out/importance/fisher-all/``.
 """
 
 from __future__ import annotations
@@ -53,27 +57,30 @@ class Protector:
             )[lang]
         return self._windows[lang]
 
-    def scores(self, estimator: str, langs: list[str]) -> dict[str, Any]:
-        """``{lang: score tree}``; one tree named ``all`` for data-free estimators."""
+    def scores(self, estimator: str, langs: list[str], everything: bool = False) -> dict[str, Any]:
+        """``{lang: score tree}``; one tree named ``all`` for data-free estimators. Only the
+        regions' scope (``include``) is scored unless ``everything`` (EWC's Fisher)."""
         if estimator in importance.DATA_FREE:
             langs = [ALL]
         out = {}
         spec = self.cfg.importance
+        folder = f"{estimator}-all" if everything else estimator
         for lang in langs:
-            key = (estimator, lang)
+            key = (folder, lang)
             if key not in self._scores:
                 windows = None if lang == ALL else self._texts(lang)
                 got = scorefiles.score_language(
                     self.session,
                     lang,
                     windows,
-                    os.path.join(self.cache_dir, estimator),
+                    os.path.join(self.cache_dir, folder),
                     scorefiles.ScoreSpec(
                         estimator=estimator,
                         batch_size=spec.batch_size if spec else 8,
                         seq_len=self.cfg.train.seq_len,
                         source="" if lang == ALL else spec.texts[lang],
                         on_mismatch="recompute",
+                        include=None if everything else self.cfg.include,
                     ),
                     log=self.log,
                 )
@@ -169,7 +176,7 @@ class Protector:
     def ewc(self) -> EWC:
         """Anchor = base params; Fisher = the sources' fisher importance / θ² (mean 1)."""
         if self._ewc is None:
-            trees = self.scores("fisher", self.cfg.score_langs()).values()
+            trees = self.scores("fisher", self.cfg.score_langs(), everything=True).values()
             self._ewc = make_ewc(
                 self.session.params, fisher_from_scores(list(trees), self.session.params)
             )
