@@ -8,6 +8,8 @@ divided by the layers added, is one layer's cost with the head and embedding tak
 (``docs/bench_real.md``: why SmolLM2's importance cannot reach 1.2x PyTorch on 2 CPU cores).
 
     python scripts/bench_layer_cost.py torch|jax|jax-layerwise LAYERS BATCH [CONFIG.json]
+
+Without CONFIG.json the shapes are SmolLM2 135M's (its config.json's values, below).
 """
 
 from __future__ import annotations
@@ -19,18 +21,36 @@ import time
 
 import numpy as np
 
-CONFIG = "/work/models/smollm2-135m-hf/config.json"
+#: SmolLM2 135M Instruct's architecture (its HF config.json, weights not needed)
+SMOLLM2 = {
+    "model_type": "llama",
+    "hidden_size": 576,
+    "intermediate_size": 1536,
+    "num_attention_heads": 9,
+    "num_key_value_heads": 3,
+    "head_dim": 64,
+    "hidden_act": "silu",
+    "max_position_embeddings": 8192,
+    "rms_norm_eps": 1e-5,
+    "rope_theta": 100000.0,
+    "tie_word_embeddings": True,
+    "vocab_size": 49152,
+    "bos_token_id": 1,
+    "eos_token_id": 2,
+}
 STEPS = 3
 
 
-def _model_dir(layers: int, config: str) -> str:
-    with open(config) as f:
-        cfg = json.load(f)
+def _write_config(d: str, layers: int, config: str | None) -> int:
+    """``config`` (or SmolLM2's) with ``layers`` layers as ``d/config.json``; its vocab."""
+    cfg = dict(SMOLLM2)
+    if config is not None:
+        with open(config) as f:
+            cfg = json.load(f)
     cfg["num_hidden_layers"] = layers
-    d = tempfile.mkdtemp()
     with open(f"{d}/config.json", "w") as f:
         json.dump(cfg, f)
-    return d
+    return int(cfg["vocab_size"])
 
 
 def torch_seconds(d: str, tok: np.ndarray) -> float:
@@ -85,11 +105,10 @@ def jax_seconds(d: str, tok: np.ndarray, remat: bool) -> float:
 
 def main(argv: list[str]) -> int:
     which, layers, batch = argv[0], int(argv[1]), int(argv[2])
-    d = _model_dir(layers, argv[3] if len(argv) > 3 else CONFIG)
-    with open(f"{d}/config.json") as f:
-        vocab = json.load(f)["vocab_size"]
-    tok = np.random.default_rng(0).integers(0, vocab, (batch, 128))
-    s = torch_seconds(d, tok) if which == "torch" else jax_seconds(d, tok, which != "jax")
+    with tempfile.TemporaryDirectory() as d:
+        vocab = _write_config(d, layers, argv[3] if len(argv) > 3 else None)
+        tok = np.random.default_rng(0).integers(0, vocab, (batch, 128))
+        s = torch_seconds(d, tok) if which == "torch" else jax_seconds(d, tok, which != "jax")
     print(json.dumps({"framework": which, "layers": layers, "batch": batch, "seconds": s}))
     return 0
 
